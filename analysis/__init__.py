@@ -1,0 +1,1 @@
+"""Reports over recorded runs: tables and plots that compare methods and settings."""

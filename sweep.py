@@ -1,0 +1,20 @@
+"""Entry point: `python sweep.py [overrides]`, or `python sweep.py -m ...` for a sweep.
+
+See README.md for the config groups; `python sweep.py --cfg job` prints the composed config.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+import sweep  # noqa: F401  (registers the config resolvers)
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig):
+    from sweep.job import run_job  # heavy imports (torch, transformers) only when a job runs
+
+    return run_job(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Hydra callback that prints the comparison table when a run or a sweep ends."""
+
+from __future__ import annotations
+
+import sys
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+
+class SummaryCallback(Callback):
+    """Collects job outcomes and prints `analysis.summary`'s table at the end.
+
+    A multirun whose jobs failed (or had invalid configs) exits with status 1 after the table,
+    so scripts notice; the failed runs stay in MLflow as FAILED with their tracebacks.
+    """
+
+    def __init__(self) -> None:
+        self.outcomes = []
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        from hydra.core.utils import JobStatus
+
+        if job_return.status == JobStatus.COMPLETED and job_return.return_value is not None:
+            self.outcomes.append(job_return.return_value)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from sweep.job import sweep_id_of
+
+        failed = [o for o in self.outcomes if o.status != "FINISHED"]
+        self._print(config, config.tracking.sweep_id or sweep_id_of(config.hydra.sweep.dir))
+        if failed:
+            print(f"{len(failed)} of {len(self.outcomes)} jobs did not finish:", file=sys.stderr)
+            for o in failed:
+                print(f"  {o.status}: {o.error}", file=sys.stderr)
+            sys.exit(1)
+
+    def on_run_end(self, config: DictConfig, **kwargs) -> None:
+        from sweep.job import sweep_id_of
+
+        if any(o.status == "FINISHED" for o in self.outcomes):
+            self._print(config, config.tracking.sweep_id or sweep_id_of(config.hydra.runtime.output_dir))
+
+    @staticmethod
+    def _print(config: DictConfig, sid: str) -> None:
+        from analysis.summary import summary_text
+
+        try:
+            print(summary_text(config.tracking.uri, config.tracking.experiment, sid), flush=True)
+        except Exception as e:  # the table is a convenience; never fail a finished sweep over it
+            print(f"(no summary table: {type(e).__name__}: {e})", file=sys.stderr)

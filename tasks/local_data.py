@@ -1,0 +1,61 @@
+"""Loads the project's JSONL files for lm-eval tasks (``custom_dataset: !function local_data.load_splits``).
+
+Why not lm-eval's ``dataset_path: json``: relative ``data_files`` would resolve against the current
+directory, and a malformed line would surface as a pyarrow error. Here paths resolve against
+``data_dir`` (passed by the harness as task metadata; default: the project's ``data/`` folder), and
+every line is checked for the fields the task needs, so a bad file fails with ``file:line``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+
+
+class DataFileError(ValueError):
+    """A data file is missing, empty or malformed; the message names the file (and line)."""
+
+
+def resolve(path: str | Path, data_dir: str | Path | None = None) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else Path(data_dir or DEFAULT_DATA_DIR) / path
+
+
+def read_jsonl(path: Path, required_fields: list[str] = ()) -> list[dict]:
+    """Read one JSON object per line; fail with ``file:line`` on the first bad one."""
+    if not path.is_file():
+        raise DataFileError(
+            f"data file not found: {path} (check the task's dataset_kwargs.data_files "
+            f"or the harness' paths.data, now {path.parent.parent})"
+        )
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataFileError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataFileError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            missing = [k for k in required_fields if k not in row]
+            if missing:
+                raise DataFileError(f"{path}:{lineno}: missing field {', '.join(map(repr, missing))}")
+            rows.append(row)
+    if not rows:
+        raise DataFileError(f"{path}: the file holds no examples")
+    return rows
+
+
+def load_splits(data_files: dict[str, str], data_dir: str | None = None,
+                required_fields: list[str] = (), **_metadata):
+    """Return a ``datasets.DatasetDict`` with one split per entry of ``data_files``."""
+    import datasets
+
+    return datasets.DatasetDict({
+        split: datasets.Dataset.from_list(read_jsonl(resolve(file, data_dir), list(required_fields)))
+        for split, file in data_files.items()
+    })
