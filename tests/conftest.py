@@ -1,0 +1,59 @@
+"""Shared fixtures: composed configs, the tiny model, a throw-away MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import sweep  # noqa: E402,F401  (registers resolvers)
+
+ROOT = Path(__file__).resolve().parent.parent
+# Small and fast: the tiny model, a few examples, a few steps.
+TINY = ["model=tiny", "data.max_train_samples=32", "train.max_steps=2", "train.batch_size=4",
+        "eval.limit=8", "eval.batch_size=8"]
+
+
+def compose(*overrides: str):
+    """The config `python sweep.py <overrides>` would run (Hydra's compose API)."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+@pytest.fixture
+def tracking(tmp_path):
+    """Overrides that send runs to a fresh SQLite MLflow store under tmp_path."""
+    return [f"tracking.uri=sqlite:///{tmp_path}/mlflow.db", f"tracking.artifact_location={tmp_path}/artifacts"]
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(model, tokenizer) of the tiny test model."""
+    from sweep.models import load_model_and_tokenizer
+
+    cfg = compose("model=tiny")
+    return load_model_and_tokenizer(cfg.model, cfg.paths.cache, seed=0)
+
+
+def run_sweep(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
+    """`python sweep.py ARGS` as a user runs it; output captured."""
+    return subprocess.run([sys.executable, "sweep.py", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def runs_of(tracking_overrides: list[str], experiment: str = "sft-sweep"):
+    """All MLflow runs of `experiment` in the store named by `tracking_overrides`, as a DataFrame."""
+    import mlflow
+
+    uri = tracking_overrides[0].split("=", 1)[1]
+    mlflow.set_tracking_uri(uri)
+    return mlflow.search_runs(experiment_names=[experiment], order_by=["start_time ASC"])

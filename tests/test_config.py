@@ -1,0 +1,88 @@
+"""Config composition (every group option) and the checks that reject bad input before compute."""
+
+from pathlib import Path
+
+import pytest
+
+from sweep.config import ConfigError, validate
+from tests.conftest import ROOT, compose
+
+GROUPS = ["model", "method", "lora", "data", "train", "eval", "tracking"]
+
+
+@pytest.mark.parametrize("group,option", [
+    (g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))
+])
+def test_every_group_option_composes_and_validates(group, option):
+    cfg = compose(f"{group}={option}")
+    validate(cfg)
+    assert cfg[group] is not None
+
+
+@pytest.mark.parametrize("experiment", [p.stem for p in sorted((ROOT / "conf" / "experiment").glob("*.yaml"))])
+def test_every_experiment_composes(experiment):
+    validate(compose(f"experiment={experiment}"))
+
+
+def test_defaults_are_the_documented_ones():
+    cfg = compose()
+    assert (cfg.model.name, cfg.method.name, cfg.data.task) == ("smollm2_135m", "lora", "sst2")
+    assert cfg.eval.tasks == ["sst2"] and cfg.eval.num_fewshot == 4
+    assert cfg.tracking.uri == f"sqlite:///{ROOT}/mlflow.db"
+    assert cfg.train.lr == cfg.method.default_lr == 1e-3
+    assert cfg.model.trust_remote_code is False
+
+
+def test_eval_tasks_follow_data_and_lr_follows_method():
+    assert compose("data=rte").eval.tasks == ["rte"]
+    assert compose("method=full").train.lr == 5e-5
+    assert compose("method=full", "train.lr=1e-4").train.lr == 1e-4
+    assert compose("method=few_shot", "eval.num_fewshot=2").method.num_fewshot == 2
+    assert compose("method=zero_shot").method.num_fewshot == 0
+
+
+def test_derived_values_resolve():
+    cfg = compose("lora.r=4", "lora.alpha='${mul:2,${lora.r}}'")
+    assert cfg.lora.alpha == 8
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("lora.r=0", "lora.r=0 is invalid: must be a positive integer"),
+    ("lora.r=-2", "lora.r=-2"),
+    ("lora.r=2.5", "lora.r=2.5"),
+    ("lora.alpha=0", "lora.alpha=0 is invalid"),
+    ("lora.dropout=1.0", "lora.dropout=1.0 is invalid: must be in [0, 1)"),
+    ("lora.dropout=-0.1", "lora.dropout"),
+    ("lora.target_modules=qvk", "use a preset (qv, qkvo, mlp, all-linear)"),
+    ("lora.bias=some", "lora.bias"),
+    ("train.max_steps=0", "train.max_steps=0"),
+    ("train.lr=-1", "train.lr=-1"),
+    ("train.sampling=shuffled", "train.sampling"),
+    ("eval.num_fewshot=-1", "eval.num_fewshot=-1"),
+    ("eval.limit=0", "eval.limit=0"),
+    ("eval.tasks=[]", "eval.tasks"),
+    ("eval.include_paths=[/no/such/folder]", "eval.include_paths='/no/such/folder'"),
+    ("data.max_train_samples=0", "data.max_train_samples=0"),
+])
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        validate(compose(override))
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_preset_suggests_close_match():
+    with pytest.raises(ConfigError, match=r"did you mean: qkvo"):
+        validate(compose("lora.target_modules=qkov"))
+
+
+def test_lora_checks_skipped_for_methods_without_lora():
+    validate(compose("method=zero_shot", "lora.r=0"))
+
+
+def test_unknown_group_option_is_rejected_by_hydra_with_choices():
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException) as e:
+        compose("method=lorra")
+    assert "lora" in str(e.value)

@@ -1,0 +1,106 @@
+"""End to end: the real commands as subprocesses, on the tiny model, into a temporary MLflow store."""
+
+import json
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.conftest import TINY, run_sweep, runs_of
+
+pytestmark = pytest.mark.e2e
+
+
+def artifacts(run_id: str, path: str = "") -> dict[str, int]:
+    """{artifact path: size} under `path`, recursively."""
+    client, out = mlflow.MlflowClient(), {}
+    for a in client.list_artifacts(run_id, path or None):
+        out |= artifacts(run_id, a.path) if a.is_dir else {a.path: a.file_size}
+    return out
+
+
+def test_single_lora_run_records_everything(tracking, tmp_path):
+    p = run_sweep(*TINY, *tracking, "train.logging_steps=1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    [run] = runs_of(tracking).to_dict("records")
+    assert run["status"] == "FINISHED"
+    assert run["tags.method"] == "lora" and run["tags.seed"] == "0" and run["tags.sweep_id"]
+    assert len(run["tags.git_commit"]) == 40 or run["tags.git_commit"] == "unknown"
+    assert run["tags.git_dirty"] in ("true", "false")
+    assert run["params.lora.r"] == "8" and run["params.train.max_steps"] == "2" and run["params.model.name"] == "tiny"
+    for m in ("sst2/acc", "sst2/acc_stderr", "trainable_params", "total_params", "train_seconds",
+              "eval_seconds", "train_tokens_per_second", "peak_rss_mb"):
+        assert run[f"metrics.{m}"] >= 0, m
+    assert 0 < run["metrics.trainable_params"] < run["metrics.total_params"]
+
+    history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")
+    assert [h.step for h in history] == [1, 2]
+
+    files = artifacts(run["run_id"])
+    assert {"config.yaml", "command.txt", "requirements-freeze.txt", "data_sha256.json", "lm_eval_results.json",
+            "adapter/adapter_model.safetensors", "adapter/adapter_config.json"} <= set(files)
+    assert not any(f.endswith((".bin", ".pt", ".pkl")) for f in files)
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run["run_id"], dst_path=str(tmp_path)))
+    assert "sweep.py" in (local / "command.txt").read_text()
+    hashes = json.loads((local / "data_sha256.json").read_text())
+    assert {Path(f).name for f in hashes} == {"train.jsonl", "validation.jsonl"}
+    results = json.loads((local / "lm_eval_results.json").read_text())
+    assert len(results["samples"]["sst2"]) == 8
+    assert "lora-r8-a16-qkvo" in p.stdout  # the end-of-run table
+
+
+def test_grid_sweep_shares_a_sweep_id_and_prints_the_table(tracking):
+    p = run_sweep("-m", *TINY, *tracking, "lora.r=2,4")
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = runs_of(tracking)
+    assert sorted(runs["params.lora.r"]) == ["2", "4"]
+    assert runs["tags.sweep_id"].nunique() == 1 and (runs["status"] == "FINISHED").all()
+    by_r = dict(zip(runs["params.lora.r"], runs["metrics.trainable_params"]))
+    assert by_r["4"] == 2 * by_r["2"]
+    assert "lora-r2-a16-qkvo" in p.stdout and "lora-r4-a16-qkvo" in p.stdout and "sst2/acc" in p.stdout
+
+
+def test_baselines_then_lora_compare_in_one_table(tracking):
+    base = run_sweep("-m", *TINY, *tracking, "method=zero_shot,few_shot", "eval.num_fewshot=2", "tracking.sweep_id=s1")
+    assert base.returncode == 0, base.stderr[-3000:]
+    lora = run_sweep(*TINY, *tracking, "tracking.sweep_id=s2")
+    assert lora.returncode == 0, lora.stderr[-3000:]
+    runs = runs_of(tracking)
+    assert sorted(runs["tags.method"]) == ["few_shot", "lora", "zero_shot"]
+    baselines = runs[runs["tags.method"] != "lora"]
+    assert (baselines["metrics.trainable_params"] == 0).all()
+    assert baselines["params.train.max_steps"].notna().all()  # the whole config is recorded
+    table = lora.stdout[lora.stdout.index("Sweep s2"):]
+    for name in ("zero_shot", "few_shot-k2", "lora-r8-a16-qkvo"):
+        assert name in table
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tracking):
+    # lr=1e30 makes the loss non-finite at once: that job fails, the next one runs.
+    p = run_sweep("-m", *TINY, *tracking, "train.logging_steps=1", "train.lr=1e30,1e-3")
+    assert p.returncode == 1
+    assert "1 of 2 jobs did not finish" in p.stderr and "NonFiniteLossError" in p.stderr
+    runs = runs_of(tracking)
+    failed = runs[runs["status"] == "FAILED"].iloc[0]
+    assert "training loss is nan at step 1" in failed["tags.error"] or "training loss is inf" in failed["tags.error"]
+    assert "traceback.txt" in artifacts(failed["run_id"])
+    assert (runs["status"] == "FINISHED").sum() == 1
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("lora.r=0", "lora.r=0 is invalid"),
+    ("eval.tasks=[sst3]", "unknown lm-eval task 'sst3'"),
+    ("lora.target_modules=[q_proj,query]", "its linear layers are: down_proj"),
+    ("tracking.uri=sqlite:////nonexistent/dir/m.db", "tracking.uri='sqlite:////nonexistent/dir/m.db' cannot be opened"),
+])
+def test_bad_input_fails_fast_with_one_line(tracking, override, needle):
+    p = run_sweep(*TINY, *tracking, override)
+    assert p.returncode == 2
+    assert needle in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not Path(tracking[0].split("///", 1)[1]).exists() or runs_of(tracking).empty
+
+
+def test_cfg_job_prints_the_composed_config():
+    p = run_sweep("--cfg", "job", "lora.r=2")
+    assert p.returncode == 0 and "r: 2" in p.stdout and "target_modules: qkvo" in p.stdout

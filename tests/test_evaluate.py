@@ -1,0 +1,43 @@
+"""Scoring: task lookup with helpful errors, few-shot pool checks, metric naming."""
+
+import pytest
+
+from sweep.build import load_project_tasks
+from sweep.config import ConfigError
+from sweep.evaluate import check_fewshot_pool, flatten_metrics, make_lm, score
+from tests.conftest import compose
+
+
+def test_unknown_task_names_close_matches_and_the_projects_tasks():
+    with pytest.raises(ConfigError) as e:
+        load_project_tasks(compose("method=zero_shot", "eval.tasks=[sst3]"))
+    msg = str(e.value)
+    assert "unknown lm-eval task 'sst3'" in msg and "did you mean: sst2" in msg
+    assert "the project's tasks are: rte, self_instruct, sst2" in msg
+
+
+def test_few_shot_k_larger_than_the_pool():
+    _, tasks = load_project_tasks(compose("data=self_instruct", "method=zero_shot"))
+    check_fewshot_pool(tasks, 150)
+    with pytest.raises(ConfigError, match=r"eval.num_fewshot=151 is larger than task self_instruct's few-shot pool "
+                                          r"\(150 examples in split 'train'\); use eval.num_fewshot<=150"):
+        check_fewshot_pool(tasks, 151)
+
+
+def test_flatten_metrics_names():
+    flat = flatten_metrics({"sst2": {"alias": "sst2", "acc,none": 0.9, "acc_stderr,none": 0.01,
+                                     "sample_len": 10, "exact_match,strict": 0.5}})
+    assert flat == {"sst2/acc": 0.9, "sst2/acc_stderr": 0.01, "sst2/n_samples": 10.0,
+                    "sst2/exact_match_strict": 0.5}
+
+
+def test_scoring_in_process_zero_and_few_shot(tiny):
+    cfg = compose("model=tiny", "method=zero_shot")
+    tm, tasks = load_project_tasks(cfg)
+    lm = make_lm(tiny[0], tiny[1], batch_size=8)
+    zero = score(lm, tm, tasks, num_fewshot=0, limit=6, seed=0, log_samples=True)
+    assert zero.metrics["sst2/n_samples"] == 6 and 0 <= zero.metrics["sst2/acc"] <= 1
+    assert len(zero.results["samples"]["sst2"]) == 6
+    few = score(lm, tm, load_project_tasks(cfg)[1], num_fewshot=2, limit=6, seed=0, log_samples=True)
+    prompt = few.results["samples"]["sst2"][0]["arguments"][0][0]
+    assert prompt.count("Answer:") == 3  # two examples and the question
