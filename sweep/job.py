@@ -92,23 +92,27 @@ def execute(cfg: DictConfig) -> JobOutcome:
 
     name = tracking.run_name(cfg)
     with tracking.mlflow_run(experiment_id, name, tracking.start_tags(cfg, sweep_id(cfg))) as run:
+        # Each step's results are logged as soon as they exist: a later failure keeps them.
         tracking.log_inputs(cfg, built.files)
         metrics = {"trainable_params": trainable, "total_params": total}
+        mlflow.log_metrics(metrics)
 
         if cfg.method.trains:
             with tempfile.TemporaryDirectory(prefix="trainer-") as out:
                 result = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out)
-            metrics |= {"train_seconds": result.seconds, "train_tokens": result.tokens,
-                        "train_tokens_per_second": result.tokens_per_second}
+            trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
+                       "train_tokens_per_second": result.tokens_per_second}
+            mlflow.log_metrics(trained)
+            mlflow.set_tag("train_bf16", str(result.bf16).lower())
+            metrics |= trained
+            if cfg.method.peft and cfg.tracking.log_adapter:
+                tracking.log_adapter(built.model)
 
         start = time.perf_counter()
         scores = score(built.lm, built.task_manager, built.eval_tasks, cfg.method.num_fewshot,
                        cfg.eval.limit, cfg.seed, cfg.eval.log_samples)
-        metrics |= scores.metrics | {"eval_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
-
-        mlflow.log_metrics(metrics)
+        scored = scores.metrics | {"eval_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+        mlflow.log_metrics(scored)
         tracking.log_eval_results(scores.results)
-        if cfg.method.peft and cfg.tracking.log_adapter:
-            tracking.log_adapter(built.model)
         print(f"[sft-sweep] {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.metrics.items()), flush=True)
-        return JobOutcome("FINISHED", run.info.run_id, metrics)
+        return JobOutcome("FINISHED", run.info.run_id, metrics | scored)

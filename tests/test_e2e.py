@@ -1,6 +1,7 @@
 """End to end: the real commands as subprocesses, on the tiny model, into a temporary MLflow store."""
 
 import json
+import re
 from pathlib import Path
 
 import mlflow
@@ -77,12 +78,13 @@ def test_baselines_then_lora_compare_in_one_table(tracking):
 
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tracking):
     # lr=1e30 makes the loss non-finite at once: that job fails, the next one runs.
-    p = run_sweep("-m", *TINY, *tracking, "train.logging_steps=1", "train.lr=1e30,1e-3")
+    p = run_sweep("-m", *TINY, *tracking, "train.logging_steps=1", "train.max_steps=4", "train.warmup_ratio=0",
+                  "train.lr=1e30,1e-3")
     assert p.returncode == 1
     assert "1 of 2 jobs did not finish" in p.stderr and "NonFiniteLossError" in p.stderr
     runs = runs_of(tracking)
     failed = runs[runs["status"] == "FAILED"].iloc[0]
-    assert "training loss is nan at step 1" in failed["tags.error"] or "training loss is inf" in failed["tags.error"]
+    assert re.search(r"(training loss|gradient norm) is (nan|inf) at step 2 \(learning rate 7.5e\+29\)", failed["tags.error"])
     assert "traceback.txt" in artifacts(failed["run_id"])
     assert (runs["status"] == "FINISHED").sum() == 1
 
@@ -91,9 +93,11 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tracking):
     ("lora.r=0", "lora.r=0 is invalid"),
     ("eval.tasks=[sst3]", "unknown lm-eval task 'sst3'"),
     ("lora.target_modules=[q_proj,query]", "its linear layers are: down_proj"),
-    ("tracking.uri=sqlite:////nonexistent/dir/m.db", "tracking.uri='sqlite:////nonexistent/dir/m.db' cannot be opened"),
+    ("tracking.uri=sqlite:///{tmp}/a_file/m.db", "tracking.uri='sqlite:///{tmp}/a_file/m.db' cannot be opened"),
 ])
-def test_bad_input_fails_fast_with_one_line(tracking, override, needle):
+def test_bad_input_fails_fast_with_one_line(tracking, tmp_path, override, needle):
+    (tmp_path / "a_file").write_text("not a folder")
+    override, needle = override.format(tmp=tmp_path), needle.format(tmp=tmp_path)
     p = run_sweep(*TINY, *tracking, override)
     assert p.returncode == 2
     assert needle in p.stderr
@@ -104,3 +108,18 @@ def test_bad_input_fails_fast_with_one_line(tracking, override, needle):
 def test_cfg_job_prints_the_composed_config():
     p = run_sweep("--cfg", "job", "lora.r=2")
     assert p.returncode == 0 and "r: 2" in p.stdout and "target_modules: qkvo" in p.stdout
+
+
+@pytest.mark.parametrize("overrides,metric", [
+    (["data=rte"], "rte/acc"),
+    (["data=self_instruct", "eval.limit=2"], "self_instruct/rougeL"),
+    (["method=full"], "sst2/acc"),
+])
+def test_other_tasks_and_methods_run(tracking, overrides, metric):
+    p = run_sweep(*TINY, *tracking, *overrides)
+    assert p.returncode == 0, p.stderr[-3000:]
+    [run] = runs_of(tracking).to_dict("records")
+    assert run["status"] == "FINISHED" and 0 <= run[f"metrics.{metric}"] <= 1
+    if "method=full" in overrides:
+        assert run["metrics.trainable_params"] == run["metrics.total_params"]
+        assert not any(a.startswith("adapter") for a in artifacts(run["run_id"]))

@@ -1,0 +1,38 @@
+"""Training on the tiny model: deterministic given the seed, answer-only logits give the same loss."""
+
+import copy
+
+import torch
+
+from sweep.build import build
+from sweep.train import AnswerOnlyTrainer, train
+from tests.conftest import TINY, compose
+
+
+def _train(tmp_path, *overrides):
+    cfg = compose(*TINY, "train.max_steps=3", *overrides)
+    built = build(cfg)
+    result = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, str(tmp_path))
+    lora = {k: v.clone() for k, v in built.model.state_dict().items() if "lora_" in k}
+    return result, lora
+
+
+def test_training_is_deterministic_on_cpu(tmp_path):
+    a, lora_a = _train(tmp_path)
+    b, lora_b = _train(tmp_path)
+    assert a.final_loss == b.final_loss and a.tokens == b.tokens > 0
+    assert lora_a.keys() == lora_b.keys() and all(torch.equal(lora_a[k], lora_b[k]) for k in lora_a)
+    assert any(torch.count_nonzero(v) for k, v in lora_a.items() if "lora_B" in k)  # it did learn
+
+
+def test_answer_only_loss_equals_the_full_loss(tiny):
+    cfg = compose(*TINY)
+    built = build(cfg)
+    batch = built.train_dataset.select(range(4))
+    from transformers import DataCollatorForSeq2Seq
+
+    inputs = DataCollatorForSeq2Seq(built.tokenizer, padding=True, label_pad_token_id=-100)(list(batch))
+    full = built.model(**copy.deepcopy(inputs)).loss
+    trainer = AnswerOnlyTrainer.__new__(AnswerOnlyTrainer)  # compute_loss needs no Trainer state
+    answer_only = trainer.compute_loss(built.model, dict(inputs))
+    assert torch.allclose(full, answer_only, atol=1e-5)
