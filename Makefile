@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install run test test-fast ui clean-cache
+.PHONY: help install run test test-fast ui dashboard clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ test-fast: $(STAMP) ## unit tests only
 
 ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the embedded store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 over the embedded study storage
+	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port 8080 --storage-class JournalFileStorage $(CURDIR)/optuna.journal
 
 clean-cache: ## delete converted models (rebuilt on the next run)
 	rm -rf .cache

@@ -13,6 +13,7 @@ import mlflow
 import pandas as pd
 
 BASELINES = ("zero_shot", "few_shot")
+STUDY = "optuna-study"  # method tag of an Optuna study's parent run
 
 
 def search_runs(experiment: str, filter_string: str = "") -> pd.DataFrame:
@@ -26,6 +27,8 @@ def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
     """The sweep's runs, plus the latest finished baselines of the same model, tasks and eval limit
     when the sweep itself scored none (e.g. `make run` scores them in a first sweep)."""
     runs = search_runs(experiment, f"tags.sweep_id = '{sweep_id}'")
+    if not runs.empty:
+        runs = runs[runs["tags.method"] != STUDY].reset_index(drop=True)  # the Optuna parent run
     if runs.empty or runs["tags.method"].isin(BASELINES).all():
         return runs
     ref = runs.iloc[0]
@@ -45,12 +48,13 @@ def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
 
 
 def main_metrics(runs: pd.DataFrame) -> list[str]:
-    """One headline metric per task: `acc` when the task has it, else its first metric."""
+    """One headline metric per scored task: `acc` when the task has it, else its first metric."""
+    tasks = {t for tags in runs["tags.tasks"].dropna() for t in tags.split(",")}
     by_task: dict[str, list[str]] = {}
     for col in runs.columns:
         if col.startswith("metrics.") and "/" in col and not col.endswith("_stderr"):
             task, metric = col[len("metrics."):].split("/", 1)
-            if task != "train":
+            if task in tasks and metric != "n_samples":
                 by_task.setdefault(task, []).append(metric)
     return [f"{t}/{'acc' if 'acc' in ms else sorted(ms)[0]}" for t, ms in sorted(by_task.items())]
 

@@ -11,8 +11,8 @@ from omegaconf import DictConfig
 class SummaryCallback(Callback):
     """Collects job outcomes and prints `analysis.summary`'s table at the end.
 
-    A multirun whose jobs failed (or had invalid configs) exits with status 1 after the table,
-    so scripts notice; the failed runs stay in MLflow as FAILED with their tracebacks.
+    A grid multirun whose jobs failed (or had invalid configs) exits with status 1 after the
+    table, so scripts notice; the failed runs stay in MLflow as FAILED with their tracebacks.
     """
 
     def __init__(self) -> None:
@@ -27,19 +27,20 @@ class SummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from sweep.job import sweep_id_of
 
-        failed = [o for o in self.outcomes if o.status != "FINISHED"]
-        self._print(config, config.tracking.sweep_id or sweep_id_of(config.hydra.sweep.dir))
+        failed = [o for o in self.outcomes if o.status not in ("FINISHED", "PRUNED")]
+        sid = self.outcomes[0].sweep_id if self.outcomes else sweep_id_of(config.hydra.sweep.dir)
+        self._print(config, sid)
         if failed:
             print(f"{len(failed)} of {len(self.outcomes)} jobs did not finish:", file=sys.stderr)
             for o in failed:
                 print(f"  {o.status}: {o.error}", file=sys.stderr)
-            sys.exit(1)
+            # Optuna sweeps tolerate failed trials (up to hydra.sweeper.max_failures); a grid does not.
+            if "optuna" not in str(config.hydra.sweeper.get("_target_", "")).lower():
+                sys.exit(1)
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        from sweep.job import sweep_id_of
-
         if any(o.status == "FINISHED" for o in self.outcomes):
-            self._print(config, config.tracking.sweep_id or sweep_id_of(config.hydra.runtime.output_dir))
+            self._print(config, self.outcomes[0].sweep_id)
 
     @staticmethod
     def _print(config: DictConfig, sid: str) -> None:

@@ -86,6 +86,9 @@ def validate(cfg: DictConfig) -> None:
     _require(e.limit is None or (_is_int(e.limit) and e.limit > 0), "eval.limit", e.limit,
              "must be a positive integer or null (score every example)")
     _require(_is_int(e.batch_size) and e.batch_size > 0, "eval.batch_size", e.batch_size, "must be a positive integer")
+    _require(e.every_steps is None or (_is_int(e.every_steps) and e.every_steps > 0), "eval.every_steps",
+             e.every_steps, "must be a positive integer or null (no scoring during training)")
+    _require(_is_int(e.slice_size) and e.slice_size > 0, "eval.slice_size", e.slice_size, "must be a positive integer")
     for p in e.include_paths:
         _require(Path(p).is_dir(), "eval.include_paths", p, "each entry must be an existing folder of task YAMLs")
 

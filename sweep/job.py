@@ -12,8 +12,9 @@ from pathlib import Path
 
 import mlflow
 from omegaconf import DictConfig
+from optuna.exceptions import TrialPruned
 
-from sweep import tracking
+from sweep import tracking, trials
 from sweep.build import build
 from sweep.config import ConfigError, validate
 from sweep.evaluate import score
@@ -24,7 +25,8 @@ from sweep.train import train
 @dataclass
 class JobOutcome:
     """What a job hands back to the sweeper (and the summary)."""
-    status: str                       # FINISHED | FAILED | INVALID
+    status: str                       # FINISHED | PRUNED | FAILED | INVALID
+    sweep_id: str | None = None
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
@@ -73,12 +75,27 @@ def run_job(cfg: DictConfig) -> JobOutcome:
         print(f"error: {e}", file=sys.stderr, flush=True)
         if not is_multirun():
             sys.exit(2)
-        return JobOutcome("INVALID", error=str(e))
+        return JobOutcome("INVALID", sweep_id(cfg), error=str(e))
+    except TrialPruned as e:
+        print(f"[sft-sweep] pruned: {e}", flush=True)
+        return JobOutcome("PRUNED", sweep_id(cfg))
     except Exception as e:
         if not is_multirun():
             raise
         traceback.print_exc()  # the MLflow run (if it started) is FAILED with this traceback
-        return JobOutcome("FAILED", error=f"{type(e).__name__}: {e}")
+        return JobOutcome("FAILED", sweep_id(cfg), error=f"{type(e).__name__}: {e}")
+
+
+def intermediate_scoring(cfg: DictConfig, built) -> list:
+    """With eval.every_steps, score a validation slice during training (for curves and pruning)."""
+    if not cfg.eval.every_steps:
+        return []
+
+    def score_slice() -> dict[str, float]:
+        return score(built.lm, built.task_manager, built.eval_tasks, cfg.method.num_fewshot,
+                     cfg.eval.slice_size, cfg.seed, log_samples=False).metrics
+
+    return [trials.report_callback(trials.current(), score_slice, cfg.eval.every_steps, cfg.eval.slice_size)]
 
 
 def execute(cfg: DictConfig) -> JobOutcome:
@@ -99,7 +116,8 @@ def execute(cfg: DictConfig) -> JobOutcome:
 
         if cfg.method.trains:
             with tempfile.TemporaryDirectory(prefix="trainer-") as out:
-                result = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out)
+                result = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out,
+                               callbacks=intermediate_scoring(cfg, built))
             trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
                        "train_tokens_per_second": result.tokens_per_second}
             mlflow.log_metrics(trained)
@@ -115,4 +133,4 @@ def execute(cfg: DictConfig) -> JobOutcome:
         mlflow.log_metrics(scored)
         tracking.log_eval_results(scores.results)
         print(f"[sft-sweep] {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.metrics.items()), flush=True)
-        return JobOutcome("FINISHED", run.info.run_id, metrics | scored)
+        return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics | scored)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import mlflow
 from omegaconf import DictConfig, OmegaConf
+from optuna.exceptions import TrialPruned
 
 from sweep.config import PROJECT_ROOT, ConfigError
 
@@ -85,26 +86,41 @@ def installed_packages() -> str:
 
 @contextmanager
 def mlflow_run(experiment_id: str, name: str, tags: dict[str, str]):
-    """An MLflow run that ends FINISHED, FAILED (with `traceback.txt`) or KILLED (Ctrl-C)."""
+    """An MLflow run that ends FINISHED, FAILED (with `traceback.txt`), or KILLED when
+    interrupted (Ctrl-C) or pruned by Optuna (tag `optuna.state=PRUNED`)."""
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
+    in_trial = "optuna.trial_number" in tags
     try:
         yield run
+    except TrialPruned:
+        mlflow.set_tag("optuna.state", "PRUNED")
+        mlflow.end_run("KILLED")
+        raise
     except KeyboardInterrupt:
         mlflow.set_tag("error", "interrupted")
         mlflow.end_run("KILLED")
         raise
     except BaseException as e:
-        mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+        mlflow.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]} | ({"optuna.state": "FAIL"} if in_trial else {}))
         mlflow.log_text(traceback.format_exc(), "traceback.txt")
         mlflow.end_run("FAILED")
         raise
     else:
+        if in_trial:
+            mlflow.set_tag("optuna.state", "COMPLETE")
         mlflow.end_run("FINISHED")
 
 
 def start_tags(cfg: DictConfig, sweep_id: str) -> dict[str, str]:
+    from sweep import trials
+
     commit, dirty = git_state()
-    return {
+    ctx = trials.current()
+    trial_tags = {} if ctx is None else {
+        "optuna.study_name": ctx.study_name, "optuna.trial_number": str(ctx.trial.number),
+        **({"mlflow.parentRunId": ctx.parent_run_id} if ctx.parent_run_id else {}),
+    }
+    return trial_tags | {
         "method": cfg.method.name,
         "model": cfg.model.name,
         "tasks": ",".join(cfg.eval.tasks),

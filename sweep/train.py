@@ -6,10 +6,12 @@ import math
 import time
 from dataclasses import dataclass
 
+import optuna
 import torch
 from omegaconf import DictConfig
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
+from sweep import trials
 from sweep.data import IGNORE_INDEX
 
 
@@ -31,10 +33,12 @@ class MetricsToMlflow(TrainerCallback):
             value = logs.get(key)
             if value is not None and not math.isfinite(value):
                 name = "training loss" if key == "loss" else "gradient norm"
-                raise NonFiniteLossError(
-                    f"{name} is {value} at step {state.global_step} (learning rate "
-                    f"{logs.get('learning_rate', args.learning_rate):g}); lower train.lr"
-                )
+                message = (f"{name} is {value} at step {state.global_step} (learning rate "
+                           f"{logs.get('learning_rate', args.learning_rate):g}); lower train.lr")
+                ctx = trials.current()
+                if ctx is not None and ctx.pruning:
+                    raise optuna.TrialPruned(message)
+                raise NonFiniteLossError(message)
         numeric = {f"train/{k}": float(v) for k, v in logs.items() if k in CURVES}
         if numeric and mlflow.active_run():
             mlflow.log_metrics(numeric, step=state.global_step)
@@ -115,7 +119,8 @@ def training_arguments(train: DictConfig, seed: int, output_dir: str) -> Trainin
     )
 
 
-def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_dir: str) -> TrainResult:
+def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_dir: str,
+          callbacks: list | None = None) -> TrainResult:
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     trainer_class = AnswerOnlyTrainer if train_cfg.answer_only_logits else Trainer
     args = training_arguments(train_cfg, seed, output_dir)
@@ -124,7 +129,7 @@ def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_di
         args=args,
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[MetricsToMlflow()],
+        callbacks=[MetricsToMlflow(), *(callbacks or [])],
     )
     start = time.perf_counter()
     output = trainer.train()

@@ -1,0 +1,1 @@
+"""sft-sweep's Hydra plugins (discovered by Hydra under the hydra_plugins namespace)."""

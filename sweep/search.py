@@ -1,0 +1,133 @@
+"""Optuna search spaces from Hydra's override grammar, and the study's sampler, pruner and storage.
+
+`choice(a,b)` -> categorical, `range(lo,hi,step=s)` -> int (or stepped float) grid, `interval(lo,hi)`
+-> float (Hydra parses interval ends as floats: `tag(int, interval(lo,hi))` makes it an int),
+`tag(log, ...)` -> log scale; plain values are fixed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep, Transformer
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+
+from sweep.config import ConfigError
+
+SAMPLERS = ("tpe", "random", "grid", "gp", "nsgaii")
+PRUNERS = ("none", "median", "hyperband")
+
+
+@dataclass
+class SearchSpace:
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)   # overrides passed to every trial unchanged
+
+    def overrides(self, params: dict) -> list[str]:
+        """The command-line overrides of one trial."""
+        return [*self.fixed, *(f"{k}={v}" for k, v in params.items())]
+
+
+def distribution(override: Override) -> BaseDistribution:
+    key, value = override.get_key_element(), override.value()
+    if override.is_choice_sweep():
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    log = "log" in value.tags
+    if override.is_range_sweep():
+        assert isinstance(value, RangeSweep)
+        if value.shuffle:
+            raise ConfigError(f"{key}: shuffle(range(...)) has no meaning for Optuna; use range(...)")
+        ends = (value.start, value.stop, value.step)
+        values = list(override.sweep_iterator())
+        if not values:
+            raise ConfigError(f"{key}=range{ends} is empty")
+        if all(isinstance(x, int) for x in ends):
+            return IntDistribution(values[0], values[-1], step=value.step, log=log and value.step == 1)
+        return FloatDistribution(values[0], values[-1], step=value.step)
+    if override.is_interval_sweep():
+        assert isinstance(value, IntervalSweep)
+        if "int" in value.tags:
+            return IntDistribution(int(value.start), int(value.end), log=log)
+        return FloatDistribution(value.start, value.end, log=log)
+    raise ConfigError(f"{key}: unsupported sweep {override.input_line}; use choice, range, interval or tag(log, ...)")
+
+
+def parse_search_space(arguments: list[str]) -> SearchSpace:
+    """Split command-line/config overrides into Optuna distributions and fixed overrides."""
+    space = SearchSpace()
+    for override in OverridesParser.create().parse_overrides(arguments):
+        if override.is_sweep_override():
+            space.distributions[override.get_key_element()] = distribution(override)
+        else:
+            space.fixed.append(override.input_line)
+    return space
+
+
+def grid_of(space: SearchSpace) -> dict[str, list]:
+    """The GridSampler's search space; intervals have no grid, so they are refused."""
+    grid = {}
+    for name, dist in space.distributions.items():
+        if isinstance(dist, CategoricalDistribution):
+            grid[name] = list(dist.choices)
+        elif isinstance(dist, IntDistribution):
+            grid[name] = list(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, FloatDistribution) and dist.step:
+            n = round((dist.high - dist.low) / dist.step)
+            grid[name] = [dist.low + i * dist.step for i in range(n + 1)]
+        else:
+            raise ConfigError(f"hydra.sweeper.sampler=grid: {name} is a continuous interval; use choice(...) or range(...)")
+    return grid
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler calls `study.stop()` once the grid is done, which only works inside
+    `study.optimize`; the sweeper runs trials with ask/tell and stops at the grid's size itself."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def grid_size(space: SearchSpace) -> int:
+    return math.prod(len(v) for v in grid_of(space).values())
+
+
+def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return AskTellGridSampler(grid_of(space), seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ConfigError(f"hydra.sweeper.sampler={name!r} is invalid: choose one of {', '.join(SAMPLERS)}")
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if name in ("none", None):
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    raise ConfigError(f"hydra.sweeper.pruner={name!r} is invalid: choose one of {', '.join(PRUNERS)}")
+
+
+def make_storage(url: str):
+    """An RDB URL (sqlite:///..., postgresql://...) or a journal file path (`*.log`/`*.journal`).
+
+    The journal file is the local default: Optuna's file backend locks it, so several local
+    processes can share one study without SQLite's "database is locked" errors. RDB storages
+    get a heartbeat, so trials of a worker that died are failed (and retried) by the others.
+    """
+    if "://" in url:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    backend = optuna.storages.journal.JournalFileBackend(url)
+    return optuna.storages.JournalStorage(backend)

@@ -1,0 +1,124 @@
+"""The Optuna sweeper end to end on the tiny model: `python sweep.py -m hydra/sweeper=optuna ...`."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from tests.conftest import ROOT, TINY, run_sweep, runs_of
+
+pytestmark = pytest.mark.e2e
+
+
+def optuna_args(tmp_path, *extra):
+    return ["-m", "hydra/sweeper=optuna", *TINY, f"hydra.sweeper.storage={tmp_path}/optuna.journal",
+            "hydra.sweeper.study_name=study", *extra]
+
+
+def study_of(tmp_path) -> optuna.Study:
+    from sweep.search import make_storage
+
+    return optuna.load_study(study_name="study", storage=make_storage(f"{tmp_path}/optuna.journal"))
+
+
+def children(tracking):
+    runs = runs_of(tracking)
+    return runs[runs["tags.method"] != "optuna-study"], runs[runs["tags.method"] == "optuna-study"]
+
+
+def test_tpe_sweep_records_parent_and_child_runs(tmp_path, tracking):
+    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=4", "lora.r=choice(1,2,4)",
+                               "train.lr=tag(log,interval(1e-4,1e-2))"), *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    study = study_of(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    kids, [parent] = children(tracking)[0], children(tracking)[1].to_dict("records")
+    assert len(kids) == 4 and (kids["tags.mlflow.parentRunId"] == parent["run_id"]).all()
+    assert sorted(kids["tags.optuna.trial_number"].astype(int)) == [0, 1, 2, 3]
+    assert (kids["tags.optuna.state"] == "COMPLETE").all()
+    assert parent["status"] == "FINISHED" and parent["params.sampler"] == "tpe"
+    assert parent["params.space.lora.r"].startswith("CategoricalDistribution")
+    assert parent["metrics.best/sst2/acc"] == study.best_value
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"], "plots")}
+    assert {"plots/optimization_history.png", "plots/param_importances.png"} <= files
+    best = study.best_trial
+    assert f"best trial {best.number}" in p.stdout and "reproduce: python sweep.py" in p.stdout
+    assert f"lora.r={best.params['lora.r']}" in p.stdout.split("reproduce:")[1].splitlines()[0]
+
+
+def test_two_objectives_give_a_pareto_front(tmp_path, tracking):
+    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler=nsgaii",
+                               "hydra.sweeper.objective=[sst2/acc,trainable_params]",
+                               "hydra.sweeper.directions=[maximize,minimize]", "lora.r=choice(1,4)"), *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    study = study_of(tmp_path)
+    assert len(study.directions) == 2 and len(study.best_trials) >= 1
+    [parent] = children(tracking)[1].to_dict("records")
+    files = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"])}
+    assert "pareto_front.json" in files
+
+
+def test_a_diverging_trial_is_pruned_early(tmp_path, tracking):
+    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler=grid",
+                               "hydra.sweeper.pruner=median", "eval.every_steps=2", "eval.slice_size=4",
+                               "train.max_steps=8", "train.logging_steps=1", "train.warmup_ratio=0",
+                               "train.lr=choice(1e30,1e-3)"), *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    by_lr = {t.params["train.lr"]: t for t in study_of(tmp_path).trials}
+    assert by_lr[1e30].state == TrialState.PRUNED and by_lr[1e-3].state == TrialState.COMPLETE
+    kids = children(tracking)[0]
+    pruned = kids[kids["tags.optuna.state"] == "PRUNED"].iloc[0]
+    assert pruned["status"] == "KILLED"
+    losses = mlflow.MlflowClient().get_metric_history(pruned["run_id"], "train/loss")
+    assert max(h.step for h in losses) < 8  # stopped early; its partial curve is kept
+
+
+def test_a_killed_sweep_resumes_to_exactly_n_trials(tmp_path, tracking):
+    args = optuna_args(tmp_path, "hydra.sweeper.n_trials=3", "lora.r=choice(1,2,4,8)", "train.max_steps=6")
+    proc = subprocess.Popen([sys.executable, "sweep.py", *args, *tracking], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill it while its second trial runs
+        time.sleep(0.5)
+        try:
+            trials = study_of(tmp_path).trials
+        except KeyError:
+            continue
+        if len(trials) >= 2 and trials[1].state == TrialState.RUNNING:
+            break
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = study_of(tmp_path).trials
+    assert before[0].state == TrialState.COMPLETE and before[1].state == TrialState.RUNNING
+
+    p = run_sweep(*args, *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "1 trial(s) of a worker that died were failed and queued again" in p.stdout
+    after = study_of(tmp_path).trials
+    assert sum(t.state == TrialState.COMPLETE for t in after) == 3
+    assert after[1].state == TrialState.FAIL and after[1].user_attrs["retried"]
+    retry = [t for t in after if t.user_attrs.get("retry_of") == 1]
+    assert len(retry) == 1 and retry[0].params == after[1].params and retry[0].state == TrialState.COMPLETE
+    assert after[0].params == before[0].params  # the finished trial was not rerun
+    kids = children(tracking)[0]
+    assert (kids["tags.optuna.state"] == "COMPLETE").sum() == 3
+
+
+def test_two_workers_share_one_study(tmp_path, tracking):
+    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                               "lora.r=choice(1,2,4,8)"), *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4 and len({t.number for t in complete}) == 4
+    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both processes ran trials
+    kids = children(tracking)[0]
+    finished = kids[kids["tags.optuna.state"] == "COMPLETE"]
+    assert len(finished) == 4 and finished["tags.optuna.trial_number"].nunique() == 4
+    assert children(tracking)[1].shape[0] == 1  # one parent run for the study

@@ -1,0 +1,92 @@
+"""Search spaces from Hydra's override grammar, samplers, pruners, storages and trial reporting."""
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+from sweep.config import ConfigError
+from sweep.search import grid_of, make_pruner, make_sampler, make_storage, parse_search_space
+from sweep.trials import TrialContext, report_callback
+
+
+def test_every_grammar_form():
+    space = parse_search_space([
+        "lora.r=choice(1,2,4)", "lora.target_modules=choice(qv,qkvo,all-linear)",
+        "lora.alpha=range(4,64,step=4)", "train.lr=tag(log,interval(1e-5,1e-3))",
+        "lora.dropout=interval(0,0.2)", "train.max_steps=tag(int,interval(10,50))", "train.grad_accum=tag(log,range(1,9))",
+        "train.warmup_ratio=range(0.0,0.2,step=0.1)", "seed=3", "data=rte",
+    ])
+    d = space.distributions
+    assert d["lora.r"] == CategoricalDistribution([1, 2, 4])
+    assert d["lora.target_modules"] == CategoricalDistribution(["qv", "qkvo", "all-linear"])
+    assert d["lora.alpha"] == IntDistribution(4, 60, step=4)  # Hydra's range excludes its stop
+    assert d["train.lr"] == FloatDistribution(1e-5, 1e-3, log=True)
+    assert d["lora.dropout"] == FloatDistribution(0, 0.2)
+    assert d["train.max_steps"] == IntDistribution(10, 50)
+    assert d["train.grad_accum"] == IntDistribution(1, 8, log=True)
+    assert d["train.warmup_ratio"] == FloatDistribution(0.0, 0.2, step=0.1)  # as Hydra enumerates it: 0, .1, .2
+    assert space.fixed == ["seed=3", "data=rte"]
+    assert space.overrides({"lora.r": 2}) == ["seed=3", "data=rte", "lora.r=2"]
+
+
+def test_grid_needs_discrete_params():
+    assert grid_of(parse_search_space(["lora.r=choice(2,8)", "lora.alpha=range(8,17,step=8)"])) == {
+        "lora.r": [2, 8], "lora.alpha": [8, 16]}
+    with pytest.raises(ConfigError, match="sampler=grid: train.lr is a continuous interval"):
+        grid_of(parse_search_space(["train.lr=interval(1e-4,1e-3)"]))
+
+
+@pytest.mark.parametrize("name", ["tpe", "random", "grid", "gp", "nsgaii"])
+def test_samplers(name):
+    assert isinstance(make_sampler(name, 0, parse_search_space(["lora.r=choice(2,8)"])), optuna.samplers.BaseSampler)
+
+
+def test_unknown_sampler_and_pruner():
+    with pytest.raises(ConfigError, match="hydra.sweeper.sampler='cmaes' is invalid: choose one of tpe, random"):
+        make_sampler("cmaes", 0, parse_search_space([]))
+    with pytest.raises(ConfigError, match="hydra.sweeper.pruner='early' is invalid"):
+        make_pruner("early")
+
+
+def test_journal_storage_is_shared_by_two_handles(tmp_path):
+    path = str(tmp_path / "optuna.journal")
+    a = optuna.create_study(study_name="s", storage=make_storage(path))
+    a.optimize(lambda t: t.suggest_int("x", 0, 3), n_trials=2)
+    b = optuna.load_study(study_name="s", storage=make_storage(path))
+    assert len(b.trials) == 2
+    assert isinstance(make_storage(f"sqlite:///{tmp_path}/o.db"), optuna.storages.RDBStorage)
+
+
+def test_report_callback_prunes_a_trial_below_the_median(monkeypatch):
+    import mlflow
+
+    monkeypatch.setattr(mlflow, "log_metrics", lambda *a, **k: None)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=2))
+    for value in (0.8, 0.9):
+        t = study.ask()
+        t.report(value, 10)
+        study.tell(t, value)
+
+    class Model:
+        training = True
+
+        def eval(self):
+            self.training = False
+
+        def train(self, mode):
+            self.training = mode
+
+    class State:
+        global_step = 10
+
+    trial = study.ask()
+    cb = report_callback(TrialContext(trial, "s", ["sst2/acc"], None), lambda: {"sst2/acc": 0.1}, 5, 64)
+    model = Model()
+    with pytest.raises(optuna.TrialPruned, match="at step 10: sst2/acc=0.1 on the first 64 examples"):
+        cb.on_step_end(None, State(), None, model=model)
+    assert model.training  # scoring switched to eval mode and back
+
+    good = study.ask()
+    report_callback(TrialContext(good, "s", ["sst2/acc"], None), lambda: {"sst2/acc": 0.95}, 5, 64).on_step_end(
+        None, State(), None, model=Model())
+    assert not good.should_prune()
