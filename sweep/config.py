@@ -56,8 +56,8 @@ def _is_int(x) -> bool:
 
 def validate(cfg: DictConfig) -> None:
     """Check the composed config; raise ConfigError on the first problem."""
-    try:
-        OmegaConf.to_container(cfg, resolve=True)
+    try:  # (Hydra's own node, when present, holds values that are only set while a job runs)
+        OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
     except Exception as e:  # a bad interpolation, e.g. ${mul:...} on a string
         raise ConfigError(f"the config does not resolve: {e}") from None
 

@@ -86,3 +86,18 @@ def test_unknown_group_option_is_rejected_by_hydra_with_choices():
     with pytest.raises(MissingConfigException) as e:
         compose("method=lorra")
     assert "lora" in str(e.value)
+
+
+@pytest.mark.parametrize("preset", [p.stem for p in sorted((ROOT / "conf" / "hparams_search").glob("*.yaml"))])
+def test_hparams_search_presets_compose_with_the_optuna_sweeper(preset):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from sweep.search import parse_search_space
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=[f"hparams_search={preset}"], return_hydra_config=True)
+    validate(cfg)
+    sweeper = cfg.hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper")
+    space = parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
+    assert space.distributions and not space.fixed

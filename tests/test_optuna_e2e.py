@@ -122,3 +122,15 @@ def test_two_workers_share_one_study(tmp_path, tracking):
     finished = kids[kids["tags.optuna.state"] == "COMPLETE"]
     assert len(finished) == 4 and finished["tags.optuna.trial_number"].nunique() == 4
     assert children(tracking)[1].shape[0] == 1  # one parent run for the study
+
+
+def test_too_many_failures_stop_the_sweep(tmp_path, tracking):
+    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=5", "hydra.sweeper.max_failures=2",
+                               "train.max_steps=4", "train.logging_steps=1", "train.warmup_ratio=0",
+                               "train.lr=1e30", "lora.r=choice(1,2)"), *tracking)
+    assert p.returncode != 0
+    assert "2 trials failed (hydra.sweeper.max_failures=2); the sweep stops" in p.stderr
+    study = study_of(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
+    kids = children(tracking)[0]
+    assert (kids["status"] == "FAILED").sum() == 2 and (kids["tags.optuna.state"] == "FAIL").all()
