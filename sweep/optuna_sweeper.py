@@ -51,11 +51,11 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_dead_trials(study: optuna.Study) -> int:
+def recover_dead_trials(study: optuna.Study) -> list[int]:
     """Fail the RUNNING trials of workers on this host that no longer exist, and queue their
     parameters again so they are retried. (Optuna's own heartbeat works only inside
     `study.optimize` and not for journal storages; trials here are run with ask/tell.)"""
-    recovered = 0
+    recovered = []
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
@@ -63,7 +63,7 @@ def recover_dead_trials(study: optuna.Study) -> int:
             study._storage.set_trial_user_attr(t._trial_id, "retried", True)
             study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-            recovered += 1
+            recovered.append(t.number)
     return recovered
 
 
@@ -106,8 +106,10 @@ class OptunaSweeper(Sweeper):
         study = self._study(space)
         recovered = recover_dead_trials(study)
         if recovered:
-            print(f"[optuna] {recovered} trial(s) of a worker that died were failed and queued again", flush=True)
+            print(f"[optuna] {len(recovered)} trial(s) of a worker that died were failed and queued again: "
+                  f"{recovered}", flush=True)
         parent = self._parent_run(study, space)
+        self._close_dead_runs(study, recovered)
         workers = self._spawn_workers()
         try:
             self._run_trials(study, space, parent)
@@ -231,6 +233,19 @@ class OptunaSweeper(Sweeper):
         study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
         return run.info.run_id
 
+    def _close_dead_runs(self, study: optuna.Study, numbers: list[int]) -> None:
+        """The MLflow runs of trials whose worker died are left RUNNING: mark them KILLED."""
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
+        exp = client.get_experiment_by_name(self.config.tracking.experiment)
+        for n in numbers if exp else []:
+            for run in client.search_runs([exp.experiment_id], f"tags.`optuna.study_name` = '{study.study_name}' and "
+                                          f"tags.`optuna.trial_number` = '{n}' and attributes.status = 'RUNNING'"):
+                client.set_tag(run.info.run_id, "optuna.state", "FAIL")
+                client.set_tag(run.info.run_id, "error", "its worker process died; the trial was queued again")
+                client.set_terminated(run.info.run_id, "KILLED")
+
     def reproduce_command(self, space: SearchSpace, params: dict) -> str:
         return shlex.join(["python", "sweep.py", *space.overrides(params)])
 
@@ -239,7 +254,10 @@ class OptunaSweeper(Sweeper):
 
         client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
         states = {s.name: count(study, s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-        best = study.best_trials if count(study, TrialState.COMPLETE) else []
+        if not count(study, TrialState.COMPLETE):
+            best = []
+        else:  # single objective: the best trial (the first of any tie); several: the Pareto front
+            best = [study.best_trial] if len(self.objectives) == 1 else study.best_trials
         lines = [f"\n[optuna] study {study.study_name!r}: " + ", ".join(f"{n} {k.lower()}" for k, n in states.items())]
         summary = []
         for t in best:

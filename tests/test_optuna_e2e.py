@@ -34,7 +34,7 @@ def children(tracking):
 
 def test_tpe_sweep_records_parent_and_child_runs(tmp_path, tracking):
     p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=4", "lora.r=choice(1,2,4)",
-                               "train.lr=tag(log,interval(1e-4,1e-2))"), *tracking)
+                               "train.lr=tag(log,interval(1e-4,1e-2))", "lora.alpha='${mul:2,${lora.r}}'"), *tracking)
     assert p.returncode == 0, p.stderr[-3000:]
     study = study_of(tmp_path)
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
@@ -42,6 +42,7 @@ def test_tpe_sweep_records_parent_and_child_runs(tmp_path, tracking):
     assert len(kids) == 4 and (kids["tags.mlflow.parentRunId"] == parent["run_id"]).all()
     assert sorted(kids["tags.optuna.trial_number"].astype(int)) == [0, 1, 2, 3]
     assert (kids["tags.optuna.state"] == "COMPLETE").all()
+    assert (kids["params.lora.alpha"].astype(float) == 2 * kids["params.lora.r"].astype(float)).all()  # derived
     assert parent["status"] == "FINISHED" and parent["params.sampler"] == "tpe"
     assert parent["params.space.lora.r"].startswith("CategoricalDistribution")
     assert parent["metrics.best/sst2/acc"] == study.best_value
@@ -99,7 +100,7 @@ def test_a_killed_sweep_resumes_to_exactly_n_trials(tmp_path, tracking):
 
     p = run_sweep(*args, *tracking)
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "1 trial(s) of a worker that died were failed and queued again" in p.stdout
+    assert "1 trial(s) of a worker that died were failed and queued again: [1]" in p.stdout
     after = study_of(tmp_path).trials
     assert sum(t.state == TrialState.COMPLETE for t in after) == 3
     assert after[1].state == TrialState.FAIL and after[1].user_attrs["retried"]
@@ -108,6 +109,9 @@ def test_a_killed_sweep_resumes_to_exactly_n_trials(tmp_path, tracking):
     assert after[0].params == before[0].params  # the finished trial was not rerun
     kids = children(tracking)[0]
     assert (kids["tags.optuna.state"] == "COMPLETE").sum() == 3
+    dead = kids[kids["tags.optuna.trial_number"] == "1"]
+    assert len(dead) <= 1 and (dead["status"] == "KILLED").all()  # its run (if it had started) is closed
+    assert not (kids["status"] == "RUNNING").any()
 
 
 def test_two_workers_share_one_study(tmp_path, tracking):
