@@ -3,10 +3,13 @@
 See README.md for the config groups; `python sweep.py --cfg job` prints the composed config.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
 import sweep  # noqa: F401  (registers the config resolvers)
+from sweep.overrides import exit_on_bad_overrides
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -17,4 +20,5 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    exit_on_bad_overrides(sys.argv[1:])  # one clear line for an unknown key or option
     main()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import resource
+import signal
 import sys
+import threading
 import tempfile
 import time
 import traceback
@@ -66,9 +68,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the run is recorded as KILLED before the process exits."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated(f"received signal {signum}")
+
+
 def run_job(cfg: DictConfig) -> JobOutcome:
     """Run one job. In a multirun a failure is recorded and reported, and the sweep goes on;
     a single run exits non-zero (2 for bad input, with a one-line message)."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return execute(cfg)
     except ConfigError as e:
@@ -117,7 +129,7 @@ def execute(cfg: DictConfig) -> JobOutcome:
         if cfg.method.trains:
             with tempfile.TemporaryDirectory(prefix="trainer-") as out:
                 result = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out,
-                               callbacks=intermediate_scoring(cfg, built))
+                               callbacks=intermediate_scoring(cfg, built), fail_at_step=cfg.debug.fail_at_step)
             trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
                        "train_tokens_per_second": result.tokens_per_second}
             mlflow.log_metrics(trained)

@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from sweep import trials
 from sweep.config import ConfigError
 from sweep.search import SearchSpace, grid_size, make_pruner, make_sampler, make_storage, parse_search_space
+from sweep.tracking import redact
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Optuna flags the matplotlib plots and some samplers as experimental; they are what we use.
@@ -60,8 +61,7 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
         if worker_host == host and pid.isdigit() and not _pid_alive(int(pid)):
-            study._storage.set_trial_user_attr(t._trial_id, "retried", True)
-            study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
             recovered.append(t.number)
     return recovered
@@ -71,10 +71,19 @@ def count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
 
 
-def failures(study: optuna.Study) -> int:
-    """Failed trials that count against max_failures (not the ones retried after a dead worker)."""
-    return sum(1 for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-               if not t.user_attrs.get("retried") and not t.user_attrs.get("surplus"))
+def settled_trials(study: optuna.Study) -> list:
+    """Trials that use up the budget (n_trials): complete, pruned, or failed for a reason of their
+    own. Not counted: trials failed because their worker died (they are run again) and a worker's
+    surplus ask for a trial that another worker had already taken."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    return [t for t in trials if t.state in FINISHED or (
+        t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get("surplus"))]
+
+
+def failures(study: optuna.Study, since: int = 0) -> int:
+    """Trials numbered `since` or later that failed for a reason of their own."""
+    return sum(1 for t in settled_trials(study) if t.state == TrialState.FAIL and t.number >= since)
 
 
 class OptunaSweeper(Sweeper):
@@ -104,12 +113,9 @@ class OptunaSweeper(Sweeper):
             print(f"[optuna] the grid has {grid_size(space)} points: n_trials {self.n_trials} -> {grid_size(space)}")
             self.n_trials = grid_size(space)
         study = self._study(space)
-        recovered = recover_dead_trials(study)
-        if recovered:
-            print(f"[optuna] {len(recovered)} trial(s) of a worker that died were failed and queued again: "
-                  f"{recovered}", flush=True)
+        self.first_trial = len(study.trials)  # failures of earlier invocations do not count again
         parent = self._parent_run(study, space)
-        self._close_dead_runs(study, recovered)
+        self._recover(study)
         workers = self._spawn_workers()
         try:
             self._run_trials(study, space, parent)
@@ -161,16 +167,18 @@ class OptunaSweeper(Sweeper):
 
     def _run_trials(self, study: optuna.Study, space: SearchSpace, parent: str | None) -> None:
         while True:
-            done, running = count(study, *FINISHED), count(study, TrialState.RUNNING)
+            done, running = len(settled_trials(study)), count(study, TrialState.RUNNING)
             if done >= self.n_trials:
                 return
-            if failures(study) >= self.max_failures:
+            failed = failures(study, since=self.first_trial)
+            if failed >= self.max_failures:
                 raise SweepFailedError(
-                    f"{failures(study)} trials failed (hydra.sweeper.max_failures={self.max_failures}); the sweep "
+                    f"{failed} trials failed (hydra.sweeper.max_failures={self.max_failures}); the sweep "
                     f"stops. See the FAILED runs' traceback.txt in MLflow, fix the cause, and rerun the same "
                     f"command to resume study {study.study_name!r}")
             if done + running >= self.n_trials:
-                time.sleep(1.0)  # the last trials are running in other workers
+                time.sleep(1.0)  # the last trials are running in other workers (or their worker died)
+                self._recover(study)
                 continue
             trial = study.ask(space.distributions)
             trial.set_user_attr("worker", WORKER)
@@ -180,7 +188,7 @@ class OptunaSweeper(Sweeper):
 
     def _is_surplus(self, study: optuna.Study, trial: optuna.Trial) -> bool:
         """Two workers may ask at once for the last trial: the later one stands down."""
-        earlier = [t for t in study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+        earlier = [t for t in [*settled_trials(study), *study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
                    if t.number < trial.number]
         if len(earlier) < self.n_trials:
             return False
@@ -193,7 +201,14 @@ class OptunaSweeper(Sweeper):
         ctx = trials.TrialContext(trial, study.study_name, self.objectives, parent,
                                   pruning=self.pruner not in ("none", None))
         with trials.running(ctx):
-            [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+            try:
+                [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the job's run is KILLED; retry the trial later
+                study.tell(trial, state=TrialState.FAIL)
+                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+                print(f"\n[optuna] interrupted: trial {trial.number} is queued again; rerun the same command to "
+                      f"resume study {study.study_name!r}", file=sys.stderr, flush=True)
+                raise
         outcome = ret.return_value
         if outcome.status == "FINISHED":
             missing = [o for o in self.objectives if o not in outcome.metrics]
@@ -229,9 +244,16 @@ class OptunaSweeper(Sweeper):
                   "storage": self.storage_resolved, "fixed_overrides": json.dumps(space.fixed)}
         params |= {f"space.{k}": repr(d) for k, d in space.distributions.items()}
         for k, v in params.items():
-            client.log_param(run.info.run_id, k, str(v)[:6000])
+            client.log_param(run.info.run_id, k, redact(str(v))[:6000])
         study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
         return run.info.run_id
+
+    def _recover(self, study: optuna.Study) -> None:
+        recovered = recover_dead_trials(study)
+        if recovered:
+            print(f"[optuna] {len(recovered)} trial(s) of a worker that died were failed and queued again: "
+                  f"{recovered}", flush=True)
+            self._close_dead_runs(study, recovered)
 
     def _close_dead_runs(self, study: optuna.Study, numbers: list[int]) -> None:
         """The MLflow runs of trials whose worker died are left RUNNING: mark them KILLED."""
@@ -247,7 +269,7 @@ class OptunaSweeper(Sweeper):
                 client.set_terminated(run.info.run_id, "KILLED")
 
     def reproduce_command(self, space: SearchSpace, params: dict) -> str:
-        return shlex.join(["python", "sweep.py", *space.overrides(params)])
+        return redact(shlex.join(["python", "sweep.py", *space.overrides(params)]))
 
     def _report(self, study: optuna.Study, space: SearchSpace, parent: str | None) -> None:
         import mlflow

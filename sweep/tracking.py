@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import shlex
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +19,15 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import TrialPruned
 
 from sweep.config import PROJECT_ROOT, ConfigError
+
+
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@")
+
+
+def redact(text: str) -> str:
+    """Hide passwords in URLs (`postgresql://user:secret@host` -> `postgresql://user:***@host`), so
+    that tracking and storage URIs with credentials never reach MLflow params or artifacts."""
+    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
 
 
 def open_experiment(tracking: DictConfig) -> str:
@@ -60,7 +71,7 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
             for k, v in node.items():
                 walk(v, f"{prefix}{k}.")
         else:
-            out[prefix[:-1]] = json.dumps(node) if isinstance(node, list) else str(node)
+            out[prefix[:-1]] = redact(json.dumps(node) if isinstance(node, list) else str(node))
 
     walk(OmegaConf.to_container(cfg, resolve=True), "")
     return out
@@ -84,31 +95,66 @@ def installed_packages() -> str:
     return "\n".join(f"{n}=={v}" for n, v in sorted(dists.items()) if n) + "\n"
 
 
+def _close(run, status: str, tags: dict[str, str], traceback_text: str | None = None) -> None:
+    """End `run` with `status`, even when the interruption left the fluent client mid-call
+    (a signal can land inside an MLflow write): fall back to a fresh client, then try once more."""
+    run_id = run.info.run_id
+    for attempt in range(3):
+        try:
+            client = mlflow.MlflowClient()
+            for k, v in tags.items():
+                client.set_tag(run_id, k, v)
+            if traceback_text:
+                client.log_text(run_id, traceback_text, "traceback.txt")
+            client.set_terminated(run_id, status)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
+    if mlflow.active_run() and mlflow.active_run().info.run_id == run_id:
+        mlflow.end_run(status)
+
+
 @contextmanager
 def mlflow_run(experiment_id: str, name: str, tags: dict[str, str]):
     """An MLflow run that ends FINISHED, FAILED (with `traceback.txt`), or KILLED when
-    interrupted (Ctrl-C) or pruned by Optuna (tag `optuna.state=PRUNED`)."""
+    interrupted (Ctrl-C, SIGTERM) or pruned by Optuna (tag `optuna.state=PRUNED`)."""
     run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
     in_trial = "optuna.trial_number" in tags
     try:
         yield run
     except TrialPruned:
-        mlflow.set_tag("optuna.state", "PRUNED")
-        mlflow.end_run("KILLED")
+        _close(run, "KILLED", {"optuna.state": "PRUNED"})
         raise
     except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted")
-        mlflow.end_run("KILLED")
+        with _signals_deferred():
+            _close(run, "KILLED", {"error": "interrupted"} | ({"optuna.state": "FAIL"} if in_trial else {}))
         raise
     except BaseException as e:
-        mlflow.set_tags({"error": f"{type(e).__name__}: {e}"[:5000]} | ({"optuna.state": "FAIL"} if in_trial else {}))
-        mlflow.log_text(traceback.format_exc(), "traceback.txt")
-        mlflow.end_run("FAILED")
+        _close(run, "FAILED", {"error": f"{type(e).__name__}: {e}"[:5000]} | ({"optuna.state": "FAIL"} if in_trial else {}),
+               traceback.format_exc())
         raise
     else:
-        if in_trial:
-            mlflow.set_tag("optuna.state", "COMPLETE")
-        mlflow.end_run("FINISHED")
+        _close(run, "FINISHED", {"optuna.state": "COMPLETE"} if in_trial else {})
+
+
+@contextmanager
+def _signals_deferred():
+    """Hold a second Ctrl-C/SIGTERM until the run is closed, so the record is never half-written."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = {sig: signal.signal(sig, lambda s, f: received.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def start_tags(cfg: DictConfig, sweep_id: str) -> dict[str, str]:
@@ -137,8 +183,8 @@ def log_inputs(cfg: DictConfig, files: list[Path]) -> None:
     from sweep.data import sha256
 
     mlflow.log_params(flat_params(cfg))
-    mlflow.log_text(OmegaConf.to_yaml(cfg, resolve=True), "config.yaml")
-    mlflow.log_text(shlex.join([sys.executable, *sys.argv]) + "\n", "command.txt")
+    mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+    mlflow.log_text(redact(shlex.join([sys.executable, *sys.argv])) + "\n", "command.txt")
     mlflow.log_text(installed_packages(), "requirements-freeze.txt")
     mlflow.log_dict({str(f): sha256(f) for f in files}, "data_sha256.json")
 

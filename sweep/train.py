@@ -68,6 +68,19 @@ class AnswerOnlyTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
+class InjectedFailure(RuntimeError):
+    """Raised by `debug.fail_at_step`: proves that a job failing mid-training is recorded."""
+
+
+class FailAtStep(TrainerCallback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise InjectedFailure(f"debug.fail_at_step={self.step}: failing on purpose at step {self.step}")
+
+
 @dataclass
 class TrainResult:
     seconds: float
@@ -120,7 +133,7 @@ def training_arguments(train: DictConfig, seed: int, output_dir: str) -> Trainin
 
 
 def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_dir: str,
-          callbacks: list | None = None) -> TrainResult:
+          callbacks: list | None = None, fail_at_step: int | None = None) -> TrainResult:
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     trainer_class = AnswerOnlyTrainer if train_cfg.answer_only_logits else Trainer
     args = training_arguments(train_cfg, seed, output_dir)
@@ -129,7 +142,7 @@ def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_di
         args=args,
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[MetricsToMlflow(), *(callbacks or [])],
+        callbacks=[MetricsToMlflow(), *(callbacks or []), *([FailAtStep(fail_at_step)] if fail_at_step else [])],
     )
     start = time.perf_counter()
     output = trainer.train()

@@ -1,0 +1,74 @@
+"""Checks the command line's overrides against the config tree before Hydra composes it.
+
+Hydra rejects an unknown key or group option with a multi-line message and no suggestion; users
+sweeping overnight deserve one line that names the key and the closest real ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from sweep.config import ConfigError, close_matches
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+def group_options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def _keys(node, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in node.items():
+        out.append(prefix + str(k))
+        if isinstance(v, (dict, DictConfig)):
+            out += _keys(v, f"{prefix}{k}.")
+    return out
+
+
+def check_overrides(args: list[str], defaults: DictConfig) -> None:
+    """Raise ConfigError for an unknown group option or key among `args` (command-line overrides).
+
+    `defaults` is the composed default config; keys that a group option adds are looked up in
+    that option's YAML too (e.g. `model.from_config.hidden_size` with `model=tiny`).
+    """
+    overrides = [o for o in OverridesParser.create().parse_overrides([a for a in args if "=" in a])
+                 if not o.is_hydra_override() and not o.is_add() and not o.is_force_add() and not o.is_delete()]
+    chosen = {o.key_or_group: o for o in overrides if (CONF / o.key_or_group).is_dir()}
+    for group, o in chosen.items():
+        for option in o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]:
+            if str(option) not in group_options(group) and group != "hydra":
+                raise ConfigError(f"{group}={option}: no such option in conf/{group}/; choose one of "
+                                  f"{', '.join(group_options(group))}{close_matches(option, group_options(group))}")
+    known = set(_keys(defaults))
+    for group, o in chosen.items():  # keys of the selected options exist too
+        for option in o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]:
+            path = CONF / group / f"{option}.yaml"
+            is_global = "@package _global_" in path.read_text()  # experiment/ and hparams_search/ files
+            known |= set(_keys(OmegaConf.load(path), "" if is_global else f"{group}."))
+    for o in overrides:
+        key = o.key_or_group
+        if key in chosen or key in known:
+            continue
+        raise ConfigError(f"{key}: no such config key{close_matches(key, known)}; `python sweep.py --cfg job` "
+                          f"lists them (prefix a new key with + to add it)")
+
+
+def exit_on_bad_overrides(argv: list[str]) -> None:
+    """Check `python sweep.py ARGS` before Hydra starts; print one line and exit 2 on a bad one."""
+    import sys
+
+    from hydra import compose, initialize_config_dir
+
+    if any(a.startswith(("--config", "-cp", "-cn", "-cd", "--info", "--help", "-h")) for a in argv):
+        return  # another config tree, or Hydra's own help
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        defaults = compose(config_name="config")
+    try:
+        check_overrides([a for a in argv if not a.startswith("-")], defaults)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,143 @@
+"""Faults users meet in overnight sweeps: each is recorded, reported, and leaves nothing behind.
+See docs/reliability.md for the table of faults and what the user sees."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+from optuna.trial import TrialState
+
+from sweep.tracking import redact
+from tests.conftest import ROOT, TINY, run_sweep, runs_of
+from tests.test_optuna_e2e import children, optuna_args, study_of
+
+
+@pytest.mark.e2e
+def test_a_job_raising_mid_training_in_a_grid(tracking):
+    p = run_sweep("-m", *TINY, *tracking, "train.max_steps=4", "train.logging_steps=1",
+                  "debug.fail_at_step=2,null")
+    assert p.returncode == 1 and "1 of 2 jobs did not finish" in p.stderr and "InjectedFailure" in p.stderr
+    runs = runs_of(tracking)
+    failed = runs[runs["status"] == "FAILED"].iloc[0]
+    assert "failing on purpose at step 2" in failed["tags.error"]
+    files = [a.path for a in mlflow.MlflowClient().list_artifacts(failed["run_id"])]
+    assert {"traceback.txt", "config.yaml", "command.txt"} <= set(files)
+    steps = [h.step for h in mlflow.MlflowClient().get_metric_history(failed["run_id"], "train/loss")]
+    assert steps and max(steps) <= 2  # the partial curve is kept
+    assert (runs["status"] == "FINISHED").sum() == 1
+    assert "FINISHED" in p.stdout and "FAILED" in p.stdout  # the table shows both
+
+
+@pytest.mark.e2e
+def test_a_job_raising_in_an_optuna_sweep(tmp_path, tracking):
+    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.sampler=grid", "train.max_steps=4",
+                               "debug.fail_at_step=choice(2,1000)"), *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    states = {t.params["debug.fail_at_step"]: t.state for t in study_of(tmp_path).trials}
+    assert states == {2: TrialState.FAIL, 1000: TrialState.COMPLETE}  # 1000: past max_steps, never fires
+    kids = children(tracking)[0]
+    assert sorted(kids["status"]) == ["FAILED", "FINISHED"]
+    assert "1 of 2 jobs did not finish" in p.stderr
+
+
+def _wait_for_loss(tracking, timeout=240):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(1)
+        try:
+            runs = runs_of(tracking)
+        except Exception:  # the store or experiment does not exist yet
+            continue
+        if any(mlflow.MlflowClient().get_metric_history(run_id, "train/loss") for run_id in runs.get("run_id", [])):
+            return
+    raise AssertionError("no training loss was recorded in time")
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_kills_the_run_promptly_and_keeps_what_was_recorded(tracking, sig):
+    proc = subprocess.Popen([sys.executable, "sweep.py", *TINY, *tracking, "train.max_steps=100000",
+                             "train.logging_steps=1", "data.max_train_samples=64"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for_loss(tracking)
+    sent = time.time()
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert time.time() - sent < 30 and proc.returncode != 0
+    [run] = runs_of(tracking).to_dict("records")
+    assert run["status"] == "KILLED" and run["tags.error"] == "interrupted"
+    assert "config.yaml" in [a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])]
+    assert mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")
+
+
+@pytest.mark.e2e
+def test_an_interrupted_optuna_sweep_resumes(tmp_path, tracking):
+    args = [*optuna_args(tmp_path, "hydra.sweeper.n_trials=2", "lora.r=choice(1,2)",
+                         "train.logging_steps=1", "data.max_train_samples=64"), *tracking]
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:  # a file, not a pipe: a full pipe would stall the child
+        proc = subprocess.Popen([sys.executable, "sweep.py", *args, "train.max_steps=100000"], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=err)
+        _wait_for_loss(tracking)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert "trial 0 is queued again; rerun the same command" in log.read_text()
+    assert study_of(tmp_path).trials[0].state == TrialState.FAIL
+
+    p = run_sweep(*args, "train.max_steps=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert [t.user_attrs.get("retry_of") for t in trials if t.state == TrialState.COMPLETE].count(0) == 1
+
+
+@pytest.mark.e2e
+def test_three_workers_on_one_study_record_every_trial_once(tmp_path, tracking):
+    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3",
+                               "lora.r=choice(1,2,4,8)", "lora.dropout=interval(0,0.1)"), *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "database is locked" not in p.stdout + p.stderr
+    complete = [t for t in study_of(tmp_path).trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6 and len({t.user_attrs["worker"] for t in complete}) == 3
+    kids, parents = children(tracking)
+    assert len(parents) == 1 and (kids["status"] == "FINISHED").sum() == 6
+    assert sorted(kids["tags.optuna.trial_number"].astype(int)) == sorted(t.number for t in complete)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("override,needle", [
+    ("lora.rr=3", "error: lora.rr: no such config key (did you mean: lora.r"),
+    ("method=lorra", "error: method=lorra: no such option in conf/method/; choose one of few_shot, full, lora, "
+                     "zero_shot (did you mean: lora?)"),
+    ("lora.alpha=0", "error: lora.alpha=0 is invalid"),
+    ("lora.dropout=1", "error: lora.dropout=1 is invalid: must be in [0, 1)"),
+])
+def test_bad_keys_and_values_fail_in_one_line(tracking, override, needle):
+    p = run_sweep(*TINY, *tracking, override)
+    assert p.returncode == 2 and needle in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_secrets_in_uris_are_redacted():
+    assert redact("postgresql://bob:hunter2@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
+    assert redact("tracking.uri=https://me:tok@mlflow.example") == "tracking.uri=https://me:***@mlflow.example"
+    assert redact("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+def test_servers_bind_to_localhost_by_default():
+    makefile = (ROOT / "Makefile").read_text()
+    for tool in ("mlflow ui", "optuna-dashboard"):
+        [line] = [ln for ln in makefile.splitlines() if tool in ln and "--host" in ln]
+        assert "--host 127.0.0.1" in line
+
+
+def test_params_never_hold_the_password(tmp_path):
+    from sweep.tracking import flat_params
+    from tests.conftest import compose
+
+    cfg = compose("tracking.uri=postgresql://bob:hunter2@db/mlflow")
+    assert "hunter2" not in str(flat_params(cfg))
