@@ -5,8 +5,8 @@ from __future__ import annotations
 import resource
 import signal
 import sys
-import threading
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig
 from optuna.exceptions import TrialPruned
+from transformers import set_seed
 
 from sweep import tracking, trials
 from sweep.build import build
@@ -113,8 +114,6 @@ def intermediate_scoring(cfg: DictConfig, built) -> list:
 def execute(cfg: DictConfig) -> JobOutcome:
     validate(cfg)
     experiment_id = tracking.open_experiment(cfg.tracking)
-    from transformers import set_seed
-
     set_seed(cfg.seed)
     built = build(cfg)
     trainable, total = count_parameters(built.model)

@@ -21,10 +21,13 @@ def group_options(group: str) -> list[str]:
 
 
 def _keys(node, prefix: str = "") -> list[str]:
+    """Every dotted key of a config (interpolations are not resolved: only names matter here)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
     out = []
     for k, v in node.items():
         out.append(prefix + str(k))
-        if isinstance(v, (dict, DictConfig)):
+        if isinstance(v, dict):
             out += _keys(v, f"{prefix}{k}.")
     return out
 

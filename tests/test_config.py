@@ -101,3 +101,27 @@ def test_hparams_search_presets_compose_with_the_optuna_sweeper(preset):
     assert sweeper._target_.endswith("OptunaSweeper")
     space = parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
     assert space.distributions and not space.fixed
+
+
+@pytest.mark.parametrize("args", [
+    ["method=few_shot", "eval.num_fewshot=2"], ["-m", "method=zero_shot,few_shot"], ["model=tiny", "model.from_config.hidden_size=32"],
+    ["experiment=quickstart", "eval.limit=3"], ["+new_key=1"], ["hparams_search=lora_tpe", "hydra.sweeper.n_trials=2"],
+    ["lora.alpha='${mul:2,${lora.r}}'"],
+])
+def test_valid_overrides_pass_the_command_line_check(args):
+    from sweep.overrides import check_overrides
+
+    check_overrides([a for a in args if not a.startswith("-")], compose())
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["lora.rr=3"], "lora.rr: no such config key (did you mean: lora.r"),
+    (["-m", "method=zero_shot,fewshot"], "method=fewshot: no such option in conf/method/"),
+    (["train.max_step=3"], "did you mean: train.max_steps"),
+])
+def test_unknown_keys_and_options_are_named_with_close_matches(args, needle):
+    from sweep.overrides import check_overrides
+
+    with pytest.raises(ConfigError) as e:
+        check_overrides([a for a in args if not a.startswith("-")], compose())
+    assert needle in str(e.value)
