@@ -20,7 +20,6 @@ from optuna.exceptions import TrialPruned
 
 from sweep.config import PROJECT_ROOT, ConfigError
 
-
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@")
 
 
@@ -41,10 +40,17 @@ def open_experiment(tracking: DictConfig) -> str:
         location = tracking.artifact_location
         if location and "://" not in str(location):
             location = Path(location).resolve().as_uri()
-        return client.create_experiment(tracking.experiment, artifact_location=location)
+        try:
+            return client.create_experiment(tracking.experiment, artifact_location=location)
+        except mlflow.exceptions.MlflowException:
+            exp = client.get_experiment_by_name(tracking.experiment)  # another worker created it just now
+            if exp is None:
+                raise
+            return exp.experiment_id
     except Exception as e:
         raise ConfigError(
-            f"tracking.uri={tracking.uri!r} cannot be opened ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
+            f"tracking.uri={redact(tracking.uri)!r} cannot be opened ({type(e).__name__}: "
+            f"{redact(str(e).splitlines()[0][:200])}); "
             "use e.g. tracking.uri=sqlite:///$PWD/mlflow.db or an http(s):// tracking server"
         ) from None
 

@@ -57,3 +57,24 @@ def runs_of(tracking_overrides: list[str], experiment: str = "sft-sweep"):
     uri = tracking_overrides[0].split("=", 1)[1]
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs(experiment_names=[experiment], order_by=["start_time ASC"])
+
+
+def optuna_args(tmp_path, *extra) -> list[str]:
+    """`-m hydra/sweeper=optuna` on the tiny model, with the study in tmp_path."""
+    return ["-m", "hydra/sweeper=optuna", *TINY, f"hydra.sweeper.storage={tmp_path}/optuna.journal",
+            "hydra.sweeper.study_name=study", *extra]
+
+
+def study_of(tmp_path):
+    """The study that `optuna_args(tmp_path)` sweeps write."""
+    import optuna
+
+    from sweep.search import make_storage
+
+    return optuna.load_study(study_name="study", storage=make_storage(f"{tmp_path}/optuna.journal"))
+
+
+def children(tracking):
+    """(trial runs, study parent runs) of the store named by `tracking`."""
+    runs = runs_of(tracking)
+    return runs[runs["tags.method"] != "optuna-study"], runs[runs["tags.method"] == "optuna-study"]

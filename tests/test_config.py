@@ -1,6 +1,5 @@
 """Config composition (every group option) and the checks that reject bad input before compute."""
 
-from pathlib import Path
 
 import pytest
 

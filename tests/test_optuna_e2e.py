@@ -7,29 +7,12 @@ import sys
 import time
 
 import mlflow
-import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import ROOT, TINY, run_sweep, runs_of
+from tests.conftest import ROOT, children, optuna_args, run_sweep, study_of
 
 pytestmark = pytest.mark.e2e
-
-
-def optuna_args(tmp_path, *extra):
-    return ["-m", "hydra/sweeper=optuna", *TINY, f"hydra.sweeper.storage={tmp_path}/optuna.journal",
-            "hydra.sweeper.study_name=study", *extra]
-
-
-def study_of(tmp_path) -> optuna.Study:
-    from sweep.search import make_storage
-
-    return optuna.load_study(study_name="study", storage=make_storage(f"{tmp_path}/optuna.journal"))
-
-
-def children(tracking):
-    runs = runs_of(tracking)
-    return runs[runs["tags.method"] != "optuna-study"], runs[runs["tags.method"] == "optuna-study"]
 
 
 def test_tpe_sweep_records_parent_and_child_runs(tmp_path, tracking):

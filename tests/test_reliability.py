@@ -1,7 +1,6 @@
 """Faults users meet in overnight sweeps: each is recorded, reported, and leaves nothing behind.
 See docs/reliability.md for the table of faults and what the user sees."""
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +11,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.tracking import redact
-from tests.conftest import ROOT, TINY, run_sweep, runs_of
-from tests.test_optuna_e2e import children, optuna_args, study_of
+from tests.conftest import ROOT, TINY, children, optuna_args, run_sweep, runs_of, study_of
 
 
 @pytest.mark.e2e
