@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import resource
-import signal
 import sys
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import mlflow
 from omegaconf import DictConfig
 from optuna.exceptions import TrialPruned
 from transformers import set_seed
@@ -69,19 +66,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that the run is recorded as KILLED before the process exits."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated(f"received signal {signum}")
-
-
 def run_job(cfg: DictConfig) -> JobOutcome:
     """Run one job. In a multirun a failure is recorded and reported, and the sweep goes on;
     a single run exits non-zero (2 for bad input, with a one-line message)."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _raise_terminated)
+    tracking.install_signal_handlers()
     try:
         return execute(cfg)
     except ConfigError as e:
@@ -123,7 +111,7 @@ def execute(cfg: DictConfig) -> JobOutcome:
         # Each step's results are logged as soon as they exist: a later failure keeps them.
         tracking.log_inputs(cfg, built.files)
         metrics = {"trainable_params": trainable, "total_params": total}
-        mlflow.log_metrics(metrics)
+        tracking.log_metrics(metrics)
 
         if cfg.method.trains:
             with tempfile.TemporaryDirectory(prefix="trainer-") as out:
@@ -131,8 +119,8 @@ def execute(cfg: DictConfig) -> JobOutcome:
                                callbacks=intermediate_scoring(cfg, built), fail_at_step=cfg.debug.fail_at_step)
             trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
                        "train_tokens_per_second": result.tokens_per_second}
-            mlflow.log_metrics(trained)
-            mlflow.set_tag("train_bf16", str(result.bf16).lower())
+            tracking.log_metrics(trained)
+            tracking.set_tags({"train_bf16": str(result.bf16).lower()})
             metrics |= trained
             if cfg.method.peft and cfg.tracking.log_adapter:
                 tracking.log_adapter(built.model)
@@ -141,7 +129,7 @@ def execute(cfg: DictConfig) -> JobOutcome:
         scores = score(built.lm, built.task_manager, built.eval_tasks, cfg.method.num_fewshot,
                        cfg.eval.limit, cfg.seed, cfg.eval.log_samples)
         scored = scores.metrics | {"eval_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
-        mlflow.log_metrics(scored)
+        tracking.log_metrics(scored)
         tracking.log_eval_results(scores.results)
         print(f"[sft-sweep] {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.metrics.items()), flush=True)
         return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics | scored)

@@ -61,7 +61,10 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
         if worker_host == host and pid.isdigit() and not _pid_alive(int(pid)):
-            study.tell(t.number, state=TrialState.FAIL)
+            try:
+                study.tell(t.number, state=TrialState.FAIL)
+            except (ValueError, RuntimeError):  # another worker recovered it first
+                continue
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
             recovered.append(t.number)
     return recovered
@@ -75,9 +78,9 @@ def settled_trials(study: optuna.Study) -> list:
     """Trials that use up the budget (n_trials): complete, pruned, or failed for a reason of their
     own. Not counted: trials failed because their worker died (they are run again) and a worker's
     surplus ask for a trial that another worker had already taken."""
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    return [t for t in trials if t.state in FINISHED or (
+    all_trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in all_trials}
+    return [t for t in all_trials if t.state in FINISHED or (
         t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get("surplus"))]
 
 

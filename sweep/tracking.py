@@ -6,9 +6,11 @@ import importlib.metadata
 import json
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -101,9 +103,61 @@ def installed_packages() -> str:
     return "\n".join(f"{n}=={v}" for n, v in sorted(dists.items()) if n) + "\n"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the run is recorded as KILLED before the process exits."""
+
+
+_writing = 0               # > 0 while an MLflow write is under way
+_pending: list[int] = []   # signals that arrived during one
+
+
+def _on_signal(signum, frame):
+    if _writing:
+        _pending.append(signum)  # raised when the write is done
+        return
+    raise KeyboardInterrupt("interrupted") if signum == signal.SIGINT else Terminated(f"received signal {signum}")
+
+
+def install_signal_handlers() -> None:
+    """Ctrl-C and SIGTERM end the job promptly, but never in the middle of an MLflow write: a
+    write cut in half keeps its SQLite lock, and the run could not be closed afterwards."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, _on_signal)
+
+
+@contextmanager
+def atomic_write():
+    global _writing
+    _writing += 1
+    try:
+        yield
+    finally:
+        _writing -= 1
+        if not _writing and _pending:
+            signum = _pending.pop()
+            _pending.clear()
+            _on_signal(signum, None)
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    with atomic_write():
+        mlflow.log_metrics(metrics, step=step)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    with atomic_write():
+        mlflow.set_tags(tags)
+
+
 def _close(run, status: str, tags: dict[str, str], traceback_text: str | None = None) -> None:
     """End `run` with `status`, even when the interruption left the fluent client mid-call
     (a signal can land inside an MLflow write): fall back to a fresh client, then try once more."""
+    with atomic_write():
+        _close_now(run, status, tags, traceback_text)
+
+
+def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | None) -> None:
     run_id = run.info.run_id
     for attempt in range(3):
         try:
@@ -126,7 +180,8 @@ def _close(run, status: str, tags: dict[str, str], traceback_text: str | None = 
 def mlflow_run(experiment_id: str, name: str, tags: dict[str, str]):
     """An MLflow run that ends FINISHED, FAILED (with `traceback.txt`), or KILLED when
     interrupted (Ctrl-C, SIGTERM) or pruned by Optuna (tag `optuna.state=PRUNED`)."""
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
+    with atomic_write():
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
     in_trial = "optuna.trial_number" in tags
     try:
         yield run
@@ -134,8 +189,7 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str]):
         _close(run, "KILLED", {"optuna.state": "PRUNED"})
         raise
     except KeyboardInterrupt:
-        with _signals_deferred():
-            _close(run, "KILLED", {"error": "interrupted"} | ({"optuna.state": "FAIL"} if in_trial else {}))
+        _close(run, "KILLED", {"error": "interrupted"} | ({"optuna.state": "FAIL"} if in_trial else {}))
         raise
     except BaseException as e:
         _close(run, "FAILED", {"error": f"{type(e).__name__}: {e}"[:5000]} | ({"optuna.state": "FAIL"} if in_trial else {}),
@@ -143,24 +197,6 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str]):
         raise
     else:
         _close(run, "FINISHED", {"optuna.state": "COMPLETE"} if in_trial else {})
-
-
-@contextmanager
-def _signals_deferred():
-    """Hold a second Ctrl-C/SIGTERM until the run is closed, so the record is never half-written."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = {sig: signal.signal(sig, lambda s, f: received.append(s)) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def start_tags(cfg: DictConfig, sweep_id: str) -> dict[str, str]:
@@ -188,22 +224,31 @@ def log_inputs(cfg: DictConfig, files: list[Path]) -> None:
     """Resolved config (params + YAML), command line, installed packages, data file hashes."""
     from sweep.data import sha256
 
+    hashes = {str(f): sha256(f) for f in files}
+    with atomic_write():
+        _log_inputs(cfg, hashes)
+
+
+def _log_inputs(cfg: DictConfig, hashes: dict[str, str]) -> None:
     mlflow.log_params(flat_params(cfg))
     mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
     mlflow.log_text(redact(shlex.join([sys.executable, *sys.argv])) + "\n", "command.txt")
     mlflow.log_text(installed_packages(), "requirements-freeze.txt")
-    mlflow.log_dict({str(f): sha256(f) for f in files}, "data_sha256.json")
+    mlflow.log_dict(hashes, "data_sha256.json")
 
 
 def log_eval_results(results: dict) -> None:
     """lm-eval's results JSON, per-sample predictions included."""
     from lm_eval.utils import handle_non_serializable
 
-    mlflow.log_text(json.dumps(results, default=handle_non_serializable, indent=1), "lm_eval_results.json")
+    text = json.dumps(results, default=handle_non_serializable, indent=1)
+    with atomic_write():
+        mlflow.log_text(text, "lm_eval_results.json")
 
 
 def log_adapter(model) -> None:
     """The trained adapter as safetensors (peft's default format; never pickle)."""
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        mlflow.log_artifacts(tmp, "adapter")
+        with atomic_write():
+            mlflow.log_artifacts(tmp, "adapter")

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-from sweep import trials
+from sweep import tracking, trials
 from sweep.data import IGNORE_INDEX
 
 
@@ -41,7 +41,7 @@ class MetricsToMlflow(TrainerCallback):
                 raise NonFiniteLossError(message)
         numeric = {f"train/{k}": float(v) for k, v in logs.items() if k in CURVES}
         if numeric and mlflow.active_run():
-            mlflow.log_metrics(numeric, step=state.global_step)
+            tracking.log_metrics(numeric, step=state.global_step)
 
 
 class AnswerOnlyTrainer(Trainer):

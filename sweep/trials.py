@@ -43,8 +43,9 @@ def report_callback(ctx: TrialContext | None, score_slice, every_steps: int, sli
     """A TrainerCallback that scores the first `slice_size` validation examples every
     `every_steps` steps, logs the curve (`slice/<metric>`), reports it to the trial and stops
     the job when Optuna prunes it."""
-    import mlflow
     from transformers import TrainerCallback
+
+    from sweep import tracking
 
     class ReportToTrial(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -56,7 +57,7 @@ def report_callback(ctx: TrialContext | None, score_slice, every_steps: int, sli
                 metrics = score_slice()
             finally:
                 model.train(was_training)
-            mlflow.log_metrics({f"slice/{k}": v for k, v in metrics.items()}, step=state.global_step)
+            tracking.log_metrics({f"slice/{k}": v for k, v in metrics.items()}, step=state.global_step)
             if ctx is None or not ctx.prunable:
                 return
             objective = ctx.objectives[0]
