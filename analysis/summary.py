@@ -69,7 +69,7 @@ def _fmt(value, stderr=None) -> str:
 
 def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
     get = lambda row, col: row[col] if col in row and not pd.isna(row[col]) else None  # noqa: E731
-    rows = []
+    metrics, rows = main_metrics(runs), []
     for _, r in runs.iterrows():
         method = r.get("tags.method")
         row = {
@@ -78,7 +78,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
             "r": r.get("params.lora.r") if r.get("params.method.peft") == "lora" else "-",
             "k": r.get("params.method.num_fewshot"),
         }
-        for m in main_metrics(runs):
+        for m in metrics:
             row[m] = _fmt(get(r, f"metrics.{m}"), get(r, f"metrics.{m}_stderr"))
         trainable = get(r, "metrics.trainable_params")
         row["trainable params"] = f"{int(trainable):,}" if trainable is not None else "-"

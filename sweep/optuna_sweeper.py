@@ -233,12 +233,12 @@ class OptunaSweeper(Sweeper):
 
         from sweep.tracking import open_experiment
 
+        experiment_id = open_experiment(self.config.tracking)  # (creates the store safely if new)
         run_id = study.user_attrs.get("mlflow_parent_run_id")
         client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
         if run_id:
             client.update_run(run_id, status="RUNNING")
             return run_id
-        experiment_id = open_experiment(self.config.tracking)
         run = client.create_run(experiment_id, run_name=f"study:{study.study_name}",
                                 tags={"optuna.study_name": study.study_name, "sweep_id": study.study_name,
                                       "method": "optuna-study"})

@@ -31,10 +31,27 @@ def redact(text: str) -> str:
     return _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
 
 
+def init_store(uri: str) -> None:
+    """Create (or upgrade) the tables of a SQLite tracking store under a file lock.
+
+    MLflow creates its tables the first time a process touches a new SQLite file; two processes
+    doing so at once (two sweeps started together, or a reader polling a fresh store) make one of
+    them fail with "table ... already exists". The lock serialises that first touch."""
+    from filelock import FileLock
+
+    if not uri.startswith("sqlite:///"):
+        return
+    path = Path(uri[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
 def open_experiment(tracking: DictConfig) -> str:
     """Point MLflow at `tracking.uri` and return the id of `tracking.experiment` (created if new)."""
     mlflow.set_tracking_uri(tracking.uri)
     try:
+        init_store(tracking.uri)
         client = mlflow.MlflowClient()
         exp = client.get_experiment_by_name(tracking.experiment)
         if exp is not None:

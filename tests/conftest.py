@@ -54,7 +54,10 @@ def runs_of(tracking_overrides: list[str], experiment: str = "sft-sweep"):
     """All MLflow runs of `experiment` in the store named by `tracking_overrides`, as a DataFrame."""
     import mlflow
 
+    from sweep.tracking import init_store
+
     uri = tracking_overrides[0].split("=", 1)[1]
+    init_store(uri)  # a child process may be creating the store right now
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs(experiment_names=[experiment], order_by=["start_time ASC"])
 

@@ -139,3 +139,23 @@ def test_params_never_hold_the_password(tmp_path):
 
     cfg = compose("tracking.uri=postgresql://bob:hunter2@db/mlflow")
     assert "hunter2" not in str(flat_params(cfg))
+
+
+def _open_store(uri: str) -> None:
+    from sweep.tracking import init_store
+
+    init_store(uri)
+
+
+def test_two_processes_create_a_new_tracking_store_at_once(tmp_path):
+    import multiprocessing as mp
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_open_store, args=(uri,)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert mlflow.MlflowClient(tracking_uri=uri).search_experiments()  # the Default experiment exists
