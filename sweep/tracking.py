@@ -200,17 +200,17 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str]):
     with atomic_write():
         run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
     in_trial = "optuna.trial_number" in tags
+    trial_failed = {"optuna.state": "FAIL"} if in_trial else {}
     try:
         yield run
     except TrialPruned:
         _close(run, "KILLED", {"optuna.state": "PRUNED"})
         raise
     except KeyboardInterrupt:
-        _close(run, "KILLED", {"error": "interrupted"} | ({"optuna.state": "FAIL"} if in_trial else {}))
+        _close(run, "KILLED", {"error": "interrupted"} | trial_failed)
         raise
     except BaseException as e:
-        _close(run, "FAILED", {"error": f"{type(e).__name__}: {e}"[:5000]} | ({"optuna.state": "FAIL"} if in_trial else {}),
-               traceback.format_exc())
+        _close(run, "FAILED", {"error": f"{type(e).__name__}: {e}"[:5000]} | trial_failed, traceback.format_exc())
         raise
     else:
         _close(run, "FINISHED", {"optuna.state": "COMPLETE"} if in_trial else {})
@@ -241,17 +241,13 @@ def log_inputs(cfg: DictConfig, files: list[Path]) -> None:
     """Resolved config (params + YAML), command line, installed packages, data file hashes."""
     from sweep.data import sha256
 
-    hashes = {str(f): sha256(f) for f in files}
+    hashes = {str(f): sha256(f) for f in files}  # read the files before the write starts
     with atomic_write():
-        _log_inputs(cfg, hashes)
-
-
-def _log_inputs(cfg: DictConfig, hashes: dict[str, str]) -> None:
-    mlflow.log_params(flat_params(cfg))
-    mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
-    mlflow.log_text(redact(shlex.join([sys.executable, *sys.argv])) + "\n", "command.txt")
-    mlflow.log_text(installed_packages(), "requirements-freeze.txt")
-    mlflow.log_dict(hashes, "data_sha256.json")
+        mlflow.log_params(flat_params(cfg))
+        mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
+        mlflow.log_text(redact(shlex.join([sys.executable, *sys.argv])) + "\n", "command.txt")
+        mlflow.log_text(installed_packages(), "requirements-freeze.txt")
+        mlflow.log_dict(hashes, "data_sha256.json")
 
 
 def log_eval_results(results: dict) -> None:
