@@ -47,8 +47,8 @@ def build(cfg: DictConfig) -> Built:
     eval_tasks = {name: tasks[name] for name in cfg.eval.tasks}
     check_fewshot_pool(eval_tasks, cfg.method.num_fewshot)
 
-    model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed)
-    model = apply_method(model, cfg.method, cfg.lora)
+    model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization)
+    model = apply_method(model, cfg, tokenizer.name_or_path)
     lm = make_lm(model, tokenizer, cfg.eval.batch_size)
 
     train_dataset = None

@@ -7,6 +7,8 @@ costs a second, not a model load.
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import inspect
 import math
 from pathlib import Path
 
@@ -21,7 +23,12 @@ TARGET_MODULE_PRESETS: dict[str, list[str] | None] = {
     "mlp": ["gate_proj", "up_proj", "down_proj"],
     "all-linear": None,  # every linear layer but the output head, whatever the names
 }
-METHODS = ("lora", "full", "zero_shot", "few_shot")
+METHODS = ("lora", "qlora", "full", "prompt_tuning", "prefix_tuning", "zero_shot", "few_shot")
+PEFT_TYPES = ("lora", "prompt_tuning", "prefix_tuning")
+# lora.init -> peft's init_lora_weights
+LORA_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+QUANT_TYPES = ("nf4", "fp4")
+COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 SAMPLING = ("random", "group_by_length")
 
 
@@ -63,7 +70,12 @@ def validate(cfg: DictConfig) -> None:
 
     m = cfg.method
     _require(m.name in METHODS, "method", m.name, f"choose one of {', '.join(METHODS)}")
+    _require(m.peft is None or m.peft in PEFT_TYPES, "method.peft", m.peft,
+             f"choose one of {', '.join(PEFT_TYPES)} or null")
+    if m.quantization is not None:
+        validate_quantization(m.quantization, m.peft)
     if m.trains:
+        validate_optim(cfg.train.optim)
         t = cfg.train
         _require(_is_int(t.max_steps) and t.max_steps > 0, "train.max_steps", t.max_steps, "must be a positive integer")
         _require(_is_int(t.batch_size) and t.batch_size > 0, "train.batch_size", t.batch_size, "must be a positive integer")
@@ -77,6 +89,11 @@ def validate(cfg: DictConfig) -> None:
                  "must be a positive integer or null (all)")
     if m.peft == "lora":
         validate_lora(cfg.lora)
+        _require(m.quantization is None or cfg.lora.init not in ("pissa", "olora"), "lora.init", cfg.lora.init,
+                 "pissa and olora rewrite the base weights, which a 4-bit base model cannot hold; "
+                 "use method=lora, or lora.init=default|gaussian")
+    if m.peft in ("prompt_tuning", "prefix_tuning"):
+        validate_prompt(cfg.prompt)
 
     e = cfg.eval
     _require(isinstance(e.tasks, (list, ListConfig)) and len(e.tasks) > 0 and all(isinstance(x, str) for x in e.tasks),
@@ -98,6 +115,13 @@ def validate_lora(lora: DictConfig) -> None:
     _require(_is_number(lora.alpha) and lora.alpha > 0, "lora.alpha", lora.alpha, "must be a positive number, e.g. lora.alpha=16")
     _require(_is_number(lora.dropout) and 0 <= lora.dropout < 1, "lora.dropout", lora.dropout, "must be in [0, 1)")
     _require(lora.bias in ("none", "all", "lora_only"), "lora.bias", lora.bias, "choose one of none, all, lora_only")
+    _require(lora.init in LORA_INITS, "lora.init", lora.init,
+             f"choose one of {', '.join(LORA_INITS)}" + close_matches(lora.init, LORA_INITS))
+    for key in ("use_dora", "use_rslora"):
+        _require(isinstance(lora[key], bool), f"lora.{key}", lora[key], "must be true or false")
+    rp = lora.rank_pattern
+    _require(rp is None or (isinstance(rp, (dict, DictConfig)) and all(_is_int(v) and v > 0 for v in rp.values())),
+             "lora.rank_pattern", rp, "must map module names to positive ranks, e.g. {k_proj: 6}")
     tm = lora.target_modules
     if isinstance(tm, str):
         _require(tm in TARGET_MODULE_PRESETS, "lora.target_modules", tm,
@@ -106,3 +130,44 @@ def validate_lora(lora: DictConfig) -> None:
     else:
         _require(isinstance(tm, (list, ListConfig)) and len(tm) > 0 and all(isinstance(x, str) for x in tm),
                  "lora.target_modules", tm, "must be a preset name or a non-empty list of module names")
+
+
+def validate_prompt(prompt: DictConfig) -> None:
+    n = prompt.num_virtual_tokens
+    _require(_is_int(n) and n > 0, "prompt.num_virtual_tokens", n, "must be a positive integer, e.g. 20")
+    _require(prompt.init in ("text", "random"), "prompt.init", prompt.init, "choose text or random")
+    _require(prompt.init != "text" or (isinstance(prompt.init_text, str) and prompt.init_text.strip()),
+             "prompt.init_text", prompt.init_text, "must be a non-empty string when prompt.init=text")
+    _require(isinstance(prompt.prefix_projection, bool), "prompt.prefix_projection", prompt.prefix_projection,
+             "must be true or false")
+
+
+def validate_quantization(quant: DictConfig, peft) -> None:
+    """A quantized base model needs bitsandbytes, an adapter to train, and settings it knows."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ConfigError(
+            "method.quantization needs bitsandbytes, which is not installed: run `make install` "
+            "(or `pip install bitsandbytes`), or use method=lora for an unquantized base model"
+        )
+    _require(peft == "lora", "method.peft", peft, "a quantized base model is frozen: train LoRA adapters on it")
+    from transformers import BitsAndBytesConfig
+
+    known = [p for p in inspect.signature(BitsAndBytesConfig).parameters if p != "kwargs"]
+    for key in quant:
+        _require(key in known, f"method.quantization.{key}", quant[key],
+                 "not a BitsAndBytesConfig setting" + close_matches(key, known))
+    _require(bool(quant.get("load_in_4bit")) != bool(quant.get("load_in_8bit")), "method.quantization", "",
+             "set exactly one of load_in_4bit and load_in_8bit to true")
+    qt = quant.get("bnb_4bit_quant_type", "nf4")
+    _require(qt in QUANT_TYPES, "method.quantization.bnb_4bit_quant_type", qt, f"choose one of {', '.join(QUANT_TYPES)}")
+    dt = quant.get("bnb_4bit_compute_dtype", "float32")
+    _require(dt in COMPUTE_DTYPES, "method.quantization.bnb_4bit_compute_dtype", dt,
+             f"choose one of {', '.join(COMPUTE_DTYPES)}")
+
+
+def validate_optim(name) -> None:
+    from transformers.training_args import OptimizerNames
+
+    names = [o.value for o in OptimizerNames]
+    _require(name in names, "train.optim", name, "use a transformers optimizer name, e.g. adamw_torch"
+             + close_matches(name, names))

@@ -19,6 +19,7 @@ from sweep.build import build
 from sweep.config import ConfigError, validate
 from sweep.evaluate import score
 from sweep.methods import count_parameters
+from sweep.models import memory_footprint_mb
 from sweep.train import train
 
 
@@ -110,7 +111,8 @@ def execute(cfg: DictConfig) -> JobOutcome:
     with tracking.mlflow_run(experiment_id, name, tracking.start_tags(cfg, sweep_id(cfg))) as run:
         # Each step's results are logged as soon as they exist: a later failure keeps them.
         tracking.log_inputs(cfg, built.files)
-        metrics = {"trainable_params": trainable, "total_params": total}
+        metrics = {"trainable_params": trainable, "total_params": total,
+                   "model_memory_mb": memory_footprint_mb(built.model)}
         tracking.log_metrics(metrics)
 
         if cfg.method.trains:
@@ -120,7 +122,7 @@ def execute(cfg: DictConfig) -> JobOutcome:
             trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
                        "train_tokens_per_second": result.tokens_per_second}
             tracking.log_metrics(trained)
-            tracking.set_tags({"train_bf16": str(result.bf16).lower()})
+            tracking.set_tags({"train_bf16": str(result.bf16).lower(), "train_optim": result.optim})
             metrics |= trained
             if cfg.method.peft and cfg.tracking.log_adapter:
                 tracking.log_adapter(built.model)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sweep.config import TARGET_MODULE_PRESETS, ConfigError, close_matches
+from sweep.config import LORA_INITS, TARGET_MODULE_PRESETS, ConfigError, close_matches
 from sweep.models import linear_module_names
 
 
@@ -30,31 +30,76 @@ def resolve_target_modules(spec, model: torch.nn.Module) -> list[str]:
 
 
 def lora_config(lora: DictConfig, target_modules: list[str]):
-    """peft's LoraConfig from our `lora` group (alpha -> lora_alpha, dropout -> lora_dropout)."""
+    """peft's LoraConfig from our `lora` group (alpha -> lora_alpha, dropout -> lora_dropout,
+    init -> init_lora_weights)."""
     from peft import LoraConfig
 
     return LoraConfig(
         task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-        target_modules=target_modules, bias=lora.bias,
+        target_modules=target_modules, bias=lora.bias, init_lora_weights=LORA_INITS[lora.init],
+        use_dora=lora.use_dora, use_rslora=lora.use_rslora,
+        rank_pattern=OmegaConf.to_container(lora.rank_pattern) if lora.rank_pattern else {},
     )
 
 
-def apply_method(model: torch.nn.Module, method: DictConfig, lora: DictConfig) -> torch.nn.Module:
-    """Return the model to train and score: peft-wrapped, fully trainable, or frozen."""
+def prompt_config(peft: str, prompt: DictConfig, tokenizer_path: str | None):
+    """peft's PromptTuningConfig / PrefixTuningConfig from our `prompt` group."""
+    from peft import PrefixTuningConfig, PromptTuningConfig
+
+    if peft == "prefix_tuning":
+        return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=prompt.num_virtual_tokens,
+                                  prefix_projection=prompt.prefix_projection)
+    from_text = prompt.init == "text"
+    return PromptTuningConfig(
+        task_type="CAUSAL_LM", num_virtual_tokens=prompt.num_virtual_tokens,
+        prompt_tuning_init="TEXT" if from_text else "RANDOM",
+        prompt_tuning_init_text=prompt.init_text if from_text else None,
+        tokenizer_name_or_path=tokenizer_path if from_text else None,
+    )
+
+
+def is_quantized(model: torch.nn.Module) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+
+
+def apply_method(model: torch.nn.Module, cfg: DictConfig, tokenizer_path: str | None = None) -> torch.nn.Module:
+    """Return the model to train and score: peft-wrapped, fully trainable, or frozen.
+
+    `tokenizer_path` (a folder with the tokenizer) lets prompt tuning start from a text's embeddings.
+    """
+    method = cfg.method
     if not method.trains:
         model.requires_grad_(False)
         return model
-    if method.peft == "lora":
-        from peft import get_peft_model
-
-        return get_peft_model(model, lora_config(lora, resolve_target_modules(lora.target_modules, model)))
     if method.peft is None:
         model.requires_grad_(True)
         return model
-    raise ConfigError(f"method.peft={method.peft!r} is not supported: use lora or null")
+
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if is_quantized(model):
+        # Norms to fp32 and input gradients on, as QLoRA needs; checkpointing stays a Trainer choice.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if method.peft == "lora":
+        targets = resolve_target_modules(cfg.lora.target_modules, model)
+        stray = [k for k in cfg.lora.rank_pattern or {} if k not in targets]
+        if stray:
+            raise ConfigError(f"lora.rank_pattern: {', '.join(stray)} is not among the target modules "
+                              f"({', '.join(targets)}); add it to lora.target_modules or drop it")
+        config = lora_config(cfg.lora, targets)
+    else:
+        config = prompt_config(method.peft, cfg.prompt, tokenizer_path)
+    return get_peft_model(model, config)
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameters; `parameters()` already counts tied weights once."""
     params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+    return sum(p.numel() for p in params if p.requires_grad), sum(_numel(p) for p in params)
+
+
+def _numel(p: torch.Tensor) -> int:
+    """Weights, not storage: bitsandbytes packs two 4-bit weights per byte of its storage dtype."""
+    if type(p).__name__ == "Params4bit":
+        return p.numel() * 2 * p.quant_storage.itemsize
+    return p.numel()

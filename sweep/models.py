@@ -96,15 +96,33 @@ def prepare_gguf_tokenizer(gguf: DictConfig, cache_dir: str | Path) -> Path:
     return cached_build(Path(cache_dir) / "tokenizers" / _cache_key(gguf), extract)
 
 
-def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed: int):
+def quantization_config(quant: DictConfig | None):
+    """transformers' BitsAndBytesConfig from `method.quantization` (None: full precision)."""
+    if quant is None:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    settings = OmegaConf.to_container(quant, resolve=True)
+    if "bnb_4bit_compute_dtype" in settings:
+        settings["bnb_4bit_compute_dtype"] = getattr(torch, settings["bnb_4bit_compute_dtype"])
+    return BitsAndBytesConfig(**settings)
+
+
+def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed: int, quantization=None):
+    """(model, tokenizer); with `quantization` (method.quantization) the linear layers are loaded
+    quantized by bitsandbytes, on the GPU when there is one, else on the CPU."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, model_cfg.dtype)
     trust = bool(model_cfg.trust_remote_code)
+    load = {"dtype": dtype, "trust_remote_code": trust}
+    if quantization is not None:
+        load |= {"quantization_config": quantization_config(quantization),
+                 "device_map": {"": 0} if torch.cuda.is_available() else None}
     if model_cfg.name_or_path:
         source = model_cfg.name_or_path
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, trust_remote_code=trust)
+        model = AutoModelForCausalLM.from_pretrained(source, **load)
     elif model_cfg.from_config:
         tokenizer = AutoTokenizer.from_pretrained(prepare_gguf_tokenizer(model_cfg.gguf, cache_dir))
         arch = OmegaConf.to_container(model_cfg.from_config, resolve=True)
@@ -114,15 +132,31 @@ def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed:
         )
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        if quantization is not None:  # bitsandbytes quantizes while loading: go through a folder
+            with tempfile.TemporaryDirectory(prefix="from-config-") as folder:
+                model.save_pretrained(folder)
+                model = AutoModelForCausalLM.from_pretrained(folder, **load)
     elif model_cfg.gguf:
         folder = prepare_gguf_model(model_cfg.gguf, cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(folder, **load)
     else:
         raise ConfigError("model: set one of model.name_or_path, model.gguf or model.from_config")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def memory_footprint_mb(model: torch.nn.Module) -> float:
+    """Bytes held by the model's parameters and buffers, in MiB. 4-bit weights count as packed,
+    plus their per-block constants (which bitsandbytes keeps beside the parameter)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        while state is not None:  # the constants, and with double quantization their own constants
+            tensors.append(state.absmax)
+            state = state.state2 if getattr(state, "nested", False) else None
+    return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
 def linear_module_names(model: torch.nn.Module) -> list[str]:

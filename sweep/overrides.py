@@ -17,7 +17,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
 def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))  # _x: shared parts
 
 
 def _keys(node, prefix: str = "") -> list[str]:

@@ -78,10 +78,20 @@ def run_name(cfg: DictConfig) -> str:
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
     m = cfg.method
-    if m.peft == "lora":
-        tm = cfg.lora.target_modules
-        tm = tm if isinstance(tm, str) else "+".join(tm)
-        return f"lora-r{cfg.lora.r}-a{cfg.lora.alpha:g}-{tm}"
+    if m.peft == "lora":  # e.g. lora-r8-a16-qkvo, qlora-r4-a16-q+k-k6-dora-nf4 (k6: rank 6 on k_proj)
+        lora = cfg.lora
+        short = lambda name: name.removesuffix("_proj")  # noqa: E731
+        tm = lora.target_modules if isinstance(lora.target_modules, str) else "+".join(map(short, lora.target_modules))
+        parts = [m.name, f"r{lora.r}", f"a{lora.alpha:g}", tm,
+                 *(f"{short(k)}{v}" for k, v in (lora.rank_pattern or {}).items())]
+        parts += [lora.init] if lora.init != "default" else []
+        parts += [flag for flag in ("dora", "rslora") if lora[f"use_{flag}"]]
+        if m.quantization:
+            parts.append("int8" if m.quantization.get("load_in_8bit") else m.quantization.get("bnb_4bit_quant_type", "nf4"))
+        return "-".join(parts)
+    if m.peft in ("prompt_tuning", "prefix_tuning"):
+        init = f"-{cfg.prompt.init}" if m.peft == "prompt_tuning" else ""
+        return f"{m.name}-n{cfg.prompt.num_virtual_tokens}{init}"
     if m.name == "few_shot":
         return f"few_shot-k{m.num_fewshot}"
     return m.name

@@ -57,7 +57,7 @@ class AnswerOnlyTrainer(Trainer):
         labels = inputs.pop("labels")
         targets = labels[:, 1:]                       # position p predicts token p + 1
         keep = (targets != IGNORE_INDEX).any(dim=0).nonzero().squeeze(-1)
-        outputs = model(**inputs, logits_to_keep=keep)
+        outputs = model(**inputs, logits_to_keep=keep + virtual_tokens(model))
         logits = outputs.logits.float()               # (batch, len(keep), vocab)
         loss = torch.nn.functional.cross_entropy(
             logits.reshape(-1, logits.size(-1)), targets[:, keep].reshape(-1),
@@ -66,6 +66,29 @@ class AnswerOnlyTrainer(Trainer):
         n = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
         loss = loss / n
         return (loss, outputs) if return_outputs else loss
+
+
+def virtual_tokens(model) -> int:
+    """Positions that prompt tuning prepends to the input (their logits come first)."""
+    config = getattr(model, "active_peft_config", None)
+    return config.num_virtual_tokens if config is not None and config.peft_type == "PROMPT_TUNING" else 0
+
+
+# Paged optimizers move their state between GPU and CPU memory under pressure; without a GPU
+# there is nothing to page, so the same optimizer runs unpaged.
+UNPAGED = {
+    "paged_adamw_32bit": "adamw_torch", "paged_adamw_8bit": "adamw_8bit",
+    "paged_ademamix_32bit": "ademamix", "paged_ademamix_8bit": "ademamix_8bit",
+    "paged_lion_32bit": "lion_32bit", "paged_lion_8bit": "lion_8bit",
+}
+
+
+def effective_optim(name: str) -> str:
+    """`train.optim`, or its unpaged equivalent when no GPU is present."""
+    if name in UNPAGED and not torch.cuda.is_available():
+        print(f"[sft-sweep] no GPU: train.optim={name} runs as {UNPAGED[name]} (paging needs GPU memory)", flush=True)
+        return UNPAGED[name]
+    return name
 
 
 class InjectedFailure(RuntimeError):
@@ -87,6 +110,7 @@ class TrainResult:
     tokens: int                  # non-padding tokens seen
     final_loss: float | None
     bf16: bool                   # whether bf16 autocast was used
+    optim: str                   # the optimizer that ran
 
     @property
     def tokens_per_second(self) -> float:
@@ -109,6 +133,7 @@ def use_bf16(setting) -> bool:
 def training_arguments(train: DictConfig, seed: int, output_dir: str) -> TrainingArguments:
     return TrainingArguments(
         bf16=use_bf16(train.bf16),
+        optim=effective_optim(train.optim),
         output_dir=output_dir,
         max_steps=train.max_steps,
         per_device_train_batch_size=train.batch_size,
@@ -150,4 +175,4 @@ def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_di
     model.eval()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return TrainResult(seconds, int(trainer.state.num_input_tokens_seen),
-                       losses[-1] if losses else output.training_loss, bool(args.bf16))
+                       losses[-1] if losses else output.training_loss, bool(args.bf16), str(args.optim.value))

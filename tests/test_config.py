@@ -4,13 +4,14 @@
 import pytest
 
 from sweep.config import ConfigError, validate
+from sweep.overrides import group_options
 from tests.conftest import ROOT, compose
 
-GROUPS = ["model", "method", "lora", "data", "train", "eval", "tracking"]
+GROUPS = ["model", "method", "lora", "prompt", "data", "train", "eval", "tracking"]
 
 
 @pytest.mark.parametrize("group,option", [
-    (g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))
+    (g, option) for g in GROUPS for option in group_options(g)
 ])
 def test_every_group_option_composes_and_validates(group, option):
     cfg = compose(f"{group}={option}")

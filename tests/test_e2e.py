@@ -123,3 +123,38 @@ def test_other_tasks_and_methods_run(tracking, overrides, metric):
     if "method=full" in overrides:
         assert run["metrics.trainable_params"] == run["metrics.total_params"]
         assert not any(a.startswith("adapter") for a in artifacts(run["run_id"]))
+
+
+def test_every_method_trains_and_is_scored_like_lora(tracking):
+    """One multirun over the methods: same data, steps and scoring; each records what it is."""
+    methods = ["lora", "qlora", "full", "prompt_tuning", "prefix_tuning", "zero_shot", "few_shot"]
+    p = run_sweep("-m", *TINY, *tracking, f"method={','.join(methods)}", "eval.num_fewshot=2",
+                  "prompt.num_virtual_tokens=4")
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = {r["tags.method"]: r for r in runs_of(tracking).to_dict("records")}
+    assert set(runs) == set(methods) and all(r["status"] == "FINISHED" for r in runs.values())
+    for method, run in runs.items():
+        assert 0 <= run["metrics.sst2/acc"] <= 1 and run["metrics.model_memory_mb"] > 0, method
+    trained = [m for m in methods if m not in ("zero_shot", "few_shot")]
+    assert len({runs[m]["metrics.train_tokens"] for m in trained}) == 1  # the very same examples
+    assert {runs[m]["params.train.max_steps"] for m in trained} == {"2"}
+    assert runs["qlora"]["metrics.model_memory_mb"] < runs["lora"]["metrics.model_memory_mb"]
+    assert runs["qlora"]["tags.train_optim"] == "adamw_torch"  # paged_adamw_32bit, unpaged on the CPU
+    assert "runs as adamw_torch" in p.stdout
+    assert runs["qlora"]["params.method.quantization.bnb_4bit_quant_type"] == "nf4"
+    assert runs["qlora"]["tags.mlflow.runName"] == "qlora-r8-a16-qkvo-nf4"
+    assert runs["prompt_tuning"]["metrics.trainable_params"] == 4 * 64
+    assert runs["full"]["metrics.trainable_params"] == runs["full"]["metrics.total_params"]
+    for m in ("lora", "qlora", "prompt_tuning", "prefix_tuning"):
+        assert "adapter/adapter_model.safetensors" in artifacts(runs[m]["run_id"]), m
+
+
+def test_lora_budget_experiment_sweeps_seven_weight_types_on_two_tasks(tracking):
+    p = run_sweep("-m", "experiment=lora_budget", *TINY, "train.max_steps=1", *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = runs_of(tracking, experiment="lora_budget")
+    assert len(runs) == 14 and (runs["status"] == "FINISHED").all()
+    assert sorted(runs["tags.tasks"].value_counts().items()) == [("rte", 7), ("sst2", 7)]
+    names = set(runs["tags.mlflow.runName"])
+    assert names == {"lora-r8-a16-q", "lora-r12-a16-k", "lora-r12-a16-v", "lora-r8-a16-o",
+                     "lora-r4-a16-q+k-k6", "lora-r4-a16-q+v-v6", "lora-r2-a16-q+k+v+o-k3-v3"}

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from sweep.build import build
@@ -25,8 +26,10 @@ def test_training_is_deterministic_on_cpu(tmp_path):
     assert any(torch.count_nonzero(v) for k, v in lora_a.items() if "lora_B" in k)  # it did learn
 
 
-def test_answer_only_loss_equals_the_full_loss(tiny):
-    cfg = compose(*TINY)
+@pytest.mark.parametrize("method", ["lora", "qlora", "full", "prompt_tuning", "prefix_tuning"])
+def test_answer_only_loss_equals_the_full_loss(method):
+    """Same loss from the answer positions alone, for every method (prompt tuning shifts positions)."""
+    cfg = compose(*TINY, f"method={method}", "lora.dropout=0")
     built = build(cfg)
     batch = built.train_dataset.select(range(4))
     from transformers import DataCollatorForSeq2Seq
