@@ -63,10 +63,20 @@ def test_derived_values_resolve():
     ("eval.tasks=[]", "eval.tasks"),
     ("eval.include_paths=[/no/such/folder]", "eval.include_paths='/no/such/folder'"),
     ("data.max_train_samples=0", "data.max_train_samples=0"),
+    ("lora.init=pisa", "lora.init='pisa' is invalid: choose one of default, gaussian, pissa, olora (did you mean: pissa"),
+    ("lora.use_dora=1", "lora.use_dora=1 is invalid: must be true or false"),
+    ("lora.rank_pattern={k_proj:0}", "lora.rank_pattern"),
+    ("method=qlora lora.init=pissa", "pissa and olora rewrite the base weights"),
+    ("method=qlora method.quantization.bnb_4bit_compute_dtype=float64", "bnb_4bit_compute_dtype='float64'"),
+    ("method=qlora method.quantization.load_in_4bit=false", "set exactly one of load_in_4bit and load_in_8bit"),
+    ("method=qlora +method.quantization.bnb_4bit_quant_typ=fp4", "not a BitsAndBytesConfig setting (did you mean: bnb_4bit_quant_type"),
+    ("method=prompt_tuning prompt.num_virtual_tokens=0", "prompt.num_virtual_tokens=0"),
+    ("method=prompt_tuning prompt.init=vocab", "prompt.init='vocab' is invalid: choose text or random"),
+    ("method=full train.optim=adam", "train.optim='adam' is invalid"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError) as e:
-        validate(compose(override))
+        validate(compose(*override.split()))
     assert needle in str(e.value)
     assert "\n" not in str(e.value)
 
@@ -74,6 +84,17 @@ def test_bad_values_name_the_key(override, needle):
 def test_unknown_preset_suggests_close_match():
     with pytest.raises(ConfigError, match=r"did you mean: qkvo"):
         validate(compose("lora.target_modules=qkov"))
+
+
+def test_quantization_without_bitsandbytes_names_the_package_and_fix(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real(name, *a))
+    with pytest.raises(ConfigError, match=r"method.quantization needs bitsandbytes, which is not installed: run "
+                                          r"`make install` \(or `pip install bitsandbytes`\)"):
+        validate(compose("method=qlora"))
+    validate(compose("method=lora"))  # nothing else needs it
 
 
 def test_lora_checks_skipped_for_methods_without_lora():

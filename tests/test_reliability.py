@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -110,14 +111,31 @@ def test_three_workers_on_one_study_record_every_trial_once(tmp_path, tracking):
 @pytest.mark.parametrize("override,needle", [
     ("lora.rr=3", "error: lora.rr: no such config key (did you mean: lora.r"),
     ("method=lorra", "error: method=lorra: no such option in conf/method/; choose one of few_shot, full, lora, "
-                     "zero_shot (did you mean: lora?)"),
+                     "prefix_tuning, prompt_tuning, qlora, zero_shot (did you mean: lora, qlora?)"),
+    ("method=qlora method.quantization.bnb_4bit_quant_type=nf5", "error: method.quantization.bnb_4bit_quant_type='nf5' is invalid"),
+    ("train.optim=adamw_torchh", "error: train.optim='adamw_torchh' is invalid: use a transformers optimizer name"),
     ("lora.alpha=0", "error: lora.alpha=0 is invalid"),
     ("lora.dropout=1", "error: lora.dropout=1 is invalid: must be in [0, 1)"),
 ])
 def test_bad_keys_and_values_fail_in_one_line(tracking, override, needle):
-    p = run_sweep(*TINY, *tracking, override)
+    p = run_sweep(*TINY, *tracking, *override.split())
     assert p.returncode == 2 and needle in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.e2e
+def test_quantization_without_bitsandbytes_fails_before_compute(tracking):
+    """`method=qlora` where bitsandbytes is not installed (hidden from this process): one line
+    naming the package and the fix, exit 2, no run recorded."""
+    hide = ("import runpy, sys; sys.modules['bitsandbytes'] = None; sys.argv = ['sweep.py', *sys.argv[1:]]; "
+            "runpy.run_path('sweep.py', run_name='__main__')")
+    p = subprocess.run([sys.executable, "-c", hide, *TINY, *tracking, "method=qlora"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr[-2000:]
+    assert p.stderr.strip() == ("error: method.quantization needs bitsandbytes, which is not installed: run "
+                                "`make install` (or `pip install bitsandbytes`), or use method=lora for an "
+                                "unquantized base model")
+    assert not Path(tracking[0].split("///", 1)[1]).exists() or runs_of(tracking).empty
 
 
 def test_secrets_in_uris_are_redacted():
