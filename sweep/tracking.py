@@ -47,6 +47,16 @@ def init_store(uri: str) -> None:
         mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
 
 
+def require_store(uri: str) -> None:
+    """For readers (reports, reproduce): a SQLite store that does not exist is a mistake in the
+    URI, not a store to create."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        from sweep.config import ConfigError
+
+        raise ConfigError(f"no tracking store at {uri}: run `make run` or `python sweep.py` first, "
+                          f"or pass --tracking-uri")
+
+
 def open_experiment(tracking: DictConfig) -> str:
     """Point MLflow at `tracking.uri` and return the id of `tracking.experiment` (created if new)."""
     mlflow.set_tracking_uri(tracking.uri)
@@ -235,7 +245,8 @@ def start_tags(cfg: DictConfig, sweep_id: str) -> dict[str, str]:
         "optuna.study_name": ctx.study_name, "optuna.trial_number": str(ctx.trial.number),
         **({"mlflow.parentRunId": ctx.parent_run_id} if ctx.parent_run_id else {}),
     }
-    return trial_tags | {
+    extra = {str(k): str(v) for k, v in (cfg.tracking.get("tags") or {}).items()}
+    return extra | trial_tags | {
         "method": cfg.method.name,
         "model": cfg.model.name,
         "tasks": ",".join(cfg.eval.tasks),

@@ -1,0 +1,83 @@
+"""The report's figures (matplotlib, written as PNG bytes so the HTML can embed them)."""
+
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+BASELINE_STYLES = {"zero_shot": ":", "few_shot": "--"}
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _baselines(ax, baselines: dict[str, float]) -> None:
+    for name, value in baselines.items():
+        ax.axhline(value, color="gray", linestyle=BASELINE_STYLES.get(name.split("-")[0], "-."), label=name)
+
+
+def metric_vs(points: dict[str, list[tuple[float, float]]], baselines: dict[str, float], x_label: str,
+              metric: str, log_x: bool = False, lines: bool = True) -> bytes:
+    """`metric` against x, one series per key of `points` ({label: [(x, y), ...]}), baselines as
+    horizontal lines."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, xy in sorted(points.items()):
+        xy = sorted(xy)
+        ax.plot([p[0] for p in xy], [p[1] for p in xy], "o-" if lines else "o", label=label)
+    _baselines(ax, baselines)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x_label)
+    ax.set_ylabel(metric)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def loss_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, steps in sorted(curves.items()):
+        ax.plot([s for s, _ in steps], [v for _, v in steps], label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _png(fig)
+
+
+def optimization_history(values: list[tuple[int, float]], objective: str, maximize: bool) -> bytes:
+    """Each finished trial's objective, and the best so far."""
+    values = sorted(values)
+    best, running = [], None
+    for _, v in values:
+        running = v if running is None else (max(running, v) if maximize else min(running, v))
+        best.append(running)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot([n for n, _ in values], [v for _, v in values], "o", label="trial")
+    ax.plot([n for n, _ in values], best, "-", color="C3", label="best so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(objective)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def pareto_front(points: list[tuple[float, float]], front: list[tuple[float, float]], names: list[str]) -> bytes:
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot([p[0] for p in points], [p[1] for p in points], "o", color="C0", alpha=0.5, label="trial")
+    front = sorted(front)
+    ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="C3", label="Pareto front")
+    ax.set_xlabel(names[0])
+    ax.set_ylabel(names[1])
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)

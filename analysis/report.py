@@ -1,0 +1,450 @@
+"""Comparison report of an experiment: did fine-tuning pay off, and which settings matter?
+
+`python -m analysis.report --experiment NAME [--sweep-id ID] [--out reports/NAME] [--tracking-uri URI]`
+
+Reads the runs from MLflow and writes `index.html` (self-contained: plots embedded, opens offline),
+`report.md` (with the plots as PNG files beside it) and `runs.csv` (the tidy table: one row per run,
+task and metric).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+from analysis import plots
+from analysis.stats import paired_compare
+from analysis.summary import BASELINES, STUDY, main_metrics
+
+# The LoRA paper's Table 5 columns, in its order.
+WEIGHT_TYPES = [("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "k_proj"), ("q_proj", "v_proj"),
+                ("q_proj", "k_proj", "v_proj", "o_proj")]
+
+
+class ReportError(Exception):
+    """Nothing to report, with the reason and what to do."""
+
+
+# --- Reading MLflow --------------------------------------------------------------------------------
+
+def load_runs(experiment: str, sweep_id: str | None) -> pd.DataFrame:
+    """Every run of the experiment (or of one sweep, plus the experiment's baselines)."""
+    uri = mlflow.get_tracking_uri()
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = [e.name for e in client.search_experiments() if e.name != "Default"]
+        if not names:
+            raise ReportError(f"the tracking store {uri} holds no experiments yet: run `make run` or "
+                              f"`python sweep.py` first (or pass --tracking-uri)")
+        from sweep.config import close_matches
+
+        raise ReportError(f"no MLflow experiment named {experiment!r} at {uri}{close_matches(experiment, names)}; "
+                          f"its experiments are: {', '.join(sorted(names))}")
+    runs = mlflow.search_runs([exp.experiment_id], order_by=["start_time ASC"])
+    if runs.empty:
+        raise ReportError(f"experiment {experiment!r} has no runs yet")
+    if sweep_id is not None:
+        in_sweep = runs["tags.sweep_id"] == sweep_id
+        if not in_sweep.any():
+            ids = ", ".join(runs["tags.sweep_id"].dropna().unique()[-5:])
+            raise ReportError(f"experiment {experiment!r} has no runs with sweep id {sweep_id!r}; recent ones: {ids}")
+        runs = runs[in_sweep | runs["tags.method"].isin(BASELINES)]
+    return runs.reset_index(drop=True)
+
+
+def scored(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY)]
+
+
+def samples(run_id: str, task: str, metric: str, _cache: dict = {}) -> dict:  # noqa: B006 (a cache)
+    """{doc_id: score} of one run on one task, from its lm_eval_results.json artifact."""
+    if run_id not in _cache:
+        try:
+            _cache[run_id] = mlflow.artifacts.load_dict(f"runs:/{run_id}/lm_eval_results.json").get("samples", {})
+        except Exception:  # noqa: BLE001  (a run logged without samples: no paired test, no crash)
+            _cache[run_id] = {}
+    return {s["doc_id"]: float(s[metric]) for s in _cache[run_id].get(task, []) if metric in s}
+
+
+def _get(row, col, default=None):
+    value = row.get(col, default)
+    return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _num(row, col) -> float | None:
+    value = _get(row, col)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def target_set(row) -> str:
+    """The run's target modules as a short label (a preset name, or 'q+k' for a list)."""
+    tm = _get(row, "params.lora.target_modules", "-")
+    if tm.startswith("["):
+        return "+".join(m.removesuffix("_proj") for m in json.loads(tm))
+    return tm
+
+
+def ranks(row) -> str:
+    """The rank of each adapted matrix, e.g. '4/6' for q (r=4) and k (rank_pattern k_proj: 6)."""
+    r = _get(row, "params.lora.r", "-")
+    tm = _get(row, "params.lora.target_modules", "")
+    modules = json.loads(tm) if tm.startswith("[") else []
+    per_module = [str(_get(row, f"params.lora.rank_pattern.{m}", r)) for m in modules]
+    return "/".join(per_module) if len(set(per_module)) > 1 else str(r)
+
+
+# --- Tables --------------------------------------------------------------------------------------
+
+def fmt(value, stderr=None, digits=3) -> str:
+    if value is None:
+        return "-"
+    if stderr is None:
+        return f"{value:.{digits}f}"
+    return f"{value:.{digits}f} ± {stderr:.{digits}f}"
+
+
+def best_baselines(done: pd.DataFrame, metric: str) -> dict[tuple, tuple[str, pd.Series]]:
+    """(model, eval.limit) -> (label, best finished baseline run) for one task's metric."""
+    out = {}
+    for _, r in done[done["tags.method"].isin(BASELINES)].iterrows():
+        value = _num(r, f"metrics.{metric}")
+        if value is None:
+            continue
+        key = (_get(r, "tags.model"), _get(r, "params.eval.limit"))
+        if key not in out or value > _num(out[key][1], f"metrics.{metric}"):
+            out[key] = (_get(r, "tags.mlflow.runName"), r)
+    return out
+
+
+def headline(done: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Every finished run scored on the task, against the best baseline of the same model/limit."""
+    task, name = metric.split("/", 1)
+    baselines = best_baselines(done, metric)
+    rows = []
+    for _, r in done.iterrows():
+        value = _num(r, f"metrics.{metric}")
+        if value is None:
+            continue
+        row = {"run": _get(r, "tags.mlflow.runName"), "method": _get(r, "tags.method"),
+               metric: fmt(value, _num(r, f"metrics.{metric}_stderr")), "_value": value}
+        base = baselines.get((_get(r, "tags.model"), _get(r, "params.eval.limit")))
+        row["vs best baseline"], row["95% CI"], row["p"] = "-", "-", "-"
+        if base is not None and r["tags.method"] not in BASELINES:
+            pair = paired_compare(samples(r["run_id"], task, name), samples(base[1]["run_id"], task, name))
+            if pair is not None:
+                row["vs best baseline"] = f"{pair.diff:+.3f} ({base[0]})"
+                row["95% CI"] = f"[{pair.ci_low:+.3f}, {pair.ci_high:+.3f}]"
+                row["p"] = f"{pair.p_value:.2g} ({pair.test}, n={pair.n})"
+        trainable = _num(r, "metrics.trainable_params")
+        row["trainable params"] = f"{int(trainable):,}" if trainable is not None else "-"
+        secs = _num(r, "metrics.train_seconds")
+        row["train s"] = f"{secs:.0f}" if secs is not None else "-"
+        peak = _num(r, "metrics.peak_rss_mb")
+        row["peak memory MB"] = f"{peak:,.0f}" if peak is not None else "-"
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    table["_baseline"] = ~table["method"].isin(BASELINES)
+    return table.sort_values(["_baseline", "_value"], ascending=[True, False]).drop(columns=["_baseline", "_value"])
+
+
+def budget_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame | None:
+    """Table 5 of the LoRA paper: weight types as columns, rank and each task's metric as rows.
+    Shown when the LoRA runs adapt two or more of Table 5's weight-type sets."""
+    lora = done[done["params.method.peft"] == "lora"] if "params.method.peft" in done else done.iloc[0:0]
+    cols: dict[tuple, list] = {}
+    for _, r in lora.iterrows():
+        tm = _get(r, "params.lora.target_modules", "")
+        if tm.startswith("[") and tuple(json.loads(tm)) in WEIGHT_TYPES:
+            cols.setdefault(tuple(json.loads(tm)), []).append(r)
+    if len(cols) < 2:
+        return None
+    ordered = [w for w in WEIGHT_TYPES if w in cols]
+    header = {w: ", ".join("W" + m[0] for m in w) for w in ordered}
+    table = {"": ["rank r", "trainable params"] + metrics}
+    for w in ordered:
+        runs = cols[w]
+        cells = [ranks(runs[0]), f"{int(_num(runs[0], 'metrics.trainable_params') or 0):,}"]
+        for m in metrics:
+            values = [v for v in (_num(r, f"metrics.{m}") for r in runs) if v is not None]
+            cells.append(fmt(sum(values) / len(values)) if values else "-")
+        table[header[w]] = cells
+    return pd.DataFrame(table)
+
+
+def not_finished(runs: pd.DataFrame) -> tuple[dict[str, int], pd.DataFrame]:
+    """Counts by outcome (PRUNED told apart from KILLED) and the runs that did not finish."""
+    runs = runs[runs["tags.method"] != STUDY]
+    outcome = runs["status"].copy()
+    if "tags.optuna.state" in runs:
+        outcome[runs["tags.optuna.state"] == "PRUNED"] = "PRUNED"
+    counts = outcome.value_counts().to_dict()
+    bad = runs[outcome != "FINISHED"]
+    table = pd.DataFrame({
+        "run": bad["tags.mlflow.runName"], "outcome": outcome[bad.index], "run id": bad["run_id"],
+        "error": bad["tags.error"] if "tags.error" in bad else "-",
+    }).fillna("-")
+    return counts, table
+
+
+def best_run(done: pd.DataFrame, metric: str) -> pd.Series | None:
+    trained = done[~done["tags.method"].isin(BASELINES)]
+    if f"metrics.{metric}" not in trained or trained[f"metrics.{metric}"].isna().all():
+        return None
+    return trained.loc[trained[f"metrics.{metric}"].idxmax()]
+
+
+def tidy(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run, task and metric (the CSV)."""
+    rows = []
+    for _, r in runs[runs["tags.method"] != STUDY].iterrows():
+        for col in runs.columns:
+            if not col.startswith("metrics.") or "/" not in col or col.endswith("_stderr"):
+                continue
+            value = _num(r, col)
+            task, metric = col[len("metrics."):].split("/", 1)
+            if value is None or task in ("train", "slice", "check"):
+                continue
+            rows.append({
+                "run_id": r["run_id"], "run": _get(r, "tags.mlflow.runName"), "status": r["status"],
+                "method": _get(r, "tags.method"), "model": _get(r, "tags.model"), "sweep_id": _get(r, "tags.sweep_id"),
+                "task": task, "metric": metric, "value": value, "stderr": _num(r, f"{col}_stderr"),
+                "lora_r": _get(r, "params.lora.r"), "lora_alpha": _get(r, "params.lora.alpha"),
+                "target_modules": _get(r, "params.lora.target_modules"),
+                "trainable_params": _num(r, "metrics.trainable_params"),
+                "train_seconds": _num(r, "metrics.train_seconds"), "peak_rss_mb": _num(r, "metrics.peak_rss_mb"),
+                "model_memory_mb": _num(r, "metrics.model_memory_mb"),
+            })
+    return pd.DataFrame(rows)
+
+
+# --- Figures ---------------------------------------------------------------------------------------
+
+def baseline_values(done: pd.DataFrame, metric: str) -> dict[str, float]:
+    out = {}
+    for _, r in done[done["tags.method"].isin(BASELINES)].iterrows():
+        value = _num(r, f"metrics.{metric}")
+        if value is not None:
+            out[_get(r, "tags.mlflow.runName")] = value
+    return out
+
+
+def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[str, bytes]:
+    """{title: PNG}; a figure appears only when the runs vary what it plots."""
+    figs = {}
+    lora = done[(done.get("params.method.peft") == "lora")] if "params.method.peft" in done else done.iloc[0:0]
+    for metric in metrics:
+        base = baseline_values(done, metric)
+        for key, label in (("params.lora.r", "rank r"), ("params.lora.alpha", "alpha")):
+            if key not in lora or lora[key].nunique() < 2:
+                continue
+            points: dict[str, list] = {}
+            for _, r in lora.iterrows():
+                y, x = _num(r, f"metrics.{metric}"), _num(r, key)
+                if y is not None and x is not None:
+                    points.setdefault(f"{_get(r, 'tags.method')} {target_set(r)}", []).append((x, y))
+            figs[f"{metric} vs {label}"] = plots.metric_vs(points, base, label, metric)
+        trained = done[~done["tags.method"].isin(BASELINES)]
+        points = {}
+        for _, r in trained.iterrows():
+            y, x = _num(r, f"metrics.{metric}"), _num(r, "metrics.trainable_params")
+            if y is not None and x:
+                points.setdefault(_get(r, "tags.method"), []).append((x, y))
+        if points:
+            figs[f"{metric} vs trainable parameters"] = plots.metric_vs(
+                points, base, "trainable parameters (log)", metric, log_x=True, lines=False)
+    curves = {}
+    client = mlflow.MlflowClient()
+    for _, r in done[~done["tags.method"].isin(BASELINES)].head(20).iterrows():
+        history = client.get_metric_history(r["run_id"], "train/loss")
+        if history:
+            curves[_get(r, "tags.mlflow.runName")] = [(h.step, h.value) for h in history]
+    if curves:
+        figs["training loss"] = plots.loss_curves(curves)
+    figs |= study_figures(runs)
+    return figs
+
+
+def study_figures(runs: pd.DataFrame) -> dict[str, bytes]:
+    """Optimization history of each Optuna study in the runs, and its Pareto front when the study
+    has two objectives (rebuilt from the MLflow child runs, so no Optuna storage is needed)."""
+    figs = {}
+    for _, parent in runs[runs["tags.method"] == STUDY].iterrows():
+        study = _get(parent, "tags.optuna.study_name", parent["run_id"][:8])
+        objectives = json.loads(_get(parent, "params.objectives", "[]"))
+        directions = json.loads(_get(parent, "params.directions", "[]"))
+        kids = runs[(runs.get("tags.mlflow.parentRunId") == parent["run_id"]) & (runs["status"] == "FINISHED")]
+        if kids.empty or not objectives:
+            continue
+        trial = kids["tags.optuna.trial_number"].astype(int)
+        values = [kids[f"metrics.{o}"] if f"metrics.{o}" in kids else None for o in objectives]
+        if any(v is None for v in values):
+            continue
+        if len(objectives) == 1:
+            figs[f"Optuna study {study}: optimization history"] = plots.optimization_history(
+                list(zip(trial, values[0])), objectives[0], directions[0] == "maximize")
+        elif len(objectives) == 2:
+            pts = list(zip(values[0], values[1]))
+            sign = [1 if d == "maximize" else -1 for d in directions]
+            front = [p for p in pts if not any(all(s * q[i] >= s * p[i] for i, s in enumerate(sign)) and q != p
+                                               for q in pts)]
+            figs[f"Optuna study {study}: Pareto front"] = plots.pareto_front(pts, front, objectives)
+    return figs
+
+
+# --- Output ----------------------------------------------------------------------------------------
+
+@dataclass
+class Report:
+    title: str
+    intro: list[str]
+    tables: list[tuple[str, pd.DataFrame, str]] = field(default_factory=list)  # (heading, table, note)
+    figures: dict[str, bytes] = field(default_factory=dict)
+    best: list[str] = field(default_factory=list)
+
+
+def md_table(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    lines = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def slug(title: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in title).strip("_").lower()
+
+
+def to_markdown(rep: Report) -> str:
+    parts = [f"# {rep.title}", *rep.intro]
+    for heading, table, note in rep.tables:
+        parts += [f"## {heading}", note, md_table(table)] if note else [f"## {heading}", md_table(table)]
+    if rep.best:
+        parts += ["## Best run", *rep.best]
+    parts += ["## Figures", *(f"![{t}]({slug(t)}.png)" for t in rep.figures)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222;padding:0 1em}
+table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}th,td{border:1px solid #ccc;padding:.3em .6em;
+text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%;
+border:1px solid #eee;margin:.5em 0}code,pre{background:#f6f6f6;padding:.1em .3em}pre{padding:.6em;overflow-x:auto}
+figure{margin:0 0 1.5em}figcaption{font-size:.9em;color:#555}"""
+
+
+def to_html(rep: Report) -> str:
+    esc = html.escape
+    body = [f"<h1>{esc(rep.title)}</h1>", *(f"<p>{esc(p)}</p>" for p in rep.intro)]
+    for heading, table, note in rep.tables:
+        body.append(f"<h2>{esc(heading)}</h2>")
+        if note:
+            body.append(f"<p>{esc(note)}</p>")
+        body.append(table.to_html(index=False, escape=True, border=0))
+    if rep.best:
+        body.append("<h2>Best run</h2>")
+        body += [f"<pre>{esc(line.strip('`'))}</pre>" if line.startswith("`") else f"<p>{esc(line)}</p>"
+                 for line in rep.best]
+    if rep.figures:
+        body.append("<h2>Figures</h2>")
+        for title, png in rep.figures.items():
+            data = base64.b64encode(png).decode()
+            body.append(f'<figure><img alt="{esc(title)}" src="data:image/png;base64,{data}">'
+                        f"<figcaption>{esc(title)}</figcaption></figure>")
+    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{esc(rep.title)}</title>'
+            f'<link rel="icon" href="data:,"><style>{CSS}</style></head><body>\n' + "\n".join(body)
+            + "\n</body></html>\n")
+
+
+def write(rep: Report, csv: pd.DataFrame, out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    for title, png in rep.figures.items():
+        (out / f"{slug(title)}.png").write_bytes(png)
+    (out / "index.html").write_text(to_html(rep))
+    (out / "report.md").write_text(to_markdown(rep))
+    csv.to_csv(out / "runs.csv", index=False)
+    return [out / "index.html", out / "report.md", out / "runs.csv"]
+
+
+# --- Assembly --------------------------------------------------------------------------------------
+
+def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.DataFrame]:
+    runs = load_runs(experiment, sweep_id)
+    done = scored(runs)
+    metrics = main_metrics(done) if not done.empty else []
+    if not metrics:
+        statuses = ", ".join(f"{n} {s}" for s, n in runs["status"].value_counts().items())
+        raise ReportError(f"experiment {experiment!r} has no finished runs with scores yet ({statuses}); "
+                          f"wait for a run to finish, or look at the failed ones in the MLflow UI (`make ui`)")
+    counts, unfinished = not_finished(runs)
+    scope = f"sweep {sweep_id}" if sweep_id else "all sweeps"
+    rep = Report(
+        title=f"Experiment {experiment}: {scope}",
+        intro=[f"{len(runs[runs['tags.method'] != STUDY])} runs in MLflow ({mlflow.get_tracking_uri()}): "
+               + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
+               "Each run is compared with the best prompt-only or in-context baseline of the same model and "
+               "eval.limit; the difference is paired per example (McNemar's exact test for accuracy, a "
+               "paired bootstrap otherwise), with a 95% paired-bootstrap interval."])
+    for metric in metrics:
+        rep.tables.append((f"{metric}: every run against the baselines", headline(done, metric), ""))
+    budget = budget_table(done, metrics)
+    if budget is not None:
+        rep.tables.append(("LoRA budget (Table 5 layout of the LoRA paper)", budget,
+                           "The same number of trainable parameters spread over different weight types. "
+                           "Rank r per adapted matrix; a metric is the mean when several runs share a column."))
+    if not unfinished.empty:
+        rep.tables.append(("Runs that did not finish", unfinished,
+                           "Failed, killed and pruned runs are counted here and left out of the tables above."))
+    best = best_run(done, metrics[0])
+    if best is not None:
+        command = "-"
+        try:
+            command = mlflow.artifacts.load_text(f"runs:/{best['run_id']}/command.txt").strip()
+        except Exception:  # noqa: BLE001  (an older run without the artifact)
+            pass
+        rep.best = [f"{_get(best, 'tags.mlflow.runName')} ({best['run_id']}): {metrics[0]} = "
+                    f"{fmt(_num(best, f'metrics.{metrics[0]}'), _num(best, f'metrics.{metrics[0]}_stderr'))}",
+                    "Reproduce it (same config, seed and data; compares every metric):",
+                    f"`python reproduce.py {best['run_id']}`", "It was run as:", f"`{command}`"]
+    rep.figures = figures(runs, done, metrics)
+    return rep, tidy(runs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sweep.config import PROJECT_ROOT, ConfigError
+    from sweep.tracking import require_store
+
+    p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
+    p.add_argument("--experiment", required=True, help="MLflow experiment name (e.g. quickstart)")
+    p.add_argument("--sweep-id", help="only this sweep's runs (plus the experiment's baselines)")
+    p.add_argument("--out", help="output folder (default: reports/<experiment>)")
+    p.add_argument("--tracking-uri", default=f"sqlite:///{PROJECT_ROOT}/mlflow.db")
+    a = p.parse_args(argv)
+    try:
+        require_store(a.tracking_uri)
+        mlflow.set_tracking_uri(a.tracking_uri)
+        rep, csv = build_report(a.experiment, a.sweep_id)
+    except (ReportError, ConfigError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out or PROJECT_ROOT / "reports" / a.experiment)
+    files = write(rep, csv, out)
+    print(f"[report] {len(rep.tables)} tables, {len(rep.figures)} figures: {', '.join(map(str, files))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

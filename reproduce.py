@@ -1,0 +1,44 @@
+"""Re-run a recorded run and compare every metric (see sweep/reproduce.py).
+
+    python reproduce.py RUN_ID [--strict] [--rtol R] [--tracking-uri URI]
+    python reproduce.py --from-optuna STUDY[:TRIAL] [...]     (default trial: the study's best)
+
+Exit status: 0 identical (or within --rtol), 1 different, 2 refused or bad input.
+"""
+
+import argparse
+import sys
+
+import mlflow
+
+import sweep  # noqa: F401  (resolvers)
+from sweep.config import PROJECT_ROOT, ConfigError
+from sweep.reproduce import find_trial_run, reproduce
+from sweep.tracking import require_store
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python reproduce.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("run_id", nargs="?", help="the MLflow run to reproduce")
+    p.add_argument("--from-optuna", metavar="STUDY[:TRIAL]", help="reproduce an Optuna trial (default: the best)")
+    p.add_argument("--strict", action="store_true", help="refuse when the code or data differ from the run's")
+    p.add_argument("--rtol", type=float, help="relative tolerance (default: 0 on the CPU, 1e-3 on a GPU)")
+    p.add_argument("--tracking-uri", default=f"sqlite:///{PROJECT_ROOT}/mlflow.db")
+    a = p.parse_args(argv)
+    if bool(a.run_id) == bool(a.from_optuna):
+        p.error("give a RUN_ID or --from-optuna STUDY[:TRIAL] (one of them)")
+    try:
+        require_store(a.tracking_uri)
+        mlflow.set_tracking_uri(a.tracking_uri)
+        run_id = a.run_id
+        if a.from_optuna:
+            study, _, trial = a.from_optuna.partition(":")
+            run_id = find_trial_run(study, int(trial) if trial else None)
+        return reproduce(run_id, a.strict, a.rtol)
+    except (ConfigError, mlflow.exceptions.MlflowException) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

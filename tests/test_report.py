@@ -1,0 +1,225 @@
+"""Comparison reports and reproduction, on a store filled by real tiny-model runs."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+
+from analysis import report
+from analysis.stats import mcnemar_exact, paired_compare
+from tests.conftest import ROOT, TINY, optuna_args, run_sweep, runs_of
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Baselines, a 2x2 grid over r and alpha, two LoRA-budget presets, a failed run and a small
+    Optuna study, all in one experiment."""
+    tmp = tmp_path_factory.mktemp("store")
+    tracking = [f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"tracking.artifact_location={tmp}/artifacts"]
+    for args in (["-m", "method=zero_shot,few_shot", "eval.num_fewshot=2"],
+                 ["-m", "lora.r=2,4", "lora.alpha=8,16"],
+                 ["-m", "lora=budget_q,budget_qkvo"]):
+        p = run_sweep(*args, *TINY, *tracking)
+        assert p.returncode == 0, p.stderr[-3000:]
+    p = run_sweep(*TINY, *tracking, "debug.fail_at_step=1")
+    assert p.returncode != 0
+    p = run_sweep(*optuna_args(tmp, "hydra.sweeper.n_trials=2", "lora.r=choice(1,2)"), *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return tmp, tracking
+
+
+def make_report(store, *extra) -> tuple[int, Path]:
+    tmp, tracking = store
+    out = tmp / f"report{len(list(tmp.glob('report*')))}"
+    uri = tracking[0].split("=", 1)[1]
+    rc = report.main(["--experiment", "sft-sweep", "--tracking-uri", uri, "--out", str(out), *extra])
+    return rc, out
+
+
+def test_report_has_the_expected_rows_numbers_and_images(store):
+    rc, out = make_report(store)
+    assert rc == 0
+    runs = runs_of(store[1])
+    done = runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != "optuna-study")]
+    md = (out / "report.md").read_text()
+    # Every finished run is a row, with its own accuracy; baselines first.
+    for _, r in done.iterrows():
+        acc = f"{r['metrics.sst2/acc']:.3f} ± {r['metrics.sst2/acc_stderr']:.3f}"
+        assert f"| {r['tags.mlflow.runName']} | {r['tags.method']} | {acc} |" in md
+    # The paired difference is against the best baseline of the same model and limit.
+    base = done[done["tags.method"].isin(["zero_shot", "few_shot"])]
+    best = base.loc[base["metrics.sst2/acc"].idxmax()]
+    lora = done[done["tags.mlflow.runName"] == "lora-r2-a8-qkvo"].iloc[0]
+    diff = lora["metrics.sst2/acc"] - best["metrics.sst2/acc"]
+    assert f"| {diff:+.3f} ({best['tags.mlflow.runName']}) |" in md and "McNemar, n=8" in md
+    # Failed runs are counted, not dropped.
+    assert "1 FAILED" in md and "## Runs that did not finish" in md and "InjectedFailure" in md
+    # The LoRA-budget presets appear in Table 5's layout.
+    assert "| rank r | 8 | 2/3/3/2 |" in md and "|  | Wq | Wq, Wk, Wv, Wo |" in md
+    assert f"`python reproduce.py {done.loc[done['metrics.sst2/acc'].idxmax(), 'run_id']}`" in md or "## Best run" in md
+    pngs = {p.name for p in out.glob("*.png")}
+    assert {"sst2_acc_vs_rank_r.png", "sst2_acc_vs_alpha.png", "sst2_acc_vs_trainable_parameters.png",
+            "training_loss.png", "optuna_study_study__optimization_history.png"} <= pngs
+    html = (out / "index.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(pngs) and "<table" in html
+    csv = pd.read_csv(out / "runs.csv")
+    assert set(csv["run_id"]) == set(runs[runs["tags.method"] != "optuna-study"]["run_id"].where(
+        runs["status"] == "FINISHED").dropna()) and set(csv["task"]) == {"sst2"}
+
+
+def test_a_sweep_id_narrows_the_report_to_that_sweep_and_the_baselines(store):
+    runs = runs_of(store[1])
+    grid = runs[runs["params.lora.alpha"] == "8"].iloc[0]["tags.sweep_id"]
+    rc, out = make_report(store, "--sweep-id", grid)
+    assert rc == 0
+    csv = pd.read_csv(out / "runs.csv")
+    assert set(csv["method"]) == {"zero_shot", "few_shot", "lora"} and len(csv[csv.method == "lora"]) // 2 == 4
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("missing", "error: no tracking store at sqlite:///"),
+    ("empty", "holds no experiments yet: run `make run`"),
+    ("unknown", "no MLflow experiment named 'sft-swep' at sqlite:///"),
+    ("only_failed", "has no finished runs with scores yet (1 FAILED)"),
+])
+def test_nothing_to_report_is_one_clear_line(tmp_path, capsys, case, needle):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    experiment = "sft-sweep"
+    if case == "empty":
+        from sweep.tracking import init_store
+
+        init_store(uri)
+    elif case == "unknown":
+        experiment = "sft-swep"
+        p = run_sweep(*TINY, "method=zero_shot", f"tracking.uri={uri}", f"tracking.artifact_location={tmp_path}/a")
+        assert p.returncode == 0
+    elif case == "only_failed":
+        p = run_sweep(*TINY, "debug.fail_at_step=1", f"tracking.uri={uri}", f"tracking.artifact_location={tmp_path}/a")
+        assert p.returncode != 0
+    capsys.readouterr()  # (the set-up's own output)
+    rc = report.main(["--experiment", experiment, "--tracking-uri", uri, "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+    if case == "unknown":
+        assert "(did you mean: sft-sweep?)" in err
+
+
+def test_mcnemar_and_bootstrap():
+    assert mcnemar_exact(0, 0) == 1.0
+    assert mcnemar_exact(10, 0) == pytest.approx(2 / 2**10)
+    a = {i: 1.0 for i in range(30)}
+    b = {i: float(i % 3 == 0) for i in range(30)}
+    pair = paired_compare(a, b)
+    assert pair.test == "McNemar" and pair.n == 30 and pair.diff == pytest.approx(20 / 30)
+    assert pair.ci_low > 0 and pair.p_value == pytest.approx(2 / 2**20)
+    rouge = paired_compare({i: 0.5 + i / 100 for i in range(20)}, {i: 0.5 for i in range(20)})
+    assert rouge.test == "paired bootstrap" and rouge.p_value < 0.01
+    assert paired_compare({1: 1.0}, {2: 1.0}) is None
+
+
+def _chromium():
+    return shutil.which("chromium") and shutil.which("chromedriver")
+
+
+def test_html_report_renders_in_a_real_browser(store):
+    """Headless Chromium (Debian's, installed by `make test` where missing): no console errors,
+    every image decoded and shown, and the screenshot is not blank."""
+    if not _chromium():
+        if os.environ.get("CI"):
+            pytest.fail("chromium/chromedriver missing: `make browser` installs them")
+        pytest.skip("chromium not installed (make browser)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    rc, out = make_report(store)
+    assert rc == 0
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1200,1600", f"--user-data-dir={out}/chrome-profile"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    try:
+        driver.get((out / "index.html").as_uri())
+        images = driver.execute_script(
+            "return [...document.images].map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        shot = out / "screenshot.png"
+        driver.save_screenshot(str(shot))
+    finally:
+        driver.quit()
+    assert errors == []
+    assert len(images) >= 5 and all(done and width > 100 and shown > 100 for done, width, shown in images)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[0] > 500 and pixels[..., :3].std() > 0.05  # text, tables and plots, not a blank page
+
+
+# --- reproduce.py ---------------------------------------------------------------------------------
+
+def reproduce(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "reproduce.py", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+@pytest.fixture
+def one_run(tmp_path, tracking):
+    """A tiny LoRA run that reads a copy of the data (so the test may edit it)."""
+    shutil.copytree(ROOT / "data", tmp_path / "data")
+    p = run_sweep(*TINY, *tracking, f"paths.data={tmp_path}/data", "train.logging_steps=1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    [run] = runs_of(tracking).to_dict("records")
+    return run, tracking[0].split("=", 1)[1], tmp_path / "data"
+
+
+def test_reproduce_gives_identical_metrics_and_tags_the_new_run(one_run):
+    run, uri, _ = one_run
+    p = reproduce(run["run_id"], "--tracking-uri", uri)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert f"identical: run " in p.stdout and "sst2/acc " in p.stdout and "train/loss@2" in p.stdout
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["sft-sweep"])
+    new = runs[runs["tags.reproduces"] == run["run_id"]].iloc[0]
+    assert new["tags.reproduce_match"] == "true"
+    for m in ("sst2/acc", "train/loss", "trainable_params", "train_tokens"):
+        assert new[f"metrics.{m}"] == run[f"metrics.{m}"], m
+
+
+def test_reproduce_warns_about_changed_data_and_refuses_with_strict(one_run):
+    run, uri, data = one_run
+    train = data / "sst2" / "train.jsonl"
+    train.write_text(train.read_text().replace("a", "b", 1))
+    p = reproduce(run["run_id"], "--tracking-uri", uri, "--strict")
+    assert p.returncode == 2 and "WARN  data: " in p.stdout and "changed since the run" in p.stdout
+    assert "refused (--strict)" in p.stdout
+    assert len(mlflow.search_runs(experiment_names=["sft-sweep"])) == 1  # nothing re-ran
+    p = reproduce(run["run_id"], "--tracking-uri", uri)
+    assert "WARN  data: " in p.stdout and "re-running" in p.stdout
+
+
+def test_reproduce_an_optuna_trial(store):
+    tmp, tracking = store
+    uri = tracking[0].split("=", 1)[1]
+    p = reproduce("--from-optuna", "study", "--tracking-uri", uri)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    p = reproduce("--from-optuna", "study:7", "--tracking-uri", uri)
+    assert p.returncode == 2 and "no finished trial 7" in p.stderr
+
+
+def test_reproduce_bad_input_is_one_line(tmp_path, one_run):
+    p = reproduce("0123456789abcdef", "--tracking-uri", f"sqlite:///{tmp_path}/nothing/mlflow.db")
+    assert p.returncode == 2 and p.stderr == f"error: no tracking store at sqlite:///{tmp_path}/nothing/mlflow.db: " \
+        "run `make run` or `python sweep.py` first, or pass --tracking-uri\n"
+    assert not (tmp_path / "nothing").exists()
+    p = reproduce("0123456789abcdef", "--tracking-uri", one_run[1])
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: Run with id=0123456789abcdef not found"
