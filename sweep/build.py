@@ -42,8 +42,13 @@ def load_project_tasks(cfg: DictConfig):
     return tm, tasks
 
 
-def build(cfg: DictConfig) -> Built:
-    tm, tasks = load_project_tasks(cfg)
+def task_files(tasks: dict) -> list[Path]:
+    return sorted({f for task in tasks.values() for f in data_files(task)})
+
+
+def build(cfg: DictConfig, loaded: tuple | None = None) -> Built:
+    """`loaded`: (task manager, tasks) when the caller has loaded them already."""
+    tm, tasks = loaded or load_project_tasks(cfg)
     eval_tasks = {name: tasks[name] for name in cfg.eval.tasks}
     check_fewshot_pool(eval_tasks, cfg.method.num_fewshot)
 
@@ -54,5 +59,4 @@ def build(cfg: DictConfig) -> Built:
     train_dataset = None
     if cfg.method.trains:
         train_dataset = build_train_dataset(tasks[cfg.data.task], cfg.data, lm, cfg.train.max_seq_length, cfg.seed)
-    files = sorted({f for task in tasks.values() for f in data_files(task)})
-    return Built(model, tokenizer, lm, tm, eval_tasks, train_dataset, files)
+    return Built(model, tokenizer, lm, tm, eval_tasks, train_dataset, task_files(tasks))

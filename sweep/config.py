@@ -96,6 +96,8 @@ def validate(cfg: DictConfig) -> None:
         validate_prompt(cfg.prompt)
 
     e = cfg.eval
+    _require(isinstance(e.enabled, bool) and (e.enabled or m.trains), "eval.enabled", e.enabled,
+             "must be true or false, and true for a method that does not train (there would be nothing to do)")
     _require(isinstance(e.tasks, (list, ListConfig)) and len(e.tasks) > 0 and all(isinstance(x, str) for x in e.tasks),
              "eval.tasks", e.tasks, "must be a non-empty list of lm-eval task names, e.g. eval.tasks=[sst2]")
     _require(_is_int(e.num_fewshot) and e.num_fewshot >= 0, "eval.num_fewshot", e.num_fewshot,
@@ -105,6 +107,7 @@ def validate(cfg: DictConfig) -> None:
     _require(_is_int(e.batch_size) and e.batch_size > 0, "eval.batch_size", e.batch_size, "must be a positive integer")
     _require(e.every_steps is None or (_is_int(e.every_steps) and e.every_steps > 0), "eval.every_steps",
              e.every_steps, "must be a positive integer or null (no scoring during training)")
+    _require(isinstance(e.cache, bool), "eval.cache", e.cache, "must be true or false")
     _require(_is_int(e.slice_size) and e.slice_size > 0, "eval.slice_size", e.slice_size, "must be a positive integer")
     for p in e.include_paths:
         _require(Path(p).is_dir(), "eval.include_paths", p, "each entry must be an existing folder of task YAMLs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
 import tempfile
@@ -14,13 +15,13 @@ from omegaconf import DictConfig
 from optuna.exceptions import TrialPruned
 from transformers import set_seed
 
-from sweep import tracking, trials
-from sweep.build import build
+from sweep import baseline_cache, tracking, trials
+from sweep.build import build, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
 from sweep.evaluate import score
 from sweep.methods import count_parameters
 from sweep.models import memory_footprint_mb
-from sweep.train import train
+from sweep.train import model_flops_utilization, train
 
 
 @dataclass
@@ -62,9 +63,22 @@ def sweep_id_of(folder: str | Path) -> str:
     return "_".join(Path(folder).parts[-2:])
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_memory_mb() -> dict[str, float]:
+    """Peak resident memory of this process so far (Linux reports KiB), and on a GPU its peak."""
+    import torch
+
+    peaks = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peaks
+
+
+def use_all_cores() -> None:
+    """Torch's intra-op threads on every core this process may use (torch's default can be lower
+    in containers, where it counts the host's physical cores)."""
+    import torch
+
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
 
 
 def run_job(cfg: DictConfig) -> JobOutcome:
@@ -100,15 +114,34 @@ def intermediate_scoring(cfg: DictConfig, built) -> list:
     return [trials.report_callback(trials.current(), score_slice, cfg.eval.every_steps, cfg.eval.slice_size)]
 
 
+def reuse_baseline(cfg, experiment_id: str, name: str, tags: dict, source, files) -> JobOutcome:
+    with tracking.mlflow_run(experiment_id, name, tags) as run:
+        tracking.log_inputs(cfg, files)
+        metrics = baseline_cache.reuse(source)
+        print(f"[sft-sweep] {name}: reusing the scores of run {source.info.run_id} (baseline cache; "
+              f"eval.cache=false scores again): " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" in k),
+              flush=True)
+        return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics)
+
+
 def execute(cfg: DictConfig) -> JobOutcome:
     validate(cfg)
     experiment_id = tracking.open_experiment(cfg.tracking)
+    use_all_cores()
     set_seed(cfg.seed)
-    built = build(cfg)
+    name, tags = tracking.run_name(cfg), tracking.start_tags(cfg, sweep_id(cfg))
+    loaded = None
+    if not cfg.method.trains:  # a baseline: scored once per model, tasks, k, limit, seed and lm-eval
+        loaded = load_project_tasks(cfg)
+        key = baseline_cache.cache_key(cfg, loaded[0], task_files(loaded[1]))
+        source = baseline_cache.find_source(key) if cfg.eval.cache else None
+        if source is not None:
+            return reuse_baseline(cfg, experiment_id, name, tags | {"baseline_key": key}, source, task_files(loaded[1]))
+        tags |= {"baseline_key": key, "cached": "false"}
+    built = build(cfg, loaded)
     trainable, total = count_parameters(built.model)
 
-    name = tracking.run_name(cfg)
-    with tracking.mlflow_run(experiment_id, name, tracking.start_tags(cfg, sweep_id(cfg))) as run:
+    with tracking.mlflow_run(experiment_id, name, tags) as run:
         # Each step's results are logged as soon as they exist: a later failure keeps them.
         tracking.log_inputs(cfg, built.files)
         metrics = {"trainable_params": trainable, "total_params": total,
@@ -121,17 +154,25 @@ def execute(cfg: DictConfig) -> JobOutcome:
                                callbacks=intermediate_scoring(cfg, built), fail_at_step=cfg.debug.fail_at_step)
             trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
                        "train_tokens_per_second": result.tokens_per_second}
+            mfu = model_flops_utilization(total, result.tokens, result.seconds)
+            trained |= {"mfu": mfu} if mfu is not None else {}
             tracking.log_metrics(trained)
-            tracking.set_tags({"train_bf16": str(result.bf16).lower(), "train_optim": result.optim})
+            tracking.set_tags({"train_bf16": str(result.bf16).lower(), "train_optim": result.optim,
+                               "torch_threads": str(result.threads)})
             metrics |= trained
             if cfg.method.peft and cfg.tracking.log_adapter:
                 tracking.log_adapter(built.model)
 
-        start = time.perf_counter()
-        scores = score(built.lm, built.task_manager, built.eval_tasks, cfg.method.num_fewshot,
-                       cfg.eval.limit, cfg.seed, cfg.eval.log_samples)
-        scored = scores.metrics | {"eval_seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+        scored = {}
+        if cfg.eval.enabled:
+            start = time.perf_counter()
+            scores = score(built.lm, built.task_manager, built.eval_tasks, cfg.method.num_fewshot,
+                           cfg.eval.limit, cfg.seed, cfg.eval.log_samples)
+            scored = scores.metrics | {"eval_seconds": time.perf_counter() - start}
+            tracking.log_eval_results(scores.results)
+        scored |= peak_memory_mb()
         tracking.log_metrics(scored)
-        tracking.log_eval_results(scores.results)
-        print(f"[sft-sweep] {name}: " + ", ".join(f"{k}={v:.4g}" for k, v in scores.metrics.items()), flush=True)
+        shown = {k: v for k, v in scored.items() if "/" in k} or {"scoring": "off (eval.enabled=false)"}
+        print(f"[sft-sweep] {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in shown.items()), flush=True)
         return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics | scored)

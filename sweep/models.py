@@ -115,7 +115,7 @@ def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed:
 
     dtype = getattr(torch, model_cfg.dtype)
     trust = bool(model_cfg.trust_remote_code)
-    load = {"dtype": dtype, "trust_remote_code": trust}
+    load = {"dtype": dtype, "trust_remote_code": trust, "attn_implementation": model_cfg.attn_implementation}
     if quantization is not None:
         load |= {"quantization_config": quantization_config(quantization),
                  "device_map": {"": 0} if torch.cuda.is_available() else None}
@@ -131,7 +131,7 @@ def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed:
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **arch,
         )
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=model_cfg.attn_implementation)
         if quantization is not None:  # bitsandbytes quantizes while loading: go through a folder
             with tempfile.TemporaryDirectory(prefix="from-config-") as folder:
                 model.save_pretrained(folder)

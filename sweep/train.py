@@ -19,16 +19,24 @@ class NonFiniteLossError(FloatingPointError):
     """Training diverged; raised at the logging step that saw it, not after all steps."""
 
 
-CURVES = ("loss", "learning_rate", "grad_norm")  # per-step entries of Trainer's logs
+CURVES = ("loss", "learning_rate", "grad_norm", "step_seconds")  # per-step entries logged as curves
 
 
 class MetricsToMlflow(TrainerCallback):
-    """Log every Trainer log entry (loss, lr, grad norm) as `train/<name>` and stop on NaN/inf loss."""
+    """Log every Trainer log entry (loss, lr, grad norm) as `train/<name>`, plus the mean wall time
+    per step since the previous entry (`train/step_seconds`), and stop on NaN/inf loss."""
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._last = (time.perf_counter(), state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         import mlflow
 
         logs = logs or {}
+        now, (then, step) = time.perf_counter(), self._last
+        if state.global_step > step:
+            logs = {**logs, "step_seconds": (now - then) / (state.global_step - step)}
+            self._last = (now, state.global_step)
         for key in ("loss", "grad_norm"):
             value = logs.get(key)
             if value is not None and not math.isfinite(value):
@@ -111,10 +119,29 @@ class TrainResult:
     final_loss: float | None
     bf16: bool                   # whether bf16 autocast was used
     optim: str                   # the optimizer that ran
+    threads: int                 # torch intra-op threads
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+# Dense bf16 peak FLOP/s of GPUs we know; MFU is reported only where the peak is known.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12}
+
+
+def peak_flops() -> float | None:
+    if not torch.cuda.is_available():
+        return None  # a CPU's peak depends on cores, clocks and vector units: not guessed
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+
+
+def model_flops_utilization(params: int, tokens: int, seconds: float) -> float | None:
+    """Training FLOPs as 6 x parameters x tokens (forward + backward; PaLM's estimate), over the
+    hardware's peak."""
+    peak = peak_flops()
+    return 6 * params * tokens / seconds / peak if peak and seconds > 0 else None
 
 
 def bf16_is_fast() -> bool:
@@ -175,4 +202,5 @@ def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_di
     model.eval()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return TrainResult(seconds, int(trainer.state.num_input_tokens_seen),
-                       losses[-1] if losses else output.training_loss, bool(args.bf16), str(args.optim.value))
+                       losses[-1] if losses else output.training_loss, bool(args.bf16), str(args.optim.value),
+                       torch.get_num_threads())

@@ -73,6 +73,7 @@ def test_derived_values_resolve():
     ("method=prompt_tuning prompt.num_virtual_tokens=0", "prompt.num_virtual_tokens=0"),
     ("method=prompt_tuning prompt.init=vocab", "prompt.init='vocab' is invalid: choose text or random"),
     ("method=full train.optim=adam", "train.optim='adam' is invalid"),
+    ("method=zero_shot eval.enabled=false", "eval.enabled=False is invalid: must be true or false, and true for a method that does not train"),
 ])
 def test_bad_values_name_the_key(override, needle):
     with pytest.raises(ConfigError) as e:

@@ -158,3 +158,34 @@ def test_lora_budget_experiment_sweeps_seven_weight_types_on_two_tasks(tracking)
     names = set(runs["tags.mlflow.runName"])
     assert names == {"lora-r8-a16-q", "lora-r12-a16-k", "lora-r12-a16-v", "lora-r8-a16-o",
                      "lora-r4-a16-q+k-k6", "lora-r4-a16-q+v-v6", "lora-r2-a16-q+k+v+o-k3-v3"}
+
+
+def test_baselines_are_scored_once_and_reused(tracking):
+    """A second identical baseline run reuses the first's scores (tagged cached=true with a link);
+    another limit, or eval.cache=false, scores afresh."""
+    args = ["-m", *TINY, *tracking, "method=zero_shot,few_shot", "eval.num_fewshot=2"]
+    first, again = run_sweep(*args), run_sweep(*args)
+    assert first.returncode == 0 and again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("reusing the scores of run") == 2
+    for extra in (["eval.limit=4"], ["eval.cache=false"]):
+        assert run_sweep(*TINY, *tracking, "method=zero_shot", *extra).returncode == 0
+    runs = runs_of(tracking).to_dict("records")
+    fresh, cached, other_limit, no_cache = runs[:2], runs[2:4], runs[4], runs[5]
+    for src, hit in zip(fresh, cached):
+        assert src["tags.cached"] == "false" and hit["tags.cached"] == "true"
+        assert hit["tags.cached_from"] == src["run_id"] and hit["tags.baseline_key"] == src["tags.baseline_key"]
+        assert hit["metrics.sst2/acc"] == src["metrics.sst2/acc"] and hit["status"] == "FINISHED"
+        assert src["run_id"] in hit["tags.mlflow.note.content"]
+        assert {"lm_eval_results.json", "config.yaml", "data_sha256.json"} <= set(artifacts(hit["run_id"]))
+    assert other_limit["tags.cached"] == "false" and other_limit["tags.baseline_key"] != fresh[0]["tags.baseline_key"]
+    assert no_cache["tags.cached"] == "false" and no_cache["tags.baseline_key"] == fresh[0]["tags.baseline_key"]
+
+
+def test_training_without_scoring_logs_step_times(tracking):
+    p = run_sweep(*TINY, *tracking, "eval.enabled=false", "train.max_steps=4", "train.logging_steps=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "scoring=off (eval.enabled=false)" in p.stdout
+    [run] = runs_of(tracking).to_dict("records")
+    assert run["status"] == "FINISHED" and "metrics.sst2/acc" not in run and run["tags.torch_threads"] >= "1"
+    history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/step_seconds")
+    assert [h.step for h in history] == [1, 2, 4] and all(h.value > 0 for h in history)
