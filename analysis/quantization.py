@@ -326,17 +326,6 @@ def log_to_mlflow(cfg, rows: list[dict], checks: dict[str, float], files: list[P
         return run.info.run_id
 
 
-def compose_config(overrides: list[str]):
-    """The project's config (model, paths, tracking) with command-line overrides, as sweep.py composes it."""
-    from hydra import compose, initialize_config_dir
-
-    import sweep  # noqa: F401  (resolvers)
-    from sweep.config import PROJECT_ROOT
-
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m analysis.quantization",
@@ -350,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.layers != "all" and not (args.layers.isdigit() and int(args.layers) > 0):
         parser.error(f"--layers={args.layers!r}: use a positive number or 'all'")
 
-    from sweep.config import ConfigError
+    from sweep.config import ConfigError, compose_config
     from sweep.models import load_model_and_tokenizer
     from sweep.overrides import check_overrides
 

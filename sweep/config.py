@@ -29,7 +29,7 @@ PEFT_TYPES = ("lora", "prompt_tuning", "prefix_tuning")
 LORA_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
-SAMPLING = ("random", "group_by_length")
+SAMPLING = ("random", "sequential", "group_by_length")
 
 
 class ConfigError(ValueError):
@@ -40,6 +40,15 @@ def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
     # Derived values in sweeps, e.g. `lora.alpha='${mul:2,${lora.r}}'`.
     OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)
+
+
+def compose_config(overrides: list[str] = ()) -> DictConfig:
+    """The config `python sweep.py OVERRIDES` runs (Hydra's compose API), for tools other than sweep.py."""
+    from hydra import compose, initialize_config_dir
+
+    register_resolvers()
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
 
 
 def close_matches(value: str, allowed) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sweep.config import PROJECT_ROOT, ConfigError
+from sweep.config import PROJECT_ROOT, ConfigError, compose_config
 from sweep.data import sha256
 from sweep.tracking import git_state
 
@@ -59,11 +59,8 @@ def find_trial_run(study: str, trial: int | None) -> str:
 
 def recorded_config(run_id: str) -> DictConfig:
     """The run's resolved config laid over today's defaults, its paths moved to this checkout."""
-    from hydra import compose, initialize_config_dir
-
     stored = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
-        defaults = compose(config_name="config")
+    defaults = compose_config()
     OmegaConf.set_struct(defaults, False)
     cfg = OmegaConf.merge(defaults, stored)
     old_root = str(stored.get("paths", {}).get("root", PROJECT_ROOT))

@@ -1,0 +1,337 @@
+"""The benchmark suite: `make bench` (SmolLM2-135M, ~20 min on 2 CPU cores) or
+`python bench/run.py --quick` (the tiny model, ~2 min; what the test runs).
+
+These machines are noisy, so every figure is a ratio of two things measured side by side in this
+one run, with the raw timings (median of the repeats) beside it. Writes bench/results.json and
+bench/results.md (or --out).
+
+1. harness overhead   `python sweep.py` (LoRA, no scoring) vs bench/bare_lora.py (plain torch loop)
+2. model start-up     cached safetensors load vs the first GGUF conversion
+3. scoring            in-process lm-eval on the trained model vs saving and reloading the adapter;
+                      zero-shot vs k-shot cost per example
+4. padding waste      pad fraction and tokens/s, random vs length-grouped batches
+5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner
+6. peer comparison    tokens/s of our training vs TRL's SFTTrainer on the same LoRA SFT
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import mlflow  # noqa: E402
+import torch  # noqa: E402
+
+import sweep  # noqa: E402,F401
+from sweep.config import compose_config  # noqa: E402
+
+FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
+        "grid_limit": 200, "optuna_trials": 8, "train_samples": 2000}
+QUICK = {"model": "tiny", "steps": 10, "repeats": 2, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
+         "optuna_trials": 4, "train_samples": 64}
+
+
+def median(xs) -> float:
+    return statistics.median(xs)
+
+
+def sweep_cmd(*args: str) -> list[str]:
+    return [sys.executable, str(ROOT / "sweep.py"), *args]
+
+
+def run(cmd: list[str], log: Path) -> float:
+    """Run a command to completion (output to `log`); its wall time."""
+    start = time.perf_counter()
+    with log.open("a") as out:
+        subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=True, env=os.environ)
+    return time.perf_counter() - start
+
+
+class Bench:
+    def __init__(self, p: dict, work: Path) -> None:
+        self.p, self.work = p, work
+        self.uri = f"sqlite:///{work}/mlflow.db"
+        self.track = [f"tracking.uri={self.uri}", f"tracking.artifact_location={work}/artifacts"]
+        self.common = [f"model={p['model']}", f"data.max_train_samples={p['train_samples']}", "train.batch_size=8"]
+        self.log = work / "bench.log"
+        mlflow.set_tracking_uri(self.uri)
+
+    def runs(self, experiment: str):
+        return mlflow.search_runs(experiment_names=[experiment], order_by=["start_time ASC"])
+
+    def cfg(self, *overrides: str):
+        return compose_config([*self.common, *overrides, *self.track])
+
+    # 1 -------------------------------------------------------------------------------------------
+    def harness_overhead(self) -> dict:
+        from sweep.build import build
+        from sweep.models import load_model_and_tokenizer
+        from sweep.train import use_bf16
+
+        steps = self.p["steps"]
+        same = ["train.sampling=sequential", "train.answer_only_logits=false", f"train.max_steps={steps}",
+                "train.logging_steps=5", "eval.enabled=false", "tracking.log_adapter=false", "lora.dropout=0"]
+        cfg = self.cfg(*same)
+        built = build(cfg)
+        n = steps * cfg.train.batch_size
+        examples = [dict(built.train_dataset[i]) for i in range(n)]
+        (self.work / "examples.json").write_text(json.dumps(examples))
+        base, _ = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)  # the weights the harness loads
+        base.save_pretrained(self.work / "bare-model")
+        spec = {"model": str(self.work / "bare-model"), "tokenizer": built.tokenizer.name_or_path, "seed": cfg.seed,
+                "r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": 0.0,
+                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "examples": str(self.work / "examples.json"),
+                "lr": cfg.train.lr, "batch_size": cfg.train.batch_size, "steps": steps,
+                "warmup_steps": math.ceil(cfg.train.warmup_ratio * steps), "bf16": use_bf16(cfg.train.bf16)}
+        (self.work / "bare.json").write_text(json.dumps(spec))
+        del built, base
+
+        harness_steps, harness_startup, bare_steps, bare_startup = [], [], [], []
+        for rep in range(self.p["repeats"]):
+            wall = run(sweep_cmd(*self.common, *same, *self.track, "tracking.experiment=bench-overhead"), self.log)
+            r = self.runs("bench-overhead").iloc[-1]
+            history = mlflow.MlflowClient().get_metric_history(r["run_id"], "train/step_seconds")
+            harness_steps.append(median([h.value for h in history if h.step > 1]))  # 5-step windows after step 1
+            harness_startup.append(wall - r["metrics.train_seconds"])
+            out = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_lora.py"), str(self.work / "bare.json")],
+                                 cwd=ROOT, capture_output=True, text=True, check=True)
+            bare = json.loads(out.stdout.strip().splitlines()[-1])
+            bare_steps.append(statistics.mean(bare["step_seconds"][1:]))
+            bare_startup.append(bare["startup_seconds"])
+        ratio = median(harness_steps) / median(bare_steps)
+        return {"harness_step_seconds": median(harness_steps), "bare_step_seconds": median(bare_steps),
+                "ratio": ratio, "target": "<= 1.05", "met": ratio <= 1.05,
+                "harness_startup_seconds": median(harness_startup), "bare_startup_seconds": median(bare_startup),
+                "note": "seconds per step after the first (harness: median of its logged 5-step windows, MLflow "
+                        "writes included; bare: mean), same examples in the same order, full logits, bf16 autocast "
+                        "as the harness decides; start-up = process wall time minus training"}
+
+    # 2 -------------------------------------------------------------------------------------------
+    def model_startup(self) -> dict:
+        from transformers import AutoModelForCausalLM
+
+        from sweep.models import prepare_gguf_model
+
+        gguf = compose_config(["model=smollm2_135m"]).model.gguf
+        cache = self.work / "cache"
+        start = time.perf_counter()
+        folder = prepare_gguf_model(gguf, cache)
+        convert = time.perf_counter() - start
+        loads = []
+        for _ in range(self.p["repeats"]):
+            start = time.perf_counter()
+            AutoModelForCausalLM.from_pretrained(folder)
+            loads.append(time.perf_counter() - start)
+        return {"gguf_conversion_seconds": convert, "cached_load_seconds": median(loads),
+                "ratio": median(loads) / convert, "target": "cached load a few seconds",
+                "met": median(loads) < 5}
+
+    # 3 -------------------------------------------------------------------------------------------
+    def scoring(self) -> dict:
+        from peft import PeftModel
+
+        from sweep.build import build
+        from sweep.evaluate import make_lm, score
+        from sweep.models import load_model_and_tokenizer
+        from sweep.train import train
+
+        cfg = self.cfg("train.max_steps=2")
+        built = build(cfg)
+        with tempfile.TemporaryDirectory() as out:
+            train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out)
+        limit, k = self.p["eval_limit"], cfg.eval.num_fewshot
+
+        def timed(fn):
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+
+        def in_process(shots):
+            return score(built.lm, built.task_manager, built.eval_tasks, shots, limit, cfg.seed, False)
+
+        def reload_then_score():
+            with tempfile.TemporaryDirectory() as folder:
+                built.model.save_pretrained(folder)
+                base, tok = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
+                model = PeftModel.from_pretrained(base, folder).eval()
+                score(make_lm(model, tok, cfg.eval.batch_size), built.task_manager, built.eval_tasks, 0, limit,
+                      cfg.seed, False)
+
+        reps = range(self.p["repeats"])
+        zero = median([timed(lambda: in_process(0)) for _ in reps])
+        reload = median([timed(reload_then_score) for _ in reps])
+        kshot = median([timed(lambda: in_process(k)) for _ in reps])
+        return {"in_process_seconds": zero, "save_reload_seconds": reload, "ratio": reload / zero,
+                "zero_shot_seconds_per_example": zero / limit, f"{k}_shot_seconds_per_example": kshot / limit,
+                "k_shot_vs_zero_shot": kshot / zero, "examples": limit}
+
+    # 4 -------------------------------------------------------------------------------------------
+    def padding(self) -> dict:
+        from transformers import DataCollatorForSeq2Seq, Trainer
+
+        from sweep.build import build
+        from sweep.train import train, training_arguments
+
+        out = {}
+        for sampling in ("random", "group_by_length"):
+            cfg = self.cfg(f"train.sampling={sampling}", f"train.max_steps={self.p['steps']}")
+            built = build(cfg)
+            with tempfile.TemporaryDirectory() as folder:
+                trainer = Trainer(model=built.model, args=training_arguments(cfg.train, cfg.seed, folder),
+                                  train_dataset=built.train_dataset,
+                                  data_collator=DataCollatorForSeq2Seq(built.tokenizer, padding=True))
+                pads = total = 0
+                for i, batch in enumerate(trainer.get_train_dataloader()):
+                    pads += int((batch["attention_mask"] == 0).sum())
+                    total += batch["attention_mask"].numel()
+                    if i + 1 == self.p["steps"]:
+                        break
+                rates = [train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed,
+                               folder).tokens_per_second for _ in range(self.p["repeats"])]
+            out[sampling] = {"pad_fraction": pads / total, "tokens_per_second": median(rates)}
+        out["tokens_per_second_ratio"] = out["group_by_length"]["tokens_per_second"] / out["random"]["tokens_per_second"]
+        return out
+
+    # 5 -------------------------------------------------------------------------------------------
+    def sweep_efficiency(self) -> dict:
+        steps, limit = self.p["grid_steps"], self.p["grid_limit"]
+        space = {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}
+        base = [*self.common, f"train.max_steps={steps}", f"eval.limit={limit}", "tracking.log_adapter=false",
+                *self.track]
+        run(sweep_cmd("-m", *base, *(f"{k}={v}" for k, v in space.items()), "tracking.experiment=bench-grid"),
+            self.log)
+        run(sweep_cmd("-m", "hydra/sweeper=optuna", *base, *(f"{k}=choice({v})" for k, v in space.items()),
+                      f"hydra.sweeper.n_trials={self.p['optuna_trials']}", "hydra.sweeper.pruner=median",
+                      f"hydra.sweeper.storage={self.work}/optuna.journal", "hydra.sweeper.study_name=bench",
+                      f"eval.every_steps={max(1, steps // 4)}", f"eval.slice_size={min(64, limit)}",
+                      "tracking.experiment=bench-optuna"), self.log)
+        client, out = mlflow.MlflowClient(), {}
+        for name in ("bench-grid", "bench-optuna"):
+            runs = self.runs(name)
+            runs = runs[runs["tags.method"] != "optuna-study"]
+            spent = 0
+            for run_id in runs["run_id"]:
+                history = client.get_metric_history(run_id, "train/loss")
+                spent += max((h.step for h in history), default=0)
+            acc = runs["metrics.sst2/acc"].dropna()
+            out[name.split("-")[1]] = {"runs": len(runs), "train_steps": spent, "best_acc": float(acc.max())}
+        grid, opt = out["grid"], out["optuna"]
+        out |= {"compute_ratio": opt["train_steps"] / grid["train_steps"],
+                "best_gap_points": 100 * (grid["best_acc"] - opt["best_acc"]),
+                "target": "within 1 point of the grid's best for at most half the compute",
+                "met": opt["train_steps"] <= grid["train_steps"] / 2 and grid["best_acc"] - opt["best_acc"] <= 0.01}
+        return out
+
+    # 6 -------------------------------------------------------------------------------------------
+    def trl(self) -> dict:
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+
+        from sweep.build import build, load_project_tasks
+        from sweep.data import training_pairs
+        from sweep.train import train, use_bf16
+
+        import datasets
+
+        cfg = self.cfg(f"train.max_steps={self.p['steps']}", "lora.dropout=0")
+        ours = []
+        for _ in range(self.p["repeats"]):
+            built = build(cfg)
+            with tempfile.TemporaryDirectory() as folder:
+                ours.append(train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed,
+                                  folder).tokens_per_second)
+        _, tasks = load_project_tasks(cfg)
+        pairs = training_pairs(tasks["sst2"], cfg.data.train_split, cfg.data.max_train_samples, cfg.seed)
+        data = datasets.Dataset.from_list([{"prompt": c, "completion": a} for c, a in pairs])
+        theirs = []
+        for _ in range(self.p["repeats"]):
+            from sweep.models import load_model_and_tokenizer
+
+            model, tok = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
+            with tempfile.TemporaryDirectory() as folder:
+                args = SFTConfig(output_dir=folder, max_steps=cfg.train.max_steps, per_device_train_batch_size=8,
+                                 learning_rate=cfg.train.lr, bf16=use_bf16(cfg.train.bf16), seed=cfg.seed,
+                                 report_to="none", save_strategy="no", logging_steps=1000,
+                                 include_num_input_tokens_seen="non_padding", use_cpu=not torch.cuda.is_available(),
+                                 max_length=cfg.train.max_seq_length, dataloader_num_workers=0)
+                lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=0.0,
+                                  target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+                trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok, peft_config=lora)
+                start = time.perf_counter()
+                trainer.train()
+                theirs.append(trainer.state.num_input_tokens_seen / (time.perf_counter() - start))
+        ratio = median(ours) / median(theirs)
+        import trl
+
+        return {"ours_tokens_per_second": median(ours), "trl_tokens_per_second": median(theirs), "ratio": ratio,
+                "target": ">= 1.3", "met": ratio >= 1.3, "trl_version": trl.__version__,
+                "note": "same model, LoRA (r, alpha, qkvo), examples, steps, batch 8, seed, bf16 setting; "
+                        "TRL trains on prompt-completion pairs with its completion-only loss"}
+
+
+def markdown(results: dict) -> str:
+    lines = [f"# Benchmarks ({results['machine']}, {results['mode']})", ""]
+    for name, figures in results["benchmarks"].items():
+        lines += [f"## {name}", "", "| figure | value |", "|---|---|"]
+        for key, value in _flat(figures):
+            lines.append(f"| {key} | {value:.4g} |" if isinstance(value, float) else f"| {key} | {value} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _flat(d: dict, prefix=""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flat(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def machine() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "CPU")
+    return f"{len(os.sched_getaffinity(0))} cores of {cpu}, torch {torch.__version__}"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="the tiny model and few steps (a smoke test)")
+    ap.add_argument("--only", nargs="+", help="run these benchmarks only (names as in results.json)")
+    ap.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json and results.md")
+    a = ap.parse_args(argv)
+    params = QUICK if a.quick else FULL
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = ["harness_overhead", "model_startup", "scoring", "padding", "sweep_efficiency", "trl"]
+    results = {"machine": machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
+               "params": params, "benchmarks": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-") as work:
+        bench = Bench(params, Path(work))
+        for name in a.only or names:
+            start = time.perf_counter()
+            print(f"[bench] {name} ...", flush=True)
+            results["benchmarks"][name] = getattr(bench, name)() | {"bench_seconds": time.perf_counter() - start}
+            print(f"[bench] {name}: {json.dumps(results['benchmarks'][name])}", flush=True)
+            (out / "results.json").write_text(json.dumps(results, indent=1))
+            (out / "results.md").write_text(markdown(results))
+    print(f"[bench] wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

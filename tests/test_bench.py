@@ -1,0 +1,29 @@
+"""The benchmark suite runs end to end (tiny model); its figures are ratios with raw timings beside."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+
+def test_quick_benchmark_writes_every_figure(tmp_path):
+    p = subprocess.run([sys.executable, "bench/run.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    b = results["benchmarks"]
+    assert set(b) == {"harness_overhead", "model_startup", "scoring", "padding", "sweep_efficiency", "trl"}
+    assert b["harness_overhead"]["harness_step_seconds"] > 0 and b["harness_overhead"]["bare_step_seconds"] > 0
+    assert b["harness_overhead"]["ratio"] == pytest.approx(
+        b["harness_overhead"]["harness_step_seconds"] / b["harness_overhead"]["bare_step_seconds"])
+    assert b["model_startup"]["cached_load_seconds"] < b["model_startup"]["gguf_conversion_seconds"]
+    assert b["padding"]["group_by_length"]["pad_fraction"] < b["padding"]["random"]["pad_fraction"]
+    assert b["sweep_efficiency"]["grid"]["runs"] == 12 and b["sweep_efficiency"]["grid"]["train_steps"] == 12 * 4
+    assert 0 < b["sweep_efficiency"]["optuna"]["train_steps"] <= 4 * 4
+    assert b["trl"]["ours_tokens_per_second"] > 0 and b["trl"]["trl_tokens_per_second"] > 0
+    assert "## harness_overhead" in (tmp_path / "results.md").read_text()
