@@ -147,32 +147,39 @@ def execute(cfg: DictConfig) -> JobOutcome:
         metrics = {"trainable_params": trainable, "total_params": total,
                    "model_memory_mb": memory_footprint_mb(built.model)}
         tracking.log_metrics(metrics)
-
         if cfg.method.trains:
-            with tempfile.TemporaryDirectory(prefix="trainer-") as out:
-                result = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out,
-                               callbacks=intermediate_scoring(cfg, built), fail_at_step=cfg.debug.fail_at_step)
-            trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
-                       "train_tokens_per_second": result.tokens_per_second}
-            mfu = model_flops_utilization(total, result.tokens, result.seconds)
-            trained |= {"mfu": mfu} if mfu is not None else {}
-            tracking.log_metrics(trained)
-            tracking.set_tags({"train_bf16": str(result.bf16).lower(), "train_optim": result.optim,
-                               "torch_threads": str(result.threads)})
-            metrics |= trained
-            if cfg.method.peft and cfg.tracking.log_adapter:
-                tracking.log_adapter(built.model)
+            metrics |= train_and_record(cfg, built, total)
+        metrics |= score_and_record(cfg, built, name)
+        return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics)
 
-        scored = {}
-        if cfg.eval.enabled:
-            start = time.perf_counter()
-            scores = score(built.lm, built.task_manager, built.eval_tasks, cfg.method.num_fewshot,
-                           cfg.eval.limit, cfg.seed, cfg.eval.log_samples)
-            scored = scores.metrics | {"eval_seconds": time.perf_counter() - start}
-            tracking.log_eval_results(scores.results)
-        scored |= peak_memory_mb()
-        tracking.log_metrics(scored)
-        shown = {k: v for k, v in scored.items() if "/" in k} or {"scoring": "off (eval.enabled=false)"}
-        print(f"[sft-sweep] {name}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                                  for k, v in shown.items()), flush=True)
-        return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics | scored)
+
+def train_and_record(cfg: DictConfig, built, total_params: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="trainer-") as out:
+        result = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out,
+                       callbacks=intermediate_scoring(cfg, built), fail_at_step=cfg.debug.fail_at_step)
+    trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
+               "train_tokens_per_second": result.tokens_per_second}
+    mfu = model_flops_utilization(total_params, result.tokens, result.seconds)
+    trained |= {"mfu": mfu} if mfu is not None else {}
+    tracking.log_metrics(trained)
+    tracking.set_tags({"train_bf16": str(result.bf16).lower(), "train_optim": result.optim,
+                       "torch_threads": str(result.threads)})
+    if cfg.method.peft and cfg.tracking.log_adapter:
+        tracking.log_adapter(built.model)
+    return trained
+
+
+def score_and_record(cfg: DictConfig, built, name: str) -> dict[str, float]:
+    """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory."""
+    scored = {}
+    if cfg.eval.enabled:
+        start = time.perf_counter()
+        scores = score(built.lm, built.task_manager, built.eval_tasks, cfg.method.num_fewshot,
+                       cfg.eval.limit, cfg.seed, cfg.eval.log_samples)
+        scored = scores.metrics | {"eval_seconds": time.perf_counter() - start}
+        tracking.log_eval_results(scores.results)
+    scored |= peak_memory_mb()
+    tracking.log_metrics(scored)
+    shown = {k: f"{v:.4g}" for k, v in scored.items() if "/" in k} or {"scoring": "off (eval.enabled=false)"}
+    print(f"[sft-sweep] {name}: " + ", ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+    return scored

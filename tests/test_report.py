@@ -186,7 +186,7 @@ def test_reproduce_gives_identical_metrics_and_tags_the_new_run(one_run):
     run, uri, _ = one_run
     p = reproduce(run["run_id"], "--tracking-uri", uri)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
-    assert f"identical: run " in p.stdout and "sst2/acc " in p.stdout and "train/loss@2" in p.stdout
+    assert "identical: run " in p.stdout and "sst2/acc " in p.stdout and "train/loss@2" in p.stdout
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["sft-sweep"])
     new = runs[runs["tags.reproduces"] == run["run_id"]].iloc[0]
