@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import functools
 import html
 import json
 import math
@@ -66,14 +67,18 @@ def scored(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY)]
 
 
-def samples(run_id: str, task: str, metric: str, _cache: dict = {}) -> dict:  # noqa: B006 (a cache)
-    """{doc_id: score} of one run on one task, from its lm_eval_results.json artifact."""
-    if run_id not in _cache:
-        try:
-            _cache[run_id] = mlflow.artifacts.load_dict(f"runs:/{run_id}/lm_eval_results.json").get("samples", {})
-        except Exception:  # noqa: BLE001  (a run logged without samples: no paired test, no crash)
-            _cache[run_id] = {}
-    return {s["doc_id"]: float(s[metric]) for s in _cache[run_id].get(task, []) if metric in s}
+@functools.lru_cache(maxsize=None)
+def logged_samples(run_id: str) -> dict:
+    """lm-eval's per-example records of a run ({task: [sample, ...]}), read once."""
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/lm_eval_results.json").get("samples", {})
+    except Exception:  # noqa: BLE001  (a run logged without samples: no paired test, no crash)
+        return {}
+
+
+def samples(run_id: str, task: str, metric: str) -> dict:
+    """{doc_id: score} of one run on one task."""
+    return {s["doc_id"]: float(s[metric]) for s in logged_samples(run_id).get(task, []) if metric in s}
 
 
 def _get(row, col, default=None):

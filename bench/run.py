@@ -10,6 +10,7 @@ bench/results.md (or --out).
 3. scoring            in-process lm-eval on the trained model vs saving and reloading the adapter;
                       zero-shot vs k-shot cost per example
 4. padding waste      pad fraction and tokens/s, random vs length-grouped batches
+   training features  tokens/s with and without the answer-only LM head, and bf16 autocast
 5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner
 6. peer comparison    tokens/s of our training vs TRL's SFTTrainer on the same LoRA SFT
 """
@@ -39,7 +40,7 @@ import sweep  # noqa: E402,F401
 from sweep.config import compose_config  # noqa: E402
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
-        "grid_limit": 200, "optuna_trials": 8, "train_samples": 2000}
+        "grid_limit": 200, "optuna_trials": 12, "train_samples": 2000}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 2, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "optuna_trials": 4, "train_samples": 64}
 
@@ -144,7 +145,7 @@ class Bench:
         from peft import PeftModel
 
         from sweep.build import build
-        from sweep.evaluate import make_lm, score
+        from sweep.evaluate import load_tasks, make_lm, score
         from sweep.models import load_model_and_tokenizer
         from sweep.train import train
 
@@ -160,7 +161,10 @@ class Bench:
             return time.perf_counter() - start
 
         def in_process(shots):
-            return score(built.lm, built.task_manager, built.eval_tasks, shots, limit, cfg.seed, False)
+            # Fresh task objects (loaded outside the timing): lm-eval keeps num_fewshot=0 once a task
+            # object was scored zero-shot.
+            tasks = load_tasks(built.task_manager, list(built.eval_tasks))
+            return lambda: score(built.lm, built.task_manager, tasks, shots, limit, cfg.seed, False)
 
         def reload_then_score():
             with tempfile.TemporaryDirectory() as folder:
@@ -171,9 +175,9 @@ class Bench:
                       cfg.seed, False)
 
         reps = range(self.p["repeats"])
-        zero = median([timed(lambda: in_process(0)) for _ in reps])
+        zero = median([timed(in_process(0)) for _ in reps])
         reload = median([timed(reload_then_score) for _ in reps])
-        kshot = median([timed(lambda: in_process(k)) for _ in reps])
+        kshot = median([timed(in_process(k)) for _ in reps])
         return {"in_process_seconds": zero, "save_reload_seconds": reload, "ratio": reload / zero,
                 "zero_shot_seconds_per_example": zero / limit, f"{k}_shot_seconds_per_example": kshot / limit,
                 "k_shot_vs_zero_shot": kshot / zero, "examples": limit}
@@ -203,6 +207,31 @@ class Bench:
                                folder).tokens_per_second for _ in range(self.p["repeats"])]
             out[sampling] = {"pad_fraction": pads / total, "tokens_per_second": median(rates)}
         out["tokens_per_second_ratio"] = out["group_by_length"]["tokens_per_second"] / out["random"]["tokens_per_second"]
+        return out
+
+    # 4b ------------------------------------------------------------------------------------------
+    def training_features(self) -> dict:
+        """Tokens/s with and without the answer-only LM head, and with and without bf16 autocast."""
+        from sweep.build import build
+        from sweep.train import bf16_is_fast, train
+
+        variants = {"default (answer-only head, bf16 auto)": [],
+                    "full logits": ["train.answer_only_logits=false"],
+                    "fp32 (no autocast)": ["train.bf16=false"]}
+        out = {}
+        for label, overrides in variants.items():
+            cfg = self.cfg(f"train.max_steps={self.p['steps']}", *overrides)
+            rates = []
+            for _ in range(self.p["repeats"]):
+                built = build(cfg)
+                with tempfile.TemporaryDirectory() as folder:
+                    rates.append(train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed,
+                                       folder).tokens_per_second)
+            out[label] = {"tokens_per_second": median(rates)}
+        default = out["default (answer-only head, bf16 auto)"]["tokens_per_second"]
+        out["answer_only_speedup"] = default / out["full logits"]["tokens_per_second"]
+        out["bf16_speedup"] = default / out["fp32 (no autocast)"]["tokens_per_second"]
+        out["bf16_is_fast_here"] = bf16_is_fast()
         return out
 
     # 5 -------------------------------------------------------------------------------------------
@@ -317,9 +346,14 @@ def main(argv=None) -> int:
     params = QUICK if a.quick else FULL
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = ["harness_overhead", "model_startup", "scoring", "padding", "sweep_efficiency", "trl"]
+    names = ["harness_overhead", "model_startup", "scoring", "padding", "training_features", "sweep_efficiency", "trl"]
     results = {"machine": machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
                "params": params, "benchmarks": {}}
+    previous = out / "results.json"
+    if a.only and previous.is_file():  # a partial run updates the figures it measured, keeps the rest
+        kept = json.loads(previous.read_text())
+        if kept.get("mode") == results["mode"]:
+            results["benchmarks"] = kept["benchmarks"]
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         bench = Bench(params, Path(work))
         for name in a.only or names:

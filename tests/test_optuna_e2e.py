@@ -46,6 +46,12 @@ def test_two_objectives_give_a_pareto_front(tmp_path, tracking):
     [parent] = children(tracking)[1].to_dict("records")
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"])}
     assert "pareto_front.json" in files
+    # The comparison report draws the study's Pareto front from the MLflow runs alone.
+    from analysis import report
+
+    assert report.main(["--experiment", "sft-sweep", "--tracking-uri", tracking[0].split("=", 1)[1],
+                        "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "optuna_study_study__pareto_front.png").stat().st_size > 10_000
 
 
 def test_a_diverging_trial_is_pruned_early(tmp_path, tracking):
