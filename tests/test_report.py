@@ -63,7 +63,10 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     assert "1 FAILED" in md and "## Runs that did not finish" in md and "InjectedFailure" in md
     # The LoRA-budget presets appear in Table 5's layout.
     assert "| rank r | 8 | 2/3/3/2 |" in md and "|  | Wq | Wq, Wk, Wv, Wo |" in md
-    assert f"`python reproduce.py {done.loc[done['metrics.sst2/acc'].idxmax(), 'run_id']}`" in md or "## Best run" in md
+    trained = done[~done["tags.method"].isin(["zero_shot", "few_shot"])].reset_index(drop=True)
+    best_run = trained.loc[trained["metrics.sst2/acc"].idxmax()]  # the first of any tie, in start order
+    assert f"## Best run\n\n{best_run['tags.mlflow.runName']} ({best_run['run_id']})" in md
+    assert f"`python reproduce.py {best_run['run_id']}`" in md
     pngs = {p.name for p in out.glob("*.png")}
     assert {"sst2_acc_vs_rank_r.png", "sst2_acc_vs_alpha.png", "sst2_acc_vs_trainable_parameters.png",
             "training_loss.png", "optuna_study_study__optimization_history.png"} <= pngs
