@@ -117,7 +117,9 @@ def intermediate_scoring(cfg: DictConfig, built) -> list:
 def reuse_baseline(cfg, experiment_id: str, name: str, tags: dict, source, files) -> JobOutcome:
     with tracking.mlflow_run(experiment_id, name, tags) as run:
         tracking.log_inputs(cfg, files)
-        metrics = baseline_cache.reuse(source)
+        memory = peak_memory_mb()
+        tracking.log_metrics(memory)
+        metrics = baseline_cache.reuse(source) | memory
         print(f"[sft-sweep] {name}: reusing the scores of run {source.info.run_id} (baseline cache; "
               f"eval.cache=false scores again): " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" in k),
               flush=True)
