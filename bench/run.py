@@ -11,7 +11,9 @@ bench/results.md (or --out).
                       zero-shot vs k-shot cost per example
 4. padding waste      pad fraction and tokens/s, random vs length-grouped batches
    training features  tokens/s with and without the answer-only LM head, and bf16 autocast
-5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner
+5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner on the same
+                      space (its grid sampler by default: every configuration is started, the
+                      pruner stops the weak ones early)
 6. peer comparison    tokens/s of our training vs TRL's SFTTrainer on the same LoRA SFT
 """
 
@@ -40,9 +42,9 @@ import sweep  # noqa: E402,F401
 from sweep.config import compose_config  # noqa: E402
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
-        "grid_limit": 200, "optuna_trials": 12, "train_samples": 2000}
+        "grid_limit": 200, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 2, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
-         "optuna_trials": 4, "train_samples": 64}
+         "optuna_trials": 4, "optuna_sampler": "grid", "train_samples": 64}
 
 
 def median(xs) -> float:
@@ -244,6 +246,7 @@ class Bench:
             self.log)
         run(sweep_cmd("-m", "hydra/sweeper=optuna", *base, *(f"{k}=choice({v})" for k, v in space.items()),
                       f"hydra.sweeper.n_trials={self.p['optuna_trials']}", "hydra.sweeper.pruner=median",
+                      f"hydra.sweeper.sampler={self.p['optuna_sampler']}",
                       f"hydra.sweeper.storage={self.work}/optuna.journal", "hydra.sweeper.study_name=bench",
                       f"eval.every_steps={max(1, steps // 4)}", f"eval.slice_size={min(64, limit)}",
                       "tracking.experiment=bench-optuna"), self.log)
@@ -258,7 +261,7 @@ class Bench:
             acc = runs["metrics.sst2/acc"].dropna()
             out[name.split("-")[1]] = {"runs": len(runs), "train_steps": spent, "best_acc": float(acc.max())}
         grid, opt = out["grid"], out["optuna"]
-        out |= {"compute_ratio": opt["train_steps"] / grid["train_steps"],
+        out |= {"optuna_sampler": self.p["optuna_sampler"], "compute_ratio": opt["train_steps"] / grid["train_steps"],
                 "best_gap_points": 100 * (grid["best_acc"] - opt["best_acc"]),
                 "target": "within 1 point of the grid's best for at most half the compute",
                 "met": opt["train_steps"] <= grid["train_steps"] / 2 and grid["best_acc"] - opt["best_acc"] <= 0.01}
