@@ -64,7 +64,7 @@ def recorded_config(run_id: str) -> DictConfig:
     OmegaConf.set_struct(defaults, False)
     cfg = OmegaConf.merge(defaults, stored)
     old_root = str(stored.get("paths", {}).get("root", PROJECT_ROOT))
-    for key in ("root", "data", "tasks"):
+    for key in ("root", "data", "tasks", "cache"):
         value = str(cfg.paths[key])
         if value.startswith(old_root):
             cfg.paths[key] = str(PROJECT_ROOT) + value[len(old_root):]
