@@ -90,7 +90,7 @@ class Bench:
         cfg = self.cfg(*same)
         built = build(cfg)
         n = steps * cfg.train.batch_size
-        examples = [dict(built.train_dataset[i]) for i in range(n)]
+        examples = [dict(built.train_dataset[i % len(built.train_dataset)]) for i in range(n)]  # epochs, in order
         (self.work / "examples.json").write_text(json.dumps(examples))
         base, _ = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)  # the weights the harness loads
         base.save_pretrained(self.work / "bare-model")
