@@ -78,6 +78,19 @@ class Bench:
     def cfg(self, *overrides: str):
         return compose_config([*self.common, *overrides, *self.track])
 
+    def training_rate(self, cfg) -> float:
+        """Median training tokens/s of the harness's own train step (in process) for `cfg`."""
+        from sweep.build import build
+        from sweep.train import train
+
+        rates = []
+        for _ in range(self.p["repeats"]):
+            built = build(cfg)
+            with tempfile.TemporaryDirectory() as folder:
+                rates.append(train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed,
+                                   folder).tokens_per_second)
+        return median(rates)
+
     # 1 -------------------------------------------------------------------------------------------
     def harness_overhead(self) -> dict:
         from sweep.build import build
@@ -214,22 +227,15 @@ class Bench:
     # 4b ------------------------------------------------------------------------------------------
     def training_features(self) -> dict:
         """Tokens/s with and without the answer-only LM head, and with and without bf16 autocast."""
-        from sweep.build import build
-        from sweep.train import bf16_is_fast, train
+        from sweep.train import bf16_is_fast
 
         variants = {"default (answer-only head, bf16 auto)": [],
                     "full logits": ["train.answer_only_logits=false"],
                     "fp32 (no autocast)": ["train.bf16=false"]}
         out = {}
         for label, overrides in variants.items():
-            cfg = self.cfg(f"train.max_steps={self.p['steps']}", *overrides)
-            rates = []
-            for _ in range(self.p["repeats"]):
-                built = build(cfg)
-                with tempfile.TemporaryDirectory() as folder:
-                    rates.append(train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed,
-                                       folder).tokens_per_second)
-            out[label] = {"tokens_per_second": median(rates)}
+            out[label] = {"tokens_per_second": self.training_rate(self.cfg(f"train.max_steps={self.p['steps']}",
+                                                                           *overrides))}
         default = out["default (answer-only head, bf16 auto)"]["tokens_per_second"]
         out["answer_only_speedup"] = default / out["full logits"]["tokens_per_second"]
         out["bf16_speedup"] = default / out["fp32 (no autocast)"]["tokens_per_second"]
@@ -269,29 +275,22 @@ class Bench:
 
     # 6 -------------------------------------------------------------------------------------------
     def trl(self) -> dict:
+        import datasets
         from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
 
-        from sweep.build import build, load_project_tasks
+        from sweep.build import load_project_tasks
         from sweep.data import training_pairs
-        from sweep.train import train, use_bf16
-
-        import datasets
+        from sweep.models import load_model_and_tokenizer
+        from sweep.train import use_bf16
 
         cfg = self.cfg(f"train.max_steps={self.p['steps']}", "lora.dropout=0")
-        ours = []
-        for _ in range(self.p["repeats"]):
-            built = build(cfg)
-            with tempfile.TemporaryDirectory() as folder:
-                ours.append(train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed,
-                                  folder).tokens_per_second)
+        ours = self.training_rate(cfg)
         _, tasks = load_project_tasks(cfg)
         pairs = training_pairs(tasks["sst2"], cfg.data.train_split, cfg.data.max_train_samples, cfg.seed)
         data = datasets.Dataset.from_list([{"prompt": c, "completion": a} for c, a in pairs])
         theirs = []
         for _ in range(self.p["repeats"]):
-            from sweep.models import load_model_and_tokenizer
-
             model, tok = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
             with tempfile.TemporaryDirectory() as folder:
                 args = SFTConfig(output_dir=folder, max_steps=cfg.train.max_steps, per_device_train_batch_size=8,
@@ -305,10 +304,10 @@ class Bench:
                 start = time.perf_counter()
                 trainer.train()
                 theirs.append(trainer.state.num_input_tokens_seen / (time.perf_counter() - start))
-        ratio = median(ours) / median(theirs)
+        ratio = ours / median(theirs)
         import trl
 
-        return {"ours_tokens_per_second": median(ours), "trl_tokens_per_second": median(theirs), "ratio": ratio,
+        return {"ours_tokens_per_second": ours, "trl_tokens_per_second": median(theirs), "ratio": ratio,
                 "target": ">= 1.3", "met": ratio >= 1.3, "trl_version": trl.__version__,
                 "note": "same model, LoRA (r, alpha, qkvo), examples, steps, batch 8, seed, bf16 setting; "
                         "TRL trains on prompt-completion pairs with its completion-only loss"}
