@@ -22,7 +22,7 @@ import pandas as pd
 from analysis import plots
 from analysis.render import Report, write
 from analysis.stats import paired_compare
-from analysis.summary import BASELINES, STUDY, main_metrics
+from analysis.summary import BASELINES, STUDY, fmt, main_metrics, search_runs
 
 # The LoRA paper's Table 5 columns, in its order.
 WEIGHT_TYPES = [("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "k_proj"), ("q_proj", "v_proj"),
@@ -37,19 +37,10 @@ class ReportError(Exception):
 
 def load_runs(experiment: str, sweep_id: str | None) -> pd.DataFrame:
     """Every run of the experiment (or of one sweep, plus the experiment's baselines)."""
-    uri = mlflow.get_tracking_uri()
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = [e.name for e in client.search_experiments() if e.name != "Default"]
-        if not names:
-            raise ReportError(f"the tracking store {uri} holds no experiments yet: run `make run` or "
-                              f"`python sweep.py` first (or pass --tracking-uri)")
-        from sweep.config import close_matches
-
-        raise ReportError(f"no MLflow experiment named {experiment!r} at {uri}{close_matches(experiment, names)}; "
-                          f"its experiments are: {', '.join(sorted(names))}")
-    runs = mlflow.search_runs([exp.experiment_id], order_by=["start_time ASC"])
+    try:
+        runs = search_runs(experiment)
+    except LookupError as e:
+        raise ReportError(str(e)) from None
     if runs.empty:
         raise ReportError(f"experiment {experiment!r} has no runs yet")
     if sweep_id is not None:
@@ -110,14 +101,6 @@ def ranks(row) -> str:
 
 
 # --- Tables --------------------------------------------------------------------------------------
-
-def fmt(value, stderr=None, digits=3) -> str:
-    if value is None:
-        return "-"
-    if stderr is None:
-        return f"{value:.{digits}f}"
-    return f"{value:.{digits}f} ± {stderr:.{digits}f}"
-
 
 def best_baselines(done: pd.DataFrame, metric: str) -> dict[tuple, tuple[str, pd.Series]]:
     """(model, eval.limit) -> (label, best finished baseline run) for one task's metric."""

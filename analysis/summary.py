@@ -17,9 +17,20 @@ STUDY = "optuna-study"  # method tag of an Optuna study's parent run
 
 
 def search_runs(experiment: str, filter_string: str = "") -> pd.DataFrame:
-    exp = mlflow.get_experiment_by_name(experiment)
+    """The experiment's runs, oldest first; LookupError (saying what the store holds) when it has
+    no such experiment."""
+    from sweep.config import close_matches
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise LookupError(f"no MLflow experiment named {experiment!r} at {mlflow.get_tracking_uri()}")
+        uri = mlflow.get_tracking_uri()
+        names = [e.name for e in client.search_experiments() if e.name != "Default"]
+        if not names:
+            raise LookupError(f"the tracking store {uri} holds no experiments yet: run `make run` or "
+                              f"`python sweep.py` first (or pass --tracking-uri)")
+        raise LookupError(f"no MLflow experiment named {experiment!r} at {uri}{close_matches(experiment, names)}; "
+                          f"its experiments are: {', '.join(sorted(names))}")
     return mlflow.search_runs([exp.experiment_id], filter_string=filter_string, order_by=["start_time ASC"])
 
 
@@ -59,7 +70,8 @@ def main_metrics(runs: pd.DataFrame) -> list[str]:
     return [f"{t}/{'acc' if 'acc' in ms else sorted(ms)[0]}" for t, ms in sorted(by_task.items())]
 
 
-def _fmt(value, stderr=None) -> str:
+def fmt(value, stderr=None) -> str:
+    """'0.863 ± 0.017', '0.863', or '-' for a missing value."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if stderr is None or (isinstance(stderr, float) and math.isnan(stderr)):
@@ -79,7 +91,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
             "k": r.get("params.method.num_fewshot"),
         }
         for m in metrics:
-            row[m] = _fmt(get(r, f"metrics.{m}"), get(r, f"metrics.{m}_stderr"))
+            row[m] = fmt(get(r, f"metrics.{m}"), get(r, f"metrics.{m}_stderr"))
         trainable = get(r, "metrics.trainable_params")
         row["trainable params"] = f"{int(trainable):,}" if trainable is not None else "-"
         secs = get(r, "metrics.train_seconds")
