@@ -20,6 +20,7 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
+from sweep import tracking
 from sweep.data import sha256
 
 
@@ -52,8 +53,6 @@ def find_source(key: str):
 
 def reuse(source) -> dict[str, float]:
     """Log the source run's scores and predictions into the active run; return the scores."""
-    from sweep import tracking
-
     metrics = {k: v for k, v in source.data.metrics.items() if "/" in k or k in ("trainable_params", "total_params",
                                                                                   "model_memory_mb")}
     tracking.log_metrics(metrics)

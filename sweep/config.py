@@ -24,7 +24,8 @@ TARGET_MODULE_PRESETS: dict[str, list[str] | None] = {
     "all-linear": None,  # every linear layer but the output head, whatever the names
 }
 METHODS = ("lora", "qlora", "full", "prompt_tuning", "prefix_tuning", "zero_shot", "few_shot")
-PEFT_TYPES = ("lora", "prompt_tuning", "prefix_tuning")
+PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning")  # peft types that learn virtual tokens
+PEFT_TYPES = ("lora", *PROMPT_LEARNING)
 # lora.init -> peft's init_lora_weights
 LORA_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
 QUANT_TYPES = ("nf4", "fp4")
@@ -101,7 +102,7 @@ def validate(cfg: DictConfig) -> None:
         _require(m.quantization is None or cfg.lora.init not in ("pissa", "olora"), "lora.init", cfg.lora.init,
                  "pissa and olora rewrite the base weights, which a 4-bit base model cannot hold; "
                  "use method=lora, or lora.init=default|gaussian")
-    if m.peft in ("prompt_tuning", "prefix_tuning"):
+    if m.peft in PROMPT_LEARNING:
         validate_prompt(cfg.prompt)
 
     e = cfg.eval

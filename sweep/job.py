@@ -135,10 +135,11 @@ def execute(cfg: DictConfig) -> JobOutcome:
     loaded = None
     if not cfg.method.trains:  # a baseline: scored once per model, tasks, k, limit, seed and lm-eval
         loaded = load_project_tasks(cfg)
-        key = baseline_cache.cache_key(cfg, loaded[0], task_files(loaded[1]))
+        files = task_files(loaded[1])
+        key = baseline_cache.cache_key(cfg, loaded[0], files)
         source = baseline_cache.find_source(key) if cfg.eval.cache else None
         if source is not None:
-            return reuse_baseline(cfg, experiment_id, name, tags | {"baseline_key": key}, source, task_files(loaded[1]))
+            return reuse_baseline(cfg, experiment_id, name, tags | {"baseline_key": key}, source, files)
         tags |= {"baseline_key": key, "cached": "false"}
     built = build(cfg, loaded)
     trainable, total = count_parameters(built.model)

@@ -57,21 +57,21 @@ def find_trial_run(study: str, trial: int | None) -> str:
     return kids.loc[best, "run_id"]
 
 
-def recorded_config(run_id: str) -> DictConfig:
-    """The run's resolved config laid over today's defaults, its paths moved to this checkout."""
+def recorded_config(run_id: str) -> tuple[DictConfig, str]:
+    """The run's resolved config laid over today's defaults, its paths moved to this checkout;
+    and the project root it ran in."""
     stored = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
     defaults = compose_config()
     OmegaConf.set_struct(defaults, False)
     cfg = OmegaConf.merge(defaults, stored)
     old_root = str(stored.get("paths", {}).get("root", PROJECT_ROOT))
     for key in ("root", "data", "tasks", "cache"):
-        value = str(cfg.paths[key])
-        if value.startswith(old_root):
-            cfg.paths[key] = str(PROJECT_ROOT) + value[len(old_root):]
-    return cfg
+        cfg.paths[key] = str(moved(str(cfg.paths[key]), old_root))
+    return cfg, old_root
 
 
 def moved(path: str, old_root: str) -> Path:
+    """`path` in this checkout when it lay under the run's project root, else unchanged."""
     return Path(str(PROJECT_ROOT) + path[len(old_root):]) if path.startswith(old_root) else Path(path)
 
 
@@ -146,9 +146,8 @@ def reproduce(run_id: str, strict: bool, rtol: float | None, log=print) -> int:
     run = client.get_run(run_id)
     if run.info.status != "FINISHED":
         raise ConfigError(f"run {run_id} is {run.info.status}: only a finished run has metrics to compare")
-    cfg = recorded_config(run_id)
-    stored_root = str(OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml")).paths.root)
-    checks = check_inputs(run, stored_root)
+    cfg, old_root = recorded_config(run_id)
+    checks = check_inputs(run, old_root)
     for c in checks:
         log(("  ok    " if c.ok else "  WARN  ") + c.message)
     if strict and not all(c.ok for c in checks):

@@ -20,7 +20,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import TrialPruned
 
-from sweep.config import PROJECT_ROOT, ConfigError
+from sweep.config import PROJECT_ROOT, PROMPT_LEARNING, ConfigError
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@")
 
@@ -51,8 +51,6 @@ def require_store(uri: str) -> None:
     """For readers (reports, reproduce): a SQLite store that does not exist is a mistake in the
     URI, not a store to create."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        from sweep.config import ConfigError
-
         raise ConfigError(f"no tracking store at {uri}: run `make run` or `python sweep.py` first, "
                           f"or pass --tracking-uri")
 
@@ -99,7 +97,7 @@ def run_name(cfg: DictConfig) -> str:
         if m.quantization:
             parts.append("int8" if m.quantization.get("load_in_8bit") else m.quantization.get("bnb_4bit_quant_type", "nf4"))
         return "-".join(parts)
-    if m.peft in ("prompt_tuning", "prefix_tuning"):
+    if m.peft in PROMPT_LEARNING:
         init = f"-{cfg.prompt.init}" if m.peft == "prompt_tuning" else ""
         return f"{m.name}-n{cfg.prompt.num_virtual_tokens}{init}"
     if m.name == "few_shot":
