@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-BASELINE_STYLES = {"zero_shot": ":", "few_shot": "--"}
+BASELINE_STYLES = {"strongest_baseline": "-", "zero_shot": ":"}  # drawn as lines; every variant forms the band
 
 
 def _png(fig) -> bytes:
@@ -21,14 +21,20 @@ def _png(fig) -> bytes:
 
 
 def _baselines(ax, baselines: dict[str, float]) -> None:
+    """The spread of all baseline variants as a band; the strongest and zero-shot ones as lines."""
+    if len(baselines) > 1:
+        values = list(baselines.values())
+        ax.axhspan(min(values), max(values), color="gray", alpha=0.15, label=f"{len(values)} baseline variants")
     for name, value in baselines.items():
-        ax.axhline(value, color="gray", linestyle=BASELINE_STYLES.get(name.split("-")[0], "-."), label=name)
+        style = BASELINE_STYLES.get(name.split("=")[0].split("-")[0])
+        if style or len(baselines) == 1:
+            ax.axhline(value, color="black" if style == "-" else "gray", linestyle=style or "--", label=name)
 
 
 def metric_vs(points: dict[str, list[tuple[float, float]]], baselines: dict[str, float], x_label: str,
               metric: str, log_x: bool = False, lines: bool = True) -> bytes:
-    """`metric` against x, one series per key of `points` ({label: [(x, y), ...]}), baselines as
-    horizontal lines."""
+    """`metric` against x, one series per key of `points` ({label: [(x, y), ...]}), baselines as a
+    band and lines."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, xy in sorted(points.items()):
         xy = sorted(xy)

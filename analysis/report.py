@@ -22,7 +22,8 @@ import pandas as pd
 from analysis import plots
 from analysis.render import Report, write
 from analysis.stats import paired_compare
-from analysis.summary import BASELINES, STUDY, fmt, main_metrics, search_runs
+from analysis.summary import (BASELINES, DEGENERATE_SHARE, STRONGEST, STUDY, References, band_lines, fmt, group_key,
+                              main_metrics, references, search_runs, tag, template)
 
 # The LoRA paper's Table 5 columns, in its order.
 WEIGHT_TYPES = [("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "k_proj"), ("q_proj", "v_proj"),
@@ -102,38 +103,38 @@ def ranks(row) -> str:
 
 # --- Tables --------------------------------------------------------------------------------------
 
-def best_baselines(done: pd.DataFrame, metric: str) -> dict[tuple, tuple[str, pd.Series]]:
-    """(model, eval.limit) -> (label, best finished baseline run) for one task's metric."""
-    out = {}
-    for _, r in done[done["tags.method"].isin(BASELINES)].iterrows():
-        value = _num(r, f"metrics.{metric}")
-        if value is None:
-            continue
-        key = (_get(r, "tags.model"), _get(r, "params.eval.limit"))
-        if key not in out or value > _num(out[key][1], f"metrics.{metric}"):
-            out[key] = (_get(r, "tags.mlflow.runName"), r)
-    return out
+def compare(row, ref, task: str, name: str) -> tuple[str, str, str]:
+    """(difference with the baseline's name, 95% CI, p) of a paired test of `row` against `ref`."""
+    if ref is None or row["run_id"] == ref["run_id"]:
+        return "-", "-", "-"
+    pair = paired_compare(samples(row["run_id"], task, name), samples(ref["run_id"], task, name))
+    if pair is None:
+        return "-", "-", "-"
+    return (f"{pair.diff:+.3f} ({_get(ref, 'tags.mlflow.runName')})", f"[{pair.ci_low:+.3f}, {pair.ci_high:+.3f}]",
+            f"{pair.p_value:.2g} ({pair.test}, n={pair.n})")
 
 
 def headline(done: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Every finished run scored on the task, against the best baseline of the same model/limit."""
+    """Every finished run scored on the task, against (a) the strongest baseline of the same model
+    and limit (chosen on a development slice) and (b) the zero-shot baseline with the run's template."""
     task, name = metric.split("/", 1)
-    baselines = best_baselines(done, metric)
+    refs = references(done, metric)
     rows = []
     for _, r in done.iterrows():
         value = _num(r, f"metrics.{metric}")
         if value is None:
             continue
-        row = {"run": _get(r, "tags.mlflow.runName"), "method": _get(r, "tags.method"),
+        method = _get(r, "tags.method")
+        row = {"run": _get(r, "tags.mlflow.runName"), "method": method,
+               "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
                metric: fmt(value, _num(r, f"metrics.{metric}_stderr")), "_value": value}
-        base = baselines.get((_get(r, "tags.model"), _get(r, "params.eval.limit")))
-        row["vs best baseline"], row["95% CI"], row["p"] = "-", "-", "-"
-        if base is not None and r["tags.method"] not in BASELINES:
-            pair = paired_compare(samples(r["run_id"], task, name), samples(base[1]["run_id"], task, name))
-            if pair is not None:
-                row["vs best baseline"] = f"{pair.diff:+.3f} ({base[0]})"
-                row["95% CI"] = f"[{pair.ci_low:+.3f}, {pair.ci_high:+.3f}]"
-                row["p"] = f"{pair.p_value:.2g} ({pair.test}, n={pair.n})"
+        ref = refs.get(group_key(r), References())
+        row["vs strongest"], row["CI (strongest)"], row["p (strongest)"] = compare(r, ref.strongest, task, name)
+        zero = ref.zero_shot.get(template(r)) if method not in BASELINES else None
+        row["vs zero-shot"], row["CI (zero-shot)"], row["p (zero-shot)"] = compare(r, zero, task, name)
+        share = _num(r, f"metrics.{task}/top_prediction_share")
+        row["top answer share"] = "-" if share is None else f"{share:.0%}" + (
+            " degenerate" if share > DEGENERATE_SHARE else "")
         trainable = _num(r, "metrics.trainable_params")
         row["trainable params"] = f"{int(trainable):,}" if trainable is not None else "-"
         secs = _num(r, "metrics.train_seconds")
@@ -146,6 +147,24 @@ def headline(done: pd.DataFrame, metric: str) -> pd.DataFrame:
         return table
     table["_baseline"] = ~table["method"].isin(BASELINES)
     return table.sort_values(["_baseline", "_value"], ascending=[True, False]).drop(columns=["_baseline", "_value"])
+
+
+def baseline_panel(done: pd.DataFrame) -> pd.DataFrame | None:
+    """The development-slice panel of the latest strongest-baseline run: every variant tried."""
+    chosen = done[done["tags.method"] == STRONGEST]
+    if chosen.empty:
+        return None
+    try:
+        panel = mlflow.artifacts.load_dict(f"runs:/{chosen.iloc[-1]['run_id']}/baseline_panel.json")["variants"]
+    except Exception:  # noqa: BLE001  (a run without the artifact: no panel, no crash)
+        return None
+    rows = [{"variant": p["variant"], "task": p["task"],
+             f"dev {p['metric']}": fmt(p["dev_mean"], p.get("dev_draw_sd")).replace("±", "± sd"),
+             "top answer share": "-" if p.get("top_prediction_share") is None
+             else f"{p['top_prediction_share']:.0%}" + (" degenerate" if p["top_prediction_share"] > DEGENERATE_SHARE
+                                                         else ""),
+             "chosen": "yes" if p.get("chosen") else ""} for p in panel]
+    return pd.DataFrame(rows)
 
 
 def budget_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame | None:
@@ -221,12 +240,9 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
 # --- Figures ---------------------------------------------------------------------------------------
 
 def baseline_values(done: pd.DataFrame, metric: str) -> dict[str, float]:
-    out = {}
-    for _, r in done[done["tags.method"].isin(BASELINES)].iterrows():
-        value = _num(r, f"metrics.{metric}")
-        if value is not None:
-            out[_get(r, "tags.mlflow.runName")] = value
-    return out
+    """Every baseline variant's value (the band) of the first model/limit group."""
+    groups = references(done, metric)
+    return next(iter(groups.values())).variants if groups else {}
 
 
 def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[str, bytes]:
@@ -308,11 +324,20 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
         title=f"Experiment {experiment}: {scope}",
         intro=[f"{len(runs[runs['tags.method'] != STUDY])} runs in MLflow ({mlflow.get_tracking_uri()}): "
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
-               "Each run is compared with the best prompt-only or in-context baseline of the same model and "
-               "eval.limit; the difference is paired per example (McNemar's exact test for accuracy, a "
-               "paired bootstrap otherwise), with a 95% paired-bootstrap interval."])
+               "Each run is compared with (a) the strongest prompt-only or in-context baseline of the same model "
+               "and eval.limit, chosen on a development slice of the train split (method=strongest_baseline), and "
+               "(b) the zero-shot baseline with the run's own prompt template; the difference is paired per "
+               "example (McNemar's exact test for 0/1 scores, a paired permutation test otherwise), with a 95% "
+               "paired-bootstrap interval. A baseline giving one answer to more than "
+               f"{DEGENERATE_SHARE:.0%} of the examples is flagged degenerate.", *band_lines(done)])
     for metric in metrics:
         rep.tables.append((f"{metric}: every run against the baselines", headline(done, metric), ""))
+    panel = baseline_panel(done)
+    if panel is not None:
+        rep.tables.append(("Baseline variants on the development slice", panel,
+                           "Every prompt-only and in-context variant the strongest baseline was chosen from, scored "
+                           "on examples of the train split (never on the reported ones): mean ± sd over draws of "
+                           "demonstrations."))
     budget = budget_table(done, metrics)
     if budget is not None:
         rep.tables.append(("LoRA budget (Table 5 layout of the LoRA paper)", budget,

@@ -1,5 +1,8 @@
 """The end-of-sweep comparison table: each run of a sweep beside the prompt-only and in-context
-baselines of the same model and task.
+baselines of the same model and task: the strongest baseline (chosen on a development slice,
+method=strongest_baseline), the zero-shot baseline with the run's own template, and the spread of
+every baseline variant scored on the same examples. A baseline that gives one answer to more
+than 90% of the examples is flagged as degenerate.
 
 `python -m analysis.summary --experiment NAME [--sweep-id ID] [--tracking-uri URI]`
 """
@@ -8,12 +11,16 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import dataclass, field
 
 import mlflow
 import pandas as pd
 
-BASELINES = ("zero_shot", "few_shot")
+BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
+STRONGEST = "strongest_baseline"
 STUDY = "optuna-study"  # method tag of an Optuna study's parent run
+DEFAULT_TEMPLATE = "default"  # (runs recorded before templates existed used it)
+DEGENERATE_SHARE = 0.9  # a baseline giving one answer to more examples than this is degenerate
 
 
 def search_runs(experiment: str, filter_string: str = "") -> pd.DataFrame:
@@ -34,9 +41,15 @@ def search_runs(experiment: str, filter_string: str = "") -> pd.DataFrame:
     return mlflow.search_runs([exp.experiment_id], filter_string=filter_string, order_by=["start_time ASC"])
 
 
+def template(row) -> str:
+    value = row.get("params.eval.template")
+    return DEFAULT_TEMPLATE if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
 def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
     """The sweep's runs, plus the latest finished baselines of the same model, tasks and eval limit
-    when the sweep itself scored none (e.g. `make run` scores them in a first sweep)."""
+    that the sweep itself did not score (e.g. `make run` scores them in a first sweep): the
+    strongest baseline, the zero-shot baseline of each template the sweep used, a few-shot one."""
     runs = search_runs(experiment, f"tags.sweep_id = '{sweep_id}'")
     if not runs.empty:
         runs = runs[runs["tags.method"] != STUDY].reset_index(drop=True)  # the Optuna parent run
@@ -49,13 +62,77 @@ def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
         f"tags.tasks = '{ref['tags.tasks']}'",
         f"params.`eval.limit` = '{ref['params.eval.limit']}'",
     ])
+    wanted = [(STRONGEST, None), ("few_shot", None)]
+    wanted += [("zero_shot", t) for t in dict.fromkeys(template(r) for _, r in runs.iterrows())]
     extra = []
-    for method in BASELINES:
-        if not (runs["tags.method"] == method).any():
-            found = search_runs(experiment, f"{match} and tags.method = '{method}'")
+    for method, tmpl in wanted:
+        have = runs["tags.method"] == method
+        if tmpl is not None:
+            have &= runs.apply(template, axis=1) == tmpl
+        if not have.any():
+            extra_filter = f" and params.`eval.template` = '{tmpl}'" if tmpl not in (None, DEFAULT_TEMPLATE) else ""
+            found = search_runs(experiment, f"{match} and tags.method = '{method}'{extra_filter}")
+            if tmpl == DEFAULT_TEMPLATE and not found.empty:
+                found = found[found.apply(template, axis=1) == DEFAULT_TEMPLATE]
             if not found.empty:
                 extra.append(found.iloc[[-1]])
     return pd.concat([*extra, runs], ignore_index=True)
+
+
+def value(row, col) -> float | None:
+    v = row.get(col)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+@dataclass
+class References:
+    """The baselines a run on one task is compared with (one model, one eval.limit)."""
+    strongest: pd.Series | None = None                                  # the latest strongest_baseline run
+    zero_shot: dict[str, pd.Series] = field(default_factory=dict)       # template -> latest zero-shot run
+    variants: dict[str, float] = field(default_factory=dict)            # every baseline run: name -> value
+
+    def band(self) -> tuple[float, float] | None:
+        return (min(self.variants.values()), max(self.variants.values())) if self.variants else None
+
+
+def references(runs: pd.DataFrame, metric: str) -> dict[tuple, References]:
+    """(model, eval.limit) -> the baselines of finished runs scored on `metric` (later runs win)."""
+    out: dict[tuple, References] = {}
+    for _, r in runs[runs["tags.method"].isin(BASELINES) & (runs["status"] == "FINISHED")].iterrows():
+        v = value(r, f"metrics.{metric}")
+        if v is None:
+            continue
+        refs = out.setdefault(group_key(r), References())
+        refs.variants[r.get("tags.mlflow.runName")] = v
+        if r["tags.method"] == STRONGEST:
+            refs.strongest = r
+        elif r["tags.method"] == "zero_shot":
+            refs.zero_shot[template(r)] = r
+    return out
+
+
+def group_key(row) -> tuple:
+    return row.get("tags.model"), row.get("params.eval.limit")
+
+
+def degenerate(row, metric: str) -> str:
+    """'degenerate: 95% one answer' when the run gave one answer to more than 90% of the examples."""
+    share = value(row, f"metrics.{metric.split('/')[0]}/top_prediction_share")
+    return f"degenerate: {share:.0%} one answer" if share is not None and share > DEGENERATE_SHARE else ""
+
+
+def tag(row, name: str) -> str:
+    v = row.get(f"tags.{name}")
+    return v if isinstance(v, str) else "-"
+
+
+def shots(row) -> str:
+    """k: the chosen one for a strongest baseline."""
+    return tag(row, "baseline.num_fewshot") if row.get("tags.method") == STRONGEST else row.get("params.method.num_fewshot")
 
 
 def main_metrics(runs: pd.DataFrame) -> list[str]:
@@ -79,26 +156,55 @@ def fmt(value, stderr=None) -> str:
     return f"{value:.3f} ± {stderr:.3f}"
 
 
+def diff(row, ref: pd.Series | None, metric: str) -> str:
+    a, b = value(row, f"metrics.{metric}"), value(ref, f"metrics.{metric}") if ref is not None else None
+    return "-" if a is None or b is None or row["run_id"] == ref["run_id"] else f"{a - b:+.3f}"
+
+
 def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
-    get = lambda row, col: row[col] if col in row and not pd.isna(row[col]) else None  # noqa: E731
     metrics, rows = main_metrics(runs), []
+    refs = {m: references(runs, m) for m in metrics}
     for _, r in runs.iterrows():
         method = r.get("tags.method")
         row = {
             "run": r.get("tags.mlflow.runName"),
             "method": method,
+            "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
             "r": r.get("params.lora.r") if r.get("params.method.peft") == "lora" else "-",
-            "k": r.get("params.method.num_fewshot"),
+            "k": shots(r),
         }
+        notes = []
         for m in metrics:
-            row[m] = fmt(get(r, f"metrics.{m}"), get(r, f"metrics.{m}_stderr"))
-        trainable = get(r, "metrics.trainable_params")
+            row[m] = fmt(value(r, f"metrics.{m}"), value(r, f"metrics.{m}_stderr"))
+            ref = refs[m].get(group_key(r), References())
+            suffix = "" if len(metrics) == 1 else f" ({m})"
+            row[f"vs strongest{suffix}"] = diff(r, ref.strongest, m)
+            row[f"vs zero-shot{suffix}"] = diff(r, ref.zero_shot.get(template(r)), m) if method not in BASELINES else "-"
+            notes.append(degenerate(r, m))
+        trainable = value(r, "metrics.trainable_params")
         row["trainable params"] = f"{int(trainable):,}" if trainable is not None else "-"
-        secs = get(r, "metrics.train_seconds")
+        secs = value(r, "metrics.train_seconds")
         row["train s"] = f"{secs:.0f}" if secs is not None else "-"
         row["status"] = r.get("status")
+        row["note"] = "; ".join(n for n in notes if n)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def band_lines(runs: pd.DataFrame) -> list[str]:
+    """One line per metric and model/limit: the spread of the baseline variants, the strongest."""
+    lines = []
+    for m in main_metrics(runs):
+        for refs in references(runs, m).values():
+            lo, hi = refs.band()
+            line = f"{m}: {len(refs.variants)} baseline variant(s) span {lo:.3f} to {hi:.3f}"
+            if refs.strongest is not None:
+                line += (f"; the strongest, chosen on a development slice, is {refs.strongest['tags.mlflow.runName']} "
+                         f"({value(refs.strongest, f'metrics.{m}'):.3f})")
+            else:
+                line += "; no strongest baseline yet (python sweep.py method=strongest_baseline)"
+            lines.append(line)
+    return lines
 
 
 def summary_text(tracking_uri: str, experiment: str, sweep_id: str) -> str:
@@ -107,7 +213,8 @@ def summary_text(tracking_uri: str, experiment: str, sweep_id: str) -> str:
     if runs.empty:
         return f"No runs recorded for sweep {sweep_id} in experiment {experiment!r}."
     table = comparison_table(runs).to_string(index=False)
-    return f"\nSweep {sweep_id} — experiment {experiment!r} ({tracking_uri})\n{table}\n"
+    bands = "\n".join(band_lines(runs))
+    return f"\nSweep {sweep_id} — experiment {experiment!r} ({tracking_uri})\n{table}\n{bands}\n"
 
 
 def main(argv=None) -> None:

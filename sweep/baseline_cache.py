@@ -1,6 +1,7 @@
 """Baseline cache: the prompt-only and in-context scores of a model are computed once.
 
-A baseline's scores depend only on the model, the tasks (template and data), k, the examples
+A baseline's scores depend only on the model, the tasks (template and data), the prompting (k,
+sampler, draws, calibration; for method=strongest_baseline the variants searched), the examples
 scored, the seed and lm-eval's version, never on what a sweep trains. A 4-shot pass of a 135M
 model over 1,000 examples takes minutes on 2 cores, and every sweep wants it beside its runs, so
 a finished baseline run is found by the key of those inputs (tag `baseline_key`) and its scores
@@ -11,6 +12,7 @@ elsewhere, and deleting the source run ends the reuse. `eval.cache=false` always
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.metadata
 import json
@@ -23,18 +25,26 @@ from omegaconf import DictConfig, OmegaConf
 from sweep import tracking
 from sweep.data import sha256
 
+REUSED_ARTIFACTS = ("lm_eval_results.json", "baseline_panel.json")
+
 
 def cache_key(cfg: DictConfig, task_manager, files: list[Path]) -> str:
     """sha256 of everything a baseline's scores depend on."""
+    from sweep.evaluate import Prompting, variant_name
+
     model = OmegaConf.to_container(cfg.model, resolve=True)
     if model.get("gguf") and not model.get("name_or_path"):
         package = model["gguf"]["package"].replace("_", "-")
         model["gguf"]["version"] = importlib.metadata.version(package)
+    search = cfg.method.get("search")
+    templates = list(search.template) if search is not None else [cfg.eval.template]
     inputs = {
         "model": model,
-        "tasks": {t: task_manager.task_index[t].cfg for t in cfg.eval.tasks},  # template, splits, metrics
+        "tasks": {v: task_manager.task_index[v].cfg for v in  # templates, splits, metrics
+                  (variant_name(t, template) for template in templates for t in cfg.eval.tasks)},
         "data": {Path(f).name + f"@{i}": sha256(f) for i, f in enumerate(sorted(files))},
-        "num_fewshot": cfg.method.num_fewshot,
+        "prompting": dataclasses.asdict(Prompting.from_config(cfg)),
+        "search": OmegaConf.to_container(search) if search is not None else None,
         "limit": cfg.eval.limit,
         "seed": cfg.seed,
         "lm_eval": importlib.metadata.version("lm-eval"),
@@ -52,19 +62,26 @@ def find_source(key: str):
 
 
 def reuse(source) -> dict[str, float]:
-    """Log the source run's scores and predictions into the active run; return the scores."""
+    """Log the source run's scores (each draw's too), predictions, development panel and chosen
+    variant into the active run; return the scores."""
     metrics = {k: v for k, v in source.data.metrics.items() if "/" in k or k in ("trainable_params", "total_params",
                                                                                   "model_memory_mb")}
-    tracking.log_metrics(metrics)
+    client, run_id = mlflow.MlflowClient(), source.info.run_id
+    tracking.log_metrics({k: v for k, v in metrics.items() if not k.startswith("draw/")})
+    for key in [k for k in metrics if k.startswith("draw/")]:
+        for point in client.get_metric_history(run_id, key):
+            tracking.log_metrics({key: point.value}, step=point.step)
     with tempfile.TemporaryDirectory() as tmp:
-        path = mlflow.artifacts.download_artifacts(run_id=source.info.run_id, artifact_path="lm_eval_results.json",
-                                                   dst_path=tmp)
-        with tracking.atomic_write():
-            mlflow.log_artifact(path)
+        for name in [a.path for a in client.list_artifacts(run_id) if a.path in REUSED_ARTIFACTS]:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)
+            with tracking.atomic_write():
+                mlflow.log_artifact(path)
     experiment = source.info.experiment_id
-    tracking.set_tags({
-        "cached": "true", "cached_from": source.info.run_id,
-        "mlflow.note.content": f"Scores reused from run [{source.info.run_id}]"
-                               f"(#/experiments/{experiment}/runs/{source.info.run_id}) (baseline cache).",
+    chosen = {k: v for k, v in source.data.tags.items() if k.startswith("baseline.") or
+              (k == "mlflow.runName" and "baseline.variant" in source.data.tags)}
+    tracking.set_tags(chosen | {
+        "cached": "true", "cached_from": run_id,
+        "mlflow.note.content": f"Scores reused from run [{run_id}]"
+                               f"(#/experiments/{experiment}/runs/{run_id}) (baseline cache).",
     })
     return metrics

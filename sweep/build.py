@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 
 from sweep.config import ConfigError
 from sweep.data import build_train_dataset, data_files
-from sweep.evaluate import check_fewshot_pool, load_tasks, make_lm, task_manager
+from sweep.evaluate import Prompting, check_templates, load_tasks, make_lm, task_manager, uses_chat_template
 from sweep.methods import apply_method
 from sweep.models import load_model_and_tokenizer
 
@@ -29,11 +29,14 @@ class Built:
     files: list[Path] = field(default_factory=list)  # data files read (hashed into the run)
 
 
-def load_project_tasks(cfg: DictConfig):
+def load_project_tasks(cfg: DictConfig, template: str | None = None):
+    """(task manager, {task name: lm-eval task of its `template` variant}), for the eval tasks and
+    the task trained on; `template` defaults to eval.template."""
     names = list(dict.fromkeys([*cfg.eval.tasks, *([cfg.data.task] if cfg.method.trains else [])]))
     tm = task_manager(cfg, names)
+    variants = check_templates(tm, names, template or cfg.eval.template)
     try:
-        tasks = load_tasks(tm, names)
+        tasks = load_tasks(tm, variants)
     except ValueError as e:
         # tasks/local_data.py is loaded by lm-eval as its own module, so match its error by name.
         if type(e).__name__ == "DataFileError":
@@ -50,7 +53,8 @@ def build(cfg: DictConfig, loaded: tuple | None = None) -> Built:
     """`loaded`: (task manager, tasks) when the caller has loaded them already."""
     tm, tasks = loaded or load_project_tasks(cfg)
     eval_tasks = {name: tasks[name] for name in cfg.eval.tasks}
-    check_fewshot_pool(eval_tasks, cfg.method.num_fewshot)
+    if cfg.method.name != "strongest_baseline":  # (which checks each variant it tries)
+        Prompting.from_config(cfg).check(eval_tasks)
 
     model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization)
     model = apply_method(model, cfg, tokenizer.name_or_path)
@@ -58,5 +62,7 @@ def build(cfg: DictConfig, loaded: tuple | None = None) -> Built:
 
     train_dataset = None
     if cfg.method.trains:
-        train_dataset = build_train_dataset(tasks[cfg.data.task], cfg.data, lm, cfg.train.max_seq_length, cfg.seed)
+        train_task = tasks[cfg.data.task]
+        train_dataset = build_train_dataset(train_task, cfg.data, lm, cfg.train.max_seq_length, cfg.seed,
+                                            chat=uses_chat_template({cfg.data.task: train_task}))
     return Built(model, tokenizer, lm, tm, eval_tasks, train_dataset, task_files(tasks))

@@ -23,7 +23,9 @@ TARGET_MODULE_PRESETS: dict[str, list[str] | None] = {
     "mlp": ["gate_proj", "up_proj", "down_proj"],
     "all-linear": None,  # every linear layer but the output head, whatever the names
 }
-METHODS = ("lora", "qlora", "full", "prompt_tuning", "prefix_tuning", "zero_shot", "few_shot")
+METHODS = ("lora", "qlora", "full", "prompt_tuning", "prefix_tuning", "zero_shot", "few_shot", "strongest_baseline")
+DEFAULT_TEMPLATE = "default"  # eval.template whose task is tasks/<task>.yaml itself (others: <task>_<template>)
+FEWSHOT_SAMPLERS = ("random", "balanced")
 PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning")  # peft types that learn virtual tokens
 PEFT_TYPES = ("lora", *PROMPT_LEARNING)
 # lora.init -> peft's init_lora_weights
@@ -119,8 +121,45 @@ def validate(cfg: DictConfig) -> None:
              e.every_steps, "must be a positive integer or null (no scoring during training)")
     _require(isinstance(e.cache, bool), "eval.cache", e.cache, "must be true or false")
     _require(_is_int(e.slice_size) and e.slice_size > 0, "eval.slice_size", e.slice_size, "must be a positive integer")
+    validate_prompting(e)
+    if m.name == "strongest_baseline":
+        validate_baseline_search(m.search)
     for p in e.include_paths:
         _require(Path(p).is_dir(), "eval.include_paths", p, "each entry must be an existing folder of task YAMLs")
+
+
+def validate_prompting(e: DictConfig) -> None:
+    """Template, demonstrations and calibration keys of the eval group."""
+    _require(isinstance(e.template, str) and e.template.strip(), "eval.template", e.template,
+             f"must name a template, e.g. eval.template={DEFAULT_TEMPLATE}")
+    _require(e.fewshot_sampler in FEWSHOT_SAMPLERS, "eval.fewshot_sampler", e.fewshot_sampler,
+             f"choose one of {', '.join(FEWSHOT_SAMPLERS)}")
+    _require(_is_int(e.fewshot_draws) and e.fewshot_draws > 0, "eval.fewshot_draws", e.fewshot_draws,
+             "must be a positive integer (independent draws of demonstrations)")
+    for key in ("fewshot_per_example", "fewshot_as_multiturn", "calibrate"):
+        _require(isinstance(e[key], bool), f"eval.{key}", e[key], "must be true or false")
+    _require(isinstance(e.content_free, (list, ListConfig)) and len(e.content_free) > 0
+             and all(isinstance(x, str) for x in e.content_free), "eval.content_free", e.content_free,
+             'must be a non-empty list of strings, e.g. ["N/A", "", "[MASK]"]')
+    _require(not (e.calibrate and e.fewshot_per_example), "eval.calibrate", e.calibrate,
+             "calibration estimates the bias of one prompt, so it needs a fixed draw of demonstrations: "
+             "set eval.fewshot_per_example=false")
+
+
+def validate_baseline_search(search: DictConfig) -> None:
+    """method=strongest_baseline: the variants tried on the development slice."""
+    def non_empty_list(key, ok, rule):
+        values = search[key]
+        _require(isinstance(values, (list, ListConfig)) and len(values) > 0 and all(ok(v) for v in values),
+                 f"method.search.{key}", values, rule)
+
+    non_empty_list("template", lambda v: isinstance(v, str) and v.strip(), "must be a non-empty list of templates")
+    non_empty_list("num_fewshot", lambda v: _is_int(v) and v >= 0, "must be a non-empty list of integers >= 0")
+    non_empty_list("fewshot_sampler", lambda v: v in FEWSHOT_SAMPLERS,
+                   f"must be a non-empty list of {', '.join(FEWSHOT_SAMPLERS)}")
+    non_empty_list("calibrate", lambda v: isinstance(v, bool), "must be a non-empty list of true/false")
+    _require(_is_int(search.dev_size) and search.dev_size > 0, "method.search.dev_size", search.dev_size,
+             "must be a positive integer (examples carved from the train split)")
 
 
 def validate_lora(lora: DictConfig) -> None:

@@ -1,8 +1,9 @@
 """Training examples, rendered and tokenized exactly the way lm-eval scores them.
 
-The prompt template of a dataset is its lm-eval task (tasks/*.yaml): training renders each
-document with the task's own `fewshot_context(doc, 0)` and answer (target delimiter + choice, or
-the reference text for generation tasks), and tokenizes the pair with lm-eval's own
+The prompt template of a dataset is its lm-eval task (tasks/*.yaml, one variant per
+`eval.template`): training renders each document with the task's own `fewshot_context(doc, 0)`
+(through the model's chat template when the variant is a chat one) and answer (target delimiter +
+choice, or the reference text for generation tasks), and tokenizes the pair with lm-eval's own
 `_encode_pair`. So training and scoring cannot drift apart. The loss covers the answer only.
 """
 
@@ -19,19 +20,23 @@ from sweep.config import ConfigError
 IGNORE_INDEX = -100  # label value that the loss skips (prompt tokens, padding)
 
 
-def render_pair(task, doc: dict) -> tuple[str, str]:
-    """(context, answer) for one document, as lm-eval builds its request."""
-    context = task.fewshot_context(doc, 0)
+def render_pair(task, doc: dict, chat_template=None) -> tuple[str, str]:
+    """(context, answer) for one document, exactly as lm-eval builds the scored request (the
+    correct choice's, for multiple choice); `chat_template`: lm-eval's `lm.apply_chat_template`
+    for a chat variant."""
+    chat = chat_template is not None
+    context = task.fewshot_context(doc, 0, apply_chat_template=chat, chat_template=chat_template,
+                                   gen_prefix=task.doc_to_prefix(doc))
     target = task.doc_to_target(doc)
-    if task.OUTPUT_TYPE == "multiple_choice":
-        choices = task.doc_to_choice(doc)
-        answer = choices[target] if isinstance(target, int) else str(target)
-    else:
-        answer = target if isinstance(target, str) else str(target)
+    if task.OUTPUT_TYPE == "multiple_choice" and isinstance(target, int):
+        requests = task.construct_requests(doc, context, metadata=(task.config.task, 0, 1), apply_chat_template=chat)
+        return requests[target].args
+    answer = target if isinstance(target, str) else str(target)
     return context, task.config.target_delimiter + answer
 
 
-def training_pairs(task, split: str, max_samples: int | None, seed: int) -> list[tuple[str, str]]:
+def training_pairs(task, split: str, max_samples: int | None, seed: int,
+                   chat_template=None) -> list[tuple[str, str]]:
     """A seeded random subset (or all) of a task split, rendered to (context, answer) pairs."""
     if split not in task.dataset:
         raise ConfigError(f"data.train_split={split!r}: task {task.config.task} has splits {', '.join(task.dataset)}")
@@ -42,7 +47,7 @@ def training_pairs(task, split: str, max_samples: int | None, seed: int) -> list
     random.Random(seed).shuffle(order)
     if max_samples:
         order = order[:max_samples]
-    return [render_pair(task, docs[i]) for i in order]
+    return [render_pair(task, docs[i], chat_template) for i in order]
 
 
 def tokenize_pairs(pairs, encode_pair, max_length: int, eos_id: int | None = None) -> list[dict]:
@@ -57,11 +62,12 @@ def tokenize_pairs(pairs, encode_pair, max_length: int, eos_id: int | None = Non
     return rows
 
 
-def build_train_dataset(task, data_cfg: DictConfig, lm, max_length: int, seed: int):
-    """A datasets.Dataset of tokenized training examples for `task`."""
+def build_train_dataset(task, data_cfg: DictConfig, lm, max_length: int, seed: int, chat: bool = False):
+    """A datasets.Dataset of tokenized training examples for `task` (`chat`: its template is a chat one)."""
     import datasets
 
-    pairs = training_pairs(task, data_cfg.train_split, data_cfg.max_train_samples, seed)
+    pairs = training_pairs(task, data_cfg.train_split, data_cfg.max_train_samples, seed,
+                           lm.apply_chat_template if chat else None)
     # Generation tasks learn to stop; choice tasks are scored on the answer tokens alone.
     eos = lm.tokenizer.eos_token_id if task.OUTPUT_TYPE == "generate_until" else None
     return datasets.Dataset.from_list(tokenize_pairs(pairs, lm._encode_pair, max_length, eos))

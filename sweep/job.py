@@ -15,10 +15,10 @@ from omegaconf import DictConfig
 from optuna.exceptions import TrialPruned
 from transformers import set_seed
 
-from sweep import baseline_cache, tracking, trials
+from sweep import baseline_cache, baselines, tracking, trials
 from sweep.build import build, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
-from sweep.evaluate import score
+from sweep.evaluate import Prompting, score
 from sweep.methods import count_parameters
 from sweep.models import memory_footprint_mb
 from sweep.train import model_flops_utilization, train
@@ -108,8 +108,8 @@ def intermediate_scoring(cfg: DictConfig, built) -> list:
         return []
 
     def score_slice() -> dict[str, float]:
-        return score(built.lm, built.task_manager, built.eval_tasks, cfg.method.num_fewshot,
-                     cfg.eval.slice_size, cfg.seed, log_samples=False).metrics
+        return score(built.lm, built.task_manager, built.eval_tasks, Prompting.from_config(cfg),
+                     cfg.eval.slice_size, log_samples=False).metrics
 
     return [trials.report_callback(trials.current(), score_slice, cfg.eval.every_steps, cfg.eval.slice_size)]
 
@@ -133,8 +133,10 @@ def execute(cfg: DictConfig) -> JobOutcome:
     set_seed(cfg.seed)
     name, tags = tracking.run_name(cfg), tracking.start_tags(cfg, sweep_id(cfg))
     loaded = None
-    if not cfg.method.trains:  # a baseline: scored once per model, tasks, k, limit, seed and lm-eval
+    if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed and lm-eval
         loaded = load_project_tasks(cfg)
+        if cfg.method.name == "strongest_baseline":
+            baselines.check_search(cfg, loaded[0])
         files = task_files(loaded[1])
         key = baseline_cache.cache_key(cfg, loaded[0], files)
         source = baseline_cache.find_source(key) if cfg.eval.cache else None
@@ -172,15 +174,28 @@ def train_and_record(cfg: DictConfig, built, total_params: int) -> dict[str, flo
     return trained
 
 
+def eval_tasks(cfg: DictConfig, template: str):
+    """(task manager, {eval task: its `template` variant}), freshly loaded."""
+    tm, tasks = load_project_tasks(cfg, template)
+    return tm, {name: tasks[name] for name in cfg.eval.tasks}
+
+
 def score_and_record(cfg: DictConfig, built, name: str) -> dict[str, float]:
     """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory."""
     scored = {}
     if cfg.eval.enabled:
         start = time.perf_counter()
-        scores = score(built.lm, built.task_manager, built.eval_tasks, cfg.method.num_fewshot,
-                       cfg.eval.limit, cfg.seed, cfg.eval.log_samples)
+        if cfg.method.name == "strongest_baseline":
+            choice = baselines.strongest(cfg, built.lm, lambda template: eval_tasks(cfg, template))
+            tracking.log_baseline_choice(choice.best, choice.panel)
+            scores = choice.scores
+        else:
+            scores = score(built.lm, built.task_manager, built.eval_tasks, Prompting.from_config(cfg),
+                           cfg.eval.limit, cfg.eval.log_samples)
         scored = scores.metrics | {"eval_seconds": time.perf_counter() - start}
         tracking.log_eval_results(scores.results)
+        for draw, metrics in enumerate(scores.by_draw):
+            tracking.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
     scored |= peak_memory_mb()
     tracking.log_metrics(scored)
     shown = {k: f"{v:.4g}" for k, v in scored.items() if "/" in k} or {"scoring": "off (eval.enabled=false)"}

@@ -20,7 +20,8 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import TrialPruned
 
-from sweep.config import PROJECT_ROOT, PROMPT_LEARNING, ConfigError
+from sweep.baselines import Variant
+from sweep.config import DEFAULT_TEMPLATE, PROJECT_ROOT, PROMPT_LEARNING, ConfigError
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@")
 
@@ -96,13 +97,31 @@ def run_name(cfg: DictConfig) -> str:
         parts += [flag for flag in ("dora", "rslora") if lora[f"use_{flag}"]]
         if m.quantization:
             parts.append("int8" if m.quantization.get("load_in_8bit") else m.quantization.get("bnb_4bit_quant_type", "nf4"))
-        return "-".join(parts)
+        return "-".join(parts) + template_suffix(cfg)
     if m.peft in PROMPT_LEARNING:
         init = f"-{cfg.prompt.init}" if m.peft == "prompt_tuning" else ""
-        return f"{m.name}-n{cfg.prompt.num_virtual_tokens}{init}"
-    if m.name == "few_shot":
-        return f"few_shot-k{m.num_fewshot}"
+        return f"{m.name}-n{cfg.prompt.num_virtual_tokens}{init}" + template_suffix(cfg)
+    if m.name in ("zero_shot", "few_shot"):  # e.g. few_shot-k4-balanced-cal-plain
+        e = cfg.eval
+        return Variant(e.template, m.num_fewshot, e.fewshot_sampler, e.calibrate).label() + (
+            "-per_example" if m.num_fewshot and e.fewshot_per_example else "")
     return m.name
+
+
+def template_suffix(cfg: DictConfig) -> str:
+    return "" if cfg.eval.template == DEFAULT_TEMPLATE else f"-{cfg.eval.template}"
+
+
+def log_baseline_choice(best, panel: list[dict]) -> None:
+    """method=strongest_baseline: the variant chosen on the development slice (tags `baseline.*`,
+    and in the run name) and the whole development panel (`baseline_panel.json`)."""
+    tags = {"baseline.variant": best.label(), "baseline.template": best.template,
+            "baseline.num_fewshot": str(best.num_fewshot), "baseline.fewshot_sampler": best.fewshot_sampler,
+            "baseline.calibrate": str(best.calibrate).lower(), "mlflow.runName": f"strongest_baseline={best.label()}",
+            "baseline.reproduce": " ".join(best.overrides())}
+    with atomic_write():
+        mlflow.set_tags(tags)
+        mlflow.log_dict({"chosen": best.label(), "variants": panel}, "baseline_panel.json")
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:

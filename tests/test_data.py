@@ -17,15 +17,22 @@ def tasks():
     return load_project_tasks(cfg)[1]
 
 
+@pytest.mark.parametrize("template", ["default", "plain", "chat"])
 @pytest.mark.parametrize("name", ["sst2", "rte"])
-def test_training_pairs_are_lm_evals_own_requests(tasks, name):
-    """What we train on is exactly the (context, continuation) lm-eval scores for the gold answer."""
-    task = tasks[name]
-    task.build_all_requests(limit=5, rank=0, world_size=1)
-    for instance in task.instances:
-        if instance.idx != task.doc_to_target(instance.doc):
-            continue  # only the gold choice is trained on
-        assert render_pair(task, instance.doc) == tuple(instance.arguments)
+def test_training_pairs_are_lm_evals_own_requests(tiny, name, template):
+    """What we train on is exactly the (context, continuation) lm-eval scores for the gold answer,
+    with every prompt template (the chat one through the model's chat template)."""
+    cfg = compose("model=tiny", f"eval.tasks=[{name}]", f"data={name}", f"eval.template={template}")
+    task = load_project_tasks(cfg)[1][name]
+    chat = template == "chat"
+    lm = make_lm(*tiny, batch_size=4)
+    chat_template = lm.apply_chat_template if chat else None
+    task.build_all_requests(limit=5, rank=0, world_size=1, apply_chat_template=chat, chat_template=chat_template)
+    gold = [i for i in task.instances if i.idx == task.doc_to_target(i.doc)]  # only the gold choice is trained on
+    assert len(gold) == 5
+    for instance in gold:
+        assert render_pair(task, instance.doc, chat_template) == tuple(instance.arguments)
+    assert gold[0].arguments[0].startswith("<|im_start|>system") == chat
 
 
 def test_generation_pairs_use_the_reference_answer(tasks):

@@ -4,7 +4,7 @@ import pytest
 
 from sweep.build import load_project_tasks
 from sweep.config import ConfigError
-from sweep.evaluate import check_fewshot_pool, flatten_metrics, make_lm, score
+from sweep.evaluate import Prompting, check_fewshot_pool, flatten_metrics, make_lm, score
 from tests.conftest import compose
 
 
@@ -35,9 +35,9 @@ def test_scoring_in_process_zero_and_few_shot(tiny):
     cfg = compose("model=tiny", "method=zero_shot")
     tm, tasks = load_project_tasks(cfg)
     lm = make_lm(tiny[0], tiny[1], batch_size=8)
-    zero = score(lm, tm, tasks, num_fewshot=0, limit=6, seed=0, log_samples=True)
+    zero = score(lm, tm, tasks, Prompting(num_fewshot=0), limit=6, log_samples=True)
     assert zero.metrics["sst2/n_samples"] == 6 and 0 <= zero.metrics["sst2/acc"] <= 1
     assert len(zero.results["samples"]["sst2"]) == 6
-    few = score(lm, tm, load_project_tasks(cfg)[1], num_fewshot=2, limit=6, seed=0, log_samples=True)
+    few = score(lm, tm, load_project_tasks(cfg)[1], Prompting(num_fewshot=2), limit=6, log_samples=True)
     prompt = few.results["samples"]["sst2"][0]["arguments"][0][0]
     assert prompt.count("Answer:") == 3  # two examples and the question

@@ -123,7 +123,7 @@ def test_mcnemar_and_bootstrap():
     assert pair.test == "McNemar" and pair.n == 30 and pair.diff == pytest.approx(20 / 30)
     assert pair.ci_low > 0 and pair.p_value == pytest.approx(2 / 2**20)
     rouge = paired_compare({i: 0.5 + i / 100 for i in range(20)}, {i: 0.5 for i in range(20)})
-    assert rouge.test == "paired bootstrap" and rouge.p_value < 0.01
+    assert rouge.test == "paired permutation" and rouge.p_value < 0.01
     assert paired_compare({1: 1.0}, {2: 1.0}) is None
 
 

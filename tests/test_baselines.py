@@ -1,0 +1,212 @@
+"""Baselines done right: templates, balanced and fixed draws, calibration, the development slice,
+prefix-cached k-shot scoring equal to lm-eval's."""
+
+import statistics
+from collections import Counter
+
+import pytest
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+
+from sweep import baselines, calibration
+from sweep.build import load_project_tasks
+from sweep.config import ConfigError, validate
+from sweep.evaluate import Prompting, make_lm, record_predictions, score
+from sweep.fewshot import BalancedSampler, FixedDraw, draw, draw_seed
+from sweep.prefix_cache import MIN_SHARED_TOKENS, shared_prefix_length
+from tests.conftest import compose
+
+
+def tasks_for(template="default", tasks="[sst2]"):
+    return load_project_tasks(compose("model=tiny", "method=zero_shot", f"eval.tasks={tasks}",
+                                      f"eval.template={template}"))
+
+
+@pytest.fixture(scope="module")
+def sst2_pool():
+    return list(tasks_for()[1]["sst2"].dataset["train"].select(range(300)))
+
+
+def test_balanced_draws_have_equal_counts_per_label_and_repeat_with_their_seed(sst2_pool):
+    label = lambda d: d["label"]  # noqa: E731
+    for k in (4, 16):
+        demos = draw("balanced", sst2_pool, k, label, seed=3)
+        assert Counter(map(label, demos)) == {0: k // 2, 1: k // 2}
+    assert draw("balanced", sst2_pool, 4, label, seed=3) == draw("balanced", sst2_pool, 4, label, seed=3)
+    assert draw("balanced", sst2_pool, 4, label, seed=3) != draw("balanced", sst2_pool, 4, label, seed=4)
+    odd = draw("balanced", sst2_pool, 5, label, seed=0)
+    assert sorted(Counter(map(label, odd)).values()) == [2, 3]
+    # shuffled, not grouped by label: over many draws the first demonstration has either label
+    assert {label(draw("balanced", sst2_pool, 4, label, seed=s)[0]) for s in range(20)} == {0, 1}
+    # the example being scored is never its own demonstration
+    sampler = BalancedSampler(sst2_pool[:6], label_of=label, rnd=0)
+    assert all(sst2_pool[0] not in sampler.sample(2, eval_doc=sst2_pool[0]) for _ in range(20))
+
+
+def test_draws_differ_by_seed_and_random_draws_are_lm_evals_sampler(sst2_pool):
+    seeds = [draw_seed(0, d) for d in range(3)]
+    assert len(set(seeds)) == 3 and seeds == [draw_seed(0, d) for d in range(3)] and draw_seed(1, 0) != seeds[0]
+    a, b = (draw("random", sst2_pool, 4, None, s) for s in seeds[:2])
+    assert a != b and a == draw("random", sst2_pool, 4, None, seeds[0])
+
+
+def test_a_fixed_draw_puts_the_same_demonstrations_before_every_example(tiny):
+    tm, tasks = tasks_for()
+    lm = make_lm(*tiny, batch_size=8)
+    scores = score(lm, tm, tasks, Prompting(num_fewshot=2, draws=2, seed=0), limit=6, log_samples=True)
+    [first, second] = scores.results["draws"]
+    assert first["demonstrations"]["sst2"] != second["demonstrations"]["sst2"]
+    demos = first["demonstrations"]["sst2"]
+    prefix = f"{demos[0]['sentence'].strip()}\nQuestion:"
+    prompts = [s["arguments"][0][0] for s in scores.results["samples"]["sst2"]]
+    assert all(p.startswith(prefix) and p.count("Answer:") == 3 for p in prompts)
+    # mean and sd over the two draws; per-example scores averaged over draws
+    by_draw = [d["sst2/acc"] for d in scores.by_draw]
+    assert scores.metrics["sst2/acc"] == pytest.approx(statistics.fmean(by_draw))
+    assert scores.metrics["sst2/acc_draw_sd"] == pytest.approx(statistics.stdev(by_draw))
+    per_example = [s["acc"] for s in scores.results["samples"]["sst2"]]
+    assert statistics.fmean(per_example) == pytest.approx(scores.metrics["sst2/acc"])
+    assert all(len(s["acc_by_draw"]) == 2 for s in scores.results["samples"]["sst2"])
+
+
+def test_per_example_sampling_stays_available(tiny):
+    tm, tasks = tasks_for()
+    scores = score(make_lm(*tiny, batch_size=8), tm, tasks, Prompting(num_fewshot=2, per_example=True), limit=4,
+                   log_samples=True)
+    prompts = [s["arguments"][0][0] for s in scores.results["samples"]["sst2"]]
+    assert len({p.split("\n")[0] for p in prompts}) > 1  # each example its own demonstrations
+
+
+def test_calibration_moves_a_biased_prediction_to_the_right_label():
+    # The prompt alone makes the model prefer label 0 (p_cf = 0.8 / 0.2); an example of label 1 with
+    # p = 0.6 / 0.4 is predicted 0 as it stands, and 1 once divided by p_cf (0.75 < 2.0).
+    p_cf = calibration.bias([[-0.1, -2.4], [-0.3, -1.5]])
+    assert p_cf[0] > 0.75 and sum(p_cf) == pytest.approx(1)
+    logliks = [-0.511, -0.916]  # log 0.6, log 0.4
+    assert max(range(2), key=logliks.__getitem__) == 0
+    assert calibration.calibrated_prediction(logliks, p_cf) == 1
+    # on logged lm-eval samples: acc becomes the calibrated one, lm-eval's own is kept
+    results = {"samples": {"t": [{"filtered_resps": [(-0.511, False), (-0.916, False)], "target": 1, "acc": 0.0},
+                                 {"filtered_resps": [(-0.1, False), (-3.0, False)], "target": 0, "acc": 1.0}]},
+               "results": {"t": {"acc,none": 0.5, "acc_stderr,none": 0.5}}}
+    record_predictions(results, "t", p_cf)
+    values = results["results"]["t"]
+    assert values["acc,none"] == 1.0 and values["acc_uncalibrated,none"] == 0.5
+    assert values["top_prediction_share_uncalibrated,none"] == 1.0 and values["top_prediction_share,none"] == 0.5
+    assert [s["prediction"] for s in results["samples"]["t"]] == [1, 0]
+
+
+def test_content_free_inputs_keep_labels_and_use_the_same_prompt(tiny):
+    doc = {"idx": 7, "sentence": "a fine film", "label": 1}
+    assert calibration.content_free_doc(doc, "N/A") == {"idx": 7, "sentence": "N/A", "label": 1}
+    tm, tasks = tasks_for()
+    scores = score(make_lm(*tiny, batch_size=8), tm, tasks, Prompting(num_fewshot=2, calibrate=True), limit=6,
+                   log_samples=True)
+    values = scores.results["results"]["sst2"]
+    assert len(values["content_free_probs"]) == 2 and sum(values["content_free_probs"]) == pytest.approx(1)
+    assert {"sst2/acc", "sst2/acc_uncalibrated", "sst2/top_prediction_share"} <= set(scores.metrics)
+
+
+@pytest.mark.parametrize("template", ["default", "chat"])
+def test_prefix_cached_k_shot_scores_equal_lm_evals(tiny, sst2_pool, template):
+    tm, tasks = tasks_for(template)
+    task = tasks["sst2"]
+    task.sampler = FixedDraw(draw("balanced", sst2_pool, 4, task.doc_to_target, 0))
+    cached, stock = make_lm(*tiny, batch_size=8), HFLM(pretrained=tiny[0], tokenizer=tiny[1], batch_size=8)
+    chat = template == "chat"
+    requests = []
+    for doc in task.dataset["validation"].select(range(12)):
+        context = task.fewshot_context(doc, 4, apply_chat_template=chat, fewshot_as_multiturn=chat,
+                                       chat_template=cached.apply_chat_template if chat else None)
+        requests += task.construct_requests(doc, context, metadata=("sst2", 0, 1), apply_chat_template=chat)
+    encoded = [cached._encode_pair(*r.args)[0] for r in requests]
+    assert len(requests) == 24 and shared_prefix_length(encoded) > 4 * MIN_SHARED_TOKENS  # the cached path runs
+    ours, theirs = cached.loglikelihood(requests, disable_tqdm=True), stock.loglikelihood(requests, disable_tqdm=True)
+    assert max(abs(a[0] - b[0]) for a, b in zip(ours, theirs)) < 1e-4
+    assert [a[1] for a in ours] == [b[1] for b in theirs]
+
+
+def test_multi_token_answers_and_a_lora_model_match_lm_eval_too(tiny):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny[0], LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights="gaussian"))
+    try:
+        cached, stock = make_lm(model, tiny[1], batch_size=3), HFLM(pretrained=model, tokenizer=tiny[1], batch_size=3)
+        shared = "A shared instruction that is long enough to be cached. " * 4
+        requests = [Instance("loglikelihood", {}, (shared + q, a), 0)
+                    for q in ("Is it good?", "Is it bad? Tell me") for a in (" yes it is", " no", " maybe so")]
+        ours, theirs = cached.loglikelihood(requests, disable_tqdm=True), stock.loglikelihood(requests, disable_tqdm=True)
+        assert max(abs(a[0] - b[0]) for a, b in zip(ours, theirs)) < 1e-4
+    finally:
+        model.unload()
+
+
+def test_the_development_slice_never_overlaps_the_reported_split_or_the_demonstrations():
+    _, tasks = tasks_for()
+    task = tasks["sst2"]
+    idx = baselines.dev_indices(task, 300, seed=0)
+    assert len(set(idx)) == 300 and idx == baselines.dev_indices(task, 300, seed=0)
+    dev = baselines.dev_task(task, idx)
+    reported = {task.doc_to_text(d) for d in task.eval_docs}
+    dev_docs = list(dev.eval_docs)
+    assert len(dev_docs) == 300 and not reported & {dev.doc_to_text(d) for d in dev_docs}
+    assert list(task.eval_docs) != dev_docs and len(task.eval_docs) == 1000  # the original task is untouched
+    pool = baselines.demonstration_pool(task, idx)
+    assert len(pool) == len(task.dataset["train"]) - 300
+    assert not {d["idx"] for d in pool} & {d["idx"] for d in dev_docs}
+    # SST-2's train split repeats some validation sentences: a plain sample would pick them
+    train = task.dataset["train"]
+    assert any(task.doc_to_text(d) in reported for d in train.select(range(20000)))
+
+
+def test_variants_are_distinct_simplest_first_and_name_their_equivalent_run():
+    cfg = compose("method=strongest_baseline", "method.search.template=[default,chat]")
+    vs = baselines.variants(cfg.method.search)
+    assert len(vs) == 2 * (2 + 4) and vs[0] == baselines.Variant("default", 0, "random", False)
+    assert [v.label() for v in vs[:4]] == ["zero_shot", "zero_shot-chat", "zero_shot-cal", "zero_shot-cal-chat"]
+    assert "few_shot-k4-balanced-cal-chat" in [v.label() for v in vs]
+    assert baselines.Variant("plain", 4, "balanced", True).overrides() == [
+        "method=few_shot", "eval.template=plain", "eval.num_fewshot=4", "eval.fewshot_sampler=balanced",
+        "eval.calibrate=true"]
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["eval.template=plian"], "eval.template='plian': task sst2 has no such template (no task sst2_plian) "
+                              "(did you mean: plain?); its templates are: default, chat, plain"),
+    (["data=self_instruct", "eval.template=chat"], "eval.template='chat': task self_instruct has no such template"),
+    (["data=self_instruct", "method=strongest_baseline"], "method.search.template='plain': task self_instruct"),
+    (["data=self_instruct", "method=few_shot", "eval.fewshot_sampler=balanced"],
+     "eval.fewshot_sampler=balanced: task self_instruct has no labels"),
+    (["data=self_instruct", "eval.calibrate=true"], "eval.calibrate=true: task self_instruct is not multiple choice"),
+])
+def test_prompting_errors_name_the_key_before_any_compute(overrides, needle):
+    from sweep.build import build
+
+    cfg = compose("model=tiny", "method=zero_shot", *overrides)
+    validate(cfg)
+    with pytest.raises(ConfigError) as e:
+        tm, _ = load_project_tasks(cfg)
+        if cfg.method.name == "strongest_baseline":
+            baselines.check_search(cfg, tm)
+        build(cfg) if "method=strongest_baseline" not in overrides else None
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("eval.fewshot_sampler=stratified", "eval.fewshot_sampler='stratified' is invalid: choose one of random, balanced"),
+    ("eval.fewshot_draws=0", "eval.fewshot_draws=0 is invalid"),
+    ("eval.calibrate=yes", "eval.calibrate='yes' is invalid: must be true or false"),
+    ("eval.content_free=[]", "eval.content_free=[] is invalid"),
+    ("method.search.dev_size=0", "method.search.dev_size=0 is invalid"),
+    ("method.search.num_fewshot=[-1]", "method.search.num_fewshot=[-1] is invalid"),
+])
+def test_prompting_keys_are_checked(override, needle):
+    extra = ["method=strongest_baseline"] if override.startswith("method.") else []
+    with pytest.raises(ConfigError, match=None) as e:
+        validate(compose(*extra, override))
+    assert needle in str(e.value)
+
+
+def test_calibration_needs_a_fixed_draw():
+    with pytest.raises(ConfigError, match="needs a fixed draw of demonstrations: set eval.fewshot_per_example=false"):
+        validate(compose("method=few_shot", "eval.calibrate=true", "eval.fewshot_per_example=true"))
