@@ -222,7 +222,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
                 continue
             value = _num(r, col)
             task, metric = col[len("metrics."):].split("/", 1)
-            if value is None or task in ("train", "slice", "check"):
+            if value is None or task in ("train", "slice", "check", "draw"):
                 continue
             rows.append({
                 "run_id": r["run_id"], "run": _get(r, "tags.mlflow.runName"), "status": r["status"],

@@ -8,7 +8,9 @@ bench/results.md (or --out).
 1. harness overhead   `python sweep.py` (LoRA, no scoring) vs bench/bare_lora.py (plain torch loop)
 2. model start-up     cached safetensors load vs the first GGUF conversion
 3. scoring            in-process lm-eval on the trained model vs saving and reloading the adapter;
-                      zero-shot vs k-shot cost per example
+                      zero-shot vs k-shot cost per example (prefix-cached, and lm-eval's own HFLM)
+   baseline panel     3 templates x {0-shot, 4-shot x 3 draws}, calibrated (so both variants), on
+                      `panel_examples` SST-2 examples: lm-eval's HFLM vs the prefix-cached scorer
 4. padding waste      pad fraction and tokens/s, random vs length-grouped batches
    training features  tokens/s with and without the answer-only LM head, and bf16 autocast
 5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner on the same
@@ -42,9 +44,10 @@ import sweep  # noqa: E402,F401
 from sweep.config import compose_config  # noqa: E402
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
-        "grid_limit": 200, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000}
+        "grid_limit": 200, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
+        "panel_examples": 872}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 2, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
-         "optuna_trials": 4, "optuna_sampler": "grid", "train_samples": 64}
+         "optuna_trials": 4, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16}
 
 
 def median(xs) -> float:
@@ -159,8 +162,8 @@ class Bench:
     def scoring(self) -> dict:
         from peft import PeftModel
 
-        from sweep.build import build
-        from sweep.evaluate import load_tasks, make_lm, score
+        from sweep.build import build, load_project_tasks
+        from sweep.evaluate import Prompting, make_lm, score
         from sweep.models import load_model_and_tokenizer
         from sweep.train import train
 
@@ -175,27 +178,59 @@ class Bench:
             fn()
             return time.perf_counter() - start
 
-        def in_process(shots):
+        stock = make_lm(built.model, built.tokenizer, cfg.eval.batch_size, prefix_cache=False)
+
+        def in_process(shots, lm=built.lm):
             # Fresh task objects (loaded outside the timing): lm-eval keeps num_fewshot=0 once a task
             # object was scored zero-shot.
-            tasks = load_tasks(built.task_manager, list(built.eval_tasks))
-            return lambda: score(built.lm, built.task_manager, tasks, shots, limit, cfg.seed, False)
+            tm, tasks = load_project_tasks(cfg)
+            tasks = {name: tasks[name] for name in built.eval_tasks}
+            return lambda: score(lm, tm, tasks, Prompting(num_fewshot=shots, seed=cfg.seed), limit, False)
 
         def reload_then_score():
             with tempfile.TemporaryDirectory() as folder:
                 built.model.save_pretrained(folder)
                 base, tok = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
                 model = PeftModel.from_pretrained(base, folder).eval()
-                score(make_lm(model, tok, cfg.eval.batch_size), built.task_manager, built.eval_tasks, 0, limit,
-                      cfg.seed, False)
+                score(make_lm(model, tok, cfg.eval.batch_size), built.task_manager, built.eval_tasks,
+                      Prompting(seed=cfg.seed), limit, False)
 
         reps = range(self.p["repeats"])
         zero = median([timed(in_process(0)) for _ in reps])
         reload = median([timed(reload_then_score) for _ in reps])
         kshot = median([timed(in_process(k)) for _ in reps])
+        kshot_stock = median([timed(in_process(k, stock)) for _ in reps])
         return {"in_process_seconds": zero, "save_reload_seconds": reload, "ratio": reload / zero,
                 "zero_shot_seconds_per_example": zero / limit, f"{k}_shot_seconds_per_example": kshot / limit,
-                "k_shot_vs_zero_shot": kshot / zero, "examples": limit}
+                "k_shot_vs_zero_shot": kshot / zero, "k_shot_lm_eval_hflm_vs_zero_shot": kshot_stock / zero,
+                "target": "k-shot at most 1.5x zero-shot per example", "examples": limit}
+
+    def baseline_panel(self) -> dict:
+        """The cost of a full baseline panel, scored with lm-eval's own HFLM and with the prefix cache."""
+        from sweep.build import load_project_tasks
+        from sweep.evaluate import Prompting, make_lm, score
+        from sweep.models import load_model_and_tokenizer
+
+        cfg = self.cfg("method=zero_shot")
+        model, tok = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
+        n = self.p["panel_examples"]
+        seconds, accuracy = {}, {}
+        for label, cached in (("lm_eval_hflm", False), ("prefix_cached", True)):
+            lm = make_lm(model, tok, cfg.eval.batch_size, prefix_cache=cached)
+            seconds[label] = 0.0
+            for template in ("default", "plain", "chat"):
+                for k, draws in ((0, 1), (4, 3)):
+                    tm, tasks = load_project_tasks(cfg, template)  # (loading the data is not timed)
+                    prompting = Prompting(num_fewshot=k, draws=draws, calibrate=True, seed=cfg.seed)
+                    start = time.perf_counter()
+                    scores = score(lm, tm, {"sst2": tasks["sst2"]}, prompting, n, False)
+                    seconds[label] += time.perf_counter() - start
+                    accuracy[f"{label}/{template}/k{k}"] = scores.metrics["sst2/acc"]
+        same = all(accuracy[k] == accuracy[k.replace("lm_eval_hflm", "prefix_cached")] for k in accuracy
+                   if k.startswith("lm_eval_hflm"))
+        return {"examples": n, "passes": 3 * (1 + 3), "lm_eval_hflm_seconds": seconds["lm_eval_hflm"],
+                "prefix_cached_seconds": seconds["prefix_cached"],
+                "speedup": seconds["lm_eval_hflm"] / seconds["prefix_cached"], "same_accuracies": same}
 
     # 4 -------------------------------------------------------------------------------------------
     def padding(self) -> dict:
@@ -344,11 +379,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="the tiny model and few steps (a smoke test)")
     ap.add_argument("--only", nargs="+", help="run these benchmarks only (names as in results.json)")
     ap.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json and results.md")
+    ap.add_argument("--panel-examples", type=int, help="examples per pass of the baseline panel (default: 872, "
+                                                       "quick: 16); lm-eval's own HFLM takes about an hour for 872")
     a = ap.parse_args(argv)
-    params = QUICK if a.quick else FULL
+    params = dict(QUICK if a.quick else FULL)
+    if a.panel_examples:
+        params["panel_examples"] = a.panel_examples
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = ["harness_overhead", "model_startup", "scoring", "padding", "training_features", "sweep_efficiency", "trl"]
+    names = ["harness_overhead", "model_startup", "scoring", "baseline_panel", "padding", "training_features",
+             "sweep_efficiency", "trl"]
     results = {"machine": machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
                "params": params, "benchmarks": {}}
     previous = out / "results.json"

@@ -105,13 +105,16 @@ def check_fewshot_pool(tasks: dict, k: int) -> None:
             )
 
 
-def make_lm(model, tokenizer, batch_size: int):
+def make_lm(model, tokenizer, batch_size: int, prefix_cache: bool = True):
     """lm-eval's HFLM around an in-memory model (peft-wrapped or not), with the shared prompt
-    prefix of k-shot requests computed once (sweep/prefix_cache.py)."""
+    prefix of k-shot requests computed once (sweep/prefix_cache.py; `prefix_cache=False`: lm-eval's
+    own HFLM, for the benchmark's side-by-side)."""
+    from lm_eval.models.huggingface import HFLM
+
     from sweep.prefix_cache import PrefixCachedLM
 
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)  # "pretrained is not a str"
-    return PrefixCachedLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    return (PrefixCachedLM if prefix_cache else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
 @dataclass(frozen=True)
@@ -130,8 +133,10 @@ class Prompting:
     def from_config(cls, cfg: DictConfig, num_fewshot: int | None = None) -> "Prompting":
         e = cfg.eval
         k = cfg.method.num_fewshot if num_fewshot is None else num_fewshot
-        return cls(num_fewshot=k, sampler=e.fewshot_sampler, draws=e.fewshot_draws if k else 1,
-                   per_example=e.fewshot_per_example, calibrate=e.calibrate, content_free=tuple(e.content_free),
+        if not k:  # no demonstrations: how they would be drawn does not matter (nor in the baseline cache's key)
+            return cls(calibrate=e.calibrate, content_free=tuple(e.content_free), seed=cfg.seed)
+        return cls(num_fewshot=k, sampler=e.fewshot_sampler, draws=e.fewshot_draws, per_example=e.fewshot_per_example,
+                   calibrate=e.calibrate, content_free=tuple(e.content_free),
                    fewshot_as_multiturn=e.fewshot_as_multiturn, seed=cfg.seed)
 
     def check(self, tasks: dict) -> None:

@@ -17,8 +17,11 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     b = results["benchmarks"]
-    assert set(b) == {"harness_overhead", "model_startup", "scoring", "padding", "training_features",
-                      "sweep_efficiency", "trl"}
+    assert set(b) == {"harness_overhead", "model_startup", "scoring", "baseline_panel", "padding",
+                      "training_features", "sweep_efficiency", "trl"}
+    assert b["baseline_panel"]["same_accuracies"] and b["baseline_panel"]["passes"] == 12
+    assert b["baseline_panel"]["speedup"] == pytest.approx(
+        b["baseline_panel"]["lm_eval_hflm_seconds"] / b["baseline_panel"]["prefix_cached_seconds"])
     assert b["training_features"]["answer_only_speedup"] > 0
     assert b["harness_overhead"]["harness_step_seconds"] > 0 and b["harness_overhead"]["bare_step_seconds"] > 0
     assert b["harness_overhead"]["ratio"] == pytest.approx(

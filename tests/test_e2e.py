@@ -189,3 +189,45 @@ def test_training_without_scoring_logs_step_times(tracking):
     assert run["status"] == "FINISHED" and "metrics.sst2/acc" not in run and run["tags.torch_threads"] >= "1"
     history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/step_seconds")
     assert [h.step for h in history] == [1, 2, 4] and all(h.value > 0 for h in history)
+
+
+def test_prompt_templates_are_swept_recorded_and_trained_on(tracking):
+    p = run_sweep("-m", *TINY, *tracking, "eval.template=default,plain,chat")
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = {r["params.eval.template"]: r for r in runs_of(tracking).to_dict("records")}
+    assert set(runs) == {"default", "plain", "chat"} and all(r["status"] == "FINISHED" for r in runs.values())
+    assert runs["plain"]["tags.mlflow.runName"] == "lora-r8-a16-qkvo-plain"
+    for template, start in (("plain", "Review: "), ("chat", "<|im_start|>system\nClassify the sentiment")):
+        local = mlflow.artifacts.load_dict(f"runs:/{runs[template]['run_id']}/lm_eval_results.json")
+        assert local["samples"]["sst2"][0]["arguments"][0][0].startswith(start)
+        assert "sst2" in local["results"]  # named after the task, whichever template scored it
+
+
+def test_the_strongest_baseline_is_chosen_on_the_development_slice_and_reproducible(tracking):
+    search = ["method.search.template=[default,chat]", "method.search.num_fewshot=[0,2]", "method.search.dev_size=16",
+              "eval.fewshot_draws=2"]
+    p = run_sweep(*TINY, *tracking, "method=strongest_baseline", *search, "tracking.sweep_id=b")
+    assert p.returncode == 0, p.stderr[-3000:]
+    [run] = runs_of(tracking).to_dict("records")
+    panel = mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/baseline_panel.json")
+    assert len(panel["variants"]) == 2 * (2 + 4)
+    best = max(panel["variants"], key=lambda v: v["dev_mean"])  # the first maximum: simplest first
+    assert panel["chosen"] == best["variant"] == run["tags.baseline.variant"] and best["chosen"]
+    assert run["tags.mlflow.runName"] == f"strongest_baseline={best['variant']}"
+    # Scored on the reported split exactly as the equivalent stand-alone baseline run scores it.
+    again = run_sweep(*TINY, *tracking, *run["tags.baseline.reproduce"].split(), "eval.fewshot_draws=2",
+                      "tracking.sweep_id=b2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    twin = runs_of(tracking).iloc[-1]
+    assert twin["metrics.sst2/acc"] == run["metrics.sst2/acc"] and twin["tags.mlflow.runName"] == best["variant"]
+    # A LoRA run's table compares it with the strongest baseline and the same-template zero-shot one.
+    lora = run_sweep(*TINY, *tracking, "tracking.sweep_id=l")
+    table = lora.stdout[lora.stdout.index("Sweep l"):]
+    assert "vs strongest" in table and f"strongest_baseline={best['variant']}" in table
+    assert "the strongest, chosen on a development slice, is strongest_baseline=" in table
+    # The same search again is served by the baseline cache, chosen variant and panel included.
+    cached = run_sweep(*TINY, *tracking, "method=strongest_baseline", *search)
+    assert "reusing the scores of run" in cached.stdout
+    hit = runs_of(tracking).iloc[-1]
+    assert hit["tags.cached"] == "true" and hit["tags.baseline.variant"] == best["variant"]
+    assert hit["tags.mlflow.runName"] == run["tags.mlflow.runName"]
