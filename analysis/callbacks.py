@@ -1,4 +1,5 @@
-"""Hydra callback that prints the comparison table when a run or a sweep ends."""
+"""Hydra callback that prints the comparison table when a run or a sweep ends (a report, so it
+lives in analysis/: the harness in sweep/ never imports analysis/)."""
 
 from __future__ import annotations
 
