@@ -92,6 +92,8 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tracking):
 @pytest.mark.parametrize("override,needle", [
     ("lora.r=0", "lora.r=0 is invalid"),
     ("eval.tasks=[sst3]", "unknown lm-eval task 'sst3'"),
+    ("eval.template=plian", "eval.template='plian': task sst2 has no such template"),
+    ("eval.fewshot_sampler=stratified", "eval.fewshot_sampler='stratified' is invalid"),
     ("lora.target_modules=[q_proj,query]", "its linear layers are: down_proj"),
     ("tracking.uri=sqlite:///{tmp}/a_file/m.db", "tracking.uri='sqlite:///{tmp}/a_file/m.db' cannot be opened"),
 ])

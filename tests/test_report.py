@@ -52,10 +52,11 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     runs = runs_of(store[1])
     done = runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != "optuna-study")]
     md = (out / "report.md").read_text()
-    # Every finished run is a row, with its own accuracy; baselines first.
+    # Every finished run is a row, with its template and its own accuracy; baselines first.
     for _, r in done.iterrows():
         acc = f"{r['metrics.sst2/acc']:.3f} ± {r['metrics.sst2/acc_stderr']:.3f}"
-        assert f"| {r['tags.mlflow.runName']} | {r['tags.method']} | {acc} |" in md
+        template = r["tags.baseline.template"] if r["tags.method"] == "strongest_baseline" else r["params.eval.template"]
+        assert f"| {r['tags.mlflow.runName']} | {r['tags.method']} | {template} | {acc} |" in md
     # Paired differences against the strongest baseline (chosen on the development slice) and the
     # zero-shot baseline with the same template, never against the best baseline on this split.
     strongest = done[done["tags.method"] == "strongest_baseline"].iloc[0]
