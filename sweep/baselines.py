@@ -146,7 +146,9 @@ def strongest(cfg: DictConfig, lm, load_tasks) -> Choice:
                 rows = [dev_row(v, name, headline(devs[name]), scores, prompting.calibrate) for name in devs]
                 panel += rows
                 means[v] = statistics.fmean(r["dev_mean"] for r in rows)
-    best = max(means, key=lambda v: means[v])  # first maximum: variants() orders simplest first
+    ordered = variants(search)  # simplest first: a tie goes to the simpler variant
+    best = max(ordered, key=means.__getitem__)
+    panel.sort(key=lambda row: [v.label() for v in ordered].index(row["variant"]))
     log.info("strongest baseline on the development slice: %s (%.4f)", best.label(), means[best])
     tm, tasks = load_tasks(best.template)
     final = replace(Prompting.from_config(cfg, best.num_fewshot), sampler=best.fewshot_sampler, per_example=False,
