@@ -2,7 +2,7 @@
 
 A baseline's scores depend only on the model, the tasks (template and data), the prompting (k,
 sampler, draws, calibration; for method=strongest_baseline the variants searched), the examples
-scored, the seed and lm-eval's version, never on what a sweep trains. A 4-shot pass of a 135M
+scored, the seed, lm-eval's version and the harness's own scoring code, never on what a sweep trains. A 4-shot pass of a 135M
 model over 1,000 examples takes minutes on 2 cores, and every sweep wants it beside its runs, so
 a finished baseline run is found by the key of those inputs (tag `baseline_key`) and its scores
 are logged again in a new run, tagged `cached=true` and `cached_from=<source run>`, with the same
@@ -26,6 +26,8 @@ from sweep import tracking
 from sweep.data import sha256
 
 REUSED_ARTIFACTS = ("lm_eval_results.json", "baseline_panel.json")
+# The harness's own scoring code: a change to any of these scores differently, so it is in the key.
+SCORING_CODE = ("evaluate.py", "fewshot.py", "calibration.py", "prefix_cache.py", "baselines.py")
 
 
 def cache_key(cfg: DictConfig, task_manager, files: list[Path]) -> str:
@@ -48,6 +50,7 @@ def cache_key(cfg: DictConfig, task_manager, files: list[Path]) -> str:
         "limit": cfg.eval.limit,
         "seed": cfg.seed,
         "lm_eval": importlib.metadata.version("lm-eval"),
+        "scoring_code": {name: sha256(Path(__file__).parent / name) for name in SCORING_CODE},
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 

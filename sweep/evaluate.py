@@ -170,6 +170,10 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
     needs_samples = log_samples or prompting.draws > 1 or _multiple_choice(tasks)
     if prompting.num_fewshot:  # read once: a task's few-shot split can hold tens of thousands of examples
         pools = {n: (pools or {}).get(n) or list(t.fewshot_docs()) for n, t in tasks.items()}
+    for task in tasks.values():
+        # lm-eval never overrides a task whose config says num_fewshot=0, and its first scoring
+        # writes that value into the task object: a task scored zero-shot once would stay zero-shot.
+        task.set_config(key="num_fewshot", value=prompting.num_fewshot)
     draws = []
     for d in range(prompting.draws):
         seed = fewshot.draw_seed(prompting.seed, d)

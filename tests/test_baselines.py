@@ -69,6 +69,17 @@ def test_a_fixed_draw_puts_the_same_demonstrations_before_every_example(tiny):
     assert all(len(s["acc_by_draw"]) == 2 for s in scores.results["samples"]["sst2"])
 
 
+def test_a_task_scored_zero_shot_is_scored_k_shot_when_asked_again(tiny):
+    """lm-eval keeps a task zero-shot once it was (its config's num_fewshot=0 is never overridden);
+    the strongest-baseline search scores the same task objects at several k."""
+    tm, tasks = tasks_for()
+    lm = make_lm(*tiny, batch_size=8)
+    for k in (0, 2, 0):
+        scores = score(lm, tm, tasks, Prompting(num_fewshot=k, draws=1), limit=3, log_samples=True)
+        prompts = [s["arguments"][0][0] for s in scores.results["samples"]["sst2"]]
+        assert all(p.count("Answer:") == k + 1 for p in prompts), k
+
+
 def test_per_example_sampling_stays_available(tiny):
     tm, tasks = tasks_for()
     scores = score(make_lm(*tiny, batch_size=8), tm, tasks, Prompting(num_fewshot=2, per_example=True), limit=4,
@@ -210,3 +221,16 @@ def test_prompting_keys_are_checked(override, needle):
 def test_calibration_needs_a_fixed_draw():
     with pytest.raises(ConfigError, match="needs a fixed draw of demonstrations: set eval.fewshot_per_example=false"):
         validate(compose("method=few_shot", "eval.calibrate=true", "eval.fewshot_per_example=true"))
+
+
+def test_the_baseline_cache_key_changes_with_the_scoring_code(monkeypatch):
+    from sweep import baseline_cache
+    from sweep.build import task_files
+
+    cfg = compose("model=tiny", "method=few_shot")
+    tm, tasks = load_project_tasks(cfg)
+    key = baseline_cache.cache_key(cfg, tm, task_files(tasks))
+    assert key == baseline_cache.cache_key(cfg, tm, task_files(tasks))
+    real = baseline_cache.sha256
+    monkeypatch.setattr(baseline_cache, "sha256", lambda p: "edited" if p.name == "prefix_cache.py" else real(p))
+    assert baseline_cache.cache_key(cfg, tm, task_files(tasks)) != key
