@@ -25,6 +25,11 @@ from sweep.config import DEFAULT_TEMPLATE, ConfigError
 log = logging.getLogger(__name__)
 
 
+def template_suffix(template: str) -> str:
+    """'-plain' in a run name; nothing for the default template."""
+    return "" if template == DEFAULT_TEMPLATE else f"-{template}"
+
+
 @dataclass(frozen=True)
 class Variant:
     template: str
@@ -41,8 +46,7 @@ class Variant:
         parts = [self.method] + ([f"k{self.num_fewshot}"] if self.num_fewshot else [])
         parts += ["balanced"] if self.num_fewshot and self.fewshot_sampler == "balanced" else []
         parts += ["cal"] if self.calibrate else []
-        parts += [self.template] if self.template != DEFAULT_TEMPLATE else []
-        return "-".join(parts)
+        return "-".join(parts) + template_suffix(self.template)
 
     def overrides(self) -> list[str]:
         """The command-line overrides of the equivalent stand-alone baseline run."""
@@ -148,7 +152,8 @@ def strongest(cfg: DictConfig, lm, load_tasks) -> Choice:
                 means[v] = statistics.fmean(r["dev_mean"] for r in rows)
     ordered = variants(search)  # simplest first: a tie goes to the simpler variant
     best = max(ordered, key=means.__getitem__)
-    panel.sort(key=lambda row: [v.label() for v in ordered].index(row["variant"]))
+    position = {v.label(): i for i, v in enumerate(ordered)}
+    panel.sort(key=lambda row: position[row["variant"]])
     log.info("strongest baseline on the development slice: %s (%.4f)", best.label(), means[best])
     tm, tasks = load_tasks(best.template)
     final = replace(Prompting.from_config(cfg, best.num_fewshot), sampler=best.fewshot_sampler, per_example=False,

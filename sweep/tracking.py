@@ -20,8 +20,8 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import TrialPruned
 
-from sweep.baselines import Variant
-from sweep.config import DEFAULT_TEMPLATE, PROJECT_ROOT, PROMPT_LEARNING, ConfigError
+from sweep.baselines import Variant, template_suffix
+from sweep.config import PROJECT_ROOT, PROMPT_LEARNING, ConfigError
 
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@")
 
@@ -97,19 +97,15 @@ def run_name(cfg: DictConfig) -> str:
         parts += [flag for flag in ("dora", "rslora") if lora[f"use_{flag}"]]
         if m.quantization:
             parts.append("int8" if m.quantization.get("load_in_8bit") else m.quantization.get("bnb_4bit_quant_type", "nf4"))
-        return "-".join(parts) + template_suffix(cfg)
+        return "-".join(parts) + template_suffix(cfg.eval.template)
     if m.peft in PROMPT_LEARNING:
         init = f"-{cfg.prompt.init}" if m.peft == "prompt_tuning" else ""
-        return f"{m.name}-n{cfg.prompt.num_virtual_tokens}{init}" + template_suffix(cfg)
+        return f"{m.name}-n{cfg.prompt.num_virtual_tokens}{init}" + template_suffix(cfg.eval.template)
     if m.name in ("zero_shot", "few_shot"):  # e.g. few_shot-k4-balanced-cal-plain
         e = cfg.eval
         return Variant(e.template, m.num_fewshot, e.fewshot_sampler, e.calibrate).label() + (
             "-per_example" if m.num_fewshot and e.fewshot_per_example else "")
     return m.name
-
-
-def template_suffix(cfg: DictConfig) -> str:
-    return "" if cfg.eval.template == DEFAULT_TEMPLATE else f"-{cfg.eval.template}"
 
 
 def log_baseline_choice(best, panel: list[dict]) -> None:
