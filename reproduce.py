@@ -12,7 +12,7 @@ import sys
 import mlflow
 
 import sweep  # noqa: F401  (resolvers)
-from sweep.config import PROJECT_ROOT, ConfigError
+from sweep.config import ConfigError, default_tracking_uri
 from sweep.reproduce import find_trial_run, reproduce
 from sweep.tracking import require_store
 
@@ -23,7 +23,7 @@ def main(argv=None) -> int:
     p.add_argument("--from-optuna", metavar="STUDY[:TRIAL]", help="reproduce an Optuna trial (default: the best)")
     p.add_argument("--strict", action="store_true", help="refuse when the code or data differ from the run's")
     p.add_argument("--rtol", type=float, help="relative tolerance (default: 0 on the CPU, 1e-3 on a GPU)")
-    p.add_argument("--tracking-uri", default=f"sqlite:///{PROJECT_ROOT}/mlflow.db")
+    p.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     a = p.parse_args(argv)
     if bool(a.run_id) == bool(a.from_optuna):
         p.error("give a RUN_ID or --from-optuna STUDY[:TRIAL] (one of them)")

@@ -362,14 +362,14 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweep.config import PROJECT_ROOT, ConfigError
+    from sweep.config import PROJECT_ROOT, ConfigError, default_tracking_uri
     from sweep.tracking import require_store
 
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True, help="MLflow experiment name (e.g. quickstart)")
     p.add_argument("--sweep-id", help="only this sweep's runs (plus the experiment's baselines)")
     p.add_argument("--out", help="output folder (default: reports/<experiment>)")
-    p.add_argument("--tracking-uri", default=f"sqlite:///{PROJECT_ROOT}/mlflow.db")
+    p.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     a = p.parse_args(argv)
     try:
         require_store(a.tracking_uri)

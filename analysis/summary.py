@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import mlflow
 import pandas as pd
 
+from sweep.tracking import STUDY_METHOD as STUDY, redact
+
 BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
 STRONGEST = "strongest_baseline"
-STUDY = "optuna-study"  # method tag of an Optuna study's parent run
 DEFAULT_TEMPLATE = "default"  # (runs recorded before templates existed used it)
 DEGENERATE_SHARE = 0.9  # a baseline giving one answer to more examples than this is degenerate
 
@@ -214,16 +215,16 @@ def summary_text(tracking_uri: str, experiment: str, sweep_id: str) -> str:
         return f"No runs recorded for sweep {sweep_id} in experiment {experiment!r}."
     table = comparison_table(runs).to_string(index=False)
     bands = "\n".join(band_lines(runs))
-    return f"\nSweep {sweep_id} — experiment {experiment!r} ({tracking_uri})\n{table}\n{bands}\n"
+    return f"\nSweep {sweep_id} — experiment {experiment!r} ({redact(tracking_uri)})\n{table}\n{bands}\n"
 
 
 def main(argv=None) -> None:
-    from sweep.config import PROJECT_ROOT
+    from sweep.config import default_tracking_uri
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True)
     p.add_argument("--sweep-id", help="default: the experiment's latest sweep")
-    p.add_argument("--tracking-uri", default=f"sqlite:///{PROJECT_ROOT}/mlflow.db")
+    p.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     a = p.parse_args(argv)
     mlflow.set_tracking_uri(a.tracking_uri)
     sweep_id = a.sweep_id

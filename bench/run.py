@@ -42,6 +42,7 @@ import torch  # noqa: E402
 
 import sweep  # noqa: E402,F401
 from sweep.config import compose_config  # noqa: E402
+from sweep.tracking import STUDY_METHOD  # noqa: E402
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
         "grid_limit": 200, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
@@ -300,7 +301,7 @@ class Bench:
         client, out = mlflow.MlflowClient(), {}
         for name in ("bench-grid", "bench-optuna"):
             runs = self.runs(name)
-            runs = runs[runs["tags.method"] != "optuna-study"]
+            runs = runs[runs["tags.method"] != STUDY_METHOD]
             spent = 0
             for run_id in runs["run_id"]:
                 history = client.get_metric_history(run_id, "train/loss")

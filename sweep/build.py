@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sweep.config import ConfigError
-from sweep.data import build_train_dataset, data_files
+from sweep.data import build_train_dataset, data_files, dataset_inputs
 from sweep.evaluate import Prompting, check_templates, load_tasks, make_lm, task_manager, uses_chat_template
 from sweep.methods import apply_method
 from sweep.models import load_model_and_tokenizer
@@ -27,6 +27,7 @@ class Built:
     eval_tasks: dict              # name -> lm-eval Task scored
     train_dataset: object | None  # tokenized examples, None for the baselines
     files: list[Path] = field(default_factory=list)  # data files read (hashed into the run)
+    datasets: list = field(default_factory=list)     # (name, file, context): MLflow dataset inputs
 
 
 def load_project_tasks(cfg: DictConfig, template: str | None = None):
@@ -65,4 +66,4 @@ def build(cfg: DictConfig, loaded: tuple | None = None) -> Built:
         train_task = tasks[cfg.data.task]
         train_dataset = build_train_dataset(train_task, cfg.data, lm, cfg.train.max_seq_length, cfg.seed,
                                             chat=uses_chat_template({cfg.data.task: train_task}))
-    return Built(model, tokenizer, lm, tm, eval_tasks, train_dataset, task_files(tasks))
+    return Built(model, tokenizer, lm, tm, eval_tasks, train_dataset, task_files(tasks), dataset_inputs(cfg, tasks))

@@ -10,11 +10,13 @@ import difflib
 import importlib.util
 import inspect
 import math
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable: a team's server, when set
 
 # Target-module presets for Llama-style attention/MLP names (SmolLM2, Llama, Mistral, Qwen...).
 TARGET_MODULE_PRESETS: dict[str, list[str] | None] = {
@@ -39,8 +41,15 @@ class ConfigError(ValueError):
     """Bad user input, found before any compute; the message says which key and how to fix it."""
 
 
+def default_tracking_uri(root: str | Path = PROJECT_ROOT) -> str:
+    """$MLFLOW_TRACKING_URI when set (as every MLflow tool reads it), else the embedded SQLite
+    store in the project folder."""
+    return os.environ.get(TRACKING_URI_ENV) or f"sqlite:///{Path(root)}/mlflow.db"
+
+
 def register_resolvers() -> None:
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT), replace=True)
+    OmegaConf.register_new_resolver("default_tracking_uri", default_tracking_uri, replace=True)
     # Derived values in sweeps, e.g. `lora.alpha='${mul:2,${lora.r}}'`.
     OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)
 

@@ -80,6 +80,26 @@ def data_files(task) -> list[Path]:
     return [data_dir / f for f in (kwargs.get("data_files") or {}).values()]
 
 
+def split_file(task, split: str | None) -> Path | None:
+    """The local file of one split of a project task (None when it has none)."""
+    files = (task.config.dataset_kwargs or {}).get("data_files") or {}
+    data_dir = Path((task.config.metadata or {}).get("data_dir", "."))
+    return data_dir / files[split] if split in files else None
+
+
+def dataset_inputs(cfg: DictConfig, tasks: dict) -> list[tuple[str, Path, str]]:
+    """(name, file, context) of what a job reads: the split it trains on and the split each eval
+    task reports on (what the MLflow runs table shows in its Dataset column)."""
+    out = []
+    if cfg.method.trains and cfg.data.task in tasks:
+        out.append((f"{cfg.data.task}/{cfg.data.train_split}", split_file(tasks[cfg.data.task], cfg.data.train_split),
+                    "training"))
+    for name in cfg.eval.tasks:
+        split = tasks[name].config.test_split or tasks[name].config.validation_split
+        out.append((f"{name}/{split}", split_file(tasks[name], split), "evaluation"))
+    return [d for d in out if d[1] is not None]
+
+
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:

@@ -18,6 +18,7 @@ from transformers import set_seed
 from sweep import baseline_cache, baselines, tracking, trials
 from sweep.build import build, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
+from sweep.data import dataset_inputs
 from sweep.evaluate import Prompting, score
 from sweep.methods import count_parameters
 from sweep.models import memory_footprint_mb
@@ -102,7 +103,7 @@ def run_job(cfg: DictConfig) -> JobOutcome:
         return JobOutcome("FAILED", sweep_id(cfg), error=f"{type(e).__name__}: {e}")
 
 
-def intermediate_scoring(cfg: DictConfig, built) -> list:
+def intermediate_scoring(cfg: DictConfig, built, trial) -> list:
     """With eval.every_steps, score a validation slice during training (for curves and pruning)."""
     if not cfg.eval.every_steps:
         return []
@@ -111,12 +112,12 @@ def intermediate_scoring(cfg: DictConfig, built) -> list:
         return score(built.lm, built.task_manager, built.eval_tasks, Prompting.from_config(cfg),
                      cfg.eval.slice_size, log_samples=False).metrics
 
-    return [trials.report_callback(trials.current(), score_slice, cfg.eval.every_steps, cfg.eval.slice_size)]
+    return [trials.report_callback(trial, score_slice, cfg.eval.every_steps, cfg.eval.slice_size, tracking.log_metrics)]
 
 
-def reuse_baseline(cfg, experiment_id: str, name: str, tags: dict, source, files) -> JobOutcome:
+def reuse_baseline(cfg, experiment_id: str, name: str, tags: dict, source, files, datasets) -> JobOutcome:
     with tracking.mlflow_run(experiment_id, name, tags) as run:
-        tracking.log_inputs(cfg, files)
+        tracking.log_inputs(cfg, files, datasets)
         memory = peak_memory_mb()
         tracking.log_metrics(memory)
         metrics = baseline_cache.reuse(source) | memory
@@ -131,7 +132,9 @@ def execute(cfg: DictConfig) -> JobOutcome:
     experiment_id = tracking.open_experiment(cfg.tracking)
     use_all_cores()
     set_seed(cfg.seed)
-    name, tags = tracking.run_name(cfg), tracking.start_tags(cfg, sweep_id(cfg))
+    trial = trials.attach(cfg)
+    name = tracking.run_name(cfg)
+    tags = tracking.start_tags(cfg, sweep_id(cfg), trial.tags() if trial else {})
     loaded = None
     if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed and lm-eval
         loaded = load_project_tasks(cfg)
@@ -141,27 +144,29 @@ def execute(cfg: DictConfig) -> JobOutcome:
         key = baseline_cache.cache_key(cfg, loaded[0], files)
         source = baseline_cache.find_source(key) if cfg.eval.cache else None
         if source is not None:
-            return reuse_baseline(cfg, experiment_id, name, tags | {"baseline_key": key}, source, files)
+            return reuse_baseline(cfg, experiment_id, name, tags | {"baseline_key": key}, source, files,
+                                  dataset_inputs(cfg, loaded[1]))
         tags |= {"baseline_key": key, "cached": "false"}
     built = build(cfg, loaded)
     trainable, total = count_parameters(built.model)
 
     with tracking.mlflow_run(experiment_id, name, tags) as run:
         # Each step's results are logged as soon as they exist: a later failure keeps them.
-        tracking.log_inputs(cfg, built.files)
+        tracking.log_inputs(cfg, built.files, built.datasets)
         metrics = {"trainable_params": trainable, "total_params": total,
                    "model_memory_mb": memory_footprint_mb(built.model)}
         tracking.log_metrics(metrics)
         if cfg.method.trains:
-            metrics |= train_and_record(cfg, built, total)
+            metrics |= train_and_record(cfg, built, total, trial)
         metrics |= score_and_record(cfg, built, name)
         return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics)
 
 
-def train_and_record(cfg: DictConfig, built, total_params: int) -> dict[str, float]:
+def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="trainer-") as out:
         result = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out,
-                       callbacks=intermediate_scoring(cfg, built), fail_at_step=cfg.debug.fail_at_step)
+                       callbacks=intermediate_scoring(cfg, built, trial), fail_at_step=cfg.debug.fail_at_step,
+                       prune_divergence=trial is not None and trial.pruning)
     trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
                "train_tokens_per_second": result.tokens_per_second}
     mfu = model_flops_utilization(total_params, result.tokens, result.seconds)

@@ -1,41 +1,48 @@
-"""A Hydra sweeper on current Optuna (selected with `hydra/sweeper=optuna`).
+"""A Hydra sweeper on current Optuna (selected with `hydra/sweeper=optuna`): the ask/tell loop.
 
 Why our own: the published hydra-optuna-sweeper pins optuna<3 and cannot prune trials, resume a
 study or hand the trial to the job. This one keeps Hydra's override grammar for search spaces,
-runs trials in-process (the job reports to its trial), stores studies where several workers can
-share them, resumes an interrupted study, and records one MLflow parent run per study with a
-child run per trial.
+hands each trial to its job by value (`trial.*` overrides, the storage in the environment), so
+any Hydra launcher can run the jobs (in this process, joblib, SLURM through submitit), stores
+studies where many workers on many hosts can share them, beats for its running trials so that
+the trials of a dead worker are retried elsewhere, and resumes an interrupted study. The MLflow
+parent run and the end-of-study report live in `sweep/study_runs.py`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
-import shlex
 import socket
 import subprocess
 import sys
-import tempfile
 import time
-import warnings
 from pathlib import Path
 
+import mlflow
 import optuna
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
-from sweep import trials
+from sweep import study_runs, trials
 from sweep.config import ConfigError
-from sweep.search import SearchSpace, grid_size, make_pruner, make_sampler, make_storage, parse_search_space
-from sweep.tracking import redact
+from sweep.search import (STORAGE_ENV, HeartbeatThread, SearchSpace, fail_stale, grid_size, make_pruner,
+                          make_sampler, make_storage, parse_search_space, requeue, storage_url)
+from sweep.tracking import open_experiment
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# Optuna flags the matplotlib plots and some samplers as experimental; they are what we use.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    """host:pid, recorded on every trial this process asks for."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class SweepFailedError(RuntimeError):
@@ -52,11 +59,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def recover_dead_trials(study: optuna.Study) -> list[int]:
-    """Fail the RUNNING trials of workers on this host that no longer exist, and queue their
-    parameters again so they are retried. (Optuna's own heartbeat works only inside
-    `study.optimize` and not for journal storages; trials here are run with ask/tell.)"""
-    recovered = []
+def recover_local_dead_trials(study: optuna.Study) -> None:
+    """Fail the RUNNING trials of workers on this host that no longer exist, and queue them again.
+    The journal file has no heartbeat, so on one machine this PID check is what finds them (on an
+    RDB storage it only finds them sooner than the heartbeat's grace period)."""
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
@@ -65,13 +71,15 @@ def recover_dead_trials(study: optuna.Study) -> list[int]:
                 study.tell(t.number, state=TrialState.FAIL)
             except (ValueError, RuntimeError):  # another worker recovered it first
                 continue
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number}, skip_if_exists=False)
-            recovered.append(t.number)
-    return recovered
+            requeue(study, t)
 
 
 def count(study: optuna.Study, *states: TrialState) -> int:
     return len(study.get_trials(deepcopy=False, states=states))
+
+
+def retried(trials_: list) -> set[int]:
+    return {t.user_attrs["retry_of"] for t in trials_ if "retry_of" in t.user_attrs}
 
 
 def settled_trials(study: optuna.Study) -> list:
@@ -79,9 +87,9 @@ def settled_trials(study: optuna.Study) -> list:
     own. Not counted: trials failed because their worker died (they are run again) and a worker's
     surplus ask for a trial that another worker had already taken."""
     all_trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in all_trials}
+    again = retried(all_trials)
     return [t for t in all_trials if t.state in FINISHED or (
-        t.state == TrialState.FAIL and t.number not in retried and not t.user_attrs.get("surplus"))]
+        t.state == TrialState.FAIL and t.number not in again and not t.user_attrs.get("surplus"))]
 
 
 def failures(study: optuna.Study, since: int = 0) -> int:
@@ -89,23 +97,37 @@ def failures(study: optuna.Study, since: int = 0) -> int:
     return sum(1 for t in settled_trials(study) if t.state == TrialState.FAIL and t.number >= since)
 
 
+def last_settled(study: optuna.Study):
+    """The trial whose end settled the study (the latest to complete)."""
+    done = [t for t in settled_trials(study) if t.datetime_complete]
+    return max(done, key=lambda t: (t.datetime_complete, t.number)) if done else None
+
+
 class OptunaSweeper(Sweeper):
     def __init__(self, n_trials: int = 12, sampler: str = "tpe", seed: int | None = 0,
                  direction: str = "maximize", directions=None, objective="sst2/acc",
                  pruner: str = "none", storage: str | None = None, study_name: str | None = None,
-                 n_jobs: int = 1, max_failures: int = 3, params=None) -> None:
+                 n_jobs: int = 1, max_failures: int = 3, heartbeat_interval: int = 60, grace_period: int = 180,
+                 params=None) -> None:
         self.n_trials, self.sampler, self.seed, self.pruner = n_trials, sampler, seed, pruner
         objectives = list(objective) if isinstance(objective, (list, ListConfig)) else [objective]
         dirs = list(directions) if directions else [direction] * len(objectives)
         self.objectives, self.directions = [str(o) for o in objectives], [str(d) for d in dirs]
         self.storage_url, self.study_name = storage, study_name
         self.n_jobs, self.max_failures = n_jobs, max_failures
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
         self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else (params or {})
+        self.worker = worker_id()
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         self.config, self.hydra_context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config)
+
+    @property
+    def in_process(self) -> bool:
+        """Hydra's basic launcher runs one job at a time here: parallel trials need worker processes."""
+        return isinstance(self.launcher, BasicLauncher)
 
     # ------------------------------------------------------------------ the sweep
     def sweep(self, arguments: list[str]) -> None:
@@ -113,19 +135,24 @@ class OptunaSweeper(Sweeper):
         space = parse_search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
         space.fixed = [o for o in space.fixed if not o.startswith(("hydra.", "hydra/"))]
         if self.sampler == "grid" and grid_size(space) < self.n_trials:
-            print(f"[optuna] the grid has {grid_size(space)} points: n_trials {self.n_trials} -> {grid_size(space)}")
+            log.info("the grid has %d points: n_trials %d -> %d", grid_size(space), self.n_trials, grid_size(space))
             self.n_trials = grid_size(space)
-        study = self._study(space)
+        study, created = self._study(space)
         self.first_trial = len(study.trials)  # failures of earlier invocations do not count again
-        parent = self._parent_run(study, space)
+        self.client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
+        parent = study_runs.parent_run(study, created, self.client, open_experiment(self.config.tracking),
+                                       self._parent_params(space), unfinished=len(settled_trials(study)) < self.n_trials)
         self._recover(study)
         workers = self._spawn_workers()
         try:
             self._run_trials(study, space, parent)
+        except SweepFailedError:
+            self.client.set_terminated(parent, "FAILED")
+            raise
         finally:
             for w in workers:
                 w.wait()
-        self._report(study, space, parent)
+        self._finish(study, space, parent)
 
     def _check(self) -> None:
         if len(self.directions) != len(self.objectives):
@@ -139,17 +166,27 @@ class OptunaSweeper(Sweeper):
         if self.pruner not in ("none", None) and not self.config.eval.every_steps:
             raise ConfigError(f"hydra.sweeper.pruner={self.pruner} needs intermediate scores: set eval.every_steps "
                               "(e.g. eval.every_steps=10)")
-        if not (isinstance(self.n_trials, int) and self.n_trials > 0):
-            raise ConfigError(f"hydra.sweeper.n_trials={self.n_trials!r} is invalid: must be a positive integer")
+        for key in ("n_trials", "n_jobs", "heartbeat_interval", "grace_period"):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise ConfigError(f"hydra.sweeper.{key}={value!r} is invalid: must be a positive integer")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(f"hydra.sweeper.grace_period={self.grace_period} must exceed heartbeat_interval="
+                              f"{self.heartbeat_interval} (a live worker would be taken for dead)")
 
-    def _study(self, space: SearchSpace) -> optuna.Study:
-        root = Path(self.config.paths.root)
-        url = self.storage_url or str(root / "optuna.journal")
+    def _study(self, space: SearchSpace) -> tuple[optuna.Study, bool]:
+        """The study, and whether this worker created it (then it also creates the parent run)."""
+        url = storage_url(self.storage_url, str(Path(self.config.paths.root) / "optuna.journal"))
         name = self.study_name or self.default_study_name(space)
         self.study_name_resolved, self.storage_resolved = name, url
-        return optuna.create_study(
-            study_name=name, storage=make_storage(url), load_if_exists=True, directions=self.directions,
-            sampler=make_sampler(self.sampler, self.seed, space), pruner=make_pruner(self.pruner))
+        os.environ[STORAGE_ENV] = url  # for the jobs and the workers this process starts
+        kw = dict(study_name=name, storage=make_storage(url, self.heartbeat_interval, self.grace_period),
+                  directions=self.directions, sampler=make_sampler(self.sampler, self.seed, space),
+                  pruner=make_pruner(self.pruner))
+        try:
+            return optuna.create_study(**kw, load_if_exists=False), True
+        except optuna.exceptions.DuplicatedStudyError:
+            return optuna.create_study(**kw, load_if_exists=True), False
 
     def default_study_name(self, space: SearchSpace) -> str:
         """The experiment plus a hash of what defines the search: rerunning the same command
@@ -158,17 +195,24 @@ class OptunaSweeper(Sweeper):
                           self.objectives, self.directions, self.sampler], sort_keys=True)
         return f"{self.config.tracking.experiment}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
+    def _parent_params(self, space: SearchSpace) -> dict:
+        params = {"sampler": self.sampler, "pruner": self.pruner, "n_trials": self.n_trials,
+                  "objectives": json.dumps(self.objectives), "directions": json.dumps(self.directions),
+                  "storage": self.storage_resolved, "fixed_overrides": json.dumps(space.fixed)}
+        return params | {f"space.{k}": repr(d) for k, d in space.distributions.items()}
+
     def _spawn_workers(self) -> list[subprocess.Popen]:
-        """n_jobs - 1 more processes running this same command on the same study."""
-        if self.n_jobs <= 1:
+        """With the in-process launcher, n_jobs - 1 more processes running this same command on the
+        same study (the storage URL reaches them in the environment, not on their command line)."""
+        if self.n_jobs <= 1 or not self.in_process:
             return []
-        cmd = [sys.executable, *sys.argv, "hydra.sweeper.n_jobs=1",
-               f"hydra.sweeper.study_name={self.study_name_resolved}",
-               f"hydra.sweeper.storage={self.storage_resolved}"]
-        print(f"[optuna] starting {self.n_jobs - 1} more worker process(es)", flush=True)
+        argv = [a for a in sys.argv if not a.startswith(("hydra.sweeper.storage=", "hydra.sweeper.n_jobs="))]
+        cmd = [sys.executable, *argv, "hydra.sweeper.n_jobs=1", f"hydra.sweeper.study_name={self.study_name_resolved}"]
+        log.info("starting %d more worker process(es)", self.n_jobs - 1)
         return [subprocess.Popen(cmd) for _ in range(self.n_jobs - 1)]
 
-    def _run_trials(self, study: optuna.Study, space: SearchSpace, parent: str | None) -> None:
+    def _run_trials(self, study: optuna.Study, space: SearchSpace, parent: str) -> None:
+        batch_size = 1 if self.in_process else self.n_jobs
         while True:
             done, running = len(settled_trials(study)), count(study, TrialState.RUNNING)
             if done >= self.n_trials:
@@ -180,14 +224,18 @@ class OptunaSweeper(Sweeper):
                     f"stops. See the FAILED runs' traceback.txt in MLflow, fix the cause, and rerun the same "
                     f"command to resume study {study.study_name!r}")
             if done + running >= self.n_trials:
-                time.sleep(1.0)  # the last trials are running in other workers (or their worker died)
+                time.sleep(POLL_SECONDS)  # the last trials are running in other workers (or their worker died)
                 self._recover(study)
                 continue
-            trial = study.ask(space.distributions)
-            trial.set_user_attr("worker", WORKER)
-            if self._is_surplus(study, trial):
-                continue
-            self._run_one(study, trial, space, parent)
+            batch = []
+            for _ in range(min(batch_size, self.n_trials - done - running)):
+                trial = study.ask(space.distributions)
+                trial.set_user_attr("worker", self.worker)
+                if self._is_surplus(study, trial):
+                    break
+                batch.append(trial)
+            if batch:
+                self._run_batch(study, batch, space, parent)
 
     def _is_surplus(self, study: optuna.Study, trial: optuna.Trial) -> bool:
         """Two workers may ask at once for the last trial: the later one stands down."""
@@ -199,26 +247,45 @@ class OptunaSweeper(Sweeper):
         study.tell(trial, state=TrialState.FAIL)
         return True
 
-    def _run_one(self, study, trial, space: SearchSpace, parent: str | None) -> None:
-        overrides = [*space.overrides(trial.params), f"tracking.sweep_id={study.study_name}"]
-        ctx = trials.TrialContext(trial, study.study_name, self.objectives, parent,
-                                  pruning=self.pruner not in ("none", None))
-        with trials.running(ctx):
+    def _job_overrides(self, study: optuna.Study, trial: optuna.Trial, space: SearchSpace, parent: str) -> list[str]:
+        return [*space.overrides(trial.params), f"tracking.sweep_id={study.study_name}",
+                *trials.overrides(study.study_name, trial.number, parent, self.objectives, self.pruner)]
+
+    def _run_batch(self, study: optuna.Study, batch: list, space: SearchSpace, parent: str) -> None:
+        """Hand the trials to the launcher at once (it runs them in parallel if it can), beating for
+        them while they run."""
+        jobs = [self._job_overrides(study, t, space, parent) for t in batch]
+        with HeartbeatThread(study._storage, [t._trial_id for t in batch]):
             try:
-                [ret] = self.launcher.launch([overrides], initial_job_idx=trial.number)
-            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the job's run is KILLED; retry the trial later
-                study.tell(trial, state=TrialState.FAIL)
-                study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-                print(f"\n[optuna] interrupted: trial {trial.number} is queued again; rerun the same command to "
-                      f"resume study {study.study_name!r}", file=sys.stderr, flush=True)
+                returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the jobs' runs are KILLED; retry the trials later
+                for t in batch:
+                    study.tell(t, state=TrialState.FAIL)
+                    requeue(study, study.trials[t.number])
+                log.error("interrupted: trial(s) %s queued again; rerun the same command to resume study %r",
+                          [t.number for t in batch], study.study_name)
                 raise
-        outcome = ret.return_value
+            except Exception as e:  # the launcher itself failed (e.g. a lost SLURM job)
+                log.error("the launcher failed on trial(s) %s: %s: %s", [t.number for t in batch], type(e).__name__, e)
+                for t in batch:
+                    study.tell(t, state=TrialState.FAIL)
+                return
+        for t, ret in zip(batch, returns):
+            self._tell(study, t, ret)
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret) -> None:
+        try:
+            outcome = ret.return_value  # raises what the job raised, if it did not catch it
+        except Exception as e:
+            log.error("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            study.tell(trial, state=TrialState.FAIL)
+            return
         if outcome.status == "FINISHED":
             missing = [o for o in self.objectives if o not in outcome.metrics]
             if missing:
                 study.tell(trial, state=TrialState.FAIL)
-                print(f"[optuna] trial {trial.number}: the run has no metric {missing[0]!r} "
-                      f"(hydra.sweeper.objective); it has {', '.join(sorted(outcome.metrics))}", file=sys.stderr)
+                log.error("trial %d: the run has no metric %r (hydra.sweeper.objective); it has %s", trial.number,
+                          missing[0], ", ".join(sorted(outcome.metrics)))
                 return
             study.tell(trial, [outcome.metrics[o] for o in self.objectives])
         elif outcome.status == "PRUNED":
@@ -226,103 +293,27 @@ class OptunaSweeper(Sweeper):
         else:
             study.tell(trial, state=TrialState.FAIL)
 
-    # ------------------------------------------------------------------ MLflow and the report
-    def _parent_run(self, study: optuna.Study, space: SearchSpace) -> str | None:
-        """The study's MLflow parent run: created once, found again on resume."""
-        import mlflow
-
-        from sweep.tracking import open_experiment
-
-        experiment_id = open_experiment(self.config.tracking)  # (creates the store safely if new)
-        run_id = study.user_attrs.get("mlflow_parent_run_id")
-        client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
-        if run_id:
-            client.update_run(run_id, status="RUNNING")
-            return run_id
-        run = client.create_run(experiment_id, run_name=f"study:{study.study_name}",
-                                tags={"optuna.study_name": study.study_name, "sweep_id": study.study_name,
-                                      "method": "optuna-study"})
-        params = {"sampler": self.sampler, "pruner": self.pruner, "n_trials": self.n_trials,
-                  "objectives": json.dumps(self.objectives), "directions": json.dumps(self.directions),
-                  "storage": self.storage_resolved, "fixed_overrides": json.dumps(space.fixed)}
-        params |= {f"space.{k}": repr(d) for k, d in space.distributions.items()}
-        for k, v in params.items():
-            client.log_param(run.info.run_id, k, redact(str(v))[:6000])
-        study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-        return run.info.run_id
-
     def _recover(self, study: optuna.Study) -> None:
-        recovered = recover_dead_trials(study)
-        if recovered:
-            print(f"[optuna] {len(recovered)} trial(s) of a worker that died were failed and queued again: "
-                  f"{recovered}", flush=True)
-            self._close_dead_runs(study, recovered)
+        """Fail and requeue the trials of dead workers: on this host by PID, anywhere by heartbeat;
+        then close the MLflow runs of the trials this worker failed as KILLED."""
+        before = retried(study.get_trials(deepcopy=False))
+        recover_local_dead_trials(study)
+        fail_stale(study)
+        dead = sorted(retried(study.get_trials(deepcopy=False)) - before)
+        if dead:
+            log.info("%d trial(s) of a worker that died were failed and queued again: %s", len(dead), dead)
+            study_runs.close_dead_runs(self.client, self.config.tracking.experiment, study.study_name, dead)
 
-    def _close_dead_runs(self, study: optuna.Study, numbers: list[int]) -> None:
-        """The MLflow runs of trials whose worker died are left RUNNING: mark them KILLED."""
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
-        exp = client.get_experiment_by_name(self.config.tracking.experiment)
-        for n in numbers if exp else []:
-            for run in client.search_runs([exp.experiment_id], f"tags.`optuna.study_name` = '{study.study_name}' and "
-                                          f"tags.`optuna.trial_number` = '{n}' and attributes.status = 'RUNNING'"):
-                client.set_tag(run.info.run_id, "optuna.state", "FAIL")
-                client.set_tag(run.info.run_id, "error", "its worker process died; the trial was queued again")
-                client.set_terminated(run.info.run_id, "KILLED")
-
-    def reproduce_command(self, space: SearchSpace, params: dict) -> str:
-        return redact(shlex.join(["python", "sweep.py", *space.overrides(params)]))
-
-    def _report(self, study: optuna.Study, space: SearchSpace, parent: str | None) -> None:
-        import mlflow
-
-        client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
-        states = {s.name: count(study, s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
-        if not count(study, TrialState.COMPLETE):
-            best = []
-        else:  # single objective: the best trial (the first of any tie); several: the Pareto front
-            best = [study.best_trial] if len(self.objectives) == 1 else study.best_trials
-        lines = [f"\n[optuna] study {study.study_name!r}: " + ", ".join(f"{n} {k.lower()}" for k, n in states.items())]
-        summary = []
-        for t in best:
-            values = dict(zip(self.objectives, t.values))
-            cmd = self.reproduce_command(space, t.params)
-            summary.append({"trial": t.number, "values": values, "params": t.params, "command": cmd})
-            lines.append(f"[optuna] best trial {t.number}: {values} params {t.params}\n[optuna]   reproduce: {cmd}")
-        print("\n".join(lines), flush=True)
-        if parent:
-            if len(best) == 1:
-                for o, v in zip(self.objectives, best[0].values):
-                    client.log_metric(parent, f"best/{o}", v)
-            name = "best_trial.json" if len(self.objectives) == 1 else "pareto_front.json"
-            client.log_text(parent, json.dumps(summary, indent=1, default=str), name)
-            self._log_plots(client, parent, study)
-            client.set_terminated(parent, "FINISHED")
-
-    def _log_plots(self, client, parent: str, study: optuna.Study) -> None:
-        """Optimization history, parameter importances and (multi-objective) the Pareto front."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from optuna.visualization import matplotlib as ovm
-
-        first = self.objectives[0]
-        if len(self.objectives) == 1:
-            plots = {"optimization_history": lambda: ovm.plot_optimization_history(study, target_name=first),
-                     "param_importances": lambda: ovm.plot_param_importances(study, target_name=first)}
-        else:
-            plots = {"pareto_front": lambda: ovm.plot_pareto_front(study, target_names=self.objectives),
-                     "param_importances": lambda: ovm.plot_param_importances(
-                         study, target=lambda t: t.values[0], target_name=first)}
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, plot in plots.items():
-                try:
-                    plot()
-                    plt.gcf().savefig(Path(tmp) / f"{name}.png", dpi=100, bbox_inches="tight")
-                    client.log_artifact(parent, str(Path(tmp) / f"{name}.png"), "plots")
-                except (ValueError, RuntimeError, ZeroDivisionError) as e:  # e.g. too few trials
-                    print(f"[optuna] no {name} plot: {e}", file=sys.stderr)
-                finally:
-                    plt.close("all")
+    def _finish(self, study: optuna.Study, space: SearchSpace, parent: str) -> None:
+        """Every worker logs the outcome; the one that settled the last trial closes the parent run
+        (or, when the study was already complete, whoever finds the parent still open)."""
+        states = {s.name.lower(): count(study, s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        log.info("study %r: %s", study.study_name, ", ".join(f"{n} {k}" for k, n in states.items()))
+        best = study_runs.summary(study, self.objectives, space.overrides)
+        last = last_settled(study)
+        if last is None:
+            return
+        settled_by_me = last.user_attrs.get("worker") == self.worker
+        left_open = last.number < self.first_trial and self.client.get_run(parent).info.status != "FINISHED"
+        if settled_by_me or left_open:
+            study_runs.close_parent(self.client, parent, study, self.objectives, best)

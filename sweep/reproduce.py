@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweep.config import PROJECT_ROOT, ConfigError, compose_config
 from sweep.data import sha256
-from sweep.tracking import git_state
+from sweep.tracking import STUDY_METHOD, git_state
 
 VOLATILE = ("_seconds", "_per_second", "peak_rss_mb", "peak_gpu_mb")  # timings and memory: not compared
 
@@ -37,8 +37,8 @@ def find_trial_run(study: str, trial: int | None) -> str:
     if runs.empty:
         raise ConfigError(f"--from-optuna {study}: no MLflow runs of an Optuna study named {study!r} "
                           f"at {mlflow.get_tracking_uri()}")
-    parent = runs[runs["tags.method"] == "optuna-study"]
-    kids = runs[(runs["tags.method"] != "optuna-study") & (runs["status"] == "FINISHED")]
+    parent = runs[runs["tags.method"] == STUDY_METHOD]
+    kids = runs[(runs["tags.method"] != STUDY_METHOD) & (runs["status"] == "FINISHED")]
     if trial is not None:
         match = kids[kids["tags.optuna.trial_number"] == str(trial)]
         if match.empty:

@@ -7,9 +7,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
+import threading
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -20,6 +25,13 @@ from sweep.config import ConfigError
 
 SAMPLERS = ("tpe", "random", "grid", "gp", "nsgaii")
 PRUNERS = ("none", "median", "hyperband")
+# The study storage URL travels to workers and jobs through this variable, never on a command
+# line (`ps` would show its password); it is also where a user's shell names a shared study.
+STORAGE_ENV = "OPTUNA_STORAGE"
+# ask/tell with a heartbeat is what we do on purpose (see HeartbeatThread); Optuna flags heartbeats,
+# the matplotlib plots and some samplers as experimental: they are what we use.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 @dataclass
@@ -95,7 +107,7 @@ def grid_size(space: SearchSpace) -> int:
     return math.prod(len(v) for v in grid_of(space).values())
 
 
-def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
+def _sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "random":
@@ -109,6 +121,48 @@ def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samp
     raise ConfigError(f"hydra.sweeper.sampler={name!r} is invalid: choose one of {', '.join(SAMPLERS)}")
 
 
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial `number` of a study seeded with `seed`."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "little")
+
+
+class SeedPerTrial(optuna.samplers.BaseSampler):
+    """A sampler re-seeded for every trial from the study seed and the trial's number.
+
+    Workers sharing one study each hold a sampler; seeded alike, they would draw the same sequence
+    and run the same configurations. Trial numbers are unique in a study, so seeding by them makes
+    concurrent workers draw differently by construction, and a sweep stays reproducible from its
+    seed whatever the number of workers (exactly so while the sampler is still sampling at random,
+    as TPE does for its first trials)."""
+
+    def __init__(self, make: Callable[[int | None], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._inner = make(seed)
+
+    def before_trial(self, study, trial) -> None:
+        self._inner = self._make(trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+
+def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """`name`'s sampler; with a seed, re-seeded per trial (SeedPerTrial). Not the grid: it gives
+    trial n the n-th point of its seeded shuffle, distinct across workers already."""
+    sampler = _sampler(name, seed, space)
+    return sampler if seed is None or name == "grid" else SeedPerTrial(lambda s: _sampler(name, s, space), seed)
+
+
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
     if name in ("none", None):
         return optuna.pruners.NopPruner()
@@ -119,15 +173,73 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     raise ConfigError(f"hydra.sweeper.pruner={name!r} is invalid: choose one of {', '.join(PRUNERS)}")
 
 
-def make_storage(url: str):
-    """An RDB URL (sqlite:///..., postgresql://...) or a journal file path (`*.log`/`*.journal`).
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue the parameters of a trial whose worker died, so that another worker runs them again
+    (`retry_of` marks the copy; the failed original then does not count towards n_trials)."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
+def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180):
+    """An RDB URL (postgresql://..., sqlite:///...) or a journal file path (`*.log`/`*.journal`).
 
     The journal file is the local default: Optuna's file backend locks it, so several local
-    processes can share one study without SQLite's "database is locked" errors. RDB storages
-    get a heartbeat, so trials of a worker that died are failed (and retried) by the others.
+    processes can share one study without SQLite's "database is locked" errors. RDB storages get
+    a heartbeat: a trial whose worker stopped beating for `grace_period` seconds is failed by any
+    other worker and its parameters queued again (`fail_stale`).
     """
     if "://" in url:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                          heartbeat_stale_trial_callback=requeue)
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     backend = optuna.storages.journal.JournalFileBackend(url)
     return optuna.storages.JournalStorage(backend)
+
+
+def storage_url(configured: str | None, default: str) -> str:
+    """The sweeper's storage: configured, else the environment's OPTUNA_STORAGE, else the default."""
+    return configured or os.environ.get(STORAGE_ENV) or default
+
+
+def has_heartbeat(storage) -> bool:
+    return isinstance(storage, optuna.storages._heartbeat.BaseHeartbeat) and bool(storage.get_heartbeat_interval())
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the RUNNING trials whose worker stopped beating (any host), queueing them again."""
+    if has_heartbeat(study._storage):
+        optuna.storages.fail_stale_trials(study)
+
+
+class HeartbeatThread:
+    """Beats for the running trials of this worker while their jobs run.
+
+    Optuna beats only inside `study.optimize`, which runs the objective in this process; the
+    sweeper runs trials with ask/tell and hands them to a Hydra launcher (which may run them in
+    other processes or on other hosts), so it beats for them itself, through the storage's own
+    `record_heartbeat`."""
+
+    def __init__(self, storage, trial_ids: list[int]) -> None:
+        self.storage, self.trial_ids = storage, trial_ids
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="optuna-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        interval = self.storage.get_heartbeat_interval()
+        while True:
+            for trial_id in self.trial_ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # a storage hiccup: the next beat retries; the grace period covers it
+                    pass
+            if self._stop.wait(interval):
+                return
+
+    def __enter__(self) -> HeartbeatThread:
+        if has_heartbeat(self.storage):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()

@@ -13,6 +13,7 @@ import tempfile
 import threading
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +24,10 @@ from optuna.exceptions import TrialPruned
 from sweep.baselines import Variant, template_suffix
 from sweep.config import PROJECT_ROOT, PROMPT_LEARNING, ConfigError
 
+# The MLflow UI reads this experiment tag to choose its landing page; without it MLflow 3 opens
+# the GenAI trace overview of an experiment instead of its runs.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow parent run
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@")
 
 
@@ -56,25 +61,40 @@ def require_store(uri: str) -> None:
                           f"or pass --tracking-uri")
 
 
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def artifact_location(tracking: DictConfig) -> str | None:
+    """Where a new experiment's artifacts go: a tracking server serves (and places) its own, so
+    no local path is forced on it; a local store gets `tracking.artifact_location` as a file URI."""
+    location = tracking.artifact_location
+    if is_server(tracking.uri) or not location:
+        return None
+    return str(location) if "://" in str(location) else Path(location).resolve().as_uri()
+
+
 def open_experiment(tracking: DictConfig) -> str:
-    """Point MLflow at `tracking.uri` and return the id of `tracking.experiment` (created if new)."""
+    """Point MLflow at `tracking.uri` and return the id of `tracking.experiment` (created if new,
+    and marked a model-training experiment, so the MLflow UI opens on its runs)."""
     mlflow.set_tracking_uri(tracking.uri)
     try:
         init_store(tracking.uri)
         client = mlflow.MlflowClient()
         exp = client.get_experiment_by_name(tracking.experiment)
-        if exp is not None:
-            return exp.experiment_id
-        location = tracking.artifact_location
-        if location and "://" not in str(location):
-            location = Path(location).resolve().as_uri()
-        try:
-            return client.create_experiment(tracking.experiment, artifact_location=location)
-        except mlflow.exceptions.MlflowException:
-            exp = client.get_experiment_by_name(tracking.experiment)  # another worker created it just now
-            if exp is None:
-                raise
-            return exp.experiment_id
+        if exp is None:
+            try:
+                exp_id = client.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking),
+                                                  tags=EXPERIMENT_KIND)
+                return exp_id
+            except mlflow.exceptions.MlflowException:
+                exp = client.get_experiment_by_name(tracking.experiment)  # another worker created it just now
+                if exp is None:
+                    raise
+        for key, value in EXPERIMENT_KIND.items():
+            if exp.tags.get(key) != value:
+                client.set_experiment_tag(exp.experiment_id, key, value)
+        return exp.experiment_id
     except Exception as e:
         raise ConfigError(
             f"tracking.uri={redact(tracking.uri)!r} cannot be opened ({type(e).__name__}: "
@@ -249,15 +269,8 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str]):
         _close(run, "FINISHED", {"optuna.state": "COMPLETE"} if in_trial else {})
 
 
-def start_tags(cfg: DictConfig, sweep_id: str) -> dict[str, str]:
-    from sweep import trials
-
+def start_tags(cfg: DictConfig, sweep_id: str, trial_tags: dict[str, str]) -> dict[str, str]:
     commit, dirty = git_state()
-    ctx = trials.current()
-    trial_tags = {} if ctx is None else {
-        "optuna.study_name": ctx.study_name, "optuna.trial_number": str(ctx.trial.number),
-        **({"mlflow.parentRunId": ctx.parent_run_id} if ctx.parent_run_id else {}),
-    }
     extra = {str(k): str(v) for k, v in (cfg.tracking.get("tags") or {}).items()}
     return extra | trial_tags | {
         "method": cfg.method.name,
@@ -271,12 +284,22 @@ def start_tags(cfg: DictConfig, sweep_id: str) -> dict[str, str]:
     }
 
 
-def log_inputs(cfg: DictConfig, files: list[Path]) -> None:
-    """Resolved config (params + YAML), command line, installed packages, data file hashes."""
+def log_inputs(cfg: DictConfig, files: list[Path], datasets: list[tuple[str, Path, str]] = ()) -> None:
+    """Resolved config (params + YAML), command line, installed packages, data file hashes, and
+    the training and evaluation data as MLflow dataset inputs (name, digest, source)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
     from sweep.data import sha256
 
-    hashes = {str(f): sha256(f) for f in files}  # read the files before the write starts
+    hashes = {str(f): sha256(f) for f in {*files, *(path for _, path, _ in datasets)}}  # read before the write
+    with warnings.catch_warnings():  # ("can be interpreted in multiple ways": it is a local file either way)
+        warnings.simplefilter("ignore")
+        inputs = [(MetaDataset(resolve_dataset_source(str(Path(path).resolve())), name=name,
+                               digest=hashes[str(path)][:8]), context) for name, path, context in datasets]
     with atomic_write():
+        for dataset, context in inputs:
+            mlflow.log_input(dataset, context=context)
         mlflow.log_params(flat_params(cfg))
         mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         mlflow.log_text(redact(shlex.join([sys.executable, *sys.argv])) + "\n", "command.txt")

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-from sweep import tracking, trials
+from sweep import tracking
 from sweep.data import IGNORE_INDEX
 
 
@@ -24,7 +24,11 @@ CURVES = ("loss", "learning_rate", "grad_norm", "step_seconds")  # per-step entr
 
 class MetricsToMlflow(TrainerCallback):
     """Log every Trainer log entry (loss, lr, grad norm) as `train/<name>`, plus the mean wall time
-    per step since the previous entry (`train/step_seconds`), and stop on NaN/inf loss."""
+    per step since the previous entry (`train/step_seconds`), and stop on NaN/inf loss (pruning
+    the trial instead of failing it when `prune_divergence`: a sweep with a pruner)."""
+
+    def __init__(self, prune_divergence: bool = False) -> None:
+        self.prune_divergence = prune_divergence
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = (time.perf_counter(), state.global_step)
@@ -43,8 +47,7 @@ class MetricsToMlflow(TrainerCallback):
                 name = "training loss" if key == "loss" else "gradient norm"
                 message = (f"{name} is {value} at step {state.global_step} (learning rate "
                            f"{logs.get('learning_rate', args.learning_rate):g}); lower train.lr")
-                ctx = trials.current()
-                if ctx is not None and ctx.pruning:
+                if self.prune_divergence:
                     raise optuna.TrialPruned(message)
                 raise NonFiniteLossError(message)
         numeric = {f"train/{k}": float(v) for k, v in logs.items() if k in CURVES}
@@ -185,7 +188,8 @@ def training_arguments(train: DictConfig, seed: int, output_dir: str) -> Trainin
 
 
 def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_dir: str,
-          callbacks: list | None = None, fail_at_step: int | None = None) -> TrainResult:
+          callbacks: list | None = None, fail_at_step: int | None = None,
+          prune_divergence: bool = False) -> TrainResult:
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     trainer_class = AnswerOnlyTrainer if train_cfg.answer_only_logits else Trainer
     args = training_arguments(train_cfg, seed, output_dir)
@@ -194,7 +198,7 @@ def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_di
         args=args,
         train_dataset=dataset,
         data_collator=collator,
-        callbacks=[MetricsToMlflow(), *(callbacks or []), *([FailAtStep(fail_at_step)] if fail_at_step else [])],
+        callbacks=[MetricsToMlflow(prune_divergence), *(callbacks or []), *([FailAtStep(fail_at_step)] if fail_at_step else [])],
     )
     start = time.perf_counter()
     output = trainer.train()

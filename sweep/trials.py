@@ -1,12 +1,22 @@
-"""The Optuna trial a job runs under. The sweeper runs trials in-process and sets it here, so the
-job can tag its MLflow run as the study's child and report intermediate scores for pruning."""
+"""The Optuna trial a job runs under, handed over by value.
+
+The sweeper passes the study name, trial number, parent run, objectives and pruner as the job's
+`trial.*` overrides, and the storage URL in the environment (STORAGE_ENV, so that no command line
+shows its password). The job re-attaches to its trial from the storage, so pruning, the trial's
+tags and the parent link work whichever Hydra launcher runs it: in this process, in a joblib
+worker or on a SLURM node.
+"""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+import os
 from dataclasses import dataclass
 
 import optuna
+from omegaconf import DictConfig
+
+from sweep.config import ConfigError
+from sweep.search import STORAGE_ENV, make_pruner, make_storage
 
 
 @dataclass
@@ -21,31 +31,41 @@ class TrialContext:
     def prunable(self) -> bool:
         return len(self.objectives) == 1  # Optuna prunes single-objective studies only
 
-
-_current: TrialContext | None = None
-
-
-def current() -> TrialContext | None:
-    return _current
+    def tags(self) -> dict[str, str]:
+        """The MLflow tags that make the job's run a child of the study's parent run."""
+        return {"optuna.study_name": self.study_name, "optuna.trial_number": str(self.trial.number),
+                **({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})}
 
 
-@contextmanager
-def running(ctx: TrialContext):
-    global _current
-    _current = ctx
-    try:
-        yield ctx
-    finally:
-        _current = None
+def overrides(study_name: str, number: int, parent_run_id: str | None, objectives: list[str], pruner: str) -> list[str]:
+    """The `trial.*` overrides the sweeper adds to a trial's job."""
+    quoted = ",".join(f"'{o}'" for o in objectives)
+    return [f"trial.study_name='{study_name}'", f"trial.number={number}",
+            f"trial.parent_run_id={parent_run_id or 'null'}", f"trial.objectives=[{quoted}]", f"trial.pruner={pruner}"]
 
 
-def report_callback(ctx: TrialContext | None, score_slice, every_steps: int, slice_size: int):
+def attach(cfg: DictConfig) -> TrialContext | None:
+    """The trial named by `cfg.trial`, loaded from the storage in the environment; None outside a study."""
+    t = cfg.trial
+    if t.study_name is None:
+        return None
+    url = os.environ.get(STORAGE_ENV)
+    if not url:
+        raise ConfigError(f"trial.study_name={t.study_name} is set but ${STORAGE_ENV} is not: a trial's job "
+                          f"finds its study through ${STORAGE_ENV} (the sweeper sets it for the jobs it launches)")
+    # A RandomSampler: attaching must not sample (a grid sampler would claim a grid point).
+    study = optuna.load_study(study_name=t.study_name, storage=make_storage(url),
+                              sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(t.pruner))
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
+    return TrialContext(optuna.Trial(study, trial_id), t.study_name, list(t.objectives), t.parent_run_id,
+                        pruning=t.pruner not in ("none", None))
+
+
+def report_callback(ctx: TrialContext | None, score_slice, every_steps: int, slice_size: int, log_metrics):
     """A TrainerCallback that scores the first `slice_size` validation examples every
-    `every_steps` steps, logs the curve (`slice/<metric>`), reports it to the trial and stops
-    the job when Optuna prunes it."""
+    `every_steps` steps, logs the curve (`slice/<metric>`) with `log_metrics`, reports it to the
+    trial and stops the job when Optuna prunes it."""
     from transformers import TrainerCallback
-
-    from sweep import tracking
 
     class ReportToTrial(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -57,7 +77,7 @@ def report_callback(ctx: TrialContext | None, score_slice, every_steps: int, sli
                 metrics = score_slice()
             finally:
                 model.train(was_training)
-            tracking.log_metrics({f"slice/{k}": v for k, v in metrics.items()}, step=state.global_step)
+            log_metrics({f"slice/{k}": v for k, v in metrics.items()}, step=state.global_step)
             if ctx is None or not ctx.prunable:
                 return
             objective = ctx.objectives[0]

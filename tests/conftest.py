@@ -12,8 +12,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# A developer's shell may point at the team's servers (`source .services/env`): tests choose their own.
+for _var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
+    os.environ.pop(_var, None)
 
 import sweep  # noqa: E402,F401  (registers resolvers)
+from sweep.tracking import STUDY_METHOD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Small and fast: the tiny model, a few examples, a few steps.
@@ -80,4 +84,34 @@ def study_of(tmp_path):
 def children(tracking):
     """(trial runs, study parent runs) of the store named by `tracking`."""
     runs = runs_of(tracking)
-    return runs[runs["tags.method"] != "optuna-study"], runs[runs["tags.method"] == "optuna-study"]
+    return runs[runs["tags.method"] != STUDY_METHOD], runs[runs["tags.method"] == STUDY_METHOD]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def services():
+    """The team's servers, started as `make services` starts them (scripts/services.py): a
+    PostgreSQL cluster and an `mlflow server` over it, on free ports. Yields the environment a
+    worker gets from `source <root>/env` (MLFLOW_TRACKING_URI, OPTUNA_STORAGE)."""
+    import shutil
+    import tempfile
+
+    root = Path(tempfile.mkdtemp(prefix="sft-sweep-services-"))  # (pytest's tmp folders are private to root,
+    os.chmod(root, 0o755)                                         # and the postgres user must reach the cluster)
+    script = [sys.executable, str(ROOT / "scripts" / "services.py")]
+    ports = ["--pg-port", str(free_port()), "--mlflow-port", str(free_port())]
+    p = subprocess.run([*script, "start", "--root", str(root), *ports], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    env = dict(line.removeprefix("export ").split("=", 1) for line in (root / "env").read_text().splitlines())
+    try:
+        yield {k: v.strip("'") for k, v in env.items()}
+    finally:
+        subprocess.run([*script, "stop", "--root", str(root)], capture_output=True, timeout=120)
+        shutil.rmtree(root, ignore_errors=True)

@@ -80,11 +80,11 @@ def test_an_interrupted_optuna_sweep_resumes(tmp_path, tracking):
     log = tmp_path / "stderr.log"
     with log.open("w") as err:  # a file, not a pipe: a full pipe would stall the child
         proc = subprocess.Popen([sys.executable, "sweep.py", *args, "train.max_steps=100000"], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdout=err, stderr=err)
         _wait_for_loss(tracking)
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
-    assert "trial 0 is queued again; rerun the same command" in log.read_text()
+    assert "interrupted: trial(s) [0] queued again; rerun the same command" in log.read_text()
     assert study_of(tmp_path).trials[0].state == TrialState.FAIL
 
     p = run_sweep(*args, "train.max_steps=2")

@@ -12,6 +12,7 @@ import pytest
 
 from analysis import report
 from analysis.stats import mcnemar_exact, paired_compare
+from sweep.tracking import STUDY_METHOD
 from tests.conftest import ROOT, TINY, optuna_args, run_sweep, runs_of
 
 pytestmark = pytest.mark.e2e
@@ -50,7 +51,7 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     rc, out = make_report(store)
     assert rc == 0
     runs = runs_of(store[1])
-    done = runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != "optuna-study")]
+    done = runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY_METHOD)]
     md = (out / "report.md").read_text()
     # Every finished run is a row, with its template and its own accuracy; baselines first.
     for _, r in done.iterrows():
@@ -89,7 +90,7 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     html = (out / "index.html").read_text()
     assert html.count('src="data:image/png;base64,') == len(pngs) and "<table" in html
     csv = pd.read_csv(out / "runs.csv")
-    assert set(csv["run_id"]) == set(runs[runs["tags.method"] != "optuna-study"]["run_id"].where(
+    assert set(csv["run_id"]) == set(runs[runs["tags.method"] != STUDY_METHOD]["run_id"].where(
         runs["status"] == "FINISHED").dropna()) and set(csv["task"]) == {"sst2"}
 
 

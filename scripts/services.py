@@ -1,0 +1,192 @@
+"""A team's servers on one machine: PostgreSQL 15 (the study and tracking database) and an
+`mlflow server` whose backend store is that PostgreSQL and which serves the artifacts itself.
+
+    python scripts/services.py start [--root .services] [--pg-port 55432] [--mlflow-port 5000]
+    python scripts/services.py stop  [--root .services]
+
+`make services` / `make services-stop` run these; the test suite starts its own pair through a
+session fixture. Both bind 127.0.0.1 only. PostgreSQL's `initdb` refuses to run as root, so as
+root the cluster is created and run as the `postgres` user. The database password is generated
+once and kept in `<root>/env` (mode 600), the file to `source`; it is never printed.
+
+Why a script of our own: PostgreSQL and `mlflow server` are the ecosystem's servers, run as
+their docs say; what is ours is only the few steps that tie them together (a role, two
+databases, the URIs), which no package does for a project folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote
+
+PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
+ROOT = Path(__file__).resolve().parent.parent
+HOST = "127.0.0.1"
+ROLE = "sftsweep"
+DATABASES = ("mlflow", "optuna")
+log = logging.getLogger("services")
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def as_postgres(cmd: list[str]) -> list[str]:
+    """PostgreSQL's tools refuse root: run them as the `postgres` user then."""
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    done = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if done.returncode:
+        raise ServiceError(f"{Path(cmd[0]).name if cmd[0] != 'runuser' else cmd[4]} failed: "
+                           f"{(done.stderr or done.stdout).strip().splitlines()[-1:]}")
+    return done
+
+
+def password_of(root: Path) -> str:
+    """The role's password, generated on first start and kept beside the cluster."""
+    path = root / "password"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def storage_url(root: Path, pg_port: int, database: str) -> str:
+    return f"postgresql+psycopg://{ROLE}:{quote(password_of(root), safe='')}@{HOST}:{pg_port}/{database}"
+
+
+def start_postgres(root: Path, port: int) -> None:
+    data, sock = root / "pg" / "data", root / "pg"
+    if os.geteuid() == 0:  # the postgres user must reach the folder and own the cluster
+        sock.mkdir(parents=True, exist_ok=True)
+        for p in [*reversed(sock.resolve().parents), sock.resolve()]:
+            if not os.stat(p).st_mode & 0o001:
+                raise ServiceError(f"{p} is not searchable by the postgres user; chmod o+x it or pass --root elsewhere")
+        shutil.chown(sock, "postgres", "postgres")
+    if not (data / "PG_VERSION").exists():
+        pwfile = sock / "superuser-password"
+        pwfile.write_text(secrets.token_urlsafe(24))
+        if os.geteuid() == 0:
+            shutil.chown(pwfile, "postgres", "postgres")
+        pwfile.chmod(0o600)
+        run(as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--pwfile", str(pwfile),
+                         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"]))
+        pwfile.unlink()
+    status = subprocess.run(as_postgres([str(PG_BIN / "pg_ctl"), "status", "-D", str(data)]), capture_output=True)
+    if status.returncode != 0:  # not running yet
+        opts = f"-c listen_addresses={HOST} -p {port} -k {sock} -c max_connections=200"
+        run(as_postgres([str(PG_BIN / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data),
+                         "-l", str(sock / "postgres.log"), "-o", opts]))
+    psql = as_postgres([str(PG_BIN / "psql"), "-h", str(sock), "-p", str(port), "-U", "postgres", "-v",
+                        "ON_ERROR_STOP=1", "-tA"])
+    exists = run([*psql, "-c", f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'"]).stdout.strip()
+    password = password_of(root).replace("'", "''")
+    verb = "ALTER" if exists else "CREATE"
+    run([*psql, "-c", f"{verb} ROLE {ROLE} LOGIN PASSWORD '{password}'"])
+    for db in DATABASES:
+        if not run([*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{db}'"]).stdout.strip():
+            run([*psql, "-c", f"CREATE DATABASE {db} OWNER {ROLE}"])
+
+
+def start_mlflow(root: Path, pg_port: int, port: int, timeout: float = 180) -> None:
+    pidfile, logfile = root / "mlflow.pid", root / "mlflow.log"
+    if pidfile.exists() and alive(int(pidfile.read_text())):
+        return
+    mlflow = Path(sys.executable).parent / "mlflow"
+    env = os.environ | {"MLFLOW_BACKEND_STORE_URI": storage_url(root, pg_port, "mlflow")}  # not on the command line
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [str(mlflow), "server", "--host", HOST, "--port", str(port), "--workers", "2",
+           "--artifacts-destination", str((root / "mlartifacts").resolve())]
+    with open(logfile, "ab") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    pidfile.write_text(str(proc.pid))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ServiceError(f"mlflow server exited with {proc.returncode}; see {logfile}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise ServiceError(f"mlflow server did not answer on port {port} within {timeout:.0f} s; see {logfile}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def write_env(root: Path, pg_port: int, mlflow_port: int) -> Path:
+    env = root / "env"
+    env.write_text(f"export MLFLOW_TRACKING_URI=http://{HOST}:{mlflow_port}\n"
+                   f"export OPTUNA_STORAGE='{storage_url(root, pg_port, 'optuna')}'\n")
+    env.chmod(0o600)
+    return env
+
+
+def start(root: Path, pg_port: int, mlflow_port: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    start_postgres(root, pg_port)
+    start_mlflow(root, pg_port, mlflow_port)
+    env = write_env(root, pg_port, mlflow_port)
+    log.info("PostgreSQL on %s:%d (databases %s), MLflow server on http://%s:%d",
+             HOST, pg_port, ", ".join(DATABASES), HOST, mlflow_port)
+    log.info("to use them: source %s   (MLFLOW_TRACKING_URI=http://%s:%d, OPTUNA_STORAGE=postgresql+psycopg://"
+             "%s:***@%s:%d/optuna)", env, HOST, mlflow_port, ROLE, HOST, pg_port)
+
+
+def stop(root: Path) -> None:
+    pidfile = root / "mlflow.pid"
+    if pidfile.exists():
+        pid = int(pidfile.read_text())
+        if alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not alive(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+        pidfile.unlink()
+    data = root / "pg" / "data"
+    if (data / "PG_VERSION").exists():
+        subprocess.run(as_postgres([str(PG_BIN / "pg_ctl"), "stop", "-m", "fast", "-D", str(data)]),
+                       capture_output=True)
+    log.info("stopped the services under %s", root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[services] %(message)s")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("action", choices=("start", "stop"))
+    ap.add_argument("--root", type=Path, default=ROOT / ".services", help="folder of the cluster, logs and env file")
+    ap.add_argument("--pg-port", type=int, default=55432)
+    ap.add_argument("--mlflow-port", type=int, default=5000)
+    args = ap.parse_args(argv)
+    try:
+        start(args.root, args.pg_port, args.mlflow_port) if args.action == "start" else stop(args.root)
+    except ServiceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

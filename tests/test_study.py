@@ -1,0 +1,93 @@
+"""Studies shared by workers: per-trial seeds, trials handed over by value, heartbeats."""
+
+import time
+
+import optuna
+import pytest
+from hydra import compose, initialize_config_dir
+from optuna.trial import TrialState
+
+from sweep import trials
+from sweep.config import PROJECT_ROOT, ConfigError
+from sweep.search import (STORAGE_ENV, HeartbeatThread, fail_stale, make_pruner, make_sampler, make_storage,
+                          parse_search_space, trial_seed)
+
+SPACE = parse_search_space(["lora.r=choice(2,8,16)", "train.lr=tag(log,interval(1e-5,1e-2))"])
+
+
+def first_params(storage, seed: int, workers: int, n: int) -> list[dict]:
+    """`workers` handles on one study, each with its own sampler (as separate processes would have),
+    asking in turn."""
+    handles = [optuna.create_study(study_name="s", storage=storage, load_if_exists=True, direction="maximize",
+                                   sampler=make_sampler("tpe", seed, SPACE)) for _ in range(workers)]
+    asked = [handles[i % workers].ask(SPACE.distributions) for i in range(n)]  # all RUNNING at once
+    return [t.params for t in asked]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random", "grid", "gp"])
+def test_concurrent_workers_seeded_alike_draw_different_trials(sampler):
+    space = parse_search_space(["lora.r=choice(2,8,16)", "train.lr=choice(1e-4,1e-3,1e-2)"]) if sampler == "grid" \
+        else SPACE
+    storage = optuna.storages.InMemoryStorage()
+    handles = [optuna.create_study(study_name="s", storage=storage, load_if_exists=True, direction="maximize",
+                                   sampler=make_sampler(sampler, 0, space)) for _ in range(3)]
+    params = [handles[i].ask(space.distributions).params for i in range(3)]
+    assert len({tuple(sorted(p.items())) for p in params}) == 3, params
+
+
+def test_a_sweep_is_reproducible_from_its_seed_whatever_the_number_of_workers():
+    one = first_params(optuna.storages.InMemoryStorage(), seed=7, workers=1, n=4)
+    three = first_params(optuna.storages.InMemoryStorage(), seed=7, workers=3, n=4)
+    other = first_params(optuna.storages.InMemoryStorage(), seed=8, workers=1, n=4)
+    assert one == three and one != other
+    assert trial_seed(7, 0) != trial_seed(7, 1) and trial_seed(7, 0) == trial_seed(7, 0)
+
+
+def test_a_job_reattaches_to_its_trial_from_the_overrides_and_the_environment(tmp_path, monkeypatch):
+    url = f"{tmp_path}/optuna.journal"
+    study = optuna.create_study(study_name="st", storage=make_storage(url), direction="maximize",
+                                pruner=make_pruner("median"))
+    for value in (0.8, 0.9):
+        t = study.ask()
+        t.report(value, 10)
+        study.tell(t, value)
+    trial = study.ask(SPACE.distributions)
+    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=trials.overrides("st", trial.number, "abc123", ["sst2/acc"], "median"))
+        plain = compose("config")
+    assert trials.attach(plain) is None  # not in a study
+    with pytest.raises(ConfigError, match=f"\\${STORAGE_ENV} is not"):
+        trials.attach(cfg)
+    monkeypatch.setenv(STORAGE_ENV, url)
+    ctx = trials.attach(cfg)
+    assert ctx.trial.number == trial.number and ctx.trial.params == trial.params  # same trial, nothing re-sampled
+    assert ctx.tags() == {"optuna.study_name": "st", "optuna.trial_number": "2", "mlflow.parentRunId": "abc123"}
+    assert ctx.pruning and ctx.objectives == ["sst2/acc"]
+    ctx.trial.report(0.1, 10)  # reported by the job's handle, seen by the sweeper's
+    assert study.trials[trial.number].intermediate_values == {10: 0.1}
+    assert ctx.trial.should_prune()  # the job's handle prunes with the study's pruner
+
+
+def test_a_trial_whose_worker_stopped_beating_is_failed_and_queued_again(tmp_path):
+    storage = make_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(study_name="hb", storage=storage, direction="maximize")
+    alive, dead = study.ask(SPACE.distributions), study.ask(SPACE.distributions)
+    with HeartbeatThread(storage, [alive._trial_id]):
+        storage.record_heartbeat(dead._trial_id)  # beat once, then its worker "died"
+        time.sleep(3.5)
+        fail_stale(study)  # what any other worker does while it waits
+        states = [t.state for t in study.get_trials()]
+    assert states[:2] == [TrialState.RUNNING, TrialState.FAIL]
+    [queued] = study.get_trials(states=(TrialState.WAITING,))
+    assert queued.system_attrs["fixed_params"] == dead.params and queued.user_attrs["retry_of"] == dead.number
+    fail_stale(study)  # a second worker finds nothing more to fail
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+
+
+def test_the_journal_file_has_no_heartbeat_so_beating_is_a_no_op(tmp_path):
+    storage = make_storage(f"{tmp_path}/o.journal")
+    study = optuna.create_study(storage=storage)
+    with HeartbeatThread(storage, [study.ask()._trial_id]) as beat:
+        assert not beat._thread.is_alive()
+    fail_stale(study)
+    assert study.trials[0].state == TrialState.RUNNING
