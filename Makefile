@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install browser run report reproduce quantization bench bench-gpu test test-fast ui dashboard clean-cache
+.PHONY: help install browser run report reproduce quantization bench bench-gpu test test-fast ui dashboard services services-stop clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,12 @@ test: $(STAMP) browser ## the whole test suite (unit, end-to-end, slow)
 
 test-fast: $(STAMP) ## unit tests only
 	$(PY) -m pytest -m "not e2e and not slow"
+
+services: $(STAMP) ## a team's servers: PostgreSQL + mlflow server on 127.0.0.1 (then: source .services/env)
+	$(PY) scripts/services.py start
+
+services-stop: ## stop the servers that `make services` started
+	$(PY) scripts/services.py stop
 
 ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the embedded store
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

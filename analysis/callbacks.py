@@ -14,6 +14,8 @@ class SummaryCallback(Callback):
 
     A grid multirun whose jobs failed (or had invalid configs) exits with status 1 after the
     table, so scripts notice; the failed runs stay in MLflow as FAILED with their tracebacks.
+    Under a launcher that runs jobs in other processes, their outcomes do not come back here:
+    the table is then the sweep's (grid) or the experiment's latest (an Optuna study).
     """
 
     def __init__(self) -> None:
@@ -29,14 +31,15 @@ class SummaryCallback(Callback):
         from sweep.job import sweep_id_of
 
         failed = [o for o in self.outcomes if o.status not in ("FINISHED", "PRUNED")]
-        sid = self.outcomes[0].sweep_id if self.outcomes else sweep_id_of(config.hydra.sweep.dir)
+        optuna = "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower()
+        sid = self.outcomes[0].sweep_id if self.outcomes else None if optuna else sweep_id_of(config.hydra.sweep.dir)
         self._print(config, sid)
         if failed:
             print(f"{len(failed)} of {len(self.outcomes)} jobs did not finish:", file=sys.stderr)
             for o in failed:
                 print(f"  {o.status}: {o.error}", file=sys.stderr)
             # Optuna sweeps tolerate failed trials (up to hydra.sweeper.max_failures); a grid does not.
-            if "optuna" not in str(config.hydra.sweeper.get("_target_", "")).lower():
+            if not optuna:
                 sys.exit(1)
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
@@ -44,7 +47,7 @@ class SummaryCallback(Callback):
             self._print(config, self.outcomes[0].sweep_id)
 
     @staticmethod
-    def _print(config: DictConfig, sid: str) -> None:
+    def _print(config: DictConfig, sid: str | None) -> None:
         from analysis.summary import summary_text
 
         try:

@@ -208,8 +208,17 @@ def band_lines(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
-def summary_text(tracking_uri: str, experiment: str, sweep_id: str) -> str:
+def latest_sweep_id(experiment: str) -> str:
+    runs = search_runs(experiment)
+    if runs.empty:
+        raise LookupError(f"experiment {experiment!r} has no runs yet")
+    return runs.iloc[-1]["tags.sweep_id"]
+
+
+def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None) -> str:
+    """The comparison table of one sweep (None: the experiment's latest)."""
     mlflow.set_tracking_uri(tracking_uri)
+    sweep_id = sweep_id or latest_sweep_id(experiment)
     runs = sweep_runs(experiment, sweep_id)
     if runs.empty:
         return f"No runs recorded for sweep {sweep_id} in experiment {experiment!r}."
@@ -226,14 +235,10 @@ def main(argv=None) -> None:
     p.add_argument("--sweep-id", help="default: the experiment's latest sweep")
     p.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     a = p.parse_args(argv)
-    mlflow.set_tracking_uri(a.tracking_uri)
-    sweep_id = a.sweep_id
-    if sweep_id is None:
-        runs = search_runs(a.experiment)
-        if runs.empty:
-            raise SystemExit(f"experiment {a.experiment!r} has no runs yet")
-        sweep_id = runs.iloc[-1]["tags.sweep_id"]
-    print(summary_text(a.tracking_uri, a.experiment, sweep_id))
+    try:
+        print(summary_text(a.tracking_uri, a.experiment, a.sweep_id))
+    except LookupError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

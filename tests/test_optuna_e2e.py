@@ -54,15 +54,24 @@ def test_two_objectives_give_a_pareto_front(tmp_path, tracking):
     assert (tmp_path / "report" / "optuna_study_study__pareto_front.png").stat().st_size > 10_000
 
 
-def test_a_diverging_trial_is_pruned_early(tmp_path, tracking):
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=slurm_local", "hydra.sweeper.n_jobs=2"],
+                                      ["hydra/launcher=processes", "hydra.sweeper.n_jobs=2"]],
+                         ids=["in-process", "submitit-local", "joblib"])
+def test_a_diverging_trial_is_pruned_early(tmp_path, tracking, launcher):
+    """Also through launchers that run each job in a process of its own: the job re-attaches to its
+    trial from the `trial.*` overrides and the storage in the environment."""
     p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler=grid",
                                "hydra.sweeper.pruner=median", "eval.every_steps=2", "eval.slice_size=4",
                                "train.max_steps=8", "train.logging_steps=1", "train.warmup_ratio=0",
-                               "train.lr=choice(1e30,1e-3)"), *tracking)
+                               "train.lr=choice(1e30,1e-3)", f"hydra.sweep.dir={tmp_path}/multirun", *launcher),
+                  *tracking)
     assert p.returncode == 0, p.stderr[-3000:]
     by_lr = {t.params["train.lr"]: t for t in study_of(tmp_path).trials}
     assert by_lr[1e30].state == TrialState.PRUNED and by_lr[1e-3].state == TrialState.COMPLETE
-    kids = children(tracking)[0]
+    assert by_lr[1e-3].intermediate_values  # reported by the job to its trial, in whatever process it ran
+    assert "Sweep study" in p.stdout and "lora-r8-a16-qkvo" in p.stdout  # the end-of-sweep table
+    kids, [parent] = children(tracking)[0], children(tracking)[1].to_dict("records")
+    assert set(kids["tags.mlflow.parentRunId"]) == {parent["run_id"]} and parent["status"] == "FINISHED"
     pruned = kids[kids["tags.optuna.state"] == "PRUNED"].iloc[0]
     assert pruned["status"] == "KILLED"
     losses = mlflow.MlflowClient().get_metric_history(pruned["run_id"], "train/loss")
