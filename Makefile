@@ -67,7 +67,8 @@ services: $(STAMP) ## a team's servers: PostgreSQL + mlflow server on 127.0.0.1 
 services-stop: ## stop the servers that `make services` started
 	$(PY) scripts/services.py stop
 
-ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the embedded store
+ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the embedded store (open the link a sweep prints)
+	@echo "runs: http://127.0.0.1:5000/#/experiments/<id>/runs?workflowType=machine_learning (the link each sweep prints; without ?workflowType MLflow 3 opens its GenAI overview)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 over the embedded study storage

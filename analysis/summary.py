@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import mlflow
 import pandas as pd
 
-from sweep.tracking import STUDY_METHOD as STUDY, redact
+from sweep.tracking import STUDY_METHOD as STUDY, is_server, redact, runs_page
 
 BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
 STRONGEST = "strongest_baseline"
@@ -224,7 +224,9 @@ def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None) -> st
         return f"No runs recorded for sweep {sweep_id} in experiment {experiment!r}."
     table = comparison_table(runs).to_string(index=False)
     bands = "\n".join(band_lines(runs))
-    return f"\nSweep {sweep_id} — experiment {experiment!r} ({redact(tracking_uri)})\n{table}\n{bands}\n"
+    page = runs_page(tracking_uri, runs.iloc[0]["experiment_id"])
+    return (f"\nSweep {sweep_id} — experiment {experiment!r} ({redact(tracking_uri)})\n{table}\n{bands}\n"
+            f"Runs in the MLflow UI{'' if is_server(tracking_uri) else ' (make ui)'}: {page}\n")
 
 
 def main(argv=None) -> None:

@@ -24,9 +24,12 @@ from optuna.exceptions import TrialPruned
 from sweep.baselines import Variant, template_suffix
 from sweep.config import PROJECT_ROOT, PROMPT_LEARNING, ConfigError
 
-# The MLflow UI reads this experiment tag to choose its landing page; without it MLflow 3 opens
-# the GenAI trace overview of an experiment instead of its runs.
+# What an experiment holds, for the MLflow UI: model training, not GenAI traces. MLflow 3.17's UI
+# reads this tag only when its GenAI / model-training switch is off; with the switch (the default)
+# it opens every experiment on the GenAI trace overview unless the URL asks for the model-training
+# workflow, so the links we print do (runs_page).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the embedded store
 STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow parent run
 _USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@")
 
@@ -72,6 +75,12 @@ def artifact_location(tracking: DictConfig) -> str | None:
     if is_server(tracking.uri) or not location:
         return None
     return str(location) if "://" in str(location) else Path(location).resolve().as_uri()
+
+
+def runs_page(tracking_uri: str, experiment_id: str) -> str:
+    """The MLflow UI page of an experiment's runs (with their datasets), not its GenAI overview."""
+    base = tracking_uri if is_server(tracking_uri) else LOCAL_UI
+    return f"{redact(base).rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def open_experiment(tracking: DictConfig) -> str:
@@ -284,6 +293,19 @@ def start_tags(cfg: DictConfig, sweep_id: str, trial_tags: dict[str, str]) -> di
     }
 
 
+def log_input(dataset, context: str, attempts: int = 3) -> None:
+    """mlflow.log_input, retried: two runs logging the same new dataset at once race to insert it,
+    and the tracking server answers the loser with a unique-constraint error (`dataset_pk`); on
+    the next attempt the dataset exists and only the run's link to it is written."""
+    for attempt in range(attempts):
+        try:
+            return mlflow.log_input(dataset, context=context)
+        except mlflow.exceptions.MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
 def log_inputs(cfg: DictConfig, files: list[Path], datasets: list[tuple[str, Path, str]] = ()) -> None:
     """Resolved config (params + YAML), command line, installed packages, data file hashes, and
     the training and evaluation data as MLflow dataset inputs (name, digest, source)."""
@@ -299,7 +321,7 @@ def log_inputs(cfg: DictConfig, files: list[Path], datasets: list[tuple[str, Pat
                                digest=hashes[str(path)][:8]), context) for name, path, context in datasets]
     with atomic_write():
         for dataset, context in inputs:
-            mlflow.log_input(dataset, context=context)
+            log_input(dataset, context)
         mlflow.log_params(flat_params(cfg))
         mlflow.log_text(redact(OmegaConf.to_yaml(cfg, resolve=True)), "config.yaml")
         mlflow.log_text(redact(shlex.join([sys.executable, *sys.argv])) + "\n", "command.txt")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,30 @@ def services():
     finally:
         subprocess.run([*script, "stop", "--root", str(root)], capture_output=True, timeout=120)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def headless_chromium(profile: Path, width: int = 1200, height: int = 1600):
+    """Debian's Chromium through selenium (installed by `make test` where missing; under CI a
+    missing browser fails the test, elsewhere it skips)."""
+    import shutil
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        if os.environ.get("CI"):
+            pytest.fail("chromium/chromedriver missing: `make browser` installs them")
+        pytest.skip("chromium not installed (make browser)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 f"--window-size={width},{height}", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    try:
+        yield driver
+    finally:
+        driver.quit()

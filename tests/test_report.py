@@ -13,7 +13,7 @@ import pytest
 from analysis import report
 from analysis.stats import mcnemar_exact, paired_compare
 from sweep.tracking import STUDY_METHOD
-from tests.conftest import ROOT, TINY, optuna_args, run_sweep, runs_of
+from tests.conftest import ROOT, headless_chromium, TINY, optuna_args, run_sweep, runs_of
 
 pytestmark = pytest.mark.e2e
 SEARCH = ["method.search.template=[default,plain]", "method.search.num_fewshot=[0,2]", "method.search.dev_size=16",
@@ -145,39 +145,18 @@ def test_mcnemar_and_bootstrap():
     assert paired_compare({1: 1.0}, {2: 1.0}) is None
 
 
-def _chromium():
-    return shutil.which("chromium") and shutil.which("chromedriver")
-
-
 def test_html_report_renders_in_a_real_browser(store):
-    """Headless Chromium (Debian's, installed by `make test` where missing): no console errors,
-    every image decoded and shown, and the screenshot is not blank."""
-    if not _chromium():
-        if os.environ.get("CI"):
-            pytest.fail("chromium/chromedriver missing: `make browser` installs them")
-        pytest.skip("chromium not installed (make browser)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
+    """Headless Chromium: no console errors, every image decoded and shown, and the screenshot is
+    not blank."""
     rc, out = make_report(store)
     assert rc == 0
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1200,1600", f"--user-data-dir={out}/chrome-profile"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
-    try:
+    with headless_chromium(out / "chrome-profile") as driver:
         driver.get((out / "index.html").as_uri())
         images = driver.execute_script(
             "return [...document.images].map(i => [i.complete, i.naturalWidth, i.getBoundingClientRect().width])")
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         shot = out / "screenshot.png"
         driver.save_screenshot(str(shot))
-    finally:
-        driver.quit()
     assert errors == []
     assert len(images) >= 5 and all(done and width > 100 and shown > 100 for done, width, shown in images)
     import matplotlib.image

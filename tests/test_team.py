@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from sweep.search import make_storage
 from sweep.tracking import STUDY_METHOD
-from tests.conftest import ROOT, TINY
+from tests.conftest import ROOT, TINY, headless_chromium
 
 pytestmark = pytest.mark.e2e
 N_TRIALS = 5
@@ -74,7 +74,8 @@ def test_three_hosts_one_study_one_dies(services, tmp_path):
         assert workers[i].wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
 
     trials = study.get_trials()
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == N_TRIALS
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == N_TRIALS, [
+        (t.number, t.state.name, t.user_attrs, t.params) for t in trials]
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert trials[victim.number].state == TrialState.FAIL
     [retry] = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
@@ -100,3 +101,32 @@ def test_three_hosts_one_study_one_dies(services, tmp_path):
     password = urlsplit(services["OPTUNA_STORAGE"]).password
     assert password not in " ".join((tmp_path / f"w{i}.log").read_text() for i in range(3))
     assert not any(password in line for line in command_lines)  # nor a command line (`ps`)
+
+    ui_lands_on_the_runs_with_their_datasets(tmp_path, (tmp_path / "w0.log").read_text(), done, study_name)
+
+
+def ui_lands_on_the_runs_with_their_datasets(tmp_path, log: str, runs, study_name: str) -> None:
+    """The MLflow UI link a sweep prints opens the runs table (not MLflow 3's GenAI overview): the
+    study's parent run, and under it (expanded) its trials with their training and evaluation
+    data in the Dataset column."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    [url] = [line.split(": ", 1)[1].strip() for line in log.splitlines() if line.startswith("Runs in the MLflow UI")]
+    body = (By.TAG_NAME, "body")
+    with headless_chromium(tmp_path / "chrome-profile", 1600, 1000) as driver:
+        driver.get(url)
+        WebDriverWait(driver, 60).until(ec.text_to_be_present_in_element(body, f"study:{study_name}"))
+        parent = driver.find_element(By.XPATH, f"//span[text()='study:{study_name}']/ancestor::div[contains(@class,'ag-cell')][1]")
+        parent.find_element(By.CSS_SELECTOR, "button[data-component-id*='runnamecellrenderer']").click()  # show its trials
+        WebDriverWait(driver, 60).until(ec.text_to_be_present_in_element(body, runs.iloc[0]["tags.mlflow.runName"]))
+        text, landed = driver.find_element(*body).text, driver.current_url
+        driver.save_screenshot(str(tmp_path / "mlflow-ui.png"))
+    assert "/runs?" in landed and "workflowType=machine_learning" in landed
+    assert "Detect Issues" not in text and "Token Usage" not in text  # not the GenAI trace overview
+    assert "Dataset" in text and "sst2/validation" in text and "sst2/train" in text
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(tmp_path / "mlflow-ui.png")
+    assert pixels[..., :3].std() > 0.05
