@@ -8,6 +8,8 @@ import sys
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from sweep.distributed import is_main
+
 
 class SummaryCallback(Callback):
     """Collects job outcomes and prints `analysis.summary`'s table at the end.
@@ -30,6 +32,8 @@ class SummaryCallback(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         from sweep.job import sweep_id_of
 
+        if not is_main():  # (the other processes of a multi-process job)
+            return
         failed = [o for o in self.outcomes if o.status not in ("FINISHED", "PRUNED")]
         optuna = "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower()
         sid = self.outcomes[0].sweep_id if self.outcomes else None if optuna else sweep_id_of(config.hydra.sweep.dir)
@@ -43,7 +47,7 @@ class SummaryCallback(Callback):
                 sys.exit(1)
 
     def on_run_end(self, config: DictConfig, **kwargs) -> None:
-        if any(o.status == "FINISHED" for o in self.outcomes):
+        if is_main() and any(o.status == "FINISHED" for o in self.outcomes):
             self._print(config, self.outcomes[0].sweep_id)
 
     @staticmethod

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from optuna.exceptions import TrialPruned
 from transformers import set_seed
 
-from sweep import baseline_cache, baselines, tracking, trials
+from sweep import baseline_cache, baselines, distributed, tracking, trials
 from sweep.build import build, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
 from sweep.data import dataset_inputs
@@ -76,10 +76,12 @@ def peak_memory_mb() -> dict[str, float]:
 
 def use_all_cores() -> None:
     """Torch's intra-op threads on every core this process may use (torch's default can be lower
-    in containers, where it counts the host's physical cores)."""
+    in containers, where it counts the host's physical cores), shared among the job's processes
+    on this host."""
     import torch
 
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_processes))
 
 
 def run_job(cfg: DictConfig) -> JobOutcome:
@@ -129,6 +131,11 @@ def reuse_baseline(cfg, experiment_id: str, name: str, tags: dict, source, files
 
 def execute(cfg: DictConfig) -> JobOutcome:
     validate(cfg)
+    if distributed.world_size() > 1 and cfg.trial.pruner not in ("none", None):
+        raise ConfigError(f"hydra.sweeper.pruner={cfg.trial.pruner} with {distributed.world_size()} training "
+                          "processes: a pruned main process would leave the others waiting; use pruner=none")
+    if not distributed.is_main():
+        return train_share(cfg)
     experiment_id = tracking.open_experiment(cfg.tracking)
     use_all_cores()
     set_seed(cfg.seed)
@@ -160,6 +167,19 @@ def execute(cfg: DictConfig) -> JobOutcome:
             metrics |= train_and_record(cfg, built, total, trial)
         metrics |= score_and_record(cfg, built, name)
         return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics)
+
+
+def train_share(cfg: DictConfig) -> JobOutcome:
+    """A process other than the main one of a multi-process job: its share of the training
+    (gradients are averaged with the main process's), nothing recorded, scored or saved."""
+    use_all_cores()
+    set_seed(cfg.seed)
+    if cfg.method.trains:
+        built = build(cfg)
+        with tempfile.TemporaryDirectory(prefix="trainer-") as out:
+            train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out,
+                  fail_at_step=cfg.debug.fail_at_step)
+    return JobOutcome("FINISHED", sweep_id(cfg))
 
 
 def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[str, float]:

@@ -19,6 +19,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import ConfigError
+from sweep.distributed import local_rank
 
 
 def bundled_gguf(gguf: DictConfig) -> Path:
@@ -118,7 +119,7 @@ def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed:
     load = {"dtype": dtype, "trust_remote_code": trust, "attn_implementation": model_cfg.attn_implementation}
     if quantization is not None:
         load |= {"quantization_config": quantization_config(quantization),
-                 "device_map": {"": 0} if torch.cuda.is_available() else None}
+                 "device_map": {"": local_rank()} if torch.cuda.is_available() else None}
     if model_cfg.name_or_path:
         source = model_cfg.name_or_path
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)

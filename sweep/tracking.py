@@ -23,6 +23,7 @@ from optuna.exceptions import TrialPruned
 
 from sweep.baselines import Variant, template_suffix
 from sweep.config import PROJECT_ROOT, PROMPT_LEARNING, ConfigError
+from sweep.distributed import world_size
 
 # What an experiment holds, for the MLflow UI: model training, not GenAI traces. MLflow 3.17's UI
 # reads this tag only when its GenAI / model-training switch is off; with the switch (the default)
@@ -287,6 +288,7 @@ def start_tags(cfg: DictConfig, sweep_id: str, trial_tags: dict[str, str]) -> di
         "tasks": ",".join(cfg.eval.tasks),
         "sweep_id": sweep_id,
         "seed": str(cfg.seed),
+        "world_size": str(world_size()),  # training processes (DDP/FSDP/DeepSpeed); 1 without a launcher
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "mlflow.source.git.commit": commit,

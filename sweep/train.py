@@ -76,6 +76,10 @@ class AnswerOnlyTrainer(Trainer):
         )
         n = num_items_in_batch if num_items_in_batch is not None else (targets != IGNORE_INDEX).sum()
         loss = loss / n
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # n counts the answer tokens of every process; DDP averages the processes' gradients,
+            # so each process's share is scaled back up (as Trainer.compute_loss does).
+            loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
 
