@@ -17,6 +17,10 @@ bench/results.md (or --out).
                       space (its grid sampler by default: every configuration is started, the
                       pruner stops the weak ones early)
 6. peer comparison    tokens/s of our training vs TRL's SFTTrainer on the same LoRA SFT
+7. team study         finished trials per hour on the team's servers (PostgreSQL study, MLflow
+                      server) with 1 and 2 workers, and the per-trial cost of their round trips
+                      against the embedded stores (journal file, SQLite): the tiny model's short
+                      trials, so the figure is the harness and the stores, not training
 """
 
 from __future__ import annotations
@@ -46,9 +50,10 @@ from sweep.tracking import STUDY_METHOD  # noqa: E402
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
         "grid_limit": 200, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
-        "panel_examples": 872}
+        "panel_examples": 872, "team_trials": 8, "team_steps": 4}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 2, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
-         "optuna_trials": 4, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16}
+         "optuna_trials": 4, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
+         "team_trials": 4, "team_steps": 2}
 
 
 def median(xs) -> float:
@@ -355,6 +360,56 @@ class Bench:
                         "TRL trains on prompt-completion pairs with its completion-only loss"}
 
 
+    # 7 -------------------------------------------------------------------------------------------
+    def team_study(self) -> dict:
+        import shutil
+        import socket
+
+        def free_port() -> int:
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                return sock.getsockname()[1]
+
+        n = self.p["team_trials"]
+        sweep = ["-m", "hydra/sweeper=optuna", "model=tiny", "data.max_train_samples=32", "train.batch_size=4",
+                 f"train.max_steps={self.p['team_steps']}", "eval.limit=8", f"hydra.sweeper.n_trials={n}",
+                 "hydra.sweeper.sampler=random", "lora.r=choice(1,2,4,8)", "train.lr=tag(log,interval(1e-4,1e-2))"]
+        root = Path(tempfile.mkdtemp(prefix="bench-services-"))  # reachable by the postgres user
+        os.chmod(root, 0o755)
+        services = [sys.executable, str(ROOT / "scripts" / "services.py")]
+        subprocess.run([*services, "start", "--root", str(root), "--pg-port", str(free_port()),
+                        "--mlflow-port", str(free_port())], check=True, capture_output=True)
+        team = dict(line.removeprefix("export ").split("=", 1) for line in (root / "env").read_text().splitlines())
+        team = {k: v.strip("'") for k, v in team.items()}
+        local = {k: v for k, v in os.environ.items() if k not in team}
+
+        def timed(name: str, env: dict, *extra: str) -> float:
+            start = time.perf_counter()
+            with self.log.open("a") as out:
+                subprocess.run(sweep_cmd(*sweep, f"hydra.sweeper.study_name={name}", f"tracking.experiment={name}",
+                                         f"hydra.sweep.dir={self.work}/{name}", *extra), cwd=ROOT, stdout=out,
+                               stderr=subprocess.STDOUT, check=True, env=env)
+            return time.perf_counter() - start
+
+        try:
+            embedded = timed("team-embedded", local, f"hydra.sweeper.storage={self.work}/team.journal", *self.track)
+            server_1 = timed("team-server-1", local | team)
+            server_2 = timed("team-server-2", local | team, "hydra.sweeper.n_jobs=2")
+        finally:
+            subprocess.run([*services, "stop", "--root", str(root)], capture_output=True)
+            shutil.rmtree(root, ignore_errors=True)
+        per_hour = lambda seconds: n / seconds * 3600  # noqa: E731
+        return {"trials": n, "embedded_seconds": embedded, "server_1_worker_seconds": server_1,
+                "server_2_workers_seconds": server_2,
+                "trials_per_hour": {"embedded_1_worker": per_hour(embedded), "server_1_worker": per_hour(server_1),
+                                    "server_2_workers": per_hour(server_2)},
+                "server_overhead_seconds_per_trial": (server_1 - embedded) / n,
+                "two_workers_vs_one": server_1 / server_2,
+                "note": "wall time of `python sweep.py -m` with the Optuna sweeper (random sampler, the tiny model, "
+                        "start-up included); embedded = journal file + SQLite, server = PostgreSQL study + "
+                        "`mlflow server` over PostgreSQL, both on this machine"}
+
+
 def markdown(results: dict) -> str:
     lines = [f"# Benchmarks ({results['machine']}, {results['mode']})", ""]
     for name, figures in results["benchmarks"].items():
@@ -395,7 +450,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     names = ["harness_overhead", "model_startup", "scoring", "baseline_panel", "padding", "training_features",
-             "sweep_efficiency", "trl"]
+             "sweep_efficiency", "trl", "team_study"]
     results = {"machine": machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
                "params": params, "benchmarks": {}}
     previous = out / "results.json"

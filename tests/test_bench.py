@@ -18,7 +18,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     b = results["benchmarks"]
     assert set(b) == {"harness_overhead", "model_startup", "scoring", "baseline_panel", "padding",
-                      "training_features", "sweep_efficiency", "trl"}
+                      "training_features", "sweep_efficiency", "trl", "team_study"}
     assert b["baseline_panel"]["same_accuracies"] and b["baseline_panel"]["passes"] == 12
     assert b["baseline_panel"]["speedup"] == pytest.approx(
         b["baseline_panel"]["lm_eval_hflm_seconds"] / b["baseline_panel"]["prefix_cached_seconds"])
@@ -31,4 +31,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert b["sweep_efficiency"]["grid"]["runs"] == 12 and b["sweep_efficiency"]["grid"]["train_steps"] == 12 * 4
     assert 0 < b["sweep_efficiency"]["optuna"]["train_steps"] <= 4 * 4
     assert b["trl"]["ours_tokens_per_second"] > 0 and b["trl"]["trl_tokens_per_second"] > 0
+    team = b["team_study"]
+    assert team["trials"] == 4 and all(v > 0 for v in team["trials_per_hour"].values())
+    assert team["two_workers_vs_one"] == pytest.approx(team["server_1_worker_seconds"] / team["server_2_workers_seconds"])
     assert "## harness_overhead" in (tmp_path / "results.md").read_text()
