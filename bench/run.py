@@ -371,7 +371,7 @@ class Bench:
                 return sock.getsockname()[1]
 
         n = self.p["team_trials"]
-        sweep = ["-m", "hydra/sweeper=optuna", "model=tiny", "data.max_train_samples=32", "train.batch_size=4",
+        study = ["-m", "hydra/sweeper=optuna", "model=tiny", "data.max_train_samples=32", "train.batch_size=4",
                  f"train.max_steps={self.p['team_steps']}", "eval.limit=8", f"hydra.sweeper.n_trials={n}",
                  "hydra.sweeper.sampler=random", "lora.r=choice(1,2,4,8)", "train.lr=tag(log,interval(1e-4,1e-2))"]
         root = Path(tempfile.mkdtemp(prefix="bench-services-"))  # reachable by the postgres user
@@ -386,7 +386,7 @@ class Bench:
         def timed(name: str, env: dict, *extra: str) -> float:
             start = time.perf_counter()
             with self.log.open("a") as out:
-                subprocess.run(sweep_cmd(*sweep, f"hydra.sweeper.study_name={name}", f"tracking.experiment={name}",
+                subprocess.run(sweep_cmd(*study, f"hydra.sweeper.study_name={name}", f"tracking.experiment={name}",
                                          f"hydra.sweep.dir={self.work}/{name}", *extra), cwd=ROOT, stdout=out,
                                stderr=subprocess.STDOUT, check=True, env=env)
             return time.perf_counter() - start

@@ -21,6 +21,13 @@ from omegaconf import DictConfig
 from sweep import calibration, fewshot
 from sweep.config import DEFAULT_TEMPLATE, ConfigError, close_matches
 
+CURVES = ("train/", "slice/", "draw/")  # per-step and per-draw series; their names hold a "/" too
+
+
+def is_task_metric(name: str) -> bool:
+    """`<task>/<metric>` as the scores of a run are logged (e.g. sst2/acc), not a curve."""
+    return "/" in name and not name.startswith(CURVES)
+
 
 def variant_name(task: str, template: str) -> str:
     """The lm-eval task that renders `task` with `template` (tasks/<task>_<template>.yaml)."""

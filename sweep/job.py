@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import sys
@@ -19,10 +20,12 @@ from sweep import baseline_cache, baselines, distributed, tracking, trials
 from sweep.build import build, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
 from sweep.data import dataset_inputs
-from sweep.evaluate import Prompting, score
+from sweep.evaluate import Prompting, is_task_metric, score
 from sweep.methods import count_parameters
 from sweep.models import memory_footprint_mb
 from sweep.train import model_flops_utilization, train
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -96,7 +99,7 @@ def run_job(cfg: DictConfig) -> JobOutcome:
             sys.exit(2)
         return JobOutcome("INVALID", sweep_id(cfg), error=str(e))
     except TrialPruned as e:
-        print(f"[sft-sweep] pruned: {e}", flush=True)
+        log.info("pruned: %s", e)
         return JobOutcome("PRUNED", sweep_id(cfg))
     except Exception as e:
         if not is_multirun():
@@ -123,9 +126,8 @@ def reuse_baseline(cfg, experiment_id: str, name: str, tags: dict, source, files
         memory = peak_memory_mb()
         tracking.log_metrics(memory)
         metrics = baseline_cache.reuse(source) | memory
-        print(f"[sft-sweep] {name}: reusing the scores of run {source.info.run_id} (baseline cache; "
-              f"eval.cache=false scores again): " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if "/" in k),
-              flush=True)
+        log.info("%s: reusing the scores of run %s (baseline cache; eval.cache=false scores again): %s", name,
+                 source.info.run_id, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if is_task_metric(k)))
         return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics)
 
 
@@ -223,6 +225,6 @@ def score_and_record(cfg: DictConfig, built, name: str) -> dict[str, float]:
             tracking.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
     scored |= peak_memory_mb()
     tracking.log_metrics(scored)
-    shown = {k: f"{v:.4g}" for k, v in scored.items() if "/" in k} or {"scoring": "off (eval.enabled=false)"}
-    print(f"[sft-sweep] {name}: " + ", ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+    shown = {k: f"{v:.4g}" for k, v in scored.items() if is_task_metric(k)} or {"scoring": "off (eval.enabled=false)"}
+    log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in shown.items()))
     return scored

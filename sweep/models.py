@@ -7,6 +7,7 @@ tiny architecture built `from_config` with seeded random weights and the bundled
 
 from __future__ import annotations
 
+import logging
 import importlib.metadata
 import importlib.util
 import os
@@ -20,6 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import ConfigError
 from sweep.distributed import local_rank
+
+log = logging.getLogger(__name__)
 
 
 def bundled_gguf(gguf: DictConfig) -> Path:
@@ -69,7 +72,7 @@ def prepare_gguf_model(gguf: DictConfig, cache_dir: str | Path) -> Path:
 
     def convert(out: Path) -> None:
         src = bundled_gguf(gguf)
-        print(f"[sft-sweep] converting {src.name} to safetensors in {Path(cache_dir)} (once)", flush=True)
+        log.info("converting %s to safetensors in %s (once)", src.name, Path(cache_dir))
         tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
         quantized = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name)
         # transformers keeps GGUF models flagged as quantized (not serializable): rebuild a plain

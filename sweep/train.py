@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -13,6 +14,8 @@ from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, Train
 
 from sweep import tracking
 from sweep.data import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -101,7 +104,7 @@ UNPAGED = {
 def effective_optim(name: str) -> str:
     """`train.optim`, or its unpaged equivalent when no GPU is present."""
     if name in UNPAGED and not torch.cuda.is_available():
-        print(f"[sft-sweep] no GPU: train.optim={name} runs as {UNPAGED[name]} (paging needs GPU memory)", flush=True)
+        log.info("no GPU: train.optim=%s runs as %s (paging needs GPU memory)", name, UNPAGED[name])
         return UNPAGED[name]
     return name
 
