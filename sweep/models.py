@@ -7,9 +7,9 @@ tiny architecture built `from_config` with seeded random weights and the bundled
 
 from __future__ import annotations
 
-import logging
 import importlib.metadata
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile

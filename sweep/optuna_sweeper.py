@@ -31,8 +31,19 @@ from optuna.trial import TrialState
 
 from sweep import study_runs, trials
 from sweep.config import ConfigError
-from sweep.search import (STORAGE_ENV, HeartbeatThread, SearchSpace, fail_stale, grid_size, make_pruner,
-                          make_sampler, make_storage, parse_search_space, requeue, storage_url)
+from sweep.search import (
+    STORAGE_ENV,
+    HeartbeatThread,
+    SearchSpace,
+    fail_stale,
+    grid_size,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    parse_search_space,
+    requeue,
+    storage_url,
+)
 from sweep.tracking import open_experiment
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -64,6 +64,7 @@ def recorded_config(run_id: str) -> tuple[DictConfig, str]:
     defaults = compose_config()
     OmegaConf.set_struct(defaults, False)
     cfg = OmegaConf.merge(defaults, stored)
+    cfg.trial = defaults.trial  # a reproduction is a run of its own, not a trial of the study it came from
     old_root = str(stored.get("paths", {}).get("root", PROJECT_ROOT))
     for key in ("root", "data", "tasks", "cache"):
         cfg.paths[key] = str(moved(str(cfg.paths[key]), old_root))

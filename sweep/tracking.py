@@ -94,15 +94,14 @@ def open_experiment(tracking: DictConfig) -> str:
         exp = client.get_experiment_by_name(tracking.experiment)
         if exp is None:
             try:
-                exp_id = client.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking),
-                                                  tags=EXPERIMENT_KIND)
-                return exp_id
+                return client.create_experiment(tracking.experiment, artifact_location=artifact_location(tracking),
+                                                tags=EXPERIMENT_KIND)
             except mlflow.exceptions.MlflowException:
                 exp = client.get_experiment_by_name(tracking.experiment)  # another worker created it just now
                 if exp is None:
                     raise
         for key, value in EXPERIMENT_KIND.items():
-            if exp.tags.get(key) != value:
+            if key not in exp.tags:  # (an experiment made before the tag; a kind someone chose stays)
                 client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     except Exception as e:

@@ -52,7 +52,14 @@ def tiny():
 def run_sweep(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
     """`python sweep.py ARGS` as a user runs it; output captured."""
     return subprocess.run([sys.executable, "sweep.py", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=timeout, env=clean_env())
+
+
+def clean_env() -> dict[str, str]:
+    """This process's environment without the store variables: `mlflow.set_tracking_uri` (called by
+    any earlier test) sets MLFLOW_TRACKING_URI, which a child would take as its default store."""
+    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")} | {
+        "PYTHONUNBUFFERED": "1"}
 
 
 def runs_of(tracking_overrides: list[str], experiment: str = "sft-sweep"):

@@ -8,7 +8,7 @@ import sys
 import mlflow
 import pytest
 
-from tests.conftest import ROOT, runs_of
+from tests.conftest import ROOT, clean_env, runs_of
 
 pytestmark = pytest.mark.e2e
 # Sequential batches: the two processes' per-device batches of 2 are the single process's batch
@@ -20,7 +20,7 @@ LOSS_TOLERANCE = 0.02  # absolute, on a loss of ~10.8 (measured: 0.005)
 
 def launch(launcher: list[str], *args: str) -> subprocess.CompletedProcess:
     p = subprocess.run([*launcher, "sweep.py", *ARGS, *args], cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                       env=clean_env())
     assert p.returncode == 0, p.stderr[-3000:]
     return p
 

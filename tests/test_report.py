@@ -1,6 +1,5 @@
 """Comparison reports and reproduction, on a store filled by real tiny-model runs."""
 
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 from analysis import report
 from analysis.stats import mcnemar_exact, paired_compare
 from sweep.tracking import STUDY_METHOD
-from tests.conftest import ROOT, headless_chromium, TINY, optuna_args, run_sweep, runs_of
+from tests.conftest import ROOT, TINY, clean_env, headless_chromium, optuna_args, run_sweep, runs_of
 
 pytestmark = pytest.mark.e2e
 SEARCH = ["method.search.template=[default,plain]", "method.search.num_fewshot=[0,2]", "method.search.dev_size=16",
@@ -169,7 +168,7 @@ def test_html_report_renders_in_a_real_browser(store):
 
 def reproduce(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "reproduce.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                          timeout=600, env=clean_env())
 
 
 @pytest.fixture

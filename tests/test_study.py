@@ -9,8 +9,16 @@ from optuna.trial import TrialState
 
 from sweep import trials
 from sweep.config import PROJECT_ROOT, ConfigError
-from sweep.search import (STORAGE_ENV, HeartbeatThread, fail_stale, make_pruner, make_sampler, make_storage,
-                          parse_search_space, trial_seed)
+from sweep.search import (
+    STORAGE_ENV,
+    HeartbeatThread,
+    fail_stale,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    parse_search_space,
+    trial_seed,
+)
 
 SPACE = parse_search_space(["lora.r=choice(2,8,16)", "train.lr=tag(log,interval(1e-5,1e-2))"])
 

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from sweep.search import make_storage
 from sweep.tracking import STUDY_METHOD
-from tests.conftest import ROOT, TINY, headless_chromium
+from tests.conftest import ROOT, TINY, clean_env, headless_chromium
 
 pytestmark = pytest.mark.e2e
 N_TRIALS = 5
@@ -47,7 +47,7 @@ def wait_for(predicate, timeout: float, what: str):
 
 def test_three_hosts_one_study_one_dies(services, tmp_path):
     experiment, study_name = f"team-{uuid.uuid4().hex[:6]}", f"team-{uuid.uuid4().hex[:6]}"
-    env = {**os.environ, **services, "PYTHONUNBUFFERED": "1"}
+    env = clean_env() | services
     args = ["-m", "hydra/sweeper=optuna", *TINY, "train.max_steps=12", f"hydra.sweeper.n_trials={N_TRIALS}",
             f"hydra.sweeper.study_name={study_name}", "hydra.sweeper.heartbeat_interval=1",
             "hydra.sweeper.grace_period=5", "train.lr=tag(log,interval(1e-4,1e-2))", "lora.r=choice(1,2,4)",
