@@ -23,6 +23,7 @@ from sweep.data import dataset_inputs
 from sweep.evaluate import Prompting, is_task_metric, score
 from sweep.methods import count_parameters
 from sweep.models import memory_footprint_mb
+from sweep.search import prunes
 from sweep.train import model_flops_utilization, train
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def reuse_baseline(cfg, experiment_id: str, name: str, tags: dict, source, files
 
 def execute(cfg: DictConfig) -> JobOutcome:
     validate(cfg)
-    if distributed.world_size() > 1 and cfg.trial.pruner not in ("none", None):
+    if distributed.world_size() > 1 and prunes(cfg.trial.pruner):
         raise ConfigError(f"hydra.sweeper.pruner={cfg.trial.pruner} with {distributed.world_size()} training "
                           "processes: a pruned main process would leave the others waiting; use pruner=none")
     if not distributed.is_main():

@@ -31,19 +31,8 @@ from optuna.trial import TrialState
 
 from sweep import study_runs, trials
 from sweep.config import ConfigError
-from sweep.search import (
-    STORAGE_ENV,
-    HeartbeatThread,
-    SearchSpace,
-    fail_stale,
-    grid_size,
-    make_pruner,
-    make_sampler,
-    make_storage,
-    parse_search_space,
-    requeue,
-    storage_url,
-)
+from sweep.search import (STORAGE_ENV, HeartbeatThread, SearchSpace, fail_stale, grid_size, make_pruner,
+                          make_sampler, make_storage, parse_search_space, prunes, requeue, storage_url)
 from sweep.tracking import open_experiment
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -172,9 +161,9 @@ class OptunaSweeper(Sweeper):
         for d in self.directions:
             if d not in ("maximize", "minimize"):
                 raise ConfigError(f"hydra.sweeper.direction={d!r} is invalid: choose maximize or minimize")
-        if len(self.objectives) > 1 and self.pruner not in ("none", None):
+        if len(self.objectives) > 1 and prunes(self.pruner):
             raise ConfigError("hydra.sweeper.pruner: Optuna cannot prune multi-objective studies; use pruner=none")
-        if self.pruner not in ("none", None) and not self.config.eval.every_steps:
+        if prunes(self.pruner) and not self.config.eval.every_steps:
             raise ConfigError(f"hydra.sweeper.pruner={self.pruner} needs intermediate scores: set eval.every_steps "
                               "(e.g. eval.every_steps=10)")
         for key in ("n_trials", "n_jobs", "heartbeat_interval", "grace_period"):

@@ -159,12 +159,18 @@ class SeedPerTrial(optuna.samplers.BaseSampler):
 def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
     """`name`'s sampler; with a seed, re-seeded per trial (SeedPerTrial). Not the grid: it gives
     trial n the n-th point of its seeded shuffle, distinct across workers already."""
-    sampler = _sampler(name, seed, space)
-    return sampler if seed is None or name == "grid" else SeedPerTrial(lambda s: _sampler(name, s, space), seed)
+    if seed is None or name == "grid":
+        return _sampler(name, seed, space)
+    return SeedPerTrial(lambda s: _sampler(name, s, space), seed)
+
+
+def prunes(pruner: str | None) -> bool:
+    """Whether `hydra.sweeper.pruner` names a pruner (none and null do not)."""
+    return pruner not in ("none", None)
 
 
 def make_pruner(name: str) -> optuna.pruners.BasePruner:
-    if name in ("none", None):
+    if not prunes(name):
         return optuna.pruners.NopPruner()
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)

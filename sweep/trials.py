@@ -16,7 +16,7 @@ import optuna
 from omegaconf import DictConfig
 
 from sweep.config import ConfigError
-from sweep.search import STORAGE_ENV, make_pruner, make_storage
+from sweep.search import STORAGE_ENV, make_pruner, make_storage, prunes
 
 
 @dataclass
@@ -58,7 +58,7 @@ def attach(cfg: DictConfig) -> TrialContext | None:
                               sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(t.pruner))
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
     return TrialContext(optuna.Trial(study, trial_id), t.study_name, list(t.objectives), t.parent_run_id,
-                        pruning=t.pruner not in ("none", None))
+                        pruning=prunes(t.pruner))
 
 
 def report_callback(ctx: TrialContext | None, score_slice, every_steps: int, slice_size: int, log_metrics):
