@@ -362,26 +362,12 @@ class Bench:
 
     # 7 -------------------------------------------------------------------------------------------
     def team_study(self) -> dict:
-        import shutil
-        import socket
-
-        def free_port() -> int:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                return sock.getsockname()[1]
+        from scripts.services import throwaway
 
         n = self.p["team_trials"]
         study = ["-m", "hydra/sweeper=optuna", "model=tiny", "data.max_train_samples=32", "train.batch_size=4",
                  f"train.max_steps={self.p['team_steps']}", "eval.limit=8", f"hydra.sweeper.n_trials={n}",
                  "hydra.sweeper.sampler=random", "lora.r=choice(1,2,4,8)", "train.lr=tag(log,interval(1e-4,1e-2))"]
-        root = Path(tempfile.mkdtemp(prefix="bench-services-"))  # reachable by the postgres user
-        os.chmod(root, 0o755)
-        services = [sys.executable, str(ROOT / "scripts" / "services.py")]
-        subprocess.run([*services, "start", "--root", str(root), "--pg-port", str(free_port()),
-                        "--mlflow-port", str(free_port())], check=True, capture_output=True)
-        team = dict(line.removeprefix("export ").split("=", 1) for line in (root / "env").read_text().splitlines())
-        team = {k: v.strip("'") for k, v in team.items()}
-        local = {k: v for k, v in os.environ.items() if k not in team}
 
         def timed(name: str, env: dict, *extra: str) -> float:
             start = time.perf_counter()
@@ -391,13 +377,11 @@ class Bench:
                                stderr=subprocess.STDOUT, check=True, env=env)
             return time.perf_counter() - start
 
-        try:
+        with throwaway("bench-services-") as team:
+            local = {k: v for k, v in os.environ.items() if k not in team}
             embedded = timed("team-embedded", local, f"hydra.sweeper.storage={self.work}/team.journal", *self.track)
             server_1 = timed("team-server-1", local | team)
             server_2 = timed("team-server-2", local | team, "hydra.sweeper.n_jobs=2")
-        finally:
-            subprocess.run([*services, "stop", "--root", str(root)], capture_output=True)
-            shutil.rmtree(root, ignore_errors=True)
         per_hour = lambda seconds: n / seconds * 3600  # noqa: E731
         return {"trials": n, "embedded_seconds": embedded, "server_1_worker_seconds": server_1,
                 "server_2_workers_seconds": server_2,

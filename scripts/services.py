@@ -22,10 +22,13 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -131,6 +134,32 @@ def alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def read_env(root: Path) -> dict[str, str]:
+    """The variables `write_env` wrote (what `source <root>/env` sets)."""
+    pairs = (line.removeprefix("export ").split("=", 1) for line in (root / "env").read_text().splitlines())
+    return {k: v.strip("'") for k, v in pairs}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def throwaway(prefix: str = "sft-sweep-services-"):
+    """Both servers in a fresh temporary folder on free ports, for tests and benchmarks; yields
+    their environment (MLFLOW_TRACKING_URI, OPTUNA_STORAGE); stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)  # (mkdtemp makes it private, and the postgres user must reach the cluster)
+    try:
+        start(root, free_port(), free_port())
+        yield read_env(root)
+    finally:
+        stop(root)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def write_env(root: Path, pg_port: int, mlflow_port: int) -> Path:

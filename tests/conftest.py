@@ -13,9 +13,6 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# A developer's shell may point at the team's servers (`source .services/env`): tests choose their own.
-for _var in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE"):
-    os.environ.pop(_var, None)
 
 import sweep  # noqa: E402,F401  (registers resolvers)
 from sweep.tracking import STUDY_METHOD  # noqa: E402
@@ -32,6 +29,18 @@ def compose(*overrides: str):
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
+
+
+STORE_VARIABLES = ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")
+
+
+@pytest.fixture(autouse=True)
+def no_store_variables(monkeypatch):
+    """Tests choose their own stores. A developer's shell may point at the team's servers
+    (`source .services/env`), and `mlflow.set_tracking_uri`, called by any earlier test, sets
+    MLFLOW_TRACKING_URI in this process, which later defaults would take."""
+    for name in STORE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -56,10 +65,9 @@ def run_sweep(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.Co
 
 
 def clean_env() -> dict[str, str]:
-    """This process's environment without the store variables: `mlflow.set_tracking_uri` (called by
-    any earlier test) sets MLFLOW_TRACKING_URI, which a child would take as its default store."""
-    return {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "OPTUNA_STORAGE")} | {
-        "PYTHONUNBUFFERED": "1"}
+    """The environment for a child process: without the store variables (`mlflow.set_tracking_uri`
+    in this test may have set MLFLOW_TRACKING_URI since `no_store_variables` ran)."""
+    return {k: v for k, v in os.environ.items() if k not in STORE_VARIABLES} | {"PYTHONUNBUFFERED": "1"}
 
 
 def runs_of(tracking_overrides: list[str], experiment: str = "sft-sweep"):
@@ -95,34 +103,15 @@ def children(tracking):
     return runs[runs["tags.method"] != STUDY_METHOD], runs[runs["tags.method"] == STUDY_METHOD]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def services():
     """The team's servers, started as `make services` starts them (scripts/services.py): a
     PostgreSQL cluster and an `mlflow server` over it, on free ports. Yields the environment a
     worker gets from `source <root>/env` (MLFLOW_TRACKING_URI, OPTUNA_STORAGE)."""
-    import shutil
-    import tempfile
+    from scripts.services import throwaway
 
-    root = Path(tempfile.mkdtemp(prefix="sft-sweep-services-"))  # (pytest's tmp folders are private to root,
-    os.chmod(root, 0o755)                                         # and the postgres user must reach the cluster)
-    script = [sys.executable, str(ROOT / "scripts" / "services.py")]
-    ports = ["--pg-port", str(free_port()), "--mlflow-port", str(free_port())]
-    p = subprocess.run([*script, "start", "--root", str(root), *ports], capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-2000:]
-    env = dict(line.removeprefix("export ").split("=", 1) for line in (root / "env").read_text().splitlines())
-    try:
-        yield {k: v.strip("'") for k, v in env.items()}
-    finally:
-        subprocess.run([*script, "stop", "--root", str(root)], capture_output=True, timeout=120)
-        shutil.rmtree(root, ignore_errors=True)
+    with throwaway() as env:
+        yield env
 
 
 @contextmanager

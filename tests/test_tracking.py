@@ -10,7 +10,6 @@ from tests.conftest import compose
 
 
 def test_the_tracking_uri_follows_MLFLOW_TRACKING_URI(monkeypatch, tmp_path):
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # (mlflow.set_tracking_uri sets it, in any test)
     assert compose().tracking.uri == default_tracking_uri() == f"sqlite:///{compose().paths.root}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.team:5000")
     assert compose().tracking.uri == default_tracking_uri() == "http://mlflow.team:5000"
