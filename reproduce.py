@@ -1,12 +1,13 @@
 """Re-run a recorded run and compare every metric (see sweep/reproduce.py).
 
-    python reproduce.py RUN_ID [--strict] [--rtol R] [--tracking-uri URI]
+    python reproduce.py RUN_ID [--strict] [--rtol R] [--tracking-uri URI] [--allow KEY ...]
     python reproduce.py --from-optuna STUDY[:TRIAL] [...]     (default trial: the study's best)
 
 Exit status: 0 identical (or within --rtol), 1 different, 2 refused or bad input.
 """
 
 import argparse
+import os
 import sys
 
 import mlflow
@@ -23,8 +24,11 @@ def main(argv=None) -> int:
     p.add_argument("--from-optuna", metavar="STUDY[:TRIAL]", help="reproduce an Optuna trial (default: the best)")
     p.add_argument("--strict", action="store_true", help="refuse when the code or data differ from the run's")
     p.add_argument("--rtol", type=float, help="relative tolerance (default: 0 on the CPU, 1e-3 on a GPU)")
+    p.add_argument("--allow", action="append", default=[], metavar="KEY",
+                   help="take this stored key (e.g. model.name_or_path) from the run instead of this checkout")
     p.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     a = p.parse_args(argv)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr carries the one-line errors
     if bool(a.run_id) == bool(a.from_optuna):
         p.error("give a RUN_ID or --from-optuna STUDY[:TRIAL] (one of them)")
     try:
@@ -33,8 +37,10 @@ def main(argv=None) -> int:
         run_id = a.run_id
         if a.from_optuna:
             study, _, trial = a.from_optuna.partition(":")
+            if trial and not trial.isdigit():
+                raise ConfigError(f"--from-optuna {a.from_optuna}: TRIAL must be a trial number, e.g. {study}:3")
             run_id = find_trial_run(study, int(trial) if trial else None)
-        return reproduce(run_id, a.strict, a.rtol)
+        return reproduce(run_id, a.strict, a.rtol, a.allow)
     except (ConfigError, mlflow.exceptions.MlflowException) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

@@ -126,7 +126,7 @@ def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed:
     if model_cfg.name_or_path:
         source = model_cfg.name_or_path
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(source, **load)
+        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **load)  # never unpickle weights
     elif model_cfg.from_config:
         tokenizer = AutoTokenizer.from_pretrained(prepare_gguf_tokenizer(model_cfg.gguf, cache_dir))
         arch = OmegaConf.to_container(model_cfg.from_config, resolve=True)

@@ -1,10 +1,13 @@
 """Re-run a recorded run from what MLflow holds, and compare every metric with the original.
 
-The run's resolved `config.yaml` is what ran, value for value; it is laid over today's defaults
-(keys added since then get their defaults) and re-run in process as a new MLflow run tagged
-`reproduces=<run id>`. Before any compute the code version (git commit) and the data (sha256 of
-every file read) are checked against the run's: a difference is a warning, or with `strict` a
-refusal. On the CPU, with the same seed, every metric must come out identical; elsewhere within
+A store may be shared by a team, so what it holds is untrusted input: only the run's
+hyperparameters (TAKEN: model choice, method, LoRA, prompt, data, training, scoring, seed) are laid
+over today's defaults; paths, include paths, model locations, trust_remote_code and tracking are
+this checkout's. A stored value anywhere else that differs from today's is shown and refused unless
+named with `--allow`; an interpolation (`${...}`) or a key today's config lacks is refused. The
+re-run is a new MLflow run tagged `reproduces=<run id>`. Before any compute the code version (git
+commit) and every data file the re-run reads (sha256, against the run's record) are checked: a
+difference, or a file the run has no hash for, is a warning, or with `strict` a refusal. On the CPU, with the same seed, every metric must come out identical; elsewhere within
 `rtol`. Wall-clock and memory figures are shown but not compared.
 """
 
@@ -16,11 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from sweep.config import PROJECT_ROOT, ConfigError, compose_config
 from sweep.data import sha256
-from sweep.tracking import STUDY_METHOD, git_state
+from sweep.tracking import STUDY_METHOD, git_state, redact
 
 VOLATILE = ("_seconds", "_per_second", "peak_rss_mb", "peak_gpu_mb")  # timings and memory: not compared
 
@@ -33,6 +38,9 @@ class Check:
 
 def find_trial_run(study: str, trial: int | None) -> str:
     """The MLflow run of an Optuna trial (default: the study's best finished trial)."""
+    if not study or "'" in study or "\\" in study:
+        raise ConfigError(f"--from-optuna {study!r}: not a study name (no quotes or backslashes); "
+                          f"`optuna studies --storage URL` lists them")
     runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`optuna.study_name` = '{study}'")
     if runs.empty:
         raise ConfigError(f"--from-optuna {study}: no MLflow runs of an Optuna study named {study!r} "
@@ -57,27 +65,104 @@ def find_trial_run(study: str, trial: int | None) -> str:
     return kids.loc[best, "run_id"]
 
 
-def recorded_config(run_id: str) -> tuple[DictConfig, str]:
-    """The run's resolved config laid over today's defaults, its paths moved to this checkout;
-    and the project root it ran in."""
-    stored = OmegaConf.create(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
-    defaults = compose_config()
-    OmegaConf.set_struct(defaults, False)
-    cfg = OmegaConf.merge(defaults, stored)
-    cfg.trial = defaults.trial  # a reproduction is a run of its own, not a trial of the study it came from
-    old_root = str(stored.get("paths", {}).get("root", PROJECT_ROOT))
-    for key in ("root", "data", "tasks", "cache"):
-        cfg.paths[key] = str(moved(str(cfg.paths[key]), old_root))
-    return cfg, old_root
+# What defines an experiment: taken from the stored run.
+TAKEN = ("seed", "method", "lora", "prompt", "data", "train", "eval", "model.name", "model.dtype",
+         "model.attn_implementation")
+NOT_TAKEN = ("eval.include_paths",)  # where task YAMLs (and the code they name) are found: never from a store
+# Where things are and where results go: always this checkout's, whatever the run had.
+LOCAL = ("paths", "tracking", "trial")
+CHOSEN = ("model", "method", "data")  # config groups whose option the stored `name` picks
 
 
-def moved(path: str, old_root: str) -> Path:
-    """`path` in this checkout when it lay under the run's project root, else unchanged."""
-    return Path(str(PROJECT_ROOT) + path[len(old_root):]) if path.startswith(old_root) else Path(path)
+def under(key: str, prefixes) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
-def check_inputs(run, old_root: str) -> list[Check]:
-    """The code version and the data files against the run's."""
+def leaves(stored, here, prefix: str = "") -> dict:
+    """Dotted key -> value of the stored config, descending into a mapping only where today's
+    config has a mapping too (so `lora.rank_pattern: {k_proj: 6}` stays one value)."""
+    out = {}
+    for key, value in stored.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value and isinstance(here, dict) and isinstance(here.get(key), dict):
+            out |= leaves(value, here[key], dotted + ".")
+        else:
+            out[dotted] = value
+    return out
+
+
+def stored_config(text: str) -> dict:
+    """The run's config.yaml as plain data; refused if it holds an interpolation anywhere (a
+    `${oc.env:...}` in a store would read this machine's environment into the new run)."""
+    try:
+        stored = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"the run's config.yaml is not valid YAML ({str(e).splitlines()[0]}); refused") from None
+    if not isinstance(stored, dict):
+        raise ConfigError("the run's config.yaml is not a mapping of config keys; refused")
+
+    def walk(node, key):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{key}.{k}" if key else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{key}[{i}]")
+        elif isinstance(node, str) and "${" in node:
+            raise ConfigError(f"the run's config.yaml holds an interpolation at {key} ({node[:60]!r}); a recorded "
+                              f"config holds plain values, so this one was not written by the harness: refused")
+    walk(stored, "")
+    return stored
+
+
+def group_choices(stored: dict) -> list[str]:
+    """`model=NAME` etc. for the groups whose option the run named, each checked against conf/."""
+    overrides = []
+    for group in CHOSEN:
+        name = (stored.get(group) or {}).get("name") if isinstance(stored.get(group), dict) else None
+        options = sorted(f.stem for f in (PROJECT_ROOT / "conf" / group).glob("*.yaml") if not f.stem.startswith("_"))
+        if name not in options:
+            raise ConfigError(f"the run's {group}.name={name!r} is not an option of conf/{group}/ "
+                              f"({', '.join(options)}); refused")
+        overrides.append(f"{group}={name}")
+    return overrides
+
+
+def recorded_config(run_id: str, allow=(), log=print) -> tuple[DictConfig, str]:
+    """Today's config with the run's hyperparameters (TAKEN) laid over it; and the data folder the
+    run read. Paths, tracking and the trial come from this checkout. Any other stored value that
+    differs from today's default (a model location, trust_remote_code, include paths, ...) is
+    shown and refused unless named in `allow`. Struct mode stays on: a key today's config does
+    not have is refused too."""
+    stored = stored_config(mlflow.artifacts.load_text(f"runs:/{run_id}/config.yaml"))
+    cfg = compose_config(group_choices(stored))
+    here = OmegaConf.to_container(cfg, resolve=True)
+    values = leaves(stored, here)
+    today = leaves(here, here)
+    differing = {k: v for k, v in values.items()
+                 if not under(k, LOCAL) and (not under(k, TAKEN) or under(k, NOT_TAKEN)) and today.get(k, ...) != v}
+    refused = sorted(set(differing) - set(allow))
+    for key in refused:
+        log(f"  REFUSED  {key}: the run has {redact(repr(differing[key]))[:200]}, "
+            f"this checkout {redact(repr(today.get(key, '(no such key)')))[:200]}")
+    if refused:
+        raise ConfigError(f"the run's config sets {', '.join(refused)}, which reproduce.py takes from this checkout, "
+                          f"not from a store; pass --allow KEY for each to use the stored value")
+    for key, value in values.items():
+        if (under(key, TAKEN) and not under(key, NOT_TAKEN)) or key in differing:
+            try:
+                OmegaConf.update(cfg, key, value, merge=False)
+            except OmegaConfBaseException as e:
+                raise ConfigError(f"the run's config has {key}, which today's config cannot take "
+                                  f"({type(e).__name__}); refused") from None
+    return cfg, str((stored.get("paths") or {}).get("data", ""))
+
+
+def check_inputs(run, cfg: DictConfig, old_data: str) -> list[Check]:
+    """The code version, and every data file the re-run will read against the hash the run
+    recorded for it (a file the run recorded no hash for is a warning: the record is incomplete)."""
+    from sweep.build import load_project_tasks, task_files
+
     checks = []
     commit, dirty = git_state()
     recorded = run.data.tags.get("git_commit", "unknown")
@@ -90,15 +175,25 @@ def check_inputs(run, old_root: str) -> list[Check]:
     else:
         checks.append(Check(True, f"code: commit {commit[:12]}, as recorded"))
     hashes = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/data_sha256.json")
-    for path, digest in sorted(hashes.items()):
-        here = moved(path, old_root)
-        if not here.is_file():
-            checks.append(Check(False, f"data: {here} is missing (the run read {path})"))
+    by_relative = {relative(path, old_data): digest for path, digest in hashes.items() if isinstance(digest, str)}
+    for here in task_files(load_project_tasks(cfg)[1]):
+        digest = by_relative.get(relative(str(here), str(cfg.paths.data)))
+        if digest is None:
+            checks.append(Check(False, f"data: the run recorded no hash for {here}, so its data cannot be checked"))
         elif (now := sha256(here)) != digest:
-            checks.append(Check(False, f"data: {here} changed since the run (sha256 {digest[:12]} -> {now[:12]})"))
+            checks.append(Check(False, f"data: {here} differs from what the run read "
+                                       f"(sha256 {digest[:12]} -> {now[:12]})"))
         else:
-            checks.append(Check(True, f"data: {here} unchanged"))
+            checks.append(Check(True, f"data: {here} as the run read it"))
     return checks
+
+
+def relative(path: str, folder: str) -> str:
+    """`path` relative to the data folder it was read from (the key that matches across checkouts)."""
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        return path
 
 
 def metric_values(run_id: str) -> dict[str, float]:
@@ -137,7 +232,7 @@ def format_comparison(rows) -> str:
     return "\n".join(lines)
 
 
-def reproduce(run_id: str, strict: bool, rtol: float | None, log=print) -> int:
+def reproduce(run_id: str, strict: bool, rtol: float | None, allow=(), log=print) -> int:
     """Check, re-run and compare; the exit status (0 same, 1 different, 2 refused)."""
     import torch
 
@@ -147,8 +242,8 @@ def reproduce(run_id: str, strict: bool, rtol: float | None, log=print) -> int:
     run = client.get_run(run_id)
     if run.info.status != "FINISHED":
         raise ConfigError(f"run {run_id} is {run.info.status}: only a finished run has metrics to compare")
-    cfg, old_root = recorded_config(run_id)
-    checks = check_inputs(run, old_root)
+    cfg, old_data = recorded_config(run_id, allow, log)
+    checks = check_inputs(run, cfg, old_data)
     for c in checks:
         log(("  ok    " if c.ok else "  WARN  ") + c.message)
     if strict and not all(c.ok for c in checks):

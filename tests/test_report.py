@@ -194,16 +194,70 @@ def test_reproduce_gives_identical_metrics_and_tags_the_new_run(one_run):
         assert new[f"metrics.{m}"] == run[f"metrics.{m}"], m
 
 
-def test_reproduce_warns_about_changed_data_and_refuses_with_strict(one_run):
-    run, uri, data = one_run
-    train = data / "sst2" / "train.jsonl"
-    train.write_text(train.read_text().replace("a", "b", 1))
-    p = reproduce(run["run_id"], "--tracking-uri", uri, "--strict")
-    assert p.returncode == 2 and "WARN  data: " in p.stdout and "changed since the run" in p.stdout
+def plant(uri: str, run: dict, config=None, hashes=None, files=()) -> str:
+    """A FINISHED run written into the store by someone else: the given run's config.yaml (edited
+    by `config(text)`), data hashes and extra artifacts, at this checkout's commit."""
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient()
+    text = mlflow.artifacts.load_text(f"runs:/{run['run_id']}/config.yaml")
+    planted = client.create_run(run["experiment_id"], tags={"git_commit": run["tags.git_commit"],
+                                                            "git_dirty": "false"}, run_name="planted")
+    rid = planted.info.run_id
+    client.log_text(rid, config(text) if config else text, "config.yaml")
+    client.log_dict(rid, hashes if hashes is not None else
+                    mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/data_sha256.json"),
+                    "data_sha256.json")
+    for name, body in files:
+        client.log_text(rid, body, name)
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+def test_reproduce_warns_about_changed_or_unrecorded_data_and_refuses_with_strict(one_run):
+    run, uri, _ = one_run
+    before = len(runs_of([f"tracking.uri={uri}"]))
+    mlflow.set_tracking_uri(uri)
+    recorded = mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/data_sha256.json")
+    stale = plant(uri, run, hashes=dict.fromkeys(recorded, "0" * 64))
+    p = reproduce(stale, "--tracking-uri", uri, "--strict")
+    assert p.returncode == 2 and "WARN  data: " in p.stdout and "differs from what the run read" in p.stdout
     assert "refused (--strict)" in p.stdout
-    assert len(mlflow.search_runs(experiment_names=["sft-sweep"])) == 1  # nothing re-ran
-    p = reproduce(run["run_id"], "--tracking-uri", uri)
+    unrecorded = plant(uri, run, hashes={})  # an empty record must not pass as "nothing changed"
+    p = reproduce(unrecorded, "--tracking-uri", uri, "--strict")
+    assert p.returncode == 2 and "the run recorded no hash for" in p.stdout and "refused (--strict)" in p.stdout
+    assert len(runs_of([f"tracking.uri={uri}"])) == before + 2  # nothing re-ran
+    p = reproduce(stale, "--tracking-uri", uri)
     assert "WARN  data: " in p.stdout and "re-running" in p.stdout
+
+
+def test_reproduce_takes_hyperparameters_not_code_from_a_crafted_run(one_run, tmp_path):
+    """The attack of issue 15: a planted run whose own artifacts hold a task YAML and a Python hook,
+    with eval.include_paths pointing at them. Nothing of it runs; each planted value is refused by name."""
+    run, uri, _ = one_run
+    marker = tmp_path / "executed"
+    hook = f"from pathlib import Path\nPath({str(marker)!r}).write_text('pwned')\ndef doc(x):\n    return x\n"
+    task = "task: sst2\ndataset_path: json\noutput_type: multiple_choice\ndoc_to_text: !function evil.doc\n"
+    before = len(runs_of([f"tracking.uri={uri}"]))
+    evil = plant(uri, run, files=[("tasks/evil.py", hook), ("tasks/sst2.yaml", task)])
+    folder = mlflow.artifacts.download_artifacts(f"runs:/{evil}/tasks", tracking_uri=uri, dst_path=str(tmp_path / "a"))
+    cases = {
+        "eval.include_paths": lambda t: t.replace("include_paths: []", f"include_paths:\n  - {folder}"),
+        "model.trust_remote_code": lambda t: t.replace("trust_remote_code: false", "trust_remote_code: true"),
+        "model.name_or_path": lambda t: t.replace("name_or_path: null", f"name_or_path: {folder}", 1),
+        "interpolation at train.lr": lambda t: t.replace("  lr: 0.001", "  lr: ${oc.env:HOME}"),
+        "train.no_such_key": lambda t: t.replace("  lr: 0.001", "  lr: 0.001\n  no_such_key: 1"),
+    }
+    for expected, edit in cases.items():
+        crafted = plant(uri, run, config=edit)
+        p = reproduce(crafted, "--tracking-uri", uri, "--strict")
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, expected
+        assert expected in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert not marker.exists()
+    # Named with --allow, a guarded key is taken; a key today's config lacks is still refused.
+    crafted = plant(uri, run, config=cases["train.no_such_key"])
+    p = reproduce(crafted, "--tracking-uri", uri, "--allow", "train.no_such_key")
+    assert p.returncode == 2 and "train.no_such_key, which today's config cannot take" in p.stderr
+    assert not marker.exists() and len(runs_of([f"tracking.uri={uri}"])) == before + 2 + len(cases)
 
 
 def test_reproduce_an_optuna_trial(store):
