@@ -15,6 +15,7 @@ import mlflow
 import sweep  # noqa: F401  (resolvers)
 from sweep.config import ConfigError, default_tracking_uri
 from sweep.reproduce import find_trial_run, reproduce
+from sweep.secrets import guard_output, redact
 from sweep.tracking import require_store
 
 
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
                    help="take this stored key (e.g. model.name_or_path) from the run instead of this checkout")
     p.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     a = p.parse_args(argv)
+    guard_output()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr carries the one-line errors
     if bool(a.run_id) == bool(a.from_optuna):
         p.error("give a RUN_ID or --from-optuna STUDY[:TRIAL] (one of them)")
@@ -42,7 +44,7 @@ def main(argv=None) -> int:
             run_id = find_trial_run(study, int(trial) if trial else None)
         return reproduce(run_id, a.strict, a.rtol, a.allow)
     except (ConfigError, mlflow.exceptions.MlflowException) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"error: {redact(str(e).splitlines()[0])}", file=sys.stderr)
         return 2
 
 

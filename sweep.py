@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 import sweep  # noqa: F401  (registers the config resolvers)
 from sweep.overrides import exit_on_bad_overrides
+from sweep.secrets import guard_output
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
@@ -20,5 +21,6 @@ def main(cfg: DictConfig):
 
 
 if __name__ == "__main__":
+    guard_output()  # credentials in URLs never reach the terminal, logs or tracebacks
     exit_on_bad_overrides(sys.argv[1:])  # one clear line for an unknown key or option
     main()

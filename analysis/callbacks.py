@@ -9,6 +9,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from sweep.distributed import is_main
+from sweep.secrets import redact
 
 
 class SummaryCallback(Callback):
@@ -41,7 +42,7 @@ class SummaryCallback(Callback):
         if failed:
             print(f"{len(failed)} of {len(self.outcomes)} jobs did not finish:", file=sys.stderr)
             for o in failed:
-                print(f"  {o.status}: {o.error}", file=sys.stderr)
+                print(f"  {o.status}: {redact(o.error or '')}", file=sys.stderr)
             # Optuna sweeps tolerate failed trials (up to hydra.sweeper.max_failures); a grid does not.
             if not optuna:
                 sys.exit(1)
@@ -57,4 +58,4 @@ class SummaryCallback(Callback):
         try:
             print(summary_text(config.tracking.uri, config.tracking.experiment, sid), flush=True)
         except Exception as e:  # the table is a convenience; never fail a finished sweep over it
-            print(f"(no summary table: {type(e).__name__}: {e})", file=sys.stderr)
+            print(redact(f"(no summary table: {type(e).__name__}: {e})"), file=sys.stderr)

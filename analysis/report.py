@@ -24,6 +24,7 @@ from analysis.render import Report, write
 from analysis.stats import paired_compare
 from analysis.summary import (BASELINES, DEGENERATE_SHARE, STRONGEST, STUDY, References, band_lines, fmt, group_key,
                               main_metrics, references, search_runs, tag, template)
+from sweep.secrets import guard_output, redact
 
 # The LoRA paper's Table 5 columns, in its order.
 WEIGHT_TYPES = [("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "k_proj"), ("q_proj", "v_proj"),
@@ -322,7 +323,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
     scope = f"sweep {sweep_id}" if sweep_id else "all sweeps"
     rep = Report(
         title=f"Experiment {experiment}: {scope}",
-        intro=[f"{len(runs[runs['tags.method'] != STUDY])} runs in MLflow ({mlflow.get_tracking_uri()}): "
+        intro=[f"{len(runs[runs['tags.method'] != STUDY])} runs in MLflow ({redact(mlflow.get_tracking_uri())}): "
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
                "Each run is compared with (a) the strongest prompt-only or in-context baseline of the same model "
                "and eval.limit, chosen on a development slice of the train split (method=strongest_baseline), and "
@@ -365,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     from sweep.config import PROJECT_ROOT, ConfigError, default_tracking_uri
     from sweep.tracking import require_store
 
+    guard_output()
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True, help="MLflow experiment name (e.g. quickstart)")
     p.add_argument("--sweep-id", help="only this sweep's runs (plus the experiment's baselines)")
@@ -376,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.set_tracking_uri(a.tracking_uri)
         rep, csv = build_report(a.experiment, a.sweep_id)
     except (ReportError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     out = Path(a.out or PROJECT_ROOT / "reports" / a.experiment)
     files = write(rep, csv, out)

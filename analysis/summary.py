@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 import mlflow
 import pandas as pd
 
-from sweep.tracking import STUDY_METHOD as STUDY, is_server, redact, runs_page
+from sweep.secrets import guard_output, redact
+from sweep.tracking import STUDY_METHOD as STUDY
+from sweep.tracking import is_server, runs_page
 
 BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
 STRONGEST = "strongest_baseline"
@@ -32,7 +34,7 @@ def search_runs(experiment: str, filter_string: str = "") -> pd.DataFrame:
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        uri = mlflow.get_tracking_uri()
+        uri = redact(mlflow.get_tracking_uri())
         names = [e.name for e in client.search_experiments() if e.name != "Default"]
         if not names:
             raise LookupError(f"the tracking store {uri} holds no experiments yet: run `make run` or "
@@ -232,6 +234,7 @@ def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None) -> st
 def main(argv=None) -> None:
     from sweep.config import default_tracking_uri
 
+    guard_output()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True)
     p.add_argument("--sweep-id", help="default: the experiment's latest sweep")

@@ -24,6 +24,7 @@ from sweep.evaluate import Prompting, is_task_metric, score
 from sweep.methods import count_parameters
 from sweep.models import memory_footprint_mb
 from sweep.search import prunes
+from sweep.secrets import guard_output, redact
 from sweep.train import model_flops_utilization, train
 
 log = logging.getLogger(__name__)
@@ -91,11 +92,12 @@ def use_all_cores() -> None:
 def run_job(cfg: DictConfig) -> JobOutcome:
     """Run one job. In a multirun a failure is recorded and reported, and the sweep goes on;
     a single run exits non-zero (2 for bad input, with a one-line message)."""
+    guard_output()  # (again: a launcher's worker process may not have come through sweep.py)
     tracking.install_signal_handlers()
     try:
         return execute(cfg)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+        print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
         if not is_multirun():
             sys.exit(2)
         return JobOutcome("INVALID", sweep_id(cfg), error=str(e))
@@ -105,8 +107,8 @@ def run_job(cfg: DictConfig) -> JobOutcome:
     except Exception as e:
         if not is_multirun():
             raise
-        traceback.print_exc()  # the MLflow run (if it started) is FAILED with this traceback
-        return JobOutcome("FAILED", sweep_id(cfg), error=f"{type(e).__name__}: {e}")
+        print(redact(traceback.format_exc()), file=sys.stderr)  # the MLflow run (if it started) is FAILED with it
+        return JobOutcome("FAILED", sweep_id(cfg), error=redact(f"{type(e).__name__}: {e}"))
 
 
 def intermediate_scoring(cfg: DictConfig, built, trial) -> list:

@@ -9,9 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import ConfigError, close_matches
+from sweep.secrets import redact
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -38,7 +40,12 @@ def check_overrides(args: list[str], defaults: DictConfig) -> None:
     `defaults` is the composed default config; keys that a group option adds are looked up in
     that option's YAML too (e.g. `model.from_config.hidden_size` with `model=tiny`).
     """
-    overrides = [o for o in OverridesParser.create().parse_overrides([a for a in args if "=" in a])
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a])
+    except OverrideParseException as e:
+        raise ConfigError(f"{e.override}: not an override Hydra can parse ({str(e).splitlines()[0]}); quote a value "
+                          f"with special characters, e.g. key='a=b?c'") from None
+    overrides = [o for o in parsed
                  if not o.is_hydra_override() and not o.is_add() and not o.is_force_add() and not o.is_delete()]
     chosen = {o.key_or_group: o for o in overrides if (CONF / o.key_or_group).is_dir()}
     for group, o in chosen.items():
@@ -73,5 +80,5 @@ def exit_on_bad_overrides(argv: list[str]) -> None:
     try:
         check_overrides([a for a in argv if not a.startswith("-")], defaults)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)

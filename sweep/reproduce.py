@@ -25,7 +25,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sweep.config import PROJECT_ROOT, ConfigError, compose_config
 from sweep.data import sha256
-from sweep.tracking import STUDY_METHOD, git_state, redact
+from sweep.secrets import redact
+from sweep.tracking import STUDY_METHOD, git_state
 
 VOLATILE = ("_seconds", "_per_second", "peak_rss_mb", "peak_gpu_mb")  # timings and memory: not compared
 
@@ -44,7 +45,7 @@ def find_trial_run(study: str, trial: int | None) -> str:
     runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`optuna.study_name` = '{study}'")
     if runs.empty:
         raise ConfigError(f"--from-optuna {study}: no MLflow runs of an Optuna study named {study!r} "
-                          f"at {mlflow.get_tracking_uri()}")
+                          f"at {redact(mlflow.get_tracking_uri())}")
     parent = runs[runs["tags.method"] == STUDY_METHOD]
     kids = runs[(runs["tags.method"] != STUDY_METHOD) & (runs["status"] == "FINISHED")]
     if trial is not None:

@@ -18,7 +18,8 @@ from pathlib import Path
 import mlflow
 import optuna
 
-from sweep.tracking import STUDY_METHOD, redact
+from sweep.secrets import redact
+from sweep.tracking import STUDY_METHOD
 
 PARENT_ATTR = "mlflow_parent_run_id"  # the study user attribute that names its parent run
 PARENT_WAIT_SECONDS = 60  # how long a worker waits for the study's creator to record the parent

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
-import re
 import shlex
 import signal
 import subprocess
@@ -24,6 +23,7 @@ from optuna.exceptions import TrialPruned
 from sweep.baselines import Variant, template_suffix
 from sweep.config import PROJECT_ROOT, PROMPT_LEARNING, ConfigError
 from sweep.distributed import world_size
+from sweep.secrets import redact
 
 # What an experiment holds, for the MLflow UI: model training, not GenAI traces. MLflow 3.17's UI
 # reads this tag only when its GenAI / model-training switch is off; with the switch (the default)
@@ -32,13 +32,6 @@ from sweep.distributed import world_size
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the embedded store
 STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow parent run
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][\w+.-]*://)(?P<user>[^:/@\s]+):(?P<secret>[^@\s]+)@")
-
-
-def redact(text: str) -> str:
-    """Hide passwords in URLs (`postgresql://user:secret@host` -> `postgresql://user:***@host`), so
-    that tracking and storage URIs with credentials never reach MLflow params or artifacts."""
-    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", text)
 
 
 def init_store(uri: str) -> None:
@@ -226,7 +219,12 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 
 def set_tags(tags: dict[str, str]) -> None:
     with atomic_write():
-        mlflow.set_tags(tags)
+        mlflow.set_tags(redacted(tags))
+
+
+def redacted(tags: dict) -> dict[str, str]:
+    """Tag values as strings with credentials masked (a user's `tracking.tags` may hold a URL)."""
+    return {k: redact(str(v)) for k, v in tags.items()}
 
 
 def _close(run, status: str, tags: dict[str, str], traceback_text: str | None = None) -> None:
@@ -241,10 +239,10 @@ def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | Non
     for attempt in range(3):
         try:
             client = mlflow.MlflowClient()
-            for k, v in tags.items():
+            for k, v in redacted(tags).items():
                 client.set_tag(run_id, k, v)
             if traceback_text:
-                client.log_text(run_id, traceback_text, "traceback.txt")
+                client.log_text(run_id, redact(traceback_text), "traceback.txt")
             client.set_terminated(run_id, status)
             break
         except Exception:
@@ -260,7 +258,7 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str]):
     """An MLflow run that ends FINISHED, FAILED (with `traceback.txt`), or KILLED when
     interrupted (Ctrl-C, SIGTERM) or pruned by Optuna (tag `optuna.state=PRUNED`)."""
     with atomic_write():
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=tags)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags))
     in_trial = "optuna.trial_number" in tags
     trial_failed = {"optuna.state": "FAIL"} if in_trial else {}
     try:

@@ -11,7 +11,7 @@ import mlflow
 import pytest
 from optuna.trial import TrialState
 
-from sweep.tracking import redact
+from sweep.secrets import redact
 from tests.conftest import ROOT, TINY, children, optuna_args, run_sweep, runs_of, study_of
 
 
