@@ -22,7 +22,7 @@ from sweep.config import ConfigError, validate
 from sweep.data import dataset_inputs
 from sweep.evaluate import Prompting, is_task_metric, score
 from sweep.methods import count_parameters
-from sweep.models import memory_footprint_mb
+from sweep.models import base_model_identity, memory_footprint_mb
 from sweep.search import prunes
 from sweep.secrets import guard_output, redact
 from sweep.train import model_flops_utilization, train
@@ -146,7 +146,8 @@ def execute(cfg: DictConfig) -> JobOutcome:
     set_seed(cfg.seed)
     trial = trials.attach(cfg)
     name = tracking.run_name(cfg)
-    tags = tracking.start_tags(cfg, sweep_id(cfg), trial.tags() if trial else {})
+    tags = tracking.start_tags(cfg, sweep_id(cfg), trial.tags() if trial else {}) | {
+        "base_model": base_model_identity(cfg.model, cfg.seed)}
     loaded = None
     if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed and lm-eval
         loaded = load_project_tasks(cfg)
@@ -162,6 +163,8 @@ def execute(cfg: DictConfig) -> JobOutcome:
     built = build(cfg, loaded)
     trainable, total = count_parameters(built.model)
 
+    # The folder the base model loaded from: what an adapter's adapter_config.json names.
+    tags["base_model_path"] = str(getattr(built.model, "name_or_path", "") or "")
     with tracking.mlflow_run(experiment_id, name, tags) as run:
         # Each step's results are logged as soon as they exist: a later failure keeps them.
         tracking.log_inputs(cfg, built.files, built.datasets)

@@ -7,8 +7,10 @@ tiny architecture built `from_config` with seeded random weights and the bundled
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -100,6 +102,39 @@ def prepare_gguf_tokenizer(gguf: DictConfig, cache_dir: str | Path) -> Path:
     return cached_build(Path(cache_dir) / "tokenizers" / _cache_key(gguf), extract)
 
 
+def prepare_from_config(model_cfg: DictConfig, cache_dir: str | Path, seed: int) -> Path:
+    """A `from_config` architecture with seeded random weights and the bundled tokenizer, saved once
+    as a model folder: it then loads like any other model, and its adapters name a base that loads."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    arch = OmegaConf.to_container(model_cfg.from_config, resolve=True)
+    key = hashlib.sha256(json.dumps({"arch": arch, "seed": seed, "tokenizer": _cache_key(model_cfg.gguf)},
+                                    sort_keys=True).encode()).hexdigest()[:16]
+
+    def build(out: Path) -> None:
+        tokenizer = AutoTokenizer.from_pretrained(prepare_gguf_tokenizer(model_cfg.gguf, cache_dir))
+        spec = dict(arch)
+        config = AutoConfig.for_model(
+            spec.pop("model_type"), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **spec,
+        )
+        torch.manual_seed(seed)
+        AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return cached_build(Path(cache_dir) / "models" / f"from_config-{key}", build)
+
+
+def base_model_identity(model_cfg: DictConfig, seed: int) -> str:
+    """What the base model is, independent of where it is cached: a hub id or folder, the bundled
+    GGUF file and its package version, or the from_config architecture and seed."""
+    if model_cfg.name_or_path:
+        return str(model_cfg.name_or_path)
+    if model_cfg.from_config:
+        return f"{model_cfg.name} (from_config, seed {seed})"
+    return _cache_key(model_cfg.gguf)
+
+
 def quantization_config(quant: DictConfig | None):
     """transformers' BitsAndBytesConfig from `method.quantization` (None: full precision)."""
     if quant is None:
@@ -115,7 +150,7 @@ def quantization_config(quant: DictConfig | None):
 def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed: int, quantization=None):
     """(model, tokenizer); with `quantization` (method.quantization) the linear layers are loaded
     quantized by bitsandbytes, on the GPU when there is one, else on the CPU."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, model_cfg.dtype)
     trust = bool(model_cfg.trust_remote_code)
@@ -128,18 +163,9 @@ def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
         model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **load)  # never unpickle weights
     elif model_cfg.from_config:
-        tokenizer = AutoTokenizer.from_pretrained(prepare_gguf_tokenizer(model_cfg.gguf, cache_dir))
-        arch = OmegaConf.to_container(model_cfg.from_config, resolve=True)
-        config = AutoConfig.for_model(
-            arch.pop("model_type"), vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **arch,
-        )
-        torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=model_cfg.attn_implementation)
-        if quantization is not None:  # bitsandbytes quantizes while loading: go through a folder
-            with tempfile.TemporaryDirectory(prefix="from-config-") as folder:
-                model.save_pretrained(folder)
-                model = AutoModelForCausalLM.from_pretrained(folder, **load)
+        folder = prepare_from_config(model_cfg, cache_dir, seed)
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        model = AutoModelForCausalLM.from_pretrained(folder, **load)
     elif model_cfg.gguf:
         folder = prepare_gguf_model(model_cfg.gguf, cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(folder)

@@ -48,6 +48,36 @@ def test_single_lora_run_records_everything(tracking, tmp_path):
     results = json.loads((local / "lm_eval_results.json").read_text())
     assert len(results["samples"]["sst2"]) == 8
     assert "lora-r8-a16-qkvo" in p.stdout  # the end-of-run table
+    assert_adapter_stands_on_its_own(local / "adapter", run, results["samples"]["sst2"])
+
+
+def loglikelihoods(samples) -> list[float]:
+    return [float(ll) for s in sorted(samples, key=lambda s: s["doc_id"]) for ll, _ in s["filtered_resps"]]
+
+
+def assert_adapter_stands_on_its_own(adapter: Path, run: dict, logged_samples) -> None:
+    """peft's AutoPeftModelForCausalLM and stock lm-eval (`--model hf --model_args
+    pretrained=BASE,peft=ADAPTER`) load the downloaded adapter with nothing but its folder, and
+    score it as the run logged (the project's task files, lm-eval's own model code)."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+    from peft import AutoPeftModelForCausalLM
+
+    from tests.conftest import ROOT
+
+    base = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base and (Path(base) / "config.json").is_file() and run["tags.base_model_path"] == base
+    assert run["tags.base_model"] == "tiny (from_config, seed 0)"
+    for model in (f"pretrained={base},peft={adapter}",
+                  HFLM(pretrained=AutoPeftModelForCausalLM.from_pretrained(adapter), tokenizer=base, batch_size=8)):
+        tasks = TaskManager(include_path=str(ROOT / "tasks"), include_defaults=False,
+                            metadata={"data_dir": str(ROOT / "data")})
+        out = simple_evaluate(model="hf" if isinstance(model, str) else model, model_args=model if isinstance(model, str)
+                              else None, tasks=["sst2"], task_manager=tasks, limit=8, batch_size=8, device="cpu", log_samples=True)
+        assert out["results"]["sst2"]["acc,none"] == run["metrics.sst2/acc"]
+        # (batches are composed differently: float32 sums agree to about 1e-4 relative)
+        assert loglikelihoods(out["samples"]["sst2"]) == pytest.approx(loglikelihoods(logged_samples), rel=1e-3)
 
 
 def test_grid_sweep_shares_a_sweep_id_and_prints_the_table(tracking):
