@@ -2,9 +2,9 @@
 
 A baseline's scores depend only on the model, the tasks (template and data), the prompting (k,
 sampler, draws, calibration; for method=strongest_baseline the variants searched), the examples
-scored, the seed, lm-eval's version and the harness's own scoring code, never on what a sweep trains. A 4-shot pass of a 135M
+scored, the seed, the scoring libraries and the harness's own scoring code, never on what a sweep trains. A 4-shot pass of a 135M
 model over 1,000 examples takes minutes on 2 cores, and every sweep wants it beside its runs, so
-a finished baseline run is found by the key of those inputs (tag `baseline_key`) and its scores
+a finished baseline run is found by the key of those inputs (tag `baseline_key`: contents, never paths) and its scores
 are logged again in a new run, tagged `cached=true` and `cached_from=<source run>`, with the same
 per-example predictions (so paired tests still work). MLflow is the cache: nothing is stored
 elsewhere, and deleting the source run ends the reuse. `eval.cache=false` always scores.
@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import json
+import logging
 import tempfile
 from pathlib import Path
 
@@ -25,43 +26,82 @@ from omegaconf import DictConfig, OmegaConf
 from sweep import tracking
 from sweep.data import sha256
 
-REUSED_ARTIFACTS = ("lm_eval_results.json", "baseline_panel.json")
+log = logging.getLogger(__name__)
+
+RESULTS = "lm_eval_results.json"
+REUSED_ARTIFACTS = (RESULTS, "baseline_panel.json")
 # The harness's own scoring code: a change to any of these scores differently, so it is in the key.
 SCORING_CODE = ("evaluate.py", "fewshot.py", "calibration.py", "prefix_cache.py", "baselines.py")
+LIBRARIES = ("lm-eval", "transformers", "torch")  # whose versions score (a new release may change numerics)
 
 
 def cache_key(cfg: DictConfig, task_manager, files: list[Path]) -> str:
-    """sha256 of everything a baseline's scores depend on."""
+    """sha256 of everything a baseline's scores depend on, by content: where the checkout, the
+    cache or the model lie does not enter it (two clones share their baselines)."""
     from sweep.evaluate import Prompting, variant_name
+    from sweep.models import model_source, weights_digest
 
-    model = OmegaConf.to_container(cfg.model, resolve=True)
-    if model.get("gguf") and not model.get("name_or_path"):
-        package = model["gguf"]["package"].replace("_", "-")
-        model["gguf"]["version"] = importlib.metadata.version(package)
     search = cfg.method.get("search")
     templates = list(search.template) if search is not None else [cfg.eval.template]
+    variants = [variant_name(t, template) for template in templates for t in cfg.eval.tasks]
     inputs = {
-        "model": model,
-        "tasks": {v: task_manager.task_index[v].cfg for v in  # templates, splits, metrics
-                  (variant_name(t, template) for template in templates for t in cfg.eval.tasks)},
+        "model": {"weights": weights_digest(model_source(cfg.model, cfg.paths.cache, cfg.seed)),
+                  **{k: cfg.model[k] for k in ("dtype", "attn_implementation", "trust_remote_code")}},
+        "tasks": {v: task_content(task_manager.task_index[v].cfg) for v in variants},  # templates, splits, metrics
         "data": {Path(f).name + f"@{i}": sha256(f) for i, f in enumerate(sorted(files))},
         "prompting": dataclasses.asdict(Prompting.from_config(cfg)),
         "search": OmegaConf.to_container(search) if search is not None else None,
         "limit": cfg.eval.limit,
         "seed": cfg.seed,
-        "lm_eval": importlib.metadata.version("lm-eval"),
+        "versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
         "scoring_code": {name: sha256(Path(__file__).parent / name) for name in SCORING_CODE},
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 
+def task_content(task_cfg) -> dict:
+    """A task's config with each `!function` reference (lm-eval stores `<folder>/<module>.<name>`)
+    replaced by its module's file name, function name and source hash: editing the hook changes
+    the key, moving the checkout does not."""
+    def content(value):
+        if isinstance(value, dict):
+            return {k: content(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [content(v) for v in value]
+        if isinstance(value, str) and "/" in value and "." in value:
+            module, _, name = value.rpartition(".")
+            source = Path(module + ".py")
+            if source.is_file():
+                return f"!function {source.name}:{name}@{sha256(source)}"
+        return value
+    return content(dict(task_cfg))
+
+
 def find_source(key: str):
-    """The latest finished, freshly scored run with this key, in any experiment of the store."""
+    """The latest finished, freshly scored run with this key, in any experiment of the store,
+    whose results file still hashes to what the run recorded (tag `results_sha256`)."""
     runs = mlflow.search_runs(
-        search_all_experiments=True, order_by=["start_time DESC"], max_results=1, output_format="list",
+        search_all_experiments=True, order_by=["start_time DESC"], max_results=5, output_format="list",
         filter_string=f"tags.baseline_key = '{key}' and tags.cached = 'false' and attributes.status = 'FINISHED'",
     )
-    return runs[0] if runs else None
+    for run in runs:
+        if results_intact(run):
+            return run
+        log.warning("baseline cache: run %s has this key but its results do not hash to what it recorded; "
+                    "not reused", run.info.run_id)
+    return None
+
+
+def results_intact(run) -> bool:
+    recorded = run.data.tags.get(tracking.RESULTS_HASH_TAG)
+    if not recorded:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=RESULTS, dst_path=tmp)
+        except mlflow.exceptions.MlflowException:
+            return False
+        return sha256(Path(path)) == recorded
 
 
 def reuse(source) -> dict[str, float]:

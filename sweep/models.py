@@ -125,6 +125,36 @@ def prepare_from_config(model_cfg: DictConfig, cache_dir: str | Path, seed: int)
     return cached_build(Path(cache_dir) / "models" / f"from_config-{key}", build)
 
 
+def model_source(model_cfg: DictConfig, cache_dir: str | Path, seed: int) -> str:
+    """Where the base model loads from: `name_or_path` as given (a folder or hub id), else the
+    cached folder of the bundled GGUF or of the from_config architecture (built once)."""
+    if model_cfg.name_or_path:
+        return str(model_cfg.name_or_path)
+    if model_cfg.from_config:
+        return str(prepare_from_config(model_cfg, cache_dir, seed))
+    if model_cfg.gguf:
+        return str(prepare_gguf_model(model_cfg.gguf, cache_dir))
+    raise ConfigError("model: set one of model.name_or_path, model.gguf or model.from_config")
+
+
+def weights_digest(source: str) -> str:
+    """sha256 over the files of a model folder (weights, config, tokenizer), by name and content;
+    a hub id is looked up in the local hub cache (its snapshot is one revision)."""
+    folder = Path(source)
+    if not folder.is_dir():
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source, local_files_only=True))
+    h = hashlib.sha256()
+    for path in sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")
+                       and f.suffix != ".lock"):
+        h.update(str(path.relative_to(folder)).encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def base_model_identity(model_cfg: DictConfig, seed: int) -> str:
     """What the base model is, independent of where it is cached: a hub id or folder, the bundled
     GGUF file and its package version, or the from_config architecture and seed."""
@@ -158,20 +188,9 @@ def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed:
     if quantization is not None:
         load |= {"quantization_config": quantization_config(quantization),
                  "device_map": {"": local_rank()} if torch.cuda.is_available() else None}
-    if model_cfg.name_or_path:
-        source = model_cfg.name_or_path
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
-        model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **load)  # never unpickle weights
-    elif model_cfg.from_config:
-        folder = prepare_from_config(model_cfg, cache_dir, seed)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, **load)
-    elif model_cfg.gguf:
-        folder = prepare_gguf_model(model_cfg.gguf, cache_dir)
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = AutoModelForCausalLM.from_pretrained(folder, **load)
-    else:
-        raise ConfigError("model: set one of model.name_or_path, model.gguf or model.from_config")
+    source = model_source(model_cfg, cache_dir, seed)
+    tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
+    model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **load)  # never unpickle weights
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import shlex
@@ -31,7 +32,8 @@ from sweep.secrets import redact
 # workflow, so the links we print do (runs_page).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the embedded store
-STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow parent run
+STUDY_METHOD = "optuna-study"
+RESULTS_HASH_TAG = "results_sha256"  # sha256 of lm_eval_results.json, checked before the baseline cache reuses it  # the `method` tag of an Optuna study's MLflow parent run
 
 
 def init_store(uri: str) -> None:
@@ -335,6 +337,8 @@ def log_eval_results(results: dict) -> None:
     text = json.dumps(results, default=handle_non_serializable, indent=1)
     with atomic_write():
         mlflow.log_text(text, "lm_eval_results.json")
+        # what the baseline cache checks before it reuses these results (sweep/baseline_cache.py)
+        mlflow.set_tag(RESULTS_HASH_TAG, hashlib.sha256(text.encode()).hexdigest())
 
 
 def log_adapter(model) -> None:

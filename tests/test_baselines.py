@@ -234,3 +234,36 @@ def test_the_baseline_cache_key_changes_with_the_scoring_code(monkeypatch):
     real = baseline_cache.sha256
     monkeypatch.setattr(baseline_cache, "sha256", lambda p: "edited" if p.name == "prefix_cache.py" else real(p))
     assert baseline_cache.cache_key(cfg, tm, task_files(tasks)) != key
+
+
+def test_the_baseline_cache_key_is_the_content_not_the_checkout(tmp_path, monkeypatch):
+    """Two clones share their baselines; an edited `!function` hook, other model weights or another
+    library version do not."""
+    import importlib.metadata
+    import shutil
+
+    from sweep import baseline_cache
+    from sweep.build import task_files
+    from tests.conftest import ROOT
+
+    def key(*overrides):
+        cfg = compose("model=tiny", "method=few_shot", *overrides)
+        tm, tasks = load_project_tasks(cfg)
+        return baseline_cache.cache_key(cfg, tm, task_files(tasks))
+
+    here = key()
+    for folder in ("tasks", "data"):
+        shutil.copytree(ROOT / folder, tmp_path / folder)
+    clone = [f"paths.tasks={tmp_path}/tasks", f"paths.data={tmp_path}/data", f"paths.cache={tmp_path}/cache"]
+    assert key(*clone) == here  # another checkout, its own model cache built afresh: the same content
+    [model] = [p for p in (tmp_path / "cache" / "models").glob("from_config-*") if p.is_dir()]
+    (model / "config.json").write_text((model / "config.json").read_text() + " ")
+    assert key(*clone) != here
+    shutil.rmtree(model)
+    assert key(*clone) == here
+    hook = tmp_path / "tasks" / "local_data.py"
+    hook.write_text(hook.read_text() + "\n# edited\n")
+    assert key(*clone) != here
+    real = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0" if name == "torch" else real(name))
+    assert key() != here

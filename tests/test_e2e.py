@@ -211,6 +211,13 @@ def test_baselines_are_scored_once_and_reused(tracking):
         assert {"lm_eval_results.json", "config.yaml", "data_sha256.json"} <= set(artifacts(hit["run_id"]))
     assert other_limit["tags.cached"] == "false" and other_limit["tags.baseline_key"] != fresh[0]["tags.baseline_key"]
     assert no_cache["tags.cached"] == "false" and no_cache["tags.baseline_key"] == fresh[0]["tags.baseline_key"]
+    # Results edited in the store after their run logged them are not reused.
+    for source in (fresh[0], no_cache):
+        results = Path(source["artifact_uri"].removeprefix("file://")) / "lm_eval_results.json"
+        results.write_text(results.read_text().replace('"acc,none": ', '"acc,none": 0.99 + 0 * ', 1))
+    p = run_sweep(*TINY, *tracking, "method=zero_shot")
+    assert p.returncode == 0 and p.stdout.count("results do not hash to what it recorded; not reused") == 2
+    assert runs_of(tracking).to_dict("records")[-1]["tags.cached"] == "false"
 
 
 def test_training_without_scoring_logs_step_times(tracking):
