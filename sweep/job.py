@@ -142,6 +142,7 @@ def execute(cfg: DictConfig) -> JobOutcome:
     if not distributed.is_main():
         return train_share(cfg)
     experiment_id = tracking.open_experiment(cfg.tracking)
+    tracking.close_orphaned_runs(experiment_id)
     use_all_cores()
     set_seed(cfg.seed)
     trial = trials.attach(cfg)

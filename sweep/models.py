@@ -50,22 +50,38 @@ def _cache_key(gguf: DictConfig) -> str:
 def cached_build(target: Path, build) -> Path:
     """Run `build(tmp_dir)` once per `target`, safely across processes.
 
-    A file lock serialises concurrent workers; the result is written to a temporary folder
-    and renamed into place, so an interrupted build never leaves a half-written cache.
+    A file lock serialises concurrent workers; the result is written to a temporary folder,
+    flushed to disk, and renamed into place, so an interrupted build (even SIGKILLed, or a power
+    cut) never leaves a half-written cache. A temporary folder left by a killed build (0.5 GB for
+    SmolLM2) is removed by the next build, under the lock, so never while its builder runs.
     """
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
+        for stale in target.parent.glob(target.name + ".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         if target.is_dir():  # another process finished it while we waited
             return target
         tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
         try:
             build(tmp)
+            fsync_tree(tmp)
             os.replace(tmp, target)
+            fsync_tree(target.parent, files=False)  # the rename itself
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def fsync_tree(folder: Path, files: bool = True) -> None:
+    """Flush a folder's directory entries, and with `files` everything under it, to disk."""
+    for path in [folder, *(sorted(folder.rglob("*")) if files else [])]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def prepare_gguf_model(gguf: DictConfig, cache_dir: str | Path) -> Path:

@@ -29,7 +29,7 @@ from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
-from sweep import study_runs, trials
+from sweep import processes, study_runs, trials
 from sweep.config import ConfigError
 from sweep.search import (STORAGE_ENV, HeartbeatThread, SearchSpace, fail_stale, grid_size, make_pruner,
                           make_sampler, make_storage, parse_search_space, prunes, requeue, storage_url)
@@ -49,16 +49,6 @@ class SweepFailedError(RuntimeError):
     """Too many trials failed (hydra.sweeper.max_failures)."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover_local_dead_trials(study: optuna.Study) -> None:
     """Fail the RUNNING trials of workers on this host that no longer exist, and queue them again.
     The journal file has no heartbeat, so on one machine this PID check is what finds them (on an
@@ -66,7 +56,7 @@ def recover_local_dead_trials(study: optuna.Study) -> None:
     host = socket.gethostname()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not _pid_alive(int(pid)):
+        if worker_host == host and pid.isdigit() and not processes.alive(int(pid)):
             try:
                 study.tell(t.number, state=TrialState.FAIL)
             except (ValueError, RuntimeError):  # another worker recovered it first

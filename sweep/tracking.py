@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import shlex
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import TrialPruned
 
+from sweep import processes
 from sweep.baselines import Variant, template_suffix
 from sweep.config import PROJECT_ROOT, PROMPT_LEARNING, ConfigError
 from sweep.distributed import world_size
@@ -32,8 +34,9 @@ from sweep.secrets import redact
 # workflow, so the links we print do (runs_page).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the embedded store
-STUDY_METHOD = "optuna-study"
-RESULTS_HASH_TAG = "results_sha256"  # sha256 of lm_eval_results.json, checked before the baseline cache reuses it  # the `method` tag of an Optuna study's MLflow parent run
+STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow parent run
+RESULTS_HASH_TAG = "results_sha256"  # sha256 of lm_eval_results.json, checked before the baseline cache reuses it
+log = logging.getLogger(__name__)
 
 
 def init_store(uri: str) -> None:
@@ -105,6 +108,21 @@ def open_experiment(tracking: DictConfig) -> str:
             f"{redact(str(e).splitlines()[0][:200])}); "
             "use e.g. tracking.uri=sqlite:///$PWD/mlflow.db or an http(s):// tracking server"
         ) from None
+
+
+def close_orphaned_runs(experiment_id: str) -> list[str]:
+    """Close as KILLED the experiment's RUNNING runs whose process, on this host, is gone (a
+    SIGKILL or a crash runs no cleanup); every job does this as it starts. Returns their ids."""
+    client = mlflow.MlflowClient()
+    closed = []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        if processes.owner_gone(run.data.tags):
+            client.set_tag(run.info.run_id, "error", "its process (host {host}, pid {pid}) is gone; closed by a later "
+                           "run".format(**run.data.tags))
+            client.set_terminated(run.info.run_id, "KILLED")
+            log.warning("run %s was left RUNNING by a process that is gone: closed as KILLED", run.info.run_id)
+            closed.append(run.info.run_id)
+    return closed
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -291,7 +309,7 @@ def start_tags(cfg: DictConfig, sweep_id: str, trial_tags: dict[str, str]) -> di
         "git_commit": commit,
         "git_dirty": str(dirty).lower(),
         "mlflow.source.git.commit": commit,
-    }
+    } | processes.owner_tags()
 
 
 def log_input(dataset, context: str, attempts: int = 3) -> None:

@@ -51,6 +51,34 @@ def test_an_interrupted_build_leaves_no_cache(tmp_path):
     assert (target / "whole").read_text() == "y"
 
 
+def _killed_build(target: str, started: str) -> None:
+    def build(tmp: Path) -> None:
+        (tmp / "weights").write_bytes(b"x" * 1_000_000)
+        Path(started).write_text(str(tmp))
+        time.sleep(60)  # SIGKILLed here, its temporary folder left behind
+
+    cached_build(Path(target), build)
+
+
+def test_a_sigkilled_build_leaves_nothing_the_next_build_keeps(tmp_path):
+    """SIGKILL runs no cleanup: the half-written temporary folder stays until the next build
+    removes it under the lock; no cache folder appears in between."""
+    target, started = tmp_path / "model", tmp_path / "started"
+    proc = mp.get_context("spawn").Process(target=_killed_build, args=(str(target), str(started)))
+    proc.start()
+    for _ in range(600):
+        if started.exists():
+            break
+        time.sleep(0.1)
+    proc.kill()
+    proc.join(10)
+    left = Path(started.read_text())
+    assert left.is_dir() and not target.exists()
+    cached_build(target, lambda tmp: (tmp / "whole").write_text("y"))
+    assert (target / "whole").read_text() == "y" and not left.exists()
+    assert [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name] == []
+
+
 def test_tiny_model_is_seeded_and_uses_the_real_tokenizer():
     cfg = compose("model=tiny")
     m1, tok = load_model_and_tokenizer(cfg.model, cfg.paths.cache, seed=3)

@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.secrets import redact
-from tests.conftest import ROOT, TINY, children, optuna_args, run_sweep, runs_of, study_of
+from tests.conftest import ROOT, TINY, children, clean_env, optuna_args, run_sweep, runs_of, study_of
 
 
 @pytest.mark.e2e
@@ -71,6 +71,34 @@ def test_a_signal_kills_the_run_promptly_and_keeps_what_was_recorded(tracking, s
     assert run["status"] == "KILLED" and run["tags.error"] == "interrupted"
     assert "config.yaml" in [a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])]
     assert mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")
+
+
+@pytest.mark.e2e
+def test_a_run_left_running_by_a_sigkilled_process_is_closed_by_the_next_run(tracking):
+    proc = subprocess.Popen([sys.executable, "sweep.py", *TINY, *tracking, "train.max_steps=100000",
+                             "train.logging_steps=1", "data.max_train_samples=64"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
+    _wait_for_loss(tracking)
+    proc.kill()  # no handler runs: the run stays RUNNING
+    proc.wait(timeout=60)
+    [run] = runs_of(tracking).to_dict("records")
+    assert run["status"] == "RUNNING" and run["tags.pid"] == str(proc.pid)
+    p = subprocess.run([sys.executable, "sweep.py", *TINY, *tracking, "method=zero_shot"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600, env=clean_env())
+    assert p.returncode == 0, p.stderr[-2000:]
+    killed = runs_of(tracking).set_index("run_id").loc[run["run_id"]]
+    assert killed["status"] == "KILLED" and f"pid {proc.pid}) is gone" in killed["tags.error"]
+
+
+def test_a_run_owner_is_gone_only_when_its_pid_is_gone_or_reused():
+    from sweep import processes
+
+    me = processes.owner_tags()
+    assert not processes.owner_gone(me)
+    assert processes.owner_gone(me | {"pid_start": str(int(me["pid_start"]) - 1)})  # the pid, reused since
+    assert processes.owner_gone(me | {"pid": "999999999"})
+    assert not processes.owner_gone(me | {"host": "another-host", "pid": "999999999"})  # cannot be checked here
+    assert not processes.owner_gone(me | {"pid": "1; rm -rf /"})  # not a pid: left alone
 
 
 @pytest.mark.e2e
