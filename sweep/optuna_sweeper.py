@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -33,10 +34,11 @@ from sweep import processes, study_runs, trials
 from sweep.config import ConfigError
 from sweep.search import (STORAGE_ENV, HeartbeatThread, SearchSpace, fail_stale, grid_size, make_pruner,
                           make_sampler, make_storage, parse_search_space, prunes, requeue, storage_url)
-from sweep.tracking import open_experiment
+from sweep.tracking import Terminated, install_signal_handlers, open_experiment
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
+WORKER_STOP_SECONDS = 60.0  # how long an interrupted sweep waits for its spawned workers to close their runs
 log = logging.getLogger(__name__)
 
 
@@ -62,6 +64,22 @@ def recover_local_dead_trials(study: optuna.Study) -> None:
             except (ValueError, RuntimeError):  # another worker recovered it first
                 continue
             requeue(study, t)
+
+
+def stop_workers(workers: list[subprocess.Popen], sig: int, timeout: float = WORKER_STOP_SECONDS) -> None:
+    """Pass the signal on to the spawned workers (a SIGTERM sent to this process alone does not
+    reach them) and wait for them to record their runs as KILLED; kill those still alive after
+    `timeout` seconds."""
+    for w in workers:
+        if w.poll() is None:
+            w.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        try:
+            w.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker %d did not stop within %.0f s of the signal: killed", w.pid, timeout)
+            w.kill()
 
 
 def count(study: optuna.Study, *states: TrialState) -> int:
@@ -129,15 +147,20 @@ class OptunaSweeper(Sweeper):
             self.n_trials = grid_size(space)
         study, created = self._study(space)
         self.first_trial = len(study.trials)  # failures of earlier invocations do not count again
+        experiment_id = open_experiment(self.config.tracking)  # (first: a new SQLite store is created under its lock)
         self.client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
-        parent = study_runs.parent_run(study, created, self.client, open_experiment(self.config.tracking),
-                                       self._parent_params(space), unfinished=len(settled_trials(study)) < self.n_trials)
+        parent = study_runs.parent_run(study, created, self.client, experiment_id, self._parent_params(space),
+                                       unfinished=len(settled_trials(study)) < self.n_trials)
         self._recover(study)
+        install_signal_handlers()  # SIGTERM, like Ctrl-C, reaches the loop below as an exception
         workers = self._spawn_workers()
         try:
             self._run_trials(study, space, parent)
         except SweepFailedError:
             self.client.set_terminated(parent, "FAILED")
+            raise
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the workers stop too, each closing its run
+            stop_workers(workers, signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
             raise
         finally:
             for w in workers:

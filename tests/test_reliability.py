@@ -1,6 +1,7 @@
 """Faults users meet in overnight sweeps: each is recorded, reported, and leaves nothing behind.
 See docs/reliability.md for the table of faults and what the user sees."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -120,6 +121,38 @@ def test_an_interrupted_optuna_sweep_resumes(tmp_path, tracking):
     trials = study_of(tmp_path).trials
     assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
     assert [t.user_attrs.get("retry_of") for t in trials if t.state == TrialState.COMPLETE].count(0) == 1
+
+
+@pytest.mark.e2e
+def test_sigterm_to_a_sweep_with_two_jobs_stops_its_worker_too(tmp_path, tracking):
+    """`kill PID` reaches the sweep's own process only: it passes the signal on to the worker it
+    spawned, both runs end KILLED, both trials are queued again, and no process is left."""
+    args = [*optuna_args(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "lora.r=choice(1,2)",
+                         "train.logging_steps=1", "data.max_train_samples=64"), *tracking]
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "sweep.py", *args, "train.max_steps=100000"], cwd=ROOT,
+                                stdout=err, stderr=err, env=clean_env(), start_new_session=True)
+        deadline = time.time() + 300
+        while time.time() < deadline:  # both workers training
+            time.sleep(1)
+            runs = runs_of(tracking) if Path(tracking[0].split("///", 1)[1]).exists() else None
+            kids = [] if runs is None or runs.empty else children(tracking)[0]
+            if len(kids) == 2 and all(mlflow.MlflowClient().get_metric_history(r, "train/loss") for r in kids["run_id"]):
+                break
+        else:
+            raise AssertionError("two trials never trained at once: " + log.read_text()[-3000:])
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    assert time.time() - sent < 90
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # nothing of the sweep is left running
+    kids = children(tracking)[0]
+    assert sorted(kids["status"]) == ["KILLED", "KILLED"] and set(kids["tags.error"]) == {"interrupted"}
+    trials = study_of(tmp_path).trials
+    assert sorted(t.state.name for t in trials if t.user_attrs.get("retry_of") is None) == ["FAIL", "FAIL"]
+    assert sorted(t.user_attrs["retry_of"] for t in trials if t.state == TrialState.WAITING) == [0, 1]
 
 
 @pytest.mark.e2e
