@@ -35,6 +35,7 @@ LORA_INITS = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora"
 QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 SAMPLING = ("random", "sequential", "group_by_length")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -89,6 +90,8 @@ def validate(cfg: DictConfig) -> None:
     except Exception as e:  # a bad interpolation, e.g. ${mul:...} on a string
         raise ConfigError(f"the config does not resolve: {e}") from None
 
+    _require(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    validate_model(cfg.model)
     m = cfg.method
     _require(m.name in METHODS, "method", m.name, f"choose one of {', '.join(METHODS)}")
     _require(m.peft is None or m.peft in PEFT_TYPES, "method.peft", m.peft,
@@ -105,6 +108,16 @@ def validate(cfg: DictConfig) -> None:
         _require(_is_int(t.max_seq_length) and t.max_seq_length > 1, "train.max_seq_length", t.max_seq_length,
                  "must be an integer > 1")
         _require(t.sampling in SAMPLING, "train.sampling", t.sampling, f"choose one of {', '.join(SAMPLING)}")
+        _require(_is_int(t.logging_steps) and t.logging_steps > 0, "train.logging_steps", t.logging_steps,
+                 "must be a positive integer")
+        _require(_is_number(t.warmup_ratio) and 0 <= t.warmup_ratio <= 1, "train.warmup_ratio", t.warmup_ratio,
+                 "must be a number in [0, 1] (the share of steps spent warming up)")
+        _require(_is_number(t.weight_decay) and t.weight_decay >= 0, "train.weight_decay", t.weight_decay,
+                 "must be a number >= 0")
+        validate_scheduler(t.lr_scheduler)
+        _require(t.bf16 in (True, False, "auto"), "train.bf16", t.bf16, "choose true, false or auto")
+        _require(isinstance(t.answer_only_logits, bool), "train.answer_only_logits", t.answer_only_logits,
+                 "must be true or false")
         mts = cfg.data.max_train_samples
         _require(mts is None or (_is_int(mts) and mts > 0), "data.max_train_samples", mts,
                  "must be a positive integer or null (all)")
@@ -224,6 +237,40 @@ def validate_quantization(quant: DictConfig, peft) -> None:
     dt = quant.get("bnb_4bit_compute_dtype", "float32")
     _require(dt in COMPUTE_DTYPES, "method.quantization.bnb_4bit_compute_dtype", dt,
              f"choose one of {', '.join(COMPUTE_DTYPES)}")
+
+
+def validate_model(model: DictConfig) -> None:
+    """The model's settings, and a `name_or_path` that can load here: a folder, or a hub id already
+    in the local hub cache (nothing is downloaded at run time)."""
+    _require(model.dtype in DTYPES, "model.dtype", model.dtype, f"choose one of {', '.join(DTYPES)}")
+    _require(isinstance(model.trust_remote_code, bool), "model.trust_remote_code", model.trust_remote_code,
+             "must be true or false")
+    source = model.name_or_path
+    if source is None:
+        return
+    _require(isinstance(source, str) and source.strip(), "model.name_or_path", source, "must be a folder or a hub id")
+    if source.startswith(("/", ".", "~")) or Path(source).exists():
+        _require(Path(source).expanduser().is_dir() and (Path(source).expanduser() / "config.json").is_file(),
+                 "model.name_or_path", source, "is not a model folder (no config.json there); give a folder that "
+                 "save_pretrained wrote, or null for the bundled model")
+        return
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    try:
+        snapshot_download(source, local_files_only=True)
+    except (HFValidationError, OSError, ValueError) as e:
+        raise ConfigError(f"model.name_or_path={source!r} is neither a model folder nor a hub id in the local hub "
+                          f"cache ({type(e).__name__}); nothing is downloaded at run time: fetch it with "
+                          f"`huggingface-cli download {source}` where there is a network, or give a folder") from None
+
+
+def validate_scheduler(name) -> None:
+    from transformers import SchedulerType
+
+    names = [s.value for s in SchedulerType]
+    _require(name in names, "train.lr_scheduler", name, "use a transformers scheduler name, e.g. linear or cosine"
+             + close_matches(name, names))
 
 
 def validate_optim(name) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -99,6 +101,7 @@ def run_job(cfg: DictConfig) -> JobOutcome:
     except ConfigError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
         if not is_multirun():
+            discard_output_dir()
             sys.exit(2)
         return JobOutcome("INVALID", sweep_id(cfg), error=str(e))
     except TrialPruned as e:
@@ -109,6 +112,24 @@ def run_job(cfg: DictConfig) -> JobOutcome:
             raise
         print(redact(traceback.format_exc()), file=sys.stderr)  # the MLflow run (if it started) is FAILED with it
         return JobOutcome("FAILED", sweep_id(cfg), error=redact(f"{type(e).__name__}: {e}"))
+
+
+def discard_output_dir() -> None:
+    """A single run refused for bad input leaves nothing behind: Hydra made its output folder (the
+    saved config and a log) before the job could check the input. Removed only when everything in
+    it was written by this process, with the two folders above it if they are then empty."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized() or not Path("/proc/self").exists():
+        return
+    out = Path(HydraConfig.get().runtime.output_dir)
+    started = Path("/proc/self").stat().st_ctime
+    files = list(out.rglob("*")) if out.is_dir() else []
+    if files and all(f.stat().st_mtime >= started - 1 for f in files):
+        shutil.rmtree(out, ignore_errors=True)
+        with contextlib.suppress(OSError):  # (outputs/DATE/TIME: the folders Hydra made above it, if empty)
+            out.parent.rmdir()
+            out.parent.parent.rmdir()
 
 
 def intermediate_scoring(cfg: DictConfig, built, trial) -> list:
@@ -141,6 +162,9 @@ def execute(cfg: DictConfig) -> JobOutcome:
                           "processes: a pruned main process would leave the others waiting; use pruner=none")
     if not distributed.is_main():
         return train_share(cfg)
+    loaded = load_project_tasks(cfg)  # unknown tasks or templates, bad data files: refused before a store exists
+    if cfg.method.name == "strongest_baseline":
+        baselines.check_search(cfg, loaded[0])
     experiment_id = tracking.open_experiment(cfg.tracking)
     tracking.close_orphaned_runs(experiment_id)
     use_all_cores()
@@ -149,11 +173,7 @@ def execute(cfg: DictConfig) -> JobOutcome:
     name = tracking.run_name(cfg)
     tags = tracking.start_tags(cfg, sweep_id(cfg), trial.tags() if trial else {}) | {
         "base_model": base_model_identity(cfg.model, cfg.seed)}
-    loaded = None
     if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed and lm-eval
-        loaded = load_project_tasks(cfg)
-        if cfg.method.name == "strongest_baseline":
-            baselines.check_search(cfg, loaded[0])
         files = task_files(loaded[1])
         key = baseline_cache.cache_key(cfg, loaded[0], files)
         source = baseline_cache.find_source(key) if cfg.eval.cache else None

@@ -32,8 +32,9 @@ from optuna.trial import TrialState
 
 from sweep import processes, study_runs, trials
 from sweep.config import ConfigError
-from sweep.search import (STORAGE_ENV, HeartbeatThread, SearchSpace, fail_stale, grid_size, make_pruner,
-                          make_sampler, make_storage, parse_search_space, prunes, requeue, storage_url)
+from sweep.secrets import redact
+from sweep.search import (PRUNERS, SAMPLERS, STORAGE_ENV, HeartbeatThread, SearchSpace, fail_stale, grid_size,
+                          make_pruner, make_sampler, make_storage, parse_search_space, prunes, requeue, storage_url)
 from sweep.tracking import Terminated, install_signal_handlers, open_experiment
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -139,6 +140,13 @@ class OptunaSweeper(Sweeper):
 
     # ------------------------------------------------------------------ the sweep
     def sweep(self, arguments: list[str]) -> None:
+        try:
+            self._sweep(arguments)
+        except ConfigError as e:  # bad sweeper settings, search space or storage: one line, as for jobs
+            print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    def _sweep(self, arguments: list[str]) -> None:
         self._check()
         space = parse_search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
         space.fixed = [o for o in space.fixed if not o.startswith(("hydra.", "hydra/"))]
@@ -179,7 +187,11 @@ class OptunaSweeper(Sweeper):
         if prunes(self.pruner) and not self.config.eval.every_steps:
             raise ConfigError(f"hydra.sweeper.pruner={self.pruner} needs intermediate scores: set eval.every_steps "
                               "(e.g. eval.every_steps=10)")
-        for key in ("n_trials", "n_jobs", "heartbeat_interval", "grace_period"):
+        for key, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"hydra.sweeper.{key}={getattr(self, key)!r} is invalid: choose one of "
+                                  f"{', '.join(allowed)}")
+        for key in ("n_trials", "n_jobs", "max_failures", "heartbeat_interval", "grace_period"):
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 raise ConfigError(f"hydra.sweeper.{key}={value!r} is invalid: must be a positive integer")

@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.config import ConfigError, close_matches
+from sweep.config import ConfigError, close_matches, validate
 from sweep.secrets import redact
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -75,10 +75,12 @@ def exit_on_bad_overrides(argv: list[str]) -> None:
 
     if any(a.startswith(("--config", "-cp", "-cn", "-cd", "--info", "--help", "-h")) for a in argv):
         return  # another config tree, or Hydra's own help
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        defaults = compose(config_name="config")
+    overrides = [a for a in argv if not a.startswith("-")]
     try:
-        check_overrides([a for a in argv if not a.startswith("-")], defaults)
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            check_overrides(overrides, compose(config_name="config"))
+            if not any(a in ("-m", "--multirun") for a in argv):  # one job: check its values before Hydra
+                validate(compose(config_name="config", overrides=overrides))  # makes its output folder
     except ConfigError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)

@@ -22,6 +22,7 @@ from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 
 from sweep.config import ConfigError
+from sweep.secrets import redact
 
 SAMPLERS = ("tpe", "random", "grid", "gp", "nsgaii")
 PRUNERS = ("none", "median", "hyperband")
@@ -194,8 +195,18 @@ def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
     other worker and its parameters queued again (`fail_stale`).
     """
     if "://" in url:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                          heartbeat_stale_trial_callback=requeue)
+        import sqlalchemy.exc
+
+        try:
+            with warnings.catch_warnings():  # (a filter set at import may have been reset by a library since)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
+                                                  grace_period=grace_period, heartbeat_stale_trial_callback=requeue)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise ConfigError(f"hydra.sweeper.storage={redact(url)!r} cannot be opened ({redact(reason)}); start the "
+                              f"database (`make services`) or fix the URL, or leave it unset for the local "
+                              f"journal file") from None
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     backend = optuna.storages.journal.JournalFileBackend(url)
     return optuna.storages.JournalStorage(backend)
