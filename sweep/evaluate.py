@@ -56,6 +56,8 @@ def task_manager(cfg: DictConfig, task_names: list[str]):
     logging.getLogger("lm_eval.tasks._index").setLevel(logging.ERROR)
     tm = TaskManager(include_path=paths, include_defaults=True, metadata=meta)
     unknown = [t for t in task_names if t not in tm.all_tasks]
+    for folder in paths if unknown else []:
+        broken_task_file(Path(folder) / f"{unknown[0]}.yaml")
     if unknown:
         raise ConfigError(
             f"eval.tasks: unknown lm-eval task {unknown[0]!r}{close_matches(unknown[0], tm.all_tasks)}; "
@@ -76,6 +78,23 @@ def check_templates(tm, task_names: list[str], template: str, key: str = "eval.t
                               f"{variant}){close_matches(template, have)}; its templates are: {', '.join(have)}")
         variants[name] = variant
     return variants
+
+
+def broken_task_file(path: Path) -> None:
+    """lm-eval skips a task YAML it cannot parse without a word, and the task is then "unknown":
+    name the file and the parse error instead."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # lm-eval's tags (`!function module.name`) as plain text
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_scalar(node))
+    if path.is_file():
+        try:
+            yaml.load(path.read_text(), Loader=Loader)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"eval.tasks: the task file {path} is not valid YAML ({str(e).splitlines()[0]}); "
+                              f"fix it or remove it from eval.include_paths") from None
 
 
 def _yaml_task_names(folder: str) -> list[str]:

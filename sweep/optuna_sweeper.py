@@ -176,6 +176,10 @@ class OptunaSweeper(Sweeper):
         self._finish(study, space, parent)
 
     def _check(self) -> None:
+        for key, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"hydra.sweeper.{key}={getattr(self, key)!r} is invalid: choose one of "
+                                  f"{', '.join(allowed)}")
         if len(self.directions) != len(self.objectives):
             raise ConfigError(f"hydra.sweeper.directions={self.directions} must name one direction per objective "
                               f"({self.objectives})")
@@ -187,10 +191,6 @@ class OptunaSweeper(Sweeper):
         if prunes(self.pruner) and not self.config.eval.every_steps:
             raise ConfigError(f"hydra.sweeper.pruner={self.pruner} needs intermediate scores: set eval.every_steps "
                               "(e.g. eval.every_steps=10)")
-        for key, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"hydra.sweeper.{key}={getattr(self, key)!r} is invalid: choose one of "
-                                  f"{', '.join(allowed)}")
         for key in ("n_trials", "n_jobs", "max_failures", "heartbeat_interval", "grace_period"):
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):

@@ -1,0 +1,126 @@
+"""Bad input, table-driven: every case exits with status 2 and one line on stderr that names the
+key (or file, store, run) and the fix, shows no traceback, creates nothing where it runs and
+changes nothing in an existing store."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, TINY, clean_env, run_sweep
+
+pytestmark = pytest.mark.e2e
+OPTUNA = ["-m", "hydra/sweeper=optuna"]
+# (command, arguments, what the one line must contain). {store}: an existing tracking store's URI,
+# {bad_data}: a data folder with a malformed line, {bad_tasks}: a folder with a broken task YAML.
+CASES = [
+    ("sweep.py", ["lora.rr=4"], "lora.rr: no such config key (did you mean: lora.r"),
+    ("sweep.py", ["method=lorra"], "method=lorra: no such option in conf/method/"),
+    ("sweep.py", ["model=nosuch"], "model=nosuch: no such option in conf/model/"),
+    ("sweep.py", ["lora.r=0"], "lora.r=0 is invalid: must be a positive integer"),
+    ("sweep.py", ["lora.alpha=-1"], "lora.alpha=-1 is invalid"),
+    ("sweep.py", ["lora.dropout=1.5"], "lora.dropout=1.5 is invalid: must be in [0, 1)"),
+    ("sweep.py", ["lora.target_modules=qkvx"], "lora.target_modules='qkvx' is invalid: use a preset"),
+    ("sweep.py", ["lora.init=nosuch"], "lora.init='nosuch' is invalid"),
+    ("sweep.py", ["lora.use_dora=maybe"], "lora.use_dora='maybe' is invalid: must be true or false"),
+    ("sweep.py", ["train.lr=0"], "train.lr=0 is invalid: must be a positive number"),
+    ("sweep.py", ["train.max_steps=0"], "train.max_steps=0 is invalid"),
+    ("sweep.py", ["train.batch_size=abc"], "train.batch_size='abc' is invalid"),
+    ("sweep.py", ["train.optim=adamz"], "train.optim='adamz' is invalid"),
+    ("sweep.py", ["train.bf16=no"], "train.bf16='no' is invalid: choose true, false or auto"),
+    ("sweep.py", ["train.warmup_ratio=2"], "train.warmup_ratio=2 is invalid"),
+    ("sweep.py", ["train.weight_decay=-1"], "train.weight_decay=-1 is invalid"),
+    ("sweep.py", ["train.lr_scheduler=cosin"], "train.lr_scheduler='cosin' is invalid: use a transformers scheduler"),
+    ("sweep.py", ["train.logging_steps=0"], "train.logging_steps=0 is invalid"),
+    ("sweep.py", ["train.sampling=sorted"], "train.sampling='sorted' is invalid"),
+    ("sweep.py", ["train.max_seq_length=1"], "train.max_seq_length=1 is invalid"),
+    ("sweep.py", ["data.max_train_samples=0"], "data.max_train_samples=0 is invalid"),
+    ("sweep.py", ["eval.tasks=[nosuch]"], "eval.tasks: unknown lm-eval task 'nosuch'"),
+    ("sweep.py", ["eval.tasks=[]"], "eval.tasks=[] is invalid: must be a non-empty list"),
+    ("sweep.py", ["eval.template=fancy"], "eval.template"),
+    ("sweep.py", ["eval.num_fewshot=-1"], "eval.num_fewshot=-1 is invalid"),
+    ("sweep.py", ["eval.limit=0"], "eval.limit=0 is invalid"),
+    ("sweep.py", ["eval.fewshot_sampler=stratified"], "eval.fewshot_sampler='stratified' is invalid"),
+    ("sweep.py", ["eval.fewshot_draws=0"], "eval.fewshot_draws=0 is invalid"),
+    ("sweep.py", ["eval.calibrate=true", "eval.fewshot_per_example=true"], "set eval.fewshot_per_example=false"),
+    ("sweep.py", ["eval.include_paths=[/nonexistent]"], "eval.include_paths='/nonexistent' is invalid"),
+    ("sweep.py", ["model.name_or_path=/nonexistent"], "model.name_or_path='/nonexistent' is invalid"),
+    ("sweep.py", ["model.name_or_path=nobody/no-model"], "model.name_or_path='nobody/no-model' is neither"),
+    ("sweep.py", ["model.dtype=float8"], "model.dtype='float8' is invalid"),
+    ("sweep.py", ["seed=-1"], "seed=-1 is invalid"),
+    ("sweep.py", ["method=prompt_tuning", "prompt.num_virtual_tokens=0"], "prompt.num_virtual_tokens=0 is invalid"),
+    ("sweep.py", ["method=strongest_baseline", "method.search.dev_size=0"], "method.search.dev_size=0 is invalid"),
+    ("sweep.py", ["lora.r=choice()"], "lora.r=choice(): not an override Hydra can parse"),
+    ("sweep.py", ["tracking.uri=nosuch://x"], "tracking.uri='nosuch://x' cannot be opened"),
+    ("sweep.py", ["paths.data={bad_data}"], "train.jsonl:2: not valid JSON"),
+    ("sweep.py", ["eval.include_paths=[{bad_tasks}]", "eval.tasks=[broken]"], "broken.yaml"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.n_trials=-1"], "hydra.sweeper.n_trials=-1 is invalid"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.sampler=nosuch"], "hydra.sweeper.sampler='nosuch' is invalid"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.pruner=nosuch"], "hydra.sweeper.pruner='nosuch' is invalid"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.direction=up"], "hydra.sweeper.direction='up' is invalid"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.max_failures=0"], "hydra.sweeper.max_failures=0 is invalid"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.pruner=median"], "needs intermediate scores: set eval.every_steps"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.storage='postgresql+psycopg://u:pw@127.0.0.1:1/x'"],
+     "hydra.sweeper.storage='postgresql+psycopg://u:***@127.0.0.1:1/x' cannot be opened"),
+    ("reproduce.py", ["0123456789abcdef", "--tracking-uri", "{store}"], "Run with id=0123456789abcdef not found"),
+    ("reproduce.py", ["abc", "--tracking-uri", "sqlite:///{cwd}/none.db"], "no tracking store at"),
+    ("reproduce.py", ["--from-optuna", "study:abc", "--tracking-uri", "{store}"], "TRIAL must be a trial number"),
+    ("reproduce.py", ["--from-optuna", "st'udy", "--tracking-uri", "{store}"], "not a study name"),
+    ("reproduce.py", ["--from-optuna", "nosuch", "--tracking-uri", "{store}"], "no MLflow runs of an Optuna study"),
+    ("-m analysis.report", ["--experiment", "sft-swep", "--tracking-uri", "{store}"],
+     "no MLflow experiment named 'sft-swep'"),
+    ("-m analysis.report", ["--experiment", "x", "--tracking-uri", "sqlite:///{cwd}/none.db"], "no tracking store at"),
+]
+# Keys in the sweep cases that the line must not need (the store and the tiny model are added to all).
+SWEEP_BASE = [*TINY, "tracking.uri={store}"]
+
+
+def digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.suffix != ".lock"}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """An existing store with one finished run, a data folder with a malformed line and a folder
+    holding a broken task YAML."""
+    root = tmp_path_factory.mktemp("inputs")
+    store = root / "store"
+    p = run_sweep(*TINY, "method=zero_shot", f"tracking.uri=sqlite:///{store}/mlflow.db",
+                  f"tracking.artifact_location={store}/artifacts", f"hydra.run.dir={root}/out")
+    assert p.returncode == 0, p.stderr[-2000:]
+    bad_data = root / "data"
+    (bad_data / "sst2").mkdir(parents=True)
+    (bad_data / "sst2" / "train.jsonl").write_text('{"sentence": "ok", "label": 1}\n{not json\n')
+    (bad_data / "sst2" / "validation.jsonl").write_text('{"sentence": "ok", "label": 1}\n')
+    bad_tasks = root / "tasks"
+    bad_tasks.mkdir()
+    (bad_tasks / "broken.yaml").write_text("task: broken\ndoc_to_text: [unclosed\n")
+    return {"store": f"sqlite:///{store}/mlflow.db", "bad_data": str(bad_data), "bad_tasks": str(bad_tasks)}, store
+
+
+def test_there_are_at_least_forty_cases():
+    assert len(CASES) >= 40
+
+
+@pytest.mark.parametrize("command, args, needle", CASES, ids=[" ".join(c[1])[:60] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(inputs, tmp_path, command, args, needle):
+    values, store = inputs
+    values = values | {"cwd": str(tmp_path)}
+    if command == "sweep.py":
+        args = [*args, *(a for a in SWEEP_BASE if a.split("=")[0] not in {x.split("=")[0] for x in args})]
+    argv = [a.format(**values) for a in args]
+    before = digest(store)
+    p = subprocess.run([sys.executable, *command.split(), *argv] if command.startswith("-m") else
+                       [sys.executable, str(ROOT / command), *argv], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=600, env=clean_env() | {"PYTHONPATH": str(ROOT)})
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr[-3000:]
+    assert needle in lines[0] and "Traceback" not in p.stdout + p.stderr, lines[0]
+    assert list(tmp_path.iterdir()) == []  # no store, study, output or multirun folder
+    assert digest(store) == before
