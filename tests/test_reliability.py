@@ -75,6 +75,33 @@ def test_a_signal_kills_the_run_promptly_and_keeps_what_was_recorded(tracking, s
 
 
 @pytest.mark.e2e
+def test_a_signal_delivered_inside_an_mlflow_write_lets_the_write_finish(tracking):
+    """The timing forced: a hook sends SIGTERM to the job from inside its first write of the loss
+    (Python runs the handler there, mid-call). The write completes, then the run ends KILLED."""
+    args = [*TINY, *tracking, "train.max_steps=100000", "train.logging_steps=1"]
+    code = f"""if True:
+        import os, runpy, signal, sys
+        import mlflow
+        real, sent = mlflow.log_metrics, []
+        def log_metrics(metrics, *a, **kw):
+            if "train/loss" in metrics and not sent:
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGTERM)  # its handler runs before the line below
+            return real(metrics, *a, **kw)
+        mlflow.log_metrics = log_metrics
+        sys.argv = ["sweep.py", *{args!r}]
+        runpy.run_path("sweep.py", run_name="__main__")
+    """
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=clean_env())
+    assert p.returncode != 0
+    [run] = runs_of(tracking).to_dict("records")
+    assert run["status"] == "KILLED" and run["tags.error"] == "interrupted", p.stderr[-2000:]
+    history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")
+    assert [h.step for h in history] == [1]  # the interrupted write, complete; nothing after it
+
+
+@pytest.mark.e2e
 def test_a_run_left_running_by_a_sigkilled_process_is_closed_by_the_next_run(tracking):
     proc = subprocess.Popen([sys.executable, "sweep.py", *TINY, *tracking, "train.max_steps=100000",
                              "train.logging_steps=1", "data.max_train_samples=64"], cwd=ROOT,
