@@ -19,17 +19,23 @@ def host() -> str:
 
 def start_time(pid: int) -> str | None:
     """When process `pid` started (clock ticks since boot, from /proc), None if there is no such
-    process; "" where /proc is not available (then only existence can be checked)."""
+    process or it is a zombie (dead, not yet reaped by its parent: a sweep's killed worker); ""
+    where /proc is not available (then only existence can be checked)."""
     if not Path("/proc/self/stat").exists():
-        return "" if alive(pid) else None
+        return "" if _exists(pid) else None
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the command name
+    return None if fields[0] == "Z" else fields[19]  # state (field 3) and start time (field 22)
 
 
 def alive(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie is not)."""
+    return start_time(pid) is not None
+
+
+def _exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -183,6 +183,39 @@ def test_sigterm_to_a_sweep_with_two_jobs_stops_its_worker_too(tmp_path, trackin
 
 
 @pytest.mark.e2e
+def test_a_sigkilled_spawned_worker_is_recovered_by_the_sweep_that_spawned_it(tmp_path, tracking):
+    """n_jobs=2: the worker process the sweep spawned (not the sweep itself) is SIGKILLed mid-trial;
+    the sweep fails that trial, queues it again, closes its run KILLED and completes the study."""
+    args = [*optuna_args(tmp_path, "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=2", "lora.r=choice(1,2,4)",
+                         "train.logging_steps=1", "data.max_train_samples=64", "train.max_steps=60"), *tracking]
+    log = tmp_path / "stderr.log"
+    with log.open("w") as err:
+        proc = subprocess.Popen([sys.executable, "sweep.py", *args], cwd=ROOT, stdout=err, stderr=err,
+                                env=clean_env(), start_new_session=True)
+        deadline, victim = time.time() + 300, None
+        while time.time() < deadline and victim is None:
+            time.sleep(1)
+            runs = runs_of(tracking) if Path(tracking[0].split("///", 1)[1]).exists() else None
+            kids = [] if runs is None or runs.empty else children(tracking)[0]
+            for _, run in (kids.iterrows() if len(kids) else []):
+                if (run["status"] == "RUNNING" and run["tags.pid"] != str(proc.pid)
+                        and mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")):
+                    victim = run
+        assert victim is not None, log.read_text()[-3000:]
+        os.kill(int(victim["tags.pid"]), signal.SIGKILL)
+        proc.wait(timeout=600)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    trials = study_of(tmp_path).trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 3 and not [t for t in trials if t.state == TrialState.RUNNING]
+    killed = int(victim["tags.optuna.trial_number"])
+    assert trials[killed].state == TrialState.FAIL
+    assert [t.user_attrs.get("retry_of") for t in complete].count(killed) == 1
+    runs = runs_of(tracking).set_index("run_id")
+    assert runs.loc[victim["run_id"], "status"] == "KILLED" and "RUNNING" not in set(runs["status"])
+
+
+@pytest.mark.e2e
 def test_three_workers_on_one_study_record_every_trial_once(tmp_path, tracking):
     p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3",
                                "lora.r=choice(1,2,4,8)", "lora.dropout=interval(0,0.1)"), *tracking)
