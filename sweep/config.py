@@ -250,9 +250,13 @@ def validate_model(model: DictConfig) -> None:
         return
     _require(isinstance(source, str) and source.strip(), "model.name_or_path", source, "must be a folder or a hub id")
     if source.startswith(("/", ".", "~")) or Path(source).exists():
-        _require(Path(source).expanduser().is_dir() and (Path(source).expanduser() / "config.json").is_file(),
-                 "model.name_or_path", source, "is not a model folder (no config.json there); give a folder that "
-                 "save_pretrained wrote, or null for the bundled model")
+        folder = Path(source).expanduser()
+        _require(folder.is_dir() and (folder / "config.json").is_file(), "model.name_or_path", source,
+                 "is not a model folder (no config.json there); give a folder that save_pretrained wrote, or null "
+                 "for the bundled model")
+        _require(any(folder.glob("*.safetensors")), "model.name_or_path", source,
+                 "holds no .safetensors weights; pickled weights (.bin) are never loaded: re-save them with "
+                 "save_pretrained(folder, safe_serialization=True)")
         return
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError

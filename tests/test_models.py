@@ -102,3 +102,20 @@ def test_any_local_folder_loads_with_name_or_path(tiny, tmp_path):
     cfg = compose(f"model.name_or_path={tmp_path}/m")
     loaded, _ = load_model_and_tokenizer(cfg.model, cfg.paths.cache, seed=0)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+
+
+def test_pickled_weights_are_never_loaded(tmp_path, tiny):
+    """A folder with only pytorch_model.bin is refused in one line before loading, and the loader
+    itself asks for safetensors (unpickling a checkpoint can run code)."""
+    from sweep.config import validate
+
+    model, tok = tiny
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickled checkpoint
+    tok.save_pretrained(tmp_path)
+    assert (tmp_path / "pytorch_model.bin").is_file() and not list(tmp_path.glob("*.safetensors"))
+    with pytest.raises(ConfigError, match="holds no .safetensors weights; pickled weights"):
+        validate(compose("model=tiny", f"model.name_or_path={tmp_path}"))
+    cfg = compose("model=tiny", f"model.name_or_path={tmp_path}")
+    with pytest.raises(OSError, match="safetensors"):
+        load_model_and_tokenizer(cfg.model, cfg.paths.cache, seed=0)
