@@ -103,7 +103,7 @@ def run_job(cfg: DictConfig) -> JobOutcome:
         if not is_multirun():
             discard_output_dir()
             sys.exit(2)
-        return JobOutcome("INVALID", sweep_id(cfg), error=str(e))
+        return JobOutcome("INVALID", sweep_id(cfg), error=redact(str(e)))
     except TrialPruned as e:
         log.info("pruned: %s", e)
         return JobOutcome("PRUNED", sweep_id(cfg))
