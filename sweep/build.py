@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import DictConfig
+from transformers import set_seed
 
 from sweep.config import ConfigError
 from sweep.data import build_train_dataset, data_files, dataset_inputs
@@ -58,6 +59,7 @@ def build(cfg: DictConfig, loaded: tuple | None = None) -> Built:
         Prompting.from_config(cfg).check(eval_tasks)
 
     model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization)
+    set_seed(cfg.seed)  # an adapter's initial weights are random (LoRA's A, prompt embeddings): same seed, same build
     model = apply_method(model, cfg, tokenizer.name_or_path)
     lm = make_lm(model, tokenizer, cfg.eval.batch_size)
 

@@ -79,8 +79,8 @@ def exit_on_bad_overrides(argv: list[str]) -> None:
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             check_overrides(overrides, compose(config_name="config"))
-            if not any(a in ("-m", "--multirun") for a in argv):  # one job: check its values before Hydra
-                validate(compose(config_name="config", overrides=overrides))  # makes its output folder
+            if not any(a.startswith("-") for a in argv):  # one job, no Hydra flags: check its values before
+                validate(compose(config_name="config", overrides=overrides))  # Hydra makes its output folder
     except ConfigError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)
