@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ log = logging.getLogger(__name__)
 
 def worker_id() -> str:
     """host:pid, recorded on every trial this process asks for."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return f"{processes.host()}:{os.getpid()}"
 
 
 class SweepFailedError(RuntimeError):
@@ -56,7 +55,7 @@ def recover_local_dead_trials(study: optuna.Study) -> None:
     """Fail the RUNNING trials of workers on this host that no longer exist, and queue them again.
     The journal file has no heartbeat, so on one machine this PID check is what finds them (on an
     RDB storage it only finds them sooner than the heartbeat's grace period)."""
-    host = socket.gethostname()
+    host = processes.host()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
         if worker_host == host and pid.isdigit() and not processes.alive(int(pid)):
