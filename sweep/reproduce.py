@@ -176,7 +176,8 @@ def check_inputs(run, cfg: DictConfig, old_data: str) -> list[Check]:
     else:
         checks.append(Check(True, f"code: commit {commit[:12]}, as recorded"))
     hashes = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/data_sha256.json")
-    by_relative = {relative(path, old_data): digest for path, digest in hashes.items() if isinstance(digest, str)}
+    hashes = hashes if isinstance(hashes, dict) else {}  # (from a store: any JSON at all; then nothing is recorded)
+    by_relative = {relative(str(path), old_data): digest for path, digest in hashes.items() if isinstance(digest, str)}
     for here in task_files(load_project_tasks(cfg)[1]):
         digest = by_relative.get(relative(str(here), str(cfg.paths.data)))
         if digest is None:
