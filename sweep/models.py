@@ -22,6 +22,7 @@ from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import ConfigError
+from sweep.data import sha256
 from sweep.distributed import local_rank
 
 log = logging.getLogger(__name__)
@@ -161,14 +162,9 @@ def weights_digest(source: str) -> str:
         from huggingface_hub import snapshot_download
 
         folder = Path(snapshot_download(source, local_files_only=True))
-    h = hashlib.sha256()
-    for path in sorted(f for f in folder.rglob("*") if f.is_file() and not f.name.startswith(".")
-                       and f.suffix != ".lock"):
-        h.update(str(path.relative_to(folder)).encode() + b"\0")
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    files = {str(f.relative_to(folder)): sha256(f) for f in sorted(folder.rglob("*"))
+             if f.is_file() and not f.name.startswith(".") and f.suffix != ".lock"}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 def base_model_identity(model_cfg: DictConfig, seed: int) -> str:
