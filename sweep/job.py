@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -18,7 +17,7 @@ from omegaconf import DictConfig
 from optuna.exceptions import TrialPruned
 from transformers import set_seed
 
-from sweep import baseline_cache, baselines, distributed, tracking, trials
+from sweep import baseline_cache, baselines, distributed, memory, tracking, trials
 from sweep.build import build, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
 from sweep.data import dataset_inputs
@@ -71,16 +70,6 @@ def sweep_id_of(folder: str | Path) -> str:
     return "_".join(Path(folder).parts[-2:])
 
 
-def peak_memory_mb() -> dict[str, float]:
-    """Peak resident memory of this process so far (Linux reports KiB), and on a GPU its peak."""
-    import torch
-
-    peaks = {"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-    if torch.cuda.is_available():
-        peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return peaks
-
-
 def use_all_cores() -> None:
     """Torch's intra-op threads on every core this process may use (torch's default can be lower
     in containers, where it counts the host's physical cores), shared among the job's processes
@@ -96,8 +85,11 @@ def run_job(cfg: DictConfig) -> JobOutcome:
     a single run exits non-zero (2 for bad input, with a one-line message)."""
     guard_output()  # (again: a launcher's worker process may not have come through sweep.py)
     tracking.install_signal_handlers()
+    memory.map_large_blocks()
+    rss_at_start = memory.resident_mb()  # what the jobs before this one in the process left behind
+    memory.reset_peak()
     try:
-        return execute(cfg)
+        return execute(cfg, rss_at_start)
     except ConfigError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
         if not is_multirun():
@@ -112,6 +104,8 @@ def run_job(cfg: DictConfig) -> JobOutcome:
             raise
         print(redact(traceback.format_exc()), file=sys.stderr)  # the MLflow run (if it started) is FAILED with it
         return JobOutcome("FAILED", sweep_id(cfg), error=redact(f"{type(e).__name__}: {e}"))
+    finally:
+        memory.release()  # the job's model, trainer and lm-eval objects are unreachable by now
 
 
 def discard_output_dir() -> None:
@@ -144,18 +138,19 @@ def intermediate_scoring(cfg: DictConfig, built, trial) -> list:
     return [trials.report_callback(trial, score_slice, cfg.eval.every_steps, cfg.eval.slice_size, tracking.log_metrics)]
 
 
-def reuse_baseline(cfg, experiment_id: str, name: str, tags: dict, source, files, datasets) -> JobOutcome:
+def reuse_baseline(cfg, experiment_id: str, name: str, tags: dict, source, files, datasets,
+                   start_memory: dict) -> JobOutcome:
     with tracking.mlflow_run(experiment_id, name, tags) as run:
         tracking.log_inputs(cfg, files, datasets)
-        memory = peak_memory_mb()
-        tracking.log_metrics(memory)
-        metrics = baseline_cache.reuse(source) | memory
+        used = start_memory | memory.peak_mb()
+        tracking.log_metrics(used)
+        metrics = baseline_cache.reuse(source) | used
         log.info("%s: reusing the scores of run %s (baseline cache; eval.cache=false scores again): %s", name,
                  source.info.run_id, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if is_task_metric(k)))
         return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics)
 
 
-def execute(cfg: DictConfig) -> JobOutcome:
+def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
     validate(cfg)
     if distributed.world_size() > 1 and prunes(cfg.trial.pruner):
         raise ConfigError(f"hydra.sweeper.pruner={cfg.trial.pruner} with {distributed.world_size()} training "
@@ -171,6 +166,7 @@ def execute(cfg: DictConfig) -> JobOutcome:
     set_seed(cfg.seed)
     trial = trials.attach(cfg)
     name = tracking.run_name(cfg)
+    start_memory = {"rss_at_start_mb": rss_at_start} if rss_at_start is not None else {}
     tags = tracking.start_tags(cfg, sweep_id(cfg), trial.tags() if trial else {}) | {
         "base_model": base_model_identity(cfg.model, cfg.seed)}
     if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed and lm-eval
@@ -179,7 +175,7 @@ def execute(cfg: DictConfig) -> JobOutcome:
         source = baseline_cache.find_source(key) if cfg.eval.cache else None
         if source is not None:
             return reuse_baseline(cfg, experiment_id, name, tags | {"baseline_key": key}, source, files,
-                                  dataset_inputs(cfg, loaded[1]))
+                                  dataset_inputs(cfg, loaded[1]), start_memory)
         tags |= {"baseline_key": key, "cached": "false"}
     built = build(cfg, loaded)
     trainable, total = count_parameters(built.model)
@@ -190,7 +186,7 @@ def execute(cfg: DictConfig) -> JobOutcome:
         # Each step's results are logged as soon as they exist: a later failure keeps them.
         tracking.log_inputs(cfg, built.files, built.datasets)
         metrics = {"trainable_params": trainable, "total_params": total,
-                   "model_memory_mb": memory_footprint_mb(built.model)}
+                   "model_memory_mb": memory_footprint_mb(built.model)} | start_memory
         tracking.log_metrics(metrics)
         if cfg.method.trains:
             metrics |= train_and_record(cfg, built, total, trial)
@@ -250,7 +246,7 @@ def score_and_record(cfg: DictConfig, built, name: str) -> dict[str, float]:
         tracking.log_eval_results(scores.results)
         for draw, metrics in enumerate(scores.by_draw):
             tracking.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
-    scored |= peak_memory_mb()
+    scored |= memory.peak_mb()
     tracking.log_metrics(scored)
     shown = {k: f"{v:.4g}" for k, v in scored.items() if is_task_metric(k)} or {"scoring": "off (eval.enabled=false)"}
     log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in shown.items()))

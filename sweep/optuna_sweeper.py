@@ -38,7 +38,6 @@ from sweep.tracking import Terminated, install_signal_handlers, open_experiment
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
-WORKER_STOP_SECONDS = 60.0  # how long an interrupted sweep waits for its spawned workers to close their runs
 log = logging.getLogger(__name__)
 
 
@@ -64,22 +63,6 @@ def recover_local_dead_trials(study: optuna.Study) -> None:
             except (ValueError, RuntimeError):  # another worker recovered it first
                 continue
             requeue(study, t)
-
-
-def stop_workers(workers: list[subprocess.Popen], sig: int, timeout: float = WORKER_STOP_SECONDS) -> None:
-    """Pass the signal on to the spawned workers (a SIGTERM sent to this process alone does not
-    reach them) and wait for them to record their runs as KILLED; kill those still alive after
-    `timeout` seconds."""
-    for w in workers:
-        if w.poll() is None:
-            w.send_signal(sig)
-    deadline = time.monotonic() + timeout
-    for w in workers:
-        try:
-            w.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("worker %d did not stop within %.0f s of the signal: killed", w.pid, timeout)
-            w.kill()
 
 
 def count(study: optuna.Study, *states: TrialState) -> int:
@@ -167,7 +150,7 @@ class OptunaSweeper(Sweeper):
             self.client.set_terminated(parent, "FAILED")
             raise
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the workers stop too, each closing its run
-            stop_workers(workers, signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+            processes.stop(workers, signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
             raise
         finally:
             for w in workers:

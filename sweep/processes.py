@@ -1,4 +1,5 @@
-"""Which process a run or trial belongs to, and whether that process still lives.
+"""Which process a run or trial belongs to, whether that process still lives, and stopping the
+processes this one started.
 
 A SIGKILLed or crashed process runs no cleanup, so what it left RUNNING (an MLflow run, an Optuna
 trial) is closed by the next process on the same host that finds its owner gone. The owner is
@@ -8,9 +9,15 @@ mistaken for the owner.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import subprocess
+import time
 from pathlib import Path
+
+STOP_SECONDS = 60.0  # how long an interrupted process waits for those it started to close their runs
+log = logging.getLogger(__name__)
 
 
 def host() -> str:
@@ -58,3 +65,19 @@ def owner_gone(tags: dict[str, str]) -> bool:
         return False
     now = start_time(int(pid))
     return now is None or (bool(tags.get("pid_start")) and bool(now) and now != tags["pid_start"])
+
+
+def stop(workers: list[subprocess.Popen], sig: int, timeout: float = STOP_SECONDS) -> None:
+    """Pass the signal on to the processes this one started (a sweep's workers, a job's process: a
+    SIGTERM sent to this process alone does not reach them) and wait for them to record their runs
+    as KILLED; kill those still alive after `timeout` seconds."""
+    for w in workers:
+        if w.poll() is None:
+            w.send_signal(sig)
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        try:
+            w.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("worker %d did not stop within %.0f s of the signal: killed", w.pid, timeout)
+            w.kill()

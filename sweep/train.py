@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments
 
-from sweep import tracking
+from sweep import memory, tracking
 from sweep.data import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -22,12 +22,13 @@ class NonFiniteLossError(FloatingPointError):
     """Training diverged; raised at the logging step that saw it, not after all steps."""
 
 
-CURVES = ("loss", "learning_rate", "grad_norm", "step_seconds")  # per-step entries logged as curves
+CURVES = ("loss", "learning_rate", "grad_norm", "step_seconds", "rss_mb")  # per-step entries logged as curves
 
 
 class MetricsToMlflow(TrainerCallback):
     """Log every Trainer log entry (loss, lr, grad norm) as `train/<name>`, plus the mean wall time
-    per step since the previous entry (`train/step_seconds`), and stop on NaN/inf loss (pruning
+    per step since the previous entry (`train/step_seconds`) and the resident memory
+    (`train/rss_mb`: a job whose memory creeps shows it here), and stop on NaN/inf loss (pruning
     the trial instead of failing it when `prune_divergence`: a sweep with a pruner)."""
 
     def __init__(self, prune_divergence: bool = False) -> None:
@@ -44,6 +45,8 @@ class MetricsToMlflow(TrainerCallback):
         if state.global_step > step:
             logs = {**logs, "step_seconds": (now - then) / (state.global_step - step)}
             self._last = (now, state.global_step)
+        rss = memory.resident_mb()
+        logs = {**logs, "rss_mb": rss} if rss is not None else logs
         for key in ("loss", "grad_norm"):
             value = logs.get(key)
             if value is not None and not math.isfinite(value):

@@ -121,6 +121,7 @@ def test_hparams_search_presets_compose_with_the_optuna_sweeper(preset):
     validate(cfg)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
+    assert cfg.hydra.launcher._target_.endswith("FreshProcessLauncher")  # flat memory over many trials
     space = parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
     assert space.distributions and not space.fixed
 

@@ -1,0 +1,92 @@
+"""This process's memory: resident size now, each job's own peak, and freed memory handed back.
+
+Why our own: `ru_maxrss` is the process's lifetime peak, so in a multirun (every job in one
+process) each job after the largest would report the largest one's peak; Linux's "hiwater" reset
+(`/proc/self/clear_refs`) gives each job its own. And torch's CPU tensors come from glibc's
+malloc, which keeps freed pages of its heaps and, with its default adaptive threshold, serves
+ever larger tensors from them: with batches of varying shapes the heap fragments and the resident
+size creeps up step after step although nothing is held (pytorch/pytorch#27971). A fixed
+mmap threshold makes every large block (activations, logits, gradients) its own mapping, returned
+to the system when freed; `malloc_trim` returns what the small-block heaps keep between jobs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import re
+import resource
+from functools import cache
+from pathlib import Path
+
+STATUS = Path("/proc/self/status")
+M_MMAP_THRESHOLD = -3  # mallopt parameter number (malloc.h)
+MMAP_THRESHOLD_BYTES = 1 << 20  # blocks from 1 MiB up get their own mapping: all activations of a batch
+
+
+@cache
+def _libc():
+    """glibc, or None (musl, macOS): the heap settings below are glibc's."""
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+def _status_mb(field: str) -> float | None:
+    with contextlib.suppress(OSError):
+        match = re.search(rf"^{field}:\s+(\d+) kB", STATUS.read_text(), re.MULTILINE)
+        if match:
+            return int(match.group(1)) / 1024
+    return None
+
+
+def resident_mb() -> float | None:
+    """Resident memory now (None where /proc is missing)."""
+    return _status_mb("VmRSS")
+
+
+def reset_peak() -> None:
+    """Start a new peak: what `peak_mb` reports from here on is this job's."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_mb() -> dict[str, float]:
+    """Peak resident memory since `reset_peak` (the process's lifetime peak where it cannot be
+    reset), and on a GPU the peak allocated there."""
+    import torch
+
+    peaks = {"peak_rss_mb": _status_mb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peaks
+
+
+def map_large_blocks() -> bool:
+    """Fix glibc's mmap threshold (switching off its adaptive growth): large blocks are mapped and
+    unmapped, so a training loop's varying batch shapes cannot fragment the heap. Returns whether
+    it took effect."""
+    libc = _libc()
+    return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
+def release() -> None:
+    """Hand back what a finished job freed: unreachable objects, the GPU allocator's cache and
+    glibc's free heap pages."""
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
