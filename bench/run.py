@@ -17,6 +17,9 @@ bench/results.md (or --out).
                       space (its grid sampler by default: every configuration is started, the
                       pruner stops the weak ones early)
 6. peer comparison    tokens/s of our training vs TRL's SFTTrainer on the same LoRA SFT
+8. memory             one multirun of 10 jobs (5 methods x SST-2 and RTE): each job's peak RSS and
+                      tokens/s, and the RSS each job starts from, with every job in the sweep's process
+                      (Hydra's basic launcher) vs each in a fresh one (hydra/launcher=fresh_process)
 7. team study         finished trials per hour on the team's servers (PostgreSQL study, MLflow
                       server) with 1 and 2 workers, and the per-trial cost of their round trips
                       against the embedded stores (journal file, SQLite): the tiny model's short
@@ -50,10 +53,12 @@ from sweep.tracking import STUDY_METHOD  # noqa: E402
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
         "grid_limit": 200, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
-        "panel_examples": 872, "team_trials": 8, "team_steps": 4}
+        "panel_examples": 872, "team_trials": 8, "team_steps": 4, "memory_steps": 4,
+        "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte"}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 2, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "optuna_trials": 4, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
-         "team_trials": 4, "team_steps": 2}
+         "team_trials": 4, "team_steps": 2, "memory_steps": 2,
+         "memory_methods": "zero_shot,lora", "memory_tasks": "sst2"}
 
 
 def median(xs) -> float:
@@ -362,6 +367,29 @@ class Bench:
 
 
     # 7 -------------------------------------------------------------------------------------------
+    def memory(self) -> dict:
+        """The same 10-job multirun twice: in the sweep's process and each job in a new one."""
+        grid = [f"method={self.p['memory_methods']}", f"data={self.p['memory_tasks']}",
+                f"train.max_steps={self.p['memory_steps']}",
+                "train.batch_size=16", f"eval.limit={self.p['grid_limit'] // 4}", "eval.fewshot_draws=1",
+                "eval.cache=false", "tracking.log_adapter=false", *self.track]
+        out = {}
+        for launcher in ("basic", "fresh_process"):
+            experiment = f"bench-memory-{launcher}"
+            seconds = run(sweep_cmd("-m", f"model={self.p['model']}", f"hydra/launcher={launcher}", *grid,
+                                    f"tracking.experiment={experiment}"), self.log)
+            runs = self.runs(experiment)
+            jobs = {f"{r['params.method.name']}/{r['params.data.name']}": {
+                "rss_at_start_mb": r["metrics.rss_at_start_mb"], "peak_rss_mb": r["metrics.peak_rss_mb"],
+                **({"train_tokens_per_second": r["metrics.train_tokens_per_second"]}
+                   if not math.isnan(r.get("metrics.train_tokens_per_second", math.nan)) else {})}
+                for r in runs.to_dict("records")}
+            starts = list(runs["metrics.rss_at_start_mb"])
+            out[launcher] = {"jobs": jobs, "wall_seconds": seconds, "rss_growth_mb": starts[-1] - starts[1],
+                             "max_peak_rss_mb": max(runs["metrics.peak_rss_mb"])}
+        out["fresh_process_wall_ratio"] = out["fresh_process"]["wall_seconds"] / out["basic"]["wall_seconds"]
+        return out
+
     def team_study(self) -> dict:
         from scripts.services import throwaway
 
@@ -435,7 +463,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     names = ["harness_overhead", "model_startup", "scoring", "baseline_panel", "padding", "training_features",
-             "sweep_efficiency", "trl", "team_study"]
+             "sweep_efficiency", "trl", "team_study", "memory"]
     results = {"machine": machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
                "params": params, "benchmarks": {}}
     previous = out / "results.json"

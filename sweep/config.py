@@ -116,8 +116,8 @@ def validate(cfg: DictConfig) -> None:
                  "must be a number >= 0")
         validate_scheduler(t.lr_scheduler)
         _require(t.bf16 in (True, False, "auto"), "train.bf16", t.bf16, "choose true, false or auto")
-        _require(isinstance(t.answer_only_logits, bool), "train.answer_only_logits", t.answer_only_logits,
-                 "must be true or false")
+        for key in ("answer_only_logits", "gradient_checkpointing"):
+            _require(isinstance(t[key], bool), f"train.{key}", t[key], "must be true or false")
         mts = cfg.data.max_train_samples
         _require(mts is None or (_is_int(mts) and mts > 0), "data.max_train_samples", mts,
                  "must be a positive integer or null (all)")

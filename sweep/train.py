@@ -183,6 +183,8 @@ def training_arguments(train: DictConfig, seed: int, output_dir: str) -> Trainin
         weight_decay=train.weight_decay,
         lr_scheduler_type=train.lr_scheduler,
         train_sampling_strategy=train.sampling,
+        gradient_checkpointing=train.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # (works with frozen embeddings: LoRA, prompts)
         logging_steps=min(train.logging_steps, train.max_steps),
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a diverged loss must be seen (and stop the run), not averaged away

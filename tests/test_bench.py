@@ -18,7 +18,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     b = results["benchmarks"]
     assert set(b) == {"harness_overhead", "model_startup", "scoring", "baseline_panel", "padding",
-                      "training_features", "sweep_efficiency", "trl", "team_study"}
+                      "training_features", "sweep_efficiency", "trl", "team_study", "memory"}
     assert b["baseline_panel"]["same_accuracies"] and b["baseline_panel"]["passes"] == 12
     assert b["baseline_panel"]["speedup"] == pytest.approx(
         b["baseline_panel"]["lm_eval_hflm_seconds"] / b["baseline_panel"]["prefix_cached_seconds"])
@@ -34,4 +34,11 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     team = b["team_study"]
     assert team["trials"] == 4 and all(v > 0 for v in team["trials_per_hour"].values())
     assert team["two_workers_vs_one"] == pytest.approx(team["server_1_worker_seconds"] / team["server_2_workers_seconds"])
+    memory = b["memory"]
+    for launcher in ("basic", "fresh_process"):
+        jobs = memory[launcher]["jobs"]
+        assert set(jobs) == {"zero_shot/sst2", "lora/sst2"} and all(j["peak_rss_mb"] > 0 for j in jobs.values())
+        assert jobs["lora/sst2"]["train_tokens_per_second"] > 0
+    assert memory["fresh_process_wall_ratio"] == pytest.approx(
+        memory["fresh_process"]["wall_seconds"] / memory["basic"]["wall_seconds"])
     assert "## harness_overhead" in (tmp_path / "results.md").read_text()

@@ -26,6 +26,14 @@ def test_training_is_deterministic_on_cpu(tmp_path):
     assert any(torch.count_nonzero(v) for k, v in lora_a.items() if "lora_B" in k)  # it did learn
 
 
+def test_gradient_checkpointing_trains_the_same_adapter(tmp_path):
+    """Recomputing activations in the backward pass (less memory) changes nothing learned."""
+    plain, lora_plain = _train(tmp_path)
+    checkpointed, lora_checkpointed = _train(tmp_path, "train.gradient_checkpointing=true")
+    assert checkpointed.final_loss == pytest.approx(plain.final_loss, abs=1e-5)
+    assert all(torch.allclose(lora_plain[k], lora_checkpointed[k], atol=1e-6) for k in lora_plain)
+
+
 @pytest.mark.parametrize("method", ["lora", "qlora", "full", "prompt_tuning", "prefix_tuning"])
 def test_answer_only_loss_equals_the_full_loss(method):
     """Same loss from the answer positions alone, for every method (prompt tuning shifts positions)."""
