@@ -28,7 +28,7 @@ from sweep.data import sha256
 from sweep.secrets import redact
 from sweep.tracking import STUDY_METHOD, git_state
 
-VOLATILE = ("_seconds", "_per_second", "peak_rss_mb", "peak_gpu_mb")  # timings and memory: not compared
+VOLATILE = ("_seconds", "_per_second", "rss_", "peak_gpu_mb")  # timings and memory: not compared
 
 
 @dataclass
