@@ -17,6 +17,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
+from mlflow.exceptions import MlflowException
 
 from sweep.secrets import redact
 from sweep.tracking import STUDY_METHOD
@@ -56,15 +57,21 @@ def parent_run(study: optuna.Study, created: bool, client: mlflow.MlflowClient, 
 
 
 def close_dead_runs(client: mlflow.MlflowClient, experiment: str, study_name: str, numbers: list[int]) -> None:
-    """The MLflow runs of trials whose worker died are left RUNNING: mark them KILLED."""
+    """The MLflow runs of trials whose worker died are left RUNNING: mark them KILLED. Two live
+    workers may find the same dead run at once; the one whose write the store refuses (a tag the
+    other just set: a unique-key violation on a database) leaves the run to the other."""
     exp = client.get_experiment_by_name(experiment)
     for n in numbers if exp else []:
         for run in client.search_runs([exp.experiment_id], f"tags.`optuna.study_name` = '{study_name}' and "
                                       f"tags.`optuna.trial_number` = '{n}' and attributes.status = 'RUNNING'"):
-            client.set_tag(run.info.run_id, "optuna.state", "FAIL")
-            client.set_tag(run.info.run_id, "error", "its worker stopped (died or lost its host); the trial was "
-                                                     "queued again")
-            client.set_terminated(run.info.run_id, "KILLED")
+            try:
+                client.set_tag(run.info.run_id, "optuna.state", "FAIL")
+                client.set_tag(run.info.run_id, "error", "its worker stopped (died or lost its host); the trial "
+                                                         "was queued again")
+                client.set_terminated(run.info.run_id, "KILLED")
+            except MlflowException as e:
+                log.info("run %s of dead trial %d: closed by another worker (%s)", run.info.run_id, n,
+                         redact(str(e)).splitlines()[0])
 
 
 def best_trials(study: optuna.Study, n_objectives: int) -> list:

@@ -99,3 +99,31 @@ def test_the_journal_file_has_no_heartbeat_so_beating_is_a_no_op(tmp_path):
         assert not beat._thread.is_alive()
     fail_stale(study)
     assert study.trials[0].state == TrialState.RUNNING
+
+
+def test_a_dead_run_another_worker_closed_first_does_not_stop_the_sweep(tmp_path):
+    """Two live workers may close the same dead trial's run at once; on PostgreSQL the second's tag
+    write fails on a unique key. Forced here: the store refuses the first run's writes; that run is
+    left to the other worker and the next dead run is still closed."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from sweep import study_runs
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    experiment_id = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
+    runs = [client.create_run(experiment_id, tags={"optuna.study_name": "s", "optuna.trial_number": str(n)})
+            for n in (0, 1)]
+    taken = runs[0].info.run_id
+
+    class RacedClient(mlflow.MlflowClient):
+        def set_tag(self, run_id, key, value, **kw):
+            if run_id == taken:
+                raise MlflowException("duplicate key value violates unique constraint \"tag_pk\"")
+            return super().set_tag(run_id, key, value, **kw)
+
+    raced = RacedClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    study_runs.close_dead_runs(raced, "e", "s", [0, 1])
+    assert client.get_run(runs[1].info.run_id).info.status == "KILLED"
+    assert client.get_run(runs[1].info.run_id).data.tags["optuna.state"] == "FAIL"
+    assert client.get_run(taken).info.status == "RUNNING"  # the other worker's to close
