@@ -133,6 +133,7 @@ class TrainResult:
     bf16: bool                   # whether bf16 autocast was used
     optim: str                   # the optimizer that ran
     threads: int                 # torch intra-op threads
+    gradient_checkpointing: bool  # whether activations were recomputed in the backward pass
 
     @property
     def tokens_per_second(self) -> float:
@@ -219,4 +220,4 @@ def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_di
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     return TrainResult(seconds, int(trainer.state.num_input_tokens_seen),
                        losses[-1] if losses else output.training_loss, bool(args.bf16), str(args.optim.value),
-                       torch.get_num_threads())
+                       torch.get_num_threads(), bool(getattr(trainer.model, "is_gradient_checkpointing", False)))

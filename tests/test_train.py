@@ -30,6 +30,7 @@ def test_gradient_checkpointing_trains_the_same_adapter(tmp_path):
     """Recomputing activations in the backward pass (less memory) changes nothing learned."""
     plain, lora_plain = _train(tmp_path)
     checkpointed, lora_checkpointed = _train(tmp_path, "train.gradient_checkpointing=true")
+    assert checkpointed.gradient_checkpointing and not plain.gradient_checkpointing
     assert checkpointed.final_loss == pytest.approx(plain.final_loss, abs=1e-5)
     assert all(torch.allclose(lora_plain[k], lora_checkpointed[k], atol=1e-6) for k in lora_plain)
 
