@@ -81,15 +81,14 @@ def died(config: DictConfig, code: int) -> JobReturn:
     """The return of a job whose process ended without one: recorded as a failed job (its MLflow
     run, left RUNNING, closed as KILLED) so that the sweep goes on."""
     from sweep import tracking
-    from sweep.job import JobOutcome, sweep_id_of
+    from sweep.job import JobOutcome, sweep_id
 
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     error = f"the job's process {how} before it returned (out of memory? see the system log)"
     log.error(error)
     tracking.close_orphaned_runs(tracking.open_experiment(config.tracking))
     ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=config, hydra_cfg=config, status=JobStatus.COMPLETED)
-    sweep = str(config.tracking.sweep_id) if config.tracking.sweep_id else sweep_id_of(config.hydra.sweep.dir)
-    ret.return_value = JobOutcome("FAILED", sweep, error=error)
+    ret.return_value = JobOutcome("FAILED", sweep_id(config, config.hydra.sweep.dir), error=error)
     return ret
 
 

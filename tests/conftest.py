@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -80,6 +81,23 @@ def runs_of(tracking_overrides: list[str], experiment: str = "sft-sweep"):
     init_store(uri)  # a child process may be creating the store right now
     mlflow.set_tracking_uri(uri)
     return mlflow.search_runs(experiment_names=[experiment], order_by=["start_time ASC"])
+
+
+def training_run_in_another_process(tracking, proc, log: Path, timeout: float = 300) -> dict:
+    """A RUNNING run of the store named by `tracking` that has logged a training loss and belongs
+    to a process other than `proc` (a sweep's worker or job process), as a dict of its columns."""
+    import mlflow
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        time.sleep(1)
+        if not Path(tracking[0].split("///", 1)[1]).exists():
+            continue
+        for run in runs_of(tracking).to_dict("records"):
+            if (run["status"] == "RUNNING" and run.get("tags.pid") != str(proc.pid)
+                    and mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")):
+                return run
+    raise AssertionError("no run trained in a process of its own: " + log.read_text()[-3000:])
 
 
 def optuna_args(tmp_path, *extra) -> list[str]:

@@ -7,13 +7,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from pathlib import Path
 
-import mlflow
 import pytest
 
-from conftest import ROOT, TINY, clean_env, run_sweep, runs_of
+from conftest import ROOT, TINY, clean_env, run_sweep, runs_of, training_run_in_another_process
 
 # A training step's activations: 60 blocks of about 5 MB, each step a little smaller than the last
 # (as group_by_length's batches shrink), with small long-lived objects allocated among them.
@@ -84,20 +81,6 @@ def test_twenty_jobs_in_one_process_keep_memory_flat(tmp_path, tracking):
 FRESH = ["hydra/launcher=fresh_process", "train.logging_steps=1", "data.max_train_samples=64"]
 
 
-def _running_job(tracking, sweep: subprocess.Popen, log: Path, timeout: float = 300) -> dict:
-    """A run of the sweep that is training, in a process of its own."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        time.sleep(1)
-        if not Path(tracking[0].split("///", 1)[1]).exists():
-            continue
-        for run in runs_of(tracking).to_dict("records"):
-            if (run["status"] == "RUNNING" and run["tags.pid"] != str(sweep.pid)
-                    and mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")):
-                return run
-    raise AssertionError("no job trained in a process of its own: " + log.read_text()[-3000:])
-
-
 @pytest.mark.e2e
 def test_a_job_killed_for_memory_fails_alone_with_the_fresh_process_launcher(tmp_path, tracking):
     """Each job in its own process: the first job's process is SIGKILLed (as the out-of-memory
@@ -108,7 +91,7 @@ def test_a_job_killed_for_memory_fails_alone_with_the_fresh_process_launcher(tmp
         sweep = subprocess.Popen([sys.executable, "sweep.py", "-m", *TINY, *tracking, *FRESH, "train.max_steps=40",
                                   "lora.r=1,2", f"hydra.sweep.dir={tmp_path}/multirun"],
                                  cwd=ROOT, stdout=out, stderr=out, env=clean_env())
-        victim = _running_job(tracking, sweep, log)
+        victim = training_run_in_another_process(tracking, sweep, log)
         os.kill(int(victim["tags.pid"]), signal.SIGKILL)
         sweep.wait(timeout=600)
     output = log.read_text()
@@ -131,7 +114,7 @@ def test_sigterm_to_a_fresh_process_sweep_reaches_its_job(tmp_path, tracking):
         sweep = subprocess.Popen([sys.executable, "sweep.py", "-m", *TINY, *tracking, *FRESH,
                                   "train.max_steps=100000", "lora.r=1,2", f"hydra.sweep.dir={tmp_path}/multirun"],
                                  cwd=ROOT, stdout=out, stderr=out, env=clean_env(), start_new_session=True)
-        _running_job(tracking, sweep, log)
+        training_run_in_another_process(tracking, sweep, log)
         sweep.send_signal(signal.SIGTERM)
         sweep.wait(timeout=120)
     with pytest.raises(ProcessLookupError):

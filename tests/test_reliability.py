@@ -13,7 +13,8 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.secrets import redact
-from tests.conftest import ROOT, TINY, children, clean_env, optuna_args, run_sweep, runs_of, study_of
+from tests.conftest import (ROOT, TINY, children, clean_env, optuna_args, run_sweep, runs_of, study_of,
+                            training_run_in_another_process)
 
 
 @pytest.mark.e2e
@@ -192,16 +193,7 @@ def test_a_sigkilled_spawned_worker_is_recovered_by_the_sweep_that_spawned_it(tm
     with log.open("w") as err:
         proc = subprocess.Popen([sys.executable, "sweep.py", *args], cwd=ROOT, stdout=err, stderr=err,
                                 env=clean_env(), start_new_session=True)
-        deadline, victim = time.time() + 300, None
-        while time.time() < deadline and victim is None:
-            time.sleep(1)
-            runs = runs_of(tracking) if Path(tracking[0].split("///", 1)[1]).exists() else None
-            kids = [] if runs is None or runs.empty else children(tracking)[0]
-            for _, run in (kids.iterrows() if len(kids) else []):
-                if (run["status"] == "RUNNING" and run["tags.pid"] != str(proc.pid)
-                        and mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")):
-                    victim = run
-        assert victim is not None, log.read_text()[-3000:]
+        victim = training_run_in_another_process(tracking, proc, log)
         os.kill(int(victim["tags.pid"]), signal.SIGKILL)
         proc.wait(timeout=600)
     assert proc.returncode == 0, log.read_text()[-3000:]
