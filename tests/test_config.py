@@ -25,6 +25,11 @@ def test_every_experiment_composes(experiment):
 
 
 def test_defaults_are_the_documented_ones():
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.endswith("FreshProcessLauncher")  # a multirun's jobs each in a new process
     cfg = compose()
     assert (cfg.model.name, cfg.method.name, cfg.data.task) == ("smollm2_135m", "lora", "sst2")
     assert cfg.eval.tasks == ["sst2"] and cfg.eval.num_fewshot == 4
@@ -121,7 +126,6 @@ def test_hparams_search_presets_compose_with_the_optuna_sweeper(preset):
     validate(cfg)
     sweeper = cfg.hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper")
-    assert cfg.hydra.launcher._target_.endswith("FreshProcessLauncher")  # flat memory over many trials
     space = parse_search_space([f"{k}={v}" for k, v in sweeper.params.items()])
     assert space.distributions and not space.fixed
 

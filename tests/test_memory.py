@@ -78,17 +78,19 @@ def test_twenty_jobs_in_one_process_keep_memory_flat(tmp_path, tracking):
     assert growth < GROWTH_PER_JOB_MB * (JOBS - WARM_UP), at_start
 
 
-FRESH = ["hydra/launcher=fresh_process", "train.logging_steps=1", "data.max_train_samples=64"]
+# A plain multirun, as a user types it: the default launcher (fresh_process), not the tests' basic one.
+PLAIN = [a for a in TINY if not a.startswith("hydra/launcher=")]
+FRESH = ["train.logging_steps=1", "data.max_train_samples=64"]
 
 
 @pytest.mark.e2e
-def test_a_job_killed_for_memory_fails_alone_with_the_fresh_process_launcher(tmp_path, tracking):
-    """Each job in its own process: the first job's process is SIGKILLed (as the out-of-memory
+def test_a_job_killed_for_memory_fails_alone_in_a_plain_multirun(tmp_path, tracking):
+    """Each job of a plain `-m` in its own process (the default launcher): the first job's process is SIGKILLed (as the out-of-memory
     killer does) mid-training; its run is closed KILLED, the next job runs and finishes, both
     start from the same memory, and the grid exits 1 naming the signal."""
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
-        sweep = subprocess.Popen([sys.executable, "sweep.py", "-m", *TINY, *tracking, *FRESH, "train.max_steps=40",
+        sweep = subprocess.Popen([sys.executable, "sweep.py", "-m", *PLAIN, *tracking, *FRESH, "train.max_steps=40",
                                   "lora.r=1,2", f"hydra.sweep.dir={tmp_path}/multirun"],
                                  cwd=ROOT, stdout=out, stderr=out, env=clean_env())
         victim = training_run_in_another_process(tracking, sweep, log)
@@ -111,7 +113,7 @@ def test_sigterm_to_a_fresh_process_sweep_reaches_its_job(tmp_path, tracking):
     ends KILLED, and no process is left."""
     log = tmp_path / "sweep.log"
     with log.open("w") as out:
-        sweep = subprocess.Popen([sys.executable, "sweep.py", "-m", *TINY, *tracking, *FRESH,
+        sweep = subprocess.Popen([sys.executable, "sweep.py", "-m", *PLAIN, *tracking, *FRESH,
                                   "train.max_steps=100000", "lora.r=1,2", f"hydra.sweep.dir={tmp_path}/multirun"],
                                  cwd=ROOT, stdout=out, stderr=out, env=clean_env(), start_new_session=True)
         training_run_in_another_process(tracking, sweep, log)

@@ -154,9 +154,11 @@ def test_an_interrupted_optuna_sweep_resumes(tmp_path, tracking):
 @pytest.mark.e2e
 def test_sigterm_to_a_sweep_with_two_jobs_stops_its_worker_too(tmp_path, tracking):
     """`kill PID` reaches the sweep's own process only: it passes the signal on to the worker it
-    spawned, both runs end KILLED, both trials are queued again, and no process is left."""
+    spawned, each of them to its job's process (the default launcher), both runs end KILLED, both
+    trials are queued again, and no process is left."""
     args = [*optuna_args(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "lora.r=choice(1,2)",
-                         "train.logging_steps=1", "data.max_train_samples=64"), *tracking]
+                         "train.logging_steps=1", "data.max_train_samples=64", "hydra/launcher=fresh_process"),
+            *tracking]
     log = tmp_path / "stderr.log"
     with log.open("w") as err:
         proc = subprocess.Popen([sys.executable, "sweep.py", *args, "train.max_steps=100000"], cwd=ROOT,
