@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from transformers import set_seed
 
 from sweep.config import ConfigError
-from sweep.data import build_train_dataset, data_files, dataset_inputs
+from sweep.data import GENERATED_DATASET, build_train_dataset, data_files, dataset_inputs, generated_file, read_generated
 from sweep.evaluate import Prompting, check_templates, load_tasks, make_lm, task_manager, uses_chat_template
 from sweep.methods import apply_method
 from sweep.models import load_model_and_tokenizer
@@ -51,9 +51,19 @@ def task_files(tasks: dict) -> list[Path]:
     return sorted({f for task in tasks.values() for f in data_files(task)})
 
 
-def build(cfg: DictConfig, loaded: tuple | None = None) -> Built:
-    """`loaded`: (task manager, tasks) when the caller has loaded them already."""
+def generated_data(cfg: DictConfig) -> Path | None:
+    """The file of generated tasks mixed into training (data.generated at data.mix > 0), fetched
+    from the store when given as a run id; None when there is none."""
+    if not cfg.method.trains or not cfg.data.get("mix"):
+        return None
+    return generated_file(cfg.data, cfg.tracking.uri, cfg.paths.cache)
+
+
+def build(cfg: DictConfig, loaded: tuple | None = None, generated: Path | None = None) -> Built:
+    """`loaded`: (task manager, tasks) when the caller has loaded them already; `generated`: the
+    file `generated_data` found (looked up here when not given)."""
     tm, tasks = loaded or load_project_tasks(cfg)
+    generated = generated or generated_data(cfg)
     eval_tasks = {name: tasks[name] for name in cfg.eval.tasks}
     if cfg.method.name != "strongest_baseline":  # (which checks each variant it tries)
         Prompting.from_config(cfg).check(eval_tasks)
@@ -67,5 +77,10 @@ def build(cfg: DictConfig, loaded: tuple | None = None) -> Built:
     if cfg.method.trains:
         train_task = tasks[cfg.data.task]
         train_dataset = build_train_dataset(train_task, cfg.data, lm, cfg.train.max_seq_length, cfg.seed,
-                                            chat=uses_chat_template({cfg.data.task: train_task}))
-    return Built(model, tokenizer, lm, tm, eval_tasks, train_dataset, task_files(tasks), dataset_inputs(cfg, tasks))
+                                            chat=uses_chat_template({cfg.data.task: train_task}),
+                                            generated=read_generated(generated) if generated else None)
+    files, inputs = task_files(tasks), dataset_inputs(cfg, tasks)
+    if generated:
+        files.append(generated)
+        inputs.append((GENERATED_DATASET, generated, "training"))
+    return Built(model, tokenizer, lm, tm, eval_tasks, train_dataset, files, inputs)

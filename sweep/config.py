@@ -121,6 +121,7 @@ def validate(cfg: DictConfig) -> None:
         mts = cfg.data.max_train_samples
         _require(mts is None or (_is_int(mts) and mts > 0), "data.max_train_samples", mts,
                  "must be a positive integer or null (all)")
+        validate_mix(cfg.data)
     if m.peft == "lora":
         validate_lora(cfg.lora)
         _require(m.quantization is None or cfg.lora.init not in ("pissa", "olora"), "lora.init", cfg.lora.init,
@@ -182,6 +183,33 @@ def validate_baseline_search(search: DictConfig) -> None:
     non_empty_list("calibrate", lambda v: isinstance(v, bool), "must be a non-empty list of true/false")
     _require(_is_int(search.dev_size) and search.dev_size > 0, "method.search.dev_size", search.dev_size,
              "must be a positive integer (examples carved from the train split)")
+
+
+def validate_mix(data: DictConfig) -> None:
+    """data.mix / data.generated (datasets that take generated instructions, e.g. self_instruct)."""
+    mix = data.get("mix", 0.0)
+    _require(_is_number(mix) and 0 <= mix <= 1, "data.mix", mix,
+             "must be a number in [0, 1] (the share of generated examples in training)")
+    _require(not mix or data.get("generated") is not None, "data.mix", mix,
+             "needs data.generated=<run id of `python generate_instructions.py`, or its tasks.jsonl>")
+
+
+def validate_generation(cfg: DictConfig) -> None:
+    """generate_instructions.py's own keys (conf/generate_instructions.yaml)."""
+    _require(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    g = cfg.generation
+    for key in ("rounds", "prompts_per_round", "max_new_tokens", "instance_max_new_tokens", "batch_size",
+                "instance_examples"):
+        _require(_is_int(g[key]) and g[key] >= 1, f"generation.{key}", g[key], "must be an integer >= 1")
+    _require(_is_int(g.in_context) and 2 <= g.in_context <= 32, "generation.in_context", g.in_context,
+             "must be an integer in 2-32 (the paper: 8)")
+    _require(_is_int(g.from_generated) and 0 <= g.from_generated < g.in_context, "generation.from_generated",
+             g.from_generated, f"must be an integer in 0-{g.in_context - 1} (below generation.in_context)")
+    _require(_is_number(g.temperature) and 0 <= g.temperature <= 5, "generation.temperature", g.temperature,
+             "must be a number in 0-5 (0: greedy)")
+    _require(_is_number(g.top_p) and 0 < g.top_p <= 1, "generation.top_p", g.top_p, "must be a number in (0, 1]")
+    _require(Path(g.seed_file).is_file(), "generation.seed_file", g.seed_file,
+             "no such file; point it at a JSONL of seed tasks (instruction, input, output, is_classification)")
 
 
 def validate_lora(lora: DictConfig) -> None:

@@ -10,7 +10,9 @@ choice, or the reference text for generation tasks), and tokenizes the pair with
 from __future__ import annotations
 
 import hashlib
+import json
 import random
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -18,6 +20,8 @@ from omegaconf import DictConfig
 from sweep.config import ConfigError
 
 IGNORE_INDEX = -100  # label value that the loss skips (prompt tokens, padding)
+GENERATED_FIELDS = ("instruction", "input", "output")  # what a generated task must have (Self-Instruct's format)
+GENERATED_DATASET = "self_instruct_generated"  # its name as an MLflow dataset
 
 
 def render_pair(task, doc: dict, chat_template=None) -> tuple[str, str]:
@@ -35,19 +39,43 @@ def render_pair(task, doc: dict, chat_template=None) -> tuple[str, str]:
     return context, task.config.target_delimiter + answer
 
 
-def training_pairs(task, split: str, max_samples: int | None, seed: int,
-                   chat_template=None) -> list[tuple[str, str]]:
-    """A seeded random subset (or all) of a task split, rendered to (context, answer) pairs."""
+def training_pairs(task, split: str, max_samples: int | None, seed: int, chat_template=None,
+                   generated: list[dict] | None = None, mix: float = 0.0) -> list[tuple[str, str]]:
+    """A seeded random subset (or all) of a task split, rendered to (context, answer) pairs;
+    with `generated` documents, a seeded mix of both (`mix`: the generated share)."""
     if split not in task.dataset:
         raise ConfigError(f"data.train_split={split!r}: task {task.config.task} has splits {', '.join(task.dataset)}")
     docs = task.dataset[split]
     if len(docs) == 0:
         raise ConfigError(f"data.train_split={split!r} of task {task.config.task} is empty")
+    if generated is not None:
+        return [render_pair(task, doc, chat_template) for doc in mixed_docs(list(docs), generated, mix, max_samples, seed)]
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
     if max_samples:
         order = order[:max_samples]
     return [render_pair(task, docs[i], chat_template) for i in order]
+
+
+def mixed_docs(hand: list[dict], generated: list[dict], mix: float, max_samples: int | None, seed: int) -> list[dict]:
+    """round(mix * n) generated documents and n minus that hand-written ones, each a seeded random
+    subset, shuffled together; n = max_samples, or as many as the two sources allow at this mix."""
+    if mix == 0:
+        n_generated, n_hand = 0, min(max_samples or len(hand), len(hand))
+    elif mix == 1:
+        n_generated, n_hand = min(max_samples or len(generated), len(generated)), 0
+    else:
+        n = max_samples or int(min(len(hand) / (1 - mix), len(generated) / mix))
+        n_generated = round(mix * n)
+        n_hand = n - n_generated
+    if n_generated > len(generated) or n_hand > len(hand) or n_generated + n_hand == 0:
+        raise ConfigError(f"data.mix={mix} of data.max_train_samples={max_samples} needs {n_generated} generated and "
+                          f"{n_hand} hand-written examples; there are {len(generated)} and {len(hand)}: lower "
+                          f"data.max_train_samples or generate more")
+    rng = random.Random(seed)
+    chosen = rng.sample(hand, n_hand) + rng.sample(generated, n_generated)
+    rng.shuffle(chosen)
+    return chosen
 
 
 def tokenize_pairs(pairs, encode_pair, max_length: int, eos_id: int | None = None) -> list[dict]:
@@ -62,15 +90,26 @@ def tokenize_pairs(pairs, encode_pair, max_length: int, eos_id: int | None = Non
     return rows
 
 
-def build_train_dataset(task, data_cfg: DictConfig, lm, max_length: int, seed: int, chat: bool = False):
-    """A datasets.Dataset of tokenized training examples for `task` (`chat`: its template is a chat one)."""
+def build_train_dataset(task, data_cfg: DictConfig, lm, max_length: int, seed: int, chat: bool = False,
+                        generated: list[dict] | None = None):
+    """A datasets.Dataset of tokenized training examples for `task` (`chat`: its template is a chat
+    one; `generated`: documents to mix in at `data.mix`)."""
     import datasets
 
     pairs = training_pairs(task, data_cfg.train_split, data_cfg.max_train_samples, seed,
-                           lm.apply_chat_template if chat else None)
-    # Generation tasks learn to stop; choice tasks are scored on the answer tokens alone.
-    eos = lm.tokenizer.eos_token_id if task.OUTPUT_TYPE == "generate_until" else None
-    return datasets.Dataset.from_list(tokenize_pairs(pairs, lm._encode_pair, max_length, eos))
+                           lm.apply_chat_template if chat else None, generated, data_cfg.get("mix", 0.0))
+    if task.OUTPUT_TYPE == "generate_until":  # learn the reply and to stop, after the prompt as generation sees it
+        return datasets.Dataset.from_list(tokenize_pairs(pairs, generation_encoder(lm), max_length,
+                                                         lm.tokenizer.eos_token_id))
+    return datasets.Dataset.from_list(tokenize_pairs(pairs, lm._encode_pair, max_length))
+
+
+def generation_encoder(lm):
+    """(prompt, reply) -> token ids, for generation tasks: the prompt tokenized alone, as lm-eval's
+    generate_until feeds it to the model, and the reply after it. (lm-eval's `_encode_pair`, right
+    for scoring choices, moves the prompt's trailing whitespace into the reply: with a chat template
+    the newline after the assistant's header would be trained on as part of the reply.)"""
+    return lambda context, answer: (lm.tok_encode(context), lm.tok_encode(answer, add_special_tokens=False))
 
 
 def data_files(task) -> list[Path]:
@@ -106,3 +145,73 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+# ---------------------------------------------------------------- generated instruction data
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def generated_file(data_cfg: DictConfig, tracking_uri: str, cache: str | Path) -> Path | None:
+    """The file of generated tasks `data.generated` names: a JSONL path, or the MLflow run id of a
+    generate_instructions.py run (its `generated/tasks.jsonl`, fetched once into the cache and
+    checked against the sha256 the run recorded). None when no generated data is asked for."""
+    spec = data_cfg.get("generated")
+    if spec is None:
+        return None
+    spec = str(spec)
+    if Path(spec).is_file():
+        return Path(spec)
+    if not RUN_ID.fullmatch(spec):
+        raise ConfigError(f"data.generated={spec!r}: neither a file nor an MLflow run id; give the run id that "
+                          f"`python generate_instructions.py` printed, or its tasks.jsonl")
+    return _fetch_generated(spec, tracking_uri, Path(cache) / "generated" / spec)
+
+
+def _fetch_generated(run_id: str, tracking_uri: str, folder: Path) -> Path:
+    import mlflow
+
+    from sweep.instruction_generation import ARTIFACT_DIR, SHA_TAG, TASKS_FILE
+    from sweep.secrets import redact
+    from sweep.tracking import require_store
+
+    require_store(tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"data.generated={run_id}: no such run in {redact(tracking_uri)}; check tracking.uri") from None
+    expected = run.data.tags.get(SHA_TAG)
+    if expected is None or run.info.status != "FINISHED":
+        raise ConfigError(f"data.generated={run_id}: run {run.info.status.lower()} without a generated dataset "
+                          f"(tag {SHA_TAG}); finish it by rerunning its generate_instructions.py command")
+    path = folder / TASKS_FILE
+    if not (path.is_file() and sha256(path) == expected):
+        folder.mkdir(parents=True, exist_ok=True)
+        fetched = Path(client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{TASKS_FILE}", str(folder)))
+        fetched.replace(path)
+    if sha256(path) != expected:
+        raise ConfigError(f"data.generated={run_id}: the run's {TASKS_FILE} does not match the sha256 it recorded; "
+                          f"the store was changed after the run: generate again")
+    return path
+
+
+def read_generated(path: Path) -> list[dict]:
+    """Generated tasks: JSON objects with string instruction, input and output (the store is
+    untrusted: nothing else is read from it, and every value is checked to be text)."""
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"data.generated: {path}:{n}: not valid JSON ({e.msg})") from None
+            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in GENERATED_FIELDS)):
+                raise ConfigError(f"data.generated: {path}:{n}: needs text fields {', '.join(GENERATED_FIELDS)}")
+            rows.append({k: row[k] for k in GENERATED_FIELDS})
+    if not rows:
+        raise ConfigError(f"data.generated: {path} holds no tasks (every candidate was filtered out?); "
+                          f"generate more rounds or use another run")
+    return rows
+

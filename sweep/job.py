@@ -18,7 +18,7 @@ from optuna.exceptions import TrialPruned
 from transformers import set_seed
 
 from sweep import baseline_cache, baselines, distributed, memory, tracking, trials
-from sweep.build import build, load_project_tasks, task_files
+from sweep.build import build, generated_data, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
 from sweep.data import dataset_inputs
 from sweep.evaluate import Prompting, is_task_metric, score
@@ -161,6 +161,7 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
     if not distributed.is_main():
         return train_share(cfg)
     loaded = load_project_tasks(cfg)  # unknown tasks or templates, bad data files: refused before a store exists
+    generated = generated_data(cfg)   # (and generated data that cannot be found)
     if cfg.method.name == "strongest_baseline":
         baselines.check_search(cfg, loaded[0])
     experiment_id = tracking.open_experiment(cfg.tracking)
@@ -180,7 +181,7 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
             return reuse_baseline(cfg, experiment_id, name, tags | {"baseline_key": key}, source, files,
                                   dataset_inputs(cfg, loaded[1]), start_memory)
         tags |= {"baseline_key": key, "cached": "false"}
-    built = build(cfg, loaded)
+    built = build(cfg, loaded, generated)
     trainable, total = count_parameters(built.model)
 
     # The folder the base model loaded from: what an adapter's adapter_config.json names.

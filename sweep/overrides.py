@@ -34,7 +34,20 @@ def _keys(node, prefix: str = "") -> list[str]:
     return out
 
 
-def check_overrides(args: list[str], defaults: DictConfig) -> None:
+def option_keys(group: str, option: str) -> set[str]:
+    """The dotted keys a group option sets, with those of the options of the same group it builds
+    on (its defaults list, e.g. data/self_instruct_generated.yaml on data/self_instruct.yaml)."""
+    path = CONF / group / f"{option}.yaml"
+    is_global = "@package _global_" in path.read_text()  # experiment/ and hparams_search/ files
+    node = OmegaConf.load(path)
+    keys = set(_keys(node, "" if is_global else f"{group}."))
+    for parent in node.get("defaults", []):
+        if isinstance(parent, str) and parent != "_self_" and (CONF / group / f"{parent}.yaml").is_file():
+            keys |= option_keys(group, parent)
+    return keys
+
+
+def check_overrides(args: list[str], defaults: DictConfig, entry: str = "sweep.py") -> None:
     """Raise ConfigError for an unknown group option or key among `args` (command-line overrides).
 
     `defaults` is the composed default config; keys that a group option adds are looked up in
@@ -56,19 +69,18 @@ def check_overrides(args: list[str], defaults: DictConfig) -> None:
     known = set(_keys(defaults))
     for group, o in chosen.items():  # keys of the selected options exist too
         for option in o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]:
-            path = CONF / group / f"{option}.yaml"
-            is_global = "@package _global_" in path.read_text()  # experiment/ and hparams_search/ files
-            known |= set(_keys(OmegaConf.load(path), "" if is_global else f"{group}."))
+            known |= option_keys(group, str(option))
     for o in overrides:
         key = o.key_or_group
         if key in chosen or key in known:
             continue
-        raise ConfigError(f"{key}: no such config key{close_matches(key, known)}; `python sweep.py --cfg job` "
+        raise ConfigError(f"{key}: no such config key{close_matches(key, known)}; `python {entry} --cfg job` "
                           f"lists them (prefix a new key with + to add it)")
 
 
-def exit_on_bad_overrides(argv: list[str]) -> None:
-    """Check `python sweep.py ARGS` before Hydra starts; print one line and exit 2 on a bad one."""
+def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=validate) -> None:
+    """Check `python sweep.py ARGS` (or another entry point's `config_name`, whose values `check`
+    validates) before Hydra starts; print one line and exit 2 on a bad one."""
     import sys
 
     from hydra import compose, initialize_config_dir
@@ -78,9 +90,9 @@ def exit_on_bad_overrides(argv: list[str]) -> None:
     overrides = [a for a in argv if not a.startswith("-")]
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            check_overrides(overrides, compose(config_name="config"))
+            check_overrides(overrides, compose(config_name=config_name), Path(sys.argv[0]).name)
             if not any(a.startswith("-") for a in argv):  # one job, no Hydra flags: check its values before
-                validate(compose(config_name="config", overrides=overrides))  # Hydra makes its output folder
+                check(compose(config_name=config_name, overrides=overrides))  # Hydra makes its output folder
     except ConfigError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)

@@ -274,11 +274,15 @@ def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | Non
 
 
 @contextmanager
-def mlflow_run(experiment_id: str, name: str, tags: dict[str, str]):
+def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_id: str | None = None):
     """An MLflow run that ends FINISHED, FAILED (with `traceback.txt`), or KILLED when
-    interrupted (Ctrl-C, SIGTERM) or pruned by Optuna (tag `optuna.state=PRUNED`)."""
+    interrupted (Ctrl-C, SIGTERM) or pruned by Optuna (tag `optuna.state=PRUNED`).
+    `resume_run_id`: reopen that run (a job that continues where a killed one stopped)."""
     with atomic_write():
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags))
+        if resume_run_id:
+            run = mlflow.start_run(run_id=resume_run_id, tags=redacted(tags))
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags))
     in_trial = "optuna.trial_number" in tags
     trial_failed = {"optuna.state": "FAIL"} if in_trial else {}
     try:

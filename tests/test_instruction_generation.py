@@ -1,0 +1,183 @@
+"""Self-Instruct generation (generate_instructions.py): the loop with a scripted model
+(classification tasks get output-first instances; a killed run resumes to what an uninterrupted one
+writes), the real sampler on the tiny model, and generated data mixed into training."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+from hydra import compose as hydra_compose, initialize_config_dir
+
+from sweep import instruction_generation as ig
+from sweep.config import ConfigError
+from sweep.data import IGNORE_INDEX, build_train_dataset, mixed_docs, read_generated, training_pairs
+from sweep.evaluate import make_lm
+from tests.conftest import ROOT, compose
+
+WORDS = ("apple river budget planet candle garden violin ocean ladder pepper silver thunder meadow rocket "
+         "pillow compass harbor lantern marble orchard puzzle saddle tunnel walnut anchor basket cactus "
+         "dragon engine falcon glacier hammer island jacket kettle lemon magnet needle parrot quartz").split()
+
+
+def generation_config(*overrides: str):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name="generate_instructions", overrides=list(overrides))
+
+
+class ScriptedSampler:
+    """Stands in for the model: what it writes depends only on the prompt and the seed, as with a
+    seeded sampler. Lists of new instructions (one a classification task each time), Yes for
+    instructions that say "Classify", and an instance in the form the prompt asks for."""
+
+    def __init__(self):
+        self.tokens, self.instance_prompts = 0, []
+
+    def complete(self, prompts, max_new_tokens, seed, stop):
+        out = []
+        for prompt in prompts:
+            rng = random.Random(f"{prompt}|{seed}")
+            if prompt.startswith("Come up with"):
+                text = (f" Describe how a {' '.join(rng.sample(WORDS, 4))} could help the team today."
+                        f"\n10. Classify the {rng.choice(WORDS)} review as positive or negative.")
+                out.append(ig.Completion(text, truncated=False))
+            else:
+                self.instance_prompts.append(prompt)
+                text = (f" positive\nInput: I loved the {rng.choice(WORDS)}.\n\nTask: next" if prompt.endswith("Class label:")
+                        else f" The {rng.choice(WORDS)} report\nOutput: A short {rng.choice(WORDS)} summary.")
+                out.append(ig.Completion(text, truncated=False))
+            self.tokens += 10
+        return out
+
+    def prefers_first(self, prompts, first, second):
+        return ["Classify" in p.rsplit("Task:", 1)[1] for p in prompts]
+
+
+@pytest.fixture(scope="module")
+def seed_tasks():
+    return ig.load_seed_tasks(ROOT / "data/self_instruct/train.jsonl", 8)
+
+
+def test_classification_tasks_get_output_first_instances(seed_tasks):
+    g = generation_config("generation.prompts_per_round=2").generation
+    sampler = ScriptedSampler()
+    r = ig.generate_round(1, g, 0, sampler, seed_tasks, [])
+    kinds = {t["is_classification"] for t in r.tasks}
+    assert kinds == {True, False} and r.classification == sum(t["is_classification"] for t in r.tasks)
+    for task in r.tasks:
+        if task["is_classification"]:  # the label first, then an input that has it; the next task cut off
+            assert task["output"] == "positive" and task["input"].startswith("I loved the ")
+        else:
+            assert task["input"].startswith("The ") and task["output"].startswith("A short ")
+    asked = {p.rsplit("Task: ", 1)[1].split("\n")[0]: p for p in sampler.instance_prompts}
+    for task in r.tasks:
+        assert asked[task["instruction"]].endswith("Class label:" if task["is_classification"] else "Input:")
+    # the second list's classification task differs from the first's by one word: filtered as similar
+    assert r.candidates == 4 and r.rejected == {"similar": 1} and len(r.tasks) == 3
+
+
+def run_rounds(folder, g, seed_tasks, upto=None):
+    state = ig.State.open(folder, {"test": 1})
+    if upto:
+        g = generation_config(f"generation.rounds={upto}", "generation.prompts_per_round=3").generation
+    ig.generate_rounds(g, 0, ScriptedSampler(), seed_tasks, state)
+    return state
+
+
+def test_a_killed_run_continues_to_what_an_uninterrupted_run_writes(tmp_path, seed_tasks):
+    """The kill forced at the worst place: after a round's tasks were written, before its record
+    (the commit point), with the last line cut in half. The rerun drops that round and writes it again."""
+    g = generation_config("generation.rounds=3", "generation.prompts_per_round=3").generation
+    whole = run_rounds(tmp_path / "whole", g, seed_tasks)
+    assert len(whole.rounds) == 3 and {t["round"] for t in whole.tasks} == {1, 2, 3}
+
+    killed = tmp_path / "killed"
+    run_rounds(killed, g, seed_tasks, upto=2)
+    third = [t for t in whole.tasks if t["round"] == 3]
+    with (killed / ig.TASKS_FILE).open("a") as f:
+        f.write("".join(json.dumps(t) + "\n" for t in third) + json.dumps(third[0])[:20])
+    resumed = run_rounds(killed, g, seed_tasks)
+    assert (killed / ig.TASKS_FILE).read_bytes() == (tmp_path / "whole" / ig.TASKS_FILE).read_bytes()
+    untimed = [{k: v for k, v in r.items() if k not in ("seconds", "tokens")} for r in resumed.rounds]
+    assert untimed == [{k: v for k, v in r.items() if k not in ("seconds", "tokens")} for r in whole.rounds]
+
+
+def test_a_folder_continues_only_with_its_own_settings(tmp_path):
+    ig.State.open(tmp_path, {"temperature": 0.7, "seed": 0})
+    ig.State.open(tmp_path, {"temperature": 0.7, "seed": 0})
+    with pytest.raises(ConfigError, match="other settings \\(temperature\\); choose another generation.output_dir"):
+        ig.State.open(tmp_path, {"temperature": 1.0, "seed": 0})
+
+
+def test_the_model_sampler_is_seeded_batched_and_flags_truncation(tiny):
+    sampler = ig.ModelSampler(*tiny, temperature=0.7, top_p=0.95, batch_size=2)
+    prompts = ["Come up with a series of tasks:\n1. Name a fruit.\n2.", "Task: say hi\nInput:", "Hello"]
+    a = sampler.complete(prompts, 8, seed=3, stop=["\n\n"])
+    assert [c.text for c in a] == [c.text for c in sampler.complete(prompts, 8, seed=3, stop=["\n\n"])]
+    assert [c.text for c in a] != [c.text for c in sampler.complete(prompts, 8, seed=4, stop=["\n\n"])]
+    assert all(c.truncated for c in a)  # random weights never end a line: every completion hit the limit
+    assert sampler.tokens == 3 * 3 * 8 and sampler.seconds > 0
+    flags = sampler.prefers_first(prompts, "Yes", "No")
+    assert len(flags) == 3 and set(flags) <= {True, False}
+
+
+def test_generated_documents_are_mixed_in_at_the_asked_share():
+    hand = [{"instruction": f"hand {i}", "input": "", "output": "x"} for i in range(100)]
+    made = [{"instruction": f"made {i}", "input": "", "output": "y"} for i in range(30)]
+    docs = mixed_docs(hand, made, 0.25, 40, seed=1)
+    assert len(docs) == 40 and sum(d["instruction"].startswith("made") for d in docs) == 10
+    assert docs == mixed_docs(hand, made, 0.25, 40, seed=1) and docs != mixed_docs(hand, made, 0.25, 40, seed=2)
+    assert len(mixed_docs(hand, made, 0.5, None, seed=0)) == 60  # as many as the 30 generated allow
+    assert all(d in made for d in mixed_docs(hand, made, 1.0, None, seed=0))
+    with pytest.raises(ConfigError, match="needs 40 generated and 10 hand-written examples; there are 30 and 100"):
+        mixed_docs(hand, made, 0.8, 50, seed=0)
+
+
+def test_generated_data_is_read_as_text_only(tmp_path):
+    path = tmp_path / "tasks.jsonl"
+    path.write_text(json.dumps({"instruction": "Say hi.", "input": "", "output": "Hi!", "extra": "dropped"}) + "\n")
+    assert read_generated(path) == [{"instruction": "Say hi.", "input": "", "output": "Hi!"}]
+    path.write_text(json.dumps({"instruction": "Say hi.", "input": {"$ref": "x"}, "output": "Hi!"}) + "\n")
+    with pytest.raises(ConfigError, match="tasks.jsonl:1: needs text fields instruction, input, output"):
+        read_generated(path)
+    path.write_text("")
+    with pytest.raises(ConfigError, match="holds no tasks"):
+        read_generated(path)
+
+
+def test_chat_template_rendering_trains_on_the_reply_alone(tiny):
+    """eval.template=chat on Self-Instruct data: the prompt is the model's chat template (user
+    turn, then the assistant's header); the loss covers exactly the reply and the end of turn."""
+    from sweep.build import load_project_tasks
+
+    cfg = compose("model=tiny", "data=self_instruct", "eval.template=chat", "data.max_train_samples=5")
+    task = load_project_tasks(cfg)[1]["self_instruct"]
+    lm = make_lm(*tiny, batch_size=1)
+    docs = list(task.dataset["train"])
+    rows = build_train_dataset(task, cfg.data, lm, 2048, seed=0, chat=True)
+    pairs = training_pairs(task, "train", 5, 0, lm.apply_chat_template)
+    tokenizer = tiny[1]
+    for row, (context, answer) in zip(rows, pairs):
+        doc = next(d for d in docs if d["output"].strip() == answer)
+        assert context.startswith("<|im_start|>") and context.endswith("<|im_start|>assistant\n")
+        assert doc["instruction"].strip() in context
+        trained = [t for t, label in zip(row["input_ids"], row["labels"]) if label != IGNORE_INDEX]
+        assert row["labels"][:len(row["labels"]) - len(trained)] == [IGNORE_INDEX] * (len(row["labels"]) - len(trained))
+        assert trained == row["input_ids"][-len(trained):]  # the trained tokens are the sequence's tail
+        assert tokenizer.decode(trained) == doc["output"].strip() + tokenizer.eos_token
+
+
+def test_generated_data_joins_training_with_its_hash_and_dataset(tmp_path, tiny):
+    from sweep.build import build
+
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Write the word number {i}.", "input": "",
+                                        "output": f"word {i}"}) + "\n" for i in range(8)))
+    cfg = compose("model=tiny", "data=self_instruct_generated", f"data.generated={path}", "data.max_train_samples=8",
+                  "eval.limit=2")
+    built = build(cfg)
+    texts = [tiny[1].decode(row["input_ids"]) for row in built.train_dataset]
+    assert len(texts) == 8 and all("Write the word number" in t for t in texts)
+    assert path in built.files
+    assert ("self_instruct_generated", path, "training") in built.datasets
