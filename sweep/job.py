@@ -217,7 +217,7 @@ def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[s
                        callbacks=intermediate_scoring(cfg, built, trial), fail_at_step=cfg.debug.fail_at_step,
                        prune_divergence=trial is not None and trial.pruning)
     trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
-               "train_tokens_per_second": result.tokens_per_second}
+               "train_tokens_per_second": result.tokens_per_second, "train_examples": len(built.train_dataset)}
     mfu = model_flops_utilization(total_params, result.tokens, result.seconds)
     trained |= {"mfu": mfu} if mfu is not None else {}
     tracking.log_metrics(trained)

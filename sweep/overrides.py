@@ -78,6 +78,18 @@ def check_overrides(args: list[str], defaults: DictConfig, entry: str = "sweep.p
                           f"lists them (prefix a new key with + to add it)")
 
 
+def composed_defaults(compose, config_name: str, overrides: list[str]) -> DictConfig:
+    """The config with the command line's single group choices applied (an experiment may switch
+    groups, e.g. experiment=instruction_data chooses data=self_instruct, whose keys then exist);
+    the plain defaults when those choices do not compose (check_overrides names the bad one)."""
+    choices = [a for a in overrides if "=" in a and not a.startswith(("+", "~"))
+               and (CONF / a.split("=", 1)[0]).is_dir() and "," not in a.split("=", 1)[1]]
+    try:
+        return compose(config_name=config_name, overrides=choices)
+    except Exception:  # noqa: BLE001  (an unknown option: reported by check_overrides with its fix)
+        return compose(config_name=config_name)
+
+
 def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=validate) -> None:
     """Check `python sweep.py ARGS` (or another entry point's `config_name`, whose values `check`
     validates) before Hydra starts; print one line and exit 2 on a bad one."""
@@ -90,7 +102,7 @@ def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=va
     overrides = [a for a in argv if not a.startswith("-")]
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            check_overrides(overrides, compose(config_name=config_name), Path(sys.argv[0]).name)
+            check_overrides(overrides, composed_defaults(compose, config_name, overrides), Path(sys.argv[0]).name)
             if not any(a.startswith("-") for a in argv):  # one job, no Hydra flags: check its values before
                 check(compose(config_name=config_name, overrides=overrides))  # Hydra makes its output folder
     except ConfigError as e:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose as hydra_compose, initialize_config_dir
@@ -181,3 +184,103 @@ def test_generated_data_joins_training_with_its_hash_and_dataset(tmp_path, tiny)
     assert len(texts) == 8 and all("Write the word number" in t for t in texts)
     assert path in built.files
     assert ("self_instruct_generated", path, "training") in built.datasets
+
+
+@pytest.mark.e2e
+def test_generate_with_smollm2_then_train_on_the_generated_tasks(tmp_path, tracking):
+    """One short round with the real model (a random-weight model writes no instruction that
+    passes the paper's filters), recorded to MLflow; then SFT of the tiny model on the run's
+    tasks, named by its run id; a changed artifact in the store is refused."""
+    import mlflow
+
+    from sweep.data import generated_file, sha256
+    from tests.conftest import TINY, clean_env, run_sweep, runs_of
+
+    out = tmp_path / "generated"
+    p = subprocess.run([sys.executable, "generate_instructions.py", "generation.rounds=1",
+                        "generation.prompts_per_round=2", "generation.max_new_tokens=64",
+                        "generation.instance_max_new_tokens=48", f"generation.output_dir={out}", *tracking,
+                        f"hydra.run.dir={tmp_path}/out"], cwd=ROOT, capture_output=True, text=True, timeout=900,
+                       env=clean_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_id = json.loads((out / ig.RUN_FILE).read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=tracking[0].split("=", 1)[1])
+    run = client.get_run(run_id)
+    tasks = read_generated(out / ig.TASKS_FILE)
+    assert run.info.status == "FINISHED" and tasks
+    assert run.data.metrics["pool_size"] == run.data.metrics["total/accepted"] == len(tasks)
+    assert run.data.metrics["candidates"] >= len(tasks) and 0 < run.data.metrics["acceptance_rate"] <= 1
+    assert run.data.metrics["total/instructions_per_minute"] > 0
+    assert run.data.params["generation.temperature"] == "0.7" and run.data.tags[ig.SHA_TAG] == sha256(out / ig.TASKS_FILE)
+    artifacts = {a.path for a in client.list_artifacts(run_id, ig.ARTIFACT_DIR)}
+    assert artifacts == {f"{ig.ARTIFACT_DIR}/{f}" for f in (ig.TASKS_FILE, ig.ROUNDS_FILE, "data_card.md", "similarity.png")}
+    [generated] = [d for d in run.inputs.dataset_inputs if d.dataset.name == "self_instruct_generated"]
+    assert generated.dataset.digest and json.loads(generated.dataset.profile)["num_rows"] == len(tasks)
+
+    p = run_sweep(*TINY, *tracking, "data=self_instruct_generated", f"data.generated={run_id}", "eval.limit=2")
+    assert p.returncode == 0, p.stderr[-3000:]
+    [sft] = runs_of(tracking, "sft-sweep").to_dict("records")
+    assert sft["status"] == "FINISHED" and sft["params.data.generated"] == run_id
+    used = json.loads(Path(client.download_artifacts(sft["run_id"], "data_sha256.json", str(tmp_path))).read_text())
+    assert run.data.tags[ig.SHA_TAG] in used.values()
+
+    stored = next((tmp_path / "artifacts").rglob(f"{run_id}/artifacts/{ig.ARTIFACT_DIR}/{ig.TASKS_FILE}"))
+    stored.write_text(stored.read_text().replace(tasks[0]["output"], "I was changed", 1))
+    data = compose("data=self_instruct_generated", f"data.generated={run_id}").data
+    with pytest.raises(ConfigError, match="does not match the sha256 it recorded"):
+        generated_file(data, tracking[0].split("=", 1)[1], tmp_path / "cache")
+
+
+@pytest.mark.e2e
+def test_the_experiment_reports_score_by_source_and_size_of_instruction_data(tmp_path, tracking):
+    """experiment=instruction_data on the tiny model (sizes and sources cut down): the report's
+    table has one row per source and size with its paired difference to the base model, and the
+    score-vs-size figure."""
+    from analysis import report
+    from tests.conftest import TINY, run_sweep, runs_of
+
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Write the word number {i}.", "input": "",
+                                        "output": f"word {i}"}) + "\n" for i in range(16)))
+    p = run_sweep("-m", "experiment=instruction_data", *TINY, *tracking, f"data.generated={path}", "data.mix=0,1",
+                  "data.max_train_samples=4,8", "eval.tasks=[self_instruct]", "train.max_steps=2", "eval.limit=4")
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = runs_of(tracking, "instruction_data")
+    assert len(runs) == 8 and set(runs["status"]) == {"FINISHED"}
+    assert (runs["tags.cached"] == "true").sum() == 3  # the base model scored once
+    rep, _ = report.build_report("instruction_data", None)
+    [(_, table, _)] = [t for t in rep.tables if t[0] == "Instruction data: source and size"]
+    assert sorted(zip(table["source"], table["training instructions"])) == [
+        ("generated", 4), ("generated", 8), ("hand-written", 4), ("hand-written", 8)]
+    assert all("(zero_shot" in v and "[" in v for v in table["self_instruct/rougeL vs base"])
+    assert "self_instruct/rougeL vs training instructions" in rep.figures
+
+
+@pytest.mark.e2e
+def test_the_same_command_continues_a_killed_generation_in_its_own_run(tmp_path, tracking):
+    """Tiny model: a first round recorded; its run then closed as a dead process's run is closed
+    (KILLED, with an error tag); the command run again with two rounds continues the folder in
+    the same MLflow run, which ends FINISHED with both rounds' metrics."""
+    import mlflow
+
+    from tests.conftest import clean_env
+
+    out = tmp_path / "generated"
+    args = [sys.executable, "generate_instructions.py", "model=tiny", "generation.prompts_per_round=2",
+            "generation.max_new_tokens=16", "generation.instance_max_new_tokens=8", f"generation.output_dir={out}",
+            *tracking, f"hydra.run.dir={tmp_path}/out"]
+    p = subprocess.run([*args, "generation.rounds=1"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=clean_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_id = json.loads((out / ig.RUN_FILE).read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=tracking[0].split("=", 1)[1])
+    client.set_tag(run_id, "error", "its process is gone; closed by a later run")
+    client.set_terminated(run_id, "KILLED")
+    p = subprocess.run([*args, "generation.rounds=2"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                       env=clean_env())
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((out / ig.RUN_FILE).read_text())["run_id"] == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED" and "error" not in run.data.tags
+    assert [m.step for m in client.get_metric_history(run_id, "candidates")] == [1, 2]
+    assert len(client.search_runs([run.info.experiment_id])) == 1
