@@ -52,12 +52,12 @@ from sweep.config import compose_config  # noqa: E402
 from sweep.tracking import STUDY_METHOD  # noqa: E402
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
-        "grid_limit": 200, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
+        "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
         "panel_examples": 872, "team_trials": 8, "team_steps": 4, "memory_steps": 4,
         "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte"}
-QUICK = {"model": "tiny", "steps": 10, "repeats": 2, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
-         "optuna_trials": 4, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
-         "team_trials": 4, "team_steps": 2, "memory_steps": 2,
+QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
+         "grid_space": {"lora.r": "2,8", "train.lr": "1e-4,1e-3"}, "optuna_trials": 2, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
+         "team_trials": 2, "team_steps": 2, "memory_steps": 2,
          "memory_methods": "zero_shot,lora", "memory_tasks": "sst2"}
 
 
@@ -305,7 +305,7 @@ class Bench:
     # 5 -------------------------------------------------------------------------------------------
     def sweep_efficiency(self) -> dict:
         steps, limit = self.p["grid_steps"], self.p["grid_limit"]
-        space = {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}
+        space = self.p["grid_space"]
         base = [*self.common, f"train.max_steps={steps}", f"eval.limit={limit}", "tracking.log_adapter=false",
                 *self.track]
         run(sweep_cmd("-m", *base, *(f"{k}={v}" for k, v in space.items()), "tracking.experiment=bench-grid"),

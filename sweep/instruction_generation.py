@@ -148,9 +148,9 @@ def generate_round(number: int, g: DictConfig, seed: int, sampler, seed_tasks: l
             r.rejected["truncated"] += 1
         for instruction in parsed:
             r.candidates += 1
-            reason = si.check_instruction(instruction, pool + new)
-            if reason is None or reason.reason == "similar":
-                r.similarity.append(si.closest(instruction, pool + new)[0])
+            reason, similarity = si.screen(instruction, pool + new)
+            if similarity is not None:
+                r.similarity.append(similarity)
             if reason is not None:
                 r.rejected[reason.reason] += 1
                 continue

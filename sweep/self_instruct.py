@@ -64,24 +64,30 @@ def closest(instruction: str, pool: list[str]) -> tuple[float, str | None]:
 
 def check_instruction(instruction: str, pool: list[str]) -> Rejected | None:
     """None if `instruction` may join `pool`, else why not (the paper's rules, cheapest first)."""
+    return screen(instruction, pool)[0]
+
+
+def screen(instruction: str, pool: list[str]) -> tuple[Rejected | None, float | None]:
+    """check_instruction's verdict, and the ROUGE-L with the closest pooled instruction when the
+    instruction got as far as that check (None before)."""
     words = instruction.split()
     if not MIN_WORDS <= len(words) <= MAX_WORDS:
-        return Rejected("length", f"{len(words)} words (allowed {MIN_WORDS}-{MAX_WORDS})")
+        return Rejected("length", f"{len(words)} words (allowed {MIN_WORDS}-{MAX_WORDS})"), None
     for word in UNSUITABLE_WORDS:
         if re.search(rf"\b{re.escape(word)}\b", instruction, flags=re.IGNORECASE):
-            return Rejected("unsuitable", f"mentions {word!r}: not a text-only task")
+            return Rejected("unsuitable", f"mentions {word!r}: not a text-only task"), None
     if instruction.startswith("Write a program"):
-        return Rejected("write_a_program", "models over-produce 'Write a program' tasks")
+        return Rejected("write_a_program", "models over-produce 'Write a program' tasks"), None
     if instruction[0] in string.punctuation:
-        return Rejected("punctuation", "starts with punctuation")
+        return Rejected("punctuation", "starts with punctuation"), None
     if not instruction[0].isascii():
-        return Rejected("non_ascii", "starts with a non-ASCII character")
+        return Rejected("non_ascii", "starts with a non-ASCII character"), None
     if instruction in pool:
-        return Rejected("duplicate", "already in the pool")
+        return Rejected("duplicate", "already in the pool"), None
     score, best = closest(instruction, pool)
     if score >= SIMILARITY_LIMIT:
-        return Rejected("similar", f"ROUGE-L {score:.2f} with {best!r}")
-    return None
+        return Rejected("similar", f"ROUGE-L {score:.2f} with {best!r}"), score
+    return None, score
 
 
 def check_instance(instance_input: str, output: str, classification: bool = False) -> Rejected | None:

@@ -352,12 +352,38 @@ def log_inputs(cfg: DictConfig, files: list[Path], datasets: list[tuple[str, Pat
         mlflow.log_dict(hashes, "data_sha256.json")
 
 
+SAMPLE_REPLIES = 100  # generated replies per task shown in the run's `sample_replies.json` table
+
+
+def sample_replies(results: dict) -> dict[str, list] | None:
+    """The generation tasks' replies as table columns (task, instruction, input, reference, reply,
+    and each per-example score), the first SAMPLE_REPLIES of each task; None when there are none."""
+    rows = []
+    for task, samples in (results.get("samples") or {}).items():
+        for sample in samples[:SAMPLE_REPLIES]:
+            reply = (sample.get("filtered_resps") or [None])[0]
+            if not isinstance(reply, str):  # (a choice task: log-likelihoods, not text)
+                break
+            doc = sample.get("doc") or {}
+            scores = {m: sample[m] for m in sample.get("metrics", []) if isinstance(sample.get(m), (int, float))}
+            rows.append({"task": task, "instruction": str(doc.get("instruction", "")), "input": str(doc.get("input", "")),
+                         "reference": str(sample.get("target", "")), "reply": reply, **scores})
+    if not rows:
+        return None
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return {c: [row.get(c) for row in rows] for c in columns}
+
+
 def log_eval_results(results: dict) -> None:
-    """lm-eval's results JSON, per-sample predictions included."""
+    """lm-eval's results JSON, per-sample predictions included, and the generated replies as a
+    table (the MLflow UI's artifact view and `mlflow.load_table`)."""
     from lm_eval.utils import handle_non_serializable
 
     text = json.dumps(results, default=handle_non_serializable, indent=1)
+    replies = sample_replies(results)
     with atomic_write():
+        if replies:
+            mlflow.log_table(replies, artifact_file="sample_replies.json")
         mlflow.log_text(text, "lm_eval_results.json")
         # what the baseline cache checks before it reuses these results (sweep/baseline_cache.py)
         mlflow.set_tag(RESULTS_HASH_TAG, hashlib.sha256(text.encode()).hexdigest())

@@ -223,6 +223,9 @@ def test_generate_with_smollm2_then_train_on_the_generated_tasks(tmp_path, track
     assert sft["status"] == "FINISHED" and sft["params.data.generated"] == run_id
     used = json.loads(Path(client.download_artifacts(sft["run_id"], "data_sha256.json", str(tmp_path))).read_text())
     assert run.data.tags[ig.SHA_TAG] in used.values()
+    replies = client.load_table(sft["experiment_id"], "sample_replies.json", run_ids=[sft["run_id"]])
+    assert len(replies) == 2 and set(replies["task"]) == {"self_instruct"}
+    assert {"instruction", "input", "reference", "reply", "rougeL"} <= set(replies.columns)
 
     stored = next((tmp_path / "artifacts").rglob(f"{run_id}/artifacts/{ig.ARTIFACT_DIR}/{ig.TASKS_FILE}"))
     stored.write_text(stored.read_text().replace(tasks[0]["output"], "I was changed", 1))
@@ -284,3 +287,16 @@ def test_the_same_command_continues_a_killed_generation_in_its_own_run(tmp_path,
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
     assert [m.step for m in client.get_metric_history(run_id, "candidates")] == [1, 2]
     assert len(client.search_runs([run.info.experiment_id])) == 1
+
+
+def test_sample_replies_are_a_table_of_generation_tasks_only():
+    from sweep.tracking import sample_replies
+
+    generated = {"doc": {"instruction": "Say hi.", "input": ""}, "target": "Hi!", "filtered_resps": ["Hello!"],
+                 "metrics": ["rougeL"], "rougeL": 0.0}
+    choice = {"doc": {"sentence": "great"}, "target": 1, "filtered_resps": [(-0.1, True), (-2.0, False)],
+              "metrics": ["acc"], "acc": 1.0}
+    table = sample_replies({"samples": {"self_instruct": [generated] * 3, "sst2": [choice]}})
+    assert table == {"task": ["self_instruct"] * 3, "instruction": ["Say hi."] * 3, "input": [""] * 3,
+                     "reference": ["Hi!"] * 3, "reply": ["Hello!"] * 3, "rougeL": [0.0] * 3}
+    assert sample_replies({"samples": {"sst2": [choice]}}) is None
