@@ -195,21 +195,31 @@ def _fetch_generated(run_id: str, tracking_uri: str, folder: Path) -> Path:
     return path
 
 
+def json_lines(path: Path, fix: str, whole_lines_only: bool = False) -> list[tuple[int, object]]:
+    """(line number, value) of each non-empty line of a JSONL file; a line that is not JSON is a
+    ConfigError naming file:line and `fix`. `whole_lines_only`: a last line without its newline (a
+    write cut short by a kill) is dropped."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    if whole_lines_only and lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    out = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                out.append((n, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg}); {fix}") from None
+    return out
+
+
 def read_generated(path: Path) -> list[dict]:
     """Generated tasks: JSON objects with string instruction, input and output (the store is
     untrusted: nothing else is read from it, and every value is checked to be text)."""
     rows = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"data.generated: {path}:{n}: not valid JSON ({e.msg})") from None
-            if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in GENERATED_FIELDS)):
-                raise ConfigError(f"data.generated: {path}:{n}: needs text fields {', '.join(GENERATED_FIELDS)}")
-            rows.append({k: row[k] for k in GENERATED_FIELDS})
+    for n, row in json_lines(path, "fix data.generated"):
+        if not (isinstance(row, dict) and all(isinstance(row.get(k), str) for k in GENERATED_FIELDS)):
+            raise ConfigError(f"data.generated: {path}:{n}: needs text fields {', '.join(GENERATED_FIELDS)}")
+        rows.append({k: row[k] for k in GENERATED_FIELDS})
     if not rows:
         raise ConfigError(f"data.generated: {path} holds no tasks (every candidate was filtered out?); "
                           f"generate more rounds or use another run")

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import self_instruct as si
 from sweep.config import ConfigError
-from sweep.data import GENERATED_DATASET, GENERATED_FIELDS as FIELDS
+from sweep.data import GENERATED_DATASET, GENERATED_FIELDS as FIELDS, json_lines
 
 log = logging.getLogger(__name__)
 TASKS_FILE, ROUNDS_FILE, SETTINGS_FILE, RUN_FILE = "tasks.jsonl", "rounds.jsonl", "settings.json", "run.json"
@@ -260,17 +260,8 @@ def _rows(path: Path, fields: list[str], fix: str | None = None) -> list[dict]:
     if not path.is_file():
         return []
     fix = fix or f"delete generation.output_dir={path.parent} to start again"
-    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-    if lines and not lines[-1].endswith("\n"):
-        lines.pop()
     rows = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{n}: not valid JSON ({e.msg}); {fix}") from None
+    for n, row in json_lines(path, fix, whole_lines_only=True):
         missing = [f for f in fields if not isinstance(row, dict) or f not in row]
         if missing:
             raise ConfigError(f"{path}:{n}: missing field {missing[0]!r}; {fix}")
