@@ -223,7 +223,10 @@ class State:
         whole = [t for t in tasks if t["round"] <= done]
         if len(whole) < len(tasks):
             log.info("dropping %d task(s) of round %d, cut short by a kill", len(tasks) - len(whole), done + 1)
-            _write(folder / TASKS_FILE, "".join(json.dumps(t) + "\n" for t in whole))
+        for name, rows in ((TASKS_FILE, whole), (ROUNDS_FILE, rounds)):  # without what a kill cut short
+            text = "".join(json.dumps(row) + "\n" for row in rows)
+            if (folder / name).is_file() and (folder / name).read_text(encoding="utf-8") != text:
+                _write(folder / name, text)
         run_file = folder / RUN_FILE
         run_id = json.loads(run_file.read_text())["run_id"] if run_file.is_file() else None
         return cls(folder, whole, rounds, run_id)

@@ -81,10 +81,11 @@ def test_classification_tasks_get_output_first_instances(seed_tasks):
 
 
 def run_rounds(folder, g, seed_tasks, upto=None):
+    """generate_rounds into `folder` with the scripted model (up to round `upto`: a run killed there)."""
+    from omegaconf import OmegaConf
+
     state = ig.State.open(folder, {"test": 1})
-    if upto:
-        g = generation_config(f"generation.rounds={upto}", "generation.prompts_per_round=3").generation
-    ig.generate_rounds(g, 0, ScriptedSampler(), seed_tasks, state)
+    ig.generate_rounds(OmegaConf.merge(g, {"rounds": upto}) if upto else g, 0, ScriptedSampler(), seed_tasks, state)
     return state
 
 
@@ -104,6 +105,21 @@ def test_a_killed_run_continues_to_what_an_uninterrupted_run_writes(tmp_path, se
     assert (killed / ig.TASKS_FILE).read_bytes() == (tmp_path / "whole" / ig.TASKS_FILE).read_bytes()
     untimed = [{k: v for k, v in r.items() if k not in ("seconds", "tokens")} for r in resumed.rounds]
     assert untimed == [{k: v for k, v in r.items() if k not in ("seconds", "tokens")} for r in whole.rounds]
+
+
+@pytest.mark.parametrize("cut", [ig.TASKS_FILE, ig.ROUNDS_FILE])
+def test_a_line_cut_in_half_by_a_kill_is_not_appended_to(tmp_path, seed_tasks, cut):
+    """Killed inside the very first write of a round (half a line, nothing whole after it): the
+    next round's lines start on a line of their own."""
+    g = generation_config("generation.rounds=2", "generation.prompts_per_round=2").generation
+    whole = run_rounds(tmp_path / "whole", g, seed_tasks)
+    killed = tmp_path / "killed"
+    run_rounds(killed, g, seed_tasks, upto=1)
+    with (killed / cut).open("a") as f:
+        f.write('{"round": 2, "instr')
+    run_rounds(killed, g, seed_tasks)
+    assert (killed / ig.TASKS_FILE).read_bytes() == (tmp_path / "whole" / ig.TASKS_FILE).read_bytes()
+    assert [r["round"] for r in ig.State.open(killed, {"test": 1}).rounds] == [1, 2] and len(whole.rounds) == 2
 
 
 def test_a_folder_continues_only_with_its_own_settings(tmp_path):
