@@ -162,8 +162,8 @@ def generated_file(data_cfg: DictConfig, tracking_uri: str, cache: str | Path) -
     if Path(spec).is_file():
         return Path(spec)
     if not RUN_ID.fullmatch(spec):
-        raise ConfigError(f"data.generated={spec!r}: neither a file nor an MLflow run id; give the run id that "
-                          f"`python generate_instructions.py` printed, or its tasks.jsonl")
+        raise ConfigError(f"data.generated={spec!r}: no such file, and not an MLflow run id; run `python "
+                          f"generate_instructions.py` first, or give the run id it printed or its tasks.jsonl")
     return _fetch_generated(spec, tracking_uri, Path(cache) / "generated" / spec)
 
 
