@@ -208,6 +208,8 @@ def validate_generation(cfg: DictConfig) -> None:
     _require(_is_number(g.temperature) and 0 <= g.temperature <= 5, "generation.temperature", g.temperature,
              "must be a number in 0-5 (0: greedy)")
     _require(_is_number(g.top_p) and 0 < g.top_p <= 1, "generation.top_p", g.top_p, "must be a number in (0, 1]")
+    _require(isinstance(g.calibrate_classification, bool), "generation.calibrate_classification",
+             g.calibrate_classification, "must be true or false")
     _require(Path(g.seed_file).is_file(), "generation.seed_file", g.seed_file,
              "no such file; point it at a JSONL of seed tasks (instruction, input, output, is_classification)")
 

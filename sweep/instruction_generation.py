@@ -86,9 +86,9 @@ class ModelSampler:
                 out.append(Completion(text, truncated=len(row) >= max_new_tokens and not ended))
         return out
 
-    def prefers_first(self, prompts: list[str], first: str, second: str) -> list[bool]:
-        """Whether the model's next token after each prompt is likelier `first` than `second`
-        (the first token of each word, after a space)."""
+    def margins(self, prompts: list[str], first: str, second: str) -> list[float]:
+        """How much likelier the model's next token after each prompt is `first` than `second`
+        (log-odds of the first token of each word, after a space)."""
         import torch
 
         a, b = (self.tokenizer(" " + w, add_special_tokens=False)["input_ids"][0] for w in (first, second))
@@ -96,9 +96,23 @@ class ModelSampler:
         for start in range(0, len(prompts), self.batch_size):
             batch = self._encode(prompts[start:start + self.batch_size])
             with torch.inference_mode():
-                logits = self.model(**batch).logits[:, -1, :]
-            out += (logits[:, a] > logits[:, b]).tolist()
+                logits = self.model(**batch).logits[:, -1, :].float()
+            out += (logits[:, a] - logits[:, b]).tolist()
         return out
+
+
+def classify(sampler, examples: list[list[tuple[str, bool]]], instructions: list[str], calibrate: bool) -> list[bool]:
+    """Whether each instruction is a classification task: the model's Yes against No after
+    labelled examples. `calibrate`: against the same prompt with content-free tasks instead
+    (contextual calibration, Zhao et al. 2021), which removes the prompt's own lean to one answer
+    (SmolLM2-135M answers No to every one of the 25 held-out seed tasks without it)."""
+    margins = sampler.margins([si.classification_prompt(ex, text) for ex, text in zip(examples, instructions)],
+                              "Yes", "No")
+    if not calibrate:
+        return [m > 0 for m in margins]
+    free = sampler.margins([si.classification_prompt(ex, cf) for ex in examples for cf in si.CONTENT_FREE], "Yes", "No")
+    k = len(si.CONTENT_FREE)
+    return [m - sum(free[i * k:(i + 1) * k]) / k > 0 for i, m in enumerate(margins)]
 
 
 # ---------------------------------------------------------------- one round
@@ -161,7 +175,7 @@ def generate_round(number: int, g: DictConfig, seed: int, sampler, seed_tasks: l
 
     labelled = [(t["instruction"], bool(t["is_classification"])) for t in seed_tasks]
     examples = [rng.sample(labelled, g.in_context) for _ in new]
-    flags = sampler.prefers_first([si.classification_prompt(ex, text) for ex, text in zip(examples, new)], "Yes", "No")
+    flags = classify(sampler, examples, new, g.calibrate_classification)
     short = [t for t in seed_tasks if len(t["input"]) + len(t["output"]) <= SHORT_EXAMPLE_CHARS] or seed_tasks
     by_kind = {kind: [t for t in short if bool(t["is_classification"]) == kind] or short for kind in (True, False)}
     instance_prompts = [si.instance_prompt(rng.sample(by_kind[flag], min(g.instance_examples, len(by_kind[flag]))),

@@ -104,6 +104,7 @@ def check_instance(instance_input: str, output: str, classification: bool = Fals
 
 # ---------------------------------------------------------------- classification and instances
 NO_INPUT = "<no input>"  # what a task that needs no input shows in an instance prompt
+CONTENT_FREE = ("N/A", "", "[MASK]")  # tasks with no content, for calibration (Zhao et al. 2021's choice)
 
 
 def classification_prompt(examples: list[tuple[str, bool]], instruction: str) -> str:

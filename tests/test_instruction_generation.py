@@ -53,8 +53,9 @@ class ScriptedSampler:
             self.tokens += 10
         return out
 
-    def prefers_first(self, prompts, first, second):
-        return ["Classify" in p.rsplit("Task:", 1)[1] for p in prompts]
+    def margins(self, prompts, first, second):
+        """Leans to No (-1) for every task, and less (+1) for those that say "Classify"."""
+        return [1.0 if "Classify" in p.rsplit("Task:", 1)[1] else -1.0 for p in prompts]
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +79,21 @@ def test_classification_tasks_get_output_first_instances(seed_tasks):
         assert asked[task["instruction"]].endswith("Class label:" if task["is_classification"] else "Input:")
     # the second list's classification task differs from the first's by one word: filtered as similar
     assert r.candidates == 4 and r.rejected == {"similar": 1} and len(r.tasks) == 3
+
+
+class LeaningSampler(ScriptedSampler):
+    """A model that leans to No for everything: classification tasks only a little less."""
+
+    def margins(self, prompts, first, second):
+        return [-0.5 if "Classify" in p.rsplit("Task:", 1)[1] else -2.0 for p in prompts]
+
+
+def test_calibration_finds_classification_tasks_a_model_leaning_to_no_would_miss():
+    examples = [[("Sort these numbers.", False), ("Is this spam? Yes or no.", True)]] * 2
+    tasks = ["Classify the review as positive or negative.", "Summarize the meeting notes."]
+    assert ig.classify(LeaningSampler(), examples, tasks, calibrate=False) == [False, False]
+    # content-free tasks score -2 (they do not say "Classify"): the review is +1.5 above them, the notes 0
+    assert ig.classify(LeaningSampler(), examples, tasks, calibrate=True) == [True, False]
 
 
 def run_rounds(folder, g, seed_tasks, upto=None):
@@ -137,8 +153,8 @@ def test_the_model_sampler_is_seeded_batched_and_flags_truncation(tiny):
     assert [c.text for c in a] != [c.text for c in sampler.complete(prompts, 8, seed=4, stop=["\n\n"])]
     assert all(c.truncated for c in a)  # random weights never end a line: every completion hit the limit
     assert sampler.tokens == 3 * 3 * 8 and sampler.seconds > 0
-    flags = sampler.prefers_first(prompts, "Yes", "No")
-    assert len(flags) == 3 and set(flags) <= {True, False}
+    margins = sampler.margins(prompts, "Yes", "No")
+    assert len(margins) == 3 and len(set(margins)) == 3
 
 
 def test_generated_documents_are_mixed_in_at_the_asked_share():
