@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from sweep.config import PROJECT_ROOT, ConfigError, compose_config
-from sweep.data import sha256
+from sweep.data import RUN_ID, sha256
 from sweep.secrets import redact
 from sweep.tracking import STUDY_METHOD, git_state
 
@@ -73,6 +73,12 @@ NOT_TAKEN = ("eval.include_paths",)  # where task YAMLs (and the code they name)
 # Where things are and where results go: always this checkout's, whatever the run had.
 LOCAL = ("paths", "tracking", "trial")
 CHOSEN = ("model", "method", "data")  # config groups whose option the stored `name` picks
+
+
+def location(key: str, value) -> bool:
+    """A stored value that names a place on the recording machine, not a hyperparameter: generated
+    data given as a file (given as an MLflow run id it is the data's identity, and taken)."""
+    return key == "data.generated" and value is not None and not RUN_ID.fullmatch(str(value))
 
 
 def under(key: str, prefixes) -> bool:
@@ -141,7 +147,8 @@ def recorded_config(run_id: str, allow=(), log=print) -> tuple[DictConfig, str]:
     values = leaves(stored, here)
     today = leaves(here, here)
     differing = {k: v for k, v in values.items()
-                 if not under(k, LOCAL) and (not under(k, TAKEN) or under(k, NOT_TAKEN)) and today.get(k, ...) != v}
+                 if not under(k, LOCAL) and (not under(k, TAKEN) or under(k, NOT_TAKEN) or location(k, v))
+                 and today.get(k, ...) != v}
     refused = sorted(set(differing) - set(allow))
     for key in refused:
         log(f"  REFUSED  {key}: the run has {redact(repr(differing[key]))[:200]}, "
@@ -150,7 +157,7 @@ def recorded_config(run_id: str, allow=(), log=print) -> tuple[DictConfig, str]:
         raise ConfigError(f"the run's config sets {', '.join(refused)}, which reproduce.py takes from this checkout, "
                           f"not from a store; pass --allow KEY for each to use the stored value")
     for key, value in values.items():
-        if (under(key, TAKEN) and not under(key, NOT_TAKEN)) or key in differing:
+        if (under(key, TAKEN) and not under(key, NOT_TAKEN) and not location(key, value)) or key in differing:
             try:
                 OmegaConf.update(cfg, key, value, merge=False)
             except OmegaConfBaseException as e:

@@ -246,6 +246,10 @@ def test_reproduce_takes_hyperparameters_not_code_from_a_crafted_run(one_run, tm
         "model.name_or_path": lambda t: t.replace("name_or_path: null", f"name_or_path: {folder}", 1),
         "interpolation at train.lr": lambda t: t.replace("  lr: 0.001", "  lr: ${oc.env:HOME}"),
         "train.no_such_key": lambda t: t.replace("  lr: 0.001", "  lr: 0.001\n  no_such_key: 1"),
+        # generated data named by a file on the recording machine (a run id would be taken)
+        "data.generated": lambda t: t.replace("data:\n  name: sst2\n  task: sst2\n",
+                                              "data:\n  name: self_instruct\n  task: self_instruct\n"
+                                              f"  generated: {folder}/evil.py\n  mix: 0.5\n"),
     }
     for expected, edit in cases.items():
         crafted = plant(uri, run, config=edit)
