@@ -184,7 +184,7 @@ def test_variants_are_distinct_simplest_first_and_name_their_equivalent_run():
 @pytest.mark.parametrize("overrides,needle", [
     (["eval.template=plian"], "eval.template='plian': task sst2 has no such template (no task sst2_plian) "
                               "(did you mean: plain?); its templates are: default, chat, plain"),
-    (["data=self_instruct", "eval.template=chat"], "eval.template='chat': task self_instruct has no such template"),
+    (["data=self_instruct", "eval.template=plain"], "eval.template='plain': task self_instruct has no such template"),
     (["data=self_instruct", "method=strongest_baseline"], "method.search.template='plain': task self_instruct"),
     (["data=self_instruct", "method=few_shot", "eval.fewshot_sampler=balanced"],
      "eval.fewshot_sampler=balanced: task self_instruct has no labels"),
