@@ -463,15 +463,11 @@ def record_dataset(cfg: DictConfig, state: State, seed_count: int) -> None:
 
 def main(cfg: DictConfig) -> dict[str, float] | None:
     """The entry point's job: bad input is one line and exit status 2, with nothing created."""
-    import sys
-
-    from sweep.job import discard_output_dir
-    from sweep.secrets import guard_output, redact
+    from sweep.job import report_bad_input
+    from sweep.secrets import guard_output
 
     guard_output()
     try:
         return run(cfg)
     except ConfigError as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
-        discard_output_dir()
-        sys.exit(2)
+        report_bad_input(e, single_run=True)

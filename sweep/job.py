@@ -94,10 +94,7 @@ def run_job(cfg: DictConfig) -> JobOutcome:
     try:
         return execute(cfg, rss_at_start)
     except ConfigError as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
-        if not is_multirun():
-            discard_output_dir()
-            sys.exit(2)
+        report_bad_input(e, single_run=not is_multirun())
         return JobOutcome("INVALID", sweep_id(cfg), error=redact(str(e)))
     except TrialPruned as e:
         log.info("pruned: %s", e)
@@ -109,6 +106,15 @@ def run_job(cfg: DictConfig) -> JobOutcome:
         return JobOutcome("FAILED", sweep_id(cfg), error=redact(f"{type(e).__name__}: {e}"))
     finally:
         memory.release()  # the job's model, trainer and lm-eval objects are unreachable by now
+
+
+def report_bad_input(e: ConfigError, single_run: bool) -> None:
+    """One line on stderr that names the problem and the fix; a single run then leaves nothing
+    behind and exits with status 2 (in a multirun the sweep goes on)."""
+    print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
+    if single_run:
+        discard_output_dir()
+        sys.exit(2)
 
 
 def discard_output_dir() -> None:
