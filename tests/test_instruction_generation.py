@@ -277,12 +277,14 @@ def test_the_experiment_reports_score_by_source_and_size_of_instruction_data(tmp
     path = tmp_path / "tasks.jsonl"
     path.write_text("".join(json.dumps({"instruction": f"Write the word number {i}.", "input": "",
                                         "output": f"word {i}"}) + "\n" for i in range(16)))
-    p = run_sweep("-m", "experiment=instruction_data", *TINY, *tracking, f"data.generated={path}", "data.mix=0,1",
-                  "data.max_train_samples=4,8", "eval.tasks=[self_instruct]", "train.max_steps=2", "eval.limit=4")
+    small = [*TINY, *tracking, f"data.generated={path}", "eval.tasks=[self_instruct]", "train.max_steps=2",
+             "eval.limit=4"]
+    p = run_sweep("-m", "experiment=instruction_data", *small, "method=lora", "data.mix=0,1", "data.max_train_samples=4,8")
+    assert p.returncode == 0, p.stderr[-3000:]
+    p = run_sweep("experiment=instruction_data", *small, "method=zero_shot")  # the base model
     assert p.returncode == 0, p.stderr[-3000:]
     runs = runs_of(tracking, "instruction_data")
-    assert len(runs) == 8 and set(runs["status"]) == {"FINISHED"}
-    assert (runs["tags.cached"] == "true").sum() == 3  # the base model scored once
+    assert len(runs) == 5 and set(runs["status"]) == {"FINISHED"}
     rep, _ = report.build_report("instruction_data", None)
     [(_, table, _)] = [t for t in rep.tables if t[0] == "Instruction data: source and size"]
     assert sorted(zip(table["source"], table["training instructions"])) == [
