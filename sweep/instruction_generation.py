@@ -149,13 +149,23 @@ def generate_round(number: int, g: DictConfig, seed: int, sampler, seed_tasks: l
     began, tokens_before = time.perf_counter(), sampler.tokens
     rng = random.Random(f"{seed}-{number}")
     r = Round(number)
+    new = new_instructions(r, rng, g, seed, sampler, seed_tasks, generated)
+    if new:
+        add_instances(r, rng, g, seed, sampler, seed_tasks, new)
+    r.seconds, r.tokens = time.perf_counter() - began, sampler.tokens - tokens_before
+    return r
+
+
+def new_instructions(r: Round, rng: random.Random, g: DictConfig, seed: int, sampler, seed_tasks: list[dict],
+                     generated: list[dict]) -> list[str]:
+    """The round's sampled instructions that pass the filters (the others counted in `r`)."""
     seed_texts = [t["instruction"] for t in seed_tasks]
     generated_texts = [t["instruction"] for t in generated]
     prompts = [si.instruction_prompt(in_context(rng, seed_texts, generated_texts, g.in_context, g.from_generated))
                for _ in range(g.prompts_per_round)]
     pool = seed_texts + generated_texts
     new: list[str] = []
-    for completion in sampler.complete(prompts, g.max_new_tokens, seed=seed * 1000 + number, stop=["\n\n"]):
+    for completion in sampler.complete(prompts, g.max_new_tokens, seed=seed * 1000 + r.number, stop=["\n\n"]):
         parsed = si.parse_instructions(completion.text)
         if completion.truncated and parsed:  # the last one was cut off mid-sentence
             parsed.pop()
@@ -169,10 +179,13 @@ def generate_round(number: int, g: DictConfig, seed: int, sampler, seed_tasks: l
                 r.rejected[reason.reason] += 1
                 continue
             new.append(instruction)
-    if not new:
-        r.seconds, r.tokens = time.perf_counter() - began, sampler.tokens - tokens_before
-        return r
+    return new
 
+
+def add_instances(r: Round, rng: random.Random, g: DictConfig, seed: int, sampler, seed_tasks: list[dict],
+                  new: list[str]) -> None:
+    """Classify each new instruction, generate its instance, and keep the usable tasks in `r`."""
+    number = r.number
     labelled = [(t["instruction"], bool(t["is_classification"])) for t in seed_tasks]
     examples = [rng.sample(labelled, g.in_context) for _ in new]
     flags = classify(sampler, examples, new, g.calibrate_classification)
@@ -191,8 +204,6 @@ def generate_round(number: int, g: DictConfig, seed: int, sampler, seed_tasks: l
         r.classification += flag
         r.tasks.append({"id": f"generated_{number}_{k}", "name": f"generated_{number}_{k}", "instruction": text,
                         "input": instance_input, "output": output, "is_classification": flag, "round": number})
-    r.seconds, r.tokens = time.perf_counter() - began, sampler.tokens - tokens_before
-    return r
 
 
 def generate_rounds(g: DictConfig, seed: int, sampler, seed_tasks: list[dict], state: "State", on_round=None) -> None:
