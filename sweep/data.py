@@ -22,6 +22,8 @@ from sweep.config import ConfigError
 IGNORE_INDEX = -100  # label value that the loss skips (prompt tokens, padding)
 GENERATED_FIELDS = ("instruction", "input", "output")  # what a generated task must have (Self-Instruct's format)
 GENERATED_DATASET = "self_instruct_generated"  # its name as an MLflow dataset
+# A generate_instructions.py run holds its tasks as ARTIFACT_DIR/TASKS_FILE, with their sha256 in tag SHA_TAG.
+ARTIFACT_DIR, TASKS_FILE, SHA_TAG = "generated", "tasks.jsonl", "generated_sha256"
 
 
 def render_pair(task, doc: dict, chat_template=None) -> tuple[str, str]:
@@ -170,7 +172,6 @@ def generated_file(data_cfg: DictConfig, tracking_uri: str, cache: str | Path) -
 def _fetch_generated(run_id: str, tracking_uri: str, folder: Path) -> Path:
     import mlflow
 
-    from sweep.instruction_generation import ARTIFACT_DIR, SHA_TAG, TASKS_FILE
     from sweep.secrets import redact
     from sweep.tracking import require_store
 

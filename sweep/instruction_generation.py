@@ -29,12 +29,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep import self_instruct as si
 from sweep.config import ConfigError
-from sweep.data import GENERATED_DATASET, GENERATED_FIELDS as FIELDS, json_lines
+from sweep.data import (ARTIFACT_DIR, GENERATED_DATASET, GENERATED_FIELDS as FIELDS, SHA_TAG, TASKS_FILE,
+                        json_lines)
 
 log = logging.getLogger(__name__)
-TASKS_FILE, ROUNDS_FILE, SETTINGS_FILE, RUN_FILE = "tasks.jsonl", "rounds.jsonl", "settings.json", "run.json"
-ARTIFACT_DIR = "generated"   # where the run's dataset lives among its MLflow artifacts
-SHA_TAG = "generated_sha256"  # sha256 of the run's tasks.jsonl: checked by whoever trains on it
+ROUNDS_FILE, SETTINGS_FILE, RUN_FILE = "rounds.jsonl", "settings.json", "run.json"
 # Worked examples in an instance prompt are seed tasks whose input and output fit in this many
 # characters: the prompt's prefill is most of a round's time on a CPU, and long examples buy little.
 SHORT_EXAMPLE_CHARS = 400
