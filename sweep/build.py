@@ -14,19 +14,25 @@ from transformers import set_seed
 
 from sweep.config import ConfigError
 from sweep.data import GENERATED_DATASET, build_train_dataset, data_files, dataset_inputs, generated_file, read_generated
-from sweep.evaluate import Prompting, check_templates, load_tasks, make_lm, task_manager, uses_chat_template
+from sweep.evaluate import (Prompting, check_templates, load_tasks, make_lm, set_generation, task_manager,
+                            uses_chat_template)
+from sweep.lineage import Lineage, load_adapter
 from sweep.methods import apply_method
 from sweep.models import load_model_and_tokenizer
+from sweep.preference import RewardJudge, held_out_pairs, judge_from, pair_rows, preference_docs
 
 
 @dataclass
 class Built:
     model: object                 # what is trained and scored (peft-wrapped for adapters)
     tokenizer: object
-    lm: object                    # lm-eval's HFLM around `model`
+    lm: object | None             # lm-eval's HFLM around `model` (None for a reward model)
     task_manager: object
     eval_tasks: dict              # name -> lm-eval Task scored
-    train_dataset: object | None  # tokenized examples, None for the baselines
+    train_dataset: object | None  # tokenized examples (SFT), rows of pairs or prompts (the other stages), None
+                                  # for the baselines
+    judge: RewardJudge | None = None  # the reward model of eval.judge_run_id
+    eval_pairs: list = field(default_factory=list)  # stage=reward: the held-out pairs it is scored on
     files: list[Path] = field(default_factory=list)  # data files read (hashed into the run)
     datasets: list = field(default_factory=list)     # (name, file, context): MLflow dataset inputs
 
@@ -59,28 +65,46 @@ def generated_data(cfg: DictConfig) -> Path | None:
     return generated_file(cfg.data, cfg.tracking.uri, cfg.paths.cache)
 
 
-def build(cfg: DictConfig, loaded: tuple | None = None, generated: Path | None = None) -> Built:
+def build(cfg: DictConfig, loaded: tuple | None = None, generated: Path | None = None,
+          lineage: Lineage = Lineage()) -> Built:
     """`loaded`: (task manager, tasks) when the caller has loaded them already; `generated`: the
-    file `generated_data` found (looked up here when not given)."""
+    file `generated_data` found (looked up here when not given); `lineage`: the runs the stage starts
+    from and is judged by (sweep/lineage.py)."""
     tm, tasks = loaded or load_project_tasks(cfg)
     generated = generated or generated_data(cfg)
     eval_tasks = {name: tasks[name] for name in cfg.eval.tasks}
+    set_generation(eval_tasks, cfg.eval.generation)
     if cfg.method.name != "strongest_baseline":  # (which checks each variant it tries)
         Prompting.from_config(cfg).check(eval_tasks)
-
-    model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization)
+    stage = cfg.stage.name
+    model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization,
+                                                reward_head=stage == "reward")
     set_seed(cfg.seed)  # an adapter's initial weights are random (LoRA's A, prompt embeddings): same seed, same build
-    model = apply_method(model, cfg, tokenizer.name_or_path)
-    lm = make_lm(model, tokenizer, cfg.eval.batch_size)
+    if lineage.parent is not None:
+        model = load_adapter(model, lineage.parent, trainable=cfg.method.trains)
+    else:
+        model = apply_method(model, cfg, tokenizer.name_or_path, "SEQ_CLS" if stage == "reward" else "CAUSAL_LM")
+    lm = make_lm(model, tokenizer, cfg.eval.batch_size) if stage != "reward" else None
+    judge = judge_from(lineage.judge, cfg.model, cfg.paths.cache, cfg.seed, cfg.train.max_seq_length,
+                       cfg.eval.batch_size) if lineage.judge else None
 
-    train_dataset = None
-    if cfg.method.trains:
+    train_dataset, eval_pairs = None, []
+    if cfg.method.trains and stage == "sft":
         train_task = tasks[cfg.data.task]
         train_dataset = build_train_dataset(train_task, cfg.data, lm, cfg.train.max_seq_length, cfg.seed,
                                             chat=uses_chat_template({cfg.data.task: train_task}),
                                             generated=read_generated(generated) if generated else None)
+    elif cfg.method.trains:
+        task = tasks[cfg.data.task]
+        docs = preference_docs(task, cfg.data.train_split, cfg.data.max_train_samples, cfg.seed, tokenizer,
+                               cfg.data.get("max_prompt_tokens"), stage)
+        rows = pair_rows(task, docs)
+        train_dataset = rows if stage in ("reward", "dpo") else [{"prompt": r["prompt"]} for r in rows]
+        if stage == "reward":
+            eval_pairs = pair_rows(task, held_out_pairs(task, cfg.eval.limit, stage))
     files, inputs = task_files(tasks), dataset_inputs(cfg, tasks)
     if generated:
         files.append(generated)
         inputs.append((GENERATED_DATASET, generated, "training"))
-    return Built(model, tokenizer, lm, tm, eval_tasks, train_dataset, files, inputs)
+    return Built(model, tokenizer, lm, tm, eval_tasks, train_dataset, judge=judge, eval_pairs=eval_pairs, files=files,
+                 datasets=inputs)

@@ -11,6 +11,7 @@ import importlib.util
 import inspect
 import math
 import os
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -36,6 +37,11 @@ QUANT_TYPES = ("nf4", "fp4")
 COMPUTE_DTYPES = ("bfloat16", "float16", "float32")
 SAMPLING = ("random", "sequential", "group_by_length")
 DTYPES = ("float32", "bfloat16", "float16")
+STAGES = ("sft", "reward", "dpo", "grpo", "rloo", "ppo")  # the `stage` group: the RLHF pipeline's steps
+# DPOConfig.loss_type values (TRL 1.16's list)
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+RUN_ID_FORMAT = r"[0-9a-f]{32}"  # an MLflow run id
 
 
 class ConfigError(ValueError):
@@ -147,6 +153,7 @@ def validate(cfg: DictConfig) -> None:
     validate_prompting(e)
     if m.name == "strongest_baseline":
         validate_baseline_search(m.search)
+    validate_stage(cfg)
     for p in e.include_paths:
         _require(Path(p).is_dir(), "eval.include_paths", p, "each entry must be an existing folder of task YAMLs")
 
@@ -183,6 +190,65 @@ def validate_baseline_search(search: DictConfig) -> None:
     non_empty_list("calibrate", lambda v: isinstance(v, bool), "must be a non-empty list of true/false")
     _require(_is_int(search.dev_size) and search.dev_size > 0, "method.search.dev_size", search.dev_size,
              "must be a positive integer (examples carved from the train split)")
+
+
+def _run_id_or_null(key: str, value) -> None:
+    _require(value is None or (isinstance(value, str) and re.fullmatch(RUN_ID_FORMAT, value) is not None), key, value,
+             "must be an MLflow run id (32 hex digits, as `mlflow runs list` or the run's page shows) or null")
+
+
+def validate_stage(cfg: DictConfig) -> None:
+    """The RLHF pipeline's stages (conf/stage): which method, which runs they start from, their settings."""
+    s, m = cfg.stage, cfg.method
+    _require(s.name in STAGES, "stage", s.name, f"choose one of {', '.join(STAGES)}")
+    _run_id_or_null("init.run_id", cfg.init.run_id)
+    _run_id_or_null("eval.judge_run_id", cfg.eval.judge_run_id)
+    if s.name != "sft":
+        _require(m.peft == "lora" and m.quantization is None, "method", m.name,
+                 f"stage={s.name} trains a LoRA adapter (the pipeline's lineage is adapters on one base model): "
+                 "use method=lora")
+    if cfg.init.run_id is not None and s.starts_from is None and s.name != "sft":
+        raise ConfigError(f"init.run_id={cfg.init.run_id}: stage={s.name} starts from the base model, "
+                          "not from a run; drop init.run_id")
+    if s.name == "sft" and cfg.init.run_id is not None and m.peft != "lora":
+        raise ConfigError(f"init.run_id: continuing a run's adapter needs method=lora (now method={m.name})")
+    g = cfg.eval.generation
+    _require(g.max_gen_toks is None or (_is_int(g.max_gen_toks) and g.max_gen_toks > 0), "eval.generation.max_gen_toks",
+             g.max_gen_toks, "must be a positive integer or null (the task's own)")
+    _require(g.do_sample is None or isinstance(g.do_sample, bool), "eval.generation.do_sample", g.do_sample,
+             "must be true, false or null")
+    for key, top in (("temperature", math.inf), ("top_p", 1)):
+        _require(g[key] is None or (_is_number(g[key]) and 0 < g[key] <= top), f"eval.generation.{key}", g[key],
+                 f"must be a number in (0, {top}] or null")
+    if s.name == "dpo":
+        _require(_is_number(s.beta) and s.beta > 0, "stage.beta", s.beta, "must be a number > 0, e.g. 0.1")
+        _require(s.loss_type in DPO_LOSSES, "stage.loss_type", s.loss_type,
+                 f"choose one of TRL's DPO losses: {', '.join(DPO_LOSSES)}")
+    if s.name in ("grpo", "rloo", "ppo"):
+        _require(_is_int(s.max_completion_length) and s.max_completion_length > 0, "stage.max_completion_length",
+                 s.max_completion_length, "must be a positive integer (new tokens per reply)")
+        _require(_is_number(s.temperature) and s.temperature > 0, "stage.temperature", s.temperature,
+                 "must be a number > 0")
+    if s.name in ("grpo", "rloo"):
+        n, batch = s.num_generations, cfg.train.batch_size * cfg.train.grad_accum
+        _require(_is_int(n) and n >= 2, "stage.num_generations", n,
+                 "must be an integer >= 2 (the advantage compares replies to the same prompt)")
+        _require(batch % n == 0, "stage.num_generations", n, f"must divide train.batch_size x train.grad_accum "
+                 f"({batch}): each batch holds whole groups of replies")
+        _require(_is_number(s.beta) and s.beta >= 0, "stage.beta", s.beta, "must be a number >= 0 (0: no KL term)")
+        _require(_is_number(s.epsilon) and s.epsilon > 0, "stage.epsilon", s.epsilon, "must be a number > 0")
+    if s.name == "ppo":
+        for key in ("kl_coef", "vf_coef"):
+            _require(_is_number(s[key]) and s[key] >= 0, f"stage.{key}", s[key], "must be a number >= 0")
+        for key in ("cliprange", "cliprange_value"):
+            _require(_is_number(s[key]) and s[key] > 0, f"stage.{key}", s[key], "must be a number > 0, e.g. 0.2")
+        for key in ("gamma", "lam"):
+            _require(_is_number(s[key]) and 0 <= s[key] <= 1, f"stage.{key}", s[key], "must be a number in [0, 1]")
+        _require(_is_int(s.ppo_epochs) and s.ppo_epochs > 0, "stage.ppo_epochs", s.ppo_epochs,
+                 "must be a positive integer")
+    mpt = cfg.data.get("max_prompt_tokens")
+    _require(mpt is None or (_is_int(mpt) and mpt > 0), "data.max_prompt_tokens", mpt,
+             "must be a positive integer or null (no limit)")
 
 
 def validate_mix(data: DictConfig) -> None:

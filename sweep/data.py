@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweep.config import ConfigError
+from sweep.config import RUN_ID_FORMAT, ConfigError
 
 IGNORE_INDEX = -100  # label value that the loss skips (prompt tokens, padding)
 GENERATED_FIELDS = ("instruction", "input", "output")  # what a generated task must have (Self-Instruct's format)
@@ -150,7 +150,7 @@ def sha256(path: Path) -> str:
 
 
 # ---------------------------------------------------------------- generated instruction data
-RUN_ID = re.compile(r"[0-9a-f]{32}")
+RUN_ID = re.compile(RUN_ID_FORMAT)
 
 
 def generated_file(data_cfg: DictConfig, tracking_uri: str, cache: str | Path) -> Path | None:

@@ -109,6 +109,15 @@ def load_tasks(tm, variants: dict[str, str]) -> dict:
     return {name: loaded[variant] for name, variant in variants.items()}
 
 
+def set_generation(tasks: dict, generation: DictConfig) -> None:
+    """eval.generation's settings (those not null; lm-eval's names) into each generation task's
+    generation_kwargs."""
+    settings = {k: v for k, v in generation.items() if v is not None}
+    for task in tasks.values():
+        if task.OUTPUT_TYPE == "generate_until" and settings:
+            task.set_config(key="generation_kwargs", value=settings, update=True)
+
+
 def uses_chat_template(tasks: dict) -> bool:
     """Whether the tasks' template is a chat one (task metadata `apply_chat_template: true`); every
     task of one scoring pass must agree, since lm-eval applies the chat template to all of them."""

@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from optuna.exceptions import TrialPruned
 from transformers import set_seed
 
-from sweep import baseline_cache, baselines, distributed, memory, tracking, trials
+from sweep import alignment, baseline_cache, baselines, distributed, judging, lineage, memory, preference, tracking, trials
 from sweep.build import build, generated_data, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
 from sweep.data import dataset_inputs
@@ -170,6 +170,8 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
     generated = generated_data(cfg)   # (and generated data that cannot be found)
     if cfg.method.name == "strongest_baseline":
         baselines.check_search(cfg, loaded[0])
+    identity = base_model_identity(cfg.model, cfg.seed)
+    ancestry = lineage.resolve(cfg, sweep_id(cfg), identity, is_multirun())  # (runs to start from, or judge with)
     experiment_id = tracking.open_experiment(cfg.tracking)
     tracking.close_orphaned_runs(experiment_id)
     use_all_cores()
@@ -177,9 +179,10 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
     trial = trials.attach(cfg)
     name = tracking.run_name(cfg)
     start_memory = {"rss_at_start_mb": rss_at_start} if rss_at_start is not None else {}
-    tags = tracking.start_tags(cfg, sweep_id(cfg), trial.tags() if trial else {}) | {
-        "base_model": base_model_identity(cfg.model, cfg.seed)}
-    if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed and lm-eval
+    tags = tracking.start_tags(cfg, sweep_id(cfg), trial.tags() if trial else {}) | {"base_model": identity} | \
+        ancestry.tags()
+    if not cfg.method.trains and ancestry.judge is None:  # a baseline: scored once per model, tasks, prompting,
+        # limit, seed and lm-eval (a judged one is scored afresh: the judge is not in the key)
         files = task_files(loaded[1])
         key = baseline_cache.cache_key(cfg, loaded[0], files)
         source = baseline_cache.find_source(key) if cfg.eval.cache else None
@@ -187,7 +190,7 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
             return reuse_baseline(cfg, experiment_id, name, tags | {"baseline_key": key}, source, files,
                                   dataset_inputs(cfg, loaded[1]), start_memory)
         tags |= {"baseline_key": key, "cached": "false"}
-    built = build(cfg, loaded, generated)
+    built = build(cfg, loaded, generated, ancestry)
     trainable, total = count_parameters(built.model)
 
     # The folder the base model loaded from: what an adapter's adapter_config.json names.
@@ -219,11 +222,17 @@ def train_share(cfg: DictConfig) -> JobOutcome:
 
 def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="trainer-") as out:
-        result = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out,
-                       callbacks=intermediate_scoring(cfg, built, trial), fail_at_step=cfg.debug.fail_at_step,
-                       prune_divergence=trial is not None and trial.pruning)
+        if cfg.stage.name == "sft":
+            result = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out,
+                           callbacks=intermediate_scoring(cfg, built, trial), fail_at_step=cfg.debug.fail_at_step,
+                           prune_divergence=trial is not None and trial.pruning)
+        else:
+            result = alignment.train_stage(cfg, built.model, built.tokenizer, built.train_dataset, out, built.judge)
     trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
                "train_tokens_per_second": result.tokens_per_second, "train_examples": len(built.train_dataset)}
+    if result.rollout_seconds:
+        trained |= {"rollout_tokens": result.rollout_tokens,
+                    "rollout_tokens_per_second": result.rollout_tokens / result.rollout_seconds}
     mfu = model_flops_utilization(total_params, result.tokens, result.seconds)
     trained |= {"mfu": mfu} if mfu is not None else {}
     tracking.log_metrics(trained)
@@ -232,6 +241,22 @@ def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[s
     if cfg.method.peft and cfg.tracking.log_adapter:
         tracking.log_adapter(built.model)
     return trained
+
+
+JUDGED_REPLIES = "judged_replies.json"   # each reply, the reference's, their rewards (MLflow table)
+REWARD_SCORES = "reward_scores.json"     # stage=reward: each held-out pair's rewards (MLflow table)
+REWARD_FIGURE = "reward_distribution.png"
+
+
+def score_reward_model(cfg: DictConfig, built) -> dict[str, float]:
+    """A reward model's pairwise accuracy and margin (95% paired-bootstrap CIs) on held-out pairs, its
+    reward distributions of chosen and rejected replies (table and plot)."""
+    judge = preference.RewardJudge(built.model, built.tokenizer, cfg.train.max_seq_length, cfg.eval.batch_size)
+    pairs = preference.score_pairs(judge, built.eval_pairs)
+    tracking.log_table(pairs.table(built.eval_pairs), REWARD_SCORES)
+    tracking.log_figure(preference.distribution_figure(pairs, f"{cfg.data.task}: rewards of held-out pairs"),
+                        REWARD_FIGURE)
+    return pairs.metrics(cfg.data.task, cfg.seed)
 
 
 def eval_tasks(cfg: DictConfig, template: str):
@@ -243,7 +268,10 @@ def eval_tasks(cfg: DictConfig, template: str):
 def score_and_record(cfg: DictConfig, built, name: str) -> dict[str, float]:
     """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory."""
     scored = {}
-    if cfg.eval.enabled:
+    if cfg.eval.enabled and cfg.stage.name == "reward":
+        start = time.perf_counter()
+        scored = score_reward_model(cfg, built) | {"eval_seconds": time.perf_counter() - start}
+    elif cfg.eval.enabled:
         start = time.perf_counter()
         if cfg.method.name == "strongest_baseline":
             choice = baselines.strongest(cfg, built.lm, lambda template: eval_tasks(cfg, template))
@@ -251,9 +279,15 @@ def score_and_record(cfg: DictConfig, built, name: str) -> dict[str, float]:
             scores = choice.scores
         else:
             scores = score(built.lm, built.task_manager, built.eval_tasks, Prompting.from_config(cfg),
-                           cfg.eval.limit, cfg.eval.log_samples)
-        scored = scores.metrics | {"eval_seconds": time.perf_counter() - start}
+                           cfg.eval.limit, cfg.eval.log_samples or built.judge is not None)
+        scored = scores.metrics
         tracking.log_eval_results(scores.results)
+        if built.judge is not None:  # the reward model's verdict on the replies, against the reference policy
+            judged, table = judging.judged(built, scores, built.judge, Prompting.from_config(cfg), cfg.eval.limit,
+                                           cfg.eval.batch_size, cfg.seed)
+            tracking.log_table(table, JUDGED_REPLIES)
+            scored |= judged
+        scored |= {"eval_seconds": time.perf_counter() - start}
         for draw, metrics in enumerate(scores.by_draw):
             tracking.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
     scored |= memory.peak_mb()

@@ -29,13 +29,13 @@ def resolve_target_modules(spec, model: torch.nn.Module) -> list[str]:
     return requested
 
 
-def lora_config(lora: DictConfig, target_modules: list[str]):
+def lora_config(lora: DictConfig, target_modules: list[str], task_type: str = "CAUSAL_LM"):
     """peft's LoraConfig from our `lora` group (alpha -> lora_alpha, dropout -> lora_dropout,
-    init -> init_lora_weights)."""
+    init -> init_lora_weights); task_type SEQ_CLS (a reward model) also trains the new head."""
     from peft import LoraConfig
 
     return LoraConfig(
-        task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        task_type=task_type, r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
         target_modules=target_modules, bias=lora.bias, init_lora_weights=LORA_INITS[lora.init],
         use_dora=lora.use_dora, use_rslora=lora.use_rslora,
         rank_pattern=OmegaConf.to_container(lora.rank_pattern) if lora.rank_pattern else {},
@@ -62,10 +62,12 @@ def is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def apply_method(model: torch.nn.Module, cfg: DictConfig, tokenizer_path: str | None = None) -> torch.nn.Module:
+def apply_method(model: torch.nn.Module, cfg: DictConfig, tokenizer_path: str | None = None,
+                 task_type: str = "CAUSAL_LM") -> torch.nn.Module:
     """Return the model to train and score: peft-wrapped, fully trainable, or frozen.
 
-    `tokenizer_path` (a folder with the tokenizer) lets prompt tuning start from a text's embeddings.
+    `tokenizer_path` (a folder with the tokenizer) lets prompt tuning start from a text's embeddings;
+    `task_type`: peft's, SEQ_CLS for a reward model.
     """
     method = cfg.method
     if not method.trains:
@@ -86,7 +88,7 @@ def apply_method(model: torch.nn.Module, cfg: DictConfig, tokenizer_path: str | 
         if stray:
             raise ConfigError(f"lora.rank_pattern: {', '.join(stray)} is not among the target modules "
                               f"({', '.join(targets)}); add it to lora.target_modules or drop it")
-        config = lora_config(cfg.lora, targets)
+        config = lora_config(cfg.lora, targets, task_type)
     else:
         config = prompt_config(method.peft, cfg.prompt, tokenizer_path)
     return get_peft_model(model, config)

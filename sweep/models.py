@@ -189,10 +189,12 @@ def quantization_config(quant: DictConfig | None):
     return BitsAndBytesConfig(**settings)
 
 
-def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed: int, quantization=None):
+def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed: int, quantization=None,
+                             reward_head: bool = False):
     """(model, tokenizer); with `quantization` (method.quantization) the linear layers are loaded
-    quantized by bitsandbytes, on the GPU when there is one, else on the CPU."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    quantized by bitsandbytes, on the GPU when there is one, else on the CPU. `reward_head`: the base
+    model with a fresh scalar head instead of the LM head (a reward model, read at the last token)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     dtype = getattr(torch, model_cfg.dtype)
     trust = bool(model_cfg.trust_remote_code)
@@ -202,9 +204,12 @@ def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed:
                  "device_map": {"": local_rank()} if torch.cuda.is_available() else None}
     source = model_source(model_cfg, cache_dir, seed)
     tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust)
-    model = AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, **load)  # never unpickle weights
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if reward_head:
+        load |= {"num_labels": 1, "pad_token_id": tokenizer.pad_token_id}
+    model_class = AutoModelForSequenceClassification if reward_head else AutoModelForCausalLM
+    model = model_class.from_pretrained(source, use_safetensors=True, **load)  # never unpickle weights
     return model, tokenizer
 
 
@@ -220,8 +225,12 @@ def memory_footprint_mb(model: torch.nn.Module) -> float:
     return sum(t.numel() * t.element_size() for t in tensors) / 2**20
 
 
+SCORE_HEADS = ("score", "classifier")  # transformers' names of a sequence-classification head
+
+
 def linear_module_names(model: torch.nn.Module) -> list[str]:
-    """Short names of the model's linear layers (what LoRA can target), output head excluded."""
+    """Short names of the model's linear layers (what LoRA can target), output head excluded (the LM
+    head, or a reward model's new head, which peft trains whole)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
-                   if isinstance(mod, torch.nn.Linear) and mod is not head})
+                   if isinstance(mod, torch.nn.Linear) and mod is not head and name.rsplit(".", 1)[-1] not in SCORE_HEADS})

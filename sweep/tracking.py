@@ -36,6 +36,11 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the embedded store
 STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow parent run
 RESULTS_HASH_TAG = "results_sha256"  # sha256 of lm_eval_results.json, checked before the baseline cache reuses it
+ADAPTER_DIR = "adapter"
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+ADAPTER_SHA_TAG = "adapter_sha256"  # of the logged adapter's weights: checked by a stage that starts from it
+TRAINED_ADAPTER = "default"  # peft's name of the adapter a job trains
+REFERENCE_ADAPTER = "ref"    # TRL's name for the frozen copy of it that policy stages measure KL against
 log = logging.getLogger(__name__)
 
 
@@ -125,9 +130,18 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
     return closed
 
 
+STAGE_LABELS = {"reward": "reward", "dpo": "dpo-b{beta:g}", "grpo": "grpo-b{beta:g}", "rloo": "rloo-b{beta:g}",
+                "ppo": "ppo-kl{kl_coef:g}"}  # a later stage's run name starts with its label and main setting
+
+
 def run_name(cfg: DictConfig) -> str:
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
+    label = STAGE_LABELS.get(cfg.stage.name)
+    return f"{label.format(**cfg.stage)}-{method_run_name(cfg)}" if label else method_run_name(cfg)
+
+
+def method_run_name(cfg: DictConfig) -> str:
     m = cfg.method
     if m.peft == "lora":  # e.g. lora-r8-a16-qkvo, qlora-r4-a16-q+k-k6-dora-nf4 (k6: rank 6 on k_proj)
         lora = cfg.lora
@@ -305,6 +319,7 @@ def start_tags(cfg: DictConfig, sweep_id: str, trial_tags: dict[str, str]) -> di
     extra = {str(k): str(v) for k, v in (cfg.tracking.get("tags") or {}).items()}
     return extra | trial_tags | {
         "method": cfg.method.name,
+        "stage": cfg.stage.name,
         "model": cfg.model.name,
         "tasks": ",".join(cfg.eval.tasks),
         "sweep_id": sweep_id,
@@ -389,9 +404,27 @@ def log_eval_results(results: dict) -> None:
         mlflow.set_tag(RESULTS_HASH_TAG, hashlib.sha256(text.encode()).hexdigest())
 
 
+def log_table(columns: dict[str, list], name: str) -> None:
+    """A table of per-example values (the MLflow UI's artifact view, `mlflow.load_table`)."""
+    with atomic_write():
+        mlflow.log_table(columns, artifact_file=name)
+
+
+def log_figure(figure, name: str) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_write():
+        mlflow.log_figure(figure, name)
+    plt.close(figure)
+
+
 def log_adapter(model) -> None:
-    """The trained adapter as safetensors (peft's default format; never pickle)."""
+    """The trained adapter as safetensors (peft's default format; never pickle), with the sha256 of
+    its weights as a tag: a later stage that starts from this run checks its download against it."""
+    from sweep.data import sha256
+
     with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
         with atomic_write():
-            mlflow.log_artifacts(tmp, "adapter")
+            mlflow.log_artifacts(tmp, ADAPTER_DIR)
+            mlflow.set_tag(ADAPTER_SHA_TAG, sha256(Path(tmp) / ADAPTER_WEIGHTS))

@@ -31,8 +31,9 @@ class MetricsToMlflow(TrainerCallback):
     (`train/rss_mb`: a job whose memory creeps shows it here), and stop on NaN/inf loss (pruning
     the trial instead of failing it when `prune_divergence`: a sweep with a pruner)."""
 
-    def __init__(self, prune_divergence: bool = False) -> None:
+    def __init__(self, prune_divergence: bool = False, curves: tuple[str, ...] | None = CURVES) -> None:
         self.prune_divergence = prune_divergence
+        self.curves = curves  # the entries logged (None: every number; TRL's stages log rewards, KL...)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._last = (time.perf_counter(), state.global_step)
@@ -56,7 +57,8 @@ class MetricsToMlflow(TrainerCallback):
                 if self.prune_divergence:
                     raise optuna.TrialPruned(message)
                 raise NonFiniteLossError(message)
-        numeric = {f"train/{k}": float(v) for k, v in logs.items() if k in CURVES}
+        numeric = {f"train/{k}": float(v) for k, v in logs.items()
+                   if (k in self.curves if self.curves is not None else isinstance(v, (int, float)))}
         if numeric and mlflow.active_run():
             tracking.log_metrics(numeric, step=state.global_step)
 
@@ -134,6 +136,8 @@ class TrainResult:
     optim: str                   # the optimizer that ran
     threads: int                 # torch intra-op threads
     gradient_checkpointing: bool  # whether activations were recomputed in the backward pass
+    rollout_tokens: int = 0       # RL stages: reply tokens generated (where the trainer times generation)
+    rollout_seconds: float = 0.0
 
     @property
     def tokens_per_second(self) -> float:
@@ -171,8 +175,9 @@ def use_bf16(setting) -> bool:
     return bf16_is_fast() if setting == "auto" else bool(setting)
 
 
-def training_arguments(train: DictConfig, seed: int, output_dir: str) -> TrainingArguments:
-    return TrainingArguments(
+def training_kwargs(train: DictConfig, seed: int, output_dir: str) -> dict:
+    """transformers.TrainingArguments fields from the `train` group (TRL's configs extend them)."""
+    return dict(
         bf16=use_bf16(train.bf16),
         optim=effective_optim(train.optim),
         output_dir=output_dir,
@@ -200,24 +205,37 @@ def training_arguments(train: DictConfig, seed: int, output_dir: str) -> Trainin
     )
 
 
+def training_arguments(train: DictConfig, seed: int, output_dir: str) -> TrainingArguments:
+    return TrainingArguments(**training_kwargs(train, seed, output_dir))
+
+
+def run_trainer(trainer, count_tokens=None) -> TrainResult:
+    """Train, and say what ran: time, tokens (`count_tokens(trainer)` after training, else the
+    Trainer's count of non-padding input tokens), final loss."""
+    start = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - start
+    trainer.model.eval()
+    args = trainer.args
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    tokens = count_tokens(trainer) if count_tokens else trainer.state.num_input_tokens_seen
+    return TrainResult(seconds, int(tokens),
+                       losses[-1] if losses else output.training_loss, bool(args.bf16), str(args.optim.value),
+                       torch.get_num_threads(), bool(getattr(trainer.model, "is_gradient_checkpointing", False)))
+
+
+def callbacks_for(callbacks: list | None, fail_at_step: int | None, prune_divergence: bool,
+                  curves: tuple[str, ...] | None = CURVES) -> list:
+    """Ours (metrics to MLflow, divergence check, injected failure) around the caller's."""
+    return [MetricsToMlflow(prune_divergence, curves), *(callbacks or []),
+            *([FailAtStep(fail_at_step)] if fail_at_step else [])]
+
+
 def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_dir: str,
           callbacks: list | None = None, fail_at_step: int | None = None,
           prune_divergence: bool = False) -> TrainResult:
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     trainer_class = AnswerOnlyTrainer if train_cfg.answer_only_logits else Trainer
-    args = training_arguments(train_cfg, seed, output_dir)
-    trainer = trainer_class(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=collator,
-        callbacks=[MetricsToMlflow(prune_divergence), *(callbacks or []), *([FailAtStep(fail_at_step)] if fail_at_step else [])],
-    )
-    start = time.perf_counter()
-    output = trainer.train()
-    seconds = time.perf_counter() - start
-    model.eval()
-    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-    return TrainResult(seconds, int(trainer.state.num_input_tokens_seen),
-                       losses[-1] if losses else output.training_loss, bool(args.bf16), str(args.optim.value),
-                       torch.get_num_threads(), bool(getattr(trainer.model, "is_gradient_checkpointing", False)))
+    trainer = trainer_class(model=model, args=training_arguments(train_cfg, seed, output_dir), train_dataset=dataset,
+                            data_collator=collator, callbacks=callbacks_for(callbacks, fail_at_step, prune_divergence))
+    return run_trainer(trainer)

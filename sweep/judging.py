@@ -1,0 +1,113 @@
+"""Judged scoring: a policy's replies to lm-eval's generation tasks, scored by a reward model
+(`eval.judge_run_id`) against a reference policy's replies to the same prompts.
+
+The reference is the policy a stage started from (the frozen adapter "ref": SFT for DPO, GRPO, RLOO
+and PPO), else the base model (adapters disabled: SFT, or instruction data, against the base model).
+Both sets of replies come from the same lm-eval task, settings and seed, so the comparison is paired:
+per task, the mean reward of each, the win rate (ties count half) with a 95% bootstrap interval over
+prompts, the KL to the reference on the policy's own replies (the sequence log-ratio, mean over
+prompts: exact in expectation when replies are sampled at temperature 1), and the reply length
+(reward hacking shows up as length). A model without adapters (a baseline) gets reward and length.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from sweep.data import render_pair
+from sweep.evaluate import Prompting, Scores, score
+from sweep.preference import RewardJudge, mean_with_ci
+from sweep.tracking import REFERENCE_ADAPTER
+
+log = logging.getLogger(__name__)
+SHOWN_PROMPT_CHARS = 400  # the end of each prompt in the replies table (dialogues run long)
+
+
+def reference_of(model):
+    """A context manager in which `model` is its reference policy; None when it has none."""
+    from trl.trainer.utils import use_adapter
+
+    config = getattr(model, "peft_config", None)
+    if not config:
+        return None
+    return lambda: use_adapter(model, REFERENCE_ADAPTER if REFERENCE_ADAPTER in config else None)
+
+
+def replies(results: dict, task: str) -> dict[int, tuple[dict, str, str]]:
+    """doc_id -> (doc, context as fed to the model, reply) of a generation task's logged samples."""
+    out = {}
+    for sample in (results.get("samples") or {}).get(task, []):
+        reply = (sample.get("filtered_resps") or [None])[0]
+        if isinstance(reply, str):
+            out[sample["doc_id"]] = (sample["doc"], sample["arguments"][0][0], reply)
+    return out
+
+
+@torch.inference_mode()
+def sequence_logprobs(model, lm, contexts: list[str], replies_: list[str], batch_size: int) -> list[float]:
+    """log p(reply | context) under `model` as it is now (tokenized as lm-eval's generation fed them)."""
+    out = []
+    for i in range(0, len(contexts), batch_size):
+        rows = [(lm.tok_encode(c), lm.tok_encode(r, add_special_tokens=False))
+                for c, r in zip(contexts[i:i + batch_size], replies_[i:i + batch_size])]
+        width = max(len(c) + len(r) for c, r in rows)
+        ids = torch.full((len(rows), width), lm.tokenizer.pad_token_id)
+        attention = torch.zeros_like(ids)
+        for j, (c, r) in enumerate(rows):
+            ids[j, :len(c) + len(r)] = torch.tensor(c + r)
+            attention[j, :len(c) + len(r)] = 1
+        logp = torch.log_softmax(model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device))
+                                 .logits.float(), -1).cpu()
+        for j, (c, r) in enumerate(rows):
+            positions = torch.arange(len(c) - 1, len(c) + len(r) - 1)
+            out.append(float(logp[j, positions, torch.tensor(r)].sum()) if r else 0.0)
+    return out
+
+
+def judged(built, scores: Scores, judge: RewardJudge, prompting: Prompting, limit: int | None,
+           batch_size: int, seed: int) -> tuple[dict[str, float], dict[str, list]]:
+    """(metrics, replies table) for each generation task the policy was scored on."""
+    tasks = {n: t for n, t in built.eval_tasks.items() if t.OUTPUT_TYPE == "generate_until"}
+    reference = reference_of(built.model)
+    reference_results = {}
+    if reference is not None and tasks:
+        with reference():
+            reference_results = score(built.lm, built.task_manager, tasks, prompting, limit, log_samples=True).results
+    metrics, rows = {}, []
+    for name, task in tasks.items():
+        policy = replies(scores.results, name)
+        ids = sorted(policy)
+        docs, contexts, texts = ([policy[i][k] for i in ids] for k in range(3))
+        prompts = [render_pair(task, doc)[0] for doc in docs]  # the plain prompt, as the judge was trained
+        delimiter = task.config.target_delimiter
+        rewards = judge.scores(prompts, [delimiter + t.strip() for t in texts])
+        lengths = [len(built.lm.tok_encode(t, add_special_tokens=False)) for t in texts]
+        metrics |= {f"{name}/reward": sum(rewards) / len(rewards), f"{name}/reply_tokens": sum(lengths) / len(lengths)}
+        table = {"task": [name] * len(ids), "prompt": [p[-SHOWN_PROMPT_CHARS:] for p in prompts], "reply": texts,
+                 "reward": rewards, "reply_tokens": lengths}
+        if reference is not None:
+            ref = replies(reference_results, name)
+            ref_texts = [ref[i][2] for i in ids]
+            ref_rewards = judge.scores(prompts, [delimiter + t.strip() for t in ref_texts])
+            wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards, ref_rewards)]
+            win, low, high = mean_with_ci(wins, seed)
+            policy_logp = sequence_logprobs(built.model, built.lm, contexts, texts, batch_size)
+            with reference():
+                reference_logp = sequence_logprobs(built.model, built.lm, contexts, texts, batch_size)
+            kl = [a - b for a, b in zip(policy_logp, reference_logp)]
+            ref_lengths = [len(built.lm.tok_encode(t, add_special_tokens=False)) for t in ref_texts]
+            metrics |= {f"{name}/reward_reference": sum(ref_rewards) / len(ref_rewards), f"{name}/win_rate": win,
+                        f"{name}/win_rate_ci_low": low, f"{name}/win_rate_ci_high": high,
+                        f"{name}/kl_to_reference": sum(kl) / len(kl),
+                        f"{name}/reply_tokens_reference": sum(ref_lengths) / len(ref_lengths)}
+            table |= {"reference_reply": ref_texts, "reference_reward": ref_rewards, "reference_reply_tokens": ref_lengths,
+                      "log_ratio": kl}
+        rows.append(table)
+        log.info("%s: reward %.3f%s", name, metrics[f"{name}/reward"],
+                 f", win rate vs reference {metrics[f'{name}/win_rate']:.3f} [{low:.3f}, {high:.3f}]"
+                 if reference is not None else "")
+    columns = list(dict.fromkeys(k for t in rows for k in t))
+    return metrics, {c: [v for t in rows for v in t.get(c, [None] * len(t["task"]))] for c in columns}
+

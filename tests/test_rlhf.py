@@ -1,0 +1,250 @@
+"""The RLHF pipeline: PPO's arithmetic by hand, preference data, the reward model's scores, lineage
+between stages (init.run_id, eval.judge_run_id) and its errors, and `experiment=rlhf` end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from sweep import ppo
+from sweep.config import ConfigError, validate
+from sweep.preference import PairScores, mean_with_ci
+from tests.conftest import ROOT, TINY, compose, run_sweep, runs_of
+
+STAGES = ("sft", "reward", "dpo", "grpo", "rloo", "ppo")
+
+
+# ---------------------------------------------------------------- PPO, checked by hand
+def test_gae_matches_values_worked_by_hand():
+    # row 0: three reply tokens, gamma 1, lambda 0.5; row 1: two reply tokens (the third is padding)
+    rewards = torch.tensor([[0.0, 0.0, 1.0], [0.0, 2.0, 0.0]])
+    values = torch.tensor([[0.5, 0.4, 0.3], [0.5, 1.0, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    adv0, ret0 = ppo.gae(rewards[:1], values[:1], mask[:1], gamma=1.0, lam=0.5)
+    # t=2: 1 - 0.3 = 0.7; t=1: (0 + 0.3 - 0.4) + 0.5 * 0.7 = 0.25; t=0: (0.4 - 0.5) + 0.5 * 0.25 = 0.025
+    assert adv0.tolist()[0] == pytest.approx([0.025, 0.25, 0.7])
+    assert ret0.tolist()[0] == pytest.approx([0.525, 0.65, 1.0])
+    adv1, ret1 = ppo.gae(rewards[1:], values[1:], mask[1:], gamma=0.9, lam=1.0)
+    # the padding's value (9) never leaks in: t=1: 2 - 1 = 1; t=0: (0.9 * 1 - 0.5) + 0.9 * 1 = 1.3
+    assert adv1.tolist()[0] == pytest.approx([1.3, 1.0, 0.0])
+    assert ret1.tolist()[0] == pytest.approx([1.8, 2.0, 0.0])
+
+
+def test_clipped_policy_loss_matches_values_worked_by_hand():
+    ratio = torch.tensor([[1.5, 0.5, 1.1]])
+    advantages = torch.tensor([[1.0, 1.0, -1.0]])
+    loss, clipfrac = ppo.clipped_policy_loss(torch.log(ratio), torch.zeros(1, 3), advantages, torch.ones(1, 3), 0.2)
+    # max(-A r, -A clip(r)): max(-1.5, -1.2) = -1.2 (clipped); max(-0.5, -0.8) = -0.5; max(1.1, 1.1) = 1.1
+    assert loss.item() == pytest.approx((-1.2 - 0.5 + 1.1) / 3)
+    assert clipfrac.item() == pytest.approx(1 / 3)
+    masked, _ = ppo.clipped_policy_loss(torch.log(ratio), torch.zeros(1, 3), advantages,
+                                        torch.tensor([[1.0, 1.0, 0.0]]), 0.2)
+    assert masked.item() == pytest.approx((-1.2 - 0.5) / 2)
+
+
+def test_clipped_value_loss_matches_values_worked_by_hand():
+    loss = ppo.clipped_value_loss(torch.tensor([[2.0, 0.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[3.0, 1.0]]),
+                                  torch.ones(1, 2), 0.5)
+    # token 0: max((2-3)^2, (1.5-3)^2) = 2.25; token 1: 1; half their mean
+    assert loss.item() == pytest.approx(0.5 * (2.25 + 1.0) / 2)
+
+
+def test_reply_mask_stops_after_the_first_eos():
+    assert ppo.reply_mask(torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8]]), eos_id=2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+# ---------------------------------------------------------------- reward-model scores
+def test_pairwise_accuracy_counts_ties_half_and_brackets_the_truth():
+    scores = PairScores(chosen=[1.0, 2.0, 0.5, 0.0], rejected=[0.0, 1.0, 0.5, 1.0])
+    m = scores.metrics("hh", seed=0)
+    assert m["hh/pairwise_accuracy"] == pytest.approx((1 + 1 + 0.5 + 0) / 4)
+    assert m["hh/margin"] == pytest.approx((1 + 1 + 0 - 1) / 4)
+    assert m["hh/pairwise_accuracy_ci_low"] <= m["hh/pairwise_accuracy"] <= m["hh/pairwise_accuracy_ci_high"]
+    mean, low, high = mean_with_ci([1.0] * 50 + [0.0] * 50)
+    assert mean == 0.5 and 0.35 < low < 0.5 < high < 0.65  # a fair coin over 100 pairs: about +-0.1
+
+
+# ---------------------------------------------------------------- configs and data
+def stage_cfg(stage: str, *extra: str):
+    return compose(*TINY[1:], f"stage={stage}", "data=hh_rlhf", *extra)
+
+
+def test_every_stage_composes_and_validates():
+    for stage in STAGES:
+        validate(stage_cfg(stage))
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["stage=dpo", "method=full"], "stage=dpo trains a LoRA adapter"),
+    (["stage=reward", "init.run_id=" + "a" * 32], "starts from the base model"),
+    (["stage=dpo", "init.run_id=latest"], "init.run_id='latest' is invalid: must be an MLflow run id"),
+    (["stage=grpo", "stage.num_generations=3"], "must divide train.batch_size x train.grad_accum (4)"),
+    (["stage=dpo", "stage.loss_type=sigmod"], "stage.loss_type='sigmod' is invalid: choose one of TRL's DPO losses"),
+    (["stage=ppo", "stage.lam=1.5"], "stage.lam=1.5 is invalid: must be a number in [0, 1]"),
+])
+def test_bad_stage_settings_are_refused(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(compose(*TINY[1:], "data=hh_rlhf", *overrides))
+
+
+def test_preference_pairs_render_as_the_policy_sees_them(tiny):
+    from sweep.build import load_project_tasks
+    from sweep.preference import pair_rows, preference_docs
+
+    cfg = stage_cfg("dpo")
+    task = load_project_tasks(cfg)[1]["hh_rlhf"]
+    docs = preference_docs(task, "train", 8, 0, tiny[1], 64, "dpo")
+    assert len(docs) == 8 and all(len(tiny[1](d["prompt"].strip()).input_ids) <= 64 for d in docs)
+    row = pair_rows(task, docs[:1])[0]
+    assert row["prompt"] == docs[0]["prompt"].strip() and row["prompt"].endswith("Assistant:")
+    assert row["chosen"] == " " + docs[0]["chosen"].strip() and row["rejected"] == " " + docs[0]["rejected"].strip()
+
+
+def test_a_stage_on_data_without_pairs_is_refused():
+    from sweep.job import execute
+
+    with pytest.raises(ConfigError, match="stage=reward trains on preference pairs .* no text field 'prompt': use data=hh_rlhf"):
+        execute(compose(*TINY[1:], "stage=reward", "data=sst2", "tracking.uri=sqlite:////nonexistent/never.db"))
+
+
+def test_preference_data_missing_a_field_fails_with_file_and_line(tmp_path, tracking):
+    from sweep.job import execute
+
+    folder = tmp_path / "data" / "hh_rlhf_helpful"
+    folder.mkdir(parents=True)
+    source = ROOT / "data" / "hh_rlhf_helpful"
+    (folder / "validation.jsonl").write_text((source / "validation.jsonl").read_text())
+    rows = [json.loads(line) for line in (source / "train_short.jsonl").read_text().splitlines()[:3]]
+    del rows[2]["rejected"]
+    (folder / "train_short.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ConfigError, match=r"train_short.jsonl:3: missing field 'rejected'"):
+        execute(compose(*TINY[1:], "stage=reward", "data=hh_rlhf", f"paths.data={tmp_path / 'data'}", *tracking))
+    assert not (tmp_path / "mlflow.db").exists()  # refused before a store existed
+
+
+# ---------------------------------------------------------------- the pipeline, end to end
+RLHF_TINY = ["-m", "experiment=rlhf", *TINY, "data.max_train_samples=16", "eval.limit=4", "eval.batch_size=4",
+             "train.batch_size=4", "data.max_prompt_tokens=128"]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    """`python sweep.py -m experiment=rlhf` on the tiny model: {stage: run row}, the store overrides."""
+    tmp = tmp_path_factory.mktemp("rlhf")
+    tracking = [f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"tracking.artifact_location={tmp}/artifacts"]
+    proc = run_sweep(*RLHF_TINY, *tracking, f"hydra.sweep.dir={tmp}/multirun")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    runs = runs_of(tracking, "rlhf")
+    return {r["tags.stage"]: r for r in runs.to_dict("records")}, tracking, tmp
+
+
+@pytest.mark.e2e
+def test_experiment_rlhf_runs_every_stage_each_feeding_the_next(pipeline):
+    runs, _, _ = pipeline
+    assert set(runs) == set(STAGES) and all(r["status"] == "FINISHED" for r in runs.values())
+    sft, reward = runs["sft"]["run_id"], runs["reward"]["run_id"]
+    for stage in ("dpo", "grpo", "rloo", "ppo"):
+        r = runs[stage]
+        assert r["tags.parent_run_id"] == sft and r["tags.parent_stage"] == "sft"
+        assert r["tags.judge_run_id"] == reward
+        assert r["tags.mlflow.runName"].startswith(stage + "-")
+        for metric in ("reward", "reward_reference", "win_rate", "kl_to_reference", "reply_tokens"):
+            assert math.isfinite(r[f"metrics.hh_rlhf/{metric}"]), (stage, metric)
+        assert r["metrics.hh_rlhf/win_rate_ci_low"] <= r["metrics.hh_rlhf/win_rate"] <= r["metrics.hh_rlhf/win_rate_ci_high"]
+        assert r["metrics.train_seconds"] > 0
+    assert "tags.parent_run_id" not in runs["sft"] or not isinstance(runs["sft"]["tags.parent_run_id"], str)
+    r = runs["reward"]
+    assert 0 <= r["metrics.hh_rlhf/pairwise_accuracy"] <= 1 and r["metrics.hh_rlhf/pairs"] == 4
+    assert runs["ppo"]["metrics.rollout_tokens_per_second"] > 0
+    assert runs["ppo"]["params.stage.kl_coef"] == "0.05" and runs["dpo"]["params.stage.beta"] == "0.1"
+    assert runs["dpo"]["params.eval.generation.temperature"] == "1.0"  # generation settings are recorded
+
+
+@pytest.mark.e2e
+def test_stage_tables_and_plots_are_logged(pipeline):
+    import mlflow
+
+    runs, tracking, _ = pipeline
+    client = mlflow.MlflowClient(tracking[0].split("=", 1)[1])
+    reward = runs["reward"]["run_id"]
+    assert {"reward_scores.json", "reward_distribution.png", "adapter"} <= {f.path for f in client.list_artifacts(reward)}
+    table = json.loads(Path(client.download_artifacts(runs["dpo"]["run_id"], "judged_replies.json")).read_text())
+    columns = table["columns"]
+    assert {"prompt", "reply", "reward", "reference_reply", "reference_reward", "log_ratio"} <= set(columns)
+    assert len(table["data"]) == 4
+
+
+@pytest.mark.e2e
+def test_init_run_id_loads_exactly_the_parents_adapter(pipeline):
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from sweep.build import build
+    from sweep.lineage import resolve
+    from sweep.models import base_model_identity
+
+    runs, tracking, _ = pipeline
+    sft = runs["sft"]["run_id"]
+    cfg = stage_cfg("dpo", f"init.run_id={sft}", *tracking)
+    ancestry = resolve(cfg, "s", base_model_identity(cfg.model, cfg.seed), multirun=False)
+    assert ancestry.parent.run_id == sft and ancestry.judge is None
+    built = build(cfg, lineage=ancestry)
+    loaded = get_peft_model_state_dict(built.model, adapter_name="default")
+    stored = load_file(ancestry.parent.adapter / "adapter_model.safetensors")
+    assert set(loaded) == set(stored) and len(stored) > 0
+    for name, tensor in stored.items():
+        assert torch.equal(loaded[name], tensor), name
+    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)  # the parent's adapter is what trains on
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("key, parent, message", [
+    ("init.run_id", "reward", "is a stage=reward run; init.run_id needs a policy"),
+    ("eval.judge_run_id", "sft", "is a stage=sft run; eval.judge_run_id needs a stage=reward run"),
+])
+def test_a_run_of_the_wrong_stage_is_refused(pipeline, key, parent, message):
+    from sweep.lineage import resolve
+
+    runs, tracking, _ = pipeline
+    cfg = stage_cfg("grpo", f"init.run_id={runs['sft']['run_id']}", f"eval.judge_run_id={runs['reward']['run_id']}",
+                    f"{key}={runs[parent]['run_id']}", *tracking)
+    with pytest.raises(ConfigError, match=message):
+        resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+
+
+@pytest.mark.e2e
+def test_a_run_without_adapter_or_with_a_changed_one_is_refused(pipeline):
+    import mlflow
+
+    from sweep.lineage import resolve
+
+    runs, tracking, tmp = pipeline
+    client = mlflow.MlflowClient(tracking[0].split("=", 1)[1])
+    sft = runs["sft"]["run_id"]
+    bare = client.create_run(runs["sft"]["experiment_id"], tags={"stage": "sft", "base_model": "tiny (from_config, seed 0)"})
+    client.set_terminated(bare.info.run_id)
+    cfg = stage_cfg("dpo", f"init.run_id={bare.info.run_id}", *tracking)
+    with pytest.raises(ConfigError, match="the run has no adapter"):
+        resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+    cfg = stage_cfg("dpo", f"init.run_id={sft}", *tracking, f"paths.cache={tmp}/cache")
+    with pytest.raises(ConfigError, match="trained on another base model"):
+        resolve(cfg, "s", "HuggingFaceTB/SmolLM2-360M", multirun=False)
+    stored = next((tmp / "artifacts").rglob(f"{sft}/artifacts/adapter/adapter_model.safetensors"))
+    stored.write_bytes(stored.read_bytes()[:-8] + b"\0" * 8)  # the store changed after the run
+    with pytest.raises(ConfigError, match="does not match the sha256 its run recorded"):
+        resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+
+
+@pytest.mark.e2e
+def test_a_stage_started_alone_names_its_parent_in_one_line(tmp_path, tracking):
+    proc = run_sweep(*TINY[1:], "stage=dpo", "data=hh_rlhf", *tracking, cwd=ROOT)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert lines == ["error: init.run_id is not set: stage=dpo starts from a stage=sft run; give init.run_id=<its run id>"]
+    assert not (tmp_path / "mlflow.db").exists()
