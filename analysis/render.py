@@ -22,7 +22,7 @@ class Report:
 
 def md_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
-    cell = lambda v: str(v).replace("|", "\\|")  # noqa: E731
+    cell = lambda v: " ".join(str(v).split()).replace("|", "\\|")  # noqa: E731  (one line per row)
     lines = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)

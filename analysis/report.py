@@ -20,6 +20,7 @@ import mlflow
 import pandas as pd
 
 from analysis import plots
+from analysis.pipeline import pipeline_view
 from analysis.render import Report, write
 from analysis.stats import paired_compare
 from analysis.summary import (BASELINES, DEGENERATE_SHARE, STRONGEST, STUDY, References, band_lines, fmt, group_key,
@@ -399,6 +400,8 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
                            "(generate_instructions.py) and on mixes, by number of training instructions; the "
                            "difference with the base model's zero-shot replies is paired per example, with its 95% "
                            "bootstrap interval."))
+    pipeline_tables, pipeline_figures = pipeline_view(done)
+    rep.tables += pipeline_tables
     if not unfinished.empty:
         rep.tables.append(("Runs that did not finish", unfinished,
                            "Failed, killed and pruned runs are counted here and left out of the tables above."))
@@ -413,7 +416,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
                     f"{fmt(_num(best, f'metrics.{metrics[0]}'), _num(best, f'metrics.{metrics[0]}_stderr'))}",
                     "Reproduce it (same config, seed and data; compares every metric):",
                     f"`python reproduce.py {best['run_id']}`", "It was run as:", f"`{command}`"]
-    rep.figures = figures(runs, done, metrics) | instruction_data_figures(done, metrics)
+    rep.figures = figures(runs, done, metrics) | instruction_data_figures(done, metrics) | pipeline_figures
     return rep, tidy(runs)
 
 

@@ -138,16 +138,20 @@ def shots(row) -> str:
     return tag(row, "baseline.num_fewshot") if row.get("tags.method") == STRONGEST else row.get("params.method.num_fewshot")
 
 
+HEADLINE = ("acc", "win_rate", "pairwise_accuracy", "rougeL")  # a task's headline metric: the first it has
+
+
 def main_metrics(runs: pd.DataFrame) -> list[str]:
-    """One headline metric per scored task: `acc` when the task has it, else its first metric."""
+    """One headline metric per scored task: the first of HEADLINE it has (accuracy; a policy's win rate
+    against its reference; a reward model's pairwise accuracy), else its first metric."""
     tasks = {t for tags in runs["tags.tasks"].dropna() for t in tags.split(",")}
     by_task: dict[str, list[str]] = {}
     for col in runs.columns:
-        if col.startswith("metrics.") and "/" in col and not col.endswith("_stderr"):
+        if col.startswith("metrics.") and "/" in col and not col.endswith(("_stderr", "_ci_low", "_ci_high")):
             task, metric = col[len("metrics."):].split("/", 1)
             if task in tasks and metric != "n_samples":
                 by_task.setdefault(task, []).append(metric)
-    return [f"{t}/{'acc' if 'acc' in ms else sorted(ms)[0]}" for t, ms in sorted(by_task.items())]
+    return [f"{t}/{next((h for h in HEADLINE if h in ms), sorted(ms)[0])}" for t, ms in sorted(by_task.items())]
 
 
 def fmt(value, stderr=None) -> str:
@@ -171,6 +175,7 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         method = r.get("tags.method")
         row = {
             "run": r.get("tags.mlflow.runName"),
+            **({"stage": r.get("tags.stage") or "sft"} if "tags.stage" in runs and (runs["tags.stage"].fillna("sft") != "sft").any() else {}),
             "method": method,
             "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
             "r": r.get("params.lora.r") if r.get("params.method.peft") == "lora" else "-",

@@ -2,10 +2,11 @@
 trained on preferences (DPOTrainer) or by RL against the reward model (GRPOTrainer, RLOOTrainer; PPO
 proper in sweep/ppo.py, since TRL 1.x has no PPOTrainer).
 
-A policy stage trains its parent run's LoRA adapter further (peft's active adapter "default"). Given
-a peft model with a trained adapter, TRL's DPO, GRPO and RLOO trainers add a frozen copy of it,
-"ref", and compute the reference log-probs through it: the KL term and DPO's implicit reward are
-measured against the parent policy, as the pipeline asks, without a second model in memory.
+A policy stage trains a fresh LoRA adapter on its parent policy merged into the base model
+(sweep/lineage.py). Given a peft model, TRL's DPO, GRPO and RLOO trainers compute the reference
+log-probs through a frozen copy of the adapter as it starts ("ref"); a fresh LoRA adapter starts as
+the identity (B = 0), so the reference is exactly the parent policy, as the pipeline asks, without a
+second model in memory.
 """
 
 from __future__ import annotations

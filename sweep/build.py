@@ -16,7 +16,7 @@ from sweep.config import ConfigError
 from sweep.data import GENERATED_DATASET, build_train_dataset, data_files, dataset_inputs, generated_file, read_generated
 from sweep.evaluate import (Prompting, check_templates, load_tasks, make_lm, set_generation, task_manager,
                             uses_chat_template)
-from sweep.lineage import Lineage, load_adapter
+from sweep.lineage import Lineage, merged
 from sweep.methods import apply_method
 from sweep.models import load_model_and_tokenizer
 from sweep.preference import RewardJudge, held_out_pairs, judge_from, pair_rows, preference_docs
@@ -80,10 +80,8 @@ def build(cfg: DictConfig, loaded: tuple | None = None, generated: Path | None =
     model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization,
                                                 reward_head=stage == "reward")
     set_seed(cfg.seed)  # an adapter's initial weights are random (LoRA's A, prompt embeddings): same seed, same build
-    if lineage.parent is not None:
-        model = load_adapter(model, lineage.parent, trainable=cfg.method.trains)
-    else:
-        model = apply_method(model, cfg, tokenizer.name_or_path, "SEQ_CLS" if stage == "reward" else "CAUSAL_LM")
+    model = merged(model, lineage.policy)  # the parent policy (its lineage's adapters merged in), else the base
+    model = apply_method(model, cfg, tokenizer.name_or_path, "SEQ_CLS" if stage == "reward" else "CAUSAL_LM")
     lm = make_lm(model, tokenizer, cfg.eval.batch_size) if stage != "reward" else None
     judge = judge_from(lineage.judge, cfg.model, cfg.paths.cache, cfg.seed, cfg.train.max_seq_length,
                        cfg.eval.batch_size) if lineage.judge else None

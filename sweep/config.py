@@ -210,8 +210,10 @@ def validate_stage(cfg: DictConfig) -> None:
     if cfg.init.run_id is not None and s.starts_from is None and s.name != "sft":
         raise ConfigError(f"init.run_id={cfg.init.run_id}: stage={s.name} starts from the base model, "
                           "not from a run; drop init.run_id")
-    if s.name == "sft" and cfg.init.run_id is not None and m.peft != "lora":
-        raise ConfigError(f"init.run_id: continuing a run's adapter needs method=lora (now method={m.name})")
+    if s.name != "sft":
+        _require(cfg.lora.init in ("default", "gaussian"), "lora.init", cfg.lora.init,
+                 f"stage={s.name} measures KL against the policy it starts from, which its adapter must start "
+                 "as (B = 0): use lora.init=default or gaussian")
     g = cfg.eval.generation
     _require(g.max_gen_toks is None or (_is_int(g.max_gen_toks) and g.max_gen_toks > 0), "eval.generation.max_gen_toks",
              g.max_gen_toks, "must be a positive integer or null (the task's own)")

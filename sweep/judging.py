@@ -1,13 +1,14 @@
 """Judged scoring: a policy's replies to lm-eval's generation tasks, scored by a reward model
 (`eval.judge_run_id`) against a reference policy's replies to the same prompts.
 
-The reference is the policy a stage started from (the frozen adapter "ref": SFT for DPO, GRPO, RLOO
-and PPO), else the base model (adapters disabled: SFT, or instruction data, against the base model).
-Both sets of replies come from the same lm-eval task, settings and seed, so the comparison is paired:
-per task, the mean reward of each, the win rate (ties count half) with a 95% bootstrap interval over
-prompts, the KL to the reference on the policy's own replies (the sequence log-ratio, mean over
-prompts: exact in expectation when replies are sampled at temperature 1), and the reply length
-(reward hacking shows up as length). A model without adapters (a baseline) gets reward and length.
+The reference is the model with its adapter disabled: the policy the stage started from (its
+lineage is merged into the base: SFT for DPO, GRPO, RLOO and PPO), else the base model (SFT, or
+instruction data, against the base model). Both sets of replies come from the same lm-eval task,
+settings and seed, so the comparison is paired: per task, the mean reward of each, the win rate (ties
+count half) with a 95% bootstrap interval over prompts, the KL to the reference on the policy's own
+replies (the sequence log-ratio, mean over prompts: exact in expectation when replies are sampled at
+temperature 1), and the reply length (reward hacking shows up as length). A model without an adapter
+(a baseline) gets reward and length only.
 """
 
 from __future__ import annotations
@@ -19,20 +20,15 @@ import torch
 from sweep.data import render_pair
 from sweep.evaluate import Prompting, Scores, score
 from sweep.preference import RewardJudge, mean_with_ci
-from sweep.tracking import REFERENCE_ADAPTER
 
 log = logging.getLogger(__name__)
 SHOWN_PROMPT_CHARS = 400  # the end of each prompt in the replies table (dialogues run long)
 
 
 def reference_of(model):
-    """A context manager in which `model` is its reference policy; None when it has none."""
-    from trl.trainer.utils import use_adapter
-
-    config = getattr(model, "peft_config", None)
-    if not config:
-        return None
-    return lambda: use_adapter(model, REFERENCE_ADAPTER if REFERENCE_ADAPTER in config else None)
+    """A context manager in which `model` is its reference policy (adapter disabled); None when it
+    has no adapter."""
+    return model.disable_adapter if getattr(model, "peft_config", None) else None
 
 
 def replies(results: dict, task: str) -> dict[int, tuple[dict, str, str]]:

@@ -2,12 +2,19 @@
 model that judges it (`eval.judge_run_id`), found and checked before any compute.
 
 A run is named by its id, or found in the sweep itself: in a multirun, a stage with no
-`init.run_id` continues this sweep's newest finished run of `stage.starts_from`, and one that needs a
-judge takes this sweep's reward run, so `python sweep.py -m experiment=rlhf` chains its stages.
+`init.run_id` continues this sweep's newest finished run of `stage.starts_from`, and a later stage
+takes this sweep's reward run as its judge (required by the RL stages), so `python sweep.py -m
+experiment=rlhf` chains its stages.
+
+A stage trains a fresh LoRA adapter (the job's `lora` settings, so a DPO sweep can vary the rank) on
+its parent policy merged into the base model; with the adapter disabled the model *is* the parent,
+which is the frozen reference for the KL term and DPO. So a policy is its base model plus the
+adapters of its lineage, merged root first: `fetch` follows `parent_run_id` up to the first stage.
 
 The store may be shared by a team, so what it holds is untrusted input: a run's tags are only
-compared with values of ours (never used as paths, code or query text), and an adapter is fetched
-as JSON + safetensors (never pickle) and must hash to the sha256 its run recorded when it logged it.
+compared with values of ours or checked to be run ids (never used as paths, code or query text), and
+an adapter is fetched as JSON + safetensors (never pickle) and must hash to the sha256 its run
+recorded when it logged it.
 """
 
 from __future__ import annotations
@@ -40,13 +47,21 @@ class Ancestor:
     """A finished run this job builds on, with its adapter fetched and checked."""
     run_id: str
     stage: str
-    adapter: Path   # folder with adapter_config.json and adapter_model.safetensors
+    adapter: Path            # folder with adapter_config.json and adapter_model.safetensors
+    parent_id: str | None    # the run it started from (its `parent_run_id` tag, checked to be a run id)
+
+
+MAX_LINEAGE = 8  # stages between a policy and its first stage: more is a loop in a changed store
 
 
 @dataclass(frozen=True)
 class Lineage:
-    parent: Ancestor | None = None  # the policy continued (its adapter is also the frozen reference)
-    judge: Ancestor | None = None   # the reward model
+    policy: tuple[Ancestor, ...] = ()  # the parent policy's lineage, first stage first (empty: the base model)
+    judge: Ancestor | None = None      # the reward model
+
+    @property
+    def parent(self) -> Ancestor | None:
+        return self.policy[-1] if self.policy else None
 
     def tags(self) -> dict[str, str]:
         return ({PARENT_TAG: self.parent.run_id, "parent_stage": self.parent.stage} if self.parent else {}) | (
@@ -64,9 +79,16 @@ def resolve(cfg: DictConfig, sweep_id: str, base_model: str, multirun: bool) -> 
     if judge_id is None and stage.starts_from:  # (a later stage is scored by the sweep's reward model, if any)
         judge_id = in_sweep(cfg, sweep_id, "reward", "eval.judge_run_id", multirun, required=stage.needs_judge)
     cache = Path(cfg.paths.cache) / "adapters"
-    parent = fetch("init.run_id", parent_id, POLICY_STAGES, "policy", cfg, base_model, cache) if parent_id else None
+    policy = []
+    while parent_id:  # the parent, its parent, ... up to the first stage
+        if len(policy) == MAX_LINEAGE or parent_id in {a.run_id for a in policy}:
+            raise ConfigError(f"init.run_id={policy[0].run_id}: its lineage (parent_run_id tags) does not end "
+                              f"within {MAX_LINEAGE} runs; the store was changed: start from another run")
+        key = "init.run_id" if not policy else f"init.run_id's ancestor {parent_id}"
+        policy.append(fetch(key, parent_id, POLICY_STAGES, "policy", cfg, base_model, cache))
+        parent_id = policy[-1].parent_id
     judge = fetch("eval.judge_run_id", judge_id, ("reward",), "judge", cfg, base_model, cache) if judge_id else None
-    return Lineage(parent, judge)
+    return Lineage(tuple(reversed(policy)), judge)
 
 
 def client(uri: str):
@@ -140,7 +162,10 @@ def fetch(key: str, run_id: str, stages: tuple[str, ...], role: str, cfg: DictCo
                               "was changed after the run: train that stage again")
     check_adapter_config(key, run_id, folder / ADAPTER_CONFIG, TASK_TYPES[role])
     log.info("%s: %s run %s (adapter %s...)", key, stage, run_id, expected[:12])
-    return Ancestor(run_id, stage, folder)
+    parent = tags.get(PARENT_TAG)
+    if parent is not None and not RUN_ID.fullmatch(parent):
+        raise ConfigError(f"{key}={run_id}: its {PARENT_TAG} tag is not a run id; the store was changed")
+    return Ancestor(run_id, stage, folder, parent)
 
 
 def check_adapter_config(key: str, run_id: str, path: Path, task_type: str) -> None:
@@ -154,8 +179,10 @@ def check_adapter_config(key: str, run_id: str, path: Path, task_type: str) -> N
                           f"{key} needs a run of the stage named above")
 
 
-def load_adapter(model, ancestor: Ancestor, trainable: bool):
-    """`model` (the base) with the ancestor's adapter as the active adapter "default"."""
+def merged(model, ancestors: tuple[Ancestor, ...]):
+    """`model` (the base) with each ancestor's LoRA adapter merged into its weights, first stage first."""
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, str(ancestor.adapter), is_trainable=trainable)
+    for ancestor in ancestors:
+        model = PeftModel.from_pretrained(model, str(ancestor.adapter)).merge_and_unload()
+    return model

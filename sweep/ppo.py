@@ -2,11 +2,12 @@
 
 Why our own: TRL 1.x removed its PPOTrainer (its RL trainers are GRPO and RLOO, which need no value
 function), and no maintained package runs PPO on our stack (transformers 5, peft 0.21). So this is
-one compact module in TRL's conventions, on top of peft and TRL's `use_adapter`:
+one compact module in TRL's conventions, on top of peft (constant learning rate, AdamW, gradients
+clipped at norm 1):
 
 - rollout: sample a reply to each prompt of a batch (KV cache, `stage.temperature`), no gradients;
 - reward: the reward model's score on the reply's last token, minus `kl_coef` x (log pi - log pi_ref)
-  on every reply token, pi_ref being the parent policy (the frozen adapter copy "ref", as TRL does);
+  on every reply token, pi_ref being the parent policy (the model with its adapter disabled);
 - values: a linear value head on the policy's last hidden state (TRL's old ValueHead; DeepSpeed-Chat
   trains a separate critic, which at 135M on a CPU would double the memory and time);
 - advantages: GAE (`gamma`, `lam`) over reply tokens, whitened over the batch;
@@ -27,7 +28,6 @@ from collections.abc import Callable
 import torch
 from omegaconf import DictConfig
 
-from sweep.tracking import REFERENCE_ADAPTER, TRAINED_ADAPTER
 from sweep.train import NonFiniteLossError, TrainResult, use_bf16
 
 log = logging.getLogger(__name__)
@@ -74,15 +74,6 @@ def clipped_value_loss(values, old_values, returns, mask, clip: float) -> torch.
     return 0.5 * masked_mean(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
 
 
-def add_reference_adapter(model) -> None:
-    """A frozen copy of the adapter being trained, "ref" (what TRL's trainers add)."""
-    model.add_adapter(REFERENCE_ADAPTER, model.peft_config[TRAINED_ADAPTER])
-    for name, param in model.named_parameters():
-        if f".{TRAINED_ADAPTER}." in name:
-            model.get_parameter(name.replace(f".{TRAINED_ADAPTER}.", f".{REFERENCE_ADAPTER}.")).data.copy_(param.data)
-    model.set_adapter(TRAINED_ADAPTER)  # (add_adapter leaves the new adapter's weights frozen, "default" trainable)
-
-
 def reply_mask(replies: torch.Tensor, eos_id: int) -> torch.Tensor:
     """1 for each reply token up to and including its first EOS, 0 after."""
     is_eos = (replies == eos_id).int()
@@ -104,15 +95,11 @@ def forward(model, seq, attention, prompt_len: int, temperature: float, value_he
 def train(model, tokenizer, prompts: list[str], judge, stage: DictConfig, train_cfg: DictConfig, seed: int,
           log_step: Callable[[dict, int], None], fail_at_step: int | None = None) -> TrainResult:
     """`train_cfg.max_steps` PPO steps, each on `train_cfg.batch_size` prompts; `log_step(metrics, step)`."""
-    from trl.trainer.utils import use_adapter
-
     from sweep.train import InjectedFailure
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = use_bf16(train_cfg.bf16)
     model.to(device)
-    if REFERENCE_ADAPTER not in model.peft_config:
-        add_reference_adapter(model)
     torch.manual_seed(seed)
     value_head = torch.nn.Linear(model.config.hidden_size, 1).to(device)
     torch.nn.init.zeros_(value_head.weight)
@@ -144,7 +131,7 @@ def train(model, tokenizer, prompts: list[str], judge, stage: DictConfig, train_
         scores = torch.tensor(judge(picked, texts), device=device)
         with torch.no_grad(), torch.autocast(device, torch.bfloat16, enabled=bf16):
             old_logp, old_values = forward(model, seq, attention, prompt_len, stage.temperature, value_head)
-            with use_adapter(model, REFERENCE_ADAPTER):
+            with model.disable_adapter():  # the parent policy (sweep/lineage.py)
                 ref_logp, _ = forward(model, seq, attention, prompt_len, stage.temperature)
         kl = (old_logp - ref_logp) * mask
         rewards = -stage.kl_coef * kl

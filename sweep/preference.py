@@ -22,7 +22,7 @@ from omegaconf import DictConfig
 
 from sweep.config import ConfigError
 from sweep.data import render_pair
-from sweep.lineage import load_adapter
+from sweep.lineage import merged
 from sweep.models import load_model_and_tokenizer
 
 log = logging.getLogger(__name__)
@@ -121,8 +121,7 @@ def judge_from(ancestor, model_cfg: DictConfig, cache_dir: str, seed: int, max_l
                batch_size: int) -> RewardJudge:
     """The reward model of a stage=reward run: its LoRA adapter (and head) merged into the base."""
     base, tokenizer = load_model_and_tokenizer(model_cfg, cache_dir, seed, reward_head=True)
-    return RewardJudge(load_adapter(base, ancestor, trainable=False).merge_and_unload(), tokenizer, max_length,
-                       batch_size)
+    return RewardJudge(merged(base, (ancestor,)), tokenizer, max_length, batch_size)
 
 
 @dataclass

@@ -39,8 +39,7 @@ RESULTS_HASH_TAG = "results_sha256"  # sha256 of lm_eval_results.json, checked b
 ADAPTER_DIR = "adapter"
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ADAPTER_SHA_TAG = "adapter_sha256"  # of the logged adapter's weights: checked by a stage that starts from it
-TRAINED_ADAPTER = "default"  # peft's name of the adapter a job trains
-REFERENCE_ADAPTER = "ref"    # TRL's name for the frozen copy of it that policy stages measure KL against
+TRAINED_ADAPTER = "default"  # peft's name of the adapter a job trains (TRL may add a frozen copy, "ref")
 log = logging.getLogger(__name__)
 
 

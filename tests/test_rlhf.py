@@ -180,27 +180,43 @@ def test_stage_tables_and_plots_are_logged(pipeline):
 
 
 @pytest.mark.e2e
-def test_init_run_id_loads_exactly_the_parents_adapter(pipeline):
-    from peft import get_peft_model_state_dict
+def test_init_run_id_loads_exactly_the_parents_adapter(pipeline, tiny):
     from safetensors.torch import load_file
 
     from sweep.build import build
     from sweep.lineage import resolve
-    from sweep.models import base_model_identity
 
     runs, tracking, _ = pipeline
-    sft = runs["sft"]["run_id"]
+    sft, dpo = runs["sft"]["run_id"], runs["dpo"]["run_id"]
+    cfg = stage_cfg("ppo", f"init.run_id={dpo}", f"eval.judge_run_id={runs['reward']['run_id']}", *tracking)
+    ancestry = resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+    assert [a.run_id for a in ancestry.policy] == [sft, dpo]  # the lineage, first stage first
     cfg = stage_cfg("dpo", f"init.run_id={sft}", *tracking)
-    ancestry = resolve(cfg, "s", base_model_identity(cfg.model, cfg.seed), multirun=False)
-    assert ancestry.parent.run_id == sft and ancestry.judge is None
+    ancestry = resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+    assert [a.run_id for a in ancestry.policy] == [sft] and ancestry.judge is None
     built = build(cfg, lineage=ancestry)
-    loaded = get_peft_model_state_dict(built.model, adapter_name="default")
-    stored = load_file(ancestry.parent.adapter / "adapter_model.safetensors")
-    assert set(loaded) == set(stored) and len(stored) > 0
-    for name, tensor in stored.items():
-        assert torch.equal(loaded[name], tensor), name
-    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in n for n in trainable)  # the parent's adapter is what trains on
+    # with its new adapter disabled the model is the base plus exactly the parent's LoRA update
+    adapter = ancestry.parent.adapter
+    settings = json.loads((adapter / "adapter_config.json").read_text())
+    scale = settings["lora_alpha"] / settings["r"]
+    stored = load_file(adapter / "adapter_model.safetensors")
+    base = dict(tiny[0].named_parameters())
+    weights = {n.replace("base_model.model.", "", 1).replace(".base_layer", ""): p
+               for n, p in built.model.named_parameters() if ".base_layer." in n}
+    checked = 0
+    for key, a in stored.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.replace("base_model.model.", "", 1).replace(".lora_A.weight", "")
+        b = stored[key.replace(".lora_A.", ".lora_B.")]
+        expected = base[f"{module}.weight"] + scale * (b @ a)
+        assert torch.allclose(weights[f"{module}.weight"], expected, atol=1e-6), module
+        checked += 1
+    assert checked == len(stored) // 2 > 0
+    assert any(p.abs().sum() > 0 for k, p in stored.items() if ".lora_B." in k)  # (the parent did learn)
+    trainable = {n: p for n, p in built.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(p.abs().sum() == 0 for n, p in trainable.items() if "lora_B" in n)  # a fresh adapter: starts as the parent
 
 
 @pytest.mark.e2e
@@ -248,3 +264,38 @@ def test_a_stage_started_alone_names_its_parent_in_one_line(tmp_path, tracking):
     lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert lines == ["error: init.run_id is not set: stage=dpo starts from a stage=sft run; give init.run_id=<its run id>"]
     assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.e2e
+def test_instruction_sft_is_judged_against_the_base_model(pipeline):
+    """Issue 12's win rate: eval.judge_run_id on any generation task; the reference is the base model."""
+    from sweep.job import execute
+
+    runs, tracking, _ = pipeline
+    outcome = execute(compose(*TINY[1:], "data=self_instruct", "eval.limit=4", "eval.batch_size=4",
+                              f"eval.judge_run_id={runs['reward']['run_id']}", "tracking.experiment=judged", *tracking))
+    assert outcome.status == "FINISHED"
+    m = outcome.metrics
+    assert m["self_instruct/win_rate_ci_low"] <= m["self_instruct/win_rate"] <= m["self_instruct/win_rate_ci_high"]
+    assert {"self_instruct/rougeL", "self_instruct/reward", "self_instruct/reward_reference",
+            "self_instruct/kl_to_reference", "self_instruct/reply_tokens"} <= set(m)
+    run = runs_of(tracking, "judged").iloc[0]
+    assert run["tags.judge_run_id"] == runs["reward"]["run_id"] and "tags.parent_run_id" not in run
+
+
+@pytest.mark.e2e
+def test_report_shows_the_pipeline(pipeline):
+    from analysis.report import main
+
+    runs, tracking, tmp = pipeline
+    assert main(["--experiment", "rlhf", "--tracking-uri", tracking[0].split("=", 1)[1], "--out", str(tmp / "report")]) == 0
+    text = (tmp / "report" / "report.md").read_text()
+    for heading in ("RLHF pipeline: stages and lineage", "RLHF pipeline: hh_rlhf scores", "RLHF pipeline: sample replies"):
+        assert f"## {heading}" in text
+    lineage = text.split("## RLHF pipeline: stages and lineage")[1].split("##")[0]
+    sft = runs["sft"]["run_id"][:8]
+    rows = {line.split("|")[1].strip(): line for line in lineage.splitlines() if line.startswith("| ") and "stage" not in line}
+    assert set(rows) == set(STAGES)
+    assert all(f"({sft})" in rows[s] for s in ("dpo", "grpo", "rloo", "ppo")) and "base model" in rows["sft"]
+    assert "reward_by_stage.png" in text and "reply_length_by_stage.png" in text
+    assert any("reward_model" in p.name for p in (tmp / "report").glob("*.png"))
