@@ -20,6 +20,9 @@ bench/results.md (or --out).
 8. memory             one multirun of 10 jobs (5 methods x SST-2 and RTE): each job's peak RSS and
                       tokens/s, and the RSS each job starts from, with every job in the sweep's process
                       (Hydra's basic launcher) vs each in a fresh one (hydra/launcher=fresh_process)
+9. RL stage           the RLHF pipeline's RL step (sft -> reward -> grpo, ppo; experiment=rlhf, no
+                      scoring): PPO's rollout (generation) tokens/s against its training tokens/s
+                      (forward + backward over prompt and reply), and GRPO's training tokens/s
 7. team study         finished trials per hour on the team's servers (PostgreSQL study, MLflow
                       server) with 1 and 2 workers, and the per-trial cost of their round trips
                       against the embedded stores (journal file, SQLite): the tiny model's short
@@ -54,11 +57,11 @@ from sweep.tracking import STUDY_METHOD  # noqa: E402
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
         "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
         "panel_examples": 872, "team_trials": 8, "team_steps": 4, "memory_steps": 4,
-        "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte"}
+        "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "grid_space": {"lora.r": "2,8", "train.lr": "1e-4,1e-3"}, "optuna_trials": 2, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
          "team_trials": 2, "team_steps": 2, "memory_steps": 2,
-         "memory_methods": "zero_shot,lora", "memory_tasks": "sst2"}
+         "memory_methods": "zero_shot,lora", "memory_tasks": "sst2", "rl_steps": 1}
 
 
 # The sweeps of the compute and team benchmarks run their jobs in the sweep's process, as when these
@@ -397,6 +400,24 @@ class Bench:
         out["fresh_process_wall_ratio"] = out["fresh_process"]["wall_seconds"] / out["basic"]["wall_seconds"]
         return out
 
+    # 9 -------------------------------------------------------------------------------------------
+    def rl_stage(self) -> dict:
+        """One pipeline sweep (training only): the RL stages' generation and training throughput."""
+        experiment = "bench-rl"
+        run(sweep_cmd("-m", "experiment=rlhf", "stage=sft,reward,grpo,ppo", f"model={self.p['model']}", IN_PROCESS,
+                      f"train.max_steps={self.p['rl_steps']}", "eval.enabled=false", f"tracking.experiment={experiment}",
+                      f"hydra.sweep.dir={self.work}/{experiment}", *self.track), self.log)
+        runs = {r["tags.stage"]: r for r in self.runs(experiment).to_dict("records")}
+        ppo, grpo = runs["ppo"], runs["grpo"]
+        rollout, training = ppo["metrics.rollout_tokens_per_second"], ppo["metrics.train_tokens_per_second"]
+        return {"ppo_rollout_tokens_per_second": rollout, "ppo_train_tokens_per_second": training,
+                "rollout_vs_training": rollout / training, "ppo_seconds": ppo["metrics.train_seconds"],
+                "grpo_train_tokens_per_second": grpo["metrics.train_tokens_per_second"],
+                "grpo_seconds": grpo["metrics.train_seconds"], "steps": self.p["rl_steps"],
+                "note": "experiment=rlhf sizes (batch 8, 32 new tokens per reply, 2 PPO epochs, 4 GRPO generations per "
+                        "prompt); PPO's rollout = reply tokens generated per second of generate(); its training "
+                        "tokens = prompt + reply tokens through forward and backward, per epoch, over the whole step"}
+
     def team_study(self) -> dict:
         from scripts.services import throwaway
 
@@ -470,7 +491,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     names = ["harness_overhead", "model_startup", "scoring", "baseline_panel", "padding", "training_features",
-             "sweep_efficiency", "trl", "team_study", "memory"]
+             "sweep_efficiency", "trl", "team_study", "memory", "rl_stage"]
     results = {"machine": machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
                "params": params, "benchmarks": {}}
     previous = out / "results.json"

@@ -299,3 +299,28 @@ def test_report_shows_the_pipeline(pipeline):
     assert all(f"({sft})" in rows[s] for s in ("dpo", "grpo", "rloo", "ppo")) and "base model" in rows["sft"]
     assert "reward_by_stage.png" in text and "reply_length_by_stage.png" in text
     assert any("reward_model" in p.name for p in (tmp / "report").glob("*.png"))
+
+
+@pytest.mark.e2e
+def test_optuna_sweeps_dpo_for_the_win_rate(pipeline, tmp_path):
+    import optuna
+
+    from sweep.search import make_storage
+
+    runs, tracking, _ = pipeline
+    proc = run_sweep("-m", "hparams_search=dpo_tpe", *TINY, "hydra.sweeper.n_trials=2", "eval.limit=4",
+                     "eval.batch_size=4", "data.max_train_samples=8", "data.max_prompt_tokens=128",
+                     f"init.run_id={runs['sft']['run_id']}", f"eval.judge_run_id={runs['reward']['run_id']}",
+                     f"hydra.sweeper.storage={tmp_path}/optuna.journal", "hydra.sweeper.study_name=dpo",
+                     f"hydra.sweep.dir={tmp_path}/multirun", *tracking)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="dpo", storage=make_storage(f"{tmp_path}/optuna.journal"))
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and {"stage.beta", "train.lr", "lora.r"} <= set(done[0].params)
+    trial_runs = runs_of(tracking, "rlhf")
+    trial_runs = trial_runs[trial_runs["tags.optuna.trial_number"].notna() & (trial_runs["tags.method"] == "lora")]
+    by_trial = {int(r["tags.optuna.trial_number"]): r for r in trial_runs.to_dict("records")}
+    for t in done:  # each trial's value is its run's win rate; each run continues the SFT run with the trial's rank
+        run = by_trial[t.number]
+        assert t.value == pytest.approx(run["metrics.hh_rlhf/win_rate"])
+        assert run["tags.parent_run_id"] == runs["sft"]["run_id"] and run["params.lora.r"] == str(t.params["lora.r"])

@@ -31,3 +31,18 @@ def test_smollm2_job_end_to_end(tracking):
     [run] = runs_of(tracking).to_dict("records")
     assert run["status"] == "FINISHED" and run["tags.model"] == "smollm2_135m"
     assert run["metrics.total_params"] > 134_000_000 and run["metrics.sst2/n_samples"] == 16
+
+
+def test_smollm2_rlhf_pipeline_end_to_end(tmp_path, tracking):
+    """SFT, reward model, then PPO (generation with the KV cache, the reward model, GAE) on SmolLM2."""
+    p = run_sweep("-m", "experiment=rlhf", "hydra/launcher=basic", "stage=sft,reward,ppo",
+                  "train.max_steps=1", "train.batch_size=2", "data.max_train_samples=4", "data.max_prompt_tokens=96",
+                  "eval.limit=2", "eval.generation.max_gen_toks=8", "train.max_seq_length=160",
+                  f"hydra.sweep.dir={tmp_path}/multirun", *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = {r["tags.stage"]: r for r in runs_of(tracking, "rlhf").to_dict("records")}
+    assert set(runs) == {"sft", "reward", "ppo"} and all(r["status"] == "FINISHED" for r in runs.values())
+    ppo = runs["ppo"]
+    assert ppo["tags.parent_run_id"] == runs["sft"]["run_id"] and ppo["tags.judge_run_id"] == runs["reward"]["run_id"]
+    assert ppo["metrics.total_params"] > 134_000_000 and 0 <= ppo["metrics.hh_rlhf/win_rate"] <= 1
+    assert ppo["metrics.rollout_tokens_per_second"] > 0
