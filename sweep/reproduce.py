@@ -25,6 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sweep.config import PROJECT_ROOT, ConfigError, compose_config
 from sweep.data import RUN_ID, sha256
+from sweep.lineage import JUDGE_TAG, PARENT_TAG
 from sweep.secrets import redact
 from sweep.tracking import STUDY_METHOD, git_state
 
@@ -67,12 +68,12 @@ def find_trial_run(study: str, trial: int | None) -> str:
 
 
 # What defines an experiment: taken from the stored run.
-TAKEN = ("seed", "method", "lora", "prompt", "data", "train", "eval", "model.name", "model.dtype",
+TAKEN = ("seed", "method", "stage", "init", "lora", "prompt", "data", "train", "eval", "model.name", "model.dtype",
          "model.attn_implementation")
 NOT_TAKEN = ("eval.include_paths",)  # where task YAMLs (and the code they name) are found: never from a store
 # Where things are and where results go: always this checkout's, whatever the run had.
 LOCAL = ("paths", "tracking", "trial")
-CHOSEN = ("model", "method", "data")  # config groups whose option the stored `name` picks
+CHOSEN = ("model", "method", "stage", "data")  # config groups whose option the stored `name` picks
 
 
 def location(key: str, value) -> bool:
@@ -261,6 +262,11 @@ def reproduce(run_id: str, strict: bool, rtol: float | None, allow=(), log=print
 
     experiment = client.get_experiment(run.info.experiment_id).name
     with open_dict(cfg):
+        # a stage that found its parent or judge in its sweep starts from the same runs (the tags say
+        # which; lineage.resolve checks them again as it would any run named on the command line)
+        for key, tag in (("init.run_id", PARENT_TAG), ("eval.judge_run_id", JUDGE_TAG)):
+            if OmegaConf.select(cfg, key) is None and RUN_ID.fullmatch(run.data.tags.get(tag, "")):
+                OmegaConf.update(cfg, key, run.data.tags[tag])
         cfg.tracking.uri = mlflow.get_tracking_uri()
         cfg.tracking.experiment = experiment
         cfg.tracking.sweep_id = f"reproduce-{run_id[:8]}"

@@ -23,6 +23,7 @@ class NonFiniteLossError(FloatingPointError):
 
 
 CURVES = ("loss", "learning_rate", "grad_norm", "step_seconds", "rss_mb")  # per-step entries logged as curves
+TRAINER_SUMMARY = ("train_", "total_flos")  # the Trainer's end-of-training entries (timings): not curves
 
 
 class MetricsToMlflow(TrainerCallback):
@@ -58,7 +59,8 @@ class MetricsToMlflow(TrainerCallback):
                     raise optuna.TrialPruned(message)
                 raise NonFiniteLossError(message)
         numeric = {f"train/{k}": float(v) for k, v in logs.items()
-                   if (k in self.curves if self.curves is not None else isinstance(v, (int, float)))}
+                   if (k in self.curves if self.curves is not None else
+                       isinstance(v, (int, float)) and not k.startswith(TRAINER_SUMMARY))}
         if numeric and mlflow.active_run():
             tracking.log_metrics(numeric, step=state.global_step)
 

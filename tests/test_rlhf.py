@@ -324,3 +324,19 @@ def test_optuna_sweeps_dpo_for_the_win_rate(pipeline, tmp_path):
         run = by_trial[t.number]
         assert t.value == pytest.approx(run["metrics.hh_rlhf/win_rate"])
         assert run["tags.parent_run_id"] == runs["sft"]["run_id"] and run["params.lora.r"] == str(t.params["lora.r"])
+
+
+@pytest.mark.e2e
+def test_a_dpo_run_reproduces_from_its_lineage(pipeline):
+    import mlflow
+
+    from sweep.reproduce import reproduce
+
+    runs, tracking, _ = pipeline
+    mlflow.set_tracking_uri(tracking[0].split("=", 1)[1])
+    lines = []
+    assert reproduce(runs["dpo"]["run_id"], strict=False, rtol=None, log=lines.append) == 0, "\n".join(lines)
+    again = runs_of(tracking, "rlhf")
+    again = again[again["tags.reproduces"] == runs["dpo"]["run_id"]].iloc[0]
+    assert again["tags.parent_run_id"] == runs["sft"]["run_id"] and again["tags.judge_run_id"] == runs["reward"]["run_id"]
+    assert again["metrics.hh_rlhf/win_rate"] == runs["dpo"]["metrics.hh_rlhf/win_rate"]
