@@ -164,6 +164,9 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
     if distributed.world_size() > 1 and prunes(cfg.trial.pruner):
         raise ConfigError(f"hydra.sweeper.pruner={cfg.trial.pruner} with {distributed.world_size()} training "
                           "processes: a pruned main process would leave the others waiting; use pruner=none")
+    if distributed.world_size() > 1 and cfg.stage.name != "sft":
+        raise ConfigError(f"stage={cfg.stage.name} with {distributed.world_size()} training processes: the "
+                          "preference and RL stages run in one process (one GPU or the CPU); launch without accelerate")
     if not distributed.is_main():
         return train_share(cfg)
     loaded = load_project_tasks(cfg)  # unknown tasks or templates, bad data files: refused before a store exists
