@@ -76,9 +76,13 @@ def sweep_id_of(folder: str | Path) -> str:
 def use_all_cores() -> None:
     """Torch's intra-op threads on every core this process may use (torch's default can be lower
     in containers, where it counts the host's physical cores), shared among the job's processes
-    on this host."""
+    on this host; `OMP_NUM_THREADS`, when set, is the user's choice (e.g. several sweeps on one
+    machine, or the test suite on two workers) and is kept."""
     import torch
 
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        torch.set_num_threads(max(1, int(os.environ["OMP_NUM_THREADS"])))
+        return
     local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // local_processes))
 

@@ -13,7 +13,7 @@ def test_unknown_task_names_close_matches_and_the_projects_tasks():
         load_project_tasks(compose("method=zero_shot", "eval.tasks=[sst3]"))
     msg = str(e.value)
     assert "unknown lm-eval task 'sst3'" in msg and "did you mean: sst2" in msg
-    assert "the project's tasks are: rte, self_instruct, sst2" in msg
+    assert "the project's tasks are: hh_rlhf, rte, self_instruct, sst2, user_oriented" in msg
 
 
 def test_few_shot_k_larger_than_the_pool():
