@@ -55,8 +55,11 @@ bench: $(STAMP) ## the benchmark suite on SmolLM2-135M (~20 min on 2 cores): ben
 bench-gpu: $(STAMP) ## GPU figures (LoRA, QLoRA: tokens/s, MFU, peak memory), under 10 min; needs a GPU
 	$(PY) bench/gpu.py
 
-test: $(STAMP) browser ## the whole test suite (unit, end-to-end, slow)
-	$(PY) -m pytest
+# The suite keeps one core busy on average (start-ups, servers, single-threaded scoring): two workers,
+# a test file each at a time, one torch thread each, fill two cores. TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+test: $(STAMP) browser ## the whole test suite (unit, end-to-end, slow), on TEST_WORKERS workers
+	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: $(STAMP) ## unit tests only
 	$(PY) -m pytest -m "not e2e and not slow"

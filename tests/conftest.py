@@ -25,6 +25,17 @@ TINY = ["hydra/launcher=basic", "model=tiny", "data.max_train_samples=32", "trai
         "eval.limit=8", "eval.batch_size=8"]
 
 
+def pytest_collection_modifyitems(items):
+    """Slow files first, then end-to-end ones, then the unit tests: on two workers (`make test`: a
+    file per worker at a time) the short files fill in at the end instead of a long one running alone."""
+    rank = {}
+    for item in items:
+        module = item.module.__name__
+        weight = 0 if item.get_closest_marker("slow") else 1 if item.get_closest_marker("e2e") else 2
+        rank[module] = min(rank.get(module, 2), weight)
+    items.sort(key=lambda item: rank[item.module.__name__])
+
+
 def compose(*overrides: str):
     """The config `python sweep.py <overrides>` would run (Hydra's compose API)."""
     from hydra import compose as hydra_compose, initialize_config_dir
