@@ -177,6 +177,8 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
     generated = generated_data(cfg)   # (and generated data that cannot be found)
     if cfg.method.name == "strongest_baseline":
         baselines.check_search(cfg, loaded[0])
+    if cfg.method.trains and cfg.stage.name != "sft":  # (preference pairs, or prompts, to train on)
+        preference.split_docs(loaded[1][cfg.data.task], cfg.data.train_split, cfg.stage.name)
     identity = base_model_identity(cfg.model, cfg.seed)
     ancestry = lineage.resolve(cfg, sweep_id(cfg), identity, is_multirun())  # (runs to start from, or judge with)
     experiment_id = tracking.open_experiment(cfg.tracking)

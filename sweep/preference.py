@@ -32,12 +32,18 @@ REPLY_FIELD = "chosen"  # the target field of the task: the reply rendered after
 CI_RESAMPLES = 2000
 
 
+def split_docs(task, split: str, stage: str) -> list[dict]:
+    """The documents of a split, when they are preference pairs; else a ConfigError (checked by the
+    job before a store exists)."""
+    if split not in task.dataset:
+        raise ConfigError(f"data.train_split={split!r}: task {task.config.task} has splits {', '.join(task.dataset)}")
+    return checked_pairs(task, list(task.dataset[split]), stage)
+
+
 def preference_docs(task, split: str, max_samples: int | None, seed: int, tokenizer,
                     max_prompt_tokens: int | None, stage: str) -> list[dict]:
     """A seeded random subset of the split's pairs whose prompt fits `max_prompt_tokens`."""
-    if split not in task.dataset:
-        raise ConfigError(f"data.train_split={split!r}: task {task.config.task} has splits {', '.join(task.dataset)}")
-    docs = checked_pairs(task, list(task.dataset[split]), stage)
+    docs = split_docs(task, split, stage)
     random.Random(seed).shuffle(docs)
     if max_prompt_tokens:
         docs = [d for d in docs if len(tokenizer(task.doc_to_text(d)).input_ids) <= max_prompt_tokens]

@@ -105,11 +105,12 @@ def test_preference_pairs_render_as_the_policy_sees_them(tiny):
     assert row["chosen"] == " " + docs[0]["chosen"].strip() and row["rejected"] == " " + docs[0]["rejected"].strip()
 
 
-def test_a_stage_on_data_without_pairs_is_refused():
+def test_a_stage_on_data_without_pairs_is_refused(tmp_path, tracking):
     from sweep.job import execute
 
     with pytest.raises(ConfigError, match="stage=reward trains on preference pairs .* no text field 'prompt': use data=hh_rlhf"):
-        execute(compose(*TINY[1:], "stage=reward", "data=sst2", "tracking.uri=sqlite:////nonexistent/never.db"))
+        execute(compose(*TINY[1:], "stage=reward", "data=sst2", *tracking))
+    assert list(tmp_path.iterdir()) == []  # refused before a store existed
 
 
 def test_preference_data_missing_a_field_fails_with_file_and_line(tmp_path, tracking):
