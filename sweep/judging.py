@@ -54,11 +54,10 @@ def sequence_logprobs(model, lm, contexts: list[str], replies_: list[str], batch
         for j, (c, r) in enumerate(rows):
             ids[j, :len(c) + len(r)] = torch.tensor(c + r)
             attention[j, :len(c) + len(r)] = 1
-        logp = torch.log_softmax(model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device))
-                                 .logits.float(), -1).cpu()
-        for j, (c, r) in enumerate(rows):
-            positions = torch.arange(len(c) - 1, len(c) + len(r) - 1)
-            out.append(float(logp[j, positions, torch.tensor(r)].sum()) if r else 0.0)
+        logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device)).logits
+        for j, (c, r) in enumerate(rows):  # (the softmax over the vocabulary at the reply's positions only)
+            picked = torch.log_softmax(logits[j, len(c) - 1:len(c) + len(r) - 1].float(), -1).cpu()
+            out.append(float(picked[torch.arange(len(r)), torch.tensor(r)].sum()) if r else 0.0)
     return out
 
 
