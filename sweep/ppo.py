@@ -27,6 +27,7 @@ from collections.abc import Callable
 
 import torch
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
 from sweep.train import NonFiniteLossError, TrainResult, use_bf16
 
@@ -111,7 +112,7 @@ def train(model, tokenizer, prompts: list[str], judge, stage: DictConfig, train_
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     rollout_seconds = rollout_tokens = trained_tokens = 0
     start, loss = time.perf_counter(), None
-    for step in range(1, train_cfg.max_steps + 1):
+    for step in tqdm(range(1, train_cfg.max_steps + 1), desc="PPO steps"):
         picked = [prompts[order[((step - 1) * train_cfg.batch_size + i) % len(order)]]
                   for i in range(train_cfg.batch_size)]
         enc = tokenizer(picked, return_tensors="pt", padding=True, padding_side="left").to(device)
