@@ -149,20 +149,19 @@ def distributions(tables: dict[str, pd.DataFrame], column: str, label: str) -> b
 
 
 def reward_model_figure(runs: pd.DataFrame) -> dict[str, bytes]:
+    """The reward model's histogram of chosen and rejected rewards (the plot its run logged, drawn again
+    from its table by the same code)."""
+    from sweep.preference import PairScores, distribution_figure
+
     figs = {}
     for _, r in runs[runs["tags.stage"] == "reward"].iterrows():
         table = logged_table(r["run_id"], "reward_scores.json")
         if table.empty:
             continue
-        fig, ax = plt.subplots(figsize=(7, 3.8))
-        chosen = pd.to_numeric(table["reward_chosen"], errors="coerce").dropna()
-        rejected = pd.to_numeric(table["reward_rejected"], errors="coerce").dropna()
-        bins = 20
-        ax.hist(chosen, bins=bins, alpha=0.6, label="chosen")
-        ax.hist(rejected, bins=bins, alpha=0.6, label="rejected")
-        ax.set(xlabel="reward", ylabel="held-out pairs", title=f"reward model {_value(r, 'tags.mlflow.runName')}")
-        ax.legend()
-        figs[f"Reward model {r['run_id'][:8]}: rewards of chosen and rejected replies"] = _png(fig)
+        scores = PairScores(*(pd.to_numeric(table[c], errors="coerce").dropna().tolist()
+                              for c in ("reward_chosen", "reward_rejected")))
+        figs[f"Reward model {r['run_id'][:8]}: rewards of chosen and rejected replies"] = _png(
+            distribution_figure(scores, f"reward model {_value(r, 'tags.mlflow.runName')}"))
     return figs
 
 
