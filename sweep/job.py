@@ -95,6 +95,7 @@ def run_job(cfg: DictConfig) -> JobOutcome:
     memory.map_large_blocks()
     rss_at_start = memory.resident_mb()  # what the jobs before this one in the process left behind
     memory.reset_peak()
+    signals_before = tracking.signals_received()
     try:
         return execute(cfg, rss_at_start)
     except ConfigError as e:
@@ -104,6 +105,8 @@ def run_job(cfg: DictConfig) -> JobOutcome:
         log.info("pruned: %s", e)
         return JobOutcome("PRUNED", sweep_id(cfg))
     except Exception as e:
+        if tracking.interrupted(e, signals_before):  # stopped, not failed: the sweep stops too
+            raise tracking.interruption() from e
         if not is_multirun():
             raise
         print(redact(traceback.format_exc()), file=sys.stderr)  # the MLflow run (if it started) is FAILED with it

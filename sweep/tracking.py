@@ -214,13 +214,38 @@ class Terminated(KeyboardInterrupt):
 
 _writing = 0               # > 0 while an MLflow write is under way
 _pending: list[int] = []   # signals that arrived during one
+_received: list[int] = []  # every Ctrl-C or SIGTERM this process has had
 
 
 def _on_signal(signum, frame):
+    _received.append(signum)
     if _writing:
         _pending.append(signum)  # raised when the write is done
         return
     raise KeyboardInterrupt("interrupted") if signum == signal.SIGINT else Terminated(f"received signal {signum}")
+
+
+def signals_received() -> int:
+    return len(_received)
+
+
+def interrupted(e: BaseException, signals_before: int) -> bool:
+    """Whether `e` ends the work because of Ctrl-C or SIGTERM: it is the interruption, was raised
+    while one unwound (a library that wraps it, a cleanup that failed on the way out), or a signal
+    arrived since `signals_before` (a library that caught it and failed later). Such a run was
+    stopped, not broken: it is KILLED, and its trial is queued again."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return signals_received() > signals_before
+
+
+def interruption() -> KeyboardInterrupt:
+    """The exception the last signal raises (for an interruption that reached us as another one)."""
+    return KeyboardInterrupt("interrupted") if _received[-1:] == [signal.SIGINT] else Terminated("interrupted")
 
 
 def install_signal_handlers() -> None:
@@ -298,15 +323,16 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_i
             run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags))
     in_trial = "optuna.trial_number" in tags
     trial_failed = {"optuna.state": "FAIL"} if in_trial else {}
+    signals_before = signals_received()
     try:
         yield run
     except TrialPruned:
         _close(run, "KILLED", {"optuna.state": "PRUNED"})
         raise
-    except KeyboardInterrupt:
-        _close(run, "KILLED", {"error": "interrupted"} | trial_failed)
-        raise
     except BaseException as e:
+        if interrupted(e, signals_before):
+            _close(run, "KILLED", {"error": "interrupted"} | trial_failed)
+            raise
         _close(run, "FAILED", {"error": f"{type(e).__name__}: {e}"[:5000]} | trial_failed, traceback.format_exc())
         raise
     else:

@@ -119,6 +119,44 @@ def test_a_run_left_running_by_a_sigkilled_process_is_closed_by_the_next_run(tra
     assert killed["status"] == "KILLED" and f"pid {proc.pid}) is gone" in killed["tags.error"]
 
 
+def _wrapped_interruption():
+    from sweep.tracking import Terminated
+
+    try:
+        raise Terminated("received signal 15")
+    except KeyboardInterrupt as e:
+        raise RuntimeError("a library's own error") from e
+
+
+def _swallowed_interruption_then_a_failure():
+    from sweep import tracking
+
+    try:
+        tracking._on_signal(signal.SIGTERM, None)  # the handler, as a SIGTERM runs it
+    except KeyboardInterrupt:
+        pass  # a library that catches it (and carries on badly)
+    raise ValueError("a failure on the way out")
+
+
+@pytest.mark.parametrize("stop", [_wrapped_interruption, _swallowed_interruption_then_a_failure])
+def test_an_interruption_that_surfaces_as_another_error_still_ends_the_run_killed(tmp_path, stop):
+    """Under load a SIGTERM can reach the run as another exception (a library wraps or swallows
+    it, a cleanup fails while it unwinds): the run was stopped, not broken, so it is KILLED."""
+    from sweep import tracking
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = mlflow.create_experiment("stops", artifact_location=str(tmp_path / "artifacts"))
+    with pytest.raises((RuntimeError, ValueError)):
+        with tracking.mlflow_run(experiment, "stopped", {}) as run:
+            stop()
+    stopped = mlflow.MlflowClient().get_run(run.info.run_id)
+    assert (stopped.info.status, stopped.data.tags["error"]) == ("KILLED", "interrupted")
+    with pytest.raises(ValueError):  # and a failure with no signal behind it is still FAILED
+        with tracking.mlflow_run(experiment, "broken", {}) as run:
+            raise ValueError("broken")
+    assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
+
+
 def test_a_run_owner_is_gone_only_when_its_pid_is_gone_or_reused():
     from sweep import processes
 
@@ -179,7 +217,8 @@ def test_sigterm_to_a_sweep_with_two_jobs_stops_its_worker_too(tmp_path, trackin
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # nothing of the sweep is left running
     kids = children(tracking)[0]
-    assert sorted(kids["status"]) == ["KILLED", "KILLED"] and set(kids["tags.error"]) == {"interrupted"}
+    assert sorted(kids["status"]) == ["KILLED", "KILLED"] and set(kids["tags.error"]) == {"interrupted"}, \
+        f"{list(kids['tags.error'])}\n{log.read_text()[-4000:]}"
     trials = study_of(tmp_path).trials
     assert sorted(t.state.name for t in trials if t.user_attrs.get("retry_of") is None) == ["FAIL", "FAIL"]
     assert sorted(t.user_attrs["retry_of"] for t in trials if t.state == TrialState.WAITING) == [0, 1]
