@@ -56,6 +56,9 @@ def cache_key(cfg: DictConfig, task_manager, files: list[Path]) -> str:
         "versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
         "scoring_code": {name: sha256(Path(__file__).parent / name) for name in SCORING_CODE},
     }
+    generation = {k: v for k, v in cfg.eval.generation.items() if v is not None}
+    if generation:  # (decoding of generation tasks; absent when unset, so keys of the tasks' own settings hold)
+        inputs["generation"] = generation
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -236,6 +236,21 @@ def test_the_baseline_cache_key_changes_with_the_scoring_code(monkeypatch):
     assert baseline_cache.cache_key(cfg, tm, task_files(tasks)) != key
 
 
+def test_the_baseline_cache_key_changes_with_the_decoding_of_generation_tasks():
+    """A sampled zero-shot pass is not the greedy one: eval.generation is in the key."""
+    from sweep import baseline_cache
+    from sweep.build import task_files
+
+    def key(*overrides):
+        cfg = compose("model=tiny", "method=zero_shot", "data=self_instruct", *overrides)
+        tm, tasks = load_project_tasks(cfg)
+        return baseline_cache.cache_key(cfg, tm, task_files(tasks))
+
+    greedy = key()
+    assert key("eval.generation.do_sample=true") != greedy
+    assert key("eval.generation.max_gen_toks=16") not in (greedy, key("eval.generation.max_gen_toks=32"))
+
+
 def test_the_baseline_cache_key_is_the_content_not_the_checkout(tmp_path, monkeypatch):
     """Two clones share their baselines; an edited `!function` hook, other model weights or another
     library version do not."""
