@@ -17,7 +17,8 @@ from omegaconf import DictConfig
 from optuna.exceptions import TrialPruned
 from transformers import set_seed
 
-from sweep import alignment, baseline_cache, baselines, distributed, judging, lineage, memory, preference, tracking, trials
+from sweep import (alignment, baseline_cache, baselines, distributed, judging, lineage, memory, preference,
+                   reference_replies, tracking, trials)
 from sweep.build import build, generated_data, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
 from sweep.data import dataset_inputs
@@ -215,7 +216,9 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
         tracking.log_metrics(metrics)
         if cfg.method.trains:
             metrics |= train_and_record(cfg, built, total, trial)
-        metrics |= score_and_record(cfg, built, name)
+        key = reference_replies.cache_key(cfg, loaded[0], task_files(loaded[1]), ancestry.policy) \
+            if ancestry.judge is not None else None
+        metrics |= score_and_record(cfg, built, name, key)
         return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics)
 
 
@@ -277,8 +280,25 @@ def eval_tasks(cfg: DictConfig, template: str):
     return tm, {name: tasks[name] for name in cfg.eval.tasks}
 
 
-def score_and_record(cfg: DictConfig, built, name: str) -> dict[str, float]:
-    """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory."""
+def reference_texts(cfg: DictConfig, built, scores, key: str | None) -> dict[str, dict[int, str]]:
+    """The reference policy's replies to the prompts the policy answered: generated, or those an
+    earlier run with the same `key` generated (sweep/reference_replies.py); recorded either way."""
+    if judging.reference_of(built.model) is None:
+        return {}
+    needed = {n: set(judging.replies(scores.results, n)) for n, t in built.eval_tasks.items()
+              if t.OUTPUT_TYPE == "generate_until"}
+    cached = reference_replies.find(key, needed) if key and cfg.eval.cache else None
+    source, texts = cached or (None, judging.reference_replies(built, Prompting.from_config(cfg), cfg.eval.limit))
+    if source:
+        log.info("reference replies reused from run %s (eval.cache=false generates them again)", source)
+    if key:
+        reference_replies.record(texts, key, source)
+    return texts
+
+
+def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | None = None) -> dict[str, float]:
+    """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory.
+    `reference_key`: of the reference policy's replies, for a judged run (sweep/reference_replies.py)."""
     scored = {}
     if cfg.eval.enabled and cfg.stage.name == "reward":
         start = time.perf_counter()
@@ -295,7 +315,7 @@ def score_and_record(cfg: DictConfig, built, name: str) -> dict[str, float]:
         scored = scores.metrics
         tracking.log_eval_results(scores.results)
         if built.judge is not None:  # the reward model's verdict on the replies, against the reference policy
-            judged, table = judging.judged(built, scores, built.judge, Prompting.from_config(cfg), cfg.eval.limit,
+            judged, table = judging.judged(built, scores, built.judge, reference_texts(cfg, built, scores, reference_key),
                                            cfg.eval.batch_size, cfg.seed)
             tracking.log_table(table, JUDGED_REPLIES)
             scored |= judged

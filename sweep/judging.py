@@ -61,15 +61,23 @@ def sequence_logprobs(model, lm, contexts: list[str], replies_: list[str], batch
     return out
 
 
-def judged(built, scores: Scores, judge: RewardJudge, prompting: Prompting, limit: int | None,
-           batch_size: int, seed: int) -> tuple[dict[str, float], dict[str, list]]:
-    """(metrics, replies table) for each generation task the policy was scored on."""
+def reference_replies(built, prompting: Prompting, limit: int | None) -> dict[str, dict[int, str]]:
+    """task -> doc_id -> the reference policy's reply, for each generation task (none without one)."""
     tasks = {n: t for n, t in built.eval_tasks.items() if t.OUTPUT_TYPE == "generate_until"}
     reference = reference_of(built.model)
-    reference_results = {}
-    if reference is not None and tasks:
-        with reference():
-            reference_results = score(built.lm, built.task_manager, tasks, prompting, limit, log_samples=True).results
+    if reference is None or not tasks:
+        return {}
+    with reference():
+        results = score(built.lm, built.task_manager, tasks, prompting, limit, log_samples=True).results
+    return {name: {i: reply for i, (_, _, reply) in replies(results, name).items()} for name in tasks}
+
+
+def judged(built, scores: Scores, judge: RewardJudge, reference_texts: dict[str, dict[int, str]],
+           batch_size: int, seed: int) -> tuple[dict[str, float], dict[str, list]]:
+    """(metrics, replies table) for each generation task the policy was scored on; `reference_texts`:
+    the reference's replies (`reference_replies`, or the cache's)."""
+    tasks = {n: t for n, t in built.eval_tasks.items() if t.OUTPUT_TYPE == "generate_until"}
+    reference = reference_of(built.model)
     metrics, rows = {}, []
     for name, task in tasks.items():
         policy = replies(scores.results, name)
@@ -83,8 +91,7 @@ def judged(built, scores: Scores, judge: RewardJudge, prompting: Prompting, limi
         table = {"task": [name] * len(ids), "prompt": [p[-SHOWN_PROMPT_CHARS:] for p in prompts], "reply": texts,
                  "reward": rewards, "reply_tokens": lengths}
         if reference is not None:
-            ref = replies(reference_results, name)
-            ref_texts = [ref[i][2] for i in ids]
+            ref_texts = [reference_texts[name][i] for i in ids]
             ref_rewards = judge.scores(prompts, [delimiter + t.strip() for t in ref_texts])
             wins = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(rewards, ref_rewards)]
             win, low, high = mean_with_ci(wins, seed)

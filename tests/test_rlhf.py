@@ -180,6 +180,38 @@ def test_stage_tables_and_plots_are_logged(pipeline):
     assert len(table["data"]) == 4
 
 
+def reference_column(client, run_id: str) -> list[str]:
+    table = json.loads(Path(client.download_artifacts(run_id, "judged_replies.json")).read_text())
+    return [row[table["columns"].index("reference_reply")] for row in table["data"]]
+
+
+@pytest.mark.e2e
+def test_the_rl_stages_generate_the_sft_reference_once_and_reuse_it_exactly(pipeline):
+    """dpo generates the SFT policy's replies; grpo, rloo and ppo reuse them. Generated afresh
+    (the cached file tampered with, so not reused), the replies are the same, word for word."""
+    import mlflow
+
+    from sweep.job import execute
+
+    runs, tracking, tmp = pipeline
+    client = mlflow.MlflowClient(tracking[0].split("=", 1)[1])
+    dpo = runs["dpo"]
+    assert "reference_replies.json" in {f.path for f in client.list_artifacts(dpo["run_id"])}
+    replies = reference_column(client, dpo["run_id"])
+    for stage in ("grpo", "rloo", "ppo"):
+        assert runs[stage]["tags.reference_replies_from"] == dpo["run_id"], stage
+        assert runs[stage]["tags.reference_key"] == dpo["tags.reference_key"]
+        assert reference_column(client, runs[stage]["run_id"]) == replies
+    [cached] = Path(tmp, "artifacts").glob(f"**/{dpo['run_id']}/artifacts/reference_replies.json")
+    cached.write_text(cached.read_text().replace('"', "'", 2))  # (no longer its recorded sha256)
+    composed = [a for a in RLHF_TINY if a != "-m" and not a.startswith("hydra/")]  # (the sweep's settings)
+    outcome = execute(compose(*composed, "stage=rloo", f"init.run_id={runs['sft']['run_id']}", "train.max_steps=1",
+                              f"eval.judge_run_id={runs['reward']['run_id']}", "tracking.experiment=fresh", *tracking))
+    assert outcome.status == "FINISHED"
+    assert "reference_replies_from" not in client.get_run(outcome.run_id).data.tags
+    assert reference_column(client, outcome.run_id) == replies
+
+
 @pytest.mark.e2e
 def test_init_run_id_loads_exactly_the_parents_adapter(pipeline, tiny):
     from safetensors.torch import load_file
@@ -282,6 +314,7 @@ def test_instruction_sft_is_judged_against_the_base_model(pipeline):
             "self_instruct/kl_to_reference", "self_instruct/reply_tokens"} <= set(m)
     run = runs_of(tracking, "judged").iloc[0]
     assert run["tags.judge_run_id"] == runs["reward"]["run_id"] and "tags.parent_run_id" not in run
+    assert run["tags.reference_key"] != runs["dpo"]["tags.reference_key"]  # the base model's replies, not SFT's
 
 
 @pytest.mark.e2e
