@@ -6,7 +6,8 @@ scored, the seed, the scoring libraries and the harness's own scoring code, neve
 model over 1,000 examples takes minutes on 2 cores, and every sweep wants it beside its runs, so
 a finished baseline run is found by the key of those inputs (tag `baseline_key`: contents, never paths) and its scores
 are logged again in a new run, tagged `cached=true` and `cached_from=<source run>`, with the same
-per-example predictions (so paired tests still work). MLflow is the cache: nothing is stored
+per-example predictions (so paired tests still work). A judged baseline (eval.judge_run_id) has the
+reward model's adapter in its key and reuses its judged replies too. MLflow is the cache: nothing is stored
 elsewhere, and deleting the source run ends the reuse. `eval.cache=false` always scores.
 """
 
@@ -29,15 +30,16 @@ from sweep.data import sha256
 log = logging.getLogger(__name__)
 
 RESULTS = "lm_eval_results.json"
-REUSED_ARTIFACTS = (RESULTS, "baseline_panel.json")
+REUSED_ARTIFACTS = (RESULTS, "baseline_panel.json", tracking.JUDGED_REPLIES)
 # The harness's own scoring code: a change to any of these scores differently, so it is in the key.
 SCORING_CODE = ("evaluate.py", "fewshot.py", "calibration.py", "prefix_cache.py", "baselines.py")
 LIBRARIES = ("lm-eval", "transformers", "torch")  # whose versions score (a new release may change numerics)
 
 
-def cache_key(cfg: DictConfig, task_manager, files: list[Path]) -> str:
+def cache_key(cfg: DictConfig, task_manager, files: list[Path], judge=None) -> str:
     """sha256 of everything a baseline's scores depend on, by content: where the checkout, the
-    cache or the model lie does not enter it (two clones share their baselines)."""
+    cache or the model lie does not enter it (two clones share their baselines). `judge`: the
+    reward model (a lineage.Ancestor) that also scores the replies, if any."""
     from sweep.evaluate import Prompting, variant_name
     from sweep.models import model_source, weights_digest
 
@@ -59,6 +61,9 @@ def cache_key(cfg: DictConfig, task_manager, files: list[Path]) -> str:
     generation = {k: v for k, v in cfg.eval.generation.items() if v is not None}
     if generation:  # (decoding of generation tasks; absent when unset, so keys of the tasks' own settings hold)
         inputs["generation"] = generation
+    if judge is not None:  # its adapter, by content, and the code that judges
+        inputs["judge"] = {name: sha256(judge.adapter / name) for name in (tracking.ADAPTER_CONFIG, tracking.ADAPTER_WEIGHTS)}
+        inputs["judging_code"] = sha256(Path(__file__).parent / "judging.py")
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 
 

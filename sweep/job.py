@@ -194,10 +194,9 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
     start_memory = {"rss_at_start_mb": rss_at_start} if rss_at_start is not None else {}
     tags = tracking.start_tags(cfg, sweep_id(cfg), trial.tags() if trial else {}) | {"base_model": identity} | \
         ancestry.tags()
-    if not cfg.method.trains and ancestry.judge is None:  # a baseline: scored once per model, tasks, prompting,
-        # limit, seed and lm-eval (a judged one is scored afresh: the judge is not in the key)
+    if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed, lm-eval (and judge)
         files = task_files(loaded[1])
-        key = baseline_cache.cache_key(cfg, loaded[0], files)
+        key = baseline_cache.cache_key(cfg, loaded[0], files, ancestry.judge)
         source = baseline_cache.find_source(key) if cfg.eval.cache else None
         if source is not None:
             return reuse_baseline(cfg, experiment_id, name, tags | {"baseline_key": key}, source, files,
@@ -258,7 +257,6 @@ def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[s
     return trained
 
 
-JUDGED_REPLIES = "judged_replies.json"   # each reply, the reference's, their rewards (MLflow table)
 REWARD_SCORES = "reward_scores.json"     # stage=reward: each held-out pair's rewards (MLflow table)
 REWARD_FIGURE = "reward_distribution.png"
 
@@ -317,7 +315,7 @@ def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | Non
         if built.judge is not None:  # the reward model's verdict on the replies, against the reference policy
             judged, table = judging.judged(built, scores, built.judge, reference_texts(cfg, built, scores, reference_key),
                                            cfg.eval.batch_size, cfg.seed)
-            tracking.log_table(table, JUDGED_REPLIES)
+            tracking.log_table(table, tracking.JUDGED_REPLIES)
             scored |= judged
         scored |= {"eval_seconds": time.perf_counter() - start}
         for draw, metrics in enumerate(scores.by_draw):

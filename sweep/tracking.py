@@ -37,6 +37,7 @@ LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the embedded store
 STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow parent run
 RESULTS_HASH_TAG = "results_sha256"  # sha256 of lm_eval_results.json, checked before the baseline cache reuses it
 ADAPTER_DIR = "adapter"
+JUDGED_REPLIES = "judged_replies.json"  # each reply, the reference's, their rewards (MLflow table)
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ADAPTER_SHA_TAG = "adapter_sha256"  # of the logged adapter's weights: checked by a stage that starts from it
 TRAINED_ADAPTER = "default"  # peft's name of the adapter a job trains (TRL may add a frozen copy, "ref")

@@ -318,6 +318,27 @@ def test_instruction_sft_is_judged_against_the_base_model(pipeline):
 
 
 @pytest.mark.e2e
+def test_a_judged_baseline_is_scored_once_per_judge(pipeline):
+    """The zero-shot arm of a judged sweep is scored once (the judge's adapter is in the baseline
+    cache's key), its judged replies reused with its scores; without the judge it is another baseline."""
+    import mlflow
+
+    from sweep.job import execute
+
+    runs, tracking, _ = pipeline
+    args = [*TINY[1:], "method=zero_shot", "data=self_instruct", "eval.limit=4", "eval.batch_size=4",
+            "tracking.experiment=judged_baseline", *tracking]
+    judged = [*args, f"eval.judge_run_id={runs['reward']['run_id']}"]
+    first, again, unjudged = execute(compose(*judged)), execute(compose(*judged)), execute(compose(*args))
+    assert first.metrics["self_instruct/reward"] == again.metrics["self_instruct/reward"]
+    assert "self_instruct/reward" not in unjudged.metrics
+    tags = {r: mlflow.MlflowClient().get_run(r).data.tags for r in (first.run_id, again.run_id, unjudged.run_id)}
+    assert tags[again.run_id]["cached_from"] == first.run_id
+    assert tags[first.run_id]["cached"] == tags[unjudged.run_id]["cached"] == "false"
+    assert "judged_replies.json" in {f.path for f in mlflow.MlflowClient().list_artifacts(again.run_id)}
+
+
+@pytest.mark.e2e
 def test_report_shows_the_pipeline(pipeline):
     from analysis.report import main
 
