@@ -99,7 +99,7 @@ def build(cfg: DictConfig, loaded: tuple | None = None, generated: Path | None =
         rows = pair_rows(task, docs)
         train_dataset = rows if stage in ("reward", "dpo") else [{"prompt": r["prompt"]} for r in rows]
         if stage == "reward":
-            eval_pairs = pair_rows(task, held_out_pairs(task, cfg.eval.limit, stage))
+            eval_pairs = pair_rows(task, held_out_pairs(task, cfg.eval.pairs, stage))
     files, inputs = task_files(tasks), dataset_inputs(cfg, tasks)
     if generated:
         files.append(generated)

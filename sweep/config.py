@@ -145,6 +145,8 @@ def validate(cfg: DictConfig) -> None:
              "must be an integer >= 0")
     _require(e.limit is None or (_is_int(e.limit) and e.limit > 0), "eval.limit", e.limit,
              "must be a positive integer or null (score every example)")
+    _require(e.pairs is None or (_is_int(e.pairs) and e.pairs > 0), "eval.pairs", e.pairs,
+             "must be a positive integer or null (every validation pair)")
     _require(_is_int(e.batch_size) and e.batch_size > 0, "eval.batch_size", e.batch_size, "must be a positive integer")
     _require(e.every_steps is None or (_is_int(e.every_steps) and e.every_steps > 0), "eval.every_steps",
              e.every_steps, "must be a positive integer or null (no scoring during training)")

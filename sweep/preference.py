@@ -64,7 +64,7 @@ def checked_pairs(task, docs: list[dict], stage: str) -> list[dict]:
 
 
 def held_out_pairs(task, limit: int | None, stage: str) -> list[dict]:
-    """The first `limit` (or all) pairs of the task's validation split (as lm-eval's eval.limit)."""
+    """The first `limit` (or all) pairs of the task's validation split (eval.pairs)."""
     docs = list(task.dataset[task.config.validation_split])
     return checked_pairs(task, docs[:limit] if limit else docs, stage)
 

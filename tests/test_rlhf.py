@@ -86,6 +86,7 @@ def test_every_stage_composes_and_validates():
     (["stage=grpo", "stage.num_generations=3"], "must divide train.batch_size x train.grad_accum (4)"),
     (["stage=dpo", "stage.loss_type=sigmod"], "stage.loss_type='sigmod' is invalid: choose one of TRL's DPO losses"),
     (["stage=ppo", "stage.lam=1.5"], "stage.lam=1.5 is invalid: must be a number in [0, 1]"),
+    (["stage=reward", "eval.pairs=0"], "eval.pairs=0 is invalid: must be a positive integer or null"),
 ])
 def test_bad_stage_settings_are_refused(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -129,7 +130,7 @@ def test_preference_data_missing_a_field_fails_with_file_and_line(tmp_path, trac
 
 
 # ---------------------------------------------------------------- the pipeline, end to end
-RLHF_TINY = ["-m", "experiment=rlhf", *TINY, "data.max_train_samples=16", "eval.limit=4", "eval.batch_size=4",
+RLHF_TINY = ["-m", "experiment=rlhf", *TINY, "data.max_train_samples=16", "eval.limit=4", "eval.pairs=4", "eval.batch_size=4",
              "train.batch_size=4", "data.max_prompt_tokens=128"]
 
 

@@ -37,7 +37,7 @@ def test_smollm2_rlhf_pipeline_end_to_end(tmp_path, tracking):
     """SFT, reward model, then PPO (generation with the KV cache, the reward model, GAE) on SmolLM2."""
     p = run_sweep("-m", "experiment=rlhf", "hydra/launcher=basic", "stage=sft,reward,ppo",
                   "train.max_steps=1", "train.batch_size=2", "data.max_train_samples=4", "data.max_prompt_tokens=96",
-                  "eval.limit=2", "eval.generation.max_gen_toks=8", "train.max_seq_length=160",
+                  "eval.limit=2", "eval.pairs=2", "eval.generation.max_gen_toks=8", "train.max_seq_length=160",
                   f"hydra.sweep.dir={tmp_path}/multirun", *tracking)
     assert p.returncode == 0, p.stderr[-3000:]
     runs = {r["tags.stage"]: r for r in runs_of(tracking, "rlhf").to_dict("records")}
