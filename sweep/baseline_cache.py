@@ -62,7 +62,7 @@ def cache_key(cfg: DictConfig, task_manager, files: list[Path], judge=None) -> s
     if generation:  # (decoding of generation tasks; absent when unset, so keys of the tasks' own settings hold)
         inputs["generation"] = generation
     if judge is not None:  # its adapter, by content, and the code that judges
-        inputs["judge"] = {name: sha256(judge.adapter / name) for name in (tracking.ADAPTER_CONFIG, tracking.ADAPTER_WEIGHTS)}
+        inputs["judge"] = judge.content()
         inputs["judging_code"] = sha256(Path(__file__).parent / "judging.py")
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -50,6 +50,10 @@ class Ancestor:
     adapter: Path            # folder with adapter_config.json and adapter_model.safetensors
     parent_id: str | None    # the run it started from (its `parent_run_id` tag, checked to be a run id)
 
+    def content(self) -> dict[str, str]:
+        """sha256 of the adapter's files: what a cache key holds of this run (never its id or path)."""
+        return {name: sha256(self.adapter / name) for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+
 
 MAX_LINEAGE = 8  # stages between a policy and its first stage: more is a loop in a changed store
 

@@ -38,8 +38,7 @@ Replies = dict[str, dict[int, str]]  # task -> doc_id -> the reference's reply
 def cache_key(cfg: DictConfig, task_manager, files: list[Path], policy: tuple[Ancestor, ...]) -> str:
     inputs = {
         "scoring": baseline_cache.cache_key(cfg, task_manager, files),
-        "reference": [{name: sha256(a.adapter / name) for name in (tracking.ADAPTER_CONFIG, tracking.ADAPTER_WEIGHTS)}
-                      for a in policy],  # merged into the base, first stage first (none: the base model)
+        "reference": [a.content() for a in policy],  # merged into the base, first stage first (none: the base model)
         "quantization": OmegaConf.to_container(cfg.method.quantization) if cfg.method.quantization else None,
         "batch_size": cfg.eval.batch_size,  # (a batch's padding, and sampling, follow it)
         "judging_code": sha256(Path(__file__).parent / "judging.py"),
