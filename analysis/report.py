@@ -10,7 +10,6 @@ task and metric).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import sys
@@ -20,11 +19,12 @@ import mlflow
 import pandas as pd
 
 from analysis import plots
+from analysis.instruction_data import instruction_data_view
 from analysis.pipeline import pipeline_view
 from analysis.render import Report, write
-from analysis.stats import paired_compare
-from analysis.summary import (BASELINES, DEGENERATE_SHARE, STRONGEST, STUDY, References, band_lines, fmt, group_key,
-                              main_metrics, references, search_runs, tag, template)
+from analysis.stats import compare_runs
+from analysis.summary import (BASELINES, DEGENERATE_SHARE, STRONGEST, STUDY, References, band_lines, baseline_values, fmt,
+                              group_key, main_metrics, references, search_runs, tag, template)
 from sweep.secrets import guard_output, redact
 
 # The LoRA paper's Table 5 columns, in its order.
@@ -57,20 +57,6 @@ def load_runs(experiment: str, sweep_id: str | None) -> pd.DataFrame:
 
 def scored(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY)]
-
-
-@functools.lru_cache(maxsize=None)
-def logged_samples(run_id: str) -> dict:
-    """lm-eval's per-example records of a run ({task: [sample, ...]}), read once."""
-    try:
-        return mlflow.artifacts.load_dict(f"runs:/{run_id}/lm_eval_results.json").get("samples", {})
-    except Exception:  # noqa: BLE001  (a run logged without samples: no paired test, no crash)
-        return {}
-
-
-def samples(run_id: str, task: str, metric: str) -> dict:
-    """{doc_id: score} of one run on one task."""
-    return {s["doc_id"]: float(s[metric]) for s in logged_samples(run_id).get(task, []) if metric in s}
 
 
 def _get(row, col, default=None):
@@ -109,7 +95,7 @@ def compare(row, ref, task: str, name: str) -> tuple[str, str, str]:
     """(difference with the baseline's name, 95% CI, p) of a paired test of `row` against `ref`."""
     if ref is None or row["run_id"] == ref["run_id"]:
         return "-", "-", "-"
-    pair = paired_compare(samples(row["run_id"], task, name), samples(ref["run_id"], task, name))
+    pair = compare_runs(row["run_id"], ref["run_id"], task, name)
     if pair is None:
         return "-", "-", "-"
     return (f"{pair.diff:+.3f} ({_get(ref, 'tags.mlflow.runName')})", f"[{pair.ci_low:+.3f}, {pair.ci_high:+.3f}]",
@@ -193,54 +179,6 @@ def budget_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame | None:
     return pd.DataFrame(table)
 
 
-def data_source(row) -> str | None:
-    """Where a run's training instructions came from (data.mix: the generated share); None for
-    runs that do not train on instruction data."""
-    mix = _num(row, "params.data.mix")
-    if mix is None or _get(row, "tags.method") in BASELINES:
-        return None
-    return {0.0: "hand-written", 1.0: "generated"}.get(mix, f"mix {mix:g} generated")
-
-
-def instruction_data_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame | None:
-    """Score by source of training instructions and their number, against the base model's
-    zero-shot replies (paired per example, 95% bootstrap interval). Shown when runs train on
-    instruction data from two or more sources, or at two or more sizes."""
-    trained = [(data_source(r), r) for _, r in done.iterrows()]
-    trained = [(src, r) for src, r in trained if src is not None and _num(r, "metrics.train_examples")]
-    if len({(src, _num(r, "metrics.train_examples")) for src, r in trained}) < 2:
-        return None
-    refs = {m: references(done, m) for m in metrics}
-    rows = []
-    for src, r in sorted(trained, key=lambda x: (x[0], _num(x[1], "metrics.train_examples"))):
-        row = {"source": src, "training instructions": int(_num(r, "metrics.train_examples")),
-               "run": _get(r, "tags.mlflow.runName")}
-        for metric in metrics:
-            task, name = metric.split("/", 1)
-            value = _num(r, f"metrics.{metric}")
-            row[metric] = "-" if value is None else fmt(value, _num(r, f"metrics.{metric}_stderr"))
-            zero = refs[metric].get(group_key(r), References()).zero_shot.get(template(r))
-            diff, ci, _ = compare(r, zero, task, name)
-            row[f"{metric} vs base"] = "-" if diff == "-" else f"{diff} {ci}"
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def instruction_data_figures(done: pd.DataFrame, metrics: list[str]) -> dict[str, bytes]:
-    """Score against the number of training instructions, one line per source."""
-    figs = {}
-    for metric in metrics:
-        points: dict[str, list] = {}
-        for _, r in done.iterrows():
-            src, x, y = data_source(r), _num(r, "metrics.train_examples"), _num(r, f"metrics.{metric}")
-            if src is not None and x and y is not None:
-                points.setdefault(src, []).append((x, y))
-        if len({(k, x) for k, xy in points.items() for x, _ in xy}) >= 2:
-            figs[f"{metric} vs training instructions"] = plots.metric_vs(
-                points, baseline_values(done, metric), "training instructions", metric)
-    return figs
-
-
 def not_finished(runs: pd.DataFrame) -> tuple[dict[str, int], pd.DataFrame]:
     """Counts by outcome (PRUNED told apart from KILLED) and the runs that did not finish."""
     runs = runs[runs["tags.method"] != STUDY]
@@ -288,12 +226,6 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- Figures ---------------------------------------------------------------------------------------
-
-def baseline_values(done: pd.DataFrame, metric: str) -> dict[str, float]:
-    """Every baseline variant's value (the band) of the first model/limit group."""
-    groups = references(done, metric)
-    return next(iter(groups.values())).variants if groups else {}
-
 
 def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[str, bytes]:
     """{title: PNG}; a figure appears only when the runs vary what it plots."""
@@ -393,15 +325,9 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
         rep.tables.append(("LoRA budget (Table 5 layout of the LoRA paper)", budget,
                            "The same number of trainable parameters spread over different weight types. "
                            "Rank r per adapted matrix; a metric is the mean when several runs share a column."))
-    instruction_data = instruction_data_table(done, metrics)
-    if instruction_data is not None:
-        rep.tables.append(("Instruction data: source and size", instruction_data,
-                           "Instruction tuning on hand-written seed tasks, on tasks the model generated itself "
-                           "(generate_instructions.py) and on mixes, by number of training instructions; the "
-                           "difference with the base model's zero-shot replies is paired per example, with its 95% "
-                           "bootstrap interval."))
+    instruction_tables, instruction_figures = instruction_data_view(done)
     pipeline_tables, pipeline_figures = pipeline_view(done)
-    rep.tables += pipeline_tables
+    rep.tables += instruction_tables + pipeline_tables
     if not unfinished.empty:
         rep.tables.append(("Runs that did not finish", unfinished,
                            "Failed, killed and pruned runs are counted here and left out of the tables above."))
@@ -416,7 +342,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
                     f"{fmt(_num(best, f'metrics.{metrics[0]}'), _num(best, f'metrics.{metrics[0]}_stderr'))}",
                     "Reproduce it (same config, seed and data; compares every metric):",
                     f"`python reproduce.py {best['run_id']}`", "It was run as:", f"`{command}`"]
-    rep.figures = figures(runs, done, metrics) | instruction_data_figures(done, metrics) | pipeline_figures
+    rep.figures = figures(runs, done, metrics) | instruction_figures | pipeline_figures
     return rep, tidy(runs)
 
 

@@ -11,8 +11,10 @@ difference is a paired percentile bootstrap (`scipy.stats.bootstrap(paired=True)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
+import mlflow
 import numpy as np
 from scipy import stats
 
@@ -57,3 +59,22 @@ def paired_compare(a: dict, b: dict, n_resamples: int = 2000, seed: int = 0) -> 
     test = stats.permutation_test((xa, xb), _mean_diff, permutation_type="samples", vectorized=True,
                                   n_resamples=n_resamples, alternative="two-sided", rng=np.random.default_rng(seed))
     return Paired(len(ids), diff, low, high, float(test.pvalue), "paired permutation")
+
+
+@functools.lru_cache(maxsize=None)
+def logged_samples(run_id: str) -> dict:
+    """lm-eval's per-example records of a run ({task: [sample, ...]}), read once."""
+    try:
+        return mlflow.artifacts.load_dict(f"runs:/{run_id}/lm_eval_results.json").get("samples", {})
+    except Exception:  # noqa: BLE001  (a run logged without samples: no paired test, no crash)
+        return {}
+
+
+def samples(run_id: str, task: str, metric: str) -> dict:
+    """{doc_id: score} of one run on one task."""
+    return {s["doc_id"]: float(s[metric]) for s in logged_samples(run_id).get(task, []) if metric in s}
+
+
+def compare_runs(run_id: str, reference_id: str, task: str, metric: str) -> Paired | None:
+    """Two runs on one task's metric, paired on the examples both logged; None when they share none."""
+    return paired_compare(samples(run_id, task, metric), samples(reference_id, task, metric))

@@ -118,6 +118,12 @@ def references(runs: pd.DataFrame, metric: str) -> dict[tuple, References]:
     return out
 
 
+def baseline_values(done: pd.DataFrame, metric: str) -> dict[str, float]:
+    """Every baseline variant's value (the band) of the first model/limit group."""
+    groups = references(done, metric)
+    return next(iter(groups.values())).variants if groups else {}
+
+
 def group_key(row) -> tuple:
     return row.get("tags.model"), row.get("params.eval.limit")
 

@@ -110,7 +110,8 @@ def run_job(cfg: DictConfig) -> JobOutcome:
             raise tracking.interruption() from e
         if not is_multirun():
             raise
-        print(redact(traceback.format_exc()), file=sys.stderr)  # the MLflow run (if it started) is FAILED with it
+        log.error("job failed (its MLflow run, if it started, is FAILED with this traceback):\n%s",
+                  redact(traceback.format_exc()))
         return JobOutcome("FAILED", sweep_id(cfg), error=redact(f"{type(e).__name__}: {e}"))
     finally:
         memory.release()  # the job's model, trainer and lm-eval objects are unreachable by now

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from hydra import compose as hydra_compose, initialize_config_dir
 
@@ -289,8 +290,58 @@ def test_the_experiment_reports_score_by_source_and_size_of_instruction_data(tmp
     [(_, table, _)] = [t for t in rep.tables if t[0] == "Instruction data: source and size"]
     assert sorted(zip(table["source"], table["training instructions"])) == [
         ("generated", 4), ("generated", 8), ("hand-written", 4), ("hand-written", 8)]
-    assert all("(zero_shot" in v and "[" in v for v in table["self_instruct/rougeL vs base"])
+    assert list(table["source"][:1]) == ["base model, zero-shot"]  # the base model first, then by generated share
+    assert list(table["source"][1:]) == ["hand-written", "hand-written", "generated", "generated"]
+    assert all(v.startswith(("+", "-")) and "[" in v for v in table["self_instruct/rougeL vs base"][1:])
+    assert "self_instruct/win_rate vs base" not in table  # not judged: no win-rate column
     assert "self_instruct/rougeL vs training instructions" in rep.figures
+
+
+def instruction_run(run_id: str, method: str, mix: float | None, n: int | None, rouge: list[float],
+                    judged: tuple[float, float, float, float] | None = None) -> dict:
+    """A finished run as the report reads it; `judged`: (win rate, its interval, reply tokens)."""
+    row = {"run_id": run_id, "status": "FINISHED", "tags.method": method, "tags.mlflow.runName": run_id,
+           "tags.model": "smollm2", "params.eval.limit": "4", "params.eval.template": "chat",
+           "params.data.mix": None if mix is None else str(mix), "metrics.train_examples": n,
+           "metrics.self_instruct/rougeL": sum(rouge) / len(rouge), "metrics.self_instruct/rougeL_stderr": 0.01}
+    if judged:
+        row |= dict(zip([f"metrics.self_instruct/{m}" for m in ("win_rate", "win_rate_ci_low", "win_rate_ci_high",
+                                                                 "reply_tokens")], judged))
+    return row
+
+
+def test_the_instruction_data_table_puts_rouge_and_the_judges_win_rate_side_by_side(monkeypatch):
+    """One row for the base model, then one per source and size (by generated share): each task's
+    ROUGE-L ± se, its difference with the base model paired per example, the win rate against the
+    base model's replies with its interval and the reply length; the judge's columns only when judged."""
+    from analysis import instruction_data, stats
+
+    rouge = {"base": [0.1, 0.2, 0.3, 0.4], "hand": [0.5, 0.6, 0.7, 0.8], "gen": [0.1, 0.2, 0.3, 0.5]}
+    monkeypatch.setattr(stats, "logged_samples", lambda run_id: {"self_instruct": [
+        {"doc_id": i, "rougeL": v} for i, v in enumerate(rouge.get(run_id, []))]})
+    runs = [instruction_run("gen", "lora", 1.0, 40, rouge["gen"], (0.7, 0.52, 0.88, 28.9)),
+            instruction_run("hand", "lora", 0.0, 40, rouge["hand"], (0.58, 0.4, 0.76, 56.4)),
+            instruction_run("base", "zero_shot", None, None, rouge["base"], (None, None, None, 82.7))]
+    table = instruction_data.instruction_data_table(pd.DataFrame(runs))
+    assert table.to_dict("records") == [
+        {"source": "base model, zero-shot", "training instructions": 0, "run": "base",
+         "self_instruct/rougeL": "0.250 ± 0.010", "self_instruct/rougeL vs base": "-",
+         "self_instruct/win_rate vs base": "-", "self_instruct/reply_tokens": "82.7"},
+        {"source": "hand-written", "training instructions": 40, "run": "hand",
+         "self_instruct/rougeL": "0.650 ± 0.010", "self_instruct/rougeL vs base": "+0.400 [+0.400, +0.400]",
+         "self_instruct/win_rate vs base": "0.58 [0.40, 0.76]", "self_instruct/reply_tokens": "56.4"},
+        {"source": "generated", "training instructions": 40, "run": "gen",
+         "self_instruct/rougeL": "0.275 ± 0.010", "self_instruct/rougeL vs base": "+0.025 [+0.000, +0.075]",
+         "self_instruct/win_rate vs base": "0.70 [0.52, 0.88]", "self_instruct/reply_tokens": "28.9"}]
+    figures = instruction_data.instruction_data_figures(pd.DataFrame(runs))
+    assert set(figures) == {"self_instruct/rougeL vs training instructions",
+                            "self_instruct/win_rate vs training instructions"}
+    unjudged = instruction_data.instruction_data_table(pd.DataFrame([{**r, "metrics.self_instruct/win_rate": None,
+                                                                      "metrics.self_instruct/reply_tokens": None}
+                                                                     for r in runs]))
+    assert list(unjudged.columns) == ["source", "training instructions", "run", "self_instruct/rougeL",
+                                      "self_instruct/rougeL vs base"]
+    assert instruction_data.instruction_data_table(pd.DataFrame(runs[1:])) is None  # one source at one size
 
 
 @pytest.mark.e2e

@@ -319,6 +319,39 @@ def test_instruction_sft_is_judged_against_the_base_model(pipeline):
 
 
 @pytest.mark.e2e
+def test_a_judged_instruction_data_sweep_reports_rouge_and_win_rate_side_by_side(pipeline):
+    """experiment=instruction_data judged by the pipeline's reward model (tiny, cut down): the report's
+    instruction-data table holds, per source, ROUGE-L with its paired difference from the base model
+    and the win rate against the base model's replies; one figure per score against size."""
+    from analysis.report import main
+
+    runs, tracking, tmp = pipeline
+    path = tmp / "generated_tasks.jsonl"
+    path.write_text("".join(json.dumps({"instruction": f"Write the word number {i}.", "input": "",
+                                        "output": f"word {i}"}) + "\n" for i in range(8)))
+    p = run_sweep("-m", "experiment=instruction_data", *TINY, *tracking, "method=zero_shot,lora", "data.mix=0,1",
+                  "data.max_train_samples=4", f"data.generated={path}", "eval.tasks=[self_instruct]", "eval.limit=4",
+                  "eval.batch_size=4", f"eval.judge_run_id={runs['reward']['run_id']}", "tracking.experiment=instr")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert main(["--experiment", "instr", "--tracking-uri", tracking[0].split("=", 1)[1], "--out", str(tmp / "instr")]) == 0
+    text = (tmp / "instr" / "report.md").read_text()
+    table = text.split("## Instruction data: source and size")[1].split("##")[0]
+    rows = [[c.strip() for c in line.split("|")[1:-1]] for line in table.splitlines() if line.startswith("| ")]
+    header, body = rows[0], {r[0]: dict(zip(rows[0], r)) for r in rows[1:]}
+    assert header[3:] == ["self_instruct/rougeL", "self_instruct/rougeL vs base", "self_instruct/win_rate vs base",
+                          "self_instruct/reply_tokens"]
+    assert set(body) == {"base model, zero-shot", "hand-written", "generated"}
+    finished = runs_of(tracking, "instr")
+    for source, mix in (("hand-written", "0"), ("generated", "1")):
+        run = finished[(finished["params.data.mix"] == mix) & (finished["tags.method"] == "lora")].iloc[0]
+        win = [run[f"metrics.self_instruct/win_rate{s}"] for s in ("", "_ci_low", "_ci_high")]
+        assert body[source]["self_instruct/win_rate vs base"] == "{:.2f} [{:.2f}, {:.2f}]".format(*win)
+        assert body[source]["self_instruct/rougeL vs base"].startswith(("+", "-"))
+    assert "self_instruct_win_rate_vs_training_instructions.png" in text
+    assert "self_instruct_rougel_vs_training_instructions.png" in text
+
+
+@pytest.mark.e2e
 def test_a_judged_baseline_is_scored_once_per_judge(pipeline):
     """The zero-shot arm of a judged sweep is scored once (the judge's adapter is in the baseline
     cache's key), its judged replies reused with its scores; without the judge it is another baseline."""
