@@ -245,6 +245,7 @@ def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[s
             result = alignment.train_stage(cfg, built.model, built.tokenizer, built.train_dataset, out, built.judge)
     trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
                "train_tokens_per_second": result.tokens_per_second, "train_examples": len(built.train_dataset)}
+    trained |= {f"train_{k}": v for k, v in memory.peak_mb().items()}  # (the build's and training's: scoring's apart)
     if result.rollout_seconds:
         trained |= {"rollout_tokens": result.rollout_tokens,
                     "rollout_tokens_per_second": result.rollout_tokens / result.rollout_seconds}
@@ -298,30 +299,32 @@ def reference_texts(cfg: DictConfig, built, scores, key: str | None) -> dict[str
 def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | None = None) -> dict[str, float]:
     """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory.
     `reference_key`: of the reference policy's replies, for a judged run (sweep/reference_replies.py)."""
-    scored = {}
-    if cfg.eval.enabled and cfg.stage.name == "reward":
-        start = time.perf_counter()
-        scored = score_reward_model(cfg, built) | {"eval_seconds": time.perf_counter() - start}
-    elif cfg.eval.enabled:
-        start = time.perf_counter()
-        if cfg.method.name == "strongest_baseline":
-            choice = baselines.strongest(cfg, built.lm, lambda template: eval_tasks(cfg, template))
-            tracking.log_baseline_choice(choice.best, choice.panel)
-            scores = choice.scores
-        else:
-            scores = score(built.lm, built.task_manager, built.eval_tasks, Prompting.from_config(cfg),
-                           cfg.eval.limit, cfg.eval.log_samples or built.judge is not None)
-        scored = scores.metrics
-        tracking.log_eval_results(scores.results)
-        if built.judge is not None:  # the reward model's verdict on the replies, against the reference policy
-            judged, table = judging.judged(built, scores, built.judge, reference_texts(cfg, built, scores, reference_key),
-                                           cfg.eval.batch_size, cfg.seed)
-            tracking.log_table(table, tracking.JUDGED_REPLIES)
-            scored |= judged
-        scored |= {"eval_seconds": time.perf_counter() - start}
-        for draw, metrics in enumerate(scores.by_draw):
-            tracking.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
-    scored |= memory.peak_mb()
+    scored, scores = {}, None
+    with memory.phase_peak() as peaks:  # (scoring's own peak: eval.batch_size bounds it, not gradient checkpointing)
+        if cfg.eval.enabled and cfg.stage.name == "reward":
+            start = time.perf_counter()
+            scored = score_reward_model(cfg, built) | {"eval_seconds": time.perf_counter() - start}
+        elif cfg.eval.enabled:
+            start = time.perf_counter()
+            if cfg.method.name == "strongest_baseline":
+                choice = baselines.strongest(cfg, built.lm, lambda template: eval_tasks(cfg, template))
+                tracking.log_baseline_choice(choice.best, choice.panel)
+                scores = choice.scores
+            else:
+                scores = score(built.lm, built.task_manager, built.eval_tasks, Prompting.from_config(cfg),
+                               cfg.eval.limit, cfg.eval.log_samples or built.judge is not None)
+            scored = scores.metrics
+            tracking.log_eval_results(scores.results)
+            if built.judge is not None:  # the reward model's verdict on the replies, against the reference policy
+                judged, table = judging.judged(built, scores, built.judge,
+                                               reference_texts(cfg, built, scores, reference_key),
+                                               cfg.eval.batch_size, cfg.seed)
+                tracking.log_table(table, tracking.JUDGED_REPLIES)
+                scored |= judged
+            scored |= {"eval_seconds": time.perf_counter() - start}
+    for draw, metrics in enumerate(scores.by_draw if scores else []):
+        tracking.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
+    scored |= peaks["job"] | ({f"eval_{k}": v for k, v in peaks.items() if k != "job"} if cfg.eval.enabled else {})
     tracking.log_metrics(scored)
     shown = {k: f"{v:.4g}" for k, v in scored.items() if is_task_metric(k)} or {"scoring": "off (eval.enabled=false)"}
     log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in shown.items()))

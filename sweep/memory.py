@@ -1,4 +1,5 @@
-"""This process's memory: resident size now, each job's own peak, and freed memory handed back.
+"""This process's memory: resident size now, each job's own peak (and each phase's: training and
+scoring have different fixes), and freed memory handed back.
 
 Why our own: `ru_maxrss` is the process's lifetime peak, so in a multirun (every job in one
 process) each job after the largest would report the largest one's peak; Linux's "hiwater" reset
@@ -69,6 +70,21 @@ def peak_mb() -> dict[str, float]:
     if torch.cuda.is_available():
         peaks["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return peaks
+
+
+@contextlib.contextmanager
+def phase_peak():
+    """Measure one phase of a job apart: yields a dict that holds, on exit, the phase's own peaks
+    (`peak_rss_mb`, ...) and under `job` the job's peaks so far, the phase's included (the phase
+    resets the counter the job's peak is read from, so that peak is folded back in here)."""
+    before = peak_mb()
+    reset_peak()
+    peaks: dict = {}
+    try:
+        yield peaks
+    finally:
+        phase = peak_mb()
+        peaks |= phase | {"job": {k: max(v, before.get(k, v)) for k, v in phase.items()}}
 
 
 def map_large_blocks() -> bool:

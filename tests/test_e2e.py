@@ -30,8 +30,9 @@ def test_single_lora_run_records_everything(tracking, tmp_path):
     assert run["tags.git_dirty"] in ("true", "false")
     assert run["params.lora.r"] == "8" and run["params.train.max_steps"] == "2" and run["params.model.name"] == "tiny"
     for m in ("sst2/acc", "sst2/acc_stderr", "trainable_params", "total_params", "train_seconds",
-              "eval_seconds", "train_tokens_per_second", "peak_rss_mb"):
+              "eval_seconds", "train_tokens_per_second", "peak_rss_mb", "train_peak_rss_mb", "eval_peak_rss_mb"):
         assert run[f"metrics.{m}"] >= 0, m
+    assert run["metrics.peak_rss_mb"] == max(run["metrics.train_peak_rss_mb"], run["metrics.eval_peak_rss_mb"])
     assert 0 < run["metrics.trainable_params"] < run["metrics.total_params"]
 
     history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")

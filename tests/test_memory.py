@@ -56,6 +56,25 @@ def test_each_job_gets_its_own_peak():
     assert memory.peak_mb()["peak_rss_mb"] < lifetime_peak - 300
 
 
+def test_a_phase_has_its_own_peak_and_the_job_keeps_the_larger_one():
+    """Training and scoring peak apart (their fixes differ: gradient checkpointing, eval.batch_size):
+    a phase after a larger one reports its own peak, while the job's peak stays the larger one."""
+    from sweep import memory
+
+    memory.reset_peak()
+    big = bytearray(400 * 2**20)  # the first phase's peak (touched: resident)
+    del big
+    with memory.phase_peak() as peaks:
+        small = bytearray(100 * 2**20)
+        del small
+    assert peaks["peak_rss_mb"] < peaks["job"]["peak_rss_mb"] - 250
+    assert memory.peak_mb()["peak_rss_mb"] < peaks["job"]["peak_rss_mb"] - 250  # the counter was reset
+    with memory.phase_peak() as later:
+        larger = bytearray(600 * 2**20)
+        del larger
+    assert later["job"]["peak_rss_mb"] == later["peak_rss_mb"] > peaks["job"]["peak_rss_mb"]
+
+
 JOBS = 20
 WARM_UP = 5  # the first jobs import and cache what every later job reuses
 GROWTH_PER_JOB_MB = 5  # measured +3 per job on the 2-core CPU machine
