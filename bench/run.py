@@ -23,6 +23,11 @@ bench/results.md (or --out).
 9. RL stage           the RLHF pipeline's RL step (sft -> reward -> grpo, ppo; experiment=rlhf, no
                       scoring): PPO's rollout (generation) tokens/s against its training tokens/s
                       (forward + backward over prompt and reply), and GRPO's training tokens/s
+10. judged KL         the KL pass of judged scoring (log p(reply | prompt) under the policy) on the
+                      instruction tasks' prompts in the chat template with their reference replies:
+                      every position's logits of right-padded batches in input order (as before) vs
+                      sweep/judging.py's length-sorted, left-padded batches with the last positions'
+                      logits only: seconds and extra peak memory of each, and their largest difference
 7. team study         finished trials per hour on the team's servers (PostgreSQL study, MLflow
                       server) with 1 and 2 workers, and the per-trial cost of their round trips
                       against the embedded stores (journal file, SQLite): the tiny model's short
@@ -57,11 +62,13 @@ from sweep.tracking import STUDY_METHOD  # noqa: E402
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
         "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
         "panel_examples": 872, "team_trials": 8, "team_steps": 4, "memory_steps": 4,
-        "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8}
+        "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8,
+        "kl_batch_size": 32}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "grid_space": {"lora.r": "2,8", "train.lr": "1e-4,1e-3"}, "optuna_trials": 2, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
          "team_trials": 2, "team_steps": 2, "memory_steps": 2,
-         "memory_methods": "zero_shot,lora", "memory_tasks": "sst2", "rl_steps": 1}
+         "memory_methods": "zero_shot,lora", "memory_tasks": "sst2", "rl_steps": 1,
+         "kl_batch_size": 8}  # (the old KL pass at 32 rows of the longest seed task holds 9 GB: too much beside other tests)
 
 
 # The sweeps of the compute and team benchmarks run their jobs in the sweep's process, as when these
@@ -418,6 +425,37 @@ class Bench:
                         "prompt); PPO's rollout = reply tokens generated per second of generate(); its training "
                         "tokens = prompt + reply tokens through forward and backward, per epoch, over the whole step"}
 
+    # 10 ------------------------------------------------------------------------------------------
+    def judged_kl(self) -> dict:
+        from sweep import memory
+        from sweep.build import build
+        from sweep.judging import sequence_logprobs
+
+        cfg = self.cfg("experiment=instruction_data", "method=lora", f"eval.limit={self.p['eval_limit']}",
+                       f"eval.batch_size={self.p['kl_batch_size']}")
+        built = build(cfg)
+        contexts, replies = [], []
+        for task in built.eval_tasks.values():
+            for doc in list(task.eval_docs)[:self.p["eval_limit"]]:
+                chat = [{"role": "user", "content": task.doc_to_text(doc)}]
+                contexts.append(built.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
+                reply = built.tokenizer(task.doc_to_target(doc), add_special_tokens=False).input_ids[:KL_REPLY_TOKENS]
+                replies.append(built.tokenizer.decode(reply))
+        memory.map_large_blocks()
+        out = {"rows": len(contexts), "batch_size": cfg.eval.batch_size}
+        for label, fn in (("whole_sequence", whole_sequence_logprobs), ("last_positions", sequence_logprobs)):
+            memory.release()
+            memory.reset_peak()
+            start_mb, start = memory.resident_mb(), time.perf_counter()
+            out[label] = {"logprobs": fn(built.model, built.lm, contexts, replies, cfg.eval.batch_size),
+                          "seconds": time.perf_counter() - start}
+            out[label]["extra_peak_mb"] = memory.peak_mb()["peak_rss_mb"] - start_mb
+        old, new = (out[k].pop("logprobs") for k in ("whole_sequence", "last_positions"))
+        out["max_abs_difference"] = max(abs(a - b) for a, b in zip(old, new))
+        out["speedup"] = out["whole_sequence"]["seconds"] / out["last_positions"]["seconds"]
+        out["extra_memory_ratio"] = out["whole_sequence"]["extra_peak_mb"] / max(out["last_positions"]["extra_peak_mb"], 1.0)
+        return out
+
     def team_study(self) -> dict:
         from scripts.services import throwaway
 
@@ -449,6 +487,29 @@ class Bench:
                 "note": "wall time of `python sweep.py -m` with the Optuna sweeper (random sampler, the tiny model, "
                         "start-up included); embedded = journal file + SQLite, server = PostgreSQL study + "
                         "`mlflow server` over PostgreSQL, both on this machine"}
+
+
+KL_REPLY_TOKENS = 128  # the instruction tasks' max_gen_toks: a reply is at most this long
+
+
+@torch.inference_mode()
+def whole_sequence_logprobs(model, lm, contexts: list[str], replies: list[str], batch_size: int) -> list[float]:
+    """The KL pass as it was: right-padded batches in input order, every position's logits."""
+    out = []
+    for i in range(0, len(contexts), batch_size):
+        rows = [(lm.tok_encode(c), lm.tok_encode(r, add_special_tokens=False))
+                for c, r in zip(contexts[i:i + batch_size], replies[i:i + batch_size])]
+        width = max(len(c) + len(r) for c, r in rows)
+        ids = torch.full((len(rows), width), lm.tokenizer.pad_token_id)
+        attention = torch.zeros_like(ids)
+        for j, (c, r) in enumerate(rows):
+            ids[j, :len(c) + len(r)] = torch.tensor(c + r)
+            attention[j, :len(c) + len(r)] = 1
+        logits = model(input_ids=ids, attention_mask=attention).logits
+        for j, (c, r) in enumerate(rows):
+            picked = torch.log_softmax(logits[j, len(c) - 1:len(c) + len(r) - 1].float(), -1)
+            out.append(float(picked[torch.arange(len(r)), torch.tensor(r, dtype=torch.long)].sum()) if r else 0.0)
+    return out
 
 
 def markdown(results: dict) -> str:
@@ -491,7 +552,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     names = ["harness_overhead", "model_startup", "scoring", "baseline_panel", "padding", "training_features",
-             "sweep_efficiency", "trl", "team_study", "memory", "rl_stage"]
+             "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl"]
     results = {"machine": machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
                "params": params, "benchmarks": {}}
     previous = out / "results.json"

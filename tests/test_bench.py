@@ -18,7 +18,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     b = results["benchmarks"]
     assert set(b) == {"harness_overhead", "model_startup", "scoring", "baseline_panel", "padding",
-                      "training_features", "sweep_efficiency", "trl", "team_study", "memory", "rl_stage"}
+                      "training_features", "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl"}
     assert b["baseline_panel"]["same_accuracies"] and b["baseline_panel"]["passes"] == 12
     assert b["baseline_panel"]["speedup"] == pytest.approx(
         b["baseline_panel"]["lm_eval_hflm_seconds"] / b["baseline_panel"]["prefix_cached_seconds"])
@@ -45,4 +45,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert rl["ppo_rollout_tokens_per_second"] > 0 and rl["ppo_train_tokens_per_second"] > 0
     assert rl["rollout_vs_training"] == pytest.approx(rl["ppo_rollout_tokens_per_second"] / rl["ppo_train_tokens_per_second"])
     assert rl["grpo_train_tokens_per_second"] > 0
+    kl = b["judged_kl"]
+    assert kl["rows"] == 16 + 16 and kl["max_abs_difference"] < 1e-2  # the same log-probabilities, cheaper
+    assert kl["speedup"] == pytest.approx(kl["whole_sequence"]["seconds"] / kl["last_positions"]["seconds"])
     assert "## harness_overhead" in (tmp_path / "results.md").read_text()

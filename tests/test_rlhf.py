@@ -93,6 +93,35 @@ def test_bad_stage_settings_are_refused(overrides, message):
         validate(compose(*TINY[1:], "data=hh_rlhf", *overrides))
 
 
+@pytest.mark.parametrize("peft", [None, "lora", "prompt_tuning", "prefix_tuning"])
+def test_the_kls_log_probabilities_batched_equal_one_sequence_at_a_time(tiny, peft):
+    """sequence_logprobs sorts, left-pads and projects the last positions only: on sequences of very
+    different lengths it gives what each sequence scored alone gives, for a plain model and adapters."""
+    import copy
+
+    from sweep.evaluate import make_lm
+    from sweep.judging import sequence_logprobs
+    from sweep.methods import apply_method
+
+    model, tokenizer = tiny
+    if peft:
+        torch.manual_seed(0)
+        model = apply_method(copy.deepcopy(model), compose("model=tiny", f"method={peft}", "lora.init=gaussian"),
+                             tokenizer.name_or_path, "CAUSAL_LM")
+    lm = make_lm(model, tokenizer, batch_size=2)
+    contexts = ["Hi.", "Tell me a long story about " + "a very long road, " * 40, "Name a colour:", "Why?"]
+    replies = [" Hello there, friend.", " Once upon a time.", " Blue", ""]
+    alone = []
+    for c, r in zip(contexts, replies):
+        ctx, rep = lm.tok_encode(c), lm.tok_encode(r, add_special_tokens=False)
+        with torch.inference_mode():  # (counted from the end: prompt tuning puts its virtual tokens first)
+            logits = model(input_ids=torch.tensor([ctx + rep])).logits[0, -len(rep) - 1:-1]
+        alone.append(float(torch.log_softmax(logits.float(), -1)[torch.arange(len(rep)), torch.tensor(rep, dtype=torch.long)].sum()))
+    assert alone[3] == 0.0 and all(a < 0 for a in alone[:3])
+    for batch_size in (1, 2, 3):
+        assert sequence_logprobs(model, lm, contexts, replies, batch_size) == pytest.approx(alone, rel=1e-4)
+
+
 def test_preference_pairs_render_as_the_policy_sees_them(tiny):
     from sweep.build import load_project_tasks
     from sweep.preference import pair_rows, preference_docs
