@@ -53,6 +53,12 @@ def scores(runs: list[pd.Series]) -> dict[str, list[str]]:
     return dict(sorted(out.items()))
 
 
+def limit(row) -> str:
+    """The examples scored per task: eval.limit, or all of them."""
+    v = value(row, "params.eval.limit")
+    return "all" if v is None else f"{v:g}"
+
+
 def base_run(done: pd.DataFrame, run: pd.Series, metric: str) -> pd.Series | None:
     """The zero-shot run of the same model, eval.limit and template as `run`, scored on `metric`."""
     refs = references(done, metric).get(group_key(run))
@@ -86,18 +92,21 @@ def instruction_data_table(done: pd.DataFrame) -> pd.DataFrame | None:
     base = next((b for task, metrics in by_task.items()
                  if (b := base_run(done, runs[0][2], f"{task}/{metrics[0]}")) is not None), None)
     if base is not None:
-        row = {"source": BASE, "training instructions": 0, "run": base.get("tags.mlflow.runName")}
+        row = {"source": BASE, "training instructions": 0, "run": base.get("tags.mlflow.runName"),
+               "eval.limit": limit(base)}
         for task, metrics in by_task.items():
             row |= cells(base, base, task, metrics)
         rows.append(row)
     for src, n, r in runs:
-        row = {"source": src, "training instructions": n, "run": r.get("tags.mlflow.runName")}
+        row = {"source": src, "training instructions": n, "run": r.get("tags.mlflow.runName"),
+               "eval.limit": limit(r)}
         for task, metrics in by_task.items():
             row |= cells(r, base_run(done, r, f"{task}/{metrics[0]}"), task, metrics)
         rows.append(row)
     table = pd.DataFrame(rows)
     judged = [c for c in table.columns if c.endswith((f"/{WIN_RATE} vs base", f"/{REPLY_TOKENS}"))]
-    return table.drop(columns=[c for c in judged if (table[c] == "-").all()])
+    constant = ["eval.limit"] if table["eval.limit"].nunique() == 1 else []  # (a column for runs of several sweeps)
+    return table.drop(columns=[c for c in judged if (table[c] == "-").all()] + constant)
 
 
 def instruction_data_figures(done: pd.DataFrame) -> dict[str, bytes]:

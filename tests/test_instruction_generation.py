@@ -342,6 +342,9 @@ def test_the_instruction_data_table_puts_rouge_and_the_judges_win_rate_side_by_s
     assert list(unjudged.columns) == ["source", "training instructions", "run", "self_instruct/rougeL",
                                       "self_instruct/rougeL vs base"]
     assert instruction_data.instruction_data_table(pd.DataFrame(runs[1:])) is None  # one source at one size
+    another_sweep = {**runs[1], "run_id": "hand-all", "params.eval.limit": None}  # scored on every example
+    table = instruction_data.instruction_data_table(pd.DataFrame([*runs, another_sweep]))
+    assert table["eval.limit"].tolist() == ["4", "4", "all", "4"]  # a column only when the limits differ
 
 
 @pytest.mark.e2e
