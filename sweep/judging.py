@@ -17,6 +17,7 @@ import logging
 
 import torch
 
+from sweep.batching import length_batches
 from sweep.data import render_pair
 from sweep.evaluate import Prompting, Scores, score
 from sweep.preference import RewardJudge, mean_with_ci
@@ -45,8 +46,8 @@ def replies(results: dict, task: str) -> dict[int, tuple[dict, str, str]]:
 def sequence_logprobs(model, lm, contexts: list[str], replies_: list[str], batch_size: int) -> list[float]:
     """log p(reply | context) under `model` as it is now (tokenized as lm-eval's generation fed them).
 
-    Longest first, so a batch pads to lengths like its own (one 1,300-token seed task no longer pads
-    a whole batch to its length); left-padded, so every reply ends its row and the vocabulary
+    Batches of similar lengths under a token budget (sweep/batching.py: one 1,300-token seed task
+    no longer pads a whole batch to its length); left-padded, so every reply ends its row and the vocabulary
     projection runs on the last positions only (`logits_to_keep`, counted from the end, which also
     holds when prompt tuning puts virtual tokens first): a batch's logits are rows x the longest reply
     x vocabulary, not rows x the longest sequence x vocabulary (9 GB at 32 rows of 1,450 tokens and a
@@ -56,10 +57,10 @@ def sequence_logprobs(model, lm, contexts: list[str], replies_: list[str], batch
     rows = [(lm.tok_encode(c), lm.tok_encode(r, add_special_tokens=False)) for c, r in zip(contexts, replies_)]
     prompt_learning = getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False)
     batch_size = 1 if prompt_learning else batch_size
-    order = sorted((i for i, (_, r) in enumerate(rows) if r), key=lambda i: -sum(map(len, rows[i])))
+    scored = [i for i, (_, r) in enumerate(rows) if r]
     out = [0.0] * len(rows)  # (an empty reply: log p = 0)
-    for start in range(0, len(order), batch_size):
-        batch = order[start:start + batch_size]
+    for batch in length_batches([sum(map(len, rows[i])) for i in scored], batch_size):
+        batch = [scored[k] for k in batch]
         width = max(sum(map(len, rows[i])) for i in batch)
         keep = max(len(rows[i][1]) for i in batch) + 1  # a reply's tokens are predicted from the position before
         ids = torch.full((len(batch), width), lm.tokenizer.pad_token_id)

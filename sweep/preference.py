@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from sweep.batching import length_batches
 from sweep.config import ConfigError
 from sweep.data import render_pair
 from sweep.lineage import merged
@@ -109,14 +110,15 @@ class RewardJudge:
 
     @torch.inference_mode()
     def scores(self, prompts: list[str], replies: list[str]) -> list[float]:
-        out = []
-        for i in range(0, len(prompts), self.batch_size):
-            texts = [p + r for p, r in zip(prompts[i:i + self.batch_size], replies[i:i + self.batch_size])]
-            # a long dialogue loses its oldest turns, never the reply being judged
-            batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                                   max_length=self.max_length, padding_side="right", truncation_side="left")
-            batch = batch.to(self.model.device)
-            out += self.model(**batch).logits[:, 0].float().tolist()
+        # a long dialogue loses its oldest turns, never the reply being judged
+        ids = self.tokenizer([p + r for p, r in zip(prompts, replies)], truncation=True, max_length=self.max_length,
+                             truncation_side="left")["input_ids"]
+        out = [0.0] * len(ids)
+        for batch in length_batches([len(x) for x in ids], self.batch_size):  # (similar lengths: little padding)
+            padded = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt",
+                                        padding_side="right").to(self.model.device)
+            for i, reward in zip(batch, self.model(**padded).logits[:, 0].float().tolist()):
+                out[i] = reward
         return out
 
     def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:

@@ -93,6 +93,35 @@ def test_bad_stage_settings_are_refused(overrides, message):
         validate(compose(*TINY[1:], "data=hh_rlhf", *overrides))
 
 
+def test_padded_passes_batch_similar_lengths_under_a_token_budget():
+    """One long row pads only the rows beside it: longest first, at most batch_size rows and
+    batch_size * TOKENS_PER_ROW padded tokens a batch, every row once."""
+    from sweep.batching import TOKENS_PER_ROW, length_batches
+
+    lengths = [30, 1320, 25, 400, 380, 20, 35, 390]
+    batches = length_batches(lengths, batch_size=4)
+    assert [[lengths[i] for i in b] for b in batches] == [[1320], [400, 390], [380, 35], [30, 25, 20]]
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    assert all(len(b) * lengths[b[0]] <= 4 * TOKENS_PER_ROW or len(b) == 1 for b in batches)
+    assert length_batches([], 4) == [] and length_batches([5, 5, 5], 2) == [[0, 1], [2]]
+
+
+def test_the_reward_models_scores_batched_equal_one_text_at_a_time():
+    """RewardJudge sorts and batches by length (and truncates a long text from the left): each
+    text's reward is what it scores alone."""
+    from sweep.models import load_model_and_tokenizer
+    from sweep.preference import RewardJudge
+
+    cfg = compose("model=tiny")
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.paths.cache, seed=0, reward_head=True)
+    prompts = ["Hi.", "Tell me a long story about " + "a very long road, " * 40, "Name a colour:", "Why?"]
+    replies = [" Hello there, friend.", " Once upon a time.", " Blue", " Because."]
+    alone = [RewardJudge(model, tokenizer, 64, 1).scores([p], [r])[0] for p, r in zip(prompts, replies)]
+    assert len(set(alone)) == 4
+    for batch_size in (2, 4):
+        assert RewardJudge(model, tokenizer, 64, batch_size).scores(prompts, replies) == pytest.approx(alone, rel=1e-4)
+
+
 @pytest.mark.parametrize("peft", [None, "lora", "prompt_tuning", "prefix_tuning"])
 def test_the_kls_log_probabilities_batched_equal_one_sequence_at_a_time(tiny, peft):
     """sequence_logprobs sorts, left-pads and projects the last positions only: on sequences of very
