@@ -110,9 +110,7 @@ class RewardJudge:
 
     @torch.inference_mode()
     def scores(self, prompts: list[str], replies: list[str]) -> list[float]:
-        # a long dialogue loses its oldest turns, never the reply being judged
-        ids = self.tokenizer([p + r for p, r in zip(prompts, replies)], truncation=True, max_length=self.max_length,
-                             truncation_side="left")["input_ids"]
+        ids = self._encode([p + r for p, r in zip(prompts, replies)])
         out = [0.0] * len(ids)
         for batch in length_batches([len(x) for x in ids], self.batch_size):  # (similar lengths: little padding)
             padded = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, return_tensors="pt",
@@ -120,6 +118,16 @@ class RewardJudge:
             for i, reward in zip(batch, self.model(**padded).logits[:, 0].float().tolist()):
                 out[i] = reward
         return out
+
+    def _encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids, a long dialogue cut from the left: it loses its oldest turns, never the reply
+        being judged. (The tokenizer takes the side as a setting only: passed to the call, it is
+        ignored and the reply is cut.)"""
+        side, self.tokenizer.truncation_side = self.tokenizer.truncation_side, "left"
+        try:
+            return self.tokenizer(texts, truncation=True, max_length=self.max_length)["input_ids"]
+        finally:
+            self.tokenizer.truncation_side = side
 
     def __call__(self, prompts: list[str], completions: list[str], **_) -> list[float]:
         return self.scores(prompts, completions)

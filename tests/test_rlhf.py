@@ -120,6 +120,11 @@ def test_the_reward_models_scores_batched_equal_one_text_at_a_time():
     assert len(set(alone)) == 4
     for batch_size in (2, 4):
         assert RewardJudge(model, tokenizer, 64, batch_size).scores(prompts, replies) == pytest.approx(alone, rel=1e-4)
+    # A text longer than max_length keeps its end: the reply is judged, the prompt's start dropped.
+    judge = RewardJudge(model, tokenizer, 64, 4)
+    assert judge.scores(prompts[1:2], [" Yes."]) != judge.scores(prompts[1:2], [" No, a different reply entirely."])
+    assert judge.scores(prompts[1:2], [" Yes."]) == pytest.approx(judge.scores([prompts[1][200:]], [" Yes."]), rel=1e-4)
+    assert tokenizer.truncation_side == "right"  # (the tokenizer's own setting is left as it was)
 
 
 @pytest.mark.parametrize("peft", [None, "lora", "prompt_tuning", "prefix_tuning"])
