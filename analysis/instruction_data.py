@@ -59,10 +59,11 @@ def limit(row) -> str:
     return "all" if v is None else f"{v:g}"
 
 
-def base_run(done: pd.DataFrame, run: pd.Series, metric: str) -> pd.Series | None:
-    """The zero-shot run of the same model, eval.limit and template as `run`, scored on `metric`."""
-    refs = references(done, metric).get(group_key(run))
-    return refs.zero_shot.get(template(run)) if refs else None
+def base_run(refs: dict, run: pd.Series) -> pd.Series | None:
+    """The zero-shot run of the same model, eval.limit and template as `run` (`refs`: `references`
+    of the metric)."""
+    group = refs.get(group_key(run))
+    return group.zero_shot.get(template(run)) if group else None
 
 
 def cells(row: pd.Series, base: pd.Series | None, task: str, metrics: list[str]) -> dict[str, str]:
@@ -88,9 +89,9 @@ def instruction_data_table(done: pd.DataFrame) -> pd.DataFrame | None:
     if len({(src, n) for src, n, _ in runs}) < 2:
         return None
     by_task = scores([r for _, _, r in runs])
+    refs = {task: references(done, f"{task}/{metrics[0]}") for task, metrics in by_task.items()}  # (read once)
     rows = []
-    base = next((b for task, metrics in by_task.items()
-                 if (b := base_run(done, runs[0][2], f"{task}/{metrics[0]}")) is not None), None)
+    base = next((b for task in by_task if (b := base_run(refs[task], runs[0][2])) is not None), None)
     if base is not None:
         row = {"source": BASE, "training instructions": 0, "run": base.get("tags.mlflow.runName"),
                "eval.limit": limit(base)}
@@ -101,7 +102,7 @@ def instruction_data_table(done: pd.DataFrame) -> pd.DataFrame | None:
         row = {"source": src, "training instructions": n, "run": r.get("tags.mlflow.runName"),
                "eval.limit": limit(r)}
         for task, metrics in by_task.items():
-            row |= cells(r, base_run(done, r, f"{task}/{metrics[0]}"), task, metrics)
+            row |= cells(r, base_run(refs[task], r), task, metrics)
         rows.append(row)
     table = pd.DataFrame(rows)
     judged = [c for c in table.columns if c.endswith((f"/{WIN_RATE} vs base", f"/{REPLY_TOKENS}"))]
