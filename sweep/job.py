@@ -324,7 +324,7 @@ def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | Non
             scored |= {"eval_seconds": time.perf_counter() - start}
     for draw, metrics in enumerate(scores.by_draw if scores else []):
         tracking.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
-    scored |= peaks["job"] | ({f"eval_{k}": v for k, v in peaks.items() if k != "job"} if cfg.eval.enabled else {})
+    scored |= peaks.job | ({f"eval_{k}": v for k, v in peaks.phase.items()} if cfg.eval.enabled else {})
     tracking.log_metrics(scored)
     shown = {k: f"{v:.4g}" for k, v in scored.items() if is_task_metric(k)} or {"scoring": "off (eval.enabled=false)"}
     log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in shown.items()))

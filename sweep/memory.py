@@ -19,6 +19,7 @@ import ctypes.util
 import gc
 import re
 import resource
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -72,19 +73,24 @@ def peak_mb() -> dict[str, float]:
     return peaks
 
 
+@dataclass
+class PhasePeaks:
+    phase: dict[str, float] = field(default_factory=dict)  # the phase's own peaks (`peak_rss_mb`, ...)
+    job: dict[str, float] = field(default_factory=dict)    # the job's so far, the phase's included
+
+
 @contextlib.contextmanager
 def phase_peak():
-    """Measure one phase of a job apart: yields a dict that holds, on exit, the phase's own peaks
-    (`peak_rss_mb`, ...) and under `job` the job's peaks so far, the phase's included (the phase
-    resets the counter the job's peak is read from, so that peak is folded back in here)."""
+    """Measure one phase of a job apart: yields a `PhasePeaks`, filled on exit. The phase resets the
+    counter the job's peak is read from, so the peak before it is folded back into `job`."""
     before = peak_mb()
     reset_peak()
-    peaks: dict = {}
+    peaks = PhasePeaks()
     try:
         yield peaks
     finally:
-        phase = peak_mb()
-        peaks |= phase | {"job": {k: max(v, before.get(k, v)) for k, v in phase.items()}}
+        peaks.phase = peak_mb()
+        peaks.job = {k: max(v, before.get(k, v)) for k, v in peaks.phase.items()}
 
 
 def map_large_blocks() -> bool:

@@ -67,12 +67,12 @@ def test_a_phase_has_its_own_peak_and_the_job_keeps_the_larger_one():
     with memory.phase_peak() as peaks:
         small = bytearray(100 * 2**20)
         del small
-    assert peaks["peak_rss_mb"] < peaks["job"]["peak_rss_mb"] - 250
-    assert memory.peak_mb()["peak_rss_mb"] < peaks["job"]["peak_rss_mb"] - 250  # the counter was reset
+    assert peaks.phase["peak_rss_mb"] < peaks.job["peak_rss_mb"] - 250
+    assert memory.peak_mb()["peak_rss_mb"] < peaks.job["peak_rss_mb"] - 250  # the counter was reset
     with memory.phase_peak() as later:
         larger = bytearray(600 * 2**20)
         del larger
-    assert later["job"]["peak_rss_mb"] == later["peak_rss_mb"] > peaks["job"]["peak_rss_mb"]
+    assert later.job["peak_rss_mb"] == later.phase["peak_rss_mb"] > peaks.job["peak_rss_mb"]
 
 
 JOBS = 20
