@@ -43,6 +43,17 @@ def test_generation_pairs_use_the_reference_answer(tasks):
     assert answer == " " + doc["output"].strip()
 
 
+@pytest.mark.parametrize("name, field", [("self_instruct", "output"), ("hh_rlhf", "chosen")])
+@pytest.mark.parametrize("text", ['["a","b"]', "[-4, 2, 5, 10, 92, 101]"])
+def test_a_reference_that_looks_like_a_list_is_trained_as_written(name, field, text):
+    """lm-eval parses a template target like `["a","b"]` into a list, whose repr (`['a', 'b']`)
+    training would learn; the tasks' targets are functions that keep the file's text."""
+    task = load_project_tasks(compose("model=tiny", f"eval.tasks=[{name}]", f"data={name}"))[1][name]
+    doc = dict(task.dataset["validation"][0]) | {field: text}
+    assert task.doc_to_target(doc) == text
+    assert render_pair(task, doc)[1] == " " + text
+
+
 def test_training_pairs_are_a_seeded_subset(tasks):
     a = training_pairs(tasks["sst2"], "train", 50, seed=1)
     assert a == training_pairs(tasks["sst2"], "train", 50, seed=1)
