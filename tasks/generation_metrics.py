@@ -10,16 +10,6 @@ from rouge_score import rouge_scorer
 _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
 
 
-def rouge_l(doc: dict, results: list[str]) -> dict[str, float]:
-    """ROUGE-L F1 of the generated response against the reference output."""
-    return {"rougeL": _SCORER.score(doc["output"].strip(), results[0].strip())["rougeL"].fmeasure}
-
-
-def rouge_l_chosen(doc: dict, results: list[str]) -> dict[str, float]:
-    """ROUGE-L F1 of the generated reply against the preferred (chosen) reply of a preference pair."""
-    return {"rougeL": _SCORER.score(doc["chosen"].strip(), results[0].strip())["rougeL"].fmeasure}
-
-
 def output_text(doc: dict) -> str:
     """The reference output, exactly as written (Self-Instruct tasks)."""
     return doc["output"].strip()
@@ -28,3 +18,14 @@ def output_text(doc: dict) -> str:
 def chosen_text(doc: dict) -> str:
     """The preferred reply of a preference pair, exactly as written."""
     return doc["chosen"].strip()
+
+
+def rouge_l(doc: dict, results: list[str]) -> dict[str, float]:
+    """ROUGE-L F1 of the generated response against the reference output."""
+    return {"rougeL": _SCORER.score(output_text(doc), results[0].strip())["rougeL"].fmeasure}
+
+
+def rouge_l_chosen(doc: dict, results: list[str]) -> dict[str, float]:
+    """ROUGE-L F1 of the generated reply against the preferred (chosen) reply of a preference pair."""
+    return {"rougeL": _SCORER.score(chosen_text(doc), results[0].strip())["rougeL"].fmeasure}
+
