@@ -439,7 +439,7 @@ class Bench:
             for doc in list(task.eval_docs)[:self.p["eval_limit"]]:
                 chat = [{"role": "user", "content": task.doc_to_text(doc)}]
                 contexts.append(built.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
-                reply = built.tokenizer(doc["output"].strip(), add_special_tokens=False).input_ids[:KL_REPLY_TOKENS]
+                reply = built.tokenizer(task.doc_to_target(doc), add_special_tokens=False).input_ids[:KL_REPLY_TOKENS]
                 replies.append(built.tokenizer.decode(reply))
         memory.map_large_blocks()
         out = {"rows": len(contexts), "batch_size": cfg.eval.batch_size}
