@@ -28,4 +28,3 @@ def rouge_l(doc: dict, results: list[str]) -> dict[str, float]:
 def rouge_l_chosen(doc: dict, results: list[str]) -> dict[str, float]:
     """ROUGE-L F1 of the generated reply against the preferred (chosen) reply of a preference pair."""
     return {"rougeL": _SCORER.score(chosen_text(doc), results[0].strip())["rougeL"].fmeasure}
-
