@@ -1,5 +1,6 @@
-"""Hydra callback that prints the comparison table when a run or a sweep ends (a report, so it
-lives in analysis/: the harness in sweep/ never imports analysis/)."""
+"""Hydra callback that prints the comparison table when a run or a sweep ends, and records each
+adapter's verdict in its run (a report, so it lives in analysis/: the harness in sweep/ never
+imports analysis/)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,6 @@ class SummaryCallback(Callback):
         from analysis.summary import summary_text
 
         try:
-            print(summary_text(config.tracking.uri, config.tracking.experiment, sid), flush=True)
+            print(summary_text(config.tracking.uri, config.tracking.experiment, sid, record=True), flush=True)
         except Exception as e:  # the table is a convenience; never fail a finished sweep over it
             print(redact(f"(no summary table: {type(e).__name__}: {e})"), file=sys.stderr)

@@ -24,8 +24,11 @@ from analysis.pipeline import pipeline_view
 from analysis.render import Report, write
 from analysis.stats import compare_runs
 from analysis.summary import (BASELINES, DEGENERATE_SHARE, STRONGEST, STUDY, References, band_lines, baseline_values, fmt,
-                              group_key, main_metrics, references, search_runs, tag, template)
+                              group_key, main_metrics, references, search_runs, short_verdict, sweep_verdicts, tag,
+                              template, verdict_lines)
 from sweep.secrets import guard_output, redact
+from sweep.splits import DEV_PREFIX
+from sweep.tracking import BASELINE_PANEL
 
 # The LoRA paper's Table 5 columns, in its order.
 WEIGHT_TYPES = [("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "k_proj"), ("q_proj", "v_proj"),
@@ -102,11 +105,13 @@ def compare(row, ref, task: str, name: str) -> tuple[str, str, str]:
             f"{pair.p_value:.2g} ({pair.test}, n={pair.n})")
 
 
-def headline(done: pd.DataFrame, metric: str) -> pd.DataFrame:
+def headline(done: pd.DataFrame, metric: str, comparisons: list = ()) -> pd.DataFrame:
     """Every finished run scored on the task, against (a) the strongest baseline of the same model
-    and limit (chosen on a development slice) and (b) the zero-shot baseline with the run's template."""
+    and limit (chosen on a development slice) and (b) the zero-shot baseline with the run's template;
+    the development score beside the test score, and each adapter's verdict."""
     task, name = metric.split("/", 1)
     refs = references(done, metric)
+    verdicts = {c.run_id: c for c in comparisons if c.metric == metric}
     rows = []
     for _, r in done.iterrows():
         value = _num(r, f"metrics.{metric}")
@@ -115,9 +120,12 @@ def headline(done: pd.DataFrame, metric: str) -> pd.DataFrame:
         method = _get(r, "tags.method")
         row = {"run": _get(r, "tags.mlflow.runName"), "method": method,
                "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
+               f"{DEV_PREFIX}{metric}": fmt(_num(r, f"metrics.{DEV_PREFIX}{metric}")),
                metric: fmt(value, _num(r, f"metrics.{metric}_stderr")), "_value": value}
         ref = refs.get(group_key(r), References())
         row["vs strongest"], row["CI (strongest)"], row["p (strongest)"] = compare(r, ref.strongest, task, name)
+        c = verdicts.get(r["run_id"])
+        row["p (Holm)"], row["verdict"] = (f"{c.p_holm:.2g}", short_verdict(c)) if c else ("-", "-")
         zero = ref.zero_shot.get(template(r)) if method not in BASELINES else None
         row["vs zero-shot"], row["CI (zero-shot)"], row["p (zero-shot)"] = compare(r, zero, task, name)
         share = _num(r, f"metrics.{task}/top_prediction_share")
@@ -143,11 +151,14 @@ def baseline_panel(done: pd.DataFrame) -> pd.DataFrame | None:
     if chosen.empty:
         return None
     try:
-        panel = mlflow.artifacts.load_dict(f"runs:/{chosen.iloc[-1]['run_id']}/baseline_panel.json")["variants"]
+        panel = mlflow.artifacts.load_dict(f"runs:/{chosen.iloc[-1]['run_id']}/{BASELINE_PANEL}")["variants"]
     except Exception:  # noqa: BLE001  (a run without the artifact: no panel, no crash)
         return None
     rows = [{"variant": p["variant"], "task": p["task"],
              f"dev {p['metric']}": fmt(p["dev_mean"], p.get("dev_draw_sd")).replace("±", "± sd"),
+             "dev examples": p.get("dev_n", "-"),
+             "race": f"dropped after {p['pruned_at']}" if p.get("pruned_at") else "finished",
+             f"test {p['metric']} (oracle, peeking)": fmt(p.get("test_mean")),
              "top answer share": "-" if p.get("top_prediction_share") is None
              else f"{p['top_prediction_share']:.0%}" + (" degenerate" if p["top_prediction_share"] > DEGENERATE_SHARE
                                                          else ""),
@@ -194,11 +205,14 @@ def not_finished(runs: pd.DataFrame) -> tuple[dict[str, int], pd.DataFrame]:
     return counts, table
 
 
-def best_run(done: pd.DataFrame, metric: str) -> pd.Series | None:
-    trained = done[~done["tags.method"].isin(BASELINES)]
-    if f"metrics.{metric}" not in trained or trained[f"metrics.{metric}"].isna().all():
-        return None
-    return trained.loc[trained[f"metrics.{metric}"].idxmax()]
+def best_run(done: pd.DataFrame, metric: str) -> tuple[pd.Series, bool] | None:
+    """(the trained run with the best development score, True); without development scores (data.dev_size=0),
+    (the best by test score, False): peeking, and said so."""
+    trained = done[~done["tags.method"].isin((*BASELINES, STUDY))]
+    for column, honest in ((f"metrics.{DEV_PREFIX}{metric}", True), (f"metrics.{metric}", False)):
+        if column in trained and not trained[column].isna().all():
+            return trained.loc[trained[column].idxmax()], honest
+    return None
 
 
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
@@ -209,13 +223,15 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
             if not col.startswith("metrics.") or "/" not in col or col.endswith("_stderr"):
                 continue
             value = _num(r, col)
-            task, metric = col[len("metrics."):].split("/", 1)
-            if value is None or task in ("train", "slice", "check", "draw"):
+            name = col[len("metrics."):]
+            split = "development" if name.startswith(DEV_PREFIX) else "test"
+            task, metric = name.removeprefix(DEV_PREFIX).split("/", 1)
+            if value is None or task in ("train", "slice", "check", "draw", "verdict"):
                 continue
             rows.append({
                 "run_id": r["run_id"], "run": _get(r, "tags.mlflow.runName"), "status": r["status"],
                 "method": _get(r, "tags.method"), "model": _get(r, "tags.model"), "sweep_id": _get(r, "tags.sweep_id"),
-                "task": task, "metric": metric, "value": value, "stderr": _num(r, f"{col}_stderr"),
+                "split": split, "task": task, "metric": metric, "value": value, "stderr": _num(r, f"{col}_stderr"),
                 "lora_r": _get(r, "params.lora.r"), "lora_alpha": _get(r, "params.lora.alpha"),
                 "target_modules": _get(r, "params.lora.target_modules"),
                 "trainable_params": _num(r, "metrics.trainable_params"),
@@ -302,9 +318,11 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
                           f"wait for a run to finish, or look at the failed ones in the MLflow UI (`make ui`)")
     counts, unfinished = not_finished(runs)
     scope = f"sweep {sweep_id}" if sweep_id else "all sweeps"
+    comparisons = sweep_verdicts(done)
     rep = Report(
         title=f"Experiment {experiment}: {scope}",
-        intro=[f"{len(runs[runs['tags.method'] != STUDY])} runs in MLflow ({redact(mlflow.get_tracking_uri())}): "
+        intro=[*verdict_lines(done, comparisons),
+               f"{len(runs[runs['tags.method'] != STUDY])} runs in MLflow ({redact(mlflow.get_tracking_uri())}): "
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
                "Each run is compared with (a) the strongest prompt-only or in-context baseline of the same model "
                "and eval.limit, chosen on a development slice of the train split (method=strongest_baseline), and "
@@ -313,13 +331,16 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
                "paired-bootstrap interval. A baseline giving one answer to more than "
                f"{DEGENERATE_SHARE:.0%} of the examples is flagged degenerate.", *band_lines(done)])
     for metric in metrics:
-        rep.tables.append((f"{metric}: every run against the baselines", headline(done, metric), ""))
+        rep.tables.append((f"{metric}: every run against the baselines", headline(done, metric, comparisons), ""))
     panel = baseline_panel(done)
     if panel is not None:
         rep.tables.append(("Baseline variants on the development slice", panel,
-                           "Every prompt-only and in-context variant the strongest baseline was chosen from, scored "
-                           "on examples of the train split (never on the reported ones): mean ± sd over draws of "
-                           "demonstrations."))
+                           "Every prompt-only and in-context variant the strongest baseline was chosen from, raced on "
+                           "the development slice (examples of the train split, never the test ones): mean ± sd over "
+                           "draws of demonstrations, on the examples it was scored on before the race dropped it (if "
+                           "it did). The chosen one is the simplest within one standard error of the leader. The test "
+                           "column (method.search.oracle) scores every variant on the test examples with the same "
+                           "draws: peeking, shown only to see whether the choice transfers."))
     budget = budget_table(done, metrics)
     if budget is not None:
         rep.tables.append(("LoRA budget (Table 5 layout of the LoRA paper)", budget,
@@ -331,14 +352,18 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
     if not unfinished.empty:
         rep.tables.append(("Runs that did not finish", unfinished,
                            "Failed, killed and pruned runs are counted here and left out of the tables above."))
-    best = best_run(done, metrics[0])
-    if best is not None:
+    found = best_run(done, metrics[0])
+    if found is not None:
+        best, honest = found
         command = "-"
         try:
             command = mlflow.artifacts.load_text(f"runs:/{best['run_id']}/command.txt").strip()
         except Exception:  # noqa: BLE001  (an older run without the artifact)
             pass
-        rep.best = [f"{_get(best, 'tags.mlflow.runName')} ({best['run_id']}): {metrics[0]} = "
+        how = (f"chosen by its development score ({DEV_PREFIX}{metrics[0]} = "
+               f"{fmt(_num(best, f'metrics.{DEV_PREFIX}{metrics[0]}'))})" if honest else
+               "the best test score (no development scores recorded, data.dev_size=0: this choice peeks)")
+        rep.best = [f"{_get(best, 'tags.mlflow.runName')} ({best['run_id']}), {how}: test {metrics[0]} = "
                     f"{fmt(_num(best, f'metrics.{metrics[0]}'), _num(best, f'metrics.{metrics[0]}_stderr'))}",
                     "Reproduce it (same config, seed and data; compares every metric):",
                     f"`python reproduce.py {best['run_id']}`", "It was run as:", f"`{command}`"]

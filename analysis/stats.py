@@ -62,17 +62,36 @@ def paired_compare(a: dict, b: dict, n_resamples: int = 2000, seed: int = 0) -> 
 
 
 @functools.lru_cache(maxsize=None)
-def logged_samples(run_id: str) -> dict:
-    """lm-eval's per-example records of a run ({task: [sample, ...]}), read once."""
+def logged_results(run_id: str) -> dict:
+    """lm-eval's results of a run, per-example records included, read once ({} when it has none)."""
     try:
-        return mlflow.artifacts.load_dict(f"runs:/{run_id}/lm_eval_results.json").get("samples", {})
-    except Exception:  # noqa: BLE001  (a run logged without samples: no paired test, no crash)
+        results = mlflow.artifacts.load_dict(f"runs:/{run_id}/lm_eval_results.json")
+    except Exception:  # noqa: BLE001  (a run logged without results: no paired test, no crash)
         return {}
+    return results if isinstance(results, dict) else {}
+
+
+def logged_samples(run_id: str) -> dict:
+    """lm-eval's per-example records of a run ({task: [sample, ...]})."""
+    samples = logged_results(run_id).get("samples", {})
+    return samples if isinstance(samples, dict) else {}
+
+
+def examples_available(run_id: str, task: str) -> int | None:
+    """How many test examples the task has (lm-eval's `n-samples.original`; `eval.limit` scores fewer)."""
+    n = (logged_results(run_id).get("n-samples") or {}).get(task, {})
+    value = n.get("original") if isinstance(n, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def samples(run_id: str, task: str, metric: str) -> dict:
-    """{doc_id: score} of one run on one task."""
-    return {s["doc_id"]: float(s[metric]) for s in logged_samples(run_id).get(task, []) if metric in s}
+    """{doc_id: score} of one run on one task (the store is shared: records that are not an id
+    and a number are left out)."""
+    out = {}
+    for s in logged_samples(run_id).get(task, []):
+        if isinstance(s, dict) and isinstance(s.get("doc_id"), int) and isinstance(s.get(metric), (int, float)):
+            out[s["doc_id"]] = float(s[metric])
+    return out
 
 
 def compare_runs(run_id: str, reference_id: str, task: str, metric: str) -> Paired | None:

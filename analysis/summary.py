@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 import mlflow
 import pandas as pd
 
+from analysis import verdict
+from analysis.stats import examples_available, samples
 from sweep.secrets import guard_output, redact
+from sweep.splits import DEV_PREFIX
+from sweep.tracking import BASELINE_PANEL, is_server, runs_page
 from sweep.tracking import STUDY_METHOD as STUDY
-from sweep.tracking import is_server, runs_page
 
 BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
 STRONGEST = "strongest_baseline"
@@ -174,9 +177,11 @@ def diff(row, ref: pd.Series | None, metric: str) -> str:
     return "-" if a is None or b is None or row["run_id"] == ref["run_id"] else f"{a - b:+.3f}"
 
 
-def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
+def comparison_table(runs: pd.DataFrame, comparisons: list[verdict.Comparison] = ()) -> pd.DataFrame:
     metrics, rows = main_metrics(runs), []
     refs = {m: references(runs, m) for m in metrics}
+    dev = {m for m in metrics if f"metrics.{DEV_PREFIX}{m}" in runs}
+    verdicts = {(c.run_id, c.metric): c for c in comparisons}
     for _, r in runs.iterrows():
         method = r.get("tags.method")
         row = {
@@ -189,11 +194,15 @@ def comparison_table(runs: pd.DataFrame) -> pd.DataFrame:
         }
         notes = []
         for m in metrics:
+            if m in dev:
+                row[f"{DEV_PREFIX}{m}"] = fmt(value(r, f"metrics.{DEV_PREFIX}{m}"))
             row[m] = fmt(value(r, f"metrics.{m}"), value(r, f"metrics.{m}_stderr"))
             ref = refs[m].get(group_key(r), References())
             suffix = "" if len(metrics) == 1 else f" ({m})"
             row[f"vs strongest{suffix}"] = diff(r, ref.strongest, m)
             row[f"vs zero-shot{suffix}"] = diff(r, ref.zero_shot.get(template(r)), m) if method not in BASELINES else "-"
+            if comparisons:
+                row[f"verdict{suffix}"] = short_verdict(verdicts.get((r["run_id"], m)))
             notes.append(degenerate(r, m))
         trainable = value(r, "metrics.trainable_params")
         row["trainable params"] = f"{int(trainable):,}" if trainable is not None else "-"
@@ -221,6 +230,104 @@ def band_lines(runs: pd.DataFrame) -> list[str]:
     return lines
 
 
+def short_verdict(c: verdict.Comparison | None) -> str:
+    if c is None:
+        return "-"
+    return f"inconclusive (+{c.more_examples:,})" if c.more_examples else c.verdict
+
+
+def is_adapter(row) -> bool:
+    """A finished run that trained something (not a baseline, not an Optuna study's parent run)."""
+    return row.get("status") == "FINISHED" and row.get("tags.method") not in (*BASELINES, STUDY)
+
+
+def margin_of(row) -> float:
+    return value(row, "params.eval.margin") if value(row, "params.eval.margin") is not None else verdict.DEFAULT_MARGIN
+
+
+def sweep_verdicts(runs: pd.DataFrame) -> list[verdict.Comparison]:
+    """Every finished adapter against the strongest baseline of its model and eval.limit, on each
+    task's headline metric, Holm-corrected as one family (analysis/verdict.py)."""
+    family = []
+    for m in main_metrics(runs):
+        task, name = m.split("/", 1)
+        refs = references(runs, m)
+        for _, r in runs.iterrows():
+            strongest = refs.get(group_key(r), References()).strongest
+            if not is_adapter(r) or strongest is None or value(r, f"metrics.{m}") is None:
+                continue
+            c = verdict.compare(r["run_id"], r.get("tags.mlflow.runName"), m, strongest.get("tags.mlflow.runName"),
+                                samples(r["run_id"], task, name), samples(strongest["run_id"], task, name),
+                                margin_of(r), examples_available(strongest["run_id"], task))
+            family += [c] if c is not None else []
+    return verdict.corrected(family)
+
+
+def best_by_dev(runs: pd.DataFrame, metric: str) -> pd.Series | None:
+    """The finished adapter with the best development score: the sweep's choice, made without the test examples."""
+    scored = [(value(r, f"metrics.{DEV_PREFIX}{metric}"), i) for i, r in runs.iterrows() if is_adapter(r)]
+    scored = [(v, i) for v, i in scored if v is not None]
+    return runs.loc[max(scored)[1]] if scored else None
+
+
+def oracle(runs: pd.DataFrame, metric: str) -> tuple[str, float] | None:
+    """Peeking, for comparison only: the best baseline variant measured on the test examples
+    themselves (the strongest baseline's panel scored by its oracle, and every baseline run)."""
+    candidates = {}
+    for refs in references(runs, metric).values():
+        candidates |= refs.variants
+        if refs.strongest is not None:
+            candidates |= panel_test_scores(refs.strongest["run_id"], metric)
+    return max(candidates.items(), key=lambda kv: kv[1]) if candidates else None
+
+
+def panel_test_scores(run_id: str, metric: str) -> dict[str, float]:
+    """{variant: test score} from a strongest baseline's panel, when its oracle ran (the store is
+    shared: anything but a name and a number is ignored)."""
+    try:
+        panel = mlflow.artifacts.load_dict(f"runs:/{run_id}/{BASELINE_PANEL}")
+    except Exception:  # noqa: BLE001  (an older run without it)
+        return {}
+    task, name = metric.split("/", 1)
+    rows = panel.get("variants", []) if isinstance(panel, dict) else []
+    return {r["variant"]: float(r["test_mean"]) for r in rows if isinstance(r, dict) and r.get("task") == task
+            and r.get("metric") == name and isinstance(r.get("variant"), str)
+            and isinstance(r.get("test_mean"), (int, float))}
+
+
+def verdict_lines(runs: pd.DataFrame, comparisons: list[verdict.Comparison]) -> list[str]:
+    """Per task: each adapter's verdict, the configuration the development scores choose and its
+    test score, and (labelled as peeking) the best baseline variant on the test examples."""
+    lines = []
+    for m in main_metrics(runs):
+        family = [c for c in comparisons if c.metric == m]
+        if family:
+            lines.append(f"Verdict on {m} (test examples, each adapter vs the strongest baseline; p-values "
+                         f"Holm-corrected over the {family[0].family} comparisons; margin ±{family[0].margin:g}):")
+            lines += [f"  {c.run}: {c.sentence()}" for c in family]
+        best = best_by_dev(runs, m)
+        chosen = next((c for c in family if best is not None and c.run_id == best["run_id"]), None)
+        if chosen is not None:
+            lines.append(f"  Chosen by development score: {chosen.run} ({DEV_PREFIX}{m} "
+                         f"{value(best, f'metrics.{DEV_PREFIX}{m}'):.3f}), test {value(best, f'metrics.{m}'):.3f}: "
+                         f"{chosen.verdict}")
+        lines += peeking_line(runs, m)
+    return lines
+
+
+def peeking_line(runs: pd.DataFrame, metric: str) -> list[str]:
+    """How far the honestly chosen baseline is from the best variant on the test examples (an oracle)."""
+    groups = references(runs, metric)
+    strongest = next(iter(groups.values())).strongest if groups else None
+    peek = oracle(runs, metric)
+    if peek is None or strongest is None:
+        return []
+    honest = value(strongest, f"metrics.{metric}")
+    return [f"  Peeking (not a result): the best baseline variant measured on the test examples themselves is "
+            f"{peek[0]} ({peek[1]:.3f}); the baseline chosen on development data scored {honest:.3f} there "
+            f"({peek[1] - honest:.3f} below that oracle)"]
+
+
 def latest_sweep_id(experiment: str) -> str:
     runs = search_runs(experiment)
     if runs.empty:
@@ -228,15 +335,29 @@ def latest_sweep_id(experiment: str) -> str:
     return runs.iloc[-1]["tags.sweep_id"]
 
 
-def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None) -> str:
-    """The comparison table of one sweep (None: the experiment's latest)."""
+def record_verdicts(comparisons: list[verdict.Comparison]) -> None:
+    """Each adapter run's verdicts as its tags (`verdict.<task>/<metric>`) and metrics (verdict/...)."""
+    client = mlflow.MlflowClient()
+    for c in comparisons:
+        for key, text in verdict.tags_of(c).items():
+            client.set_tag(c.run_id, key, text)
+        for key, number in verdict.metrics_of(c).items():
+            client.log_metric(c.run_id, key, number)
+
+
+def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None, record: bool = False) -> str:
+    """The comparison table of one sweep (None: the experiment's latest); `record`: the verdicts
+    also into the adapter runs (the end of a sweep does)."""
     mlflow.set_tracking_uri(tracking_uri)
     sweep_id = sweep_id or latest_sweep_id(experiment)
     runs = sweep_runs(experiment, sweep_id)
     if runs.empty:
         return f"No runs recorded for sweep {sweep_id} in experiment {experiment!r}."
-    table = comparison_table(runs).to_string(index=False)
-    bands = "\n".join(band_lines(runs))
+    comparisons = sweep_verdicts(runs)
+    if record:
+        record_verdicts(comparisons)
+    table = comparison_table(runs, comparisons).to_string(index=False)
+    bands = "\n".join(band_lines(runs) + verdict_lines(runs, comparisons))
     page = runs_page(tracking_uri, runs.iloc[0]["experiment_id"])
     return (f"\nSweep {sweep_id} — experiment {experiment!r} ({redact(tracking_uri)})\n{table}\n{bands}\n"
             f"Runs in the MLflow UI{'' if is_server(tracking_uri) else ' (make ui)'}: {page}\n")

@@ -11,6 +11,9 @@ bench/results.md (or --out).
                       zero-shot vs k-shot cost per example (prefix-cached, and lm-eval's own HFLM)
    baseline panel     3 templates x {0-shot, 4-shot x 3 draws}, calibrated (so both variants), on
                       `panel_examples` SST-2 examples: lm-eval's HFLM vs the prefix-cached scorer
+   strongest search   the strongest baseline's search (18 variants): every variant on the whole
+                      development slice (the protocol before the race: 200 examples, p_threshold=0)
+                      vs the race (sweep/race.py) on twice as many: seconds, and what each chose
 4. padding waste      pad fraction and tokens/s, random vs length-grouped batches
    training features  tokens/s with and without the answer-only LM head, and bf16 autocast
 5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner on the same
@@ -63,12 +66,12 @@ FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "
         "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
         "panel_examples": 872, "team_trials": 8, "team_steps": 4, "memory_steps": 4,
         "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8,
-        "kl_batch_size": 32}
+        "kl_batch_size": 32, "search_dev": (200, 400), "search_startup": 50}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "grid_space": {"lora.r": "2,8", "train.lr": "1e-4,1e-3"}, "optuna_trials": 2, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
          "team_trials": 2, "team_steps": 2, "memory_steps": 2,
          "memory_methods": "zero_shot,lora", "memory_tasks": "sst2", "rl_steps": 1,
-         "kl_batch_size": 8}  # (the old KL pass at 32 rows of the longest seed task holds 9 GB: too much beside other tests)
+         "kl_batch_size": 8, "search_dev": (16, 32), "search_startup": 4}  # (the old KL pass at 32 rows of the longest seed task holds 9 GB: too much beside other tests)
 
 
 # The sweeps of the compute and team benchmarks run their jobs in the sweep's process, as when these
@@ -266,6 +269,32 @@ class Bench:
                 "4_shot_vs_zero_shot": {label: mean[f"{label}/k4"] / mean[f"{label}/k0"]
                                         for label in ("lm_eval_hflm", "prefix_cached")},
                 "target": "4-shot at most 1.5x zero-shot per example (prefix_cached)"}
+
+    def strongest_search(self) -> dict:
+        """The strongest baseline's search without the race on `search_dev[0]` development examples vs
+        with it on `search_dev[1]`: the race must spend no more time on twice the examples."""
+        from sweep.baselines import Search, strongest
+        from sweep.evaluate import Prompting, make_lm
+        from sweep.models import load_model_and_tokenizer
+        from sweep.scoring import eval_tasks
+
+        small, large = self.p["search_dev"]
+        cfg = self.cfg("method=strongest_baseline")
+        lm = make_lm(*load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed), cfg.eval.batch_size)
+        out = {}
+        for label, dev, p_threshold in (("full_search", small, 0.0), ("race", large, 0.05)):
+            cfg = self.cfg("method=strongest_baseline", f"data.dev_size={dev}", f"method.search.p_threshold={p_threshold}",
+                           f"method.search.n_startup_steps={self.p['search_startup']}", "method.search.oracle=false")
+            search = Search(cfg.method.search, lambda k, cfg=cfg: Prompting.from_config(cfg, k), dev,
+                            self.p["eval_limit"], False)
+            start = time.perf_counter()
+            choice = strongest(search, lm, lambda template, cfg=cfg: eval_tasks(cfg, template))
+            dropped = [r["variant"] for r in choice.panel if r["pruned_at"]]
+            out[label] = {"dev_examples": dev, "seconds": time.perf_counter() - start, "chosen": choice.best.label(),
+                          "dev_score": choice.dev_metrics["dev/sst2/acc"], "test_score": choice.scores.metrics["sst2/acc"],
+                          "variants_dropped": len(dropped)}
+        return out | {"race_vs_full_time": out["race"]["seconds"] / out["full_search"]["seconds"],
+                      "target": "the race on twice the development examples takes no longer (ratio <= 1)"}
 
     # 4 -------------------------------------------------------------------------------------------
     def padding(self) -> dict:
@@ -551,7 +580,8 @@ def main(argv=None) -> int:
         params["panel_examples"] = a.panel_examples
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = ["harness_overhead", "model_startup", "scoring", "baseline_panel", "padding", "training_features",
+    names = ["harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
+             "training_features",
              "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl"]
     results = {"machine": machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
                "params": params, "benchmarks": {}}

@@ -30,9 +30,10 @@ from sweep.data import sha256
 log = logging.getLogger(__name__)
 
 RESULTS = "lm_eval_results.json"
-REUSED_ARTIFACTS = (RESULTS, "baseline_panel.json", tracking.JUDGED_REPLIES)
+REUSED_ARTIFACTS = (RESULTS, tracking.BASELINE_PANEL, tracking.JUDGED_REPLIES, tracking.DEV_JUDGED_REPLIES)
 # The harness's own scoring code: a change to any of these scores differently, so it is in the key.
-SCORING_CODE = ("evaluate.py", "fewshot.py", "calibration.py", "prefix_cache.py", "baselines.py")
+SCORING_CODE = ("evaluate.py", "fewshot.py", "calibration.py", "prefix_cache.py", "baselines.py", "race.py",
+                "splits.py", "scoring.py")
 LIBRARIES = ("lm-eval", "transformers", "torch")  # whose versions score (a new release may change numerics)
 
 
@@ -54,6 +55,7 @@ def cache_key(cfg: DictConfig, task_manager, files: list[Path], judge=None) -> s
         "prompting": dataclasses.asdict(Prompting.from_config(cfg)),
         "search": OmegaConf.to_container(search) if search is not None else None,
         "limit": cfg.eval.limit,
+        "dev_size": cfg.data.dev_size,  # (the development slice: its scores, and the pool of demonstrations)
         "seed": cfg.seed,
         "versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
         "scoring_code": {name: sha256(Path(__file__).parent / name) for name in SCORING_CODE},

@@ -3,23 +3,22 @@
 "Did fine-tuning pay off?" is only answered honestly against the best a frozen model can do with
 prompting alone, and "best" must not be picked on the examples the answer is reported on (the
 maximum of many variants on one split is biased upward). So every variant of `method.search`
-(template x k x sampler x calibration) is scored on a development slice: a seeded sample of the
-train split, without any example whose prompt text also occurs in the reported split, and never
-used as a demonstration. The variant with the best mean over its draws is then scored once on the
-reported split, exactly as the equivalent `method=zero_shot|few_shot` run would score it.
+(template x k x sampler x calibration) is raced on the development slice (sweep/splits.py,
+sweep/race.py), the choice prefers the simpler variant unless a more complex one is better by more
+than its uncertainty, and the chosen variant is scored once on the test examples with exactly the
+demonstrations it was chosen with, as the equivalent `method=zero_shot|few_shot` run scores it.
 """
 
 from __future__ import annotations
 
-import copy
 import itertools
 import logging
-import random
-import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from omegaconf import DictConfig
 
+from sweep import race, splits
 from sweep.config import DEFAULT_TEMPLATE, ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,48 +65,13 @@ def variants(search: DictConfig) -> list[Variant]:
     return sorted(out, key=lambda v: (v.num_fewshot, v.calibrate, v.template != DEFAULT_TEMPLATE))
 
 
-def text_of(task, doc) -> str:
-    return str(task.doc_to_text(doc))
-
-
-def dev_indices(task, size: int, seed: int) -> list[int]:
-    """`size` seeded indices into the task's train split whose prompt text does not occur in the
-    reported split (SST-2's train split repeats some of its validation sentences)."""
-    split = task.config.training_split
-    if not split or split in (task.config.validation_split, task.config.test_split):
-        raise ConfigError(f"method=strongest_baseline: task {task.config.task} has no train split apart from the "
-                          f"split it reports on, so there is nowhere to carve a development slice from")
-    train, reported = task.dataset[split], {text_of(task, d) for d in task.eval_docs}
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    picked = []
-    for i in order:
-        if text_of(task, train[i]) not in reported:
-            picked.append(i)
-            if len(picked) == size:
-                return sorted(picked)
-    raise ConfigError(f"method.search.dev_size={size} is larger than task {task.config.task}'s train split can give "
-                      f"({len(picked)} examples not in the reported split); lower it")
-
-
-def dev_task(task, indices: list[int]):
-    """A shallow copy of `task` that reports on the development slice (split `dev`)."""
-    import datasets
-
-    dev = copy.copy(task)
-    dev._config = copy.copy(task.config)
-    dev._config.validation_split, dev._config.test_split = "dev", None
-    dev.dataset = datasets.DatasetDict({**task.dataset, "dev": task.dataset[task.config.training_split].select(indices)})
-    return dev
-
-
-def demonstration_pool(task, indices: list[int]) -> list[dict]:
-    """The few-shot pool without the development slice."""
-    docs = list(task.fewshot_docs())
-    if (task.config.fewshot_split or task.config.training_split) != task.config.training_split:
-        return docs
-    dev = set(indices)
-    return [d for i, d in enumerate(docs) if i not in dev]
+def units(search: DictConfig) -> list[list[Variant]]:
+    """The variants grouped by scoring pass (template, k, sampler: calibrated or not, one pass gives
+    both), in the order of their simplest variant."""
+    groups: dict[tuple, list[Variant]] = {}
+    for v in variants(search):
+        groups.setdefault((v.template, v.num_fewshot, v.fewshot_sampler), []).append(v)
+    return list(groups.values())
 
 
 def headline(task) -> str:
@@ -118,62 +82,162 @@ def headline(task) -> str:
 @dataclass
 class Choice:
     best: Variant
-    panel: list[dict]     # one row per variant and task: dev mean, sd over draws
-    scores: object        # evaluate.Scores of the best variant on the reported split
+    panel: list[dict]     # one row per variant and task: dev mean, sd over draws, where the race dropped it
+    scores: object        # evaluate.Scores of the best variant on the test examples
+    dev_metrics: dict[str, float]  # its development scores: dev/<task>/<metric>
+    demonstrations: list  # the draws it was chosen with and reported with (per draw: {task: docs})
 
 
-def strongest(cfg: DictConfig, lm, load_tasks) -> Choice:
-    """Search the variants on the development slice, then score the best on the reported split.
+@dataclass(frozen=True)
+class Search:
+    """What the strongest-baseline search needs besides the model: `method.search`, the prompting
+    at k demonstrations as the run's eval settings give it (`prompting_of(k)`: draws, content-free
+    inputs, seed) and the roles of the examples."""
+    space: DictConfig
+    prompting_of: Callable[[int], object]  # k -> evaluate.Prompting
+    dev_size: int
+    limit: int | None
+    log_samples: bool
+
+    def unit_prompting(self, unit: list[Variant]):
+        """The prompting of one scoring pass: fixed draws, calibrated when any of its variants is."""
+        v = unit[0]
+        prompting = replace(self.prompting_of(v.num_fewshot), per_example=False, calibrate=any(u.calibrate for u in unit))
+        return replace(prompting, sampler=v.fewshot_sampler) if v.num_fewshot else prompting
+
+
+class Templates:
+    """Each searched template's tasks, loaded once, with the development slices and the pool of
+    demonstrations (the slices are carved once: every template sees the same examples)."""
+
+    def __init__(self, load_tasks, dev_size: int):
+        self.load_tasks, self.dev_size, self.slices, self.loaded = load_tasks, dev_size, None, {}
+
+    def __call__(self, template: str):
+        if template not in self.loaded:
+            tm, tasks = self.load_tasks(template)
+            if self.slices is None:
+                self.slices = splits.dev_slices(tasks, self.dev_size)
+                missing = [n for n in tasks if not self.slices.get(n)]
+                if missing:
+                    raise ConfigError(f"method=strongest_baseline chooses on a development slice, and task {missing[0]} "
+                                      f"has none (data.dev_size={self.dev_size}); set data.dev_size > 0, or score "
+                                      f"that task with method=zero_shot|few_shot")
+            pools = {n: splits.demonstration_pool(t, self.slices[n]) for n, t in tasks.items()}
+            self.loaded[template] = tm, tasks, pools
+        return self.loaded[template]
+
+
+def strongest(search: Search, lm, load_tasks) -> Choice:
+    """Race the variants on the development slice, choose one accounting for noise (sweep/race.py),
+    then score it once on the test examples with the very demonstrations it was chosen with.
     `load_tasks(template)` -> (task manager, {task name: task}) of the eval tasks."""
-    from sweep.evaluate import Prompting, score
+    from sweep.evaluate import draw_demonstrations, score
 
-    search = cfg.method.search
-    indices, panel = {}, []
-    means: dict[Variant, float] = {}
-    for template in dict.fromkeys(search.template):
-        tm, tasks = load_tasks(template)
-        for name, task in tasks.items():
-            indices.setdefault(name, dev_indices(task, search.dev_size, cfg.seed))
-        devs = {n: dev_task(t, indices[n]) for n, t in tasks.items()}
-        pools = {n: demonstration_pool(t, indices[n]) for n, t in tasks.items()}
-        passes: dict[tuple, list[Variant]] = {}  # calibrated or not: one scoring pass gives both
-        for v in variants(search):
-            if v.template == template:
-                passes.setdefault((v.num_fewshot, v.fewshot_sampler), []).append(v)
-        for (k, sampler), group in passes.items():
-            prompting = replace(Prompting.from_config(cfg, k), sampler=sampler, per_example=False,
-                                calibrate=any(v.calibrate for v in group))
-            log.info("strongest baseline: scoring %s on %d development examples",
-                     ", ".join(v.label() for v in group), search.dev_size)
-            scores = score(lm, tm, devs, prompting, limit=None, log_samples=False, pools=pools)
-            for v in group:
-                rows = [dev_row(v, name, headline(devs[name]), scores, prompting.calibrate) for name in devs]
-                panel += rows
-                means[v] = statistics.fmean(r["dev_mean"] for r in rows)
-    ordered = variants(search)  # simplest first: a tie goes to the simpler variant
-    best = max(ordered, key=means.__getitem__)
-    position = {v.label(): i for i, v in enumerate(ordered)}
-    panel.sort(key=lambda row: position[row["variant"]])
-    log.info("strongest baseline on the development slice: %s (%.4f)", best.label(), means[best])
-    tm, tasks = load_tasks(best.template)
-    final = replace(Prompting.from_config(cfg, best.num_fewshot), sampler=best.fewshot_sampler, per_example=False,
-                    calibrate=best.calibrate)
-    scores = score(lm, tm, tasks, final, cfg.eval.limit, cfg.eval.log_samples)
-    for row in panel:
-        row["chosen"] = row["variant"] == best.label()
-    return Choice(best, panel, scores)
+    templates = Templates(load_tasks, search.dev_size)
+    draws: dict[int, list] = {}
+
+    def demonstrations(i: int, unit: list[Variant]) -> list:
+        if i not in draws:
+            _, tasks, pools = templates(unit[0].template)
+            draws[i] = draw_demonstrations(tasks, search.unit_prompting(unit), pools)
+        return draws[i]
+
+    ordered = units(search.space)
+    index = {id(u): i for i, u in enumerate(ordered)}
+
+    def score_prefix(unit, start, stop):
+        tm, tasks, pools = templates(unit[0].template)
+        chunk = {n: splits.dev_task(t, templates.slices[n][start:stop]) for n, t in tasks.items()}
+        scores = score(lm, tm, chunk, search.unit_prompting(unit), None, log_samples=True, pools=pools,
+                       demonstrations=demonstrations(index[id(unit)], unit))
+        return {v: per_example(scores.results, chunk, v, calibrated_pass=any(u.calibrate for u in unit))
+                for v in unit}
+
+    n_tasks = len(templates(ordered[0][0].template)[1])
+    log.info("strongest baseline: racing %d variants on %d development examples per task",
+             sum(map(len, ordered)), search.dev_size)
+    raced = race.race(ordered, score_prefix, search.dev_size, n_tasks, search.space.p_threshold,
+                      search.space.n_startup_steps)
+    chosen = race.choose([r for r in raced if r.complete])
+    best = chosen.variant
+    unit_of = next(u for u in ordered if best in u)
+    log.info("strongest baseline on the development slice: %s (%.4f; leader %s)", best.label(), chosen.mean(),
+             max((r for r in raced if r.complete), key=race.Raced.mean).variant.label())
+    tm, tasks, pools = templates(best.template)
+    final = replace(search.unit_prompting(unit_of), calibrate=best.calibrate)
+    shown = demonstrations(index[id(unit_of)], unit_of)
+    scores = score(lm, tm, tasks, final, search.limit, search.log_samples, pools=pools, demonstrations=shown)
+    panel = panel_rows(raced, tasks, chosen)
+    if search.space.oracle:
+        oracle_scores(panel, ordered, tasks, search, lm, templates, demonstrations, index)
+    dev = dev_metrics(chosen, tasks)
+    return Choice(best, panel, scores, dev, shown)
 
 
-def dev_row(v: Variant, task: str, metric: str, scores, calibrated_pass: bool) -> dict:
-    """The variant's dev score: a calibrated pass holds both the calibrated `acc` and lm-eval's own
-    `acc_uncalibrated`."""
+def per_example(results: dict, tasks: dict, v: Variant, calibrated_pass: bool) -> tuple[list, list]:
+    """(by_draw, predictions) of variant `v` from a pass's samples, the tasks one after the other:
+    a calibrated pass holds both the calibrated scores and lm-eval's own (`_uncalibrated`)."""
     suffix = "_uncalibrated" if calibrated_pass and not v.calibrate else ""
-    m = scores.metrics
-    return {"variant": v.label(), "template": v.template, "num_fewshot": v.num_fewshot,
-            "fewshot_sampler": v.fewshot_sampler if v.num_fewshot else "-", "calibrate": v.calibrate,
-            "task": task, "metric": metric, "dev_mean": m[f"{task}/{metric}{suffix}"],
-            "dev_draw_sd": m.get(f"{task}/{metric}{suffix}_draw_sd"),
-            "top_prediction_share": m.get(f"{task}/top_prediction_share{suffix}")}
+    by_draw, predictions = [], []
+    for name, task in tasks.items():
+        metric = headline(task) + suffix
+        samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
+        scores = [s.get(f"{metric}_by_draw", [s[metric]]) for s in samples]
+        preds = [s.get(f"prediction{suffix}_by_draw", [s.get(f"prediction{suffix}")]) for s in samples]
+        by_draw = [a + list(b) for a, b in zip(by_draw, zip(*scores))] if by_draw else [list(d) for d in zip(*scores)]
+        predictions = [a + list(b) for a, b in zip(predictions, zip(*preds))] if predictions \
+            else [list(p) for p in zip(*preds)]
+    return by_draw, predictions
+
+
+def dev_metrics(chosen: race.Raced, tasks: dict) -> dict[str, float]:
+    """The chosen variant's development score per task (dev/<task>/<metric>) and its spread over draws."""
+    out = {}
+    for t, (name, task) in enumerate(tasks.items()):
+        part, key = chosen.task(t), splits.dev_name(name) + "/" + headline(task)
+        out[key] = part.mean()
+        if len(part.by_draw) > 1:
+            out[f"{key}_draw_sd"] = part.draw_sd()
+    return out
+
+
+def panel_rows(raced: list[race.Raced], tasks: dict, chosen: race.Raced) -> list[dict]:
+    """One row per variant and task: its development mean (on the examples it was scored on before
+    the race dropped it, if it did), spread over draws, top-answer share, and whether it was chosen."""
+    rows = []
+    for r in raced:
+        v = r.variant
+        for t, (name, task) in enumerate(tasks.items()):
+            part = r.task(t)
+            rows.append({"variant": v.label(), "template": v.template, "num_fewshot": v.num_fewshot,
+                         "fewshot_sampler": v.fewshot_sampler if v.num_fewshot else "-", "calibrate": v.calibrate,
+                         "task": name, "metric": headline(task), "dev_mean": part.mean(), "dev_n": part.n,
+                         "dev_draw_sd": part.draw_sd() if len(part.by_draw) > 1 else None,
+                         "top_prediction_share": part.top_share(), "pruned_at": r.pruned_at,
+                         "chosen": r is chosen})
+    return rows
+
+
+def oracle_scores(panel: list[dict], ordered: list[list[Variant]], tasks: dict, search: Search, lm, templates,
+                  demonstrations, index: dict) -> None:
+    """method.search.oracle: every variant scored on the test examples too (its draws as on the
+    development slice), into the panel as `test_mean`. Peeking, for the report's comparison with
+    the honest choice; nothing reads it to choose."""
+    from sweep.evaluate import score
+
+    rows = {(row["variant"], row["task"]): row for row in panel}
+    for unit in ordered:
+        tm, unit_tasks, pools = templates(unit[0].template)
+        calibrated = any(v.calibrate for v in unit)
+        scores = score(lm, tm, unit_tasks, search.unit_prompting(unit), search.limit, log_samples=False, pools=pools,
+                       demonstrations=demonstrations(index[id(unit)], unit))
+        for v in unit:
+            suffix = "_uncalibrated" if calibrated and not v.calibrate else ""
+            for name in tasks:
+                rows[(v.label(), name)]["test_mean"] = scores.metrics[f"{name}/{headline(unit_tasks[name])}{suffix}"]
+        log.info("strongest baseline (oracle, peeking): %s", ", ".join(
+            f"{v.label()} {rows[(v.label(), n)]['test_mean']:.4f}" for v in unit for n in tasks))
 
 
 def check_search(cfg: DictConfig, tm) -> None:

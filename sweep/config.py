@@ -127,6 +127,9 @@ def validate(cfg: DictConfig) -> None:
         mts = cfg.data.max_train_samples
         _require(mts is None or (_is_int(mts) and mts > 0), "data.max_train_samples", mts,
                  "must be a positive integer or null (all)")
+        _require(not cfg.eval.every_steps or cfg.data.dev_size, "eval.every_steps", cfg.eval.every_steps,
+                 "scores the development slice during training, and data.dev_size=0 carves none: "
+                 "set data.dev_size (e.g. 200) or eval.every_steps=null")
         validate_mix(cfg.data)
     if m.peft == "lora":
         validate_lora(cfg.lora)
@@ -145,6 +148,10 @@ def validate(cfg: DictConfig) -> None:
              "must be an integer >= 0")
     _require(e.limit is None or (_is_int(e.limit) and e.limit > 0), "eval.limit", e.limit,
              "must be a positive integer or null (score every example)")
+    _require(_is_int(cfg.data.dev_size) and cfg.data.dev_size >= 0, "data.dev_size", cfg.data.dev_size,
+             "must be an integer >= 0 (development examples carved from the train split; 0: none)")
+    _require(_is_number(e.margin) and 0 <= e.margin < 1, "eval.margin", e.margin,
+             "must be a number in [0, 1), the smallest difference that matters, e.g. eval.margin=0.01")
     _require(e.pairs is None or (_is_int(e.pairs) and e.pairs > 0), "eval.pairs", e.pairs,
              "must be a positive integer or null (every validation pair)")
     _require(_is_int(e.batch_size) and e.batch_size > 0, "eval.batch_size", e.batch_size, "must be a positive integer")
@@ -155,6 +162,8 @@ def validate(cfg: DictConfig) -> None:
     validate_prompting(e)
     if m.name == "strongest_baseline":
         validate_baseline_search(m.search)
+        _require(cfg.data.dev_size > 0, "data.dev_size", cfg.data.dev_size,
+                 "method=strongest_baseline chooses on the development slice: set data.dev_size > 0, e.g. 200")
     validate_stage(cfg)
     for p in e.include_paths:
         _require(Path(p).is_dir(), "eval.include_paths", p, "each entry must be an existing folder of task YAMLs")
@@ -190,8 +199,11 @@ def validate_baseline_search(search: DictConfig) -> None:
     non_empty_list("fewshot_sampler", lambda v: v in FEWSHOT_SAMPLERS,
                    f"must be a non-empty list of {', '.join(FEWSHOT_SAMPLERS)}")
     non_empty_list("calibrate", lambda v: isinstance(v, bool), "must be a non-empty list of true/false")
-    _require(_is_int(search.dev_size) and search.dev_size > 0, "method.search.dev_size", search.dev_size,
-             "must be a positive integer (examples carved from the train split)")
+    _require(_is_number(search.p_threshold) and 0 <= search.p_threshold <= 1, "method.search.p_threshold",
+             search.p_threshold, "must be a p-value in [0, 1] (0: the race drops nothing)")
+    _require(_is_int(search.n_startup_steps) and search.n_startup_steps > 1, "method.search.n_startup_steps",
+             search.n_startup_steps, "must be an integer > 1 (development examples before a variant can be dropped)")
+    _require(isinstance(search.oracle, bool), "method.search.oracle", search.oracle, "must be true or false")
 
 
 def _run_id_or_null(key: str, value) -> None:

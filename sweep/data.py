@@ -42,18 +42,22 @@ def render_pair(task, doc: dict, chat_template=None) -> tuple[str, str]:
 
 
 def training_pairs(task, split: str, max_samples: int | None, seed: int, chat_template=None,
-                   generated: list[dict] | None = None, mix: float = 0.0) -> list[tuple[str, str]]:
+                   generated: list[dict] | None = None, mix: float = 0.0,
+                   exclude: set[int] = frozenset()) -> list[tuple[str, str]]:
     """A seeded random subset (or all) of a task split, rendered to (context, answer) pairs;
-    with `generated` documents, a seeded mix of both (`mix`: the generated share)."""
+    with `generated` documents, a seeded mix of both (`mix`: the generated share). `exclude`:
+    indices never trained on (the development slice)."""
     if split not in task.dataset:
         raise ConfigError(f"data.train_split={split!r}: task {task.config.task} has splits {', '.join(task.dataset)}")
     docs = task.dataset[split]
     if len(docs) == 0:
         raise ConfigError(f"data.train_split={split!r} of task {task.config.task} is empty")
     if generated is not None:
-        return [render_pair(task, doc, chat_template) for doc in mixed_docs(list(docs), generated, mix, max_samples, seed)]
+        hand = [d for i, d in enumerate(docs) if i not in exclude]
+        return [render_pair(task, doc, chat_template) for doc in mixed_docs(hand, generated, mix, max_samples, seed)]
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
+    order = [i for i in order if i not in exclude]
     if max_samples:
         order = order[:max_samples]
     return [render_pair(task, docs[i], chat_template) for i in order]
@@ -93,13 +97,13 @@ def tokenize_pairs(pairs, encode_pair, max_length: int, eos_id: int | None = Non
 
 
 def build_train_dataset(task, data_cfg: DictConfig, lm, max_length: int, seed: int, chat: bool = False,
-                        generated: list[dict] | None = None):
+                        generated: list[dict] | None = None, exclude: set[int] = frozenset()):
     """A datasets.Dataset of tokenized training examples for `task` (`chat`: its template is a chat
-    one; `generated`: documents to mix in at `data.mix`)."""
+    one; `generated`: documents to mix in at `data.mix`; `exclude`: indices never trained on)."""
     import datasets
 
     pairs = training_pairs(task, data_cfg.train_split, data_cfg.max_train_samples, seed,
-                           lm.apply_chat_template if chat else None, generated, data_cfg.get("mix", 0.0))
+                           lm.apply_chat_template if chat else None, generated, data_cfg.get("mix", 0.0), exclude)
     if task.OUTPUT_TYPE == "generate_until":  # learn the reply and to stop, after the prompt as generation sees it
         return datasets.Dataset.from_list(tokenize_pairs(pairs, generation_encoder(lm), max_length,
                                                          lm.tokenizer.eos_token_id))

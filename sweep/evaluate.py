@@ -193,18 +193,42 @@ class Scores:
     by_draw: list[dict[str, float]] = field(default_factory=list)  # each draw's metrics (several draws)
 
 
+def draw_demonstrations(tasks: dict, prompting: Prompting, pools: dict[str, list[dict]] | None = None
+                        ) -> list[dict[str, list[dict]]]:
+    """Each draw's fixed demonstrations per task, drawn from `pools` (default: each task's few-shot
+    split); [] without demonstrations or with lm-eval's per-example sampling. Passed to `score`,
+    they make a development pass and a test pass prompt with exactly the same demonstrations."""
+    if not prompting.num_fewshot or prompting.per_example:
+        return []
+    pools = demonstration_pools(tasks, pools)
+    return [{name: fewshot.draw(prompting.sampler, pools[name], prompting.num_fewshot, task.doc_to_target,
+                                fewshot.draw_seed(prompting.seed, d)) for name, task in tasks.items()}
+            for d in range(prompting.draws)]
+
+
+def demonstration_pools(tasks: dict, pools: dict[str, list[dict]] | None) -> dict[str, list[dict]]:
+    """`pools`, completed with each other task's few-shot split (read once: it can hold tens of
+    thousands of examples)."""
+    return {n: (pools or {}).get(n) or list(t.fewshot_docs()) for n, t in tasks.items()}
+
+
 def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samples: bool,
-          pools: dict[str, list[dict]] | None = None) -> Scores:
+          pools: dict[str, list[dict]] | None = None,
+          demonstrations: list[dict[str, list[dict]]] | None = None) -> Scores:
     """Score `tasks` ({task name: lm-eval task}) once per draw and combine the draws.
 
-    `pools`: the demonstrations to draw from per task (default: the task's few-shot split)."""
+    `pools`: the demonstrations to draw from per task (default: the task's few-shot split);
+    `demonstrations`: each draw's fixed demonstrations (`draw_demonstrations`), drawn here when
+    not given."""
     from lm_eval import simple_evaluate
 
     prompting.check(tasks)
     chat = uses_chat_template(tasks)
     needs_samples = log_samples or prompting.draws > 1 or _multiple_choice(tasks)
-    if prompting.num_fewshot:  # read once: a task's few-shot split can hold tens of thousands of examples
-        pools = {n: (pools or {}).get(n) or list(t.fewshot_docs()) for n, t in tasks.items()}
+    if prompting.num_fewshot:
+        pools = demonstration_pools(tasks, pools)
+    if demonstrations is None:
+        demonstrations = draw_demonstrations(tasks, prompting, pools)
     for task in tasks.values():
         # lm-eval never overrides a task whose config says num_fewshot=0, and its first scoring
         # writes that value into the task object: a task scored zero-shot once would stay zero-shot.
@@ -212,7 +236,7 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
     draws = []
     for d in range(prompting.draws):
         seed = fewshot.draw_seed(prompting.seed, d)
-        demonstrations = set_samplers(tasks, prompting, pools, seed)
+        drawn = set_samplers(tasks, prompting, pools, seed, demonstrations[d] if demonstrations else {})
         results = simple_evaluate(
             model=lm, tasks=list(tasks.values()), task_manager=tm, num_fewshot=prompting.num_fewshot, limit=limit,
             log_samples=needs_samples, bootstrap_iters=1000, random_seed=prompting.seed,
@@ -224,7 +248,7 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
             if task.OUTPUT_TYPE == "multiple_choice":
                 p_cf = content_free_bias(lm, task, prompting, chat) if prompting.calibrate else None
                 record_predictions(results, name, p_cf)
-        draws.append({"seed": seed, "demonstrations": demonstrations, "results": results})
+        draws.append({"seed": seed, "demonstrations": drawn, "results": results})
     combined = combine_draws(draws, log_samples)
     by_draw = [flatten_metrics(d["results"]["results"]) for d in draws] if len(draws) > 1 else []
     return Scores(flatten_metrics(combined["results"]), combined, by_draw)
@@ -234,19 +258,22 @@ def _multiple_choice(tasks: dict) -> bool:
     return any(t.OUTPUT_TYPE == "multiple_choice" for t in tasks.values())
 
 
-def set_samplers(tasks: dict, prompting: Prompting, pools: dict, seed: int) -> dict[str, list[dict]]:
-    """Give each task the sampler of this draw; return the fixed demonstrations per task."""
-    drawn = {}
+def set_samplers(tasks: dict, prompting: Prompting, pools: dict, seed: int,
+                 fixed: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """Give each task the sampler of this draw (`fixed`: its demonstrations per task); return them."""
     if not prompting.num_fewshot:
-        return drawn
+        return {}
     for name, task in tasks.items():
-        pool = pools[name]
         if prompting.per_example:
-            task.sampler = fewshot.make_sampler(prompting.sampler, pool, task.doc_to_target, seed)
+            task.sampler = fewshot.make_sampler(prompting.sampler, pools[name], task.doc_to_target, seed)
         else:
-            drawn[name] = fewshot.draw(prompting.sampler, pool, prompting.num_fewshot, task.doc_to_target, seed)
-            task.sampler = fewshot.FixedDraw(drawn[name])
-    return drawn
+            task.sampler = fewshot.FixedDraw(fixed[name])
+    return {} if prompting.per_example else {name: fixed[name] for name in tasks}
+
+
+def prefixed(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """`metrics` renamed with `prefix` (dev/sst2/acc: a development score)."""
+    return {prefix + k: v for k, v in metrics.items()}
 
 
 def by_task_name(results: dict, tasks: dict) -> dict:
@@ -290,7 +317,7 @@ def record_predictions(results: dict, name: str, p_cf: list[float] | None) -> No
     if p_cf is None:
         return
     for s in samples:
-        s["acc_uncalibrated"] = s["acc"]
+        s["acc_uncalibrated"], s["prediction_uncalibrated"] = s["acc"], s["prediction"]
         s["prediction"] = calibration.calibrated_prediction([r[0] for r in s["filtered_resps"]], p_cf)
         s["acc"] = float(s["prediction"] == s["target"])
     accs = [s["acc"] for s in samples]
@@ -354,8 +381,9 @@ def _combine_samples(name: str, draws: list[dict]) -> list[dict]:
             if metric in s:
                 s[f"{metric}_by_draw"] = [r[metric] for r in records]
                 s[metric] = statistics.fmean(s[f"{metric}_by_draw"])
-        if "prediction" in s:
-            s["prediction_by_draw"] = [r["prediction"] for r in records]
+        for key in ("prediction", "prediction_uncalibrated"):
+            if key in s:
+                s[f"{key}_by_draw"] = [r[key] for r in records]
         combined.append(s)
     return combined
 

@@ -17,12 +17,13 @@ from omegaconf import DictConfig
 from optuna.exceptions import TrialPruned
 from transformers import set_seed
 
-from sweep import (alignment, baseline_cache, baselines, distributed, judging, lineage, memory, preference,
-                   reference_replies, tracking, trials)
+from sweep import (alignment, baseline_cache, baselines, distributed, lineage, memory, preference, reference_replies,
+                   splits, tracking, trials)
 from sweep.build import build, generated_data, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
 from sweep.data import dataset_inputs
-from sweep.evaluate import Prompting, is_task_metric, score
+from sweep.evaluate import is_task_metric
+from sweep.scoring import intermediate_scoring, score_and_record
 from sweep.methods import count_parameters
 from sweep.models import base_model_identity, memory_footprint_mb
 from sweep.search import prunes
@@ -144,18 +145,6 @@ def discard_output_dir() -> None:
             out.parent.parent.rmdir()
 
 
-def intermediate_scoring(cfg: DictConfig, built, trial) -> list:
-    """With eval.every_steps, score a validation slice during training (for curves and pruning)."""
-    if not cfg.eval.every_steps:
-        return []
-
-    def score_slice() -> dict[str, float]:
-        return score(built.lm, built.task_manager, built.eval_tasks, Prompting.from_config(cfg),
-                     cfg.eval.slice_size, log_samples=False).metrics
-
-    return [trials.report_callback(trial, score_slice, cfg.eval.every_steps, cfg.eval.slice_size, tracking.log_metrics)]
-
-
 def reuse_baseline(cfg, experiment_id: str, name: str, tags: dict, source, files, datasets,
                    start_memory: dict) -> JobOutcome:
     with tracking.mlflow_run(experiment_id, name, tags) as run:
@@ -180,6 +169,7 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
         return train_share(cfg)
     loaded = load_project_tasks(cfg)  # unknown tasks or templates, bad data files: refused before a store exists
     generated = generated_data(cfg)   # (and generated data that cannot be found)
+    slices = splits.dev_slices(loaded[1], cfg.data.dev_size)  # (and a development slice a split cannot give)
     if cfg.method.name == "strongest_baseline":
         baselines.check_search(cfg, loaded[0])
     if cfg.method.trains and cfg.stage.name != "sft":  # (preference pairs, or prompts, to train on)
@@ -203,7 +193,7 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
             return reuse_baseline(cfg, experiment_id, name, tags | {"baseline_key": key}, source, files,
                                   dataset_inputs(cfg, loaded[1]), start_memory)
         tags |= {"baseline_key": key, "cached": "false"}
-    built = build(cfg, loaded, generated, ancestry)
+    built = build(cfg, loaded, generated, ancestry, slices)
     trainable, total = count_parameters(built.model)
 
     # The folder the base model loaded from: what an adapter's adapter_config.json names.
@@ -257,75 +247,3 @@ def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[s
     if cfg.method.peft and cfg.tracking.log_adapter:
         tracking.log_adapter(built.model)
     return trained
-
-
-REWARD_SCORES = "reward_scores.json"     # stage=reward: each held-out pair's rewards (MLflow table)
-REWARD_FIGURE = "reward_distribution.png"
-
-
-def score_reward_model(cfg: DictConfig, built) -> dict[str, float]:
-    """A reward model's pairwise accuracy and margin (95% paired-bootstrap CIs) on held-out pairs, its
-    reward distributions of chosen and rejected replies (table and plot)."""
-    judge = preference.RewardJudge(built.model, built.tokenizer, cfg.train.max_seq_length, cfg.eval.batch_size)
-    pairs = preference.score_pairs(judge, built.eval_pairs)
-    tracking.log_table(pairs.table(built.eval_pairs), REWARD_SCORES)
-    tracking.log_figure(preference.distribution_figure(pairs, f"{cfg.data.task}: rewards of held-out pairs"),
-                        REWARD_FIGURE)
-    return pairs.metrics(cfg.data.task, cfg.seed)
-
-
-def eval_tasks(cfg: DictConfig, template: str):
-    """(task manager, {eval task: its `template` variant}), freshly loaded."""
-    tm, tasks = load_project_tasks(cfg, template)
-    return tm, {name: tasks[name] for name in cfg.eval.tasks}
-
-
-def reference_texts(cfg: DictConfig, built, scores, key: str | None) -> dict[str, dict[int, str]]:
-    """The reference policy's replies to the prompts the policy answered: generated, or those an
-    earlier run with the same `key` generated (sweep/reference_replies.py); recorded either way."""
-    if judging.reference_of(built.model) is None:
-        return {}
-    needed = {n: set(judging.replies(scores.results, n)) for n, t in built.eval_tasks.items()
-              if t.OUTPUT_TYPE == "generate_until"}
-    cached = reference_replies.find(key, needed) if key and cfg.eval.cache else None
-    source, texts = cached or (None, judging.reference_replies(built, Prompting.from_config(cfg), cfg.eval.limit))
-    if source:
-        log.info("reference replies reused from run %s (eval.cache=false generates them again)", source)
-    if key:
-        reference_replies.record(texts, key, source)
-    return texts
-
-
-def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | None = None) -> dict[str, float]:
-    """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory.
-    `reference_key`: of the reference policy's replies, for a judged run (sweep/reference_replies.py)."""
-    scored, scores = {}, None
-    with memory.phase_peak() as peaks:  # (scoring's own peak: eval.batch_size bounds it, not gradient checkpointing)
-        if cfg.eval.enabled and cfg.stage.name == "reward":
-            start = time.perf_counter()
-            scored = score_reward_model(cfg, built) | {"eval_seconds": time.perf_counter() - start}
-        elif cfg.eval.enabled:
-            start = time.perf_counter()
-            if cfg.method.name == "strongest_baseline":
-                choice = baselines.strongest(cfg, built.lm, lambda template: eval_tasks(cfg, template))
-                tracking.log_baseline_choice(choice.best, choice.panel)
-                scores = choice.scores
-            else:
-                scores = score(built.lm, built.task_manager, built.eval_tasks, Prompting.from_config(cfg),
-                               cfg.eval.limit, cfg.eval.log_samples or built.judge is not None)
-            scored = scores.metrics
-            tracking.log_eval_results(scores.results)
-            if built.judge is not None:  # the reward model's verdict on the replies, against the reference policy
-                judged, table = judging.judged(built, scores, built.judge,
-                                               reference_texts(cfg, built, scores, reference_key),
-                                               cfg.eval.batch_size, cfg.seed)
-                tracking.log_table(table, tracking.JUDGED_REPLIES)
-                scored |= judged
-            scored |= {"eval_seconds": time.perf_counter() - start}
-    for draw, metrics in enumerate(scores.by_draw if scores else []):
-        tracking.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
-    scored |= peaks.job | ({f"eval_{k}": v for k, v in peaks.phase.items()} if cfg.eval.enabled else {})
-    tracking.log_metrics(scored)
-    shown = {k: f"{v:.4g}" for k, v in scored.items() if is_task_metric(k)} or {"scoring": "off (eval.enabled=false)"}
-    log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in shown.items()))
-    return scored

@@ -79,22 +79,29 @@ def sequence_logprobs(model, lm, contexts: list[str], replies_: list[str], batch
     return out
 
 
-def reference_replies(built, prompting: Prompting, limit: int | None) -> dict[str, dict[int, str]]:
-    """task -> doc_id -> the reference policy's reply, for each generation task (none without one)."""
-    tasks = {n: t for n, t in built.eval_tasks.items() if t.OUTPUT_TYPE == "generate_until"}
+def generation_tasks(tasks: dict) -> dict:
+    return {n: t for n, t in tasks.items() if t.OUTPUT_TYPE == "generate_until"}
+
+
+def reference_replies(built, tasks: dict, prompting: Prompting, limit: int | None,
+                      demonstrations: list | None = None) -> dict[str, dict[int, str]]:
+    """task -> doc_id -> the reference policy's reply, for each generation task of `tasks` (none
+    without a reference)."""
+    tasks = generation_tasks(tasks)
     reference = reference_of(built.model)
     if reference is None or not tasks:
         return {}
     with reference():
-        results = score(built.lm, built.task_manager, tasks, prompting, limit, log_samples=True).results
+        results = score(built.lm, built.task_manager, tasks, prompting, limit, log_samples=True,
+                        demonstrations=demonstrations).results
     return {name: {i: reply for i, (_, _, reply) in replies(results, name).items()} for name in tasks}
 
 
-def judged(built, scores: Scores, judge: RewardJudge, reference_texts: dict[str, dict[int, str]],
+def judged(built, tasks: dict, scores: Scores, judge: RewardJudge, reference_texts: dict[str, dict[int, str]],
            batch_size: int, seed: int) -> tuple[dict[str, float], dict[str, list]]:
-    """(metrics, replies table) for each generation task the policy was scored on; `reference_texts`:
-    the reference's replies (`reference_replies`, or the cache's)."""
-    tasks = {n: t for n, t in built.eval_tasks.items() if t.OUTPUT_TYPE == "generate_until"}
+    """(metrics, replies table) for each generation task of `tasks` the policy was scored on (`scores`);
+    `reference_texts`: the reference's replies (`reference_replies`, or the cache's)."""
+    tasks = generation_tasks(tasks)
     reference = reference_of(built.model)
     metrics, rows = {}, []
     for name, task in tasks.items():

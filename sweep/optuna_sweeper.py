@@ -32,6 +32,7 @@ from optuna.trial import TrialState
 from sweep import processes, study_runs, trials
 from sweep.config import ConfigError
 from sweep.secrets import redact
+from sweep.splits import selection_metric, test_metric
 from sweep.search import (PRUNERS, SAMPLERS, STORAGE_ENV, HeartbeatThread, SearchSpace, fail_stale, grid_size,
                           make_pruner, make_sampler, make_storage, parse_search_space, prunes, requeue, storage_url)
 from sweep.tracking import Terminated, install_signal_handlers, open_experiment
@@ -104,6 +105,8 @@ class OptunaSweeper(Sweeper):
         objectives = list(objective) if isinstance(objective, (list, ListConfig)) else [objective]
         dirs = list(directions) if directions else [direction] * len(objectives)
         self.objectives, self.directions = [str(o) for o in objectives], [str(d) for d in dirs]
+        # What a trial's value is: a task's objective read on the development slice, never on test.
+        self.selection = [selection_metric(o) for o in self.objectives]
         self.storage_url, self.study_name = storage, study_name
         self.n_jobs, self.max_failures = n_jobs, max_failures
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
@@ -168,6 +171,14 @@ class OptunaSweeper(Sweeper):
         for d in self.directions:
             if d not in ("maximize", "minimize"):
                 raise ConfigError(f"hydra.sweeper.direction={d!r} is invalid: choose maximize or minimize")
+        tasks = list(self.config.eval.tasks)
+        for o in self.objectives:
+            if "/" in o and test_metric(o).split("/")[0] not in tasks:
+                raise ConfigError(f"hydra.sweeper.objective={o!r}: not a metric of the eval tasks ({', '.join(tasks)}); "
+                                  f"name one as <task>/<metric>, e.g. {tasks[0]}/acc")
+            if "/" in o and not self.config.data.dev_size:
+                raise ConfigError(f"hydra.sweeper.objective={o!r} is read on the development slice, and data.dev_size=0 "
+                                  f"carves none: set data.dev_size (e.g. 200)")
         if len(self.objectives) > 1 and prunes(self.pruner):
             raise ConfigError("hydra.sweeper.pruner: Optuna cannot prune multi-objective studies; use pruner=none")
         if prunes(self.pruner) and not self.config.eval.every_steps:
@@ -199,12 +210,12 @@ class OptunaSweeper(Sweeper):
         """The experiment plus a hash of what defines the search: rerunning the same command
         resumes the same study; changing the space or objective starts a new one."""
         key = json.dumps([sorted(space.fixed), sorted((k, repr(d)) for k, d in space.distributions.items()),
-                          self.objectives, self.directions, self.sampler], sort_keys=True)
+                          self.selection, self.directions, self.sampler], sort_keys=True)
         return f"{self.config.tracking.experiment}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
     def _parent_params(self, space: SearchSpace) -> dict:
         params = {"sampler": self.sampler, "pruner": self.pruner, "n_trials": self.n_trials,
-                  "objectives": json.dumps(self.objectives), "directions": json.dumps(self.directions),
+                  "objectives": json.dumps(self.selection), "directions": json.dumps(self.directions),
                   "storage": self.storage_resolved, "fixed_overrides": json.dumps(space.fixed)}
         return params | {f"space.{k}": repr(d) for k, d in space.distributions.items()}
 
@@ -256,7 +267,7 @@ class OptunaSweeper(Sweeper):
 
     def _job_overrides(self, study: optuna.Study, trial: optuna.Trial, space: SearchSpace, parent: str) -> list[str]:
         return [*space.overrides(trial.params), f"tracking.sweep_id={study.study_name}",
-                *trials.overrides(study.study_name, trial.number, parent, self.objectives, self.pruner)]
+                *trials.overrides(study.study_name, trial.number, parent, self.selection, self.pruner)]
 
     def _run_batch(self, study: optuna.Study, batch: list, space: SearchSpace, parent: str) -> None:
         """Hand the trials to the launcher at once (it runs them in parallel if it can), beating for
@@ -288,13 +299,13 @@ class OptunaSweeper(Sweeper):
             study.tell(trial, state=TrialState.FAIL)
             return
         if outcome.status == "FINISHED":
-            missing = [o for o in self.objectives if o not in outcome.metrics]
+            missing = [o for o in self.selection if o not in outcome.metrics]
             if missing:
                 study.tell(trial, state=TrialState.FAIL)
                 log.error("trial %d: the run has no metric %r (hydra.sweeper.objective); it has %s", trial.number,
                           missing[0], ", ".join(sorted(outcome.metrics)))
                 return
-            study.tell(trial, [outcome.metrics[o] for o in self.objectives])
+            study.tell(trial, [outcome.metrics[o] for o in self.selection])  # development scores only
         elif outcome.status == "PRUNED":
             study.tell(trial, state=TrialState.PRUNED)
         else:
@@ -316,11 +327,12 @@ class OptunaSweeper(Sweeper):
         (or, when the study was already complete, whoever finds the parent still open)."""
         states = {s.name.lower(): count(study, s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         log.info("study %r: %s", study.study_name, ", ".join(f"{n} {k}" for k, n in states.items()))
-        best = study_runs.summary(study, self.objectives, space.overrides)
+        best = study_runs.summary(study, self.selection, space.overrides, self.client,
+                                  self.config.tracking.experiment)
         last = last_settled(study)
         if last is None:
             return
         settled_by_me = last.user_attrs.get("worker") == self.worker
         left_open = last.number < self.first_trial and self.client.get_run(parent).info.status != "FINISHED"
         if settled_by_me or left_open:
-            study_runs.close_parent(self.client, parent, study, self.objectives, best)
+            study_runs.close_parent(self.client, parent, study, self.selection, best)

@@ -42,9 +42,10 @@ def split_docs(task, split: str, stage: str) -> list[dict]:
 
 
 def preference_docs(task, split: str, max_samples: int | None, seed: int, tokenizer,
-                    max_prompt_tokens: int | None, stage: str) -> list[dict]:
-    """A seeded random subset of the split's pairs whose prompt fits `max_prompt_tokens`."""
-    docs = split_docs(task, split, stage)
+                    max_prompt_tokens: int | None, stage: str, exclude: set[int] = frozenset()) -> list[dict]:
+    """A seeded random subset of the split's pairs whose prompt fits `max_prompt_tokens` (`exclude`:
+    indices never trained on, the development slice)."""
+    docs = [d for i, d in enumerate(split_docs(task, split, stage)) if i not in exclude]
     random.Random(seed).shuffle(docs)
     if max_prompt_tokens:
         docs = [d for d in docs if len(tokenizer(task.doc_to_text(d)).input_ids) <= max_prompt_tokens]

@@ -27,7 +27,7 @@ from sweep.config import PROJECT_ROOT, ConfigError, compose_config
 from sweep.data import RUN_ID, sha256
 from sweep.lineage import JUDGE_TAG, PARENT_TAG
 from sweep.secrets import redact
-from sweep.tracking import STUDY_METHOD, git_state
+from sweep.tracking import STUDY_METHOD, VERDICT_PREFIX, git_state
 
 VOLATILE = ("_seconds", "_per_second", "rss_", "peak_gpu_mb")  # timings and memory: not compared
 
@@ -223,7 +223,7 @@ def compare(original: dict[str, float], new: dict[str, float], rtol: float) -> l
     rows = []
     for name in sorted(set(original) | set(new)):
         a, b = original.get(name, math.nan), new.get(name, math.nan)
-        if any(v in name for v in VOLATILE):
+        if any(v in name for v in VOLATILE) or name.startswith(VERDICT_PREFIX):  # (a verdict is the sweep's)
             verdict = "not compared"
         elif name not in original or name not in new:
             verdict = "MISSING"

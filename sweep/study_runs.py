@@ -20,6 +20,7 @@ import optuna
 from mlflow.exceptions import MlflowException
 
 from sweep.secrets import redact
+from sweep.splits import test_metric
 from sweep.tracking import STUDY_METHOD
 
 PARENT_ATTR = "mlflow_parent_run_id"  # the study user attribute that names its parent run
@@ -85,24 +86,40 @@ def reproduce_command(overrides: list[str]) -> str:
     return redact(shlex.join(["python", "sweep.py", *overrides]))
 
 
-def summary(study: optuna.Study, objectives: list[str], overrides_of) -> list[dict]:
-    """The best trial(s) with their values and the command that re-runs each; logged."""
+def summary(study: optuna.Study, objectives: list[str], overrides_of, client: mlflow.MlflowClient,
+            experiment: str) -> list[dict]:
+    """The best trial(s) by their development scores, with the test scores their runs reported
+    (read once the choice is made) and the command that re-runs each; logged."""
     out = []
     for t in best_trials(study, len(objectives)):
         values = dict(zip(objectives, t.values))
+        test = test_scores(client, experiment, study.study_name, t.number, objectives)
         cmd = reproduce_command(overrides_of(t.params))
-        out.append({"trial": t.number, "values": values, "params": t.params, "command": cmd})
-        log.info("best trial %d: %s params %s", t.number, values, t.params)
+        out.append({"trial": t.number, "values": values, "test": test, "params": t.params, "command": cmd})
+        log.info("best trial %d (by development score): %s; its test score: %s; params %s", t.number, values,
+                 test or "not recorded", t.params)
         log.info("  reproduce: %s", cmd)
     return out
+
+
+def test_scores(client: mlflow.MlflowClient, experiment: str, study_name: str, number: int,
+                objectives: list[str]) -> dict[str, float]:
+    """The test scores of a trial's finished MLflow run, for its development objectives."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = [] if exp is None else client.search_runs(
+        [exp.experiment_id],
+        f"tags.`optuna.study_name` = '{study_name}' and tags.`optuna.trial_number` = '{number}' and "
+        "attributes.status = 'FINISHED'", max_results=1)
+    metrics = runs[0].data.metrics if runs else {}
+    return {test_metric(o): metrics[test_metric(o)] for o in objectives if o != test_metric(o) and test_metric(o) in metrics}
 
 
 def close_parent(client: mlflow.MlflowClient, parent: str, study: optuna.Study, objectives: list[str],
                  best: list[dict]) -> None:
     """Best values, the best trials' commands, the study's plots; then FINISHED."""
     if len(best) == 1:
-        for o, v in best[0]["values"].items():
-            client.log_metric(parent, f"best/{o}", v)
+        for o, v in (best[0]["values"] | best[0]["test"]).items():
+            client.log_metric(parent, f"best/{o}", v)  # best/dev/sst2/acc chose it; best/sst2/acc is its test score
     name = "best_trial.json" if len(objectives) == 1 else "pareto_front.json"
     client.log_text(parent, json.dumps(best, indent=1, default=str), name)
     log_plots(client, parent, study, objectives)

@@ -38,6 +38,7 @@ STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow pa
 RESULTS_HASH_TAG = "results_sha256"  # sha256 of lm_eval_results.json, checked before the baseline cache reuses it
 ADAPTER_DIR = "adapter"
 JUDGED_REPLIES = "judged_replies.json"  # each reply, the reference's, their rewards (MLflow table)
+DEV_JUDGED_REPLIES = "dev_" + JUDGED_REPLIES  # the same on the development prompts
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ADAPTER_SHA_TAG = "adapter_sha256"  # of the logged adapter's weights: checked by a stage that starts from it
 TRAINED_ADAPTER = "default"  # peft's name of the adapter a job trains (TRL may add a frozen copy, "ref")
@@ -164,16 +165,23 @@ def method_run_name(cfg: DictConfig) -> str:
     return m.name
 
 
-def log_baseline_choice(best, panel: list[dict]) -> None:
+BASELINE_PANEL = "baseline_panel.json"
+VERDICT_PREFIX = "verdict/"  # an adapter's verdict against the strongest baseline, recorded after its sweep
+                             # (analysis/verdict.py): verdict/<task>/<metric>/diff, ...
+
+
+def log_baseline_choice(best, panel: list[dict], demonstrations: list, dev_size: int) -> None:
     """method=strongest_baseline: the variant chosen on the development slice (tags `baseline.*`,
-    and in the run name) and the whole development panel (`baseline_panel.json`)."""
+    and in the run name), the whole panel (`baseline_panel.json`: every variant's development
+    score, where the race dropped it, its test score when the oracle ran) and the demonstrations
+    the choice was made and reported with."""
     tags = {"baseline.variant": best.label(), "baseline.template": best.template,
             "baseline.num_fewshot": str(best.num_fewshot), "baseline.fewshot_sampler": best.fewshot_sampler,
             "baseline.calibrate": str(best.calibrate).lower(), "mlflow.runName": f"strongest_baseline={best.label()}",
-            "baseline.reproduce": " ".join(best.overrides())}
+            "baseline.reproduce": " ".join([*best.overrides(), f"data.dev_size={dev_size}"])}  # (the pool of draws)
     with atomic_write():
         mlflow.set_tags(tags)
-        mlflow.log_dict({"chosen": best.label(), "variants": panel}, "baseline_panel.json")
+        mlflow.log_dict({"chosen": best.label(), "variants": panel, "demonstrations": demonstrations}, BASELINE_PANEL)
 
 
 def flat_params(cfg: DictConfig) -> dict[str, str]:

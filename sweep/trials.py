@@ -62,9 +62,10 @@ def attach(cfg: DictConfig) -> TrialContext | None:
 
 
 def report_callback(ctx: TrialContext | None, score_slice, every_steps: int, slice_size: int, log_metrics):
-    """A TrainerCallback that scores the first `slice_size` validation examples every
-    `every_steps` steps, logs the curve (`slice/<metric>`) with `log_metrics`, reports it to the
-    trial and stops the job when Optuna prunes it."""
+    """A TrainerCallback that scores the first `slice_size` development examples every
+    `every_steps` steps (`score_slice`: metrics dev/<task>/<metric>), logs the curve
+    (`slice/dev/<task>/<metric>`) with `log_metrics`, reports it to the trial and stops the job
+    when Optuna prunes it."""
     from transformers import TrainerCallback
 
     class ReportToTrial(TrainerCallback):
@@ -88,6 +89,6 @@ def report_callback(ctx: TrialContext | None, score_slice, every_steps: int, sli
             if ctx.trial.should_prune():
                 raise optuna.TrialPruned(
                     f"trial {ctx.trial.number} at step {state.global_step}: {objective}={value:.4g} "
-                    f"on the first {slice_size} examples")
+                    f"on the first {slice_size} development examples")
 
     return ReportToTrial()

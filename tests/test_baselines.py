@@ -8,7 +8,7 @@ import pytest
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from sweep import baselines, calibration
+from sweep import baselines, calibration, splits
 from sweep.build import load_project_tasks
 from sweep.config import ConfigError, validate
 from sweep.evaluate import Prompting, make_lm, record_predictions, score
@@ -155,14 +155,14 @@ def test_multi_token_answers_and_a_lora_model_match_lm_eval_too(tiny):
 def test_the_development_slice_never_overlaps_the_reported_split_or_the_demonstrations():
     _, tasks = tasks_for()
     task = tasks["sst2"]
-    idx = baselines.dev_indices(task, 300, seed=0)
-    assert len(set(idx)) == 300 and idx == baselines.dev_indices(task, 300, seed=0)
-    dev = baselines.dev_task(task, idx)
+    idx = splits.dev_indices(task, 300)
+    assert len(set(idx)) == 300 and idx == splits.dev_indices(task, 300)
+    dev = splits.dev_task(task, idx)
     reported = {task.doc_to_text(d) for d in task.eval_docs}
     dev_docs = list(dev.eval_docs)
     assert len(dev_docs) == 300 and not reported & {dev.doc_to_text(d) for d in dev_docs}
     assert list(task.eval_docs) != dev_docs and len(task.eval_docs) == 1000  # the original task is untouched
-    pool = baselines.demonstration_pool(task, idx)
+    pool = splits.demonstration_pool(task, idx)
     assert len(pool) == len(task.dataset["train"]) - 300
     assert not {d["idx"] for d in pool} & {d["idx"] for d in dev_docs}
     # SST-2's train split repeats some validation sentences: a plain sample would pick them
@@ -208,7 +208,8 @@ def test_prompting_errors_name_the_key_before_any_compute(overrides, needle):
     ("eval.fewshot_draws=0", "eval.fewshot_draws=0 is invalid"),
     ("eval.calibrate=yes", "eval.calibrate='yes' is invalid: must be true or false"),
     ("eval.content_free=[]", "eval.content_free=[] is invalid"),
-    ("method.search.dev_size=0", "method.search.dev_size=0 is invalid"),
+    ("method.search.p_threshold=2", "method.search.p_threshold=2 is invalid"),
+    ("method.search.n_startup_steps=1", "method.search.n_startup_steps=1 is invalid"),
     ("method.search.num_fewshot=[-1]", "method.search.num_fewshot=[-1] is invalid"),
 ])
 def test_prompting_keys_are_checked(override, needle):
@@ -282,3 +283,30 @@ def test_the_baseline_cache_key_is_the_content_not_the_checkout(tmp_path, monkey
     real = importlib.metadata.version
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "0.0" if name == "torch" else real(name))
     assert key() != here
+
+
+def test_the_strongest_baseline_is_reported_with_the_draws_it_was_chosen_with(tiny, monkeypatch):
+    """The development passes and the test pass of the chosen variant put the same demonstrations,
+    in the same order, before every example (its draws are not drawn again for the test)."""
+    from sweep import evaluate
+    from sweep.scoring import eval_tasks
+
+    cfg = compose("model=tiny", "method=strongest_baseline", "method.search.template=[default]",
+                  "method.search.num_fewshot=[2]", "method.search.fewshot_sampler=[balanced]", "data.dev_size=12",
+                  "method.search.n_startup_steps=4", "eval.fewshot_draws=2", "method.search.oracle=false")
+    passes, real = [], evaluate.score
+    monkeypatch.setattr(evaluate, "score", lambda *a, **kw: passes.append(real(*a, **kw)) or passes[-1])
+    search = baselines.Search(cfg.method.search, lambda k: Prompting.from_config(cfg, k), 12, 6, True)
+    choice = baselines.strongest(search, make_lm(*tiny, batch_size=8), lambda t: eval_tasks(cfg, t))
+    *development, test = passes
+    assert len(development) == 3 and test is choice.scores  # prefixes of 4, 8 and 12 examples, then the test pass
+    prefix = lambda scores: scores.results["samples"]["sst2"][0]["arguments"][0][0].rsplit("\n\n", 1)[0]  # noqa: E731
+    assert {prefix(p) for p in passes} == {prefix(test)}  # draw 0's demonstrations before every example
+    for p in passes:
+        assert [d["demonstrations"] for d in p.results["draws"]] == choice.demonstrations
+    task = eval_tasks(cfg, "default")[1]["sst2"]
+    dev_texts = {splits.text_of(task, d) for d in splits.dev_task(task, splits.dev_indices(task, 12)).eval_docs}
+    shown = {splits.text_of(task, d) for draw in choice.demonstrations for d in draw["sst2"]}
+    assert not shown & dev_texts  # a development example is never a demonstration
+    assert choice.dev_metrics["dev/sst2/acc"] == pytest.approx(
+        next(r["dev_mean"] for r in choice.panel if r["chosen"]))

@@ -17,8 +17,11 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     b = results["benchmarks"]
-    assert set(b) == {"harness_overhead", "model_startup", "scoring", "baseline_panel", "padding",
+    assert set(b) == {"harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
                       "training_features", "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl"}
+    search = b["strongest_search"]
+    assert search["full_search"]["variants_dropped"] == 0 and search["race"]["dev_examples"] == 32
+    assert search["race_vs_full_time"] == pytest.approx(search["race"]["seconds"] / search["full_search"]["seconds"])
     assert b["baseline_panel"]["same_accuracies"] and b["baseline_panel"]["passes"] == 12
     assert b["baseline_panel"]["speedup"] == pytest.approx(
         b["baseline_panel"]["lm_eval_hflm_seconds"] / b["baseline_panel"]["prefix_cached_seconds"])

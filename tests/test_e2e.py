@@ -244,27 +244,35 @@ def test_prompt_templates_are_swept_recorded_and_trained_on(tracking):
 
 
 def test_the_strongest_baseline_is_chosen_on_the_development_slice_and_reproducible(tracking):
-    search = ["method.search.template=[default,chat]", "method.search.num_fewshot=[0,2]", "method.search.dev_size=16",
-              "eval.fewshot_draws=2"]
+    search = ["method.search.template=[default,chat]", "method.search.num_fewshot=[0,2]", "data.dev_size=16",
+              "method.search.n_startup_steps=4", "eval.fewshot_draws=2"]
     p = run_sweep(*TINY, *tracking, "method=strongest_baseline", *search, "tracking.sweep_id=b")
     assert p.returncode == 0, p.stderr[-3000:]
     [run] = runs_of(tracking).to_dict("records")
     panel = mlflow.artifacts.load_dict(f"runs:/{run['run_id']}/baseline_panel.json")
     assert len(panel["variants"]) == 2 * (2 + 4)
-    best = max(panel["variants"], key=lambda v: v["dev_mean"])  # the first maximum: simplest first
-    assert panel["chosen"] == best["variant"] == run["tags.baseline.variant"] and best["chosen"]
+    [best] = [v for v in panel["variants"] if v["chosen"]]
+    assert panel["chosen"] == best["variant"] == run["tags.baseline.variant"]
     assert run["tags.mlflow.runName"] == f"strongest_baseline={best['variant']}"
-    # Scored on the reported split exactly as the equivalent stand-alone baseline run scores it.
+    assert run["metrics.dev/sst2/acc"] == pytest.approx(best["dev_mean"])
+    assert all("test_mean" in v for v in panel["variants"])  # the oracle: every variant on test (peeking, labelled)
+    # Scored exactly as the equivalent stand-alone baseline run scores it, on development and test examples.
     again = run_sweep(*TINY, *tracking, *run["tags.baseline.reproduce"].split(), "eval.fewshot_draws=2",
                       "tracking.sweep_id=b2")
     assert again.returncode == 0, again.stderr[-3000:]
     twin = runs_of(tracking).iloc[-1]
     assert twin["metrics.sst2/acc"] == run["metrics.sst2/acc"] and twin["tags.mlflow.runName"] == best["variant"]
-    # A LoRA run's table compares it with the strongest baseline and the same-template zero-shot one.
-    lora = run_sweep(*TINY, *tracking, "tracking.sweep_id=l")
+    assert twin["metrics.dev/sst2/acc"] == pytest.approx(run["metrics.dev/sst2/acc"])
+    # A LoRA run's table compares it with the strongest baseline and the same-template zero-shot one,
+    # gives its verdict (also in the run's tags) and how far the honest baseline is from the oracle.
+    lora = run_sweep(*TINY, *tracking, "data.dev_size=16", "tracking.sweep_id=l")
     table = lora.stdout[lora.stdout.index("Sweep l"):]
     assert "vs strongest" in table and f"strongest_baseline={best['variant']}" in table
     assert "the strongest, chosen on a development slice, is strongest_baseline=" in table
+    assert "Verdict on sst2/acc" in table and "Peeking (not a result): the best baseline variant" in table
+    adapter = runs_of(tracking).iloc[-1]
+    assert adapter["tags.verdict.sst2/acc"] in ("better", "not better", "equivalent", "inconclusive")
+    assert f"lora-r8-a16-qkvo: {adapter['tags.verdict.sst2/acc']}" in table
     # The same search again is served by the baseline cache, chosen variant and panel included.
     cached = run_sweep(*TINY, *tracking, "method=strongest_baseline", *search)
     assert "reusing the scores of run" in cached.stdout

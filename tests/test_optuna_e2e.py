@@ -28,7 +28,9 @@ def test_tpe_sweep_records_parent_and_child_runs(tmp_path, tracking):
     assert (kids["params.lora.alpha"].astype(float) == 2 * kids["params.lora.r"].astype(float)).all()  # derived
     assert parent["status"] == "FINISHED" and parent["params.sampler"] == "tpe"
     assert parent["params.space.lora.r"].startswith("CategoricalDistribution")
-    assert parent["metrics.best/sst2/acc"] == study.best_value
+    assert parent["metrics.best/dev/sst2/acc"] == study.best_value  # chosen on its development score,
+    best_run = kids[kids["tags.optuna.trial_number"] == str(study.best_trial.number)].iloc[0]
+    assert parent["metrics.best/sst2/acc"] == best_run["metrics.sst2/acc"]  # and its test score reported
     files = {a.path for a in mlflow.MlflowClient().list_artifacts(parent["run_id"], "plots")}
     assert {"plots/optimization_history.png", "plots/param_importances.png"} <= files
     best = study.best_trial
@@ -137,3 +139,39 @@ def test_too_many_failures_stop_the_sweep(tmp_path, tracking):
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
     kids = children(tracking)[0]
     assert (kids["status"] == "FAILED").sum() == 2 and (kids["tags.optuna.state"] == "FAIL").all()
+
+
+def test_a_sweep_chooses_on_development_scores_whatever_its_test_examples_hold(tmp_path):
+    """Nothing a sweep chooses reads a test score: a study whose test examples all have the wrong
+    label (read, they would reverse every ranking) prunes, values and chooses exactly as one whose
+    test examples are right; each trial's value is its run's dev/<task>/<metric>."""
+    import json
+    import shutil
+
+    outcomes = {}
+    for name, flip in (("right", False), ("reversed", True)):
+        data = tmp_path / name / "data" / "sst2"
+        data.mkdir(parents=True)
+        (data / "train.jsonl").symlink_to(ROOT / "data" / "sst2" / "train.jsonl")
+        with (ROOT / "data" / "sst2" / "validation.jsonl").open() as f:
+            rows = [json.loads(line) for line in f]
+        (data / "validation.jsonl").write_text("".join(
+            json.dumps({**r, "label": 1 - r["label"] if flip else r["label"]}) + "\n" for r in rows))
+        store = tmp_path / name
+        tracking = [f"tracking.uri=sqlite:///{store}/mlflow.db", f"tracking.artifact_location={store}/artifacts"]
+        p = run_sweep(*optuna_args(store, "hydra.sweeper.n_trials=4", "lora.r=choice(1,2,4,8)", "train.max_steps=4",
+                                   "train.lr=tag(log,interval(1e-3,1e-1))", "hydra.sweeper.pruner=median",
+                                   "eval.every_steps=2", "eval.slice_size=8", "data.dev_size=24",
+                                   f"paths.data={store / 'data'}"), *tracking)
+        assert p.returncode == 0, p.stderr[-3000:]
+        study, runs = study_of(store), children(tracking)[0]
+        for t in study.trials:
+            if t.state == TrialState.COMPLETE:
+                run = runs[runs["tags.optuna.trial_number"] == str(t.number)].iloc[0]
+                assert t.value == run["metrics.dev/sst2/acc"]  # the trial's value is its development score
+        outcomes[name] = ([(t.params, t.state, t.value, t.intermediate_values) for t in study.trials],
+                          study.best_trial.number, sorted(runs["metrics.sst2/acc"].dropna()))
+        shutil.rmtree(data.parent)
+    right, reversed_ = outcomes["right"], outcomes["reversed"]
+    assert right[:2] == reversed_[:2]  # the same trials, states, values, pruning and best trial
+    assert right[2] != reversed_[2]    # while the test scores they report differ

@@ -15,8 +15,8 @@ from sweep.tracking import STUDY_METHOD
 from tests.conftest import ROOT, TINY, clean_env, headless_chromium, optuna_args, run_sweep, runs_of
 
 pytestmark = pytest.mark.e2e
-SEARCH = ["method.search.template=[default,plain]", "method.search.num_fewshot=[0,2]", "method.search.dev_size=16",
-          "eval.fewshot_draws=2"]
+SEARCH = ["method.search.template=[default,plain]", "method.search.num_fewshot=[0,2]", "data.dev_size=16",
+          "method.search.n_startup_steps=4", "eval.fewshot_draws=2"]
 
 
 @pytest.fixture(scope="module")

@@ -194,7 +194,8 @@ def test_preference_data_missing_a_field_fails_with_file_and_line(tmp_path, trac
 
 # ---------------------------------------------------------------- the pipeline, end to end
 RLHF_TINY = ["-m", "experiment=rlhf", *TINY, "data.max_train_samples=16", "eval.limit=4", "eval.pairs=4", "eval.batch_size=4",
-             "train.batch_size=4", "data.max_prompt_tokens=128"]
+             "train.batch_size=4", "data.max_prompt_tokens=128",
+             "data.dev_size=4"]  # (experiment=rlhf chooses nothing, so it carves no slice; here every stage scores one)
 
 
 @pytest.fixture(scope="module")
@@ -220,11 +221,13 @@ def test_experiment_rlhf_runs_every_stage_each_feeding_the_next(pipeline):
         assert r["tags.mlflow.runName"].startswith(stage + "-")
         for metric in ("reward", "reward_reference", "win_rate", "kl_to_reference", "reply_tokens"):
             assert math.isfinite(r[f"metrics.hh_rlhf/{metric}"]), (stage, metric)
+            assert math.isfinite(r[f"metrics.dev/hh_rlhf/{metric}"]), (stage, metric)  # judged on development prompts too
         assert r["metrics.hh_rlhf/win_rate_ci_low"] <= r["metrics.hh_rlhf/win_rate"] <= r["metrics.hh_rlhf/win_rate_ci_high"]
         assert r["metrics.train_seconds"] > 0
     assert "tags.parent_run_id" not in runs["sft"] or not isinstance(runs["sft"]["tags.parent_run_id"], str)
     r = runs["reward"]
     assert 0 <= r["metrics.hh_rlhf/pairwise_accuracy"] <= 1 and r["metrics.hh_rlhf/pairs"] == 4
+    assert 0 <= r["metrics.dev/hh_rlhf/pairwise_accuracy"] <= 1 and r["metrics.dev/hh_rlhf/pairs"] == 4
     assert runs["ppo"]["metrics.rollout_tokens_per_second"] > 0
     assert runs["ppo"]["params.stage.kl_coef"] == "0.05" and runs["dpo"]["params.stage.beta"] == "0.1"
     assert runs["dpo"]["params.eval.generation.temperature"] == "1.0"  # generation settings are recorded
@@ -242,6 +245,9 @@ def test_stage_tables_and_plots_are_logged(pipeline):
     columns = table["columns"]
     assert {"prompt", "reply", "reward", "reference_reply", "reference_reward", "log_ratio"} <= set(columns)
     assert len(table["data"]) == 4
+    dev = json.loads(Path(client.download_artifacts(runs["dpo"]["run_id"], "dev_judged_replies.json")).read_text())
+    assert len(dev["data"]) == 4 and {r[dev["columns"].index("prompt")] for r in dev["data"]}.isdisjoint(
+        {r[columns.index("prompt")] for r in table["data"]})  # development prompts are not test prompts
 
 
 def reference_column(client, run_id: str) -> list[str]:
@@ -261,6 +267,8 @@ def test_the_rl_stages_generate_the_sft_reference_once_and_reuse_it_exactly(pipe
     client = mlflow.MlflowClient(tracking[0].split("=", 1)[1])
     dpo = runs["dpo"]
     assert "reference_replies.json" in {f.path for f in client.list_artifacts(dpo["run_id"])}
+    stored = json.loads(Path(client.download_artifacts(dpo["run_id"], "reference_replies.json")).read_text())
+    assert set(stored) == {"hh_rlhf", "dev/hh_rlhf"}  # the reference's replies to both passes' prompts
     replies = reference_column(client, dpo["run_id"])
     for stage in ("grpo", "rloo", "ppo"):
         assert runs[stage]["tags.reference_replies_from"] == dpo["run_id"], stage

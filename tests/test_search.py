@@ -81,7 +81,7 @@ def test_report_callback_prunes_a_trial_below_the_median():
     cb = report_callback(TrialContext(trial, "s", ["sst2/acc"], None), lambda: {"sst2/acc": 0.1}, 5, 64,
                          lambda metrics, step: logged.append((metrics, step)))
     model = Model()
-    with pytest.raises(optuna.TrialPruned, match="at step 10: sst2/acc=0.1 on the first 64 examples"):
+    with pytest.raises(optuna.TrialPruned, match="at step 10: sst2/acc=0.1 on the first 64 development examples"):
         cb.on_step_end(None, State(), None, model=model)
     assert model.training  # scoring switched to eval mode and back
     assert logged == [({"slice/sst2/acc": 0.1}, 10)]  # the curve is logged before the pruning decision

@@ -1,0 +1,112 @@
+"""The three roles of a task's examples, the same for both arms: train, development, test.
+
+- **test**: the split a task reports on (its validation split here; the first `eval.limit`
+  examples). Scored once per run, after every choice is made, and never read by one.
+- **development**: `data.dev_size` examples of the train split, a seeded sample without any
+  example whose prompt text occurs in the test split. Every choice is made on it: the strongest
+  baseline's variant and demonstrations, an Optuna trial's value, its pruning, the best
+  configuration of a sweep. Runs record its scores as `dev/<task>/<metric>`.
+- **train**: the rest of the train split: what adapters fit, and the pool demonstrations are
+  drawn from (a development example is never trained on, nor put in a prompt).
+
+The slice does not move with `seed`: every run of a task, whatever its seed or method, chooses on
+the same examples, so the arms' development scores compare like for like.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+
+from sweep.config import ConfigError
+
+DEV_SPLIT = "dev"      # the name the development slice gets inside a task object
+DEV_PREFIX = "dev/"    # development scores: dev/<task>/<metric>
+DEV_SLICE_SEED = 0
+log = logging.getLogger(__name__)
+
+
+def dev_name(task: str) -> str:
+    """The name a task's development scores are recorded under: dev/sst2 (metrics dev/sst2/acc)."""
+    return DEV_PREFIX + task
+
+
+def selection_metric(name: str) -> str:
+    """The metric a choice reads for an objective: a task's score on the development slice
+    (sst2/acc -> dev/sst2/acc); a run-level metric (trainable_params) as it is."""
+    return name if "/" not in name or name.startswith(DEV_PREFIX) else DEV_PREFIX + name
+
+
+def test_metric(name: str) -> str:
+    """The test score reported for a development one (dev/sst2/acc -> sst2/acc)."""
+    return name.removeprefix(DEV_PREFIX)
+
+
+def text_of(task, doc) -> str:
+    return str(task.doc_to_text(doc))
+
+
+def has_train_split(task) -> bool:
+    split = task.config.training_split
+    return bool(split) and split not in (task.config.validation_split, task.config.test_split)
+
+
+def dev_indices(task, size: int, seed: int = DEV_SLICE_SEED) -> list[int]:
+    """`size` seeded indices into the task's train split whose prompt text does not occur in the
+    test split (SST-2's train split repeats some of its validation sentences); [] for size 0."""
+    if not size:
+        return []
+    if not has_train_split(task):
+        raise ConfigError(f"data.dev_size={size}: task {task.config.task} has no train split apart from the split it "
+                          f"reports on, so there is nowhere to carve a development slice from; set data.dev_size=0 "
+                          f"(then nothing can be chosen on it)")
+    train, reported = task.dataset[task.config.training_split], {text_of(task, d) for d in task.eval_docs}
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    picked = []
+    for i in order:
+        if text_of(task, train[i]) not in reported:
+            picked.append(i)
+            if len(picked) == size:
+                return sorted(picked)
+    raise ConfigError(f"data.dev_size={size} is larger than task {task.config.task}'s train split can give "
+                      f"({len(picked)} examples not in the test split); lower it")
+
+
+def dev_slices(tasks: dict, size: int) -> dict[str, list[int]]:
+    """{task: its development slice} for every task that has a train split to carve one from (a
+    task scored on its own split only, such as the user-oriented instructions, has none)."""
+    out = {}
+    for name, task in tasks.items():
+        if has_train_split(task):
+            out[name] = dev_indices(task, size)
+        elif size:
+            log.info("task %s has no train split: no development score for it", name)
+    return out
+
+
+def dev_task(task, indices: list[int]):
+    """A shallow copy of `task` that scores the development slice (or any rows of the train split
+    given by `indices`, in that order) as its reported split."""
+    import datasets
+
+    dev = copy.copy(task)
+    dev._config = copy.copy(task.config)
+    dev._config.validation_split, dev._config.test_split = DEV_SPLIT, None
+    dev.dataset = datasets.DatasetDict({**task.dataset, DEV_SPLIT: task.dataset[task.config.training_split].select(indices)})
+    return dev
+
+
+def dev_tasks(tasks: dict, slices: dict[str, list[int]]) -> dict:
+    """{dev/<task>: the task scoring its development slice} for the tasks that have one."""
+    return {dev_name(name): dev_task(tasks[name], slices[name]) for name in tasks if slices.get(name)}
+
+
+def demonstration_pool(task, dev: list[int]) -> list[dict]:
+    """The few-shot pool without the development slice."""
+    docs = list(task.fewshot_docs())
+    if not dev or (task.config.fewshot_split or task.config.training_split) != task.config.training_split:
+        return docs
+    held = set(dev)
+    return [d for i, d in enumerate(docs) if i not in held]

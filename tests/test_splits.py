@@ -1,0 +1,56 @@
+"""The three roles of a task's examples: the development slice is the same for every run and both
+arms, never trained on, never a demonstration, never a test example; choices read it, not test."""
+
+import pytest
+
+from sweep import splits
+from sweep.build import load_project_tasks
+from sweep.data import training_pairs
+from sweep.preference import preference_docs
+from tests.conftest import compose
+
+
+def loaded(*overrides):
+    return load_project_tasks(compose("model=tiny", *overrides))[1]
+
+
+def test_the_slice_is_the_same_whatever_the_seed_or_the_template():
+    default = splits.dev_slices(loaded("method=zero_shot"), 50)
+    assert default == splits.dev_slices(loaded("method=zero_shot", "eval.template=chat", "seed=3"), 50)
+    assert len(default["sst2"]) == 50 and splits.dev_slices(loaded("method=zero_shot"), 0) == {"sst2": []}
+
+
+def test_the_slice_is_never_trained_on():
+    task = loaded("data=rte")["rte"]
+    dev = splits.dev_indices(task, 40)
+    texts = {splits.text_of(task, task.dataset["train"][i]) for i in dev}
+    pairs = training_pairs(task, "train", None, seed=0, exclude=set(dev))
+    assert len(pairs) == len(task.dataset["train"]) - 40
+    assert not any(any(t in context for t in texts) for context, _ in pairs)
+    assert len(training_pairs(task, "train", None, seed=0)) == len(task.dataset["train"])  # (dev_size=0: all)
+
+
+def test_the_preference_stages_never_train_on_the_slice(tiny):
+    task = loaded("data=hh_rlhf", "method=lora", "stage=reward")["hh_rlhf"]
+    dev = splits.dev_indices(task, 32)
+    prompts = {task.dataset["train"][i]["prompt"] for i in dev}
+    docs = preference_docs(task, "train", None, 0, tiny[1], None, "reward", exclude=set(dev))
+    assert len(docs) == len(task.dataset["train"]) - 32 and not prompts & {d["prompt"] for d in docs}
+
+
+def test_a_task_without_a_train_split_has_no_slice_and_a_too_large_slice_is_refused():
+    tasks = loaded("data=self_instruct", "method=zero_shot")
+    with pytest.raises(splits.ConfigError, match="data.dev_size=200 is larger than task self_instruct's train split"):
+        splits.dev_slices(tasks, 200)
+    scored_on_its_own = tasks["self_instruct"]
+    scored_on_its_own.config.training_split = scored_on_its_own.config.validation_split
+    assert splits.dev_slices(tasks, 25) == {}  # nothing to carve a slice from: no development score
+    with pytest.raises(splits.ConfigError, match="has no train split apart from the split it reports on"):
+        splits.dev_indices(scored_on_its_own, 25)
+
+
+def test_a_choice_reads_the_development_score_and_reports_the_test_one():
+    assert splits.selection_metric("sst2/acc") == "dev/sst2/acc"
+    assert splits.selection_metric("dev/sst2/acc") == "dev/sst2/acc"
+    assert splits.selection_metric("trainable_params") == "trainable_params"  # a run-level metric, as it is
+    assert splits.test_metric("dev/sst2/acc") == "sst2/acc"
