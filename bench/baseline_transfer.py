@@ -37,8 +37,6 @@ TEST = 400  # the quickstart's eval.limit: the first 400 validation examples are
 def score_everything(n_dev: int, n_held: int) -> dict:
     """{"template|k|sampler|set": {"cal": [[score per draw] per example], "uncal": ...}} for sets dev,
     held (the held-apart train sample) and val (all 1,000 validation examples)."""
-    import datasets
-
     from sweep.build import load_project_tasks
     from sweep.config import compose_config
     from sweep.evaluate import Prompting, make_lm, score

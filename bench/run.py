@@ -284,7 +284,7 @@ class Bench:
         out = {}
         for label, dev, p_threshold in (("full_search", small, 0.0), ("race", large, 0.05)):
             cfg = self.cfg("method=strongest_baseline", f"data.dev_size={dev}", f"method.search.p_threshold={p_threshold}",
-                           f"method.search.n_startup_steps={self.p['search_startup']}", "method.search.oracle=false")
+                           f"method.search.n_startup_steps={self.p['search_startup']}", "method.search.oracle=none")
             search = Search(cfg.method.search, lambda k, cfg=cfg: Prompting.from_config(cfg, k), dev,
                             self.p["eval_limit"], False)
             start = time.perf_counter()

@@ -102,7 +102,8 @@ class Search:
     def unit_prompting(self, unit: list[Variant]):
         """The prompting of one scoring pass: fixed draws, calibrated when any of its variants is."""
         v = unit[0]
-        prompting = replace(self.prompting_of(v.num_fewshot), per_example=False, calibrate=any(u.calibrate for u in unit))
+        prompting = replace(self.prompting_of(v.num_fewshot), per_example=False,
+                            calibrate=any(u.calibrate for u in unit))
         return replace(prompting, sampler=v.fewshot_sampler) if v.num_fewshot else prompting
 
 
@@ -120,9 +121,9 @@ class Templates:
                 self.slices = splits.dev_slices(tasks, self.dev_size)
                 missing = [n for n in tasks if not self.slices.get(n)]
                 if missing:
-                    raise ConfigError(f"method=strongest_baseline chooses on a development slice, and task {missing[0]} "
-                                      f"has none (data.dev_size={self.dev_size}); set data.dev_size > 0, or score "
-                                      f"that task with method=zero_shot|few_shot")
+                    raise ConfigError(f"method=strongest_baseline chooses on a development slice, and task "
+                                      f"{missing[0]} has none (data.dev_size={self.dev_size}); set data.dev_size > 0, "
+                                      f"or score that task with method=zero_shot|few_shot")
             pools = {n: splits.demonstration_pool(t, self.slices[n]) for n, t in tasks.items()}
             self.loaded[template] = tm, tasks, pools
         return self.loaded[template]
@@ -135,22 +136,22 @@ def strongest(search: Search, lm, load_tasks) -> Choice:
     from sweep.evaluate import draw_demonstrations, score
 
     templates = Templates(load_tasks, search.dev_size)
-    draws: dict[int, list] = {}
+    draws: dict[tuple, list] = {}
 
-    def demonstrations(i: int, unit: list[Variant]) -> list:
-        if i not in draws:
+    def demonstrations(unit: list[Variant]) -> list:
+        """A pass's draws, made once: every prefix of the race and the test pass show the same."""
+        if tuple(unit) not in draws:
             _, tasks, pools = templates(unit[0].template)
-            draws[i] = draw_demonstrations(tasks, search.unit_prompting(unit), pools)
-        return draws[i]
+            draws[tuple(unit)] = draw_demonstrations(tasks, search.unit_prompting(unit), pools)
+        return draws[tuple(unit)]
 
     ordered = units(search.space)
-    index = {id(u): i for i, u in enumerate(ordered)}
 
     def score_prefix(unit, start, stop):
         tm, tasks, pools = templates(unit[0].template)
         chunk = {n: splits.dev_task(t, templates.slices[n][start:stop]) for n, t in tasks.items()}
         scores = score(lm, tm, chunk, search.unit_prompting(unit), None, log_samples=True, pools=pools,
-                       demonstrations=demonstrations(index[id(unit)], unit))
+                       demonstrations=demonstrations(unit))
         return {v: per_example(scores.results, chunk, v, calibrated_pass=any(u.calibrate for u in unit))
                 for v in unit}
 
@@ -166,11 +167,10 @@ def strongest(search: Search, lm, load_tasks) -> Choice:
              max((r for r in raced if r.complete), key=race.Raced.mean).variant.label())
     tm, tasks, pools = templates(best.template)
     final = replace(search.unit_prompting(unit_of), calibrate=best.calibrate)
-    shown = demonstrations(index[id(unit_of)], unit_of)
+    shown = demonstrations(unit_of)
     scores = score(lm, tm, tasks, final, search.limit, search.log_samples, pools=pools, demonstrations=shown)
     panel = panel_rows(raced, tasks, chosen)
-    if search.space.oracle:
-        oracle_scores(panel, ordered, tasks, search, lm, templates, demonstrations, index)
+    oracle_scores(panel, peeked(ordered, raced, search.space.oracle), search, lm, templates, demonstrations)
     dev = dev_metrics(chosen, tasks)
     return Choice(best, panel, scores, dev, shown)
 
@@ -219,25 +219,32 @@ def panel_rows(raced: list[race.Raced], tasks: dict, chosen: race.Raced) -> list
     return rows
 
 
-def oracle_scores(panel: list[dict], ordered: list[list[Variant]], tasks: dict, search: Search, lm, templates,
-                  demonstrations, index: dict) -> None:
-    """method.search.oracle: every variant scored on the test examples too (its draws as on the
-    development slice), into the panel as `test_mean`. Peeking, for the report's comparison with
-    the honest choice; nothing reads it to choose."""
+def peeked(ordered: list[list[Variant]], raced: list[race.Raced], oracle: str) -> list[list[Variant]]:
+    """The passes `method.search.oracle` scores on the test examples: all, those with a variant that
+    finished the race, or none."""
+    finished = {r.variant for r in raced if r.complete}
+    return [u for u in ordered if oracle == "all" or (oracle == "finished" and finished & set(u))]
+
+
+def oracle_scores(panel: list[dict], peeked: list[list[Variant]], search: Search, lm, templates,
+                  demonstrations) -> None:
+    """method.search.oracle: the variants of `peeked` also scored on the test examples (their draws
+    as on the development slice), into the panel as `test_mean`. Peeking, for the report's comparison
+    with the honest choice; nothing reads it to choose."""
     from sweep.evaluate import score
 
     rows = {(row["variant"], row["task"]): row for row in panel}
-    for unit in ordered:
+    for unit in peeked:
         tm, unit_tasks, pools = templates(unit[0].template)
         calibrated = any(v.calibrate for v in unit)
         scores = score(lm, tm, unit_tasks, search.unit_prompting(unit), search.limit, log_samples=False, pools=pools,
-                       demonstrations=demonstrations(index[id(unit)], unit))
+                       demonstrations=demonstrations(unit))
         for v in unit:
             suffix = "_uncalibrated" if calibrated and not v.calibrate else ""
-            for name in tasks:
-                rows[(v.label(), name)]["test_mean"] = scores.metrics[f"{name}/{headline(unit_tasks[name])}{suffix}"]
+            for name, task in unit_tasks.items():
+                rows[(v.label(), name)]["test_mean"] = scores.metrics[f"{name}/{headline(task)}{suffix}"]
         log.info("strongest baseline (oracle, peeking): %s", ", ".join(
-            f"{v.label()} {rows[(v.label(), n)]['test_mean']:.4f}" for v in unit for n in tasks))
+            f"{v.label()} {rows[(v.label(), n)]['test_mean']:.4f}" for v in unit for n in unit_tasks))
 
 
 def check_search(cfg: DictConfig, tm) -> None:

@@ -29,6 +29,7 @@ TARGET_MODULE_PRESETS: dict[str, list[str] | None] = {
 METHODS = ("lora", "qlora", "full", "prompt_tuning", "prefix_tuning", "zero_shot", "few_shot", "strongest_baseline")
 DEFAULT_TEMPLATE = "default"  # eval.template whose task is tasks/<task>.yaml itself (others: <task>_<template>)
 FEWSHOT_SAMPLERS = ("random", "balanced")
+ORACLES = ("none", "finished", "all")  # method.search.oracle: which variants are also scored on test (peeking)
 PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning")  # peft types that learn virtual tokens
 PEFT_TYPES = ("lora", *PROMPT_LEARNING)
 # lora.init -> peft's init_lora_weights
@@ -203,7 +204,7 @@ def validate_baseline_search(search: DictConfig) -> None:
              search.p_threshold, "must be a p-value in [0, 1] (0: the race drops nothing)")
     _require(_is_int(search.n_startup_steps) and search.n_startup_steps > 1, "method.search.n_startup_steps",
              search.n_startup_steps, "must be an integer > 1 (development examples before a variant can be dropped)")
-    _require(isinstance(search.oracle, bool), "method.search.oracle", search.oracle, "must be true or false")
+    _require(search.oracle in ORACLES, "method.search.oracle", search.oracle, f"choose one of {', '.join(ORACLES)}")
 
 
 def _run_id_or_null(key: str, value) -> None:

@@ -23,9 +23,9 @@ from sweep.build import build, generated_data, load_project_tasks, task_files
 from sweep.config import ConfigError, validate
 from sweep.data import dataset_inputs
 from sweep.evaluate import is_task_metric
-from sweep.scoring import intermediate_scoring, score_and_record
 from sweep.methods import count_parameters
 from sweep.models import base_model_identity, memory_footprint_mb
+from sweep.scoring import intermediate_scoring, score_and_record
 from sweep.search import prunes
 from sweep.secrets import guard_output, redact
 from sweep.train import model_flops_utilization, train

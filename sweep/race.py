@@ -70,8 +70,8 @@ class Raced:
         return float(np.mean(shares)) if shares else None
 
     def extend(self, by_draw: list[list[float]], predictions: list[list], task_of: list[int]) -> None:
-        self.by_draw = [a + list(b) for a, b in zip(self.by_draw, by_draw)] if self.by_draw else [list(d) for d in by_draw]
-        self.predictions = [a + list(b) for a, b in zip(self.predictions, predictions)] if self.predictions \
+        self.by_draw = [[*a, *b] for a, b in zip(self.by_draw, by_draw)] if self.by_draw else [list(d) for d in by_draw]
+        self.predictions = [[*a, *b] for a, b in zip(self.predictions, predictions)] if self.predictions \
             else [list(p) for p in predictions]
         self.task_of += task_of
 

@@ -94,7 +94,8 @@ def dev_task(task, indices: list[int]):
     dev = copy.copy(task)
     dev._config = copy.copy(task.config)
     dev._config.validation_split, dev._config.test_split = DEV_SPLIT, None
-    dev.dataset = datasets.DatasetDict({**task.dataset, DEV_SPLIT: task.dataset[task.config.training_split].select(indices)})
+    train = task.dataset[task.config.training_split]
+    dev.dataset = datasets.DatasetDict({**task.dataset, DEV_SPLIT: train.select(indices)})
     return dev
 
 

@@ -19,10 +19,11 @@ import sweep  # noqa: E402,F401  (registers resolvers)
 from sweep.tracking import STUDY_METHOD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# Small and fast: the tiny model, a few examples, a few steps; a multirun's jobs in the test's sweep
-# process (Hydra's basic launcher), not a new interpreter each (the default, fresh_process: seconds a job).
+# Small and fast: the tiny model, a few examples (8 development ones), a few steps; a multirun's jobs in
+# the test's sweep process (Hydra's basic launcher), not a new interpreter each (the default, fresh_process:
+# seconds a job).
 TINY = ["hydra/launcher=basic", "model=tiny", "data.max_train_samples=32", "train.max_steps=2", "train.batch_size=4",
-        "eval.limit=8", "eval.batch_size=8"]
+        "eval.limit=8", "eval.batch_size=8", "data.dev_size=8"]
 
 
 def pytest_collection_modifyitems(items):

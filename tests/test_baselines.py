@@ -293,7 +293,7 @@ def test_the_strongest_baseline_is_reported_with_the_draws_it_was_chosen_with(ti
 
     cfg = compose("model=tiny", "method=strongest_baseline", "method.search.template=[default]",
                   "method.search.num_fewshot=[2]", "method.search.fewshot_sampler=[balanced]", "data.dev_size=12",
-                  "method.search.n_startup_steps=4", "eval.fewshot_draws=2", "method.search.oracle=false")
+                  "method.search.n_startup_steps=4", "eval.fewshot_draws=2", "method.search.oracle=none")
     passes, real = [], evaluate.score
     monkeypatch.setattr(evaluate, "score", lambda *a, **kw: passes.append(real(*a, **kw)) or passes[-1])
     search = baselines.Search(cfg.method.search, lambda k: Prompting.from_config(cfg, k), 12, 6, True)

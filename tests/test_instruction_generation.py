@@ -279,7 +279,7 @@ def test_the_experiment_reports_score_by_source_and_size_of_instruction_data(tmp
     path.write_text("".join(json.dumps({"instruction": f"Write the word number {i}.", "input": "",
                                         "output": f"word {i}"}) + "\n" for i in range(16)))
     small = [*TINY, *tracking, f"data.generated={path}", "eval.tasks=[self_instruct]", "train.max_steps=2",
-             "eval.limit=4"]
+             "eval.limit=4", "data.dev_size=0"]  # (as the experiment: it chooses nothing)
     p = run_sweep("-m", "experiment=instruction_data", *small, "method=lora", "data.mix=0,1", "data.max_train_samples=4,8")
     assert p.returncode == 0, p.stderr[-3000:]
     p = run_sweep("experiment=instruction_data", *small, "method=zero_shot")  # the base model

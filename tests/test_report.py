@@ -52,11 +52,11 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     runs = runs_of(store[1])
     done = runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY_METHOD)]
     md = (out / "report.md").read_text()
-    # Every finished run is a row, with its template and its own accuracy; baselines first.
+    # Every finished run is a row, with its template, its development and its test accuracy; baselines first.
     for _, r in done.iterrows():
         acc = f"{r['metrics.sst2/acc']:.3f} ± {r['metrics.sst2/acc_stderr']:.3f}"
         template = r["tags.baseline.template"] if r["tags.method"] == "strongest_baseline" else r["params.eval.template"]
-        assert f"| {r['tags.mlflow.runName']} | {r['tags.method']} | {template} | {acc} |" in md
+        assert f"| {r['tags.mlflow.runName']} | {r['tags.method']} | {template} | {r['metrics.dev/sst2/acc']:.3f} | {acc} |" in md
     # Paired differences against the strongest baseline (chosen on the development slice) and the
     # zero-shot baseline with the same template, never against the best baseline on this split.
     strongest = done[done["tags.method"] == "strongest_baseline"].iloc[0]
@@ -80,8 +80,11 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     # The LoRA-budget presets appear in Table 5's layout.
     assert "| rank r | 8 | 2/3/3/2 |" in md and "|  | Wq | Wq, Wk, Wv, Wo |" in md
     trained = done[~done["tags.method"].isin(["zero_shot", "few_shot", "strongest_baseline"])].reset_index(drop=True)
-    best_run = trained.loc[trained["metrics.sst2/acc"].idxmax()]  # the first of any tie, in start order
-    assert f"## Best run\n\n{best_run['tags.mlflow.runName']} ({best_run['run_id']})" in md
+    best_run = trained.loc[trained["metrics.dev/sst2/acc"].idxmax()]  # by development score; the first of any tie
+    assert f"## Best run\n\n{best_run['tags.mlflow.runName']} ({best_run['run_id']}), chosen by its development score" in md
+    # The verdict opens the report: every adapter against the strongest baseline, Holm-corrected.
+    assert md.split("\n\n")[1].startswith("Verdict on sst2/acc (test examples, each adapter vs the strongest baseline")
+    assert f"over the {len(trained)} comparisons" in md and "| p (Holm) | verdict |" in md
     assert f"`python reproduce.py {best_run['run_id']}`" in md
     pngs = {p.name for p in out.glob("*.png")}
     assert {"sst2_acc_vs_rank_r.png", "sst2_acc_vs_alpha.png", "sst2_acc_vs_trainable_parameters.png",
@@ -100,7 +103,8 @@ def test_a_sweep_id_narrows_the_report_to_that_sweep_and_the_baselines(store):
     assert rc == 0
     csv = pd.read_csv(out / "runs.csv")
     assert set(csv["method"]) == {"zero_shot", "few_shot", "strongest_baseline", "lora"}
-    assert len(csv[(csv.method == "lora") & (csv.metric == "acc")]) == 4
+    assert len(csv[(csv.method == "lora") & (csv.metric == "acc") & (csv.split == "test")]) == 4
+    assert len(csv[(csv.method == "lora") & (csv.metric == "acc") & (csv.split == "development")]) == 4
 
 
 @pytest.mark.parametrize("case,needle", [

@@ -402,7 +402,8 @@ def test_a_judged_instruction_data_sweep_reports_rouge_and_win_rate_side_by_side
                                         "output": f"word {i}"}) + "\n" for i in range(8)))
     p = run_sweep("-m", "experiment=instruction_data", *TINY, *tracking, "method=zero_shot,lora", "data.mix=0,1",
                   "data.max_train_samples=4", f"data.generated={path}", "eval.tasks=[self_instruct]", "eval.limit=4",
-                  "eval.batch_size=4", f"eval.judge_run_id={runs['reward']['run_id']}", "tracking.experiment=instr")
+                  "eval.batch_size=4", f"eval.judge_run_id={runs['reward']['run_id']}", "tracking.experiment=instr",
+                  "data.dev_size=0")  # (as the experiment: it chooses nothing)
     assert p.returncode == 0, p.stderr[-3000:]
     assert main(["--experiment", "instr", "--tracking-uri", tracking[0].split("=", 1)[1], "--out", str(tmp / "instr")]) == 0
     text = (tmp / "instr" / "report.md").read_text()
@@ -480,9 +481,9 @@ def test_optuna_sweeps_dpo_for_the_win_rate(pipeline, tmp_path):
     trial_runs = runs_of(tracking, "rlhf")
     trial_runs = trial_runs[trial_runs["tags.optuna.trial_number"].notna() & (trial_runs["tags.method"] == "lora")]
     by_trial = {int(r["tags.optuna.trial_number"]): r for r in trial_runs.to_dict("records")}
-    for t in done:  # each trial's value is its run's win rate; each run continues the SFT run with the trial's rank
+    for t in done:  # each trial's value is its run's development win rate; each continues the SFT run with its rank
         run = by_trial[t.number]
-        assert t.value == pytest.approx(run["metrics.hh_rlhf/win_rate"])
+        assert t.value == pytest.approx(run["metrics.dev/hh_rlhf/win_rate"])  # chosen on development prompts
         assert run["tags.parent_run_id"] == runs["sft"]["run_id"] and run["params.lora.r"] == str(t.params["lora.r"])
 
 
