@@ -170,7 +170,9 @@ def strongest(search: Search, lm, load_tasks) -> Choice:
     shown = demonstrations(unit_of)
     scores = score(lm, tm, tasks, final, search.limit, search.log_samples, pools=pools, demonstrations=shown)
     panel = panel_rows(raced, tasks, chosen)
-    oracle_scores(panel, peeked(ordered, raced, search.space.oracle), search, lm, templates, demonstrations)
+    # A calibrated pass holds the uncalibrated scores too: then the test pass is the chosen pass's oracle.
+    done = {tuple(unit_of): scores} if final == search.unit_prompting(unit_of) else {}
+    oracle_scores(panel, peeked(ordered, raced, search.space.oracle), search, lm, templates, demonstrations, done)
     dev = dev_metrics(chosen, tasks)
     return Choice(best, panel, scores, dev, shown)
 
@@ -227,18 +229,18 @@ def peeked(ordered: list[list[Variant]], raced: list[race.Raced], oracle: str) -
 
 
 def oracle_scores(panel: list[dict], peeked: list[list[Variant]], search: Search, lm, templates,
-                  demonstrations) -> None:
+                  demonstrations, done: dict) -> None:
     """method.search.oracle: the variants of `peeked` also scored on the test examples (their draws
     as on the development slice), into the panel as `test_mean`. Peeking, for the report's comparison
-    with the honest choice; nothing reads it to choose."""
+    with the honest choice; nothing reads it to choose. `done`: passes already scored on test."""
     from sweep.evaluate import score
 
     rows = {(row["variant"], row["task"]): row for row in panel}
     for unit in peeked:
         tm, unit_tasks, pools = templates(unit[0].template)
         calibrated = any(v.calibrate for v in unit)
-        scores = score(lm, tm, unit_tasks, search.unit_prompting(unit), search.limit, log_samples=False, pools=pools,
-                       demonstrations=demonstrations(unit))
+        scores = done.get(tuple(unit)) or score(lm, tm, unit_tasks, search.unit_prompting(unit), search.limit,
+                                                 log_samples=False, pools=pools, demonstrations=demonstrations(unit))
         for v in unit:
             suffix = "_uncalibrated" if calibrated and not v.calibrate else ""
             for name, task in unit_tasks.items():

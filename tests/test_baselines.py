@@ -310,3 +310,21 @@ def test_the_strongest_baseline_is_reported_with_the_draws_it_was_chosen_with(ti
     assert not shown & dev_texts  # a development example is never a demonstration
     assert choice.dev_metrics["dev/sst2/acc"] == pytest.approx(
         next(r["dev_mean"] for r in choice.panel if r["chosen"]))
+
+
+def test_the_chosen_pass_is_its_own_oracle(tiny, monkeypatch):
+    """A calibrated test pass holds the uncalibrated scores too: the oracle line reads it instead
+    of scoring the same pass on the test examples again, and states the reported score."""
+    from sweep import evaluate
+    from sweep.scoring import eval_tasks
+
+    cfg = compose("model=tiny", "method=strongest_baseline", "method.search.template=[default]",
+                  "method.search.num_fewshot=[0]", "method.search.calibrate=[true]", "data.dev_size=8",
+                  "method.search.n_startup_steps=4", "method.search.oracle=finished")
+    passes, real = [], evaluate.score
+    monkeypatch.setattr(evaluate, "score", lambda *a, **kw: passes.append(real(*a, **kw)) or passes[-1])
+    search = baselines.Search(cfg.method.search, lambda k: Prompting.from_config(cfg, k), 8, 6, True)
+    choice = baselines.strongest(search, make_lm(*tiny, batch_size=8), lambda t: eval_tasks(cfg, t))
+    assert passes[-1] is choice.scores and len(passes) == 3  # prefixes of 4 and 8 examples, then test once
+    [row] = [r for r in choice.panel if r["chosen"]]
+    assert row["test_mean"] == choice.scores.metrics["sst2/acc"]
