@@ -47,7 +47,7 @@ reproduce: $(STAMP) ## re-run a recorded run and compare every metric: make repr
 	$(PY) reproduce.py $(RUN)
 
 quantization: $(STAMP) ## the quantization lab on the bundled model's weights (reports/quantization)
-	$(PY) -m analysis.quantization
+	$(PY) -m labs.quantization
 
 bench: $(STAMP) ## the benchmark suite on SmolLM2-135M (~20 min on 2 cores): bench/results.{json,md}
 	$(PY) bench/run.py

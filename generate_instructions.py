@@ -8,22 +8,24 @@ import hydra
 from omegaconf import DictConfig
 
 import sweep  # noqa: F401  (registers the config resolvers)
-from sweep.overrides import exit_on_bad_overrides
-from sweep.secrets import guard_output
+from sweep.pipeline.overrides import exit_on_bad_overrides
+from sweep.runtime.secrets import guard_output
 
 CONFIG = "generate_instructions"
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name=CONFIG)
 def main(cfg: DictConfig):
-    from sweep.instruction_generation import main as generate  # heavy imports only when it runs
+    from sweep.self_instruct.generation import (
+        main as generate,  # heavy imports only when it runs
+    )
 
     return generate(cfg)
 
 
 if __name__ == "__main__":
     guard_output()  # credentials in URLs never reach the terminal, logs or tracebacks
-    from sweep.instruction_generation import validate_config
+    from sweep.self_instruct.generation import validate_config
 
     exit_on_bad_overrides(sys.argv[1:], CONFIG, validate_config)
     main()

@@ -1,4 +1,4 @@
-"""Re-run a recorded run and compare every metric (see sweep/reproduce.py).
+"""Re-run a recorded run and compare every metric (see sweep/pipeline/reproduce.py).
 
     python reproduce.py RUN_ID [--strict] [--rtol R] [--tracking-uri URI] [--allow KEY ...]
     python reproduce.py --from-optuna STUDY[:TRIAL] [...]     (default trial: the study's best)
@@ -14,8 +14,8 @@ import mlflow
 
 import sweep  # noqa: F401  (resolvers)
 from sweep.config import ConfigError, default_tracking_uri
-from sweep.reproduce import find_trial_run, reproduce
-from sweep.secrets import guard_output, redact
+from sweep.pipeline.reproduce import find_trial_run, reproduce
+from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking import require_store
 
 

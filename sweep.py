@@ -9,13 +9,15 @@ import hydra
 from omegaconf import DictConfig
 
 import sweep  # noqa: F401  (registers the config resolvers)
-from sweep.overrides import exit_on_bad_overrides
-from sweep.secrets import guard_output
+from sweep.pipeline.overrides import exit_on_bad_overrides
+from sweep.runtime.secrets import guard_output
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig):
-    from sweep.job import run_job  # heavy imports (torch, transformers) only when a job runs
+    from sweep.pipeline.job import (
+        run_job,  # heavy imports (torch, transformers) only when a job runs
+    )
 
     return run_job(cfg)
 

@@ -9,8 +9,8 @@ import sys
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from sweep.distributed import is_main
-from sweep.secrets import redact
+from sweep.runtime.distributed import is_main
+from sweep.runtime.secrets import redact
 
 
 class SummaryCallback(Callback):
@@ -32,7 +32,7 @@ class SummaryCallback(Callback):
             self.outcomes.append(job_return.return_value)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        from sweep.job import sweep_id_of
+        from sweep.runtime.hydra_job import sweep_id_of
 
         if not is_main():  # (the other processes of a multi-process job)
             return

@@ -16,9 +16,17 @@ import pandas as pd
 
 from analysis import plots
 from analysis.stats import compare_runs
-from analysis.summary import BASELINES, baseline_values, fmt, group_key, references, template, value
+from analysis.summary import (
+    BASELINES,
+    baseline_values,
+    fmt,
+    group_key,
+    references,
+    template,
+    value,
+)
 
-WIN_RATE, REPLY_TOKENS = "win_rate", "reply_tokens"  # what sweep/judging.py logs per task
+WIN_RATE, REPLY_TOKENS = "win_rate", "reply_tokens"  # what sweep/rlhf/judging.py logs per task
 TIE = 0.5  # the win rate of the base model's replies against themselves
 BASE = "base model, zero-shot"
 

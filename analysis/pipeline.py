@@ -93,7 +93,7 @@ def scores_table(runs: pd.DataFrame, task: str) -> pd.DataFrame:
     return pd.DataFrame(rows).fillna("")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def logged_table(run_id: str, name: str) -> pd.DataFrame:
     """An MLflow table a run logged (empty when it has none)."""
     try:
@@ -151,7 +151,7 @@ def distributions(tables: dict[str, pd.DataFrame], column: str, label: str) -> b
 def reward_model_figure(runs: pd.DataFrame) -> dict[str, bytes]:
     """The reward model's histogram of chosen and rejected rewards (the plot its run logged, drawn again
     from its table by the same code)."""
-    from sweep.preference import PairScores, distribution_figure
+    from sweep.rlhf.preference import PairScores, distribution_figure
 
     figs = {}
     for _, r in runs[runs["tags.stage"] == "reward"].iterrows():

@@ -23,11 +23,27 @@ from analysis.instruction_data import instruction_data_view
 from analysis.pipeline import pipeline_view
 from analysis.render import Report, write
 from analysis.stats import compare_runs
-from analysis.summary import (BASELINES, DEGENERATE_SHARE, STRONGEST, STUDY, References, band_lines, baseline_values, fmt,
-                              group_key, main_metrics, references, search_runs, short_verdict, sweep_verdicts, tag,
-                              template, verdict_lines)
-from sweep.secrets import guard_output, redact
-from sweep.splits import DEV_PREFIX
+from analysis.summary import (
+    BASELINES,
+    DEGENERATE_SHARE,
+    STRONGEST,
+    STUDY,
+    References,
+    band_lines,
+    baseline_values,
+    fmt,
+    group_key,
+    main_metrics,
+    references,
+    search_runs,
+    short_verdict,
+    sweep_verdicts,
+    tag,
+    template,
+    verdict_lines,
+)
+from sweep.data.splits import DEV_PREFIX
+from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking import BASELINE_PANEL
 
 # The LoRA paper's Table 5 columns, in its order.

@@ -61,7 +61,7 @@ def paired_compare(a: dict, b: dict, n_resamples: int = 2000, seed: int = 0) -> 
     return Paired(len(ids), diff, low, high, float(test.pvalue), "paired permutation")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def logged_results(run_id: str) -> dict:
     """lm-eval's results of a run, per-example records included, read once ({} when it has none)."""
     try:

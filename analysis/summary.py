@@ -18,8 +18,8 @@ import pandas as pd
 
 from analysis import verdict
 from analysis.stats import examples_available, samples
-from sweep.secrets import guard_output, redact
-from sweep.splits import DEV_PREFIX
+from sweep.data.splits import DEV_PREFIX
+from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking import BASELINE_PANEL, is_server, runs_page
 from sweep.tracking import STUDY_METHOD as STUDY
 

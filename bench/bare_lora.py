@@ -13,8 +13,12 @@ T0 = time.perf_counter()
 
 import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
-from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, PreTrainedTokenizerFast  # noqa: E402
-from transformers import get_linear_schedule_with_warmup  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForCausalLM,
+    DataCollatorForSeq2Seq,
+    PreTrainedTokenizerFast,
+    get_linear_schedule_with_warmup,  # noqa: E402
+)
 
 
 def main(spec_path: str) -> None:

@@ -26,8 +26,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweep import race, splits  # noqa: E402
-from sweep.baselines import Variant  # noqa: E402
+from sweep import splits  # noqa: E402
+from sweep.scoring import race
+from sweep.scoring.baselines import Variant  # noqa: E402
 
 SCORES, TABLES = ROOT / "bench" / "baseline_transfer.json", ROOT / "bench" / "baseline_transfer.md"
 POOL_SEED, RULE_SEED = 12345, 0
@@ -37,10 +38,10 @@ TEST = 400  # the quickstart's eval.limit: the first 400 validation examples are
 def score_everything(n_dev: int, n_held: int) -> dict:
     """{"template|k|sampler|set": {"cal": [[score per draw] per example], "uncal": ...}} for sets dev,
     held (the held-apart train sample) and val (all 1,000 validation examples)."""
-    from sweep.build import load_project_tasks
     from sweep.config import compose_config
-    from sweep.evaluate import Prompting, make_lm, score
-    from sweep.models import load_model_and_tokenizer
+    from sweep.pipeline.build import load_project_tasks
+    from sweep.scoring.evaluate import Prompting, make_lm, score
+    from sweep.training.models import load_model_and_tokenizer
 
     cfg = compose_config(["experiment=quickstart", "method=strongest_baseline"])
     lm = make_lm(*load_model_and_tokenizer(cfg.model, cfg.paths.cache, seed=0), 32)

@@ -13,7 +13,7 @@ bench/results.md (or --out).
                       `panel_examples` SST-2 examples: lm-eval's HFLM vs the prefix-cached scorer
    strongest search   the strongest baseline's search (18 variants): every variant on the whole
                       development slice (the protocol before the race: 200 examples, p_threshold=0)
-                      vs the race (sweep/race.py) on twice as many: seconds, and what each chose
+                      vs the race (sweep/scoring/race.py) on twice as many: seconds, and what each chose
 4. padding waste      pad fraction and tokens/s, random vs length-grouped batches
    training features  tokens/s with and without the answer-only LM head, and bf16 autocast
 5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner on the same
@@ -29,7 +29,7 @@ bench/results.md (or --out).
 10. judged KL         the KL pass of judged scoring (log p(reply | prompt) under the policy) on the
                       instruction tasks' prompts in the chat template with their reference replies:
                       every position's logits of right-padded batches in input order (as before) vs
-                      sweep/judging.py's length-sorted, left-padded batches with the last positions'
+                      sweep/rlhf/judging.py's length-sorted, left-padded batches with the last positions'
                       logits only: seconds and extra peak memory of each, and their largest difference
 7. team study         finished trials per hour on the team's servers (PostgreSQL study, MLflow
                       server) with 1 and 2 workers, and the per-trial cost of their round trips
@@ -114,8 +114,8 @@ class Bench:
 
     def training_rate(self, cfg) -> float:
         """Median training tokens/s of the harness's own train step (in process) for `cfg`."""
-        from sweep.build import build
-        from sweep.train import train
+        from sweep.pipeline.build import build
+        from sweep.training.sft import train
 
         rates = []
         for _ in range(self.p["repeats"]):
@@ -127,9 +127,9 @@ class Bench:
 
     # 1 -------------------------------------------------------------------------------------------
     def harness_overhead(self) -> dict:
-        from sweep.build import build
-        from sweep.models import load_model_and_tokenizer
-        from sweep.train import use_bf16
+        from sweep.pipeline.build import build
+        from sweep.training.models import load_model_and_tokenizer
+        from sweep.training.sft import use_bf16
 
         steps = self.p["steps"]
         same = ["train.sampling=sequential", "train.answer_only_logits=false", f"train.max_steps={steps}",
@@ -173,7 +173,7 @@ class Bench:
     def model_startup(self) -> dict:
         from transformers import AutoModelForCausalLM
 
-        from sweep.models import prepare_gguf_model
+        from sweep.training.models import prepare_gguf_model
 
         gguf = compose_config(["model=smollm2_135m"]).model.gguf
         cache = self.work / "cache"
@@ -193,10 +193,10 @@ class Bench:
     def scoring(self) -> dict:
         from peft import PeftModel
 
-        from sweep.build import build, load_project_tasks
-        from sweep.evaluate import Prompting, make_lm, score
-        from sweep.models import load_model_and_tokenizer
-        from sweep.train import train
+        from sweep.pipeline.build import build, load_project_tasks
+        from sweep.scoring.evaluate import Prompting, make_lm, score
+        from sweep.training.models import load_model_and_tokenizer
+        from sweep.training.sft import train
 
         cfg = self.cfg("train.max_steps=2")
         built = build(cfg)
@@ -238,9 +238,9 @@ class Bench:
 
     def baseline_panel(self) -> dict:
         """The cost of a full baseline panel, scored with lm-eval's own HFLM and with the prefix cache."""
-        from sweep.build import load_project_tasks
-        from sweep.evaluate import Prompting, make_lm, score
-        from sweep.models import load_model_and_tokenizer
+        from sweep.pipeline.build import load_project_tasks
+        from sweep.scoring.evaluate import Prompting, make_lm, score
+        from sweep.training.models import load_model_and_tokenizer
 
         cfg = self.cfg("method=zero_shot")
         model, tok = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
@@ -273,10 +273,10 @@ class Bench:
     def strongest_search(self) -> dict:
         """The strongest baseline's search without the race on `search_dev[0]` development examples vs
         with it on `search_dev[1]`: the race must spend no more time on twice the examples."""
-        from sweep.baselines import Search, strongest
-        from sweep.evaluate import Prompting, make_lm
-        from sweep.models import load_model_and_tokenizer
-        from sweep.scoring import eval_tasks
+        from sweep.pipeline.score import eval_tasks
+        from sweep.scoring.baselines import Search, strongest
+        from sweep.scoring.evaluate import Prompting, make_lm
+        from sweep.training.models import load_model_and_tokenizer
 
         small, large = self.p["search_dev"]
         cfg = self.cfg("method=strongest_baseline")
@@ -300,8 +300,8 @@ class Bench:
     def padding(self) -> dict:
         from transformers import DataCollatorForSeq2Seq, Trainer
 
-        from sweep.build import build
-        from sweep.train import train, training_arguments
+        from sweep.pipeline.build import build
+        from sweep.training.sft import train, training_arguments
 
         out = {}
         for sampling in ("random", "group_by_length"):
@@ -326,7 +326,7 @@ class Bench:
     # 4b ------------------------------------------------------------------------------------------
     def training_features(self) -> dict:
         """Tokens/s with and without the answer-only LM head, and with and without bf16 autocast."""
-        from sweep.train import bf16_is_fast
+        from sweep.training.sft import bf16_is_fast
 
         variants = {"default (answer-only head, bf16 auto)": [],
                     "full logits": ["train.answer_only_logits=false"],
@@ -378,10 +378,10 @@ class Bench:
         from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
 
-        from sweep.build import load_project_tasks
-        from sweep.data import training_pairs
-        from sweep.models import load_model_and_tokenizer
-        from sweep.train import use_bf16
+        from sweep.data.examples import training_pairs
+        from sweep.pipeline.build import load_project_tasks
+        from sweep.training.models import load_model_and_tokenizer
+        from sweep.training.sft import use_bf16
 
         cfg = self.cfg(f"train.max_steps={self.p['steps']}", "lora.dropout=0")
         ours = self.training_rate(cfg)
@@ -456,9 +456,9 @@ class Bench:
 
     # 10 ------------------------------------------------------------------------------------------
     def judged_kl(self) -> dict:
-        from sweep import memory
-        from sweep.build import build
-        from sweep.judging import sequence_logprobs
+        from sweep.pipeline.build import build
+        from sweep.rlhf.judging import sequence_logprobs
+        from sweep.runtime import memory
 
         cfg = self.cfg("experiment=instruction_data", "method=lora", f"eval.limit={self.p['eval_limit']}",
                        f"eval.batch_size={self.p['kl_batch_size']}")

@@ -7,11 +7,9 @@ import importlib.metadata
 import json
 import logging
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import traceback
 import warnings
@@ -22,11 +20,12 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import TrialPruned
 
-from sweep import processes
-from sweep.baselines import Variant, template_suffix
-from sweep.config import PROJECT_ROOT, PROMPT_LEARNING, ConfigError
-from sweep.distributed import world_size
-from sweep.secrets import redact
+from sweep.config import PROJECT_ROOT, ConfigError
+from sweep.runtime import processes
+from sweep.runtime.distributed import world_size
+from sweep.runtime.files import sha256
+from sweep.runtime.interrupts import atomic_write, interrupted, signals_received
+from sweep.runtime.secrets import redact
 
 # What an experiment holds, for the MLflow UI: model training, not GenAI traces. MLflow 3.17's UI
 # reads this tag only when its GenAI / model-training switch is off; with the switch (the default)
@@ -131,40 +130,6 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
     return closed
 
 
-STAGE_LABELS = {"reward": "reward", "dpo": "dpo-b{beta:g}", "grpo": "grpo-b{beta:g}", "rloo": "rloo-b{beta:g}",
-                "ppo": "ppo-kl{kl_coef:g}"}  # a later stage's run name starts with its label and main setting
-
-
-def run_name(cfg: DictConfig) -> str:
-    if cfg.tracking.run_name:
-        return cfg.tracking.run_name
-    label = STAGE_LABELS.get(cfg.stage.name)
-    return f"{label.format(**cfg.stage)}-{method_run_name(cfg)}" if label else method_run_name(cfg)
-
-
-def method_run_name(cfg: DictConfig) -> str:
-    m = cfg.method
-    if m.peft == "lora":  # e.g. lora-r8-a16-qkvo, qlora-r4-a16-q+k-k6-dora-nf4 (k6: rank 6 on k_proj)
-        lora = cfg.lora
-        short = lambda name: name.removesuffix("_proj")  # noqa: E731
-        tm = lora.target_modules if isinstance(lora.target_modules, str) else "+".join(map(short, lora.target_modules))
-        parts = [m.name, f"r{lora.r}", f"a{lora.alpha:g}", tm,
-                 *(f"{short(k)}{v}" for k, v in (lora.rank_pattern or {}).items())]
-        parts += [lora.init] if lora.init != "default" else []
-        parts += [flag for flag in ("dora", "rslora") if lora[f"use_{flag}"]]
-        if m.quantization:
-            parts.append("int8" if m.quantization.get("load_in_8bit") else m.quantization.get("bnb_4bit_quant_type", "nf4"))
-        return "-".join(parts) + template_suffix(cfg.eval.template)
-    if m.peft in PROMPT_LEARNING:
-        init = f"-{cfg.prompt.init}" if m.peft == "prompt_tuning" else ""
-        return f"{m.name}-n{cfg.prompt.num_virtual_tokens}{init}" + template_suffix(cfg.eval.template)
-    if m.name in ("zero_shot", "few_shot"):  # e.g. few_shot-k4-balanced-cal-plain
-        e = cfg.eval
-        return Variant(e.template, m.num_fewshot, e.fewshot_sampler, e.calibrate).label() + (
-            "-per_example" if m.num_fewshot and e.fewshot_per_example else "")
-    return m.name
-
-
 BASELINE_PANEL = "baseline_panel.json"
 VERDICT_PREFIX = "verdict/"  # an adapter's verdict against the strongest baseline, recorded after its sweep
                              # (analysis/verdict.py): verdict/<task>/<metric>/diff, ...
@@ -215,68 +180,6 @@ def installed_packages() -> str:
     """`pip freeze`-style list, read from package metadata (no subprocess)."""
     dists = {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
     return "\n".join(f"{n}=={v}" for n, v in sorted(dists.items()) if n) + "\n"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that the run is recorded as KILLED before the process exits."""
-
-
-_writing = 0               # > 0 while an MLflow write is under way
-_pending: list[int] = []   # signals that arrived during one
-_received: list[int] = []  # every Ctrl-C or SIGTERM this process has had
-
-
-def _on_signal(signum, frame):
-    _received.append(signum)
-    if _writing:
-        _pending.append(signum)  # raised when the write is done
-        return
-    raise KeyboardInterrupt("interrupted") if signum == signal.SIGINT else Terminated(f"received signal {signum}")
-
-
-def signals_received() -> int:
-    return len(_received)
-
-
-def interrupted(e: BaseException, signals_before: int) -> bool:
-    """Whether `e` ends the work because of Ctrl-C or SIGTERM: it is the interruption, was raised
-    while one unwound (a library that wraps it, a cleanup that failed on the way out), or a signal
-    arrived since `signals_before` (a library that caught it and failed later). Such a run was
-    stopped, not broken: it is KILLED, and its trial is queued again."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, KeyboardInterrupt):
-            return True
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return signals_received() > signals_before
-
-
-def interruption() -> KeyboardInterrupt:
-    """The exception the last signal raises (for an interruption that reached us as another one)."""
-    return KeyboardInterrupt("interrupted") if _received[-1:] == [signal.SIGINT] else Terminated("interrupted")
-
-
-def install_signal_handlers() -> None:
-    """Ctrl-C and SIGTERM end the job promptly, but never in the middle of an MLflow write: a
-    write cut in half keeps its SQLite lock, and the run could not be closed afterwards."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, _on_signal)
-
-
-@contextmanager
-def atomic_write():
-    global _writing
-    _writing += 1
-    try:
-        yield
-    finally:
-        _writing -= 1
-        if not _writing and _pending:
-            signum = _pending.pop()
-            _pending.clear()
-            _on_signal(signum, None)
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -384,8 +287,6 @@ def log_inputs(cfg: DictConfig, files: list[Path], datasets: list[tuple[str, Pat
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset
 
-    from sweep.data import sha256
-
     hashes = {str(f): sha256(f) for f in {*files, *(path for _, path, _ in datasets)}}  # read before the write
     with warnings.catch_warnings():  # ("can be interpreted in multiple ways": it is a local file either way)
         warnings.simplefilter("ignore")
@@ -434,7 +335,7 @@ def log_eval_results(results: dict) -> None:
         if replies:
             mlflow.log_table(replies, artifact_file="sample_replies.json")
         mlflow.log_text(text, "lm_eval_results.json")
-        # what the baseline cache checks before it reuses these results (sweep/baseline_cache.py)
+        # what the baseline cache checks before it reuses these results (sweep/scoring/baseline_cache.py)
         mlflow.set_tag(RESULTS_HASH_TAG, hashlib.sha256(text.encode()).hexdigest())
 
 
@@ -455,8 +356,6 @@ def log_figure(figure, name: str) -> None:
 def log_adapter(model) -> None:
     """The trained adapter as safetensors (peft's default format; never pickle), with the sha256 of
     its weights as a tag: a later stage that starts from this run checks its download against it."""
-    from sweep.data import sha256
-
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
         with atomic_write():

@@ -39,7 +39,8 @@ def pytest_collection_modifyitems(items):
 
 def compose(*overrides: str):
     """The config `python sweep.py <overrides>` would run (Hydra's compose API)."""
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         return hydra_compose(config_name="config", overrides=list(overrides))
@@ -66,7 +67,7 @@ def tracking(tmp_path):
 @pytest.fixture(scope="session")
 def tiny():
     """(model, tokenizer) of the tiny test model."""
-    from sweep.models import load_model_and_tokenizer
+    from sweep.training.models import load_model_and_tokenizer
 
     cfg = compose("model=tiny")
     return load_model_and_tokenizer(cfg.model, cfg.paths.cache, seed=0)
@@ -123,7 +124,7 @@ def study_of(tmp_path):
     """The study that `optuna_args(tmp_path)` sweeps write."""
     import optuna
 
-    from sweep.search import make_storage
+    from sweep.study.search import make_storage
 
     return optuna.load_study(study_name="study", storage=make_storage(f"{tmp_path}/optuna.journal"))
 

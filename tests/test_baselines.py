@@ -8,12 +8,13 @@ import pytest
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
-from sweep import baselines, calibration, splits
-from sweep.build import load_project_tasks
 from sweep.config import ConfigError, validate
-from sweep.evaluate import Prompting, make_lm, record_predictions, score
-from sweep.fewshot import BalancedSampler, FixedDraw, draw, draw_seed
-from sweep.prefix_cache import MIN_SHARED_TOKENS, shared_prefix_length
+from sweep.data import splits
+from sweep.pipeline.build import load_project_tasks
+from sweep.scoring import baselines, calibration
+from sweep.scoring.evaluate import Prompting, make_lm, record_predictions, score
+from sweep.scoring.fewshot import BalancedSampler, FixedDraw, draw, draw_seed
+from sweep.scoring.prefix_cache import MIN_SHARED_TOKENS, shared_prefix_length
 from tests.conftest import compose
 
 
@@ -191,7 +192,7 @@ def test_variants_are_distinct_simplest_first_and_name_their_equivalent_run():
     (["data=self_instruct", "eval.calibrate=true"], "eval.calibrate=true: task self_instruct is not multiple choice"),
 ])
 def test_prompting_errors_name_the_key_before_any_compute(overrides, needle):
-    from sweep.build import build
+    from sweep.pipeline.build import build
 
     cfg = compose("model=tiny", "method=zero_shot", *overrides)
     validate(cfg)
@@ -225,8 +226,8 @@ def test_calibration_needs_a_fixed_draw():
 
 
 def test_the_baseline_cache_key_changes_with_the_scoring_code(monkeypatch):
-    from sweep import baseline_cache
-    from sweep.build import task_files
+    from sweep.pipeline.build import task_files
+    from sweep.scoring import baseline_cache
 
     cfg = compose("model=tiny", "method=few_shot")
     tm, tasks = load_project_tasks(cfg)
@@ -239,8 +240,8 @@ def test_the_baseline_cache_key_changes_with_the_scoring_code(monkeypatch):
 
 def test_the_baseline_cache_key_changes_with_the_decoding_of_generation_tasks():
     """A sampled zero-shot pass is not the greedy one: eval.generation is in the key."""
-    from sweep import baseline_cache
-    from sweep.build import task_files
+    from sweep.pipeline.build import task_files
+    from sweep.scoring import baseline_cache
 
     def key(*overrides):
         cfg = compose("model=tiny", "method=zero_shot", "data=self_instruct", *overrides)
@@ -258,8 +259,8 @@ def test_the_baseline_cache_key_is_the_content_not_the_checkout(tmp_path, monkey
     import importlib.metadata
     import shutil
 
-    from sweep import baseline_cache
-    from sweep.build import task_files
+    from sweep.pipeline.build import task_files
+    from sweep.scoring import baseline_cache
     from tests.conftest import ROOT
 
     def key(*overrides):
@@ -288,8 +289,8 @@ def test_the_baseline_cache_key_is_the_content_not_the_checkout(tmp_path, monkey
 def test_the_strongest_baseline_is_reported_with_the_draws_it_was_chosen_with(tiny, monkeypatch):
     """The development passes and the test pass of the chosen variant put the same demonstrations,
     in the same order, before every example (its draws are not drawn again for the test)."""
-    from sweep import evaluate
-    from sweep.scoring import eval_tasks
+    from sweep.pipeline.score import eval_tasks
+    from sweep.scoring import evaluate
 
     cfg = compose("model=tiny", "method=strongest_baseline", "method.search.template=[default]",
                   "method.search.num_fewshot=[2]", "method.search.fewshot_sampler=[balanced]", "data.dev_size=12",
@@ -315,8 +316,8 @@ def test_the_strongest_baseline_is_reported_with_the_draws_it_was_chosen_with(ti
 def test_the_chosen_pass_is_its_own_oracle(tiny, monkeypatch):
     """A calibrated test pass holds the uncalibrated scores too: the oracle line reads it instead
     of scoring the same pass on the test examples again, and states the reported score."""
-    from sweep import evaluate
-    from sweep.scoring import eval_tasks
+    from sweep.pipeline.score import eval_tasks
+    from sweep.scoring import evaluate
 
     cfg = compose("model=tiny", "method=strongest_baseline", "method.search.template=[default]",
                   "method.search.num_fewshot=[0]", "method.search.calibrate=[true]", "data.dev_size=8",

@@ -4,7 +4,7 @@
 import pytest
 
 from sweep.config import ConfigError, validate
-from sweep.overrides import group_options
+from sweep.pipeline.overrides import group_options
 from tests.conftest import ROOT, compose
 
 GROUPS = ["model", "method", "lora", "prompt", "data", "train", "eval", "tracking"]
@@ -25,7 +25,8 @@ def test_every_experiment_composes(experiment):
 
 
 def test_defaults_are_the_documented_ones():
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = hydra_compose(config_name="config", return_hydra_config=True)
@@ -117,9 +118,10 @@ def test_unknown_group_option_is_rejected_by_hydra_with_choices():
 
 @pytest.mark.parametrize("preset", [p.stem for p in sorted((ROOT / "conf" / "hparams_search").glob("*.yaml"))])
 def test_hparams_search_presets_compose_with_the_optuna_sweeper(preset):
-    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
-    from sweep.search import parse_search_space
+    from sweep.study.search import parse_search_space
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=[f"hparams_search={preset}"], return_hydra_config=True)
@@ -136,7 +138,7 @@ def test_hparams_search_presets_compose_with_the_optuna_sweeper(preset):
     ["lora.alpha='${mul:2,${lora.r}}'"],
 ])
 def test_valid_overrides_pass_the_command_line_check(args):
-    from sweep.overrides import check_overrides
+    from sweep.pipeline.overrides import check_overrides
 
     check_overrides([a for a in args if not a.startswith("-")], compose())
 
@@ -147,7 +149,7 @@ def test_valid_overrides_pass_the_command_line_check(args):
     (["train.max_step=3"], "did you mean: train.max_steps"),
 ])
 def test_unknown_keys_and_options_are_named_with_close_matches(args, needle):
-    from sweep.overrides import check_overrides
+    from sweep.pipeline.overrides import check_overrides
 
     with pytest.raises(ConfigError) as e:
         check_overrides([a for a in args if not a.startswith("-")], compose())

@@ -4,10 +4,16 @@ import json
 
 import pytest
 
-from sweep.build import load_project_tasks
 from sweep.config import ConfigError
-from sweep.data import IGNORE_INDEX, data_files, render_pair, tokenize_pairs, training_pairs
-from sweep.evaluate import make_lm
+from sweep.data.examples import (
+    IGNORE_INDEX,
+    data_files,
+    render_pair,
+    tokenize_pairs,
+    training_pairs,
+)
+from sweep.pipeline.build import load_project_tasks
+from sweep.scoring.evaluate import make_lm
 from tests.conftest import ROOT, compose
 
 

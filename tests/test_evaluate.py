@@ -2,9 +2,15 @@
 
 import pytest
 
-from sweep.build import load_project_tasks
 from sweep.config import ConfigError
-from sweep.evaluate import Prompting, check_fewshot_pool, flatten_metrics, make_lm, score
+from sweep.pipeline.build import load_project_tasks
+from sweep.scoring.evaluate import (
+    Prompting,
+    check_fewshot_pool,
+    flatten_metrics,
+    make_lm,
+    score,
+)
 from tests.conftest import compose
 
 

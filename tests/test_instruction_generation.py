@@ -12,12 +12,19 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose as hydra_compose, initialize_config_dir
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 
-from sweep import instruction_generation as ig
 from sweep.config import ConfigError
-from sweep.data import IGNORE_INDEX, build_train_dataset, mixed_docs, read_generated, training_pairs
-from sweep.evaluate import make_lm
+from sweep.data.examples import (
+    IGNORE_INDEX,
+    build_train_dataset,
+    mixed_docs,
+    read_generated,
+    training_pairs,
+)
+from sweep.scoring.evaluate import make_lm
+from sweep.self_instruct import generation as ig
 from tests.conftest import ROOT, compose
 
 WORDS = ("apple river budget planet candle garden violin ocean ladder pepper silver thunder meadow rocket "
@@ -185,7 +192,7 @@ def test_generated_data_is_read_as_text_only(tmp_path):
 def test_chat_template_rendering_trains_on_the_reply_alone(tiny):
     """eval.template=chat on Self-Instruct data: the prompt is the model's chat template (user
     turn, then the assistant's header); the loss covers exactly the reply and the end of turn."""
-    from sweep.build import load_project_tasks
+    from sweep.pipeline.build import load_project_tasks
 
     cfg = compose("model=tiny", "data=self_instruct", "eval.template=chat", "data.max_train_samples=5")
     task = load_project_tasks(cfg)[1]["self_instruct"]
@@ -205,7 +212,7 @@ def test_chat_template_rendering_trains_on_the_reply_alone(tiny):
 
 
 def test_generated_data_joins_training_with_its_hash_and_dataset(tmp_path, tiny):
-    from sweep.build import build
+    from sweep.pipeline.build import build
 
     path = tmp_path / "tasks.jsonl"
     path.write_text("".join(json.dumps({"instruction": f"Write the word number {i}.", "input": "",
@@ -226,7 +233,8 @@ def test_generate_with_smollm2_then_train_on_the_generated_tasks(tmp_path, track
     tasks, named by its run id; a changed artifact in the store is refused."""
     import mlflow
 
-    from sweep.data import generated_file, sha256
+    from sweep.data.examples import generated_file
+    from sweep.runtime.files import sha256
     from tests.conftest import TINY, clean_env, run_sweep, runs_of
 
     out = tmp_path / "generated"

@@ -9,14 +9,20 @@ import sys
 import textwrap
 
 import pytest
-
-from conftest import ROOT, TINY, clean_env, run_sweep, runs_of, training_run_in_another_process
+from conftest import (
+    ROOT,
+    TINY,
+    clean_env,
+    run_sweep,
+    runs_of,
+    training_run_in_another_process,
+)
 
 # A training step's activations: 60 blocks of about 5 MB, each step a little smaller than the last
 # (as group_by_length's batches shrink), with small long-lived objects allocated among them.
 VARYING_SHAPES = textwrap.dedent("""
     import gc, sys, torch
-    from sweep import memory
+    from sweep.runtime import memory
     if sys.argv[1] == "mapped":
         assert memory.map_large_blocks()
     torch.set_num_threads(1)
@@ -46,7 +52,7 @@ def test_freed_activations_of_varying_shapes_go_back_to_the_system():
 
 
 def test_each_job_gets_its_own_peak():
-    from sweep import memory
+    from sweep.runtime import memory
 
     memory.reset_peak()
     big = bytearray(400 * 2**20)  # touched: resident
@@ -59,7 +65,7 @@ def test_each_job_gets_its_own_peak():
 def test_a_phase_has_its_own_peak_and_the_job_keeps_the_larger_one():
     """Training and scoring peak apart (their fixes differ: gradient checkpointing, eval.batch_size):
     a phase after a larger one reports its own peak, while the job's peak stays the larger one."""
-    from sweep import memory
+    from sweep.runtime import memory
 
     memory.reset_peak()
     big = bytearray(400 * 2**20)  # the first phase's peak (touched: resident)

@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from sweep.config import ConfigError
-from sweep.methods import apply_method, count_parameters, resolve_target_modules
-from sweep.models import linear_module_names
+from sweep.training.methods import (
+    apply_method,
+    count_parameters,
+    resolve_target_modules,
+)
+from sweep.training.models import linear_module_names
 from tests.conftest import ROOT, compose
 
 ALL_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
@@ -87,7 +91,7 @@ def test_full_trains_everything_and_baselines_train_nothing(tiny):
 # --- QLoRA ---------------------------------------------------------------------------------------
 
 def load_quantized(*overrides):
-    from sweep.models import load_model_and_tokenizer
+    from sweep.training.models import load_model_and_tokenizer
 
     cfg = compose("model=tiny", "method=qlora", *overrides)
     return cfg, load_model_and_tokenizer(cfg.model, cfg.paths.cache, seed=0, quantization=cfg.method.quantization)[0]
@@ -97,7 +101,7 @@ def load_quantized(*overrides):
 def test_qlora_holds_4bit_weights_with_lora_on_top(tiny, quant_type, double):
     import bitsandbytes as bnb
 
-    from sweep.models import memory_footprint_mb
+    from sweep.training.models import memory_footprint_mb
 
     cfg, model = load_quantized(f"method.quantization.bnb_4bit_quant_type={quant_type}",
                                 f"method.quantization.bnb_4bit_use_double_quant={double}")
@@ -125,7 +129,7 @@ def test_qlora_holds_4bit_weights_with_lora_on_top(tiny, quant_type, double):
 
 
 def test_paged_optimizers_run_unpaged_on_the_cpu():
-    from sweep.train import effective_optim
+    from sweep.training.sft import effective_optim
 
     if torch.cuda.is_available():
         pytest.skip("a GPU pages them")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sweep.config import ConfigError
-from sweep.models import bundled_gguf, cached_build, load_model_and_tokenizer
+from sweep.training.models import bundled_gguf, cached_build, load_model_and_tokenizer
 from tests.conftest import compose
 
 

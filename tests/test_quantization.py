@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import analysis.quantization as q
+import labs.quantization as q
 from tests.conftest import ROOT
 
 F = pytest.importorskip("bitsandbytes.functional")
@@ -90,7 +90,7 @@ def test_lab_writes_table_plot_and_mlflow_run(tmp_path, tracking):
     import pandas as pd
 
     out = tmp_path / "lab"
-    p = subprocess.run([sys.executable, "-m", "analysis.quantization", "model=tiny", *tracking, "--layers", "all",
+    p = subprocess.run([sys.executable, "-m", "labs.quantization", "model=tiny", *tracking, "--layers", "all",
                         "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     table = pd.read_csv(out / "quantization.csv")
@@ -111,7 +111,7 @@ def test_lab_rejects_an_unknown_model_option():
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "analysis.quantization", "model=tny"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "labs.quantization", "model=tny"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "tny" in (r.stdout + r.stderr)
 

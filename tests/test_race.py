@@ -4,8 +4,8 @@ that prefers the simpler variant unless a more complex one is better by more tha
 import numpy as np
 import pytest
 
-from sweep import race
-from sweep.baselines import Variant
+from sweep.scoring import race
+from sweep.scoring.baselines import Variant
 
 ZERO = Variant("plain", 0, "random", False)
 ZERO_CAL = Variant("plain", 0, "random", True)

@@ -12,9 +12,18 @@ import mlflow
 import pytest
 from optuna.trial import TrialState
 
-from sweep.secrets import redact
-from tests.conftest import (ROOT, TINY, children, clean_env, optuna_args, run_sweep, runs_of, study_of,
-                            training_run_in_another_process)
+from sweep.runtime.secrets import redact
+from tests.conftest import (
+    ROOT,
+    TINY,
+    children,
+    clean_env,
+    optuna_args,
+    run_sweep,
+    runs_of,
+    study_of,
+    training_run_in_another_process,
+)
 
 
 @pytest.mark.e2e
@@ -120,7 +129,7 @@ def test_a_run_left_running_by_a_sigkilled_process_is_closed_by_the_next_run(tra
 
 
 def _wrapped_interruption():
-    from sweep.tracking import Terminated
+    from sweep.runtime.interrupts import Terminated
 
     try:
         raise Terminated("received signal 15")
@@ -129,10 +138,10 @@ def _wrapped_interruption():
 
 
 def _swallowed_interruption_then_a_failure():
-    from sweep import tracking
+    from sweep.runtime import interrupts
 
     try:
-        tracking._on_signal(signal.SIGTERM, None)  # the handler, as a SIGTERM runs it
+        interrupts._on_signal(signal.SIGTERM, None)  # the handler, as a SIGTERM runs it
     except KeyboardInterrupt:
         pass  # a library that catches it (and carries on badly)
     raise ValueError("a failure on the way out")
@@ -158,7 +167,7 @@ def test_an_interruption_that_surfaces_as_another_error_still_ends_the_run_kille
 
 
 def test_a_run_owner_is_gone_only_when_its_pid_is_gone_or_reused():
-    from sweep import processes
+    from sweep.runtime import processes
 
     me = processes.owner_tags()
     assert not processes.owner_gone(me)

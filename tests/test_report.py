@@ -12,7 +12,15 @@ import pytest
 from analysis import report
 from analysis.stats import mcnemar_exact, paired_compare
 from sweep.tracking import STUDY_METHOD
-from tests.conftest import ROOT, TINY, clean_env, headless_chromium, optuna_args, run_sweep, runs_of
+from tests.conftest import (
+    ROOT,
+    TINY,
+    clean_env,
+    headless_chromium,
+    optuna_args,
+    run_sweep,
+    runs_of,
+)
 
 pytestmark = pytest.mark.e2e
 SEARCH = ["method.search.template=[default,plain]", "method.search.num_fewshot=[0,2]", "data.dev_size=16",

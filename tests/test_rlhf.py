@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweep import ppo
 from sweep.config import ConfigError, validate
-from sweep.preference import PairScores, mean_with_ci
+from sweep.rlhf import ppo
+from sweep.rlhf.preference import PairScores, mean_with_ci
 from tests.conftest import ROOT, TINY, compose, run_sweep, runs_of
 
 STAGES = ("sft", "reward", "dpo", "grpo", "rloo", "ppo")
@@ -96,7 +96,7 @@ def test_bad_stage_settings_are_refused(overrides, message):
 def test_padded_passes_batch_similar_lengths_under_a_token_budget():
     """One long row pads only the rows beside it: longest first, at most batch_size rows and
     batch_size * TOKENS_PER_ROW padded tokens a batch, every row once."""
-    from sweep.batching import TOKENS_PER_ROW, length_batches
+    from sweep.rlhf.batching import TOKENS_PER_ROW, length_batches
 
     lengths = [30, 1320, 25, 400, 380, 20, 35, 390]
     batches = length_batches(lengths, batch_size=4)
@@ -109,8 +109,8 @@ def test_padded_passes_batch_similar_lengths_under_a_token_budget():
 def test_the_reward_models_scores_batched_equal_one_text_at_a_time():
     """RewardJudge sorts and batches by length (and truncates a long text from the left): each
     text's reward is what it scores alone."""
-    from sweep.models import load_model_and_tokenizer
-    from sweep.preference import RewardJudge
+    from sweep.rlhf.preference import RewardJudge
+    from sweep.training.models import load_model_and_tokenizer
 
     cfg = compose("model=tiny")
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.paths.cache, seed=0, reward_head=True)
@@ -133,9 +133,9 @@ def test_the_kls_log_probabilities_batched_equal_one_sequence_at_a_time(tiny, pe
     different lengths it gives what each sequence scored alone gives, for a plain model and adapters."""
     import copy
 
-    from sweep.evaluate import make_lm
-    from sweep.judging import sequence_logprobs
-    from sweep.methods import apply_method
+    from sweep.rlhf.judging import sequence_logprobs
+    from sweep.scoring.evaluate import make_lm
+    from sweep.training.methods import apply_method
 
     model, tokenizer = tiny
     if peft:
@@ -157,8 +157,8 @@ def test_the_kls_log_probabilities_batched_equal_one_sequence_at_a_time(tiny, pe
 
 
 def test_preference_pairs_render_as_the_policy_sees_them(tiny):
-    from sweep.build import load_project_tasks
-    from sweep.preference import pair_rows, preference_docs
+    from sweep.pipeline.build import load_project_tasks
+    from sweep.rlhf.preference import pair_rows, preference_docs
 
     cfg = stage_cfg("dpo")
     task = load_project_tasks(cfg)[1]["hh_rlhf"]
@@ -170,7 +170,7 @@ def test_preference_pairs_render_as_the_policy_sees_them(tiny):
 
 
 def test_a_stage_on_data_without_pairs_is_refused(tmp_path, tracking):
-    from sweep.job import execute
+    from sweep.pipeline.job import execute
 
     with pytest.raises(ConfigError, match="stage=reward trains on preference pairs .* no text field 'prompt': use data=hh_rlhf"):
         execute(compose(*TINY[1:], "stage=reward", "data=sst2", *tracking))
@@ -178,7 +178,7 @@ def test_a_stage_on_data_without_pairs_is_refused(tmp_path, tracking):
 
 
 def test_preference_data_missing_a_field_fails_with_file_and_line(tmp_path, tracking):
-    from sweep.job import execute
+    from sweep.pipeline.job import execute
 
     folder = tmp_path / "data" / "hh_rlhf_helpful"
     folder.mkdir(parents=True)
@@ -261,7 +261,7 @@ def test_the_rl_stages_generate_the_sft_reference_once_and_reuse_it_exactly(pipe
     (the cached file tampered with, so not reused), the replies are the same, word for word."""
     import mlflow
 
-    from sweep.job import execute
+    from sweep.pipeline.job import execute
 
     runs, tracking, tmp = pipeline
     client = mlflow.MlflowClient(tracking[0].split("=", 1)[1])
@@ -288,8 +288,8 @@ def test_the_rl_stages_generate_the_sft_reference_once_and_reuse_it_exactly(pipe
 def test_init_run_id_loads_exactly_the_parents_adapter(pipeline, tiny):
     from safetensors.torch import load_file
 
-    from sweep.build import build
-    from sweep.lineage import resolve
+    from sweep.pipeline.build import build
+    from sweep.rlhf.lineage import resolve
 
     runs, tracking, _ = pipeline
     sft, dpo = runs["sft"]["run_id"], runs["dpo"]["run_id"]
@@ -330,7 +330,7 @@ def test_init_run_id_loads_exactly_the_parents_adapter(pipeline, tiny):
     ("eval.judge_run_id", "sft", "is a stage=sft run; eval.judge_run_id needs a stage=reward run"),
 ])
 def test_a_run_of_the_wrong_stage_is_refused(pipeline, key, parent, message):
-    from sweep.lineage import resolve
+    from sweep.rlhf.lineage import resolve
 
     runs, tracking, _ = pipeline
     cfg = stage_cfg("grpo", f"init.run_id={runs['sft']['run_id']}", f"eval.judge_run_id={runs['reward']['run_id']}",
@@ -343,7 +343,7 @@ def test_a_run_of_the_wrong_stage_is_refused(pipeline, key, parent, message):
 def test_a_run_without_adapter_or_with_a_changed_one_is_refused(pipeline):
     import mlflow
 
-    from sweep.lineage import resolve
+    from sweep.rlhf.lineage import resolve
 
     runs, tracking, tmp = pipeline
     client = mlflow.MlflowClient(tracking[0].split("=", 1)[1])
@@ -374,7 +374,7 @@ def test_a_stage_started_alone_names_its_parent_in_one_line(tmp_path, tracking):
 @pytest.mark.e2e
 def test_instruction_sft_is_judged_against_the_base_model(pipeline):
     """Issue 12's win rate: eval.judge_run_id on any generation task; the reference is the base model."""
-    from sweep.job import execute
+    from sweep.pipeline.job import execute
 
     runs, tracking, _ = pipeline
     outcome = execute(compose(*TINY[1:], "data=self_instruct", "eval.limit=4", "eval.batch_size=4",
@@ -429,7 +429,7 @@ def test_a_judged_baseline_is_scored_once_per_judge(pipeline):
     cache's key), its judged replies reused with its scores; without the judge it is another baseline."""
     import mlflow
 
-    from sweep.job import execute
+    from sweep.pipeline.job import execute
 
     runs, tracking, _ = pipeline
     args = [*TINY[1:], "method=zero_shot", "data=self_instruct", "eval.limit=4", "eval.batch_size=4",
@@ -466,7 +466,7 @@ def test_report_shows_the_pipeline(pipeline):
 def test_optuna_sweeps_dpo_for_the_win_rate(pipeline, tmp_path):
     import optuna
 
-    from sweep.search import make_storage
+    from sweep.study.search import make_storage
 
     runs, tracking, _ = pipeline
     proc = run_sweep("-m", "hparams_search=dpo_tpe", *TINY, "hydra.sweeper.n_trials=2", "eval.limit=4",
@@ -491,7 +491,7 @@ def test_optuna_sweeps_dpo_for_the_win_rate(pipeline, tmp_path):
 def test_a_dpo_run_reproduces_from_its_lineage(pipeline):
     import mlflow
 
-    from sweep.reproduce import reproduce
+    from sweep.pipeline.reproduce import reproduce
 
     runs, tracking, _ = pipeline
     mlflow.set_tracking_uri(tracking[0].split("=", 1)[1])

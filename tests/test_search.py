@@ -2,11 +2,21 @@
 
 import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 
 from sweep.config import ConfigError
-from sweep.search import grid_of, make_pruner, make_sampler, make_storage, parse_search_space
-from sweep.trials import TrialContext, report_callback
+from sweep.study.search import (
+    grid_of,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    parse_search_space,
+)
+from sweep.study.trials import TrialContext, report_callback
 
 
 def test_every_grammar_form():

@@ -14,8 +14,8 @@ import mlflow
 import optuna
 import pytest
 
-from sweep.search import make_storage
-from sweep.secrets import MASK, redact
+from sweep.runtime.secrets import MASK, redact
+from sweep.study.search import make_storage
 from tests.conftest import ROOT, TINY, clean_env
 
 
@@ -44,7 +44,7 @@ def test_redact_masks_the_store_variables_credentials_anywhere(monkeypatch):
 def test_guard_output_redacts_logging_streams_and_uncaught_tracebacks():
     code = """if True:
         import logging, sys
-        from sweep.secrets import guard_output
+        from sweep.runtime.secrets import guard_output
         guard_output(); guard_output()  # twice: still one layer
         logging.basicConfig()
         logging.getLogger("x").error("store at %s", "postgresql://u:pw-9876@h/db")

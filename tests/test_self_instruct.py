@@ -2,8 +2,14 @@
 
 import pytest
 
-from sweep.self_instruct import (SIMILARITY_LIMIT, check_instance, check_instruction, instruction_prompt,
-                                 parse_instructions, rouge_l)
+from sweep.self_instruct.filters import (
+    SIMILARITY_LIMIT,
+    check_instance,
+    check_instruction,
+    instruction_prompt,
+    parse_instructions,
+    rouge_l,
+)
 
 WORDS = "write a short friendly note that thanks a colleague for help with the quarterly budget report this week before friday".split()
 POOL = [" ".join(WORDS)]  # 20 words

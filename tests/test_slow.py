@@ -11,7 +11,7 @@ pytestmark = pytest.mark.slow
 def test_cached_safetensors_model_matches_the_gguf():
     from transformers import AutoModelForCausalLM
 
-    from sweep.models import bundled_gguf, load_model_and_tokenizer
+    from sweep.training.models import bundled_gguf, load_model_and_tokenizer
 
     cfg = compose()
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.paths.cache, seed=0)

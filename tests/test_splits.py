@@ -3,10 +3,10 @@ arms, never trained on, never a demonstration, never a test example; choices rea
 
 import pytest
 
-from sweep import splits
-from sweep.build import load_project_tasks
-from sweep.data import training_pairs
-from sweep.preference import preference_docs
+from sweep.data import splits
+from sweep.data.examples import training_pairs
+from sweep.pipeline.build import load_project_tasks
+from sweep.rlhf.preference import preference_docs
 from tests.conftest import compose
 
 

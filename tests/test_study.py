@@ -7,9 +7,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from optuna.trial import TrialState
 
-from sweep import trials
 from sweep.config import PROJECT_ROOT, ConfigError
-from sweep.search import (
+from sweep.study import trials
+from sweep.study.search import (
     STORAGE_ENV,
     HeartbeatThread,
     fail_stale,
@@ -108,7 +108,7 @@ def test_a_dead_run_another_worker_closed_first_does_not_stop_the_sweep(tmp_path
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    from sweep import study_runs
+    from sweep.study import study_runs
 
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     experiment_id = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))

@@ -5,8 +5,8 @@ import copy
 import pytest
 import torch
 
-from sweep.build import build
-from sweep.train import AnswerOnlyTrainer, train
+from sweep.pipeline.build import build
+from sweep.training.sft import AnswerOnlyTrainer, train
 from tests.conftest import TINY, compose
 
 

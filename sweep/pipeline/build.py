@@ -1,0 +1,153 @@
+"""Build step: the model (with its method applied), the lm-eval tasks and the training data.
+
+Everything that can reject the config (unknown task, missing or malformed data file, target
+modules the model lacks, too few few-shot examples) fails here, before any training or scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+from transformers import set_seed
+
+from sweep.config import ConfigError
+from sweep.data import splits
+from sweep.data.examples import (
+    GENERATED_DATASET,
+    build_train_dataset,
+    data_files,
+    dataset_inputs,
+    generated_file,
+    read_generated,
+)
+from sweep.rlhf.lineage import Lineage, merged
+from sweep.rlhf.preference import (
+    RewardJudge,
+    checked_pairs,
+    held_out_pairs,
+    judge_from,
+    pair_rows,
+    preference_docs,
+)
+from sweep.scoring.evaluate import (
+    Prompting,
+    check_templates,
+    load_tasks,
+    make_lm,
+    set_generation,
+    task_manager,
+    uses_chat_template,
+)
+from sweep.training.methods import apply_method
+from sweep.training.models import load_model_and_tokenizer
+
+
+@dataclass
+class Built:
+    model: object                 # what is trained and scored (peft-wrapped for adapters)
+    tokenizer: object
+    lm: object | None             # lm-eval's HFLM around `model` (None for a reward model)
+    task_manager: object
+    eval_tasks: dict              # name -> lm-eval Task scored
+    train_dataset: object | None  # tokenized examples (SFT), rows of pairs or prompts (the other stages), None
+                                  # for the baselines
+    judge: RewardJudge | None = None  # the reward model of eval.judge_run_id
+    eval_pairs: list = field(default_factory=list)  # stage=reward: the held-out pairs it is scored on
+    dev_tasks: dict = field(default_factory=dict)   # name -> lm-eval Task scoring its development slice
+    dev_pairs: list = field(default_factory=list)   # stage=reward: its development pairs
+    pools: dict = field(default_factory=dict)       # name -> demonstrations to draw from (k-shot baselines)
+    files: list[Path] = field(default_factory=list)  # data files read (hashed into the run)
+    datasets: list = field(default_factory=list)     # (name, file, context): MLflow dataset inputs
+
+
+def load_project_tasks(cfg: DictConfig, template: str | None = None):
+    """(task manager, {task name: lm-eval task of its `template` variant}), for the eval tasks and
+    the task trained on; `template` defaults to eval.template."""
+    names = list(dict.fromkeys([*cfg.eval.tasks, *([cfg.data.task] if cfg.method.trains else [])]))
+    tm = task_manager(cfg, names)
+    variants = check_templates(tm, names, template or cfg.eval.template)
+    try:
+        tasks = load_tasks(tm, variants)
+    except ValueError as e:
+        # tasks/local_data.py is loaded by lm-eval as its own module, so match its error by name.
+        if type(e).__name__ == "DataFileError":
+            raise ConfigError(str(e)) from None
+        raise
+    return tm, tasks
+
+
+def task_files(tasks: dict) -> list[Path]:
+    return sorted({f for task in tasks.values() for f in data_files(task)})
+
+
+def generated_data(cfg: DictConfig) -> Path | None:
+    """The file of generated tasks mixed into training (data.generated at data.mix > 0), fetched
+    from the store when given as a run id; None when there is none."""
+    if not cfg.method.trains or not cfg.data.get("mix"):
+        return None
+    return generated_file(cfg.data, cfg.tracking.uri, cfg.paths.cache)
+
+
+def build(cfg: DictConfig, loaded: tuple | None = None, generated: Path | None = None,
+          lineage: Lineage = Lineage(), slices: dict[str, list[int]] | None = None) -> Built:
+    """`loaded`: (task manager, tasks) when the caller has loaded them already; `generated`: the
+    file `generated_data` found (looked up here when not given); `lineage`: the runs the stage starts
+    from and is judged by (sweep/rlhf/lineage.py); `slices`: each task's development slice
+    (sweep/data/splits.py; carved here when not given)."""
+    tm, tasks = loaded or load_project_tasks(cfg)
+    generated = generated or generated_data(cfg)
+    slices = splits.dev_slices(tasks, cfg.data.dev_size) if slices is None else slices
+    eval_tasks = {name: tasks[name] for name in cfg.eval.tasks}
+    set_generation(eval_tasks, cfg.eval.generation)
+    dev_tasks = {name: splits.dev_task(task, slices[name]) for name, task in eval_tasks.items() if slices.get(name)}
+    pools = {name: splits.demonstration_pool(task, slices.get(name, []))
+             for name, task in eval_tasks.items()} if cfg.method.num_fewshot else {}
+    trained_apart = set(slices.get(cfg.data.task, [])) if uses_training_split(tasks.get(cfg.data.task), cfg.data) \
+        else set()  # (the development slice is never trained on)
+    if cfg.method.name != "strongest_baseline":  # (which checks each variant it tries)
+        Prompting.from_config(cfg).check(eval_tasks)
+    stage = cfg.stage.name
+    model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization,
+                                                reward_head=stage == "reward")
+    set_seed(cfg.seed)  # an adapter's initial weights are random (LoRA's A, prompt embeddings): same seed, same build
+    model = merged(model, lineage.policy)  # the parent policy (its lineage's adapters merged in), else the base
+    model = apply_method(model, cfg, tokenizer.name_or_path, "SEQ_CLS" if stage == "reward" else "CAUSAL_LM")
+    lm = make_lm(model, tokenizer, cfg.eval.batch_size) if stage != "reward" else None
+    judge = judge_from(lineage.judge, cfg.model, cfg.paths.cache, cfg.seed, cfg.train.max_seq_length,
+                       cfg.eval.batch_size) if lineage.judge else None
+
+    train_dataset, eval_pairs, dev_pairs = None, [], []
+    if cfg.method.trains and stage == "sft":
+        train_task = tasks[cfg.data.task]
+        train_dataset = build_train_dataset(train_task, cfg.data, lm, cfg.train.max_seq_length, cfg.seed,
+                                            chat=uses_chat_template({cfg.data.task: train_task}),
+                                            generated=read_generated(generated) if generated else None,
+                                            exclude=trained_apart)
+    elif cfg.method.trains:
+        task = tasks[cfg.data.task]
+        docs = preference_docs(task, cfg.data.train_split, cfg.data.max_train_samples, cfg.seed, tokenizer,
+                               cfg.data.get("max_prompt_tokens"), stage, exclude=trained_apart)
+        rows = pair_rows(task, docs)
+        train_dataset = rows if stage in ("reward", "dpo") else [{"prompt": r["prompt"]} for r in rows]
+        if stage == "reward":
+            eval_pairs = pair_rows(task, held_out_pairs(task, cfg.eval.pairs, stage))
+            dev_pairs = pair_rows(task, dev_pairs_of(task, slices.get(cfg.data.task, []), stage))
+    files, inputs = task_files(tasks), dataset_inputs(cfg, tasks)
+    if generated:
+        files.append(generated)
+        inputs.append((GENERATED_DATASET, generated, "training"))
+    return Built(model, tokenizer, lm, tm, eval_tasks, train_dataset, judge=judge, eval_pairs=eval_pairs, files=files,
+                 datasets=inputs, dev_tasks=dev_tasks, dev_pairs=dev_pairs, pools=pools)
+
+
+def uses_training_split(task, data_cfg: DictConfig) -> bool:
+    """Whether the job trains on the task's train split (the one its development slice is carved from)."""
+    return task is not None and data_cfg.train_split == task.config.training_split
+
+
+def dev_pairs_of(task, indices: list[int], stage: str) -> list[dict]:
+    """The preference pairs of a development slice (stage=reward scores its accuracy on them)."""
+    train = task.dataset[task.config.training_split]
+    return checked_pairs(task, [train[i] for i in indices], stage) if indices else []

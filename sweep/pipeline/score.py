@@ -1,0 +1,168 @@
+"""A job's evaluate-and-record step: development scores first, then the test scores, each logged
+as soon as it exists.
+
+The development pass (`dev/<task>/<metric>`, sweep/data/splits.py) is what every choice reads: an
+Optuna trial's value and its pruning, a sweep's best configuration, the strongest baseline. The
+test pass runs after it, once, and nothing that chooses reads it. Both passes prompt a k-shot
+baseline with the same draws of demonstrations, and a judged run's development replies are judged
+like its test replies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from omegaconf import DictConfig
+
+from sweep import tracking
+from sweep.data.splits import DEV_PREFIX
+from sweep.pipeline.build import load_project_tasks
+from sweep.rlhf import judging, preference, reference_replies
+from sweep.runtime import memory
+from sweep.scoring import baselines
+from sweep.scoring.evaluate import (
+    Prompting,
+    draw_demonstrations,
+    is_task_metric,
+    prefixed,
+    score,
+)
+from sweep.study import trials
+
+log = logging.getLogger(__name__)
+
+REWARD_SCORES = "reward_scores.json"     # stage=reward: each held-out pair's rewards (MLflow table)
+REWARD_FIGURE = "reward_distribution.png"
+
+
+def intermediate_scoring(cfg: DictConfig, built, trial) -> list:
+    """With eval.every_steps, score the first eval.slice_size development examples during training
+    (curves `slice/dev/<task>/<metric>`, and the trial's intermediate values for pruning)."""
+    if not cfg.eval.every_steps:
+        return []
+    prompting = Prompting.from_config(cfg)
+
+    def score_slice() -> dict[str, float]:
+        return prefixed(score(built.lm, built.task_manager, built.dev_tasks, prompting, cfg.eval.slice_size,
+                              log_samples=False, pools=built.pools).metrics, DEV_PREFIX)
+
+    return [trials.report_callback(trial, score_slice, cfg.eval.every_steps, cfg.eval.slice_size, tracking.log_metrics)]
+
+
+def score_reward_model(cfg: DictConfig, built) -> dict[str, float]:
+    """A reward model's pairwise accuracy and margin (95% paired-bootstrap CIs) on its development
+    pairs (`dev/...`, logged first) and its held-out pairs, its reward distributions of chosen and
+    rejected held-out replies (table and plot)."""
+    judge = preference.RewardJudge(built.model, built.tokenizer, cfg.train.max_seq_length, cfg.eval.batch_size)
+    dev = {}
+    if built.dev_pairs:
+        dev = prefixed(preference.score_pairs(judge, built.dev_pairs).metrics(cfg.data.task, cfg.seed), DEV_PREFIX)
+        tracking.log_metrics(dev)
+    pairs = preference.score_pairs(judge, built.eval_pairs)
+    tracking.log_table(pairs.table(built.eval_pairs), REWARD_SCORES)
+    tracking.log_figure(preference.distribution_figure(pairs, f"{cfg.data.task}: rewards of held-out pairs"),
+                        REWARD_FIGURE)
+    return dev | pairs.metrics(cfg.data.task, cfg.seed)
+
+
+def eval_tasks(cfg: DictConfig, template: str):
+    """(task manager, {eval task: its `template` variant}), freshly loaded."""
+    tm, tasks = load_project_tasks(cfg, template)
+    return tm, {name: tasks[name] for name in cfg.eval.tasks}
+
+
+class References:
+    """The reference policy's replies a judged run compares its own with, on the development and the
+    test prompts: generated, or reused from an earlier run with the same key
+    (sweep/rlhf/reference_replies.py); recorded once, when both passes are judged."""
+
+    def __init__(self, cfg: DictConfig, built, key: str | None):
+        self.cfg, self.built, self.key = cfg, built, key
+        self.texts: reference_replies.Replies = {}
+        self.sources: set[str | None] = set()
+
+    def replies(self, tasks: dict, scores, prefix: str, demonstrations: list) -> dict[str, dict[int, str]]:
+        """{task: {doc_id: reply}} for the generation tasks of `tasks` (`prefix`: dev/ for the
+        development pass, whose replies are stored under dev/<task>)."""
+        if judging.reference_of(self.built.model) is None:
+            return {}
+        needed = {prefix + n: set(judging.replies(scores.results, n)) for n in judging.generation_tasks(tasks)}
+        cached = reference_replies.find(self.key, needed) if self.key and self.cfg.eval.cache else None
+        if cached:
+            source, stored = cached
+            texts = {name: stored[name] for name in needed}
+            log.info("reference replies reused from run %s (eval.cache=false generates them again)", source)
+        else:
+            source = None
+            generated = judging.reference_replies(self.built, tasks, Prompting.from_config(self.cfg),
+                                                  None if prefix else self.cfg.eval.limit, demonstrations)
+            texts = {prefix + n: r for n, r in generated.items()}
+        self.texts |= texts
+        self.sources.add(source)
+        return {name[len(prefix):]: replies for name, replies in texts.items()}
+
+    def record(self) -> None:
+        """Into the run: the replies (or, when all were reused from one run, its id) and their key."""
+        if self.key and self.sources:
+            [source] = self.sources if len(self.sources) == 1 else [None]
+            reference_replies.record(self.texts, self.key, source)
+
+
+def score_pass(cfg: DictConfig, built, tasks: dict, prompting: Prompting, limit: int | None, demonstrations: list,
+               references: References, prefix: str) -> tuple[dict[str, float], object]:
+    """(metrics named with `prefix`, lm-eval's scores) of one pass over `tasks`, judged when the run
+    has a judge."""
+    scores = score(built.lm, built.task_manager, tasks, prompting, limit,
+                   cfg.eval.log_samples or built.judge is not None, pools=built.pools, demonstrations=demonstrations)
+    metrics = scores.metrics
+    if built.judge is not None:  # the reward model's verdict on the replies, against the reference policy
+        judged, table = judging.judged(built, tasks, scores, built.judge,
+                                       references.replies(tasks, scores, prefix, demonstrations),
+                                       cfg.eval.batch_size, cfg.seed)
+        metrics = metrics | judged
+        tracking.log_table(table, tracking.DEV_JUDGED_REPLIES if prefix else tracking.JUDGED_REPLIES)
+    return prefixed(metrics, prefix), scores
+
+
+def score_lm(cfg: DictConfig, built, reference_key: str | None):
+    """(development and test metrics, the test pass's scores) of a policy or a baseline."""
+    if cfg.method.name == "strongest_baseline":
+        search = baselines.Search(cfg.method.search, lambda k: Prompting.from_config(cfg, k), cfg.data.dev_size,
+                                  cfg.eval.limit, cfg.eval.log_samples)
+        choice = baselines.strongest(search, built.lm, lambda template: eval_tasks(cfg, template))
+        tracking.log_baseline_choice(choice.best, choice.panel, choice.demonstrations, cfg.data.dev_size)
+        tracking.log_metrics(choice.dev_metrics)
+        return choice.dev_metrics | choice.scores.metrics, choice.scores
+    prompting = Prompting.from_config(cfg)
+    demonstrations = draw_demonstrations(built.eval_tasks, prompting, built.pools)  # the same for both passes
+    references = References(cfg, built, reference_key)
+    dev = {}
+    if built.dev_tasks:
+        dev, _ = score_pass(cfg, built, built.dev_tasks, prompting, None, demonstrations, references, DEV_PREFIX)
+        tracking.log_metrics(dev)
+    test, scores = score_pass(cfg, built, built.eval_tasks, prompting, cfg.eval.limit, demonstrations, references, "")
+    references.record()
+    return dev | test, scores
+
+
+def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | None = None) -> dict[str, float]:
+    """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory.
+    `reference_key`: of the reference policy's replies, for a judged run (sweep/rlhf/reference_replies.py)."""
+    scored, scores = {}, None
+    with memory.phase_peak() as peaks:  # (scoring's own peak: eval.batch_size bounds it, not gradient checkpointing)
+        start = time.perf_counter()
+        if cfg.eval.enabled and cfg.stage.name == "reward":
+            scored = score_reward_model(cfg, built)
+        elif cfg.eval.enabled:
+            scored, scores = score_lm(cfg, built, reference_key)
+            tracking.log_eval_results(scores.results)
+        if cfg.eval.enabled:
+            scored |= {"eval_seconds": time.perf_counter() - start}
+    for draw, metrics in enumerate(scores.by_draw if scores else []):
+        tracking.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
+    scored |= peaks.job | ({f"eval_{k}": v for k, v in peaks.phase.items()} if cfg.eval.enabled else {})
+    tracking.log_metrics(scored)
+    shown = {k: f"{v:.4g}" for k, v in scored.items() if is_task_metric(k)} or {"scoring": "off (eval.enabled=false)"}
+    log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in shown.items()))
+    return scored

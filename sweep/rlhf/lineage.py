@@ -1,0 +1,199 @@
+"""Stages that start from earlier runs: the policy a stage continues (`init.run_id`) and the reward
+model that judges it (`eval.judge_run_id`), found and checked before any compute.
+
+A run is named by its id, or found in the sweep itself: in a multirun, a stage with no
+`init.run_id` continues this sweep's newest finished run of `stage.starts_from`, and a later stage
+takes this sweep's reward run as its judge (required by the RL stages), so `python sweep.py -m
+experiment=rlhf` chains its stages.
+
+A stage trains a fresh LoRA adapter (the job's `lora` settings, so a DPO sweep can vary the rank) on
+its parent policy merged into the base model; with the adapter disabled the model *is* the parent,
+which is the frozen reference for the KL term and DPO. So a policy is its base model plus the
+adapters of its lineage, merged root first: `fetch` follows `parent_run_id` up to the first stage.
+
+The store may be shared by a team, so what it holds is untrusted input: a run's tags are only
+compared with values of ours or checked to be run ids (never used as paths, code or query text), and
+an adapter is fetched as JSON + safetensors (never pickle) and must hash to the sha256 its run
+recorded when it logged it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from sweep.config import STAGES, ConfigError
+from sweep.data.examples import RUN_ID
+from sweep.runtime.files import sha256
+from sweep.runtime.secrets import redact
+from sweep.tracking import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_SHA_TAG,
+    ADAPTER_WEIGHTS,
+    require_store,
+)
+
+log = logging.getLogger(__name__)
+
+STAGE_TAG = "stage"
+PARENT_TAG = "parent_run_id"      # the run whose adapter this run started from
+JUDGE_TAG = "judge_run_id"        # the reward model that trained (RL) or scored this run
+POLICY_STAGES = tuple(s for s in STAGES if s != "reward")
+TASK_TYPES = {"policy": "CAUSAL_LM", "judge": "SEQ_CLS"}  # peft task type of each role's adapter
+SWEEP_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
+
+
+@dataclass(frozen=True)
+class Ancestor:
+    """A finished run this job builds on, with its adapter fetched and checked."""
+    run_id: str
+    stage: str
+    adapter: Path            # folder with adapter_config.json and adapter_model.safetensors
+    parent_id: str | None    # the run it started from (its `parent_run_id` tag, checked to be a run id)
+
+    def content(self) -> dict[str, str]:
+        """sha256 of the adapter's files: what a cache key holds of this run (never its id or path)."""
+        return {name: sha256(self.adapter / name) for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)}
+
+
+MAX_LINEAGE = 8  # stages between a policy and its first stage: more is a loop in a changed store
+
+
+@dataclass(frozen=True)
+class Lineage:
+    policy: tuple[Ancestor, ...] = ()  # the parent policy's lineage, first stage first (empty: the base model)
+    judge: Ancestor | None = None      # the reward model
+
+    @property
+    def parent(self) -> Ancestor | None:
+        return self.policy[-1] if self.policy else None
+
+    def tags(self) -> dict[str, str]:
+        return ({PARENT_TAG: self.parent.run_id, "parent_stage": self.parent.stage} if self.parent else {}) | (
+            {JUDGE_TAG: self.judge.run_id} if self.judge else {})
+
+
+def resolve(cfg: DictConfig, sweep_id: str, base_model: str, multirun: bool) -> Lineage:
+    """The runs this job starts from and is judged by; ConfigError (one line, no compute) when a run is
+    missing, unfinished, of the wrong stage, on another base model, or has no adapter."""
+    stage = cfg.stage
+    parent_id = cfg.init.run_id
+    if parent_id is None and stage.starts_from:
+        parent_id = in_sweep(cfg, sweep_id, stage.starts_from, "init.run_id", multirun)
+    judge_id = cfg.eval.judge_run_id
+    if judge_id is None and stage.starts_from:  # (a later stage is scored by the sweep's reward model, if any)
+        judge_id = in_sweep(cfg, sweep_id, "reward", "eval.judge_run_id", multirun, required=stage.needs_judge)
+    cache = Path(cfg.paths.cache) / "adapters"
+    policy = []
+    while parent_id:  # the parent, its parent, ... up to the first stage
+        if len(policy) == MAX_LINEAGE or parent_id in {a.run_id for a in policy}:
+            raise ConfigError(f"init.run_id={policy[0].run_id}: its lineage (parent_run_id tags) does not end "
+                              f"within {MAX_LINEAGE} runs; the store was changed: start from another run")
+        key = "init.run_id" if not policy else f"init.run_id's ancestor {parent_id}"
+        policy.append(fetch(key, parent_id, POLICY_STAGES, "policy", cfg, base_model, cache))
+        parent_id = policy[-1].parent_id
+    judge = fetch("eval.judge_run_id", judge_id, ("reward",), "judge", cfg, base_model, cache) if judge_id else None
+    return Lineage(tuple(reversed(policy)), judge)
+
+
+def client(uri: str):
+    import mlflow
+
+    require_store(uri)
+    return mlflow.MlflowClient(tracking_uri=uri)
+
+
+def in_sweep(cfg: DictConfig, sweep_id: str, stage: str, key: str, multirun: bool, required: bool = True) -> str | None:
+    """The newest finished run of `stage` in this sweep (same experiment, same sweep_id tag); when
+    there is none, a ConfigError if `required`, else None."""
+    needs = f"stage={cfg.stage.name} starts from a stage={stage} run" if key == "init.run_id" else \
+        f"stage={cfg.stage.name} trains against a reward model (a stage=reward run)"
+    if not multirun:
+        if not required:
+            return None
+        raise ConfigError(f"{key} is not set: {needs}; give {key}=<its run id>")
+    if not set(sweep_id) <= SWEEP_ID_CHARS:
+        raise ConfigError(f"tracking.sweep_id={sweep_id!r}: use letters, digits and _-.: only (it is searched for)")
+    store = client(cfg.tracking.uri)
+    experiment = store.get_experiment_by_name(cfg.tracking.experiment)
+    runs = [] if experiment is None else store.search_runs(
+        [experiment.experiment_id],
+        filter_string=f"tags.sweep_id = '{sweep_id}' and tags.{STAGE_TAG} = '{stage}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs and not required:
+        return None
+    if not runs:
+        raise ConfigError(f"{key} is not set and sweep {sweep_id} has no finished stage={stage} run: {needs}; "
+                          f"sweep stage={stage} before it (e.g. experiment=rlhf), or give {key}=<run id>")
+    return runs[0].info.run_id
+
+
+def fetch(key: str, run_id: str, stages: tuple[str, ...], role: str, cfg: DictConfig, base_model: str,
+          cache: Path) -> Ancestor:
+    """Check the run named by `key` and fetch its adapter into `cache`/<run id>/."""
+    import mlflow
+
+    if not RUN_ID.fullmatch(run_id):
+        raise ConfigError(f"{key}={run_id!r}: not an MLflow run id")
+    store = client(cfg.tracking.uri)
+    try:
+        run = store.get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise ConfigError(f"{key}={run_id}: no such run in {redact(cfg.tracking.uri)}; check tracking.uri") from None
+    tags = run.data.tags
+    stage = tags.get(STAGE_TAG, "sft")  # (runs from before the pipeline existed are SFT runs)
+    if stage not in stages:
+        wanted = "a policy (stage " + ", ".join(POLICY_STAGES) + ")" if role == "policy" else "a stage=reward run"
+        raise ConfigError(f"{key}={run_id} is a stage={stage if stage in STAGES else '?'} run; "
+                          f"{key} needs {wanted}")
+    if run.info.status != "FINISHED":
+        raise ConfigError(f"{key}={run_id}: the run is {run.info.status.lower()}, not finished; use a finished run")
+    if tags.get("base_model") != base_model:
+        raise ConfigError(f"{key}={run_id} was trained on another base model than this job's ({base_model}); "
+                          f"choose the model it was trained on (its run's `model` param)")
+    expected = tags.get(ADAPTER_SHA_TAG)
+    if expected is None:
+        raise ConfigError(f"{key}={run_id}: the run has no adapter (a baseline, a full fine-tune, or "
+                          f"tracking.log_adapter=false); start from a run that trained with method=lora")
+    folder = cache / run_id
+    if not (folder / ADAPTER_WEIGHTS).is_file() or sha256(folder / ADAPTER_WEIGHTS) != expected:
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):  # these two files only: never a pickle
+            Path(store.download_artifacts(run_id, f"{ADAPTER_DIR}/{name}", str(folder))).replace(folder / name)
+        if sha256(folder / ADAPTER_WEIGHTS) != expected:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ConfigError(f"{key}={run_id}: the adapter does not match the sha256 its run recorded; the store "
+                              "was changed after the run: train that stage again")
+    check_adapter_config(key, run_id, folder / ADAPTER_CONFIG, TASK_TYPES[role])
+    log.info("%s: %s run %s (adapter %s...)", key, stage, run_id, expected[:12])
+    parent = tags.get(PARENT_TAG)
+    if parent is not None and not RUN_ID.fullmatch(parent):
+        raise ConfigError(f"{key}={run_id}: its {PARENT_TAG} tag is not a run id; the store was changed")
+    return Ancestor(run_id, stage, folder, parent)
+
+
+def check_adapter_config(key: str, run_id: str, path: Path, task_type: str) -> None:
+    """The adapter must be a LoRA adapter of the expected kind (peft reads nothing else from it that runs)."""
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"{key}={run_id}: its adapter_config.json is not JSON; train that stage again") from None
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA" or config.get("task_type") != task_type:
+        raise ConfigError(f"{key}={run_id}: its adapter is not a {task_type} LoRA adapter; "
+                          f"{key} needs a run of the stage named above")
+
+
+def merged(model, ancestors: tuple[Ancestor, ...]):
+    """`model` (the base) with each ancestor's LoRA adapter merged into its weights, first stage first."""
+    from peft import PeftModel
+
+    for ancestor in ancestors:
+        model = PeftModel.from_pretrained(model, str(ancestor.adapter)).merge_and_unload()
+    return model

@@ -1,0 +1,98 @@
+"""The reference policy's replies, generated once per reference and scoring settings.
+
+A judged run compares its replies with its reference's (the parent policy, or the base model) on
+the same prompts, with the same settings and seed. Every job of a sweep shares that reference (the
+six arms of experiment=instruction_data the base model, the four RL stages of experiment=rlhf the
+SFT policy), so each would generate the same replies again: half the scoring time of a judged run.
+A run logs the reference's replies as `reference_replies.json` with tags `reference_key` (sha256 of
+what they depend on, by content: the baseline cache's inputs with the decoding, the adapters merged
+into the reference, the batch size, the judging code) and `reference_sha256` (of the file). A later
+run with the same key reuses them (tag `reference_replies_from`). The store may be shared, so the
+file is data: it must hash to what its run recorded and is read as strings only.
+`eval.cache=false` generates them afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+from sweep import tracking
+from sweep.rlhf.lineage import Ancestor
+from sweep.runtime import interrupts
+from sweep.runtime.files import module_digest, sha256
+from sweep.scoring import baseline_cache
+
+log = logging.getLogger(__name__)
+
+REPLIES = "reference_replies.json"
+KEY_TAG, HASH_TAG, FROM_TAG = "reference_key", "reference_sha256", "reference_replies_from"
+
+Replies = dict[str, dict[int, str]]  # task -> doc_id -> the reference's reply
+
+
+def cache_key(cfg: DictConfig, task_manager, files: list[Path], policy: tuple[Ancestor, ...]) -> str:
+    inputs = {
+        "scoring": baseline_cache.cache_key(cfg, task_manager, files),
+        "reference": [a.content() for a in policy],  # merged into the base, first stage first (none: the base model)
+        "quantization": OmegaConf.to_container(cfg.method.quantization) if cfg.method.quantization else None,
+        "batch_size": cfg.eval.batch_size,  # (a batch's padding, and sampling, follow it)
+        "judging_code": module_digest(baseline_cache.JUDGING_CODE),
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def find(key: str, needed: dict[str, set[int]]) -> tuple[str, Replies] | None:
+    """(run id, replies) of the latest finished run that generated the replies of this key, whose
+    file still hashes to what it recorded and holds a reply to each `needed` task's docs; None when
+    there is none."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True, order_by=["start_time DESC"], max_results=5, output_format="list",
+        filter_string=f"tags.{KEY_TAG} = '{key}' and attributes.status = 'FINISHED'")
+    for run in runs:
+        if FROM_TAG in run.data.tags:
+            continue  # (a run that reused them: its source is the one to check)
+        replies = _read(run)
+        if replies is not None and all(ids <= set(replies.get(task, ())) for task, ids in needed.items()):
+            return run.info.run_id, replies
+        log.warning("reference replies of run %s do not hash to what it recorded, or are malformed: not reused",
+                    run.info.run_id)
+    return None
+
+
+def _read(run) -> Replies | None:
+    recorded = run.data.tags.get(HASH_TAG, "")
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=REPLIES, dst_path=tmp))
+        except mlflow.exceptions.MlflowException:
+            return None
+        if sha256(path) != recorded:
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except ValueError:
+            return None
+    if not isinstance(data, dict) or not all(
+            isinstance(task, str) and isinstance(replies, dict) and
+            all(isinstance(i, str) and i.isdigit() and isinstance(r, str) for i, r in replies.items())
+            for task, replies in data.items()):
+        return None
+    return {task: {int(i): r for i, r in replies.items()} for task, replies in data.items()}
+
+
+def record(replies: Replies, key: str, source: str | None) -> None:
+    """Into the active run: the replies and their key, or (reused) the run they came from."""
+    if source is not None:
+        tracking.set_tags({KEY_TAG: key, FROM_TAG: source})
+        return
+    text = json.dumps({task: {str(i): r for i, r in sorted(rs.items())} for task, rs in replies.items()}, indent=1)
+    with interrupts.atomic_write():
+        mlflow.log_text(text, REPLIES)
+        mlflow.set_tags({KEY_TAG: key, HASH_TAG: hashlib.sha256(text.encode()).hexdigest()})

@@ -1,0 +1,142 @@
+"""Baseline cache: the prompt-only and in-context scores of a model are computed once.
+
+A baseline's scores depend only on the model, the tasks (template and data), the prompting (k,
+sampler, draws, calibration; for method=strongest_baseline the variants searched), the examples
+scored, the seed, the scoring libraries and the harness's own scoring code, never on what a sweep trains. A 4-shot pass of a 135M
+model over 1,000 examples takes minutes on 2 cores, and every sweep wants it beside its runs, so
+a finished baseline run is found by the key of those inputs (tag `baseline_key`: contents, never paths) and its scores
+are logged again in a new run, tagged `cached=true` and `cached_from=<source run>`, with the same
+per-example predictions (so paired tests still work). A judged baseline (eval.judge_run_id) has the
+reward model's adapter in its key and reuses its judged replies too. MLflow is the cache: nothing is stored
+elsewhere, and deleting the source run ends the reuse. `eval.cache=false` always scores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import mlflow
+from omegaconf import DictConfig, OmegaConf
+
+from sweep import tracking
+from sweep.runtime import interrupts
+from sweep.runtime.files import module_digest, sha256
+
+log = logging.getLogger(__name__)
+
+RESULTS = "lm_eval_results.json"
+REUSED_ARTIFACTS = (RESULTS, tracking.BASELINE_PANEL, tracking.JUDGED_REPLIES, tracking.DEV_JUDGED_REPLIES)
+# The harness's own scoring code: a change to any of these scores differently, so it is in the key.
+SCORING_CODE = tuple(f"sweep.{m}" for m in ("scoring.evaluate", "scoring.fewshot", "scoring.calibration",
+    "scoring.prefix_cache", "scoring.baselines", "scoring.race", "data.splits", "pipeline.score"))
+JUDGING_CODE = "sweep.rlhf.judging"  # the code that judges generated replies (a judged baseline's key holds it too)
+LIBRARIES = ("lm-eval", "transformers", "torch")  # whose versions score (a new release may change numerics)
+
+
+def cache_key(cfg: DictConfig, task_manager, files: list[Path], judge=None) -> str:
+    """sha256 of everything a baseline's scores depend on, by content: where the checkout, the
+    cache or the model lie does not enter it (two clones share their baselines). `judge`: the
+    reward model (a lineage.Ancestor) that also scores the replies, if any."""
+    from sweep.scoring.evaluate import Prompting, variant_name
+    from sweep.training.models import model_source, weights_digest
+
+    search = cfg.method.get("search")
+    templates = list(search.template) if search is not None else [cfg.eval.template]
+    variants = [variant_name(t, template) for template in templates for t in cfg.eval.tasks]
+    inputs = {
+        "model": {"weights": weights_digest(model_source(cfg.model, cfg.paths.cache, cfg.seed)),
+                  **{k: cfg.model[k] for k in ("dtype", "attn_implementation", "trust_remote_code")}},
+        "tasks": {v: task_content(task_manager.task_index[v].cfg) for v in variants},  # templates, splits, metrics
+        "data": {Path(f).name + f"@{i}": sha256(f) for i, f in enumerate(sorted(files))},
+        "prompting": dataclasses.asdict(Prompting.from_config(cfg)),
+        "search": OmegaConf.to_container(search) if search is not None else None,
+        "limit": cfg.eval.limit,
+        "dev_size": cfg.data.dev_size,  # (the development slice: its scores, and the pool of demonstrations)
+        "seed": cfg.seed,
+        "versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
+        "scoring_code": {name: module_digest(name) for name in SCORING_CODE},
+    }
+    generation = {k: v for k, v in cfg.eval.generation.items() if v is not None}
+    if generation:  # (decoding of generation tasks; absent when unset, so keys of the tasks' own settings hold)
+        inputs["generation"] = generation
+    if judge is not None:  # its adapter, by content, and the code that judges
+        inputs["judge"] = judge.content()
+        inputs["judging_code"] = module_digest(JUDGING_CODE)
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def task_content(task_cfg) -> dict:
+    """A task's config with each `!function` reference (lm-eval stores `<folder>/<module>.<name>`)
+    replaced by its module's file name, function name and source hash: editing the hook changes
+    the key, moving the checkout does not."""
+    def content(value):
+        if isinstance(value, dict):
+            return {k: content(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [content(v) for v in value]
+        if isinstance(value, str) and "/" in value and "." in value:
+            module, _, name = value.rpartition(".")
+            source = Path(module + ".py")
+            if source.is_file():
+                return f"!function {source.name}:{name}@{sha256(source)}"
+        return value
+    return content(dict(task_cfg))
+
+
+def find_source(key: str):
+    """The latest finished, freshly scored run with this key, in any experiment of the store,
+    whose results file still hashes to what the run recorded (tag `results_sha256`)."""
+    runs = mlflow.search_runs(
+        search_all_experiments=True, order_by=["start_time DESC"], max_results=5, output_format="list",
+        filter_string=f"tags.baseline_key = '{key}' and tags.cached = 'false' and attributes.status = 'FINISHED'",
+    )
+    for run in runs:
+        if results_intact(run):
+            return run
+        log.warning("baseline cache: run %s has this key but its results do not hash to what it recorded; "
+                    "not reused", run.info.run_id)
+    return None
+
+
+def results_intact(run) -> bool:
+    recorded = run.data.tags.get(tracking.RESULTS_HASH_TAG)
+    if not recorded:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=RESULTS, dst_path=tmp)
+        except mlflow.exceptions.MlflowException:
+            return False
+        return sha256(Path(path)) == recorded
+
+
+def reuse(source) -> dict[str, float]:
+    """Log the source run's scores (each draw's too), predictions, development panel and chosen
+    variant into the active run; return the scores."""
+    metrics = {k: v for k, v in source.data.metrics.items() if "/" in k or k in ("trainable_params", "total_params",
+                                                                                  "model_memory_mb")}
+    client, run_id = mlflow.MlflowClient(), source.info.run_id
+    tracking.log_metrics({k: v for k, v in metrics.items() if not k.startswith("draw/")})
+    for key in [k for k in metrics if k.startswith("draw/")]:
+        for point in client.get_metric_history(run_id, key):
+            tracking.log_metrics({key: point.value}, step=point.step)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in [a.path for a in client.list_artifacts(run_id) if a.path in REUSED_ARTIFACTS]:
+            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)
+            with interrupts.atomic_write():
+                mlflow.log_artifact(path)
+    experiment = source.info.experiment_id
+    chosen = {k: v for k, v in source.data.tags.items() if k.startswith("baseline.") or
+              (k == "mlflow.runName" and "baseline.variant" in source.data.tags)}
+    tracking.set_tags(chosen | {
+        "cached": "true", "cached_from": run_id,
+        "mlflow.note.content": f"Scores reused from run [{run_id}]"
+                               f"(#/experiments/{experiment}/runs/{run_id}) (baseline cache).",
+    })
+    return metrics

@@ -1,0 +1,258 @@
+"""The strongest prompt-only / in-context baseline, chosen without peeking (method=strongest_baseline).
+
+"Did fine-tuning pay off?" is only answered honestly against the best a frozen model can do with
+prompting alone, and "best" must not be picked on the examples the answer is reported on (the
+maximum of many variants on one split is biased upward). So every variant of `method.search`
+(template x k x sampler x calibration) is raced on the development slice (sweep/data/splits.py,
+sweep/scoring/race.py), the choice prefers the simpler variant unless a more complex one is better by more
+than its uncertainty, and the chosen variant is scored once on the test examples with exactly the
+demonstrations it was chosen with, as the equivalent `method=zero_shot|few_shot` run scores it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from omegaconf import DictConfig
+
+from sweep.config import DEFAULT_TEMPLATE, ConfigError
+from sweep.data import splits
+from sweep.scoring import race
+
+log = logging.getLogger(__name__)
+
+
+def template_suffix(template: str) -> str:
+    """'-plain' in a run name; nothing for the default template."""
+    return "" if template == DEFAULT_TEMPLATE else f"-{template}"
+
+
+@dataclass(frozen=True)
+class Variant:
+    template: str
+    num_fewshot: int
+    fewshot_sampler: str
+    calibrate: bool
+
+    @property
+    def method(self) -> str:
+        return "few_shot" if self.num_fewshot else "zero_shot"
+
+    def label(self) -> str:
+        """e.g. few_shot-k4-balanced-cal-plain (the run name of the equivalent baseline run)."""
+        parts = [self.method] + ([f"k{self.num_fewshot}"] if self.num_fewshot else [])
+        parts += ["balanced"] if self.num_fewshot and self.fewshot_sampler == "balanced" else []
+        parts += ["cal"] if self.calibrate else []
+        return "-".join(parts) + template_suffix(self.template)
+
+    def overrides(self) -> list[str]:
+        """The command-line overrides of the equivalent stand-alone baseline run."""
+        return [f"method={self.method}", f"eval.template={self.template}", f"eval.num_fewshot={self.num_fewshot}",
+                f"eval.fewshot_sampler={self.fewshot_sampler}", f"eval.calibrate={str(self.calibrate).lower()}"]
+
+
+def variants(search: DictConfig) -> list[Variant]:
+    """The distinct variants of the search, simplest first (ties go to the simpler one); the
+    sampler does not matter at k=0."""
+    out = []
+    for template, k, sampler, cal in itertools.product(search.template, sorted(search.num_fewshot),
+                                                         search.fewshot_sampler, sorted(search.calibrate)):
+        v = Variant(template, k, sampler if k else search.fewshot_sampler[0], cal)
+        if v not in out:
+            out.append(v)
+    return sorted(out, key=lambda v: (v.num_fewshot, v.calibrate, v.template != DEFAULT_TEMPLATE))
+
+
+def units(search: DictConfig) -> list[list[Variant]]:
+    """The variants grouped by scoring pass (template, k, sampler: calibrated or not, one pass gives
+    both), in the order of their simplest variant."""
+    groups: dict[tuple, list[Variant]] = {}
+    for v in variants(search):
+        groups.setdefault((v.template, v.num_fewshot, v.fewshot_sampler), []).append(v)
+    return list(groups.values())
+
+
+def headline(task) -> str:
+    """The metric a variant is judged by: the task's first metric (acc for our classification tasks)."""
+    return task.config.metric_list[0]["metric"]
+
+
+@dataclass
+class Choice:
+    best: Variant
+    panel: list[dict]     # one row per variant and task: dev mean, sd over draws, where the race dropped it
+    scores: object        # evaluate.Scores of the best variant on the test examples
+    dev_metrics: dict[str, float]  # its development scores: dev/<task>/<metric>
+    demonstrations: list  # the draws it was chosen with and reported with (per draw: {task: docs})
+
+
+@dataclass(frozen=True)
+class Search:
+    """What the strongest-baseline search needs besides the model: `method.search`, the prompting
+    at k demonstrations as the run's eval settings give it (`prompting_of(k)`: draws, content-free
+    inputs, seed) and the roles of the examples."""
+    space: DictConfig
+    prompting_of: Callable[[int], object]  # k -> evaluate.Prompting
+    dev_size: int
+    limit: int | None
+    log_samples: bool
+
+    def unit_prompting(self, unit: list[Variant]):
+        """The prompting of one scoring pass: fixed draws, calibrated when any of its variants is."""
+        v = unit[0]
+        prompting = replace(self.prompting_of(v.num_fewshot), per_example=False,
+                            calibrate=any(u.calibrate for u in unit))
+        return replace(prompting, sampler=v.fewshot_sampler) if v.num_fewshot else prompting
+
+
+class Templates:
+    """Each searched template's tasks, loaded once, with the development slices and the pool of
+    demonstrations (the slices are carved once: every template sees the same examples)."""
+
+    def __init__(self, load_tasks, dev_size: int):
+        self.load_tasks, self.dev_size, self.slices, self.loaded = load_tasks, dev_size, None, {}
+
+    def __call__(self, template: str):
+        if template not in self.loaded:
+            tm, tasks = self.load_tasks(template)
+            if self.slices is None:
+                self.slices = splits.dev_slices(tasks, self.dev_size)
+                missing = [n for n in tasks if not self.slices.get(n)]
+                if missing:
+                    raise ConfigError(f"method=strongest_baseline chooses on a development slice, and task "
+                                      f"{missing[0]} has none (data.dev_size={self.dev_size}); set data.dev_size > 0, "
+                                      f"or score that task with method=zero_shot|few_shot")
+            pools = {n: splits.demonstration_pool(t, self.slices[n]) for n, t in tasks.items()}
+            self.loaded[template] = tm, tasks, pools
+        return self.loaded[template]
+
+
+def strongest(search: Search, lm, load_tasks) -> Choice:
+    """Race the variants on the development slice, choose one accounting for noise (sweep/scoring/race.py),
+    then score it once on the test examples with the very demonstrations it was chosen with.
+    `load_tasks(template)` -> (task manager, {task name: task}) of the eval tasks."""
+    from sweep.scoring.evaluate import draw_demonstrations, score
+
+    templates = Templates(load_tasks, search.dev_size)
+    draws: dict[tuple, list] = {}
+
+    def demonstrations(unit: list[Variant]) -> list:
+        """A pass's draws, made once: every prefix of the race and the test pass show the same."""
+        if tuple(unit) not in draws:
+            _, tasks, pools = templates(unit[0].template)
+            draws[tuple(unit)] = draw_demonstrations(tasks, search.unit_prompting(unit), pools)
+        return draws[tuple(unit)]
+
+    ordered = units(search.space)
+
+    def score_prefix(unit, start, stop):
+        tm, tasks, pools = templates(unit[0].template)
+        chunk = {n: splits.dev_task(t, templates.slices[n][start:stop]) for n, t in tasks.items()}
+        scores = score(lm, tm, chunk, search.unit_prompting(unit), None, log_samples=True, pools=pools,
+                       demonstrations=demonstrations(unit))
+        return {v: per_example(scores.results, chunk, v, calibrated_pass=any(u.calibrate for u in unit))
+                for v in unit}
+
+    n_tasks = len(templates(ordered[0][0].template)[1])
+    log.info("strongest baseline: racing %d variants on %d development examples per task",
+             sum(map(len, ordered)), search.dev_size)
+    raced = race.race(ordered, score_prefix, search.dev_size, n_tasks, search.space.p_threshold,
+                      search.space.n_startup_steps)
+    chosen = race.choose([r for r in raced if r.complete])
+    best = chosen.variant
+    unit_of = next(u for u in ordered if best in u)
+    log.info("strongest baseline on the development slice: %s (%.4f; leader %s)", best.label(), chosen.mean(),
+             max((r for r in raced if r.complete), key=race.Raced.mean).variant.label())
+    tm, tasks, pools = templates(best.template)
+    final = replace(search.unit_prompting(unit_of), calibrate=best.calibrate)
+    shown = demonstrations(unit_of)
+    scores = score(lm, tm, tasks, final, search.limit, search.log_samples, pools=pools, demonstrations=shown)
+    panel = panel_rows(raced, tasks, chosen)
+    # A calibrated pass holds the uncalibrated scores too: then the test pass is the chosen pass's oracle.
+    done = {tuple(unit_of): scores} if final == search.unit_prompting(unit_of) else {}
+    oracle_scores(panel, peeked(ordered, raced, search.space.oracle), search, lm, templates, demonstrations, done)
+    dev = dev_metrics(chosen, tasks)
+    return Choice(best, panel, scores, dev, shown)
+
+
+def per_example(results: dict, tasks: dict, v: Variant, calibrated_pass: bool) -> tuple[list, list]:
+    """(by_draw, predictions) of variant `v` from a pass's samples, the tasks one after the other:
+    a calibrated pass holds both the calibrated scores and lm-eval's own (`_uncalibrated`)."""
+    suffix = "_uncalibrated" if calibrated_pass and not v.calibrate else ""
+    by_draw, predictions = [], []
+    for name, task in tasks.items():
+        metric = headline(task) + suffix
+        samples = sorted(results["samples"][name], key=lambda s: s["doc_id"])
+        scores = [s.get(f"{metric}_by_draw", [s[metric]]) for s in samples]
+        preds = [s.get(f"prediction{suffix}_by_draw", [s.get(f"prediction{suffix}")]) for s in samples]
+        by_draw = [a + list(b) for a, b in zip(by_draw, zip(*scores))] if by_draw else [list(d) for d in zip(*scores)]
+        predictions = [a + list(b) for a, b in zip(predictions, zip(*preds))] if predictions \
+            else [list(p) for p in zip(*preds)]
+    return by_draw, predictions
+
+
+def dev_metrics(chosen: race.Raced, tasks: dict) -> dict[str, float]:
+    """The chosen variant's development score per task (dev/<task>/<metric>) and its spread over draws."""
+    out = {}
+    for t, (name, task) in enumerate(tasks.items()):
+        part, key = chosen.task(t), splits.dev_name(name) + "/" + headline(task)
+        out[key] = part.mean()
+        if len(part.by_draw) > 1:
+            out[f"{key}_draw_sd"] = part.draw_sd()
+    return out
+
+
+def panel_rows(raced: list[race.Raced], tasks: dict, chosen: race.Raced) -> list[dict]:
+    """One row per variant and task: its development mean (on the examples it was scored on before
+    the race dropped it, if it did), spread over draws, top-answer share, and whether it was chosen."""
+    rows = []
+    for r in raced:
+        v = r.variant
+        for t, (name, task) in enumerate(tasks.items()):
+            part = r.task(t)
+            rows.append({"variant": v.label(), "template": v.template, "num_fewshot": v.num_fewshot,
+                         "fewshot_sampler": v.fewshot_sampler if v.num_fewshot else "-", "calibrate": v.calibrate,
+                         "task": name, "metric": headline(task), "dev_mean": part.mean(), "dev_n": part.n,
+                         "dev_draw_sd": part.draw_sd() if len(part.by_draw) > 1 else None,
+                         "top_prediction_share": part.top_share(), "pruned_at": r.pruned_at,
+                         "chosen": r is chosen})
+    return rows
+
+
+def peeked(ordered: list[list[Variant]], raced: list[race.Raced], oracle: str) -> list[list[Variant]]:
+    """The passes `method.search.oracle` scores on the test examples: all, those with a variant that
+    finished the race, or none."""
+    finished = {r.variant for r in raced if r.complete}
+    return [u for u in ordered if oracle == "all" or (oracle == "finished" and finished & set(u))]
+
+
+def oracle_scores(panel: list[dict], peeked: list[list[Variant]], search: Search, lm, templates,
+                  demonstrations, done: dict) -> None:
+    """method.search.oracle: the variants of `peeked` also scored on the test examples (their draws
+    as on the development slice), into the panel as `test_mean`. Peeking, for the report's comparison
+    with the honest choice; nothing reads it to choose. `done`: passes already scored on test."""
+    from sweep.scoring.evaluate import score
+
+    rows = {(row["variant"], row["task"]): row for row in panel}
+    for unit in peeked:
+        tm, unit_tasks, pools = templates(unit[0].template)
+        calibrated = any(v.calibrate for v in unit)
+        scores = done.get(tuple(unit)) or score(lm, tm, unit_tasks, search.unit_prompting(unit), search.limit,
+                                                 log_samples=False, pools=pools, demonstrations=demonstrations(unit))
+        for v in unit:
+            suffix = "_uncalibrated" if calibrated and not v.calibrate else ""
+            for name, task in unit_tasks.items():
+                rows[(v.label(), name)]["test_mean"] = scores.metrics[f"{name}/{headline(task)}{suffix}"]
+        log.info("strongest baseline (oracle, peeking): %s", ", ".join(
+            f"{v.label()} {rows[(v.label(), n)]['test_mean']:.4f}" for v in unit for n in unit_tasks))
+
+
+def check_search(cfg: DictConfig, tm) -> None:
+    """Every searched template exists for every eval task (before any compute)."""
+    from sweep.scoring.evaluate import check_templates
+
+    for template in cfg.method.search.template:
+        check_templates(tm, list(cfg.eval.tasks), template, key="method.search.template")

@@ -1,0 +1,354 @@
+"""A Hydra sweeper on current Optuna (selected with `hydra/sweeper=optuna`): the ask/tell loop.
+
+Why our own: the published hydra-optuna-sweeper pins optuna<3 and cannot prune trials, resume a
+study or hand the trial to the job. This one keeps Hydra's override grammar for search spaces,
+hands each trial to its job by value (`trial.*` overrides, the storage in the environment), so
+any Hydra launcher can run the jobs (in this process, joblib, SLURM through submitit), stores
+studies where many workers on many hosts can share them, beats for its running trials so that
+the trials of a dead worker are retried elsewhere, and resumes an interrupted study. The MLflow
+parent run and the end-of-study report live in `sweep/study/study_runs.py`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import optuna
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.trial import TrialState
+
+from sweep.config import ConfigError
+from sweep.data.splits import selection_metric, test_metric
+from sweep.runtime import processes
+from sweep.runtime.interrupts import Terminated, install_signal_handlers
+from sweep.runtime.secrets import redact
+from sweep.study import study_runs, trials
+from sweep.study.search import (
+    PRUNERS,
+    SAMPLERS,
+    STORAGE_ENV,
+    HeartbeatThread,
+    SearchSpace,
+    fail_stale,
+    grid_size,
+    make_pruner,
+    make_sampler,
+    make_storage,
+    parse_search_space,
+    prunes,
+    requeue,
+    storage_url,
+)
+from sweep.tracking import open_experiment
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
+log = logging.getLogger(__name__)
+
+
+def worker_id() -> str:
+    """host:pid, recorded on every trial this process asks for."""
+    return f"{processes.host()}:{os.getpid()}"
+
+
+class SweepFailedError(RuntimeError):
+    """Too many trials failed (hydra.sweeper.max_failures)."""
+
+
+def recover_local_dead_trials(study: optuna.Study) -> None:
+    """Fail the RUNNING trials of workers on this host that no longer exist, and queue them again.
+    The journal file has no heartbeat, so on one machine this PID check is what finds them (on an
+    RDB storage it only finds them sooner than the heartbeat's grace period)."""
+    host = processes.host()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if worker_host == host and pid.isdigit() and not processes.alive(int(pid)):
+            try:
+                study.tell(t.number, state=TrialState.FAIL)
+            except (ValueError, RuntimeError):  # another worker recovered it first
+                continue
+            requeue(study, t)
+
+
+def count(study: optuna.Study, *states: TrialState) -> int:
+    return len(study.get_trials(deepcopy=False, states=states))
+
+
+def retried(trials_: list) -> set[int]:
+    return {t.user_attrs["retry_of"] for t in trials_ if "retry_of" in t.user_attrs}
+
+
+def settled_trials(study: optuna.Study) -> list:
+    """Trials that use up the budget (n_trials): complete, pruned, or failed for a reason of their
+    own. Not counted: trials failed because their worker died (they are run again) and a worker's
+    surplus ask for a trial that another worker had already taken."""
+    all_trials = study.get_trials(deepcopy=False)
+    again = retried(all_trials)
+    return [t for t in all_trials if t.state in FINISHED or (
+        t.state == TrialState.FAIL and t.number not in again and not t.user_attrs.get("surplus"))]
+
+
+def failures(study: optuna.Study, since: int = 0) -> int:
+    """Trials numbered `since` or later that failed for a reason of their own."""
+    return sum(1 for t in settled_trials(study) if t.state == TrialState.FAIL and t.number >= since)
+
+
+def last_settled(study: optuna.Study):
+    """The trial whose end settled the study (the latest to complete)."""
+    done = [t for t in settled_trials(study) if t.datetime_complete]
+    return max(done, key=lambda t: (t.datetime_complete, t.number)) if done else None
+
+
+class OptunaSweeper(Sweeper):
+    def __init__(self, n_trials: int = 12, sampler: str = "tpe", seed: int | None = 0,
+                 direction: str = "maximize", directions=None, objective="sst2/acc",
+                 pruner: str = "none", storage: str | None = None, study_name: str | None = None,
+                 n_jobs: int = 1, max_failures: int = 3, heartbeat_interval: int = 60, grace_period: int = 180,
+                 params=None) -> None:
+        self.n_trials, self.sampler, self.seed, self.pruner = n_trials, sampler, seed, pruner
+        objectives = list(objective) if isinstance(objective, (list, ListConfig)) else [objective]
+        dirs = list(directions) if directions else [direction] * len(objectives)
+        self.objectives, self.directions = [str(o) for o in objectives], [str(d) for d in dirs]
+        # What a trial's value is: a task's objective read on the development slice, never on test.
+        self.selection = [selection_metric(o) for o in self.objectives]
+        self.storage_url, self.study_name = storage, study_name
+        self.n_jobs, self.max_failures = n_jobs, max_failures
+        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
+        self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else (params or {})
+        self.worker = worker_id()
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        self.config, self.hydra_context = config, hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    @property
+    def in_process(self) -> bool:
+        """Hydra's basic launcher runs one job at a time here: parallel trials need worker processes."""
+        return isinstance(self.launcher, BasicLauncher)
+
+    # ------------------------------------------------------------------ the sweep
+    def sweep(self, arguments: list[str]) -> None:
+        try:
+            self._sweep(arguments)
+        except ConfigError as e:  # bad sweeper settings, search space or storage: one line, as for jobs
+            print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
+            sys.exit(2)
+
+    def _sweep(self, arguments: list[str]) -> None:
+        self._check()
+        space = parse_search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
+        space.fixed = [o for o in space.fixed if not o.startswith(("hydra.", "hydra/"))]
+        if self.sampler == "grid" and grid_size(space) < self.n_trials:
+            log.info("the grid has %d points: n_trials %d -> %d", grid_size(space), self.n_trials, grid_size(space))
+            self.n_trials = grid_size(space)
+        study, created = self._study(space)
+        self.first_trial = len(study.trials)  # failures of earlier invocations do not count again
+        experiment_id = open_experiment(self.config.tracking)  # (first: a new SQLite store is created under its lock)
+        self.client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
+        parent = study_runs.parent_run(study, created, self.client, experiment_id, self._parent_params(space),
+                                       unfinished=len(settled_trials(study)) < self.n_trials)
+        self._recover(study)
+        install_signal_handlers()  # SIGTERM, like Ctrl-C, reaches the loop below as an exception
+        workers = self._spawn_workers()
+        try:
+            self._run_trials(study, space, parent)
+        except SweepFailedError:
+            self.client.set_terminated(parent, "FAILED")
+            raise
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the workers stop too, each closing its run
+            processes.stop(workers, signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
+            raise
+        finally:
+            for w in workers:
+                w.wait()
+        self._finish(study, space, parent)
+
+    def _check(self) -> None:
+        for key, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"hydra.sweeper.{key}={getattr(self, key)!r} is invalid: choose one of "
+                                  f"{', '.join(allowed)}")
+        if len(self.directions) != len(self.objectives):
+            raise ConfigError(f"hydra.sweeper.directions={self.directions} must name one direction per objective "
+                              f"({self.objectives})")
+        for d in self.directions:
+            if d not in ("maximize", "minimize"):
+                raise ConfigError(f"hydra.sweeper.direction={d!r} is invalid: choose maximize or minimize")
+        tasks = list(self.config.eval.tasks)
+        for o in self.objectives:
+            if "/" in o and test_metric(o).split("/")[0] not in tasks:
+                raise ConfigError(f"hydra.sweeper.objective={o!r}: not a metric of the eval tasks ({', '.join(tasks)}); "
+                                  f"name one as <task>/<metric>, e.g. {tasks[0]}/acc")
+            if "/" in o and not self.config.data.dev_size:
+                raise ConfigError(f"hydra.sweeper.objective={o!r} is read on the development slice, and data.dev_size=0 "
+                                  f"carves none: set data.dev_size (e.g. 200)")
+        if len(self.objectives) > 1 and prunes(self.pruner):
+            raise ConfigError("hydra.sweeper.pruner: Optuna cannot prune multi-objective studies; use pruner=none")
+        if prunes(self.pruner) and not self.config.eval.every_steps:
+            raise ConfigError(f"hydra.sweeper.pruner={self.pruner} needs intermediate scores: set eval.every_steps "
+                              "(e.g. eval.every_steps=10)")
+        for key in ("n_trials", "n_jobs", "max_failures", "heartbeat_interval", "grace_period"):
+            value = getattr(self, key)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise ConfigError(f"hydra.sweeper.{key}={value!r} is invalid: must be a positive integer")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ConfigError(f"hydra.sweeper.grace_period={self.grace_period} must exceed heartbeat_interval="
+                              f"{self.heartbeat_interval} (a live worker would be taken for dead)")
+
+    def _study(self, space: SearchSpace) -> tuple[optuna.Study, bool]:
+        """The study, and whether this worker created it (then it also creates the parent run)."""
+        url = storage_url(self.storage_url, str(Path(self.config.paths.root) / "optuna.journal"))
+        name = self.study_name or self.default_study_name(space)
+        self.study_name_resolved, self.storage_resolved = name, url
+        os.environ[STORAGE_ENV] = url  # for the jobs and the workers this process starts
+        kw = dict(study_name=name, storage=make_storage(url, self.heartbeat_interval, self.grace_period),
+                  directions=self.directions, sampler=make_sampler(self.sampler, self.seed, space),
+                  pruner=make_pruner(self.pruner))
+        try:
+            return optuna.create_study(**kw, load_if_exists=False), True
+        except optuna.exceptions.DuplicatedStudyError:
+            return optuna.create_study(**kw, load_if_exists=True), False
+
+    def default_study_name(self, space: SearchSpace) -> str:
+        """The experiment plus a hash of what defines the search: rerunning the same command
+        resumes the same study; changing the space or objective starts a new one."""
+        key = json.dumps([sorted(space.fixed), sorted((k, repr(d)) for k, d in space.distributions.items()),
+                          self.selection, self.directions, self.sampler], sort_keys=True)
+        return f"{self.config.tracking.experiment}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
+
+    def _parent_params(self, space: SearchSpace) -> dict:
+        params = {"sampler": self.sampler, "pruner": self.pruner, "n_trials": self.n_trials,
+                  "objectives": json.dumps(self.selection), "directions": json.dumps(self.directions),
+                  "storage": self.storage_resolved, "fixed_overrides": json.dumps(space.fixed)}
+        return params | {f"space.{k}": repr(d) for k, d in space.distributions.items()}
+
+    def _spawn_workers(self) -> list[subprocess.Popen]:
+        """With the in-process launcher, n_jobs - 1 more processes running this same command on the
+        same study (the storage URL reaches them in the environment, not on their command line)."""
+        if self.n_jobs <= 1 or not self.in_process:
+            return []
+        argv = [a for a in sys.argv if not a.startswith(("hydra.sweeper.storage=", "hydra.sweeper.n_jobs="))]
+        cmd = [sys.executable, *argv, "hydra.sweeper.n_jobs=1", f"hydra.sweeper.study_name={self.study_name_resolved}"]
+        log.info("starting %d more worker process(es)", self.n_jobs - 1)
+        return [subprocess.Popen(cmd) for _ in range(self.n_jobs - 1)]
+
+    def _run_trials(self, study: optuna.Study, space: SearchSpace, parent: str) -> None:
+        batch_size = 1 if self.in_process else self.n_jobs
+        while True:
+            done, running = len(settled_trials(study)), count(study, TrialState.RUNNING)
+            if done >= self.n_trials:
+                return
+            failed = failures(study, since=self.first_trial)
+            if failed >= self.max_failures:
+                raise SweepFailedError(
+                    f"{failed} trials failed (hydra.sweeper.max_failures={self.max_failures}); the sweep "
+                    f"stops. See the FAILED runs' traceback.txt in MLflow, fix the cause, and rerun the same "
+                    f"command to resume study {study.study_name!r}")
+            if done + running >= self.n_trials:
+                time.sleep(POLL_SECONDS)  # the last trials are running in other workers (or their worker died)
+                self._recover(study)
+                continue
+            batch = []
+            for _ in range(min(batch_size, self.n_trials - done - running)):
+                trial = study.ask(space.distributions)
+                trial.set_user_attr("worker", self.worker)
+                if self._is_surplus(study, trial):
+                    break
+                batch.append(trial)
+            if batch:
+                self._run_batch(study, batch, space, parent)
+
+    def _is_surplus(self, study: optuna.Study, trial: optuna.Trial) -> bool:
+        """Two workers may ask at once for the last trial: the later one stands down."""
+        earlier = [t for t in [*settled_trials(study), *study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+                   if t.number < trial.number]
+        if len(earlier) < self.n_trials:
+            return False
+        trial.set_user_attr("surplus", True)
+        study.tell(trial, state=TrialState.FAIL)
+        return True
+
+    def _job_overrides(self, study: optuna.Study, trial: optuna.Trial, space: SearchSpace, parent: str) -> list[str]:
+        return [*space.overrides(trial.params), f"tracking.sweep_id={study.study_name}",
+                *trials.overrides(study.study_name, trial.number, parent, self.selection, self.pruner)]
+
+    def _run_batch(self, study: optuna.Study, batch: list, space: SearchSpace, parent: str) -> None:
+        """Hand the trials to the launcher at once (it runs them in parallel if it can), beating for
+        them while they run."""
+        jobs = [self._job_overrides(study, t, space, parent) for t in batch]
+        with HeartbeatThread(study._storage, [t._trial_id for t in batch]):
+            try:
+                returns = self.launcher.launch(jobs, initial_job_idx=batch[0].number)
+            except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the jobs' runs are KILLED; retry the trials later
+                for t in batch:
+                    study.tell(t, state=TrialState.FAIL)
+                    requeue(study, study.trials[t.number])
+                log.error("interrupted: trial(s) %s queued again; rerun the same command to resume study %r",
+                          [t.number for t in batch], study.study_name)
+                raise
+            except Exception as e:  # the launcher itself failed (e.g. a lost SLURM job)
+                log.error("the launcher failed on trial(s) %s: %s: %s", [t.number for t in batch], type(e).__name__, e)
+                for t in batch:
+                    study.tell(t, state=TrialState.FAIL)
+                return
+        for t, ret in zip(batch, returns):
+            self._tell(study, t, ret)
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret) -> None:
+        try:
+            outcome = ret.return_value  # raises what the job raised, if it did not catch it
+        except Exception as e:
+            log.error("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
+            study.tell(trial, state=TrialState.FAIL)
+            return
+        if outcome.status == "FINISHED":
+            missing = [o for o in self.selection if o not in outcome.metrics]
+            if missing:
+                study.tell(trial, state=TrialState.FAIL)
+                log.error("trial %d: the run has no metric %r (hydra.sweeper.objective); it has %s", trial.number,
+                          missing[0], ", ".join(sorted(outcome.metrics)))
+                return
+            study.tell(trial, [outcome.metrics[o] for o in self.selection])  # development scores only
+        elif outcome.status == "PRUNED":
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            study.tell(trial, state=TrialState.FAIL)
+
+    def _recover(self, study: optuna.Study) -> None:
+        """Fail and requeue the trials of dead workers: on this host by PID, anywhere by heartbeat;
+        then close the MLflow runs of the trials this worker failed as KILLED."""
+        before = retried(study.get_trials(deepcopy=False))
+        recover_local_dead_trials(study)
+        fail_stale(study)
+        dead = sorted(retried(study.get_trials(deepcopy=False)) - before)
+        if dead:
+            log.info("%d trial(s) of a worker that died were failed and queued again: %s", len(dead), dead)
+            study_runs.close_dead_runs(self.client, self.config.tracking.experiment, study.study_name, dead)
+
+    def _finish(self, study: optuna.Study, space: SearchSpace, parent: str) -> None:
+        """Every worker logs the outcome; the one that settled the last trial closes the parent run
+        (or, when the study was already complete, whoever finds the parent still open)."""
+        states = {s.name.lower(): count(study, s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        log.info("study %r: %s", study.study_name, ", ".join(f"{n} {k}" for k, n in states.items()))
+        best = study_runs.summary(study, self.selection, space.overrides, self.client,
+                                  self.config.tracking.experiment)
+        last = last_settled(study)
+        if last is None:
+            return
+        settled_by_me = last.user_attrs.get("worker") == self.worker
+        left_open = last.number < self.first_trial and self.client.get_run(parent).info.status != "FINISHED"
+        if settled_by_me or left_open:
+            study_runs.close_parent(self.client, parent, study, self.selection, best)

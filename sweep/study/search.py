@@ -1,0 +1,272 @@
+"""Optuna search spaces from Hydra's override grammar, and the study's sampler, pruner and storage.
+
+`choice(a,b)` -> categorical, `range(lo,hi,step=s)` -> int (or stepped float) grid, `interval(lo,hi)`
+-> float (Hydra parses interval ends as floats: `tag(int, interval(lo,hi))` makes it an int),
+`tag(log, ...)` -> log scale; plain values are fixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import (
+    IntervalSweep,
+    Override,
+    RangeSweep,
+    Transformer,
+)
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+
+from sweep.config import ConfigError
+from sweep.runtime.secrets import redact
+
+SAMPLERS = ("tpe", "random", "grid", "gp", "nsgaii")
+PRUNERS = ("none", "median", "hyperband")
+# The study storage URL travels to workers and jobs through this variable, never on a command
+# line (`ps` would show its password); it is also where a user's shell names a shared study.
+STORAGE_ENV = "OPTUNA_STORAGE"
+# ask/tell with a heartbeat is what we do on purpose (see HeartbeatThread); Optuna flags heartbeats,
+# the matplotlib plots and some samplers as experimental: they are what we use.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+@dataclass
+class SearchSpace:
+    distributions: dict[str, BaseDistribution] = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)   # overrides passed to every trial unchanged
+
+    def overrides(self, params: dict) -> list[str]:
+        """The command-line overrides of one trial."""
+        return [*self.fixed, *(f"{k}={v}" for k, v in params.items())]
+
+
+def distribution(override: Override) -> BaseDistribution:
+    key, value = override.get_key_element(), override.value()
+    if override.is_choice_sweep():
+        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
+    log = "log" in value.tags
+    if override.is_range_sweep():
+        assert isinstance(value, RangeSweep)
+        if value.shuffle:
+            raise ConfigError(f"{key}: shuffle(range(...)) has no meaning for Optuna; use range(...)")
+        ends = (value.start, value.stop, value.step)
+        values = list(override.sweep_iterator())
+        if not values:
+            raise ConfigError(f"{key}=range{ends} is empty")
+        if all(isinstance(x, int) for x in ends):
+            return IntDistribution(values[0], values[-1], step=value.step, log=log and value.step == 1)
+        return FloatDistribution(values[0], values[-1], step=value.step)
+    if override.is_interval_sweep():
+        assert isinstance(value, IntervalSweep)
+        if "int" in value.tags:
+            return IntDistribution(int(value.start), int(value.end), log=log)
+        return FloatDistribution(value.start, value.end, log=log)
+    raise ConfigError(f"{key}: unsupported sweep {override.input_line}; use choice, range, interval or tag(log, ...)")
+
+
+def parse_search_space(arguments: list[str]) -> SearchSpace:
+    """Split command-line/config overrides into Optuna distributions and fixed overrides."""
+    space = SearchSpace()
+    for override in OverridesParser.create().parse_overrides(arguments):
+        if override.is_sweep_override():
+            space.distributions[override.get_key_element()] = distribution(override)
+        else:
+            space.fixed.append(override.input_line)
+    return space
+
+
+def grid_of(space: SearchSpace) -> dict[str, list]:
+    """The GridSampler's search space; intervals have no grid, so they are refused."""
+    grid = {}
+    for name, dist in space.distributions.items():
+        if isinstance(dist, CategoricalDistribution):
+            grid[name] = list(dist.choices)
+        elif isinstance(dist, IntDistribution):
+            grid[name] = list(range(dist.low, dist.high + 1, dist.step))
+        elif isinstance(dist, FloatDistribution) and dist.step:
+            n = round((dist.high - dist.low) / dist.step)
+            grid[name] = [dist.low + i * dist.step for i in range(n + 1)]
+        else:
+            raise ConfigError(f"hydra.sweeper.sampler=grid: {name} is a continuous interval; use choice(...) or range(...)")
+    return grid
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler calls `study.stop()` once the grid is done, which only works inside
+    `study.optimize`; the sweeper runs trials with ask/tell and stops at the grid's size itself."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def grid_size(space: SearchSpace) -> int:
+    return math.prod(len(v) for v in grid_of(space).values())
+
+
+def _sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if name == "grid":
+        return AskTellGridSampler(grid_of(space), seed=seed)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if name == "nsgaii":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    raise ConfigError(f"hydra.sweeper.sampler={name!r} is invalid: choose one of {', '.join(SAMPLERS)}")
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial `number` of a study seeded with `seed`."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "little")
+
+
+class SeedPerTrial(optuna.samplers.BaseSampler):
+    """A sampler re-seeded for every trial from the study seed and the trial's number.
+
+    Workers sharing one study each hold a sampler; seeded alike, they would draw the same sequence
+    and run the same configurations. Trial numbers are unique in a study, so seeding by them makes
+    concurrent workers draw differently by construction, and a sweep stays reproducible from its
+    seed whatever the number of workers (exactly so while the sampler is still sampling at random,
+    as TPE does for its first trials)."""
+
+    def __init__(self, make: Callable[[int | None], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._inner = make(seed)
+
+    def before_trial(self, study, trial) -> None:
+        self._inner = self._make(trial_seed(self._seed, trial.number))
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+
+def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """`name`'s sampler; with a seed, re-seeded per trial (SeedPerTrial). Not the grid: it gives
+    trial n the n-th point of its seeded shuffle, distinct across workers already."""
+    if seed is None or name == "grid":
+        return _sampler(name, seed, space)
+    return SeedPerTrial(lambda s: _sampler(name, s, space), seed)
+
+
+def prunes(pruner: str | None) -> bool:
+    """Whether `hydra.sweeper.pruner` names a pruner (none and null do not)."""
+    return pruner not in ("none", None)
+
+
+def make_pruner(name: str) -> optuna.pruners.BasePruner:
+    if not prunes(name):
+        return optuna.pruners.NopPruner()
+    if name == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+    if name == "hyperband":
+        return optuna.pruners.HyperbandPruner()
+    raise ConfigError(f"hydra.sweeper.pruner={name!r} is invalid: choose one of {', '.join(PRUNERS)}")
+
+
+def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    """Queue the parameters of a trial whose worker died, so that another worker runs them again
+    (`retry_of` marks the copy; the failed original then does not count towards n_trials)."""
+    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
+
+
+def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180):
+    """An RDB URL (postgresql://..., sqlite:///...) or a journal file path (`*.log`/`*.journal`).
+
+    The journal file is the local default: Optuna's file backend locks it, so several local
+    processes can share one study without SQLite's "database is locked" errors. RDB storages get
+    a heartbeat: a trial whose worker stopped beating for `grace_period` seconds is failed by any
+    other worker and its parameters queued again (`fail_stale`).
+    """
+    if "://" in url:
+        import sqlalchemy.exc
+
+        try:
+            with warnings.catch_warnings():  # (a filter set at import may have been reset by a library since)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
+                                                  grace_period=grace_period, heartbeat_stale_trial_callback=requeue)
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise ConfigError(f"hydra.sweeper.storage={redact(url)!r} cannot be opened ({redact(reason)}); start the "
+                              f"database (`make services`) or fix the URL, or leave it unset for the local "
+                              f"journal file") from None
+    Path(url).parent.mkdir(parents=True, exist_ok=True)
+    backend = optuna.storages.journal.JournalFileBackend(url)
+    return optuna.storages.JournalStorage(backend)
+
+
+def storage_url(configured: str | None, default: str) -> str:
+    """The sweeper's storage: configured, else the environment's OPTUNA_STORAGE, else the default."""
+    return configured or os.environ.get(STORAGE_ENV) or default
+
+
+def has_heartbeat(storage) -> bool:
+    return isinstance(storage, optuna.storages._heartbeat.BaseHeartbeat) and bool(storage.get_heartbeat_interval())
+
+
+def fail_stale(study: optuna.Study) -> None:
+    """Fail the RUNNING trials whose worker stopped beating (any host), queueing them again."""
+    if has_heartbeat(study._storage):
+        optuna.storages.fail_stale_trials(study)
+
+
+class HeartbeatThread:
+    """Beats for the running trials of this worker while their jobs run.
+
+    Optuna beats only inside `study.optimize`, which runs the objective in this process; the
+    sweeper runs trials with ask/tell and hands them to a Hydra launcher (which may run them in
+    other processes or on other hosts), so it beats for them itself, through the storage's own
+    `record_heartbeat`."""
+
+    def __init__(self, storage, trial_ids: list[int]) -> None:
+        self.storage, self.trial_ids = storage, trial_ids
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="optuna-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        interval = self.storage.get_heartbeat_interval()
+        while True:
+            for trial_id in self.trial_ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception:  # a storage hiccup: the next beat retries; the grace period covers it
+                    pass
+            if self._stop.wait(interval):
+                return
+
+    def __enter__(self) -> HeartbeatThread:
+        if has_heartbeat(self.storage):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
