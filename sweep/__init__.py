@@ -1,7 +1,8 @@
 """sft-sweep: run, track and compare supervised fine-tuning experiments on causal LMs.
 
-The pipeline, one module a step: config (checks) -> build (models, methods, data) -> train ->
-evaluate -> tracking (record); job.py strings them together; analysis/ reports.
+Data flows one way: config (checks) -> build (training/, data/) -> train (training/sft.py) ->
+evaluate (scoring/) -> record (tracking.py); pipeline/job.py strings them together, and
+analysis/ reports. docs/architecture.md maps the sub-packages and the direction of imports.
 """
 
 import logging

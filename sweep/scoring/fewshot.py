@@ -15,8 +15,6 @@ from collections import defaultdict
 
 from lm_eval.api.samplers import ContextSampler
 
-SAMPLERS = ("random", "balanced")
-
 
 class BalancedSampler(ContextSampler):
     """Equal numbers of demonstrations per label (the remainder to labels chosen at random), in a
