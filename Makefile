@@ -58,7 +58,8 @@ bench-gpu: $(STAMP) ## GPU figures (LoRA, QLoRA: tokens/s, MFU, peak memory), un
 # The suite keeps one core busy on average (start-ups, servers, single-threaded scoring): two workers,
 # a test file each at a time, one torch thread each, fill two cores. TEST_WORKERS=0: one process.
 TEST_WORKERS ?= 2
-test: $(STAMP) browser ## the whole test suite (unit, end-to-end, slow), on TEST_WORKERS workers
+test: $(STAMP) browser ## ruff, then the whole test suite (unit, end-to-end, slow), on TEST_WORKERS workers
+	$(VENV)/bin/ruff check .
 	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: $(STAMP) ## unit tests only

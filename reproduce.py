@@ -27,7 +27,8 @@ def main(argv=None) -> int:
     p.add_argument("--rtol", type=float, help="relative tolerance (default: 0 on the CPU, 1e-3 on a GPU)")
     p.add_argument("--allow", action="append", default=[], metavar="KEY",
                    help="take this stored key (e.g. model.name_or_path) from the run instead of this checkout")
-    p.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    p.add_argument("--tracking-uri", default=default_tracking_uri(),
+                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     a = p.parse_args(argv)
     guard_output()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr carries the one-line errors

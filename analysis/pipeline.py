@@ -126,7 +126,8 @@ def samples_table(tables: dict[str, pd.DataFrame]) -> pd.DataFrame | None:
                                f"(reward {float(first['reference_reward'].iloc[i]):.2f})"
         for name, table in tables.items():
             if i < len(table):
-                row[name] = f"{str(table['reply'].iloc[i])[:SHOWN_REPLY_CHARS]} (reward {float(table['reward'].iloc[i]):.2f})"
+                reply, reward = str(table["reply"].iloc[i])[:SHOWN_REPLY_CHARS], float(table["reward"].iloc[i])
+                row[name] = f"{reply} (reward {reward:.2f})"
         rows.append(row)
     return pd.DataFrame(rows)
 

@@ -396,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", required=True, help="MLflow experiment name (e.g. quickstart)")
     p.add_argument("--sweep-id", help="only this sweep's runs (plus the experiment's baselines)")
     p.add_argument("--out", help="output folder (default: reports/<experiment>)")
-    p.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    p.add_argument("--tracking-uri", default=default_tracking_uri(),
+                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     a = p.parse_args(argv)
     try:
         require_store(a.tracking_uri)

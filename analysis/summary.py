@@ -144,7 +144,9 @@ def tag(row, name: str) -> str:
 
 def shots(row) -> str:
     """k: the chosen one for a strongest baseline."""
-    return tag(row, "baseline.num_fewshot") if row.get("tags.method") == STRONGEST else row.get("params.method.num_fewshot")
+    if row.get("tags.method") == STRONGEST:
+        return tag(row, "baseline.num_fewshot")
+    return row.get("params.method.num_fewshot")
 
 
 HEADLINE = ("acc", "win_rate", "pairwise_accuracy", "rougeL")  # a task's headline metric: the first it has
@@ -182,11 +184,12 @@ def comparison_table(runs: pd.DataFrame, comparisons: list[verdict.Comparison] =
     refs = {m: references(runs, m) for m in metrics}
     dev = {m for m in metrics if f"metrics.{DEV_PREFIX}{m}" in runs}
     verdicts = {(c.run_id, c.metric): c for c in comparisons}
+    staged = "tags.stage" in runs and (runs["tags.stage"].fillna("sft") != "sft").any()  # (an RLHF pipeline's runs)
     for _, r in runs.iterrows():
         method = r.get("tags.method")
         row = {
             "run": r.get("tags.mlflow.runName"),
-            **({"stage": r.get("tags.stage") or "sft"} if "tags.stage" in runs and (runs["tags.stage"].fillna("sft") != "sft").any() else {}),
+            **({"stage": r.get("tags.stage") or "sft"} if staged else {}),
             "method": method,
             "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
             "r": r.get("params.lora.r") if r.get("params.method.peft") == "lora" else "-",
@@ -200,7 +203,8 @@ def comparison_table(runs: pd.DataFrame, comparisons: list[verdict.Comparison] =
             ref = refs[m].get(group_key(r), References())
             suffix = "" if len(metrics) == 1 else f" ({m})"
             row[f"vs strongest{suffix}"] = diff(r, ref.strongest, m)
-            row[f"vs zero-shot{suffix}"] = diff(r, ref.zero_shot.get(template(r)), m) if method not in BASELINES else "-"
+            zero_shot = ref.zero_shot.get(template(r))
+            row[f"vs zero-shot{suffix}"] = diff(r, zero_shot, m) if method not in BASELINES else "-"
             if comparisons:
                 row[f"verdict{suffix}"] = short_verdict(verdicts.get((r["run_id"], m)))
             notes.append(degenerate(r, m))
@@ -373,7 +377,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True)
     p.add_argument("--sweep-id", help="default: the experiment's latest sweep")
-    p.add_argument("--tracking-uri", default=default_tracking_uri(), help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    p.add_argument("--tracking-uri", default=default_tracking_uri(),
+                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     a = p.parse_args(argv)
     try:
         print(summary_text(a.tracking_uri, a.experiment, a.sweep_id))

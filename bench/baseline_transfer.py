@@ -26,8 +26,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from sweep import splits  # noqa: E402
-from sweep.scoring import race
+from sweep.data import splits  # noqa: E402
+from sweep.scoring import race  # noqa: E402
 from sweep.scoring.baselines import Variant  # noqa: E402
 
 SCORES, TABLES = ROOT / "bench" / "baseline_transfer.json", ROOT / "bench" / "baseline_transfer.md"
@@ -129,7 +129,7 @@ def tables(scores: dict, dev_sizes: list[int], resamples: int) -> str:
         slices = [np.sort(rng.choice(n_dev, size, replace=False)) for _ in range(resamples)]
         for name, rule in RULES.items():
             picks = [rule([record(v, variants[v]["dev"][:, idx]) for v in order]).variant for idx in slices]
-            mean = lambda f: float(np.mean([f(v) for v in picks]))  # noqa: E731
+            mean = lambda f, picks=picks: float(np.mean([f(v) for v in picks]))  # noqa: E731
             top = max(set(picks), key=picks.count)
             lines.append(f"| {name} | {size} | {mean(test):.3f} | {mean(lambda v: test(v, TEST, None)):.3f} | "
                          f"{mean(held):.3f} | {mean(lambda v: test(v) >= test(plain_zero) - 0.015):.2f} | "

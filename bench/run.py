@@ -150,7 +150,7 @@ class Bench:
         del built, base
 
         harness_steps, harness_startup, bare_steps, bare_startup = [], [], [], []
-        for rep in range(self.p["repeats"]):
+        for _ in range(self.p["repeats"]):
             wall = run(sweep_cmd(*self.common, *same, *self.track, "tracking.experiment=bench-overhead"), self.log)
             r = self.runs("bench-overhead").iloc[-1]
             history = mlflow.MlflowClient().get_metric_history(r["run_id"], "train/step_seconds")

@@ -103,7 +103,8 @@ def codebook_quantize(w: torch.Tensor, code: torch.Tensor, block: int) -> tuple[
     return order[torch.bucketize(normed, midpoints)], absmax
 
 
-def codebook_dequantize(idx: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def codebook_dequantize(idx: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor,
+                        like: torch.Tensor) -> torch.Tensor:
     return from_blocks(code[idx] * absmax, like)
 
 
@@ -318,7 +319,8 @@ def log_to_mlflow(cfg, rows: list[dict], checks: dict[str, float], files: list[P
         mlflow.log_params(params)
         metrics = {}
         for r in rows:
-            key = f"{r['scheme']}_{r['block_size']}".replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+            key = f"{r['scheme']}_{r['block_size']}".replace(" ", "_").replace("+", "plus")
+            key = key.replace("(", "").replace(")", "")
             metrics |= {f"{key}/{m}": r[m] for m in ("bits_per_param", "mse", "max_abs_error", "rel_frobenius")}
         mlflow.log_metrics(metrics | {f"check/{k}": v for k, v in checks.items()})
         for f in files:

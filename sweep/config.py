@@ -109,8 +109,8 @@ def validate(cfg: DictConfig) -> None:
         validate_optim(cfg.train.optim)
         t = cfg.train
         _require(_is_int(t.max_steps) and t.max_steps > 0, "train.max_steps", t.max_steps, "must be a positive integer")
-        _require(_is_int(t.batch_size) and t.batch_size > 0, "train.batch_size", t.batch_size, "must be a positive integer")
-        _require(_is_int(t.grad_accum) and t.grad_accum > 0, "train.grad_accum", t.grad_accum, "must be a positive integer")
+        for key in ("batch_size", "grad_accum"):
+            _require(_is_int(t[key]) and t[key] > 0, f"train.{key}", t[key], "must be a positive integer")
         _require(_is_number(t.lr) and t.lr > 0, "train.lr", t.lr, "must be a positive number, e.g. train.lr=1e-4")
         _require(_is_int(t.max_seq_length) and t.max_seq_length > 1, "train.max_seq_length", t.max_seq_length,
                  "must be an integer > 1")
@@ -299,7 +299,8 @@ def validate_generation(cfg: DictConfig) -> None:
 
 def validate_lora(lora: DictConfig) -> None:
     _require(_is_int(lora.r) and lora.r > 0, "lora.r", lora.r, "must be a positive integer, e.g. lora.r=8")
-    _require(_is_number(lora.alpha) and lora.alpha > 0, "lora.alpha", lora.alpha, "must be a positive number, e.g. lora.alpha=16")
+    _require(_is_number(lora.alpha) and lora.alpha > 0, "lora.alpha", lora.alpha,
+             "must be a positive number, e.g. lora.alpha=16")
     _require(_is_number(lora.dropout) and 0 <= lora.dropout < 1, "lora.dropout", lora.dropout, "must be in [0, 1)")
     _require(lora.bias in ("none", "all", "lora_only"), "lora.bias", lora.bias, "choose one of none, all, lora_only")
     _require(lora.init in LORA_INITS, "lora.init", lora.init,
@@ -346,7 +347,8 @@ def validate_quantization(quant: DictConfig, peft) -> None:
     _require(bool(quant.get("load_in_4bit")) != bool(quant.get("load_in_8bit")), "method.quantization", "",
              "set exactly one of load_in_4bit and load_in_8bit to true")
     qt = quant.get("bnb_4bit_quant_type", "nf4")
-    _require(qt in QUANT_TYPES, "method.quantization.bnb_4bit_quant_type", qt, f"choose one of {', '.join(QUANT_TYPES)}")
+    _require(qt in QUANT_TYPES, "method.quantization.bnb_4bit_quant_type", qt,
+             f"choose one of {', '.join(QUANT_TYPES)}")
     dt = quant.get("bnb_4bit_compute_dtype", "float32")
     _require(dt in COMPUTE_DTYPES, "method.quantization.bnb_4bit_compute_dtype", dt,
              f"choose one of {', '.join(COMPUTE_DTYPES)}")

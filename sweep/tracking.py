@@ -167,7 +167,8 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
 def git_state() -> tuple[str, bool]:
     """(commit, dirty) of the project checkout; ('unknown', True) outside git."""
     def git(*args):
-        return subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, check=True).stdout
+        done = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, check=True)
+        return done.stdout
     try:
         commit = git("rev-parse", "HEAD").strip()
         dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
@@ -316,8 +317,9 @@ def sample_replies(results: dict) -> dict[str, list] | None:
                 break
             doc = sample.get("doc") or {}
             scores = {m: sample[m] for m in sample.get("metrics", []) if isinstance(sample.get(m), (int, float))}
-            rows.append({"task": task, "instruction": str(doc.get("instruction", "")), "input": str(doc.get("input", "")),
-                         "reference": str(sample.get("target", "")), "reply": reply, **scores})
+            rows.append({"task": task, "instruction": str(doc.get("instruction", "")),
+                         "input": str(doc.get("input", "")), "reference": str(sample.get("target", "")),
+                         "reply": reply, **scores})
     if not rows:
         return None
     columns = list(dict.fromkeys(k for row in rows for k in row))

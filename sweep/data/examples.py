@@ -176,7 +176,8 @@ def _fetch_generated(run_id: str, tracking_uri: str, folder: Path) -> Path:
     try:
         run = client.get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise ConfigError(f"data.generated={run_id}: no such run in {redact(tracking_uri)}; check tracking.uri") from None
+        raise ConfigError(f"data.generated={run_id}: no such run in {redact(tracking_uri)}; "
+                          "check tracking.uri") from None
     expected = run.data.tags.get(SHA_TAG)
     if expected is None or run.info.status != "FINISHED":
         raise ConfigError(f"data.generated={run_id}: run {run.info.status.lower()} without a generated dataset "

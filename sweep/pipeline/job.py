@@ -129,7 +129,8 @@ def execute(cfg: DictConfig, rss_at_start: float | None = None) -> JobOutcome:
         if cfg.method.trains:
             metrics |= train_and_record(cfg, built, total, trial)
         has_reference = ancestry.judge is not None and cfg.method.peft and cfg.eval.enabled  # (an adapter to disable)
-        key = reference_replies.cache_key(cfg, loaded[0], task_files(loaded[1]), ancestry.policy) if has_reference else None
+        key = (reference_replies.cache_key(cfg, loaded[0], task_files(loaded[1]), ancestry.policy)
+               if has_reference else None)
         metrics |= score_and_record(cfg, built, name, key)
         return JobOutcome("FINISHED", sweep_id(cfg), run.info.run_id, metrics)
 

@@ -30,7 +30,8 @@ def method_run_name(cfg: DictConfig) -> str:
         parts += [lora.init] if lora.init != "default" else []
         parts += [flag for flag in ("dora", "rslora") if lora[f"use_{flag}"]]
         if m.quantization:
-            parts.append("int8" if m.quantization.get("load_in_8bit") else m.quantization.get("bnb_4bit_quant_type", "nf4"))
+            q = m.quantization
+            parts.append("int8" if q.get("load_in_8bit") else q.get("bnb_4bit_quant_type", "nf4"))
         return "-".join(parts) + template_suffix(cfg.eval.template)
     if m.peft in PROMPT_LEARNING:
         init = f"-{cfg.prompt.init}" if m.peft == "prompt_tuning" else ""

@@ -7,8 +7,9 @@ this checkout's. A stored value anywhere else that differs from today's is shown
 named with `--allow`; an interpolation (`${...}`) or a key today's config lacks is refused. The
 re-run is a new MLflow run tagged `reproduces=<run id>`. Before any compute the code version (git
 commit) and every data file the re-run reads (sha256, against the run's record) are checked: a
-difference, or a file the run has no hash for, is a warning, or with `strict` a refusal. On the CPU, with the same seed, every metric must come out identical; elsewhere within
-`rtol`. Wall-clock and memory figures are shown but not compared.
+difference, or a file the run has no hash for, is a warning, or with `strict` a refusal. On the
+CPU, with the same seed, every metric must come out identical; elsewhere within `rtol`.
+Wall-clock and memory figures are shown but not compared.
 """
 
 from __future__ import annotations

@@ -59,8 +59,8 @@ def train_stage(cfg: DictConfig, model, tokenizer, rows: list[dict], output_dir:
                                 center_rewards_coefficient=stage.center_rewards_coefficient)
         trainer_class = trl.RewardTrainer
     elif name == "dpo":
-        args = trl.DPOConfig(**common, beta=stage.beta, loss_type=[stage.loss_type], max_length=cfg.train.max_seq_length,
-                             truncation_mode="keep_end")
+        args = trl.DPOConfig(**common, beta=stage.beta, loss_type=[stage.loss_type],
+                             max_length=cfg.train.max_seq_length, truncation_mode="keep_end")
         trainer_class = trl.DPOTrainer
     else:
         config_class, trainer_class = {"grpo": (trl.GRPOConfig, trl.GRPOTrainer),

@@ -69,7 +69,8 @@ def sequence_logprobs(model, lm, contexts: list[str], replies_: list[str], batch
             tokens = rows[i][0] + rows[i][1]
             ids[j, width - len(tokens):] = torch.tensor(tokens)
             attention[j, width - len(tokens):] = 1
-        positions = {} if prompt_learning else {"position_ids": (attention.cumsum(-1) - 1).clamp(min=0).to(model.device)}
+        position_ids = (attention.cumsum(-1) - 1).clamp(min=0).to(model.device)
+        positions = {} if prompt_learning else {"position_ids": position_ids}
         logits = model(input_ids=ids.to(model.device), attention_mask=attention.to(model.device), logits_to_keep=keep,
                        **positions).logits
         for j, i in enumerate(batch):
@@ -129,8 +130,8 @@ def judged(built, tasks: dict, scores: Scores, judge: RewardJudge, reference_tex
                         f"{name}/win_rate_ci_low": low, f"{name}/win_rate_ci_high": high,
                         f"{name}/kl_to_reference": sum(kl) / len(kl),
                         f"{name}/reply_tokens_reference": sum(ref_lengths) / len(ref_lengths)}
-            table |= {"reference_reply": ref_texts, "reference_reward": ref_rewards, "reference_reply_tokens": ref_lengths,
-                      "log_ratio": kl}
+            table |= {"reference_reply": ref_texts, "reference_reward": ref_rewards,
+                      "reference_reply_tokens": ref_lengths, "log_ratio": kl}
         rows.append(table)
         log.info("%s: reward %.3f%s", name, metrics[f"{name}/reward"],
                  f", win rate vs reference {metrics[f'{name}/win_rate']:.3f} [{low:.3f}, {high:.3f}]"

@@ -124,7 +124,8 @@ def in_sweep(cfg: DictConfig, sweep_id: str, stage: str, key: str, multirun: boo
     experiment = store.get_experiment_by_name(cfg.tracking.experiment)
     runs = [] if experiment is None else store.search_runs(
         [experiment.experiment_id],
-        filter_string=f"tags.sweep_id = '{sweep_id}' and tags.{STAGE_TAG} = '{stage}' and attributes.status = 'FINISHED'",
+        filter_string=(f"tags.sweep_id = '{sweep_id}' and tags.{STAGE_TAG} = '{stage}' "
+                       "and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     if not runs and not required:
         return None

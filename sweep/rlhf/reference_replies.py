@@ -70,7 +70,8 @@ def _read(run) -> Replies | None:
     recorded = run.data.tags.get(HASH_TAG, "")
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            path = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=REPLIES, dst_path=tmp))
+            path = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=REPLIES,
+                                                            dst_path=tmp))
         except mlflow.exceptions.MlflowException:
             return None
         if sha256(path) != recorded:

@@ -2,9 +2,10 @@
 
 A baseline's scores depend only on the model, the tasks (template and data), the prompting (k,
 sampler, draws, calibration; for method=strongest_baseline the variants searched), the examples
-scored, the seed, the scoring libraries and the harness's own scoring code, never on what a sweep trains. A 4-shot pass of a 135M
-model over 1,000 examples takes minutes on 2 cores, and every sweep wants it beside its runs, so
-a finished baseline run is found by the key of those inputs (tag `baseline_key`: contents, never paths) and its scores
+scored, the seed, the scoring libraries and the harness's own scoring code, never on what a
+sweep trains. A 4-shot pass of a 135M model over 1,000 examples takes minutes on 2 cores, and
+every sweep wants it beside its runs, so a finished baseline run is found by the key of those
+inputs (tag `baseline_key`: contents, never paths) and its scores
 are logged again in a new run, tagged `cached=true` and `cached_from=<source run>`, with the same
 per-example predictions (so paired tests still work). A judged baseline (eval.judge_run_id) has the
 reward model's adapter in its key and reuses its judged replies too. MLflow is the cache: nothing is stored

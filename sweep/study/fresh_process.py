@@ -71,7 +71,8 @@ class FreshProcessLauncher(BasicLauncher):
                 (self.hydra_context, config, self.task_function, Singleton.get_state())))
             env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
                                                                              os.environ.get("PYTHONPATH")]))}
-            job = subprocess.Popen([sys.executable, "-m", "sweep.study.fresh_process", str(payload), str(result)], env=env)
+            job = subprocess.Popen([sys.executable, "-m", "sweep.study.fresh_process", str(payload), str(result)],
+                                   env=env)
             try:
                 code = job.wait()
             except KeyboardInterrupt as e:  # Ctrl-C reached the job too; a SIGTERM to the sweep alone did not
@@ -94,7 +95,8 @@ def died(config: DictConfig, code: int) -> JobReturn:
     error = f"the job's process {how} before it returned (out of memory? see the system log)"
     log.error(error)
     tracking.close_orphaned_runs(tracking.open_experiment(config.tracking))
-    ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=config, hydra_cfg=config, status=JobStatus.COMPLETED)
+    ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=config, hydra_cfg=config,
+                    status=JobStatus.COMPLETED)
     ret.return_value = JobOutcome("FAILED", sweep_id(config, config.hydra.sweep.dir), error=error)
     return ret
 

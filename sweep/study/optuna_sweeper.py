@@ -190,10 +190,12 @@ class OptunaSweeper(Sweeper):
         tasks = list(self.config.eval.tasks)
         for o in self.objectives:
             if "/" in o and test_metric(o).split("/")[0] not in tasks:
-                raise ConfigError(f"hydra.sweeper.objective={o!r}: not a metric of the eval tasks ({', '.join(tasks)}); "
+                raise ConfigError(f"hydra.sweeper.objective={o!r}: not a metric of the eval tasks "
+                                  f"({', '.join(tasks)}); "
                                   f"name one as <task>/<metric>, e.g. {tasks[0]}/acc")
             if "/" in o and not self.config.data.dev_size:
-                raise ConfigError(f"hydra.sweeper.objective={o!r} is read on the development slice, and data.dev_size=0 "
+                raise ConfigError(f"hydra.sweeper.objective={o!r} is read on the development slice, and "
+                                  "data.dev_size=0 "
                                   f"carves none: set data.dev_size (e.g. 200)")
         if len(self.objectives) > 1 and prunes(self.pruner):
             raise ConfigError("hydra.sweeper.pruner: Optuna cannot prune multi-objective studies; use pruner=none")

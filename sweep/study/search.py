@@ -102,7 +102,8 @@ def grid_of(space: SearchSpace) -> dict[str, list]:
             n = round((dist.high - dist.low) / dist.step)
             grid[name] = [dist.low + i * dist.step for i in range(n + 1)]
         else:
-            raise ConfigError(f"hydra.sweeper.sampler=grid: {name} is a continuous interval; use choice(...) or range(...)")
+            raise ConfigError(f"hydra.sweeper.sampler=grid: {name} is a continuous interval; "
+                              "use choice(...) or range(...)")
     return grid
 
 

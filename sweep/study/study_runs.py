@@ -111,7 +111,8 @@ def test_scores(client: mlflow.MlflowClient, experiment: str, study_name: str, n
         f"tags.`optuna.study_name` = '{study_name}' and tags.`optuna.trial_number` = '{number}' and "
         "attributes.status = 'FINISHED'", max_results=1)
     metrics = runs[0].data.metrics if runs else {}
-    return {test_metric(o): metrics[test_metric(o)] for o in objectives if o != test_metric(o) and test_metric(o) in metrics}
+    tested = [test_metric(o) for o in objectives if o != test_metric(o)]
+    return {m: metrics[m] for m in tested if m in metrics}
 
 
 def close_parent(client: mlflow.MlflowClient, parent: str, study: optuna.Study, objectives: list[str],

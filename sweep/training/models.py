@@ -236,5 +236,6 @@ def linear_module_names(model: torch.nn.Module) -> list[str]:
     """Short names of the model's linear layers (what LoRA can target), output head excluded (the LM
     head, or a reward model's new head, which peft trains whole)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    return sorted({name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
-                   if isinstance(mod, torch.nn.Linear) and mod is not head and name.rsplit(".", 1)[-1] not in SCORE_HEADS})
+    names = {name.rsplit(".", 1)[-1] for name, mod in model.named_modules()
+             if isinstance(mod, torch.nn.Linear) and mod is not head}
+    return sorted(names - set(SCORE_HEADS))
