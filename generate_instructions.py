@@ -16,9 +16,8 @@ CONFIG = "generate_instructions"
 
 @hydra.main(version_base="1.3", config_path="conf", config_name=CONFIG)
 def main(cfg: DictConfig):
-    from sweep.self_instruct.generation import (
-        main as generate,  # heavy imports only when it runs
-    )
+    # heavy imports only when it runs
+    from sweep.self_instruct.generation import main as generate
 
     return generate(cfg)
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 
-from analysis import plots
+from analysis.figures import figures
 from analysis.instruction_data import instruction_data_view
 from analysis.pipeline import pipeline_view
 from analysis.render import Report, write
@@ -30,7 +29,7 @@ from analysis.summary import (
     STUDY,
     References,
     band_lines,
-    baseline_values,
+    cell,
     fmt,
     group_key,
     main_metrics,
@@ -41,6 +40,9 @@ from analysis.summary import (
     tag,
     template,
     verdict_lines,
+)
+from analysis.summary import (
+    value as number,
 )
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
@@ -78,33 +80,12 @@ def scored(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY)]
 
 
-def _get(row, col, default=None):
-    value = row.get(col, default)
-    return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
-def _num(row, col) -> float | None:
-    value = _get(row, col)
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def target_set(row) -> str:
-    """The run's target modules as a short label (a preset name, or 'q+k' for a list)."""
-    tm = _get(row, "params.lora.target_modules", "-")
-    if tm.startswith("["):
-        return "+".join(m.removesuffix("_proj") for m in json.loads(tm))
-    return tm
-
-
 def ranks(row) -> str:
     """The rank of each adapted matrix, e.g. '4/6' for q (r=4) and k (rank_pattern k_proj: 6)."""
-    r = _get(row, "params.lora.r", "-")
-    tm = _get(row, "params.lora.target_modules", "")
+    r = cell(row, "params.lora.r", "-")
+    tm = cell(row, "params.lora.target_modules", "")
     modules = json.loads(tm) if tm.startswith("[") else []
-    per_module = [str(_get(row, f"params.lora.rank_pattern.{m}", r)) for m in modules]
+    per_module = [str(cell(row, f"params.lora.rank_pattern.{m}", r)) for m in modules]
     return "/".join(per_module) if len(set(per_module)) > 1 else str(r)
 
 
@@ -117,7 +98,7 @@ def compare(row, ref, task: str, name: str) -> tuple[str, str, str]:
     pair = compare_runs(row["run_id"], ref["run_id"], task, name)
     if pair is None:
         return "-", "-", "-"
-    return (f"{pair.diff:+.3f} ({_get(ref, 'tags.mlflow.runName')})", f"[{pair.ci_low:+.3f}, {pair.ci_high:+.3f}]",
+    return (f"{pair.diff:+.3f} ({cell(ref, 'tags.mlflow.runName')})", f"[{pair.ci_low:+.3f}, {pair.ci_high:+.3f}]",
             f"{pair.p_value:.2g} ({pair.test}, n={pair.n})")
 
 
@@ -130,28 +111,28 @@ def headline(done: pd.DataFrame, metric: str, comparisons: list = ()) -> pd.Data
     verdicts = {c.run_id: c for c in comparisons if c.metric == metric}
     rows = []
     for _, r in done.iterrows():
-        value = _num(r, f"metrics.{metric}")
+        value = number(r, f"metrics.{metric}")
         if value is None:
             continue
-        method = _get(r, "tags.method")
-        row = {"run": _get(r, "tags.mlflow.runName"), "method": method,
+        method = cell(r, "tags.method")
+        row = {"run": cell(r, "tags.mlflow.runName"), "method": method,
                "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
-               f"{DEV_PREFIX}{metric}": fmt(_num(r, f"metrics.{DEV_PREFIX}{metric}")),
-               metric: fmt(value, _num(r, f"metrics.{metric}_stderr")), "_value": value}
+               f"{DEV_PREFIX}{metric}": fmt(number(r, f"metrics.{DEV_PREFIX}{metric}")),
+               metric: fmt(value, number(r, f"metrics.{metric}_stderr")), "_value": value}
         ref = refs.get(group_key(r), References())
         row["vs strongest"], row["CI (strongest)"], row["p (strongest)"] = compare(r, ref.strongest, task, name)
         c = verdicts.get(r["run_id"])
         row["p (Holm)"], row["verdict"] = (f"{c.p_holm:.2g}", short_verdict(c)) if c else ("-", "-")
         zero = ref.zero_shot.get(template(r)) if method not in BASELINES else None
         row["vs zero-shot"], row["CI (zero-shot)"], row["p (zero-shot)"] = compare(r, zero, task, name)
-        share = _num(r, f"metrics.{task}/top_prediction_share")
+        share = number(r, f"metrics.{task}/top_prediction_share")
         row["top answer share"] = "-" if share is None else f"{share:.0%}" + (
             " degenerate" if share > DEGENERATE_SHARE else "")
-        trainable = _num(r, "metrics.trainable_params")
+        trainable = number(r, "metrics.trainable_params")
         row["trainable params"] = f"{int(trainable):,}" if trainable is not None else "-"
-        secs = _num(r, "metrics.train_seconds")
+        secs = number(r, "metrics.train_seconds")
         row["train s"] = f"{secs:.0f}" if secs is not None else "-"
-        peak = _num(r, "metrics.peak_rss_mb")
+        peak = number(r, "metrics.peak_rss_mb")
         row["peak memory MB"] = f"{peak:,.0f}" if peak is not None else "-"
         rows.append(row)
     table = pd.DataFrame(rows)
@@ -188,7 +169,7 @@ def budget_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame | None:
     lora = done[done["params.method.peft"] == "lora"] if "params.method.peft" in done else done.iloc[0:0]
     cols: dict[tuple, list] = {}
     for _, r in lora.iterrows():
-        tm = _get(r, "params.lora.target_modules", "")
+        tm = cell(r, "params.lora.target_modules", "")
         if tm.startswith("[") and tuple(json.loads(tm)) in WEIGHT_TYPES:
             cols.setdefault(tuple(json.loads(tm)), []).append(r)
     if len(cols) < 2:
@@ -198,9 +179,9 @@ def budget_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame | None:
     table = {"": ["rank r", "trainable params"] + metrics}
     for w in ordered:
         runs = cols[w]
-        cells = [ranks(runs[0]), f"{int(_num(runs[0], 'metrics.trainable_params') or 0):,}"]
+        cells = [ranks(runs[0]), f"{int(number(runs[0], 'metrics.trainable_params') or 0):,}"]
         for m in metrics:
-            values = [v for v in (_num(r, f"metrics.{m}") for r in runs) if v is not None]
+            values = [v for v in (number(r, f"metrics.{m}") for r in runs) if v is not None]
             cells.append(fmt(sum(values) / len(values)) if values else "-")
         table[header[w]] = cells
     return pd.DataFrame(table)
@@ -238,89 +219,26 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
         for col in runs.columns:
             if not col.startswith("metrics.") or "/" not in col or col.endswith("_stderr"):
                 continue
-            value = _num(r, col)
+            value = number(r, col)
             name = col[len("metrics."):]
             split = "development" if name.startswith(DEV_PREFIX) else "test"
             task, metric = name.removeprefix(DEV_PREFIX).split("/", 1)
             if value is None or task in ("train", "slice", "check", "draw", "verdict"):
                 continue
             rows.append({
-                "run_id": r["run_id"], "run": _get(r, "tags.mlflow.runName"), "status": r["status"],
-                "method": _get(r, "tags.method"), "model": _get(r, "tags.model"), "sweep_id": _get(r, "tags.sweep_id"),
-                "split": split, "task": task, "metric": metric, "value": value, "stderr": _num(r, f"{col}_stderr"),
-                "lora_r": _get(r, "params.lora.r"), "lora_alpha": _get(r, "params.lora.alpha"),
-                "target_modules": _get(r, "params.lora.target_modules"),
-                "trainable_params": _num(r, "metrics.trainable_params"),
-                "train_seconds": _num(r, "metrics.train_seconds"), "peak_rss_mb": _num(r, "metrics.peak_rss_mb"),
-                "model_memory_mb": _num(r, "metrics.model_memory_mb"),
+                "run_id": r["run_id"], "run": cell(r, "tags.mlflow.runName"), "status": r["status"],
+                "method": cell(r, "tags.method"), "model": cell(r, "tags.model"), "sweep_id": cell(r, "tags.sweep_id"),
+                "split": split, "task": task, "metric": metric, "value": value, "stderr": number(r, f"{col}_stderr"),
+                "lora_r": cell(r, "params.lora.r"), "lora_alpha": cell(r, "params.lora.alpha"),
+                "target_modules": cell(r, "params.lora.target_modules"),
+                "trainable_params": number(r, "metrics.trainable_params"),
+                "train_seconds": number(r, "metrics.train_seconds"), "peak_rss_mb": number(r, "metrics.peak_rss_mb"),
+                "model_memory_mb": number(r, "metrics.model_memory_mb"),
             })
     return pd.DataFrame(rows)
 
 
 # --- Figures ---------------------------------------------------------------------------------------
-
-def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[str, bytes]:
-    """{title: PNG}; a figure appears only when the runs vary what it plots."""
-    figs = {}
-    lora = done[(done.get("params.method.peft") == "lora")] if "params.method.peft" in done else done.iloc[0:0]
-    for metric in metrics:
-        base = baseline_values(done, metric)
-        for key, label in (("params.lora.r", "rank r"), ("params.lora.alpha", "alpha")):
-            if key not in lora or lora[key].nunique() < 2:
-                continue
-            points: dict[str, list] = {}
-            for _, r in lora.iterrows():
-                y, x = _num(r, f"metrics.{metric}"), _num(r, key)
-                if y is not None and x is not None:
-                    points.setdefault(f"{_get(r, 'tags.method')} {target_set(r)}", []).append((x, y))
-            figs[f"{metric} vs {label}"] = plots.metric_vs(points, base, label, metric)
-        trained = done[~done["tags.method"].isin(BASELINES)]
-        points = {}
-        for _, r in trained.iterrows():
-            y, x = _num(r, f"metrics.{metric}"), _num(r, "metrics.trainable_params")
-            if y is not None and x:
-                points.setdefault(_get(r, "tags.method"), []).append((x, y))
-        if points:
-            figs[f"{metric} vs trainable parameters"] = plots.metric_vs(
-                points, base, "trainable parameters (log)", metric, log_x=True, lines=False)
-    curves = {}
-    client = mlflow.MlflowClient()
-    for _, r in done[~done["tags.method"].isin(BASELINES)].head(20).iterrows():
-        history = client.get_metric_history(r["run_id"], "train/loss")
-        if history:
-            curves[_get(r, "tags.mlflow.runName")] = [(h.step, h.value) for h in history]
-    if curves:
-        figs["training loss"] = plots.loss_curves(curves)
-    figs |= study_figures(runs)
-    return figs
-
-
-def study_figures(runs: pd.DataFrame) -> dict[str, bytes]:
-    """Optimization history of each Optuna study in the runs, and its Pareto front when the study
-    has two objectives (rebuilt from the MLflow child runs, so no Optuna storage is needed)."""
-    figs = {}
-    for _, parent in runs[runs["tags.method"] == STUDY].iterrows():
-        study = _get(parent, "tags.optuna.study_name", parent["run_id"][:8])
-        objectives = json.loads(_get(parent, "params.objectives", "[]"))
-        directions = json.loads(_get(parent, "params.directions", "[]"))
-        kids = runs[(runs.get("tags.mlflow.parentRunId") == parent["run_id"]) & (runs["status"] == "FINISHED")]
-        if kids.empty or not objectives:
-            continue
-        trial = kids["tags.optuna.trial_number"].astype(int)
-        values = [kids[f"metrics.{o}"] if f"metrics.{o}" in kids else None for o in objectives]
-        if any(v is None for v in values):
-            continue
-        if len(objectives) == 1:
-            figs[f"Optuna study {study}: optimization history"] = plots.optimization_history(
-                list(zip(trial, values[0])), objectives[0], directions[0] == "maximize")
-        elif len(objectives) == 2:
-            pts = list(zip(values[0], values[1]))
-            sign = [1 if d == "maximize" else -1 for d in directions]
-            front = [p for p in pts if not any(all(s * q[i] >= s * p[i] for i, s in enumerate(sign)) and q != p
-                                               for q in pts)]
-            figs[f"Optuna study {study}: Pareto front"] = plots.pareto_front(pts, front, objectives)
-    return figs
-
 
 # --- Assembly --------------------------------------------------------------------------------------
 
@@ -377,10 +295,10 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
         except Exception:  # noqa: BLE001  (an older run without the artifact)
             pass
         how = (f"chosen by its development score ({DEV_PREFIX}{metrics[0]} = "
-               f"{fmt(_num(best, f'metrics.{DEV_PREFIX}{metrics[0]}'))})" if honest else
+               f"{fmt(number(best, f'metrics.{DEV_PREFIX}{metrics[0]}'))})" if honest else
                "the best test score (no development scores recorded, data.dev_size=0: this choice peeks)")
-        rep.best = [f"{_get(best, 'tags.mlflow.runName')} ({best['run_id']}), {how}: test {metrics[0]} = "
-                    f"{fmt(_num(best, f'metrics.{metrics[0]}'), _num(best, f'metrics.{metrics[0]}_stderr'))}",
+        rep.best = [f"{cell(best, 'tags.mlflow.runName')} ({best['run_id']}), {how}: test {metrics[0]} = "
+                    f"{fmt(number(best, f'metrics.{metrics[0]}'), number(best, f'metrics.{metrics[0]}_stderr'))}",
                     "Reproduce it (same config, seed and data; compares every metric):",
                     f"`python reproduce.py {best['run_id']}`", "It was run as:", f"`{command}`"]
     rep.figures = figures(runs, done, metrics) | instruction_figures | pipeline_figures

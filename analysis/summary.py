@@ -388,3 +388,11 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def cell(row, col, default=None):
+    """A run's field, `default` when missing or NaN."""
+    value = row.get(col, default)
+    return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+

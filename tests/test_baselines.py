@@ -12,9 +12,10 @@ from sweep.config import ConfigError, validate
 from sweep.data import splits
 from sweep.pipeline.build import load_project_tasks
 from sweep.scoring import baselines, calibration
-from sweep.scoring.evaluate import Prompting, make_lm, record_predictions, score
+from sweep.scoring.evaluate import Prompting, make_lm, score
 from sweep.scoring.fewshot import BalancedSampler, FixedDraw, draw, draw_seed
 from sweep.scoring.prefix_cache import MIN_SHARED_TOKENS, shared_prefix_length
+from sweep.scoring.results import record_predictions
 from tests.conftest import compose
 
 

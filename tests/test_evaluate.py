@@ -4,13 +4,9 @@ import pytest
 
 from sweep.config import ConfigError
 from sweep.pipeline.build import load_project_tasks
-from sweep.scoring.evaluate import (
-    Prompting,
-    check_fewshot_pool,
-    flatten_metrics,
-    make_lm,
-    score,
-)
+from sweep.scoring.evaluate import Prompting, make_lm, score
+from sweep.scoring.registry import check_fewshot_pool
+from sweep.scoring.results import flatten_metrics
 from tests.conftest import compose
 
 

@@ -17,7 +17,10 @@ from hydra import initialize_config_dir
 
 from sweep.config import ConfigError
 from sweep.data.examples import (
+    ARTIFACT_DIR,
     IGNORE_INDEX,
+    SHA_TAG,
+    TASKS_FILE,
     build_train_dataset,
     mixed_docs,
     read_generated,
@@ -25,6 +28,9 @@ from sweep.data.examples import (
 )
 from sweep.scoring.evaluate import make_lm
 from sweep.self_instruct import generation as ig
+from sweep.self_instruct.rounds import generate_round
+from sweep.self_instruct.sampling import Completion, ModelSampler, classify
+from sweep.self_instruct.state import ROUNDS_FILE, RUN_FILE, State
 from tests.conftest import ROOT, compose
 
 WORDS = ("apple river budget planet candle garden violin ocean ladder pepper silver thunder meadow rocket "
@@ -52,12 +58,12 @@ class ScriptedSampler:
             if prompt.startswith("Come up with"):
                 text = (f" Describe how a {' '.join(rng.sample(WORDS, 4))} could help the team today."
                         f"\n10. Classify the {rng.choice(WORDS)} review as positive or negative.")
-                out.append(ig.Completion(text, truncated=False))
+                out.append(Completion(text, truncated=False))
             else:
                 self.instance_prompts.append(prompt)
                 text = (f" positive\nInput: I loved the {rng.choice(WORDS)}.\n\nTask: next" if prompt.endswith("Class label:")
                         else f" The {rng.choice(WORDS)} report\nOutput: A short {rng.choice(WORDS)} summary.")
-                out.append(ig.Completion(text, truncated=False))
+                out.append(Completion(text, truncated=False))
             self.tokens += 10
         return out
 
@@ -74,7 +80,7 @@ def seed_tasks():
 def test_classification_tasks_get_output_first_instances(seed_tasks):
     g = generation_config("generation.prompts_per_round=2").generation
     sampler = ScriptedSampler()
-    r = ig.generate_round(1, g, 0, sampler, seed_tasks, [])
+    r = generate_round(1, g, 0, sampler, seed_tasks, [])
     kinds = {t["is_classification"] for t in r.tasks}
     assert kinds == {True, False} and r.classification == sum(t["is_classification"] for t in r.tasks)
     for task in r.tasks:
@@ -99,16 +105,16 @@ class LeaningSampler(ScriptedSampler):
 def test_calibration_finds_classification_tasks_a_model_leaning_to_no_would_miss():
     examples = [[("Sort these numbers.", False), ("Is this spam? Yes or no.", True)]] * 2
     tasks = ["Classify the review as positive or negative.", "Summarize the meeting notes."]
-    assert ig.classify(LeaningSampler(), examples, tasks, calibrate=False) == [False, False]
+    assert classify(LeaningSampler(), examples, tasks, calibrate=False) == [False, False]
     # content-free tasks score -2 (they do not say "Classify"): the review is +1.5 above them, the notes 0
-    assert ig.classify(LeaningSampler(), examples, tasks, calibrate=True) == [True, False]
+    assert classify(LeaningSampler(), examples, tasks, calibrate=True) == [True, False]
 
 
 def run_rounds(folder, g, seed_tasks, upto=None):
     """generate_rounds into `folder` with the scripted model (up to round `upto`: a run killed there)."""
     from omegaconf import OmegaConf
 
-    state = ig.State.open(folder, {"test": 1})
+    state = State.open(folder, {"test": 1})
     ig.generate_rounds(OmegaConf.merge(g, {"rounds": upto}) if upto else g, 0, ScriptedSampler(), seed_tasks, state)
     return state
 
@@ -123,15 +129,15 @@ def test_a_killed_run_continues_to_what_an_uninterrupted_run_writes(tmp_path, se
     killed = tmp_path / "killed"
     run_rounds(killed, g, seed_tasks, upto=2)
     third = [t for t in whole.tasks if t["round"] == 3]
-    with (killed / ig.TASKS_FILE).open("a") as f:
+    with (killed / TASKS_FILE).open("a") as f:
         f.write("".join(json.dumps(t) + "\n" for t in third) + json.dumps(third[0])[:20])
     resumed = run_rounds(killed, g, seed_tasks)
-    assert (killed / ig.TASKS_FILE).read_bytes() == (tmp_path / "whole" / ig.TASKS_FILE).read_bytes()
+    assert (killed / TASKS_FILE).read_bytes() == (tmp_path / "whole" / TASKS_FILE).read_bytes()
     untimed = [{k: v for k, v in r.items() if k not in ("seconds", "tokens")} for r in resumed.rounds]
     assert untimed == [{k: v for k, v in r.items() if k not in ("seconds", "tokens")} for r in whole.rounds]
 
 
-@pytest.mark.parametrize("cut", [ig.TASKS_FILE, ig.ROUNDS_FILE])
+@pytest.mark.parametrize("cut", [TASKS_FILE, ROUNDS_FILE])
 def test_a_line_cut_in_half_by_a_kill_is_not_appended_to(tmp_path, seed_tasks, cut):
     """Killed inside the very first write of a round (half a line, nothing whole after it): the
     next round's lines start on a line of their own."""
@@ -142,19 +148,19 @@ def test_a_line_cut_in_half_by_a_kill_is_not_appended_to(tmp_path, seed_tasks, c
     with (killed / cut).open("a") as f:
         f.write('{"round": 2, "instr')
     run_rounds(killed, g, seed_tasks)
-    assert (killed / ig.TASKS_FILE).read_bytes() == (tmp_path / "whole" / ig.TASKS_FILE).read_bytes()
-    assert [r["round"] for r in ig.State.open(killed, {"test": 1}).rounds] == [1, 2] and len(whole.rounds) == 2
+    assert (killed / TASKS_FILE).read_bytes() == (tmp_path / "whole" / TASKS_FILE).read_bytes()
+    assert [r["round"] for r in State.open(killed, {"test": 1}).rounds] == [1, 2] and len(whole.rounds) == 2
 
 
 def test_a_folder_continues_only_with_its_own_settings(tmp_path):
-    ig.State.open(tmp_path, {"temperature": 0.7, "seed": 0})
-    ig.State.open(tmp_path, {"temperature": 0.7, "seed": 0})
+    State.open(tmp_path, {"temperature": 0.7, "seed": 0})
+    State.open(tmp_path, {"temperature": 0.7, "seed": 0})
     with pytest.raises(ConfigError, match="other settings \\(temperature\\); choose another generation.output_dir"):
-        ig.State.open(tmp_path, {"temperature": 1.0, "seed": 0})
+        State.open(tmp_path, {"temperature": 1.0, "seed": 0})
 
 
 def test_the_model_sampler_is_seeded_batched_and_flags_truncation(tiny):
-    sampler = ig.ModelSampler(*tiny, temperature=0.7, top_p=0.95, batch_size=2)
+    sampler = ModelSampler(*tiny, temperature=0.7, top_p=0.95, batch_size=2)
     prompts = ["Come up with a series of tasks:\n1. Name a fruit.\n2.", "Task: say hi\nInput:", "Hello"]
     a = sampler.complete(prompts, 8, seed=3, stop=["\n\n"])
     assert [c.text for c in a] == [c.text for c in sampler.complete(prompts, 8, seed=3, stop=["\n\n"])]
@@ -244,17 +250,17 @@ def test_generate_with_smollm2_then_train_on_the_generated_tasks(tmp_path, track
                         f"hydra.run.dir={tmp_path}/out"], cwd=ROOT, capture_output=True, text=True, timeout=900,
                        env=clean_env())
     assert p.returncode == 0, p.stderr[-3000:]
-    run_id = json.loads((out / ig.RUN_FILE).read_text())["run_id"]
+    run_id = json.loads((out / RUN_FILE).read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=tracking[0].split("=", 1)[1])
     run = client.get_run(run_id)
-    tasks = read_generated(out / ig.TASKS_FILE)
+    tasks = read_generated(out / TASKS_FILE)
     assert run.info.status == "FINISHED" and tasks
     assert run.data.metrics["pool_size"] == run.data.metrics["total/accepted"] == len(tasks)
     assert run.data.metrics["candidates"] >= len(tasks) and 0 < run.data.metrics["acceptance_rate"] <= 1
     assert run.data.metrics["total/instructions_per_minute"] > 0
-    assert run.data.params["generation.temperature"] == "0.7" and run.data.tags[ig.SHA_TAG] == sha256(out / ig.TASKS_FILE)
-    artifacts = {a.path for a in client.list_artifacts(run_id, ig.ARTIFACT_DIR)}
-    assert artifacts == {f"{ig.ARTIFACT_DIR}/{f}" for f in (ig.TASKS_FILE, ig.ROUNDS_FILE, "data_card.md", "similarity.png")}
+    assert run.data.params["generation.temperature"] == "0.7" and run.data.tags[SHA_TAG] == sha256(out / TASKS_FILE)
+    artifacts = {a.path for a in client.list_artifacts(run_id, ARTIFACT_DIR)}
+    assert artifacts == {f"{ARTIFACT_DIR}/{f}" for f in (TASKS_FILE, ROUNDS_FILE, "data_card.md", "similarity.png")}
     [generated] = [d for d in run.inputs.dataset_inputs if d.dataset.name == "self_instruct_generated"]
     assert generated.dataset.digest and json.loads(generated.dataset.profile)["num_rows"] == len(tasks)
 
@@ -263,12 +269,12 @@ def test_generate_with_smollm2_then_train_on_the_generated_tasks(tmp_path, track
     [sft] = runs_of(tracking, "sft-sweep").to_dict("records")
     assert sft["status"] == "FINISHED" and sft["params.data.generated"] == run_id
     used = json.loads(Path(client.download_artifacts(sft["run_id"], "data_sha256.json", str(tmp_path))).read_text())
-    assert run.data.tags[ig.SHA_TAG] in used.values()
+    assert run.data.tags[SHA_TAG] in used.values()
     replies = client.load_table(sft["experiment_id"], "sample_replies.json", run_ids=[sft["run_id"]])
     assert len(replies) == 2 and set(replies["task"]) == {"self_instruct"}
     assert {"instruction", "input", "reference", "reply", "rougeL"} <= set(replies.columns)
 
-    stored = next((tmp_path / "artifacts").rglob(f"{run_id}/artifacts/{ig.ARTIFACT_DIR}/{ig.TASKS_FILE}"))
+    stored = next((tmp_path / "artifacts").rglob(f"{run_id}/artifacts/{ARTIFACT_DIR}/{TASKS_FILE}"))
     stored.write_text(stored.read_text().replace(tasks[0]["output"], "I was changed", 1))
     data = compose("data=self_instruct_generated", f"data.generated={run_id}").data
     with pytest.raises(ConfigError, match="does not match the sha256 it recorded"):
@@ -369,14 +375,14 @@ def test_the_same_command_continues_a_killed_generation_in_its_own_run(tmp_path,
     p = subprocess.run([*args, "generation.rounds=1"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=clean_env())
     assert p.returncode == 0, p.stderr[-3000:]
-    run_id = json.loads((out / ig.RUN_FILE).read_text())["run_id"]
+    run_id = json.loads((out / RUN_FILE).read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=tracking[0].split("=", 1)[1])
     client.set_tag(run_id, "error", "its process is gone; closed by a later run")
     client.set_terminated(run_id, "KILLED")
     p = subprocess.run([*args, "generation.rounds=2"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                        env=clean_env())
     assert p.returncode == 0, p.stderr[-3000:]
-    assert json.loads((out / ig.RUN_FILE).read_text())["run_id"] == run_id
+    assert json.loads((out / RUN_FILE).read_text())["run_id"] == run_id
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED" and "error" not in run.data.tags
     assert [m.step for m in client.get_metric_history(run_id, "candidates")] == [1, 2]

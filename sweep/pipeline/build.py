@@ -31,15 +31,8 @@ from sweep.rlhf.preference import (
     pair_rows,
     preference_docs,
 )
-from sweep.scoring.evaluate import (
-    Prompting,
-    check_templates,
-    load_tasks,
-    make_lm,
-    set_generation,
-    task_manager,
-    uses_chat_template,
-)
+from sweep.scoring.evaluate import Prompting, make_lm
+from sweep.scoring.registry import check_templates, load_tasks, set_generation, task_manager, uses_chat_template
 from sweep.training.methods import apply_method
 from sweep.training.models import load_model_and_tokenizer
 

@@ -28,7 +28,7 @@ from sweep.runtime.hydra_job import (
 )
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring import baseline_cache, baselines
-from sweep.scoring.evaluate import is_task_metric
+from sweep.scoring.results import is_task_metric
 from sweep.study import trials
 from sweep.study.search import prunes
 from sweep.training.methods import count_parameters

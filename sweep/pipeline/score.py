@@ -21,13 +21,8 @@ from sweep.pipeline.build import load_project_tasks
 from sweep.rlhf import judging, preference, reference_replies
 from sweep.runtime import memory
 from sweep.scoring import baselines
-from sweep.scoring.evaluate import (
-    Prompting,
-    draw_demonstrations,
-    is_task_metric,
-    prefixed,
-    score,
-)
+from sweep.scoring.evaluate import Prompting, draw_demonstrations, score
+from sweep.scoring.results import is_task_metric, prefixed
 from sweep.study import trials
 
 log = logging.getLogger(__name__)

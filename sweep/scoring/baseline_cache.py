@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 RESULTS = "lm_eval_results.json"
 REUSED_ARTIFACTS = (RESULTS, tracking.BASELINE_PANEL, tracking.JUDGED_REPLIES, tracking.DEV_JUDGED_REPLIES)
 # The harness's own scoring code: a change to any of these scores differently, so it is in the key.
-SCORING_CODE = tuple(f"sweep.{m}" for m in ("scoring.evaluate", "scoring.fewshot", "scoring.calibration",
+SCORING_CODE = tuple(f"sweep.{m}" for m in (
+    "scoring.evaluate", "scoring.registry", "scoring.results", "scoring.fewshot", "scoring.calibration",
     "scoring.prefix_cache", "scoring.baselines", "scoring.race", "data.splits", "pipeline.score"))
 JUDGING_CODE = "sweep.rlhf.judging"  # the code that judges generated replies (a judged baseline's key holds it too)
 LIBRARIES = ("lm-eval", "transformers", "torch")  # whose versions score (a new release may change numerics)
@@ -44,7 +45,8 @@ def cache_key(cfg: DictConfig, task_manager, files: list[Path], judge=None) -> s
     """sha256 of everything a baseline's scores depend on, by content: where the checkout, the
     cache or the model lie does not enter it (two clones share their baselines). `judge`: the
     reward model (a lineage.Ancestor) that also scores the replies, if any."""
-    from sweep.scoring.evaluate import Prompting, variant_name
+    from sweep.scoring.evaluate import Prompting
+    from sweep.scoring.registry import variant_name
     from sweep.training.models import model_source, weights_digest
 
     search = cfg.method.get("search")

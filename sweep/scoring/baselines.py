@@ -252,7 +252,7 @@ def oracle_scores(panel: list[dict], peeked: list[list[Variant]], search: Search
 
 def check_search(cfg: DictConfig, tm) -> None:
     """Every searched template exists for every eval task (before any compute)."""
-    from sweep.scoring.evaluate import check_templates
+    from sweep.scoring.registry import check_templates
 
     for template in cfg.method.search.template:
         check_templates(tm, list(cfg.eval.tasks), template, key="method.search.template")

@@ -1,0 +1,83 @@
+"""Which figures a report shows: a metric against LoRA's rank, alpha and the trainable parameters,
+the training loss, and each Optuna study's history or Pareto front (plots.py draws them)."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pandas as pd
+
+from analysis import plots
+from analysis.summary import BASELINES, STUDY, baseline_values, cell, value
+
+
+def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[str, bytes]:
+    """{title: PNG}; a figure appears only when the runs vary what it plots."""
+    figs = {}
+    lora = done[(done.get("params.method.peft") == "lora")] if "params.method.peft" in done else done.iloc[0:0]
+    for metric in metrics:
+        base = baseline_values(done, metric)
+        for key, label in (("params.lora.r", "rank r"), ("params.lora.alpha", "alpha")):
+            if key not in lora or lora[key].nunique() < 2:
+                continue
+            points: dict[str, list] = {}
+            for _, r in lora.iterrows():
+                y, x = value(r, f"metrics.{metric}"), value(r, key)
+                if y is not None and x is not None:
+                    points.setdefault(f"{cell(r, 'tags.method')} {target_set(r)}", []).append((x, y))
+            figs[f"{metric} vs {label}"] = plots.metric_vs(points, base, label, metric)
+        trained = done[~done["tags.method"].isin(BASELINES)]
+        points = {}
+        for _, r in trained.iterrows():
+            y, x = value(r, f"metrics.{metric}"), value(r, "metrics.trainable_params")
+            if y is not None and x:
+                points.setdefault(cell(r, "tags.method"), []).append((x, y))
+        if points:
+            figs[f"{metric} vs trainable parameters"] = plots.metric_vs(
+                points, base, "trainable parameters (log)", metric, log_x=True, lines=False)
+    curves = {}
+    client = mlflow.MlflowClient()
+    for _, r in done[~done["tags.method"].isin(BASELINES)].head(20).iterrows():
+        history = client.get_metric_history(r["run_id"], "train/loss")
+        if history:
+            curves[cell(r, "tags.mlflow.runName")] = [(h.step, h.value) for h in history]
+    if curves:
+        figs["training loss"] = plots.loss_curves(curves)
+    figs |= study_figures(runs)
+    return figs
+
+
+def study_figures(runs: pd.DataFrame) -> dict[str, bytes]:
+    """Optimization history of each Optuna study in the runs, and its Pareto front when the study
+    has two objectives (rebuilt from the MLflow child runs, so no Optuna storage is needed)."""
+    figs = {}
+    for _, parent in runs[runs["tags.method"] == STUDY].iterrows():
+        study = cell(parent, "tags.optuna.study_name", parent["run_id"][:8])
+        objectives = json.loads(cell(parent, "params.objectives", "[]"))
+        directions = json.loads(cell(parent, "params.directions", "[]"))
+        kids = runs[(runs.get("tags.mlflow.parentRunId") == parent["run_id"]) & (runs["status"] == "FINISHED")]
+        if kids.empty or not objectives:
+            continue
+        trial = kids["tags.optuna.trial_number"].astype(int)
+        values = [kids[f"metrics.{o}"] if f"metrics.{o}" in kids else None for o in objectives]
+        if any(v is None for v in values):
+            continue
+        if len(objectives) == 1:
+            figs[f"Optuna study {study}: optimization history"] = plots.optimization_history(
+                list(zip(trial, values[0])), objectives[0], directions[0] == "maximize")
+        elif len(objectives) == 2:
+            pts = list(zip(values[0], values[1]))
+            sign = [1 if d == "maximize" else -1 for d in directions]
+            front = [p for p in pts if not any(all(s * q[i] >= s * p[i] for i, s in enumerate(sign)) and q != p
+                                               for q in pts)]
+            figs[f"Optuna study {study}: Pareto front"] = plots.pareto_front(pts, front, objectives)
+    return figs
+
+
+def target_set(row) -> str:
+    """The run's target modules as a short label (a preset name, or 'q+k' for a list)."""
+    tm = cell(row, "params.lora.target_modules", "-")
+    if tm.startswith("["):
+        return "+".join(m.removesuffix("_proj") for m in json.loads(tm))
+    return tm

@@ -1,0 +1,122 @@
+"""lm-eval's task registry for the project: each task's template variants (tasks/<task>_<template>.yaml),
+loaded and checked before any compute, with the decoding of generation tasks."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from sweep.config import DEFAULT_TEMPLATE, ConfigError, close_matches
+
+
+def variant_name(task: str, template: str) -> str:
+    """The lm-eval task that renders `task` with `template` (tasks/<task>_<template>.yaml)."""
+    return task if template == DEFAULT_TEMPLATE else f"{task}_{template}"
+
+
+def templates_of(task: str, all_tasks) -> list[str]:
+    return [DEFAULT_TEMPLATE] + sorted(t[len(task) + 1:] for t in all_tasks if t.startswith(f"{task}_"))
+
+
+def task_manager(cfg: DictConfig, task_names: list[str]):
+    """lm-eval's TaskManager over tasks/ and eval.include_paths.
+
+    lm-eval's own ~15k task YAMLs take seconds to index, so they are added only when a requested
+    task is not found in the project's folders. Project tasks read their JSONL files from
+    `paths.data` (passed as task metadata, see tasks/local_data.py).
+    """
+    from lm_eval.tasks import TaskManager
+
+    paths = [cfg.paths.tasks, *cfg.eval.include_paths]
+    meta = {"data_dir": cfg.paths.data}
+    tm = TaskManager(include_path=paths, include_defaults=False, metadata=meta)
+    if all(t in tm.all_tasks for t in task_names):
+        return tm
+    # Our sst2/rte YAMLs shadow lm-eval's GLUE ones on purpose: quiet its notice about that.
+    logging.getLogger("lm_eval.tasks._index").setLevel(logging.ERROR)
+    tm = TaskManager(include_path=paths, include_defaults=True, metadata=meta)
+    unknown = [t for t in task_names if t not in tm.all_tasks]
+    for folder in paths if unknown else []:
+        broken_task_file(Path(folder) / f"{unknown[0]}.yaml")
+    if unknown:
+        raise ConfigError(
+            f"eval.tasks: unknown lm-eval task {unknown[0]!r}{close_matches(unknown[0], tm.all_tasks)}; "
+            f"the project's tasks are: {', '.join(sorted(_yaml_task_names(cfg.paths.tasks)))} "
+            f"(add folders of your own task YAMLs with eval.include_paths)"
+        )
+    return tm
+
+
+def check_templates(tm, task_names: list[str], template: str, key: str = "eval.template") -> dict[str, str]:
+    """{task: the lm-eval task of its `template` variant}; ConfigError (naming `key`) when a task has none."""
+    variants = {}
+    for name in task_names:
+        variant = variant_name(name, template)
+        if variant not in tm.all_tasks:
+            have = templates_of(name, tm.all_tasks)
+            raise ConfigError(f"{key}={template!r}: task {name} has no such template (no task "
+                              f"{variant}){close_matches(template, have)}; its templates are: {', '.join(have)}")
+        variants[name] = variant
+    return variants
+
+
+def broken_task_file(path: Path) -> None:
+    """lm-eval skips a task YAML it cannot parse without a word, and the task is then "unknown":
+    name the file and the parse error instead."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # lm-eval's tags (`!function module.name`) as plain text
+        pass
+
+    Loader.add_multi_constructor("!", lambda loader, suffix, node: loader.construct_scalar(node))
+    if path.is_file():
+        try:
+            yaml.load(path.read_text(), Loader=Loader)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"eval.tasks: the task file {path} is not valid YAML ({str(e).splitlines()[0]}); "
+                              f"fix it or remove it from eval.include_paths") from None
+
+
+def _yaml_task_names(folder: str) -> list[str]:
+    """The tasks in `folder`, without their template variants (<task>_<template>.yaml)."""
+    stems = [p.stem for p in Path(folder).glob("*.yaml")]
+    return [s for s in stems if not any(s.startswith(f"{other}_") for other in stems)]
+
+
+def load_tasks(tm, variants: dict[str, str]) -> dict:
+    """Task objects keyed by task name (their datasets are loaded now, so a bad data file fails here)."""
+    loaded = tm.load(list(dict.fromkeys(variants.values())))["tasks"]
+    return {name: loaded[variant] for name, variant in variants.items()}
+
+
+def set_generation(tasks: dict, generation: DictConfig) -> None:
+    """eval.generation's settings (those not null; lm-eval's names) into each generation task's
+    generation_kwargs."""
+    settings = {k: v for k, v in generation.items() if v is not None}
+    for task in tasks.values():
+        if task.OUTPUT_TYPE == "generate_until" and settings:
+            task.set_config(key="generation_kwargs", value=settings, update=True)
+
+
+def uses_chat_template(tasks: dict) -> bool:
+    """Whether the tasks' template is a chat one (task metadata `apply_chat_template: true`); every
+    task of one scoring pass must agree, since lm-eval applies the chat template to all of them."""
+    flags = {name: bool((t.config.metadata or {}).get("apply_chat_template")) for name, t in tasks.items()}
+    if len(set(flags.values())) > 1:
+        raise ConfigError(f"eval.tasks mix chat and plain-text templates ({flags}); score them in separate runs")
+    return any(flags.values())
+
+
+def check_fewshot_pool(tasks: dict, k: int) -> None:
+    for name, task in tasks.items():
+        if k == 0:
+            continue
+        split = task.config.fewshot_split or task.config.training_split
+        pool = len(task.dataset[split]) if split else 0
+        if k > pool:
+            raise ConfigError(
+                f"eval.num_fewshot={k} is larger than task {name}'s few-shot pool "
+                f"({pool} examples in split {split!r}); use eval.num_fewshot<={pool}"
+            )
