@@ -109,3 +109,19 @@ def test_holm_over_the_adapters_of_a_sweep_withdraws_a_lucky_win():
                                                 *accuracies(300, 24, 10, 200), 0.01) for i in range(5)])
     assert all(c.p_holm == pytest.approx(min(1, 5 * alone.p)) and c.verdict == "inconclusive" for c in family)
     assert family[0].family == 5 and "Holm, 5 compared" in family[0].sentence()
+
+
+def test_the_sweeps_choice_reads_development_scores_and_breaks_ties_toward_the_smaller_adapter():
+    """Test scores never choose; two adapters tied on development data go to the one with fewer
+    trainable parameters (the simpler), whatever order the store lists them in."""
+    import pandas as pd
+
+    from analysis.summary import best_by_dev
+
+    rows = [("lora-r16", 0.86, 0.99, 1_843_200), ("lora-r8", 0.86, 0.50, 921_600), ("lora-r2", 0.85, 0.99, 230_400),
+            ("zero_shot", 0.95, 0.95, 0)]
+    runs = pd.DataFrame([{"run_id": name, "status": "FINISHED", "tags.method": name.split("-")[0],
+                          "metrics.dev/sst2/acc": dev, "metrics.sst2/acc": test, "metrics.trainable_params": params}
+                         for name, dev, test, params in rows])
+    for order in (runs, runs.iloc[::-1]):
+        assert best_by_dev(order, "sst2/acc")["run_id"] == "lora-r8"
