@@ -33,7 +33,7 @@ browser: ## install chromium + chromedriver (Debian packages) if missing
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver \
 	  || echo "warning: could not install chromium; the browser test is skipped (it fails under CI=true)"; }
 
-run: $(STAMP) ## the quickstart: baselines (the strongest too) + LoRA r=2,8,16 on SST-2 with SmolLM2-135M, then the report (~25 min, CPU)
+run: $(STAMP) ## the quickstart: baselines (the strongest too) + LoRA r=2,8,16 on SST-2 with SmolLM2-135M, then the report (~40 min, CPU)
 	$(PY) sweep.py -m experiment=quickstart method=zero_shot,few_shot,strongest_baseline tracking.sweep_id=$(SWEEP_ID)
 	$(PY) sweep.py -m experiment=quickstart lora.r=2,8,16 tracking.sweep_id=$(SWEEP_ID)
 	$(PY) -m analysis.report --experiment quickstart --sweep-id $(SWEEP_ID)
