@@ -270,10 +270,10 @@ def sweep_verdicts(runs: pd.DataFrame) -> list[verdict.Comparison]:
 def best_by_dev(runs: pd.DataFrame, metric: str) -> pd.Series | None:
     """The finished adapter with the best development score: the sweep's choice, made without the
     test examples; a tie goes to the one with fewer trainable parameters (the simpler one)."""
-    scored = [(value(r, f"metrics.{DEV_PREFIX}{metric}"), -(value(r, "metrics.trainable_params") or 0), -n)
-              for n, (_, r) in enumerate(runs.iterrows()) if is_adapter(r)]
-    scored = [s for s in scored if s[0] is not None]
-    return runs.iloc[-max(scored)[2]] if scored else None
+    dev = lambda r: value(r, f"metrics.{DEV_PREFIX}{metric}")  # noqa: E731
+    adapters = [r for _, r in runs.iterrows() if is_adapter(r) and dev(r) is not None]
+    # (max keeps the first of equals: the order the store listed them in only decides a full tie)
+    return max(adapters, key=lambda r: (dev(r), -(value(r, "metrics.trainable_params") or 0)), default=None)
 
 
 def measured_on_test(runs: pd.DataFrame, metric: str) -> dict[str, float]:
