@@ -17,14 +17,14 @@ CONFIG = "generate_instructions"
 @hydra.main(version_base="1.3", config_path="conf", config_name=CONFIG)
 def main(cfg: DictConfig):
     # heavy imports only when it runs
-    from sweep.self_instruct.generation import main as generate
+    from sweep.pipeline.generate import main as generate
 
     return generate(cfg)
 
 
 if __name__ == "__main__":
     guard_output()  # credentials in URLs never reach the terminal, logs or tracebacks
-    from sweep.self_instruct.generation import validate_config
+    from sweep.pipeline.generate import validate_config
 
     exit_on_bad_overrides(sys.argv[1:], CONFIG, validate_config)
     main()

@@ -16,7 +16,7 @@ import sweep  # noqa: F401  (resolvers)
 from sweep.config import ConfigError, default_tracking_uri
 from sweep.pipeline.reproduce import find_trial_run, reproduce
 from sweep.runtime.secrets import guard_output, redact
-from sweep.tracking import require_store
+from sweep.tracking.store import require_store
 
 
 def main(argv=None) -> int:

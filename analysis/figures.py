@@ -9,7 +9,8 @@ import mlflow
 import pandas as pd
 
 from analysis import plots
-from analysis.summary import BASELINES, STUDY, baseline_values, cell, value
+from analysis.summary import BASELINES, baseline_values, cell, value
+from sweep.tracking.records import STUDY_METHOD
 
 
 def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[str, bytes]:
@@ -52,7 +53,7 @@ def study_figures(runs: pd.DataFrame) -> dict[str, bytes]:
     """Optimization history of each Optuna study in the runs, and its Pareto front when the study
     has two objectives (rebuilt from the MLflow child runs, so no Optuna storage is needed)."""
     figs = {}
-    for _, parent in runs[runs["tags.method"] == STUDY].iterrows():
+    for _, parent in runs[runs["tags.method"] == STUDY_METHOD].iterrows():
         study = cell(parent, "tags.optuna.study_name", parent["run_id"][:8])
         objectives = json.loads(cell(parent, "params.objectives", "[]"))
         directions = json.loads(cell(parent, "params.directions", "[]"))

@@ -26,7 +26,6 @@ from analysis.summary import (
     BASELINES,
     DEGENERATE_SHARE,
     STRONGEST,
-    STUDY,
     References,
     band_lines,
     cell,
@@ -46,7 +45,7 @@ from analysis.summary import (
 )
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
-from sweep.tracking import BASELINE_PANEL
+from sweep.tracking.records import BASELINE_PANEL, STUDY_METHOD
 
 # The LoRA paper's Table 5 columns, in its order.
 WEIGHT_TYPES = [("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "k_proj"), ("q_proj", "v_proj"),
@@ -77,7 +76,7 @@ def load_runs(experiment: str, sweep_id: str | None) -> pd.DataFrame:
 
 
 def scored(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY)]
+    return runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY_METHOD)]
 
 
 def ranks(row) -> str:
@@ -189,7 +188,7 @@ def budget_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame | None:
 
 def not_finished(runs: pd.DataFrame) -> tuple[dict[str, int], pd.DataFrame]:
     """Counts by outcome (PRUNED told apart from KILLED) and the runs that did not finish."""
-    runs = runs[runs["tags.method"] != STUDY]
+    runs = runs[runs["tags.method"] != STUDY_METHOD]
     outcome = runs["status"].copy()
     if "tags.optuna.state" in runs:
         outcome[runs["tags.optuna.state"] == "PRUNED"] = "PRUNED"
@@ -205,7 +204,7 @@ def not_finished(runs: pd.DataFrame) -> tuple[dict[str, int], pd.DataFrame]:
 def best_run(done: pd.DataFrame, metric: str) -> tuple[pd.Series, bool] | None:
     """(the trained run with the best development score, True); without development scores (data.dev_size=0),
     (the best by test score, False): peeking, and said so."""
-    trained = done[~done["tags.method"].isin((*BASELINES, STUDY))]
+    trained = done[~done["tags.method"].isin((*BASELINES, STUDY_METHOD))]
     for column, honest in ((f"metrics.{DEV_PREFIX}{metric}", True), (f"metrics.{metric}", False)):
         if column in trained and not trained[column].isna().all():
             return trained.loc[trained[column].idxmax()], honest
@@ -215,7 +214,7 @@ def best_run(done: pd.DataFrame, metric: str) -> tuple[pd.Series, bool] | None:
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run, task and metric (the CSV)."""
     rows = []
-    for _, r in runs[runs["tags.method"] != STUDY].iterrows():
+    for _, r in runs[runs["tags.method"] != STUDY_METHOD].iterrows():
         for col in runs.columns:
             if not col.startswith("metrics.") or "/" not in col or col.endswith("_stderr"):
                 continue
@@ -253,10 +252,11 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
     counts, unfinished = not_finished(runs)
     scope = f"sweep {sweep_id}" if sweep_id else "all sweeps"
     comparisons = sweep_verdicts(done)
+    shown = len(runs[runs["tags.method"] != STUDY_METHOD])
     rep = Report(
         title=f"Experiment {experiment}: {scope}",
         intro=[*verdict_lines(done, comparisons),
-               f"{len(runs[runs['tags.method'] != STUDY])} runs in MLflow ({redact(mlflow.get_tracking_uri())}): "
+               f"{shown} runs in MLflow ({redact(mlflow.get_tracking_uri())}): "
                + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".",
                "Each run is compared with (a) the strongest prompt-only or in-context baseline of the same model "
                "and eval.limit, chosen on a development slice of the train split (method=strongest_baseline), and "
@@ -307,7 +307,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
 
 def main(argv: list[str] | None = None) -> int:
     from sweep.config import PROJECT_ROOT, ConfigError, default_tracking_uri
-    from sweep.tracking import require_store
+    from sweep.tracking.store import require_store
 
     guard_output()
     p = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])

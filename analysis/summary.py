@@ -20,8 +20,8 @@ from analysis import verdict
 from analysis.stats import examples_available, samples
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
-from sweep.tracking import BASELINE_PANEL, is_server, runs_page
-from sweep.tracking import STUDY_METHOD as STUDY
+from sweep.tracking.records import BASELINE_PANEL, STUDY_METHOD
+from sweep.tracking.store import is_server, runs_page
 
 BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
 STRONGEST = "strongest_baseline"
@@ -58,7 +58,7 @@ def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
     strongest baseline, the zero-shot baseline of each template the sweep used, a few-shot one."""
     runs = search_runs(experiment, f"tags.sweep_id = '{sweep_id}'")
     if not runs.empty:
-        runs = runs[runs["tags.method"] != STUDY].reset_index(drop=True)  # the Optuna parent run
+        runs = runs[runs["tags.method"] != STUDY_METHOD].reset_index(drop=True)  # the Optuna parent run
     if runs.empty or runs["tags.method"].isin(BASELINES).all():
         return runs
     ref = runs.iloc[0]
@@ -242,7 +242,7 @@ def short_verdict(c: verdict.Comparison | None) -> str:
 
 def is_adapter(row) -> bool:
     """A finished run that trained something (not a baseline, not an Optuna study's parent run)."""
-    return row.get("status") == "FINISHED" and row.get("tags.method") not in (*BASELINES, STUDY)
+    return row.get("status") == "FINISHED" and row.get("tags.method") not in (*BASELINES, STUDY_METHOD)
 
 
 def margin_of(row) -> float:

@@ -28,7 +28,7 @@ import numpy as np
 from scipy import stats as sps
 
 from analysis.stats import paired_compare
-from sweep.tracking import VERDICT_PREFIX
+from sweep.tracking.records import VERDICT_PREFIX
 
 ALPHA = 0.05
 POWER = 0.8

@@ -60,7 +60,7 @@ import torch  # noqa: E402
 
 import sweep  # noqa: E402,F401
 from sweep.config import compose_config  # noqa: E402
-from sweep.tracking import STUDY_METHOD  # noqa: E402
+from sweep.tracking.records import STUDY_METHOD  # noqa: E402
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
         "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
@@ -273,9 +273,9 @@ class Bench:
     def strongest_search(self) -> dict:
         """The strongest baseline's search without the race on `search_dev[0]` development examples vs
         with it on `search_dev[1]`: the race must spend no more time on twice the examples."""
-        from sweep.pipeline.score import eval_tasks
+        from sweep.pipeline.score import eval_tasks, prompting_of
         from sweep.scoring.baselines import Search, strongest
-        from sweep.scoring.evaluate import Prompting, make_lm
+        from sweep.scoring.evaluate import make_lm
         from sweep.training.models import load_model_and_tokenizer
 
         small, large = self.p["search_dev"]
@@ -285,7 +285,7 @@ class Bench:
         for label, dev, p_threshold in (("full_search", small, 0.0), ("race", large, 0.05)):
             cfg = self.cfg("method=strongest_baseline", f"data.dev_size={dev}", f"method.search.p_threshold={p_threshold}",
                            f"method.search.n_startup_steps={self.p['search_startup']}", "method.search.oracle=none")
-            search = Search(cfg.method.search, lambda k, cfg=cfg: Prompting.from_config(cfg, k), dev,
+            search = Search(cfg.method.search, lambda k, cfg=cfg: prompting_of(cfg, k), dev,
                             self.p["eval_limit"], False)
             start = time.perf_counter()
             choice = strongest(search, lm, lambda template, cfg=cfg: eval_tasks(cfg, template))

@@ -311,9 +311,9 @@ def log_to_mlflow(cfg, rows: list[dict], checks: dict[str, float], files: list[P
     """One MLflow run in `tracking.experiment`: the table as metrics, the files as artifacts."""
     import mlflow
 
-    from sweep import tracking
+    from sweep.tracking import store
 
-    experiment_id = tracking.open_experiment(cfg.tracking)
+    experiment_id = store.open_experiment(cfg.tracking)
     tags = {"method": "quantization-lab", "model": cfg.model.name}
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"quantization-{cfg.model.name}", tags=tags) as run:
         mlflow.log_params(params)

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import sweep  # noqa: E402,F401  (registers resolvers)
-from sweep.tracking import STUDY_METHOD  # noqa: E402
+from sweep.tracking.records import STUDY_METHOD  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 # Small and fast: the tiny model, a few examples (8 development ones), a few steps; a multirun's jobs in
@@ -89,7 +89,7 @@ def runs_of(tracking_overrides: list[str], experiment: str = "sft-sweep"):
     """All MLflow runs of `experiment` in the store named by `tracking_overrides`, as a DataFrame."""
     import mlflow
 
-    from sweep.tracking import init_store
+    from sweep.tracking.store import init_store
 
     uri = tracking_overrides[0].split("=", 1)[1]
     init_store(uri)  # a child process may be creating the store right now

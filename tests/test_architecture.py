@@ -76,3 +76,54 @@ def test_no_import_circles():
         if node not in state:
             visit(node, [node])
     assert not cycles, "\n".join(cycles)
+
+
+def config_groups() -> set[str]:
+    """The top-level keys of the composed config (model, method, lora, eval, tracking, seed, ...)."""
+    from tests.conftest import compose
+
+    return set(compose())
+
+
+LIBRARY = [layer for layer in LAYERS if layer not in ("study", "pipeline")]  # below the recipes
+
+
+def whole_config_parameters(path: Path, groups: set[str]) -> list[str]:
+    """Functions of `path` that take the whole config: a parameter named `cfg`, or a DictConfig
+    parameter read through two or more top-level groups (`x.eval...` and `x.method...`)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            continue
+        args = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+        configs = {a.arg for a in args if a.arg == "cfg" or (a.annotation is not None and "DictConfig" in ast.unparse(
+            a.annotation))}
+        read = {name: set() for name in configs}
+        for sub in ast.walk(node):
+            if isinstance(sub, ast.Attribute) and isinstance(sub.value, ast.Name) and sub.value.id in read:
+                read[sub.value.id].add(sub.attr)
+        found += [f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path.name}:{node.lineno} {node.name}({name})" for name, attrs in read.items()
+                  if name == "cfg" or len(attrs & groups) >= 2]
+    return found
+
+
+def test_library_functions_take_a_sub_config_never_the_whole_one():
+    groups = config_groups()
+    assert {"model", "method", "eval", "tracking"} <= groups  # (what the check below reads through)
+    wide = [hit for package in LIBRARY for path in sorted((ROOT / "sweep" / package).rglob("*.py"))
+            for hit in whole_config_parameters(path, groups)]
+    if (ROOT / "sweep" / "config.py").is_file():
+        wide += whole_config_parameters(ROOT / "sweep" / "config.py", groups)
+    assert not wide, "\n".join(wide)
+
+
+def test_the_check_finds_a_function_that_reads_two_groups(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def key(settings: DictConfig):\n    return settings.eval.limit, settings.method.name\n\n"
+                      "def fine(e: DictConfig):\n    return e.limit\n")
+    assert [h.split(" ")[1] for h in whole_config_parameters(module, config_groups())] == ["key(settings)"]
+
+
+def test_no_module_is_over_400_lines():
+    long = {m: n for m, p in modules().items() if (n := len(p.read_text().splitlines())) > 400}
+    assert not long, long

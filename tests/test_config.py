@@ -3,7 +3,8 @@
 
 import pytest
 
-from sweep.config import ConfigError, validate
+from sweep.config import ConfigError
+from sweep.pipeline.checks import validate
 from sweep.pipeline.overrides import group_options
 from tests.conftest import ROOT, compose
 

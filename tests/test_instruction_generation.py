@@ -26,11 +26,11 @@ from sweep.data.examples import (
     read_generated,
     training_pairs,
 )
+from sweep.pipeline.generate import generate_rounds
 from sweep.scoring.evaluate import make_lm
-from sweep.self_instruct import generation as ig
 from sweep.self_instruct.rounds import generate_round
 from sweep.self_instruct.sampling import Completion, ModelSampler, classify
-from sweep.self_instruct.state import ROUNDS_FILE, RUN_FILE, State
+from sweep.self_instruct.state import ROUNDS_FILE, RUN_FILE, State, load_seed_tasks
 from tests.conftest import ROOT, compose
 
 WORDS = ("apple river budget planet candle garden violin ocean ladder pepper silver thunder meadow rocket "
@@ -74,7 +74,7 @@ class ScriptedSampler:
 
 @pytest.fixture(scope="module")
 def seed_tasks():
-    return ig.load_seed_tasks(ROOT / "data/self_instruct/train.jsonl", 8)
+    return load_seed_tasks(ROOT / "data/self_instruct/train.jsonl", 8)
 
 
 def test_classification_tasks_get_output_first_instances(seed_tasks):
@@ -115,7 +115,7 @@ def run_rounds(folder, g, seed_tasks, upto=None):
     from omegaconf import OmegaConf
 
     state = State.open(folder, {"test": 1})
-    ig.generate_rounds(OmegaConf.merge(g, {"rounds": upto}) if upto else g, 0, ScriptedSampler(), seed_tasks, state)
+    generate_rounds(OmegaConf.merge(g, {"rounds": upto}) if upto else g, 0, ScriptedSampler(), seed_tasks, state)
     return state
 
 
@@ -390,7 +390,7 @@ def test_the_same_command_continues_a_killed_generation_in_its_own_run(tmp_path,
 
 
 def test_sample_replies_are_a_table_of_generation_tasks_only():
-    from sweep.tracking import sample_replies
+    from sweep.tracking.records import sample_replies
 
     generated = {"doc": {"instruction": "Say hi.", "input": ""}, "target": "Hi!", "filtered_resps": ["Hello!"],
                  "metrics": ["rougeL"], "rougeL": 0.0}

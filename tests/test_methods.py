@@ -17,6 +17,11 @@ from tests.conftest import ROOT, compose
 ALL_LINEAR = ["down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj"]
 
 
+def adapt(model, cfg, *args):
+    """apply_method with the method, lora and prompt groups of a composed config."""
+    return apply_method(model, cfg.method, cfg.lora, cfg.prompt, *args)
+
+
 def fresh(tiny):
     return copy.deepcopy(tiny[0])
 
@@ -37,7 +42,7 @@ def test_linear_module_names_exclude_the_output_head(tiny):
 ])
 def test_presets_adapt_exactly_their_modules(tiny, preset, expected):
     cfg = compose("model=tiny", f"lora.target_modules={preset}")
-    model = apply_method(fresh(tiny), cfg)
+    model = adapt(fresh(tiny), cfg)
     assert lora_targets(model) == expected
     layers = cfg.model.from_config.num_hidden_layers
     assert sum(hasattr(m, "lora_A") for m in model.modules()) == layers * len(expected)
@@ -45,7 +50,7 @@ def test_presets_adapt_exactly_their_modules(tiny, preset, expected):
 
 def test_explicit_module_list(tiny):
     cfg = compose("model=tiny", "lora.target_modules=[k_proj,down_proj]")
-    assert lora_targets(apply_method(fresh(tiny), cfg)) == {"k_proj", "down_proj"}
+    assert lora_targets(adapt(fresh(tiny), cfg)) == {"k_proj", "down_proj"}
 
 
 def test_unknown_module_lists_the_models_real_linear_layers(tiny):
@@ -60,7 +65,7 @@ def test_trainable_parameters_grow_linearly_with_r(tiny):
     counts = {}
     for r in (1, 2, 4, 8):
         cfg = compose("model=tiny", f"lora.r={r}")
-        counts[r] = count_parameters(apply_method(fresh(tiny), cfg))[0]
+        counts[r] = count_parameters(adapt(fresh(tiny), cfg))[0]
     # qkvo on 2 layers, hidden 64, kv dim 32 (2 kv heads of 16): r * sum(in + out) per layer.
     per_r = 2 * ((64 + 64) + (64 + 32) + (64 + 32) + (64 + 64))
     assert counts == {r: r * per_r for r in counts}
@@ -73,7 +78,7 @@ def test_lora_starts_as_the_base_model(tiny):
     with torch.no_grad():
         before = base(input_ids=x).logits
         cfg = compose("model=tiny", "lora.target_modules=all-linear", "lora.dropout=0")
-        adapted = apply_method(base, cfg).eval()
+        adapted = adapt(base, cfg).eval()
         after = adapted(input_ids=x).logits
     assert torch.equal(before, after)
     assert all(torch.count_nonzero(m.lora_B["default"].weight) == 0 for m in adapted.modules() if hasattr(m, "lora_B"))
@@ -81,10 +86,10 @@ def test_lora_starts_as_the_base_model(tiny):
 
 def test_full_trains_everything_and_baselines_train_nothing(tiny):
     total = count_parameters(tiny[0])[1]
-    full = apply_method(fresh(tiny), compose("method=full"))
+    full = adapt(fresh(tiny), compose("method=full"))
     assert count_parameters(full) == (total, total)
     for method in ("zero_shot", "few_shot"):
-        frozen = apply_method(fresh(tiny), compose(f"method={method}"))
+        frozen = adapt(fresh(tiny), compose(f"method={method}"))
         assert count_parameters(frozen) == (0, total)
 
 
@@ -120,12 +125,12 @@ def test_qlora_holds_4bit_weights_with_lora_on_top(tiny, quant_type, double):
         else None
     assert deq is not None and (deq - q).norm() / q.norm() < 0.15
 
-    adapted = apply_method(model, cfg)
+    adapted = adapt(model, cfg)
     assert lora_targets(adapted) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     assert all(isinstance(m.base_layer, bnb.nn.Linear4bit) for m in adapted.modules() if hasattr(m, "lora_A"))
     trainable, total = count_parameters(adapted)
-    assert total == count_parameters(apply_method(fresh(tiny), compose("model=tiny")))[1]  # weights, not bytes
-    assert trainable == count_parameters(apply_method(fresh(tiny), compose("model=tiny")))[0]
+    assert total == count_parameters(adapt(fresh(tiny), compose("model=tiny")))[1]  # weights, not bytes
+    assert trainable == count_parameters(adapt(fresh(tiny), compose("model=tiny")))[0]
 
 
 def test_paged_optimizers_run_unpaged_on_the_cpu():
@@ -150,7 +155,7 @@ def test_lora_variants_start_as_the_base_model(tiny, variant):
     with torch.no_grad():
         before = tiny[0](input_ids=x).logits
         cfg = compose("model=tiny", "lora.target_modules=all-linear", "lora.dropout=0", *variant)
-        adapted = apply_method(fresh(tiny), cfg).eval()
+        adapted = adapt(fresh(tiny), cfg).eval()
         after = adapted(input_ids=x).logits
     assert torch.allclose(before, after, atol=1e-5)
     assert all(torch.count_nonzero(m.lora_B["default"].weight) == 0 for m in adapted.modules() if hasattr(m, "lora_B"))
@@ -162,7 +167,7 @@ def test_pissa_and_olora_move_the_principal_part_into_the_adapter(tiny, init):
     x = torch.randint(0, 1000, (2, 12))
     with torch.no_grad():
         before = tiny[0](input_ids=x).logits
-        adapted = apply_method(fresh(tiny), compose("model=tiny", f"lora.init={init}", "lora.dropout=0")).eval()
+        adapted = adapt(fresh(tiny), compose("model=tiny", f"lora.init={init}", "lora.dropout=0")).eval()
         after = adapted(input_ids=x).logits
     assert torch.allclose(before, after, atol=1e-3)
     q = adapted.base_model.model.model.layers[0].self_attn.q_proj
@@ -172,14 +177,14 @@ def test_pissa_and_olora_move_the_principal_part_into_the_adapter(tiny, init):
 
 def test_rslora_and_rank_pattern_set_the_scaling_and_ranks(tiny):
     cfg = compose("model=tiny", "lora.r=4", "lora.alpha=16", "lora.use_rslora=true", "lora.rank_pattern={k_proj: 9}")
-    attn = apply_method(fresh(tiny), cfg).base_model.model.model.layers[0].self_attn
+    attn = adapt(fresh(tiny), cfg).base_model.model.model.layers[0].self_attn
     assert attn.q_proj.r["default"] == 4 and attn.k_proj.r["default"] == 9
     assert attn.q_proj.scaling["default"] == pytest.approx(16 / 4 ** 0.5)  # alpha / sqrt(r)
 
 
 def test_rank_pattern_outside_the_targets_is_rejected(tiny):
     with pytest.raises(ConfigError, match=r"lora.rank_pattern: up_proj is not among the target modules"):
-        apply_method(fresh(tiny), compose("model=tiny", "lora.rank_pattern={up_proj: 2}"))
+        adapt(fresh(tiny), compose("model=tiny", "lora.rank_pattern={up_proj: 2}"))
 
 
 LORA_BUDGET = [p.stem for p in sorted((ROOT / "conf" / "lora").glob("budget_*.yaml"))]
@@ -195,7 +200,7 @@ def test_lora_budget_presets_train_the_same_number_of_parameters_on_smollm2(pres
                           num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(smollm2)
-    adapted = apply_method(model, compose(f"lora={preset}"))
+    adapted = adapt(model, compose(f"lora={preset}"))
     assert count_parameters(adapted)[0] == 30 * 8 * (576 + 576) == 276_480
 
 
@@ -204,7 +209,7 @@ def test_lora_budget_presets_train_the_same_number_of_parameters_on_smollm2(pres
 def test_prompt_tuning_starts_from_the_init_text_and_changes_the_output(tiny):
     model, tokenizer = tiny
     cfg = compose("model=tiny", "method=prompt_tuning", "prompt.num_virtual_tokens=6", "prompt.init_text=Is it positive?")
-    adapted = apply_method(fresh(tiny), cfg, tokenizer.name_or_path).eval()
+    adapted = adapt(fresh(tiny), cfg, tokenizer.name_or_path).eval()
     assert count_parameters(adapted)[0] == 6 * model.config.hidden_size
     ids = tokenizer("Is it positive?", add_special_tokens=False).input_ids
     expected = model.get_input_embeddings().weight[(ids * 6)[:6]]
@@ -219,7 +224,7 @@ def test_prompt_tuning_starts_from_the_init_text_and_changes_the_output(tiny):
 def test_prefix_tuning_trains_only_the_prefix(tiny):
     model = tiny[0]
     cfg = compose("model=tiny", "method=prefix_tuning", "prompt.num_virtual_tokens=5")
-    adapted = apply_method(fresh(tiny), cfg)
+    adapted = adapt(fresh(tiny), cfg)
     c = model.config
     kv_dim = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
     assert count_parameters(adapted)[0] == 5 * c.num_hidden_layers * 2 * kv_dim

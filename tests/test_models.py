@@ -107,7 +107,7 @@ def test_any_local_folder_loads_with_name_or_path(tiny, tmp_path):
 def test_pickled_weights_are_never_loaded(tmp_path, tiny):
     """A folder with only pytorch_model.bin is refused in one line before loading, and the loader
     itself asks for safetensors (unpickling a checkpoint can run code)."""
-    from sweep.config import validate
+    from sweep.pipeline.checks import validate
 
     model, tok = tiny
     model.config.save_pretrained(tmp_path)

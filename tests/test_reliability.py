@@ -151,17 +151,17 @@ def _swallowed_interruption_then_a_failure():
 def test_an_interruption_that_surfaces_as_another_error_still_ends_the_run_killed(tmp_path, stop):
     """Under load a SIGTERM can reach the run as another exception (a library wraps or swallows
     it, a cleanup fails while it unwinds): the run was stopped, not broken, so it is KILLED."""
-    from sweep import tracking
+    from sweep.tracking import lifecycle
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = mlflow.create_experiment("stops", artifact_location=str(tmp_path / "artifacts"))
     with pytest.raises((RuntimeError, ValueError)):
-        with tracking.mlflow_run(experiment, "stopped", {}) as run:
+        with lifecycle.mlflow_run(experiment, "stopped", {}) as run:
             stop()
     stopped = mlflow.MlflowClient().get_run(run.info.run_id)
     assert (stopped.info.status, stopped.data.tags["error"]) == ("KILLED", "interrupted")
     with pytest.raises(ValueError):  # and a failure with no signal behind it is still FAILED
-        with tracking.mlflow_run(experiment, "broken", {}) as run:
+        with lifecycle.mlflow_run(experiment, "broken", {}) as run:
             raise ValueError("broken")
     assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "FAILED"
 
@@ -315,15 +315,17 @@ def test_servers_bind_to_localhost_by_default():
 
 
 def test_params_never_hold_the_password(tmp_path):
-    from sweep.tracking import flat_params
+    from omegaconf import OmegaConf
+
+    from sweep.tracking.records import flat_params
     from tests.conftest import compose
 
     cfg = compose("tracking.uri=postgresql://bob:hunter2@db/mlflow")
-    assert "hunter2" not in str(flat_params(cfg))
+    assert "hunter2" not in str(flat_params(OmegaConf.to_container(cfg, resolve=True)))
 
 
 def _open_store(uri: str) -> None:
-    from sweep.tracking import init_store
+    from sweep.tracking.store import init_store
 
     init_store(uri)
 

@@ -11,7 +11,7 @@ import pytest
 
 from analysis import report
 from analysis.stats import mcnemar_exact, paired_compare
-from sweep.tracking import STUDY_METHOD
+from sweep.tracking.records import STUDY_METHOD
 from tests.conftest import (
     ROOT,
     TINY,
@@ -125,7 +125,7 @@ def test_nothing_to_report_is_one_clear_line(tmp_path, capsys, case, needle):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     experiment = "sft-sweep"
     if case == "empty":
-        from sweep.tracking import init_store
+        from sweep.tracking.store import init_store
 
         init_store(uri)
     elif case == "unknown":

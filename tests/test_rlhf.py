@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from sweep.config import ConfigError, validate
+from sweep.config import ConfigError
+from sweep.pipeline.checks import validate
 from sweep.rlhf import ppo
 from sweep.rlhf.preference import PairScores, mean_with_ci
 from tests.conftest import ROOT, TINY, compose, run_sweep, runs_of
@@ -140,8 +141,9 @@ def test_the_kls_log_probabilities_batched_equal_one_sequence_at_a_time(tiny, pe
     model, tokenizer = tiny
     if peft:
         torch.manual_seed(0)
-        model = apply_method(copy.deepcopy(model), compose("model=tiny", f"method={peft}", "lora.init=gaussian"),
-                             tokenizer.name_or_path, "CAUSAL_LM")
+        cfg = compose("model=tiny", f"method={peft}", "lora.init=gaussian")
+        model = apply_method(copy.deepcopy(model), cfg.method, cfg.lora, cfg.prompt, tokenizer.name_or_path,
+                             "CAUSAL_LM")
     lm = make_lm(model, tokenizer, batch_size=2)
     contexts = ["Hi.", "Tell me a long story about " + "a very long road, " * 40, "Name a colour:", "Why?"]
     replies = [" Hello there, friend.", " Once upon a time.", " Blue", ""]
@@ -289,7 +291,7 @@ def test_init_run_id_loads_exactly_the_parents_adapter(pipeline, tiny):
     from safetensors.torch import load_file
 
     from sweep.pipeline.build import build
-    from sweep.rlhf.lineage import resolve
+    from sweep.pipeline.build import resolve_lineage as resolve
 
     runs, tracking, _ = pipeline
     sft, dpo = runs["sft"]["run_id"], runs["dpo"]["run_id"]
@@ -330,7 +332,7 @@ def test_init_run_id_loads_exactly_the_parents_adapter(pipeline, tiny):
     ("eval.judge_run_id", "sft", "is a stage=sft run; eval.judge_run_id needs a stage=reward run"),
 ])
 def test_a_run_of_the_wrong_stage_is_refused(pipeline, key, parent, message):
-    from sweep.rlhf.lineage import resolve
+    from sweep.pipeline.build import resolve_lineage as resolve
 
     runs, tracking, _ = pipeline
     cfg = stage_cfg("grpo", f"init.run_id={runs['sft']['run_id']}", f"eval.judge_run_id={runs['reward']['run_id']}",
@@ -343,7 +345,7 @@ def test_a_run_of_the_wrong_stage_is_refused(pipeline, key, parent, message):
 def test_a_run_without_adapter_or_with_a_changed_one_is_refused(pipeline):
     import mlflow
 
-    from sweep.rlhf.lineage import resolve
+    from sweep.pipeline.build import resolve_lineage as resolve
 
     runs, tracking, tmp = pipeline
     client = mlflow.MlflowClient(tracking[0].split("=", 1)[1])

@@ -4,8 +4,8 @@ import mlflow
 import pytest
 from omegaconf import OmegaConf
 
-from sweep import tracking
 from sweep.config import default_tracking_uri
+from sweep.tracking import records, store
 from tests.conftest import compose
 
 
@@ -19,22 +19,22 @@ def test_the_tracking_uri_follows_MLFLOW_TRACKING_URI(monkeypatch, tmp_path):
 def test_a_server_keeps_its_own_artifacts_a_local_store_gets_a_file_uri(tmp_path):
     server = OmegaConf.create({"uri": "https://mlflow.team", "artifact_location": str(tmp_path / "a")})
     local = OmegaConf.create({"uri": f"sqlite:///{tmp_path}/m.db", "artifact_location": str(tmp_path / "a")})
-    assert tracking.artifact_location(server) is None
-    assert tracking.artifact_location(local) == (tmp_path / "a").as_uri()
+    assert store.artifact_location(server) is None
+    assert store.artifact_location(local) == (tmp_path / "a").as_uri()
 
 
 def test_runs_page_opens_the_model_training_view_and_hides_credentials():
-    assert tracking.runs_page("https://bob:s3cret@mlflow.team/", "7") == \
+    assert store.runs_page("https://bob:s3cret@mlflow.team/", "7") == \
         "https://bob:***@mlflow.team/#/experiments/7/runs?workflowType=machine_learning"
-    assert tracking.runs_page("sqlite:///x.db", "1").startswith(f"{tracking.LOCAL_UI}/#/experiments/1/runs?")
+    assert store.runs_page("sqlite:///x.db", "1").startswith(f"{store.LOCAL_UI}/#/experiments/1/runs?")
 
 
 def test_experiments_are_tagged_as_model_training(tmp_path):
     cfg = OmegaConf.create({"uri": f"sqlite:///{tmp_path}/m.db", "experiment": "e", "artifact_location": None})
-    exp_id = tracking.open_experiment(cfg)
+    exp_id = store.open_experiment(cfg)
     client = mlflow.MlflowClient(cfg.uri)
     client.delete_experiment_tag(exp_id, "mlflow.experimentKind")  # an experiment made before the tag existed
-    assert tracking.open_experiment(cfg) == exp_id
+    assert store.open_experiment(cfg) == exp_id
     assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
 
 
@@ -47,11 +47,11 @@ def test_log_input_retries_the_race_on_a_new_dataset(monkeypatch):
             raise mlflow.exceptions.MlflowException('duplicate key value violates unique constraint "dataset_pk"')
 
     monkeypatch.setattr(mlflow, "log_input", flaky)
-    monkeypatch.setattr(tracking.time, "sleep", lambda s: None)
-    tracking.log_input(object(), "training")
+    monkeypatch.setattr(records.time, "sleep", lambda s: None)
+    records.log_input(object(), "training")
     assert calls == ["training", "training"]
     calls.clear()
     monkeypatch.setattr(mlflow, "log_input", lambda d, context: (_ for _ in ()).throw(
         mlflow.exceptions.MlflowException("down")))
     with pytest.raises(mlflow.exceptions.MlflowException):
-        tracking.log_input(object(), "training")
+        records.log_input(object(), "training")

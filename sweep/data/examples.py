@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import json
 import random
-import re
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweep.config import RUN_ID_FORMAT, ConfigError
-from sweep.runtime.files import sha256
+from sweep.config import RUN_ID, ConfigError
 
 IGNORE_INDEX = -100  # label value that the loss skips (prompt tokens, padding)
 GENERATED_FIELDS = ("instruction", "input", "output")  # what a generated task must have (Self-Instruct's format)
@@ -132,21 +130,20 @@ def split_file(task, split: str | None) -> Path | None:
     return data_dir / files[split] if split in files else None
 
 
-def dataset_inputs(cfg: DictConfig, tasks: dict) -> list[tuple[str, Path, str]]:
-    """(name, file, context) of what a job reads: the split it trains on and the split each eval
-    task reports on (what the MLflow runs table shows in its Dataset column)."""
+def dataset_inputs(tasks: dict, eval_tasks: list[str], trained: tuple[str, str] | None) -> list[tuple[str, Path, str]]:
+    """(name, file, context) of what a job reads: the split it trains on (`trained`: task, split) and
+    the split each eval task reports on (what the MLflow runs table shows in its Dataset column)."""
     out = []
-    if cfg.method.trains and cfg.data.task in tasks:
-        out.append((f"{cfg.data.task}/{cfg.data.train_split}", split_file(tasks[cfg.data.task], cfg.data.train_split),
-                    "training"))
-    for name in cfg.eval.tasks:
+    if trained is not None and trained[0] in tasks:
+        task, split = trained
+        out.append((f"{task}/{split}", split_file(tasks[task], split), "training"))
+    for name in eval_tasks:
         split = tasks[name].config.test_split or tasks[name].config.validation_split
         out.append((f"{name}/{split}", split_file(tasks[name], split), "evaluation"))
     return [d for d in out if d[1] is not None]
 
 
 # ---------------------------------------------------------------- generated instruction data
-RUN_ID = re.compile(RUN_ID_FORMAT)
 
 
 def generated_file(data_cfg: DictConfig, tracking_uri: str, cache: str | Path) -> Path | None:
@@ -166,28 +163,16 @@ def generated_file(data_cfg: DictConfig, tracking_uri: str, cache: str | Path) -
 
 
 def _fetch_generated(run_id: str, tracking_uri: str, folder: Path) -> Path:
-    import mlflow
+    from sweep.tracking import reuse
 
-    from sweep.runtime.secrets import redact
-    from sweep.tracking import require_store
-
-    require_store(tracking_uri)
-    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
-    try:
-        run = client.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise ConfigError(f"data.generated={run_id}: no such run in {redact(tracking_uri)}; "
-                          "check tracking.uri") from None
+    store = reuse.client(tracking_uri)
+    run = reuse.run_by_id(store, run_id, "data.generated", tracking_uri)
     expected = run.data.tags.get(SHA_TAG)
     if expected is None or run.info.status != "FINISHED":
         raise ConfigError(f"data.generated={run_id}: run {run.info.status.lower()} without a generated dataset "
                           f"(tag {SHA_TAG}); finish it by rerunning its generate_instructions.py command")
-    path = folder / TASKS_FILE
-    if not (path.is_file() and sha256(path) == expected):
-        folder.mkdir(parents=True, exist_ok=True)
-        fetched = Path(client.download_artifacts(run_id, f"{ARTIFACT_DIR}/{TASKS_FILE}", str(folder)))
-        fetched.replace(path)
-    if sha256(path) != expected:
+    path = reuse.verified_copy(store, run_id, f"{ARTIFACT_DIR}/{TASKS_FILE}", expected, folder)
+    if path is None:
         raise ConfigError(f"data.generated={run_id}: the run's {TASKS_FILE} does not match the sha256 it recorded; "
                           f"the store was changed after the run: generate again")
     return path

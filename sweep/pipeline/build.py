@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 from omegaconf import DictConfig
 from transformers import set_seed
@@ -22,6 +23,7 @@ from sweep.data.examples import (
     generated_file,
     read_generated,
 )
+from sweep.rlhf import lineage as lineages
 from sweep.rlhf.lineage import Lineage, merged
 from sweep.rlhf.preference import (
     RewardJudge,
@@ -31,6 +33,7 @@ from sweep.rlhf.preference import (
     pair_rows,
     preference_docs,
 )
+from sweep.rlhf.stages import JUDGE_HEAD, STAGES
 from sweep.scoring.evaluate import Prompting, make_lm
 from sweep.scoring.registry import check_templates, load_tasks, set_generation, task_manager, uses_chat_template
 from sweep.training.methods import apply_method
@@ -55,11 +58,15 @@ class Built:
     datasets: list = field(default_factory=list)     # (name, file, context): MLflow dataset inputs
 
 
-def load_project_tasks(cfg: DictConfig, template: str | None = None):
-    """(task manager, {task name: lm-eval task of its `template` variant}), for the eval tasks and
-    the task trained on; `template` defaults to eval.template."""
+class ProjectTasks(NamedTuple):
+    manager: object  # lm-eval's TaskManager over tasks/ and eval.include_paths
+    tasks: dict      # task name -> lm-eval Task (of one template's variant)
+
+
+def load_project_tasks(cfg: DictConfig, template: str | None = None) -> ProjectTasks:
+    """The eval tasks and the task trained on, of their `template` variant (default: eval.template)."""
     names = list(dict.fromkeys([*cfg.eval.tasks, *([cfg.data.task] if cfg.method.trains else [])]))
-    tm = task_manager(cfg, names)
+    tm = task_manager(cfg.paths, cfg.eval.include_paths, names)
     variants = check_templates(tm, names, template or cfg.eval.template)
     try:
         tasks = load_tasks(tm, variants)
@@ -68,7 +75,7 @@ def load_project_tasks(cfg: DictConfig, template: str | None = None):
         if type(e).__name__ == "DataFileError":
             raise ConfigError(str(e)) from None
         raise
-    return tm, tasks
+    return ProjectTasks(tm, tasks)
 
 
 def task_files(tasks: dict) -> list[Path]:
@@ -83,13 +90,26 @@ def generated_data(cfg: DictConfig) -> Path | None:
     return generated_file(cfg.data, cfg.tracking.uri, cfg.paths.cache)
 
 
-def build(cfg: DictConfig, loaded: tuple | None = None, generated: Path | None = None,
+def job_datasets(cfg: DictConfig, tasks: dict) -> list[tuple[str, Path, str]]:
+    """(name, file, context) of the splits the job trains on and reports on (MLflow dataset inputs)."""
+    trained = (cfg.data.task, cfg.data.train_split) if cfg.method.trains else None
+    return dataset_inputs(tasks, list(cfg.eval.tasks), trained)
+
+
+def resolve_lineage(cfg: DictConfig, sweep_id: str, base_model: str, multirun: bool) -> Lineage:
+    """The runs the job's stage starts from and is judged by, checked and their adapters fetched."""
+    where = lineages.Search(cfg.tracking.uri, cfg.tracking.experiment, sweep_id, multirun)
+    return lineages.resolve(cfg.stage, cfg.init.run_id, cfg.eval.judge_run_id, where, base_model,
+                            Path(cfg.paths.cache) / "adapters")
+
+
+def build(cfg: DictConfig, project: ProjectTasks | None = None, generated: Path | None = None,
           lineage: Lineage = Lineage(), slices: dict[str, list[int]] | None = None) -> Built:
-    """`loaded`: (task manager, tasks) when the caller has loaded them already; `generated`: the
-    file `generated_data` found (looked up here when not given); `lineage`: the runs the stage starts
+    """`project`: the tasks, when the caller has loaded them already; `generated`: the file
+    `generated_data` found (looked up here when not given); `lineage`: the runs the stage starts
     from and is judged by (sweep/rlhf/lineage.py); `slices`: each task's development slice
     (sweep/data/splits.py; carved here when not given)."""
-    tm, tasks = loaded or load_project_tasks(cfg)
+    tm, tasks = project or load_project_tasks(cfg)
     generated = generated or generated_data(cfg)
     slices = splits.dev_slices(tasks, cfg.data.dev_size) if slices is None else slices
     eval_tasks = {name: tasks[name] for name in cfg.eval.tasks}
@@ -100,19 +120,19 @@ def build(cfg: DictConfig, loaded: tuple | None = None, generated: Path | None =
     trained_apart = set(slices.get(cfg.data.task, [])) if uses_training_split(tasks.get(cfg.data.task), cfg.data) \
         else set()  # (the development slice is never trained on)
     if cfg.method.name != "strongest_baseline":  # (which checks each variant it tries)
-        Prompting.from_config(cfg).check(eval_tasks)
-    stage = cfg.stage.name
+        Prompting.from_config(cfg.eval, cfg.method.num_fewshot, cfg.seed).check(eval_tasks)
+    stage = STAGES[cfg.stage.name]
     model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization,
-                                                reward_head=stage == "reward")
+                                                reward_head=not stage.is_policy)
     set_seed(cfg.seed)  # an adapter's initial weights are random (LoRA's A, prompt embeddings): same seed, same build
     model = merged(model, lineage.policy)  # the parent policy (its lineage's adapters merged in), else the base
-    model = apply_method(model, cfg, tokenizer.name_or_path, "SEQ_CLS" if stage == "reward" else "CAUSAL_LM")
-    lm = make_lm(model, tokenizer, cfg.eval.batch_size) if stage != "reward" else None
+    model = apply_method(model, cfg.method, cfg.lora, cfg.prompt, tokenizer.name_or_path, stage.head)
+    lm = make_lm(model, tokenizer, cfg.eval.batch_size) if stage.is_policy else None
     judge = judge_from(lineage.judge, cfg.model, cfg.paths.cache, cfg.seed, cfg.train.max_seq_length,
                        cfg.eval.batch_size) if lineage.judge else None
 
     train_dataset, eval_pairs, dev_pairs = None, [], []
-    if cfg.method.trains and stage == "sft":
+    if cfg.method.trains and stage.data == "examples":
         train_task = tasks[cfg.data.task]
         train_dataset = build_train_dataset(train_task, cfg.data, lm, cfg.train.max_seq_length, cfg.seed,
                                             chat=uses_chat_template({cfg.data.task: train_task}),
@@ -121,13 +141,13 @@ def build(cfg: DictConfig, loaded: tuple | None = None, generated: Path | None =
     elif cfg.method.trains:
         task = tasks[cfg.data.task]
         docs = preference_docs(task, cfg.data.train_split, cfg.data.max_train_samples, cfg.seed, tokenizer,
-                               cfg.data.get("max_prompt_tokens"), stage, exclude=trained_apart)
+                               cfg.data.get("max_prompt_tokens"), stage.name, exclude=trained_apart)
         rows = pair_rows(task, docs)
-        train_dataset = rows if stage in ("reward", "dpo") else [{"prompt": r["prompt"]} for r in rows]
-        if stage == "reward":
-            eval_pairs = pair_rows(task, held_out_pairs(task, cfg.eval.pairs, stage))
-            dev_pairs = pair_rows(task, dev_pairs_of(task, slices.get(cfg.data.task, []), stage))
-    files, inputs = task_files(tasks), dataset_inputs(cfg, tasks)
+        train_dataset = rows if stage.data == "pairs" else [{"prompt": r["prompt"]} for r in rows]
+        if stage.head == JUDGE_HEAD:  # (a reward model is scored on held-out pairs)
+            eval_pairs = pair_rows(task, held_out_pairs(task, cfg.eval.pairs, stage.name))
+            dev_pairs = pair_rows(task, dev_pairs_of(task, slices.get(cfg.data.task, []), stage.name))
+    files, inputs = task_files(tasks), job_datasets(cfg, tasks)
     if generated:
         files.append(generated)
         inputs.append((GENERATED_DATASET, generated, "training"))

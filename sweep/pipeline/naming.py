@@ -5,17 +5,15 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from sweep.config import PROMPT_LEARNING
+from sweep.rlhf.stages import STAGES
 from sweep.scoring.baselines import Variant, template_suffix
-
-STAGE_LABELS = {"reward": "reward", "dpo": "dpo-b{beta:g}", "grpo": "grpo-b{beta:g}", "rloo": "rloo-b{beta:g}",
-                "ppo": "ppo-kl{kl_coef:g}"}  # a later stage's run name starts with its label and main setting
+from sweep.training.checks import PROMPT_LEARNING
 
 
 def run_name(cfg: DictConfig) -> str:
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
-    label = STAGE_LABELS.get(cfg.stage.name)
+    label = STAGES[cfg.stage.name].label  # a later stage's run name starts with its label and main setting
     return f"{label.format(**cfg.stage)}-{method_run_name(cfg)}" if label else method_run_name(cfg)
 
 

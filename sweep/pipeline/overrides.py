@@ -12,7 +12,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.config import PROJECT_ROOT, ConfigError, close_matches, validate
+from sweep.config import PROJECT_ROOT, ConfigError, close_matches
+from sweep.pipeline.checks import validate
 from sweep.runtime.secrets import redact
 
 CONF = PROJECT_ROOT / "conf"

@@ -24,12 +24,12 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from sweep.config import PROJECT_ROOT, ConfigError, compose_config
-from sweep.data.examples import RUN_ID
+from sweep.config import PROJECT_ROOT, RUN_ID, ConfigError, compose_config
 from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG
 from sweep.runtime.files import sha256
 from sweep.runtime.secrets import redact
-from sweep.tracking import STUDY_METHOD, VERDICT_PREFIX, git_state
+from sweep.tracking.lifecycle import git_state
+from sweep.tracking.records import STUDY_METHOD, VERDICT_PREFIX
 
 VOLATILE = ("_seconds", "_per_second", "rss_", "peak_gpu_mb")  # timings and memory: not compared
 

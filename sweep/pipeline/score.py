@@ -13,17 +13,18 @@ from __future__ import annotations
 import logging
 import time
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sweep import tracking
 from sweep.data.splits import DEV_PREFIX
 from sweep.pipeline.build import load_project_tasks
 from sweep.rlhf import judging, preference, reference_replies
+from sweep.rlhf.stages import STAGES
 from sweep.runtime import memory
-from sweep.scoring import baselines
+from sweep.scoring import baseline_cache, baselines
 from sweep.scoring.evaluate import Prompting, draw_demonstrations, score
 from sweep.scoring.results import is_task_metric, prefixed
 from sweep.study import trials
+from sweep.tracking import records
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,13 @@ def intermediate_scoring(cfg: DictConfig, built, trial) -> list:
     (curves `slice/dev/<task>/<metric>`, and the trial's intermediate values for pruning)."""
     if not cfg.eval.every_steps:
         return []
-    prompting = Prompting.from_config(cfg)
+    prompting = prompting_of(cfg)
 
     def score_slice() -> dict[str, float]:
         return prefixed(score(built.lm, built.task_manager, built.dev_tasks, prompting, cfg.eval.slice_size,
                               log_samples=False, pools=built.pools).metrics, DEV_PREFIX)
 
-    return [trials.report_callback(trial, score_slice, cfg.eval.every_steps, cfg.eval.slice_size, tracking.log_metrics)]
+    return [trials.report_callback(trial, score_slice, cfg.eval.every_steps, cfg.eval.slice_size, records.log_metrics)]
 
 
 def score_reward_model(cfg: DictConfig, built) -> dict[str, float]:
@@ -53,12 +54,28 @@ def score_reward_model(cfg: DictConfig, built) -> dict[str, float]:
     dev = {}
     if built.dev_pairs:
         dev = prefixed(preference.score_pairs(judge, built.dev_pairs).metrics(cfg.data.task, cfg.seed), DEV_PREFIX)
-        tracking.log_metrics(dev)
+        records.log_metrics(dev)
     pairs = preference.score_pairs(judge, built.eval_pairs)
-    tracking.log_table(pairs.table(built.eval_pairs), REWARD_SCORES)
-    tracking.log_figure(preference.distribution_figure(pairs, f"{cfg.data.task}: rewards of held-out pairs"),
+    records.log_table(pairs.table(built.eval_pairs), REWARD_SCORES)
+    records.log_figure(preference.distribution_figure(pairs, f"{cfg.data.task}: rewards of held-out pairs"),
                         REWARD_FIGURE)
     return dev | pairs.metrics(cfg.data.task, cfg.seed)
+
+
+def prompting_of(cfg: DictConfig, num_fewshot: int | None = None) -> Prompting:
+    """The job's prompting (with `num_fewshot` demonstrations: a searched variant's, else the method's)."""
+    return Prompting.from_config(cfg.eval, cfg.method.num_fewshot if num_fewshot is None else num_fewshot, cfg.seed)
+
+
+def baseline_settings(cfg: DictConfig) -> baseline_cache.Settings:
+    """What the job's baseline scores depend on, for the baseline cache's key."""
+    search = cfg.method.get("search")
+    return baseline_cache.Settings(
+        model=cfg.model, model_cache=cfg.paths.cache, tasks=list(cfg.eval.tasks),
+        templates=list(search.template) if search is not None else [cfg.eval.template],
+        prompting=prompting_of(cfg), search=OmegaConf.to_container(search) if search is not None else None,
+        limit=cfg.eval.limit, dev_size=cfg.data.dev_size, seed=cfg.seed,
+        generation={k: v for k, v in cfg.eval.generation.items() if v is not None})
 
 
 def eval_tasks(cfg: DictConfig, template: str):
@@ -90,7 +107,7 @@ class References:
             log.info("reference replies reused from run %s (eval.cache=false generates them again)", source)
         else:
             source = None
-            generated = judging.reference_replies(self.built, tasks, Prompting.from_config(self.cfg),
+            generated = judging.reference_replies(self.built, tasks, prompting_of(self.cfg),
                                                   None if prefix else self.cfg.eval.limit, demonstrations)
             texts = {prefix + n: r for n, r in generated.items()}
         self.texts |= texts
@@ -116,26 +133,26 @@ def score_pass(cfg: DictConfig, built, tasks: dict, prompting: Prompting, limit:
                                        references.replies(tasks, scores, prefix, demonstrations),
                                        cfg.eval.batch_size, cfg.seed)
         metrics = metrics | judged
-        tracking.log_table(table, tracking.DEV_JUDGED_REPLIES if prefix else tracking.JUDGED_REPLIES)
+        records.log_table(table, records.DEV_JUDGED_REPLIES if prefix else records.JUDGED_REPLIES)
     return prefixed(metrics, prefix), scores
 
 
 def score_lm(cfg: DictConfig, built, reference_key: str | None):
     """(development and test metrics, the test pass's scores) of a policy or a baseline."""
     if cfg.method.name == "strongest_baseline":
-        search = baselines.Search(cfg.method.search, lambda k: Prompting.from_config(cfg, k), cfg.data.dev_size,
+        search = baselines.Search(cfg.method.search, lambda k: prompting_of(cfg, k), cfg.data.dev_size,
                                   cfg.eval.limit, cfg.eval.log_samples)
         choice = baselines.strongest(search, built.lm, lambda template: eval_tasks(cfg, template))
-        tracking.log_baseline_choice(choice.best, choice.panel, choice.demonstrations, cfg.data.dev_size)
-        tracking.log_metrics(choice.dev_metrics)
+        records.log_baseline_choice(choice.best, choice.panel, choice.demonstrations, cfg.data.dev_size)
+        records.log_metrics(choice.dev_metrics)
         return choice.dev_metrics | choice.scores.metrics, choice.scores
-    prompting = Prompting.from_config(cfg)
+    prompting = prompting_of(cfg)
     demonstrations = draw_demonstrations(built.eval_tasks, prompting, built.pools)  # the same for both passes
     references = References(cfg, built, reference_key)
     dev = {}
     if built.dev_tasks:
         dev, _ = score_pass(cfg, built, built.dev_tasks, prompting, None, demonstrations, references, DEV_PREFIX)
-        tracking.log_metrics(dev)
+        records.log_metrics(dev)
     test, scores = score_pass(cfg, built, built.eval_tasks, prompting, cfg.eval.limit, demonstrations, references, "")
     references.record()
     return dev | test, scores
@@ -147,17 +164,17 @@ def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | Non
     scored, scores = {}, None
     with memory.phase_peak() as peaks:  # (scoring's own peak: eval.batch_size bounds it, not gradient checkpointing)
         start = time.perf_counter()
-        if cfg.eval.enabled and cfg.stage.name == "reward":
+        if cfg.eval.enabled and not STAGES[cfg.stage.name].is_policy:
             scored = score_reward_model(cfg, built)
         elif cfg.eval.enabled:
             scored, scores = score_lm(cfg, built, reference_key)
-            tracking.log_eval_results(scores.results)
+            records.log_eval_results(scores.results)
         if cfg.eval.enabled:
             scored |= {"eval_seconds": time.perf_counter() - start}
     for draw, metrics in enumerate(scores.by_draw if scores else []):
-        tracking.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
+        records.log_metrics({f"draw/{k}": v for k, v in metrics.items() if not k.endswith("_stderr")}, step=draw)
     scored |= peaks.job | ({f"eval_{k}": v for k, v in peaks.phase.items()} if cfg.eval.enabled else {})
-    tracking.log_metrics(scored)
+    records.log_metrics(scored)
     shown = {k: f"{v:.4g}" for k, v in scored.items() if is_task_metric(k)} or {"scoring": "off (eval.enabled=false)"}
     log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in shown.items()))
     return scored

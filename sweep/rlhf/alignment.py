@@ -1,6 +1,8 @@
-"""Steps 2 and 3 of the RLHF pipeline as trainers: the reward model (TRL's RewardTrainer), the policy
+"""The trainers of the pipeline's stages, one function each, all taking a `StageRun`: SFT
+(transformers' Trainer, sweep/training/sft.py), the reward model (TRL's RewardTrainer), the policy
 trained on preferences (DPOTrainer) or by RL against the reward model (GRPOTrainer, RLOOTrainer; PPO
-proper in sweep/rlhf/ppo.py, since TRL 1.x has no PPOTrainer).
+proper in sweep/rlhf/ppo.py, since TRL 1.x has no PPOTrainer). sweep/rlhf/stages.py names which
+stage trains with which.
 
 A policy stage trains a fresh LoRA adapter on its parent policy merged into the base model
 (sweep/rlhf/lineage.py). Given a peft model, TRL's DPO, GRPO and RLOO trainers compute the reference
@@ -12,22 +14,60 @@ second model in memory.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import datasets
 from omegaconf import DictConfig
 
-from sweep import tracking
-from sweep.rlhf.preference import RewardJudge
+from sweep.tracking import records
+from sweep.training import sft
 from sweep.training.sft import TrainResult, callbacks_for, run_trainer, training_kwargs
 
 log = logging.getLogger(__name__)
 
 
-def trl_kwargs(cfg: DictConfig, output_dir: str) -> dict:
+@dataclass
+class StageRun:
+    """What a stage's trainer is given."""
+    model: object                  # a peft model (or the full model, for SFT's method=full)
+    tokenizer: object
+    rows: object                   # SFT: tokenized examples; reward, dpo: preference pairs; RL: {"prompt": ...}
+    output_dir: str                # the trainer's scratch folder
+    stage: DictConfig              # the stage group
+    train: DictConfig              # the train group
+    seed: int
+    judge: object | None = None        # the RL stages: the reward model they train against (a RewardJudge)
+    fail_at_step: int | None = None    # debug.fail_at_step: an injected failure
+    callbacks: list | None = None      # SFT: intermediate scoring on the development slice
+    prune_divergence: bool = False     # SFT: a diverged trial is pruned, not failed (a sweep with a pruner)
+
+
+def train_sft(run: StageRun) -> TrainResult:
+    return sft.train(run.model, run.tokenizer, run.rows, run.train, run.seed, run.output_dir, callbacks=run.callbacks,
+                     fail_at_step=run.fail_at_step, prune_divergence=run.prune_divergence)
+
+
+def trl_kwargs(train: DictConfig, seed: int, output_dir: str) -> dict:
     """TrainingArguments fields for a TRL trainer: the `train` group's, with random batches (TRL
     tokenizes inside the trainer, so transformers cannot group by a length it has not seen)."""
-    return training_kwargs(cfg.train, cfg.seed, output_dir) | {
-        "train_sampling_strategy": "random"}
+    return training_kwargs(train, seed, output_dir) | {"train_sampling_strategy": "random"}
+
+
+def train_reward(run: StageRun) -> TrainResult:
+    import trl
+
+    args = trl.RewardConfig(**trl_kwargs(run.train, run.seed, run.output_dir), max_length=run.train.max_seq_length,
+                            center_rewards_coefficient=run.stage.center_rewards_coefficient)
+    return run_trl(run, trl.RewardTrainer, args)
+
+
+def train_dpo(run: StageRun) -> TrainResult:
+    import trl
+
+    args = trl.DPOConfig(**trl_kwargs(run.train, run.seed, run.output_dir), beta=run.stage.beta,
+                         loss_type=[run.stage.loss_type], max_length=run.train.max_seq_length,
+                         truncation_mode="keep_end")
+    return run_trl(run, trl.DPOTrainer, args)
 
 
 def rl_kwargs(stage: DictConfig) -> dict:
@@ -36,40 +76,35 @@ def rl_kwargs(stage: DictConfig) -> dict:
                 temperature=stage.temperature, beta=stage.beta, epsilon=stage.epsilon, log_completions=False)
 
 
-def train_stage(cfg: DictConfig, model, tokenizer, rows: list[dict], output_dir: str, judge: RewardJudge | None,
-                callbacks: list | None = None) -> TrainResult:
-    """Train `model` (a peft model) for stage `cfg.stage.name` on `rows`: preference pairs (reward,
-    dpo) or prompts (grpo, rloo, ppo)."""
-    stage, name = cfg.stage, cfg.stage.name
-    if name == "ppo":
-        from sweep.rlhf import ppo
-
-        def log_step(metrics: dict, step: int) -> None:
-            tracking.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
-
-        return ppo.train(model, tokenizer, [r["prompt"] for r in rows], judge, stage, cfg.train, cfg.seed,
-                         log_step, cfg.debug.fail_at_step)
+def train_grpo(run: StageRun) -> TrainResult:
     import trl
 
-    common = trl_kwargs(cfg, output_dir)
-    dataset = datasets.Dataset.from_list(rows)
-    extra = {}
-    if name == "reward":
-        args = trl.RewardConfig(**common, max_length=cfg.train.max_seq_length,
-                                center_rewards_coefficient=stage.center_rewards_coefficient)
-        trainer_class = trl.RewardTrainer
-    elif name == "dpo":
-        args = trl.DPOConfig(**common, beta=stage.beta, loss_type=[stage.loss_type],
-                             max_length=cfg.train.max_seq_length, truncation_mode="keep_end")
-        trainer_class = trl.DPOTrainer
-    else:
-        config_class, trainer_class = {"grpo": (trl.GRPOConfig, trl.GRPOTrainer),
-                                       "rloo": (trl.RLOOConfig, trl.RLOOTrainer)}[name]
-        args = config_class(**common, **rl_kwargs(stage))
-        extra = {"reward_funcs": [judge]}
-    trainer = trainer_class(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                            callbacks=callbacks_for(callbacks, cfg.debug.fail_at_step, False, curves=None), **extra)
+    args = trl.GRPOConfig(**trl_kwargs(run.train, run.seed, run.output_dir), **rl_kwargs(run.stage))
+    return run_trl(run, trl.GRPOTrainer, args, reward_funcs=[run.judge])
+
+
+def train_rloo(run: StageRun) -> TrainResult:
+    import trl
+
+    args = trl.RLOOConfig(**trl_kwargs(run.train, run.seed, run.output_dir), **rl_kwargs(run.stage))
+    return run_trl(run, trl.RLOOTrainer, args, reward_funcs=[run.judge])
+
+
+def run_trl(run: StageRun, trainer_class, args, **extra) -> TrainResult:
+    trainer = trainer_class(model=run.model, args=args, train_dataset=datasets.Dataset.from_list(run.rows),
+                            processing_class=run.tokenizer,
+                            callbacks=callbacks_for(None, run.fail_at_step, False, curves=None), **extra)
     return run_trainer(trainer, count_tokens=trained_tokens)
+
+
+def train_ppo(run: StageRun) -> TrainResult:
+    from sweep.rlhf import ppo
+
+    def log_step(metrics: dict, step: int) -> None:
+        records.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
+
+    return ppo.train(run.model, run.tokenizer, [r["prompt"] for r in run.rows], run.judge, run.stage, run.train,
+                     run.seed, log_step, run.fail_at_step)
 
 
 def trained_tokens(trainer) -> int:

@@ -27,25 +27,17 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sweep.config import STAGES, ConfigError
-from sweep.data.examples import RUN_ID
+from sweep.config import RUN_ID, ConfigError
+from sweep.rlhf.stages import FIRST_STAGE, JUDGE_HEAD, JUDGE_STAGE, POLICY_HEAD, POLICY_STAGES, STAGES
 from sweep.runtime.files import sha256
-from sweep.runtime.secrets import redact
-from sweep.tracking import (
-    ADAPTER_CONFIG,
-    ADAPTER_DIR,
-    ADAPTER_SHA_TAG,
-    ADAPTER_WEIGHTS,
-    require_store,
-)
+from sweep.tracking import reuse
+from sweep.tracking.records import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_SHA_TAG, ADAPTER_WEIGHTS
 
 log = logging.getLogger(__name__)
 
 STAGE_TAG = "stage"
 PARENT_TAG = "parent_run_id"      # the run whose adapter this run started from
 JUDGE_TAG = "judge_run_id"        # the reward model that trained (RL) or scored this run
-POLICY_STAGES = tuple(s for s in STAGES if s != "reward")
-TASK_TYPES = {"policy": "CAUSAL_LM", "judge": "SEQ_CLS"}  # peft task type of each role's adapter
 SWEEP_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
 
 
@@ -79,78 +71,75 @@ class Lineage:
             {JUDGE_TAG: self.judge.run_id} if self.judge else {})
 
 
-def resolve(cfg: DictConfig, sweep_id: str, base_model: str, multirun: bool) -> Lineage:
+@dataclass(frozen=True)
+class Search:
+    """Where a stage's earlier runs are looked for: the store, this job's experiment and sweep."""
+    uri: str
+    experiment: str
+    sweep_id: str
+    multirun: bool  # a single run names its runs by id; only a multirun finds them in its sweep
+
+
+def resolve(stage: DictConfig, init_run_id: str | None, judge_run_id: str | None, where: Search, base_model: str,
+            cache: Path) -> Lineage:
     """The runs this job starts from and is judged by; ConfigError (one line, no compute) when a run is
-    missing, unfinished, of the wrong stage, on another base model, or has no adapter."""
-    stage = cfg.stage
-    parent_id = cfg.init.run_id
+    missing, unfinished, of the wrong stage, on another base model, or has no adapter. Adapters are
+    fetched into `cache`/<run id>/."""
+    parent_id = init_run_id
     if parent_id is None and stage.starts_from:
-        parent_id = in_sweep(cfg, sweep_id, stage.starts_from, "init.run_id", multirun)
-    judge_id = cfg.eval.judge_run_id
+        parent_id = in_sweep(where, stage.name, stage.starts_from, "init.run_id")
+    judge_id = judge_run_id
     if judge_id is None and stage.starts_from:  # (a later stage is scored by the sweep's reward model, if any)
-        judge_id = in_sweep(cfg, sweep_id, "reward", "eval.judge_run_id", multirun, required=stage.needs_judge)
-    cache = Path(cfg.paths.cache) / "adapters"
+        judge_id = in_sweep(where, stage.name, JUDGE_STAGE, "eval.judge_run_id", required=STAGES[stage.name].judged)
     policy = []
     while parent_id:  # the parent, its parent, ... up to the first stage
         if len(policy) == MAX_LINEAGE or parent_id in {a.run_id for a in policy}:
             raise ConfigError(f"init.run_id={policy[0].run_id}: its lineage (parent_run_id tags) does not end "
                               f"within {MAX_LINEAGE} runs; the store was changed: start from another run")
         key = "init.run_id" if not policy else f"init.run_id's ancestor {parent_id}"
-        policy.append(fetch(key, parent_id, POLICY_STAGES, "policy", cfg, base_model, cache))
+        policy.append(fetch(key, parent_id, POLICY_HEAD, where.uri, base_model, cache))
         parent_id = policy[-1].parent_id
-    judge = fetch("eval.judge_run_id", judge_id, ("reward",), "judge", cfg, base_model, cache) if judge_id else None
+    judge = fetch("eval.judge_run_id", judge_id, JUDGE_HEAD, where.uri, base_model, cache) if judge_id else None
     return Lineage(tuple(reversed(policy)), judge)
 
 
-def client(uri: str):
-    import mlflow
-
-    require_store(uri)
-    return mlflow.MlflowClient(tracking_uri=uri)
-
-
-def in_sweep(cfg: DictConfig, sweep_id: str, stage: str, key: str, multirun: bool, required: bool = True) -> str | None:
+def in_sweep(where: Search, this_stage: str, stage: str, key: str, required: bool = True) -> str | None:
     """The newest finished run of `stage` in this sweep (same experiment, same sweep_id tag); when
     there is none, a ConfigError if `required`, else None."""
-    needs = f"stage={cfg.stage.name} starts from a stage={stage} run" if key == "init.run_id" else \
-        f"stage={cfg.stage.name} trains against a reward model (a stage=reward run)"
-    if not multirun:
+    needs = f"stage={this_stage} starts from a stage={stage} run" if key == "init.run_id" else \
+        f"stage={this_stage} trains against a reward model (a stage={JUDGE_STAGE} run)"
+    if not where.multirun:
         if not required:
             return None
         raise ConfigError(f"{key} is not set: {needs}; give {key}=<its run id>")
-    if not set(sweep_id) <= SWEEP_ID_CHARS:
-        raise ConfigError(f"tracking.sweep_id={sweep_id!r}: use letters, digits and _-.: only (it is searched for)")
-    store = client(cfg.tracking.uri)
-    experiment = store.get_experiment_by_name(cfg.tracking.experiment)
+    if not set(where.sweep_id) <= SWEEP_ID_CHARS:
+        raise ConfigError(f"tracking.sweep_id={where.sweep_id!r}: use letters, digits and _-.: only "
+                          "(it is searched for)")
+    store = reuse.client(where.uri)
+    experiment = store.get_experiment_by_name(where.experiment)
     runs = [] if experiment is None else store.search_runs(
         [experiment.experiment_id],
-        filter_string=(f"tags.sweep_id = '{sweep_id}' and tags.{STAGE_TAG} = '{stage}' "
+        filter_string=(f"tags.sweep_id = '{where.sweep_id}' and tags.{STAGE_TAG} = '{stage}' "
                        "and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     if not runs and not required:
         return None
     if not runs:
-        raise ConfigError(f"{key} is not set and sweep {sweep_id} has no finished stage={stage} run: {needs}; "
+        raise ConfigError(f"{key} is not set and sweep {where.sweep_id} has no finished stage={stage} run: {needs}; "
                           f"sweep stage={stage} before it (e.g. experiment=rlhf), or give {key}=<run id>")
     return runs[0].info.run_id
 
 
-def fetch(key: str, run_id: str, stages: tuple[str, ...], role: str, cfg: DictConfig, base_model: str,
-          cache: Path) -> Ancestor:
-    """Check the run named by `key` and fetch its adapter into `cache`/<run id>/."""
-    import mlflow
-
-    if not RUN_ID.fullmatch(run_id):
-        raise ConfigError(f"{key}={run_id!r}: not an MLflow run id")
-    store = client(cfg.tracking.uri)
-    try:
-        run = store.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise ConfigError(f"{key}={run_id}: no such run in {redact(cfg.tracking.uri)}; check tracking.uri") from None
+def fetch(key: str, run_id: str, head: str, uri: str, base_model: str, cache: Path) -> Ancestor:
+    """Check the run named by `key` (a policy, or a reward model: `head`) and fetch its adapter into
+    `cache`/<run id>/."""
+    store = reuse.client(uri)
+    run = reuse.run_by_id(store, run_id, key, uri)
     tags = run.data.tags
-    stage = tags.get(STAGE_TAG, "sft")  # (runs from before the pipeline existed are SFT runs)
-    if stage not in stages:
-        wanted = "a policy (stage " + ", ".join(POLICY_STAGES) + ")" if role == "policy" else "a stage=reward run"
+    stage = tags.get(STAGE_TAG, FIRST_STAGE)  # (runs from before the pipeline existed are SFT runs)
+    if stage not in STAGES or STAGES[stage].head != head:
+        wanted = "a policy (stage " + ", ".join(POLICY_STAGES) + ")" if head == POLICY_HEAD else \
+            f"a stage={JUDGE_STAGE} run"
         raise ConfigError(f"{key}={run_id} is a stage={stage if stage in STAGES else '?'} run; "
                           f"{key} needs {wanted}")
     if run.info.status != "FINISHED":
@@ -163,16 +152,14 @@ def fetch(key: str, run_id: str, stages: tuple[str, ...], role: str, cfg: DictCo
         raise ConfigError(f"{key}={run_id}: the run has no adapter (a baseline, a full fine-tune, or "
                           f"tracking.log_adapter=false); start from a run that trained with method=lora")
     folder = cache / run_id
-    if not (folder / ADAPTER_WEIGHTS).is_file() or sha256(folder / ADAPTER_WEIGHTS) != expected:
+    if reuse.verified_copy(store, run_id, f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", expected, folder) is None:
         shutil.rmtree(folder, ignore_errors=True)
-        folder.mkdir(parents=True)
-        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):  # these two files only: never a pickle
-            Path(store.download_artifacts(run_id, f"{ADAPTER_DIR}/{name}", str(folder))).replace(folder / name)
-        if sha256(folder / ADAPTER_WEIGHTS) != expected:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise ConfigError(f"{key}={run_id}: the adapter does not match the sha256 its run recorded; the store "
-                              "was changed after the run: train that stage again")
-    check_adapter_config(key, run_id, folder / ADAPTER_CONFIG, TASK_TYPES[role])
+        raise ConfigError(f"{key}={run_id}: the adapter does not match the sha256 its run recorded; the store "
+                          "was changed after the run: train that stage again")
+    if not (folder / ADAPTER_CONFIG).is_file():  # (parsed as JSON and checked below: only the weights are hashed)
+        Path(store.download_artifacts(run_id, f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", str(folder))).replace(
+            folder / ADAPTER_CONFIG)
+    check_adapter_config(key, run_id, folder / ADAPTER_CONFIG, head)
     log.info("%s: %s run %s (adapter %s...)", key, stage, run_id, expected[:12])
     parent = tags.get(PARENT_TAG)
     if parent is not None and not RUN_ID.fullmatch(parent):

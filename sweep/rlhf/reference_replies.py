@@ -17,17 +17,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import tempfile
 from pathlib import Path
 
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from sweep import tracking
 from sweep.rlhf.lineage import Ancestor
 from sweep.runtime import interrupts
-from sweep.runtime.files import module_digest, sha256
+from sweep.runtime.files import module_digest
 from sweep.scoring import baseline_cache
+from sweep.tracking import records, reuse
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +36,15 @@ KEY_TAG, HASH_TAG, FROM_TAG = "reference_key", "reference_sha256", "reference_re
 Replies = dict[str, dict[int, str]]  # task -> doc_id -> the reference's reply
 
 
-def cache_key(cfg: DictConfig, task_manager, files: list[Path], policy: tuple[Ancestor, ...]) -> str:
+def cache_key(scoring: baseline_cache.Settings, quantization: DictConfig | None, batch_size: int, task_manager,
+              files: list[Path], policy: tuple[Ancestor, ...]) -> str:
+    """`scoring`: what the scores of the base model would depend on; `quantization` (method.quantization)
+    and `batch_size` (eval.batch_size: a batch's padding, and sampling, follow it) change the replies."""
     inputs = {
-        "scoring": baseline_cache.cache_key(cfg, task_manager, files),
+        "scoring": baseline_cache.cache_key(scoring, task_manager, files),
         "reference": [a.content() for a in policy],  # merged into the base, first stage first (none: the base model)
-        "quantization": OmegaConf.to_container(cfg.method.quantization) if cfg.method.quantization else None,
-        "batch_size": cfg.eval.batch_size,  # (a batch's padding, and sampling, follow it)
+        "quantization": OmegaConf.to_container(quantization) if quantization else None,
+        "batch_size": batch_size,
         "judging_code": module_digest(baseline_cache.JUDGING_CODE),
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
@@ -52,10 +54,7 @@ def find(key: str, needed: dict[str, set[int]]) -> tuple[str, Replies] | None:
     """(run id, replies) of the latest finished run that generated the replies of this key, whose
     file still hashes to what it recorded and holds a reply to each `needed` task's docs; None when
     there is none."""
-    runs = mlflow.search_runs(
-        search_all_experiments=True, order_by=["start_time DESC"], max_results=5, output_format="list",
-        filter_string=f"tags.{KEY_TAG} = '{key}' and attributes.status = 'FINISHED'")
-    for run in runs:
+    for run in reuse.finished_runs(KEY_TAG, key):
         if FROM_TAG in run.data.tags:
             continue  # (a run that reused them: its source is the one to check)
         replies = _read(run)
@@ -67,14 +66,8 @@ def find(key: str, needed: dict[str, set[int]]) -> tuple[str, Replies] | None:
 
 
 def _read(run) -> Replies | None:
-    recorded = run.data.tags.get(HASH_TAG, "")
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=REPLIES,
-                                                            dst_path=tmp))
-        except mlflow.exceptions.MlflowException:
-            return None
-        if sha256(path) != recorded:
+    with reuse.verified_download(run, REPLIES, HASH_TAG) as path:
+        if path is None:
             return None
         try:
             data = json.loads(path.read_text())
@@ -91,7 +84,7 @@ def _read(run) -> Replies | None:
 def record(replies: Replies, key: str, source: str | None) -> None:
     """Into the active run: the replies and their key, or (reused) the run they came from."""
     if source is not None:
-        tracking.set_tags({KEY_TAG: key, FROM_TAG: source})
+        records.set_tags({KEY_TAG: key, FROM_TAG: source})
         return
     text = json.dumps({task: {str(i): r for i, r in sorted(rs.items())} for task, rs in replies.items()}, indent=1)
     with interrupts.atomic_write():

@@ -41,12 +41,12 @@ def is_multirun() -> bool:
     return hc is not None and hc.mode == RunMode.MULTIRUN
 
 
-def sweep_id(cfg: DictConfig, sweep_dir: str | None = None) -> str:
+def sweep_id(tracking: DictConfig, sweep_dir: str | None = None) -> str:
     """`tracking.sweep_id`, else the date/time folders of Hydra's output dir (the sweep dir in a
     multirun, so every job of one sweep shares it). `sweep_dir`: the sweep's folder, for a caller
     outside the job (whose Hydra runtime is not the job's)."""
-    if cfg.tracking.sweep_id:
-        return str(cfg.tracking.sweep_id)
+    if tracking.sweep_id:
+        return str(tracking.sweep_id)
     if sweep_dir is not None:
         return sweep_id_of(sweep_dir)
     hc = _hydra()

@@ -20,19 +20,22 @@ import importlib.metadata
 import json
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from sweep import tracking
 from sweep.runtime import interrupts
 from sweep.runtime.files import module_digest, sha256
+from sweep.scoring.evaluate import Prompting
+from sweep.tracking import records, reuse
 
 log = logging.getLogger(__name__)
 
 RESULTS = "lm_eval_results.json"
-REUSED_ARTIFACTS = (RESULTS, tracking.BASELINE_PANEL, tracking.JUDGED_REPLIES, tracking.DEV_JUDGED_REPLIES)
+KEY_TAG = "baseline_key"  # a freshly scored baseline's cache key (tag `cached=false`)
+REUSED_ARTIFACTS = (RESULTS, records.BASELINE_PANEL, records.JUDGED_REPLIES, records.DEV_JUDGED_REPLIES)
 # The harness's own scoring code: a change to any of these scores differently, so it is in the key.
 SCORING_CODE = tuple(f"sweep.{m}" for m in (
     "scoring.evaluate", "scoring.registry", "scoring.results", "scoring.fewshot", "scoring.calibration",
@@ -41,31 +44,44 @@ JUDGING_CODE = "sweep.rlhf.judging"  # the code that judges generated replies (a
 LIBRARIES = ("lm-eval", "transformers", "torch")  # whose versions score (a new release may change numerics)
 
 
-def cache_key(cfg: DictConfig, task_manager, files: list[Path], judge=None) -> str:
+@dataclass(frozen=True)
+class Settings:
+    """The settings a baseline's scores depend on (the pipeline gathers them from the job's config)."""
+    model: DictConfig          # the model group
+    model_cache: str           # paths.cache: where a model built from its config lies (not itself in the key)
+    tasks: list[str]           # eval.tasks
+    templates: list[str]       # eval.template, or the templates method=strongest_baseline searches
+    prompting: Prompting
+    search: dict | None        # method.search (strongest_baseline), as plain containers
+    limit: int | None          # eval.limit
+    dev_size: int              # data.dev_size: the development slice's scores, and the pool of demonstrations
+    seed: int
+    generation: dict           # eval.generation's keys that are set (decoding of generation tasks)
+
+
+def cache_key(settings: Settings, task_manager, files: list[Path], judge=None) -> str:
     """sha256 of everything a baseline's scores depend on, by content: where the checkout, the
     cache or the model lie does not enter it (two clones share their baselines). `judge`: the
     reward model (a lineage.Ancestor) that also scores the replies, if any."""
-    from sweep.scoring.evaluate import Prompting
     from sweep.scoring.registry import variant_name
     from sweep.training.models import model_source, weights_digest
 
-    search = cfg.method.get("search")
-    templates = list(search.template) if search is not None else [cfg.eval.template]
-    variants = [variant_name(t, template) for template in templates for t in cfg.eval.tasks]
+    s, model = settings, settings.model
+    variants = [variant_name(t, template) for template in s.templates for t in s.tasks]
     inputs = {
-        "model": {"weights": weights_digest(model_source(cfg.model, cfg.paths.cache, cfg.seed)),
-                  **{k: cfg.model[k] for k in ("dtype", "attn_implementation", "trust_remote_code")}},
+        "model": {"weights": weights_digest(model_source(model, s.model_cache, s.seed)),
+                  **{k: model[k] for k in ("dtype", "attn_implementation", "trust_remote_code")}},
         "tasks": {v: task_content(task_manager.task_index[v].cfg) for v in variants},  # templates, splits, metrics
         "data": {Path(f).name + f"@{i}": sha256(f) for i, f in enumerate(sorted(files))},
-        "prompting": dataclasses.asdict(Prompting.from_config(cfg)),
-        "search": OmegaConf.to_container(search) if search is not None else None,
-        "limit": cfg.eval.limit,
-        "dev_size": cfg.data.dev_size,  # (the development slice: its scores, and the pool of demonstrations)
-        "seed": cfg.seed,
+        "prompting": dataclasses.asdict(s.prompting),
+        "search": s.search,
+        "limit": s.limit,
+        "dev_size": s.dev_size,
+        "seed": s.seed,
         "versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
         "scoring_code": {name: module_digest(name) for name in SCORING_CODE},
     }
-    generation = {k: v for k, v in cfg.eval.generation.items() if v is not None}
+    generation = s.generation
     if generation:  # (decoding of generation tasks; absent when unset, so keys of the tasks' own settings hold)
         inputs["generation"] = generation
     if judge is not None:  # its adapter, by content, and the code that judges
@@ -95,40 +111,25 @@ def task_content(task_cfg) -> dict:
 def find_source(key: str):
     """The latest finished, freshly scored run with this key, in any experiment of the store,
     whose results file still hashes to what the run recorded (tag `results_sha256`)."""
-    runs = mlflow.search_runs(
-        search_all_experiments=True, order_by=["start_time DESC"], max_results=5, output_format="list",
-        filter_string=f"tags.baseline_key = '{key}' and tags.cached = 'false' and attributes.status = 'FINISHED'",
-    )
-    for run in runs:
-        if results_intact(run):
-            return run
+    for run in reuse.finished_runs(KEY_TAG, key, conditions="tags.cached = 'false'"):
+        with reuse.verified_download(run, RESULTS, records.RESULTS_HASH_TAG) as results:
+            if results is not None:
+                return run
         log.warning("baseline cache: run %s has this key but its results do not hash to what it recorded; "
                     "not reused", run.info.run_id)
     return None
 
 
-def results_intact(run) -> bool:
-    recorded = run.data.tags.get(tracking.RESULTS_HASH_TAG)
-    if not recorded:
-        return False
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path=RESULTS, dst_path=tmp)
-        except mlflow.exceptions.MlflowException:
-            return False
-        return sha256(Path(path)) == recorded
-
-
-def reuse(source) -> dict[str, float]:
+def log_reused(source) -> dict[str, float]:
     """Log the source run's scores (each draw's too), predictions, development panel and chosen
     variant into the active run; return the scores."""
     metrics = {k: v for k, v in source.data.metrics.items() if "/" in k or k in ("trainable_params", "total_params",
                                                                                   "model_memory_mb")}
     client, run_id = mlflow.MlflowClient(), source.info.run_id
-    tracking.log_metrics({k: v for k, v in metrics.items() if not k.startswith("draw/")})
+    records.log_metrics({k: v for k, v in metrics.items() if not k.startswith("draw/")})
     for key in [k for k in metrics if k.startswith("draw/")]:
         for point in client.get_metric_history(run_id, key):
-            tracking.log_metrics({key: point.value}, step=point.step)
+            records.log_metrics({key: point.value}, step=point.step)
     with tempfile.TemporaryDirectory() as tmp:
         for name in [a.path for a in client.list_artifacts(run_id) if a.path in REUSED_ARTIFACTS]:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)
@@ -137,7 +138,7 @@ def reuse(source) -> dict[str, float]:
     experiment = source.info.experiment_id
     chosen = {k: v for k, v in source.data.tags.items() if k.startswith("baseline.") or
               (k == "mlflow.runName" and "baseline.variant" in source.data.tags)}
-    tracking.set_tags(chosen | {
+    records.set_tags(chosen | {
         "cached": "true", "cached_from": run_id,
         "mlflow.note.content": f"Scores reused from run [{run_id}]"
                                f"(#/experiments/{experiment}/runs/{run_id}) (baseline cache).",

@@ -16,13 +16,16 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
-from sweep.config import DEFAULT_TEMPLATE, ConfigError
+from sweep.config import DEFAULT_TEMPLATE, ConfigError, is_int, is_number, require
 from sweep.data import splits
 from sweep.scoring import race
+from sweep.scoring.checks import FEWSHOT_SAMPLERS
 
 log = logging.getLogger(__name__)
+
+ORACLES = ("none", "finished", "all")  # method.search.oracle: which variants are also scored on test (peeking)
 
 
 def template_suffix(template: str) -> str:
@@ -250,9 +253,28 @@ def oracle_scores(panel: list[dict], peeked: list[list[Variant]], search: Search
             f"{v.label()} {rows[(v.label(), n)]['test_mean']:.4f}" for v in unit for n in unit_tasks))
 
 
-def check_search(cfg: DictConfig, tm) -> None:
+def check_search(search: DictConfig, tm, tasks: list[str]) -> None:
     """Every searched template exists for every eval task (before any compute)."""
     from sweep.scoring.registry import check_templates
 
-    for template in cfg.method.search.template:
-        check_templates(tm, list(cfg.eval.tasks), template, key="method.search.template")
+    for template in search.template:
+        check_templates(tm, list(tasks), template, key="method.search.template")
+
+
+def validate_baseline_search(search: DictConfig) -> None:
+    """method=strongest_baseline: the variants tried on the development slice."""
+    def non_empty_list(key, ok, rule):
+        values = search[key]
+        require(isinstance(values, (list, ListConfig)) and len(values) > 0 and all(ok(v) for v in values),
+                f"method.search.{key}", values, rule)
+
+    non_empty_list("template", lambda v: isinstance(v, str) and v.strip(), "must be a non-empty list of templates")
+    non_empty_list("num_fewshot", lambda v: is_int(v) and v >= 0, "must be a non-empty list of integers >= 0")
+    non_empty_list("fewshot_sampler", lambda v: v in FEWSHOT_SAMPLERS,
+                   f"must be a non-empty list of {', '.join(FEWSHOT_SAMPLERS)}")
+    non_empty_list("calibrate", lambda v: isinstance(v, bool), "must be a non-empty list of true/false")
+    require(is_number(search.p_threshold) and 0 <= search.p_threshold <= 1, "method.search.p_threshold",
+            search.p_threshold, "must be a p-value in [0, 1] (0: the race drops nothing)")
+    require(is_int(search.n_startup_steps) and search.n_startup_steps > 1, "method.search.n_startup_steps",
+            search.n_startup_steps, "must be an integer > 1 (development examples before a variant can be dropped)")
+    require(search.oracle in ORACLES, "method.search.oracle", search.oracle, f"choose one of {', '.join(ORACLES)}")

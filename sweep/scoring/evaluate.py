@@ -46,14 +46,13 @@ class Prompting:
     seed: int = 0
 
     @classmethod
-    def from_config(cls, cfg: DictConfig, num_fewshot: int | None = None) -> Prompting:
-        e = cfg.eval
-        k = cfg.method.num_fewshot if num_fewshot is None else num_fewshot
-        if not k:  # no demonstrations: how they would be drawn does not matter (nor in the baseline cache's key)
-            return cls(calibrate=e.calibrate, content_free=tuple(e.content_free), seed=cfg.seed)
-        return cls(num_fewshot=k, sampler=e.fewshot_sampler, draws=e.fewshot_draws, per_example=e.fewshot_per_example,
-                   calibrate=e.calibrate, content_free=tuple(e.content_free),
-                   fewshot_as_multiturn=e.fewshot_as_multiturn, seed=cfg.seed)
+    def from_config(cls, e: DictConfig, num_fewshot: int, seed: int) -> Prompting:
+        """From the eval group, with `num_fewshot` demonstrations (the method's, or a searched variant's)."""
+        if not num_fewshot:  # no demonstrations: how they would be drawn does not matter (nor in the cache's key)
+            return cls(calibrate=e.calibrate, content_free=tuple(e.content_free), seed=seed)
+        return cls(num_fewshot=num_fewshot, sampler=e.fewshot_sampler, draws=e.fewshot_draws,
+                   per_example=e.fewshot_per_example, calibrate=e.calibrate, content_free=tuple(e.content_free),
+                   fewshot_as_multiturn=e.fewshot_as_multiturn, seed=seed)
 
     def check(self, tasks: dict) -> None:
         """ConfigError when a task cannot be prompted this way (before any compute)."""

@@ -20,30 +20,30 @@ def templates_of(task: str, all_tasks) -> list[str]:
     return [DEFAULT_TEMPLATE] + sorted(t[len(task) + 1:] for t in all_tasks if t.startswith(f"{task}_"))
 
 
-def task_manager(cfg: DictConfig, task_names: list[str]):
+def task_manager(paths: DictConfig, include_paths: list[str], task_names: list[str]):
     """lm-eval's TaskManager over tasks/ and eval.include_paths.
 
     lm-eval's own ~15k task YAMLs take seconds to index, so they are added only when a requested
     task is not found in the project's folders. Project tasks read their JSONL files from
-    `paths.data` (passed as task metadata, see tasks/local_data.py).
+    `paths.data` (passed as task metadata, see tasks/local_data.py); `include_paths`: eval.include_paths.
     """
     from lm_eval.tasks import TaskManager
 
-    paths = [cfg.paths.tasks, *cfg.eval.include_paths]
-    meta = {"data_dir": cfg.paths.data}
-    tm = TaskManager(include_path=paths, include_defaults=False, metadata=meta)
+    meta = {"data_dir": paths.data}
+    folders = [paths.tasks, *include_paths]
+    tm = TaskManager(include_path=folders, include_defaults=False, metadata=meta)
     if all(t in tm.all_tasks for t in task_names):
         return tm
     # Our sst2/rte YAMLs shadow lm-eval's GLUE ones on purpose: quiet its notice about that.
     logging.getLogger("lm_eval.tasks._index").setLevel(logging.ERROR)
-    tm = TaskManager(include_path=paths, include_defaults=True, metadata=meta)
+    tm = TaskManager(include_path=folders, include_defaults=True, metadata=meta)
     unknown = [t for t in task_names if t not in tm.all_tasks]
-    for folder in paths if unknown else []:
+    for folder in folders if unknown else []:
         broken_task_file(Path(folder) / f"{unknown[0]}.yaml")
     if unknown:
         raise ConfigError(
             f"eval.tasks: unknown lm-eval task {unknown[0]!r}{close_matches(unknown[0], tm.all_tasks)}; "
-            f"the project's tasks are: {', '.join(sorted(_yaml_task_names(cfg.paths.tasks)))} "
+            f"the project's tasks are: {', '.join(sorted(_yaml_task_names(paths.tasks)))} "
             f"(add folders of your own task YAMLs with eval.include_paths)"
         )
     return tm

@@ -5,7 +5,7 @@ with Self-Generated Instructions"), as in the authors' `bootstrap_instructions.p
 Why our own: the authors' code calls the OpenAI API and is not a library; Alpaca's fork changes
 the prompt. These are the paper's rules and prompt formats (in our own words where the paper's
 wording is not the method), kept as pure functions so that the generator
-(sweep/self_instruct/generation.py) can apply them to any model's output and each rule is tested
+(sweep/pipeline/generate.py) can apply them to any model's output and each rule is tested
 on its own.
 """
 

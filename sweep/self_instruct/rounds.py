@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # Worked examples in an instance prompt are seed tasks whose input and output fit in this many
 # characters: the prompt's prefill is most of a round's time on a CPU, and long examples buy little.
 SHORT_EXAMPLE_CHARS = 400
+
+
 # ---------------------------------------------------------------- one round
 @dataclass
 class Round:
@@ -110,5 +112,3 @@ def add_instances(r: Round, rng: random.Random, g: DictConfig, seed: int, sample
         r.classification += flag
         r.tasks.append({"id": f"generated_{number}_{k}", "name": f"generated_{number}_{k}", "instruction": text,
                         "input": instance_input, "output": output, "is_classification": flag, "round": number})
-
-

@@ -27,10 +27,10 @@ RESUMABLE = ("rounds",)  # settings that may change between a killed run and its
 
 
 # ---------------------------------------------------------------- the folder a run resumes from
-def settings_of(cfg: DictConfig) -> dict:
+def settings_of(model: DictConfig, generation: DictConfig, seed: int) -> dict:
     """What makes two runs the same generation (the model, the seed, the loop's settings)."""
-    g = OmegaConf.to_container(cfg.generation, resolve=True)
-    return {"model": cfg.model.name, "name_or_path": cfg.model.name_or_path, "seed": cfg.seed,
+    g = OmegaConf.to_container(generation, resolve=True)
+    return {"model": model.name, "name_or_path": model.name_or_path, "seed": seed,
             **{k: v for k, v in g.items() if k not in ("output_dir", *RESUMABLE)}}
 
 
@@ -117,3 +117,11 @@ def write_synced(path: Path, text: str) -> None:
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
+
+
+def load_seed_tasks(path: str | Path, in_context: int) -> list[dict]:
+    tasks = read_rows(Path(path), [*FIELDS, "is_classification"], fix="fix generation.seed_file")
+    if len(tasks) < in_context:
+        raise ConfigError(f"generation.seed_file={path}: {len(tasks)} tasks, fewer than generation.in_context="
+                          f"{in_context}; give more seed tasks or lower generation.in_context")
+    return tasks

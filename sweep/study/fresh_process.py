@@ -88,16 +88,16 @@ class FreshProcessLauncher(BasicLauncher):
 def died(config: DictConfig, code: int) -> JobReturn:
     """The return of a job whose process ended without one: recorded as a failed job (its MLflow
     run, left RUNNING, closed as KILLED) so that the sweep goes on."""
-    from sweep import tracking
     from sweep.runtime.hydra_job import JobOutcome, sweep_id
+    from sweep.tracking import store
 
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     error = f"the job's process {how} before it returned (out of memory? see the system log)"
     log.error(error)
-    tracking.close_orphaned_runs(tracking.open_experiment(config.tracking))
+    store.close_orphaned_runs(store.open_experiment(config.tracking))
     ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=config, hydra_cfg=config,
                     status=JobStatus.COMPLETED)
-    ret.return_value = JobOutcome("FAILED", sweep_id(config, config.hydra.sweep.dir), error=error)
+    ret.return_value = JobOutcome("FAILED", sweep_id(config.tracking, config.hydra.sweep.dir), error=error)
     return ret
 
 

@@ -51,7 +51,7 @@ from sweep.study.search import (
     requeue,
     storage_url,
 )
-from sweep.tracking import open_experiment
+from sweep.tracking.store import open_experiment
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again

@@ -21,7 +21,7 @@ from mlflow.exceptions import MlflowException
 
 from sweep.data.splits import test_metric
 from sweep.runtime.secrets import redact
-from sweep.tracking import STUDY_METHOD
+from sweep.tracking.records import STUDY_METHOD
 
 PARENT_ATTR = "mlflow_parent_run_id"  # the study user attribute that names its parent run
 PARENT_WAIT_SECONDS = 60  # how long a worker waits for the study's creator to record the parent

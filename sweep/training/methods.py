@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.config import LORA_INITS, TARGET_MODULE_PRESETS, ConfigError, close_matches
+from sweep.config import ConfigError, close_matches
+from sweep.training.checks import LORA_INITS, TARGET_MODULE_PRESETS
 from sweep.training.models import linear_module_names
 
 
@@ -62,14 +63,13 @@ def is_quantized(model: torch.nn.Module) -> bool:
     return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
 
 
-def apply_method(model: torch.nn.Module, cfg: DictConfig, tokenizer_path: str | None = None,
-                 task_type: str = "CAUSAL_LM") -> torch.nn.Module:
+def apply_method(model: torch.nn.Module, method: DictConfig, lora: DictConfig, prompt: DictConfig,
+                 tokenizer_path: str | None = None, task_type: str = "CAUSAL_LM") -> torch.nn.Module:
     """Return the model to train and score: peft-wrapped, fully trainable, or frozen.
 
     `tokenizer_path` (a folder with the tokenizer) lets prompt tuning start from a text's embeddings;
     `task_type`: peft's, SEQ_CLS for a reward model.
     """
-    method = cfg.method
     if not method.trains:
         model.requires_grad_(False)
         return model
@@ -83,14 +83,14 @@ def apply_method(model: torch.nn.Module, cfg: DictConfig, tokenizer_path: str | 
         # Norms to fp32 and input gradients on, as QLoRA needs; checkpointing stays a Trainer choice.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if method.peft == "lora":
-        targets = resolve_target_modules(cfg.lora.target_modules, model)
-        stray = [k for k in cfg.lora.rank_pattern or {} if k not in targets]
+        targets = resolve_target_modules(lora.target_modules, model)
+        stray = [k for k in lora.rank_pattern or {} if k not in targets]
         if stray:
             raise ConfigError(f"lora.rank_pattern: {', '.join(stray)} is not among the target modules "
                               f"({', '.join(targets)}); add it to lora.target_modules or drop it")
-        config = lora_config(cfg.lora, targets, task_type)
+        config = lora_config(lora, targets, task_type)
     else:
-        config = prompt_config(method.peft, cfg.prompt, tokenizer_path)
+        config = prompt_config(method.peft, prompt, tokenizer_path)
     return get_peft_model(model, config)
 
 

@@ -17,9 +17,9 @@ from transformers import (
     TrainingArguments,
 )
 
-from sweep import tracking
 from sweep.data.examples import IGNORE_INDEX
 from sweep.runtime import memory
+from sweep.tracking import records
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ class MetricsToMlflow(TrainerCallback):
                    if (k in self.curves if self.curves is not None else
                        isinstance(v, (int, float)) and not k.startswith(TRAINER_SUMMARY))}
         if numeric and mlflow.active_run():
-            tracking.log_metrics(numeric, step=state.global_step)
+            records.log_metrics(numeric, step=state.global_step)
 
 
 class AnswerOnlyTrainer(Trainer):

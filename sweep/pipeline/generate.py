@@ -1,4 +1,4 @@
-"""Self-Instruct's bootstrap loop (Wang et al. 2023) with any model the harness loads:
+"""The generator's job: Self-Instruct's bootstrap loop (Wang et al. 2023) with any model the harness loads:
 `python generate_instructions.py` (config: conf/generate_instructions.yaml).
 
 Each round: new instructions are sampled from prompts of 8 in-context instructions (6 from the
@@ -19,9 +19,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from sweep.config import ConfigError
+from sweep.config import ConfigError, is_int, require
 from sweep.data.examples import (
     ARTIFACT_DIR,
     GENERATED_DATASET,
@@ -32,41 +32,36 @@ from sweep.data.examples import GENERATED_FIELDS as FIELDS
 from sweep.self_instruct.card import data_card, round_metrics, similarity_plot, totals
 from sweep.self_instruct.rounds import generate_round
 from sweep.self_instruct.sampling import ModelSampler
-from sweep.self_instruct.state import ROUNDS_FILE, State, check_folder, read_rows, settings_of, write_synced
+from sweep.self_instruct.state import ROUNDS_FILE, State, check_folder, load_seed_tasks, settings_of, write_synced
 
 log = logging.getLogger(__name__)
-# ---------------------------------------------------------------- the job
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Everything checkable without loading anything: the loop's keys, the model's, the folder's settings."""
-    from sweep.config import validate_generation, validate_model
+    from sweep.self_instruct.checks import validate_generation
+    from sweep.training.checks import validate_model
 
-    validate_generation(cfg)
+    require(is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    validate_generation(cfg.generation)
     validate_model(cfg.model)
-    check_folder(Path(cfg.generation.output_dir), settings_of(cfg))
-
-
-def load_seed_tasks(path: str | Path, in_context: int) -> list[dict]:
-    tasks = read_rows(Path(path), [*FIELDS, "is_classification"], fix="fix generation.seed_file")
-    if len(tasks) < in_context:
-        raise ConfigError(f"generation.seed_file={path}: {len(tasks)} tasks, fewer than generation.in_context="
-                          f"{in_context}; give more seed tasks or lower generation.in_context")
-    return tasks
+    check_folder(Path(cfg.generation.output_dir), settings_of(cfg.model, cfg.generation, cfg.seed))
 
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Generate (or continue generating) into generation.output_dir, recording to MLflow."""
     import mlflow
 
-    from sweep import tracking
     from sweep.runtime import interrupts, memory, processes
     from sweep.runtime.hydra_job import use_all_cores
+    from sweep.tracking import lifecycle, records, store
     from sweep.training.models import load_model_and_tokenizer
 
     validate_config(cfg)
     seed_tasks = load_seed_tasks(cfg.generation.seed_file, cfg.generation.in_context)
-    experiment_id = tracking.open_experiment(cfg.tracking)
-    state = State.open(Path(cfg.generation.output_dir), settings_of(cfg))
-    tracking.close_orphaned_runs(experiment_id)
+    experiment_id = store.open_experiment(cfg.tracking)
+    state = State.open(Path(cfg.generation.output_dir), settings_of(cfg.model, cfg.generation, cfg.seed))
+    store.close_orphaned_runs(experiment_id)
     interrupts.install_signal_handlers()
     memory.map_large_blocks()
     use_all_cores()
@@ -76,20 +71,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
     tags = {"model": cfg.model.name, "seed": str(cfg.seed), "method": "self_instruct_generation",
             "generation_dir": str(state.folder)} | processes.owner_tags()
     resumed = state.run_id if state.run_id and _exists(state.run_id) else None
-    with tracking.mlflow_run(experiment_id, f"self-instruct-{cfg.model.name}-seed{cfg.seed}", tags,
+    with lifecycle.mlflow_run(experiment_id, f"self-instruct-{cfg.model.name}-seed{cfg.seed}", tags,
                              resume_run_id=resumed) as run:
         state.remember_run(run.info.run_id)
         if resumed is None:
-            tracking.log_inputs(cfg, [Path(g.seed_file)], [("self_instruct/seed", Path(g.seed_file), "seed")])
+            seeds = Path(g.seed_file)
+            records.log_inputs(OmegaConf.to_container(cfg, resolve=True), [seeds],
+                               [("self_instruct/seed", seeds, "seed")])
         else:
             log.info("continuing run %s from round %d", resumed, len(state.rounds) + 1)
             if "error" in run.data.tags:  # (left by whoever closed it when its process died)
                 mlflow.MlflowClient().delete_tag(resumed, "error")
         generate_rounds(g, cfg.seed, sampler, seed_tasks, state,
-                        on_round=lambda record: tracking.log_metrics(round_metrics(record), step=record["round"]))
+                        on_round=lambda record: records.log_metrics(round_metrics(record), step=record["round"]))
         metrics = totals(state.rounds)
         record_dataset(cfg, state, len(seed_tasks))
-        tracking.log_metrics(metrics)
+        records.log_metrics(metrics)
     return metrics
 
 
@@ -109,20 +106,20 @@ def record_dataset(cfg: DictConfig, state: State, seed_count: int) -> None:
     import mlflow
     import pandas as pd
 
-    from sweep import tracking
     from sweep.runtime import interrupts
     from sweep.runtime.files import sha256
+    from sweep.tracking import records
 
     path = state.folder / TASKS_FILE
     path.touch()
     digest = sha256(path)
-    card = data_card(cfg, state, digest, seed_count)
+    card = data_card(cfg.model.name, cfg.generation, cfg.seed, state, digest, seed_count)
     write_synced(state.folder / "data_card.md", card)
     similarity_plot(state.rounds, state.folder / "similarity.png")
     frame = pd.DataFrame(state.tasks, columns=["id", "name", *FIELDS, "is_classification", "round"])
     dataset = mlflow.data.from_pandas(frame, source=str(path.resolve()), name=GENERATED_DATASET)
     with interrupts.atomic_write():
-        tracking.log_input(dataset, "generated")
+        records.log_input(dataset, "generated")
         for name in (TASKS_FILE, ROUNDS_FILE, "data_card.md", "similarity.png"):
             mlflow.log_artifact(str(state.folder / name), ARTIFACT_DIR)
         mlflow.set_tag(SHA_TAG, digest)

@@ -1,0 +1,58 @@
+"""The checks of a composed config that run before any compute. Each group's owner checks its own
+keys (training, data, scoring, the baseline search, the stages); this module resolves the config,
+runs them in order and holds the rules that span groups.
+
+Every error names the key, the bad value and what would be accepted, so a typo in a sweep costs a
+second, not a model load.
+"""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from sweep.config import ConfigError, is_int, require
+from sweep.data.checks import validate_data
+from sweep.rlhf.stages import validate_stage
+from sweep.scoring.baselines import validate_baseline_search
+from sweep.scoring.checks import validate_eval
+from sweep.training.checks import (
+    PROMPT_LEARNING,
+    validate_lora,
+    validate_method,
+    validate_model,
+    validate_prompt,
+    validate_train,
+)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check the composed config; raise ConfigError on the first problem."""
+    try:  # (Hydra's own node, when present, holds values that are only set while a job runs)
+        OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+    except Exception as e:  # a bad interpolation, e.g. ${mul:...} on a string
+        raise ConfigError(f"the config does not resolve: {e}") from None
+
+    require(is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    validate_model(cfg.model)
+    m = cfg.method
+    validate_method(m)
+    if m.trains:
+        validate_train(cfg.train)
+    validate_data(cfg.data, m.trains)
+    if m.trains:
+        require(not cfg.eval.every_steps or cfg.data.dev_size, "eval.every_steps", cfg.eval.every_steps,
+                "scores the development slice during training, and data.dev_size=0 carves none: "
+                "set data.dev_size (e.g. 200) or eval.every_steps=null")
+    if m.peft == "lora":
+        validate_lora(cfg.lora)
+        require(m.quantization is None or cfg.lora.init not in ("pissa", "olora"), "lora.init", cfg.lora.init,
+                "pissa and olora rewrite the base weights, which a 4-bit base model cannot hold; "
+                "use method=lora, or lora.init=default|gaussian")
+    if m.peft in PROMPT_LEARNING:
+        validate_prompt(cfg.prompt)
+    validate_eval(cfg.eval, m.trains)
+    if m.name == "strongest_baseline":
+        validate_baseline_search(m.search)
+        require(cfg.data.dev_size > 0, "data.dev_size", cfg.data.dev_size,
+                "method=strongest_baseline chooses on the development slice: set data.dev_size > 0, e.g. 200")
+    validate_stage(cfg.stage, m, cfg.lora, cfg.init.run_id, cfg.train)

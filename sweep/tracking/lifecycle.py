@@ -1,0 +1,103 @@
+"""A run's life: started with the tags that place it, ended FINISHED, FAILED (with its traceback) or
+KILLED whatever stops it."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+import traceback
+from contextlib import contextmanager
+
+import mlflow
+from optuna.exceptions import TrialPruned
+
+from sweep.config import PROJECT_ROOT
+from sweep.runtime import processes
+from sweep.runtime.distributed import world_size
+from sweep.runtime.interrupts import atomic_write, interrupted, signals_received
+from sweep.runtime.secrets import redact
+from sweep.tracking.records import redacted
+
+log = logging.getLogger(__name__)
+
+
+def git_state() -> tuple[str, bool]:
+    """(commit, dirty) of the project checkout; ('unknown', True) outside git."""
+    def git(*args):
+        done = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True, text=True, check=True)
+        return done.stdout
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+        return commit, dirty
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown", True
+
+
+def _close(run, status: str, tags: dict[str, str], traceback_text: str | None = None) -> None:
+    """End `run` with `status`, even when the interruption left the fluent client mid-call
+    (a signal can land inside an MLflow write): fall back to a fresh client, then try once more."""
+    with atomic_write():
+        _close_now(run, status, tags, traceback_text)
+
+
+def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | None) -> None:
+    run_id = run.info.run_id
+    for attempt in range(3):
+        try:
+            client = mlflow.MlflowClient()
+            for k, v in redacted(tags).items():
+                client.set_tag(run_id, k, v)
+            if traceback_text:
+                client.log_text(run_id, redact(traceback_text), "traceback.txt")
+            client.set_terminated(run_id, status)
+            break
+        except Exception:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
+    if mlflow.active_run() and mlflow.active_run().info.run_id == run_id:
+        mlflow.end_run(status)
+
+
+@contextmanager
+def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_id: str | None = None):
+    """An MLflow run that ends FINISHED, FAILED (with `traceback.txt`), or KILLED when
+    interrupted (Ctrl-C, SIGTERM) or pruned by Optuna (tag `optuna.state=PRUNED`).
+    `resume_run_id`: reopen that run (a job that continues where a killed one stopped)."""
+    with atomic_write():
+        if resume_run_id:
+            run = mlflow.start_run(run_id=resume_run_id, tags=redacted(tags))
+        else:
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags))
+    in_trial = "optuna.trial_number" in tags
+    trial_failed = {"optuna.state": "FAIL"} if in_trial else {}
+    signals_before = signals_received()
+    try:
+        yield run
+    except TrialPruned:
+        _close(run, "KILLED", {"optuna.state": "PRUNED"})
+        raise
+    except BaseException as e:
+        if interrupted(e, signals_before):
+            _close(run, "KILLED", {"error": "interrupted"} | trial_failed)
+            raise
+        _close(run, "FAILED", {"error": f"{type(e).__name__}: {e}"[:5000]} | trial_failed, traceback.format_exc())
+        raise
+    else:
+        _close(run, "FINISHED", {"optuna.state": "COMPLETE"} if in_trial else {})
+
+
+def start_tags(described: dict[str, str], sweep_id: str, user_tags: dict, trial_tags: dict[str, str]) -> dict[str, str]:
+    """A run's tags as it starts: the user's (`tracking.tags`), its trial's, what the job is
+    (`described`: method, stage, model, tasks, seed), its sweep, its code version and its process."""
+    commit, dirty = git_state()
+    extra = {str(k): str(v) for k, v in (user_tags or {}).items()}
+    return extra | trial_tags | described | {
+        "sweep_id": sweep_id,
+        "world_size": str(world_size()),  # training processes (DDP/FSDP/DeepSpeed); 1 without a launcher
+        "git_commit": commit,
+        "git_dirty": str(dirty).lower(),
+        "mlflow.source.git.commit": commit,
+    } | processes.owner_tags()

@@ -1,0 +1,185 @@
+"""What a run records: its inputs (config, command, packages, data), metrics, tags, lm-eval's results,
+tables, figures and its adapter; every write is shielded from a signal landing mid-write."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import shlex
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+from omegaconf import OmegaConf
+
+from sweep.runtime.files import sha256
+from sweep.runtime.interrupts import atomic_write
+from sweep.runtime.secrets import redact
+
+STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow parent run
+RESULTS_HASH_TAG = "results_sha256"  # sha256 of lm_eval_results.json, checked before the baseline cache reuses it
+ADAPTER_DIR = "adapter"
+JUDGED_REPLIES = "judged_replies.json"  # each reply, the reference's, their rewards (MLflow table)
+DEV_JUDGED_REPLIES = "dev_" + JUDGED_REPLIES  # the same on the development prompts
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+ADAPTER_SHA_TAG = "adapter_sha256"  # of the logged adapter's weights: checked by a stage that starts from it
+TRAINED_ADAPTER = "default"  # peft's name of the adapter a job trains (TRL may add a frozen copy, "ref")
+log = logging.getLogger(__name__)
+
+
+BASELINE_PANEL = "baseline_panel.json"
+VERDICT_PREFIX = "verdict/"  # an adapter's verdict against the strongest baseline, recorded after its sweep
+                             # (analysis/verdict.py): verdict/<task>/<metric>/diff, ...
+
+
+def log_baseline_choice(best, panel: list[dict], demonstrations: list, dev_size: int) -> None:
+    """method=strongest_baseline: the variant chosen on the development slice (tags `baseline.*`,
+    and in the run name), the whole panel (`baseline_panel.json`: every variant's development
+    score, where the race dropped it, its test score when the oracle ran) and the demonstrations
+    the choice was made and reported with."""
+    tags = {"baseline.variant": best.label(), "baseline.template": best.template,
+            "baseline.num_fewshot": str(best.num_fewshot), "baseline.fewshot_sampler": best.fewshot_sampler,
+            "baseline.calibrate": str(best.calibrate).lower(), "mlflow.runName": f"strongest_baseline={best.label()}",
+            "baseline.reproduce": " ".join([*best.overrides(), f"data.dev_size={dev_size}"])}  # (the pool of draws)
+    with atomic_write():
+        mlflow.set_tags(tags)
+        mlflow.log_dict({"chosen": best.label(), "variants": panel, "demonstrations": demonstrations}, BASELINE_PANEL)
+
+
+def flat_params(config: dict) -> dict[str, str]:
+    """A resolved config (as plain containers) as `a.b.c -> value` (MLflow params are flat strings)."""
+    out = {}
+
+    def walk(node, prefix):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{prefix}{k}.")
+        else:
+            out[prefix[:-1]] = redact(json.dumps(node) if isinstance(node, list) else str(node))
+
+    walk(config, "")
+    return out
+
+
+def installed_packages() -> str:
+    """`pip freeze`-style list, read from package metadata (no subprocess)."""
+    dists = {(d.metadata["Name"] or "").lower(): d.version for d in importlib.metadata.distributions()}
+    return "\n".join(f"{n}=={v}" for n, v in sorted(dists.items()) if n) + "\n"
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    with atomic_write():
+        mlflow.log_metrics(metrics, step=step)
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    with atomic_write():
+        mlflow.set_tags(redacted(tags))
+
+
+def redacted(tags: dict) -> dict[str, str]:
+    """Tag values as strings with credentials masked (a user's `tracking.tags` may hold a URL)."""
+    return {k: redact(str(v)) for k, v in tags.items()}
+
+
+def log_input(dataset, context: str, attempts: int = 3) -> None:
+    """mlflow.log_input, retried: two runs logging the same new dataset at once race to insert it,
+    and the tracking server answers the loser with a unique-constraint error (`dataset_pk`); on
+    the next attempt the dataset exists and only the run's link to it is written."""
+    for attempt in range(attempts):
+        try:
+            return mlflow.log_input(dataset, context=context)
+        except mlflow.exceptions.MlflowException:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+
+
+def log_inputs(config: dict, files: list[Path], datasets: list[tuple[str, Path, str]] = ()) -> None:
+    """The job's resolved config (`config`, as plain containers: params + YAML), command line,
+    installed packages, data file hashes, and the training and evaluation data as MLflow dataset
+    inputs (name, digest, source)."""
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    hashes = {str(f): sha256(f) for f in {*files, *(path for _, path, _ in datasets)}}  # read before the write
+    with warnings.catch_warnings():  # ("can be interpreted in multiple ways": it is a local file either way)
+        warnings.simplefilter("ignore")
+        inputs = [(MetaDataset(resolve_dataset_source(str(Path(path).resolve())), name=name,
+                               digest=hashes[str(path)][:8]), context) for name, path, context in datasets]
+    with atomic_write():
+        for dataset, context in inputs:
+            log_input(dataset, context)
+        mlflow.log_params(flat_params(config))
+        mlflow.log_text(redact(OmegaConf.to_yaml(config)), "config.yaml")
+        mlflow.log_text(redact(shlex.join([sys.executable, *sys.argv])) + "\n", "command.txt")
+        mlflow.log_text(installed_packages(), "requirements-freeze.txt")
+        mlflow.log_dict(hashes, "data_sha256.json")
+
+
+SAMPLE_REPLIES = 100  # generated replies per task shown in the run's `sample_replies.json` table
+
+
+def sample_replies(results: dict) -> dict[str, list] | None:
+    """The generation tasks' replies as table columns (task, instruction, input, reference, reply,
+    and each per-example score), the first SAMPLE_REPLIES of each task; None when there are none."""
+    rows = []
+    for task, samples in (results.get("samples") or {}).items():
+        for sample in samples[:SAMPLE_REPLIES]:
+            reply = (sample.get("filtered_resps") or [None])[0]
+            if not isinstance(reply, str):  # (a choice task: log-likelihoods, not text)
+                break
+            doc = sample.get("doc") or {}
+            scores = {m: sample[m] for m in sample.get("metrics", []) if isinstance(sample.get(m), (int, float))}
+            rows.append({"task": task, "instruction": str(doc.get("instruction", "")),
+                         "input": str(doc.get("input", "")), "reference": str(sample.get("target", "")),
+                         "reply": reply, **scores})
+    if not rows:
+        return None
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return {c: [row.get(c) for row in rows] for c in columns}
+
+
+def log_eval_results(results: dict) -> None:
+    """lm-eval's results JSON, per-sample predictions included, and the generated replies as a
+    table (the MLflow UI's artifact view and `mlflow.load_table`)."""
+    from lm_eval.utils import handle_non_serializable
+
+    text = json.dumps(results, default=handle_non_serializable, indent=1)
+    replies = sample_replies(results)
+    with atomic_write():
+        if replies:
+            mlflow.log_table(replies, artifact_file="sample_replies.json")
+        mlflow.log_text(text, "lm_eval_results.json")
+        # what the baseline cache checks before it reuses these results (sweep/scoring/baseline_cache.py)
+        mlflow.set_tag(RESULTS_HASH_TAG, hashlib.sha256(text.encode()).hexdigest())
+
+
+def log_table(columns: dict[str, list], name: str) -> None:
+    """A table of per-example values (the MLflow UI's artifact view, `mlflow.load_table`)."""
+    with atomic_write():
+        mlflow.log_table(columns, artifact_file=name)
+
+
+def log_figure(figure, name: str) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_write():
+        mlflow.log_figure(figure, name)
+    plt.close(figure)
+
+
+def log_adapter(model) -> None:
+    """The trained adapter as safetensors (peft's default format; never pickle), with the sha256 of
+    its weights as a tag: a later stage that starts from this run checks its download against it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
+        with atomic_write():
+            mlflow.log_artifacts(tmp, ADAPTER_DIR)
+            mlflow.set_tag(ADAPTER_SHA_TAG, sha256(Path(tmp) / ADAPTER_WEIGHTS))
+
