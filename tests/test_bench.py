@@ -18,7 +18,8 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     b = results["benchmarks"]
     assert set(b) == {"harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
-                      "training_features", "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl"}
+                      "training_features", "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl",
+                      "generation"}
     search = b["strongest_search"]
     assert search["full_search"]["variants_dropped"] == 0 and search["race"]["dev_examples"] == 32
     assert search["race_vs_full_time"] == pytest.approx(search["race"]["seconds"] / search["full_search"]["seconds"])
@@ -33,7 +34,10 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert b["padding"]["group_by_length"]["pad_fraction"] < b["padding"]["random"]["pad_fraction"]
     assert b["sweep_efficiency"]["grid"]["runs"] == 4 and b["sweep_efficiency"]["grid"]["train_steps"] == 4 * 4
     assert 0 < b["sweep_efficiency"]["optuna"]["train_steps"] <= 2 * 4
-    assert b["trl"]["ours_tokens_per_second"] > 0 and b["trl"]["trl_tokens_per_second"] > 0
+    trl = b["trl"]
+    assert trl["ours_tokens_per_second"] > 0 and trl["trl_tokens_per_second"] > 0
+    assert trl["ratio"] == pytest.approx(trl["ours_tokens_per_second"] / trl["trl_tuned_tokens_per_second"])
+    assert trl["trl_tuned"] == {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}
     team = b["team_study"]
     assert team["trials"] == 2 and all(v > 0 for v in team["trials_per_hour"].values())
     assert team["two_workers_vs_one"] == pytest.approx(team["server_1_worker_seconds"] / team["server_2_workers_seconds"])
@@ -51,4 +55,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     kl = b["judged_kl"]
     assert kl["rows"] == 16 + 16 and kl["max_abs_difference"] < 1e-2  # the same log-probabilities, cheaper
     assert kl["speedup"] == pytest.approx(kl["whole_sequence"]["seconds"] / kl["last_positions"]["seconds"])
+    generation = b["generation"]
+    assert generation["replies_equal"] is True  # token-budget batches, lm-eval's replies
+    assert generation["speedup"] == pytest.approx(generation["lm_eval_hflm_seconds"] / generation["length_batched_seconds"])
     assert "## harness_overhead" in (tmp_path / "results.md").read_text()

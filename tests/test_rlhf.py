@@ -97,7 +97,7 @@ def test_bad_stage_settings_are_refused(overrides, message):
 def test_padded_passes_batch_similar_lengths_under_a_token_budget():
     """One long row pads only the rows beside it: longest first, at most batch_size rows and
     batch_size * TOKENS_PER_ROW padded tokens a batch, every row once."""
-    from sweep.rlhf.batching import TOKENS_PER_ROW, length_batches
+    from sweep.scoring.batching import TOKENS_PER_ROW, length_batches
 
     lengths = [30, 1320, 25, 400, 380, 20, 35, 390]
     batches = length_batches(lengths, batch_size=4)

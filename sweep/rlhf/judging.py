@@ -18,8 +18,8 @@ import logging
 import torch
 
 from sweep.data.examples import render_pair
-from sweep.rlhf.batching import length_batches
 from sweep.rlhf.preference import RewardJudge, mean_with_ci
+from sweep.scoring.batching import length_batches
 from sweep.scoring.evaluate import Prompting, Scores, score
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,8 @@ REUSED_ARTIFACTS = (RESULTS, records.BASELINE_PANEL, records.JUDGED_REPLIES, rec
 # The harness's own scoring code: a change to any of these scores differently, so it is in the key.
 SCORING_CODE = tuple(f"sweep.{m}" for m in (
     "scoring.evaluate", "scoring.registry", "scoring.results", "scoring.fewshot", "scoring.calibration",
-    "scoring.prefix_cache", "scoring.baselines", "scoring.race", "data.splits", "pipeline.score"))
+    "scoring.prefix_cache", "scoring.generation", "scoring.batching", "scoring.baselines", "scoring.race",
+    "data.splits", "pipeline.score"))
 JUDGING_CODE = "sweep.rlhf.judging"  # the code that judges generated replies (a judged baseline's key holds it too)
 LIBRARIES = ("lm-eval", "transformers", "torch")  # whose versions score (a new release may change numerics)
 

@@ -21,16 +21,19 @@ from sweep.scoring.registry import check_fewshot_pool, uses_chat_template
 from sweep.scoring.results import by_task_name, combine_draws, flatten_metrics, record_predictions
 
 
-def make_lm(model, tokenizer, batch_size: int, prefix_cache: bool = True):
+def make_lm(model, tokenizer, batch_size: int, prefix_cache: bool = True, length_batched: bool = True):
     """lm-eval's HFLM around an in-memory model (peft-wrapped or not), with the shared prompt
-    prefix of k-shot requests computed once (sweep/scoring/prefix_cache.py; `prefix_cache=False`: lm-eval's
-    own HFLM, for the benchmark's side-by-side)."""
+    prefix of k-shot requests computed once (sweep/scoring/prefix_cache.py) and generation batched
+    by a token budget (sweep/scoring/generation.py). `prefix_cache=False` drops the first,
+    `length_batched=False` as well the second (lm-eval's own HFLM): the benchmark's side-by-side."""
     from lm_eval.models.huggingface import HFLM
 
+    from sweep.scoring.generation import LengthBatchedLM
     from sweep.scoring.prefix_cache import PrefixCachedLM
 
     logging.getLogger("lm_eval.models.huggingface").setLevel(logging.ERROR)  # "pretrained is not a str"
-    return (PrefixCachedLM if prefix_cache else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    lm_class = PrefixCachedLM if prefix_cache else LengthBatchedLM if length_batched else HFLM
+    return lm_class(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
 
 
 @dataclass(frozen=True)

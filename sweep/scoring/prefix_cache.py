@@ -20,8 +20,9 @@ import copy
 
 import torch
 import torch.nn.functional as F
-from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
+
+from sweep.scoring.generation import LengthBatchedLM
 
 MIN_SHARED_TOKENS = 16      # below this, copying the cache costs about what it saves
 CACHE_TOKENS_PER_BATCH = 32_768  # cached prefix tokens held per batch (bounds the copies' memory)
@@ -43,8 +44,9 @@ def _is_prompt_learning(model) -> bool:
     return bool(getattr(peft_config, "is_prompt_learning", False))
 
 
-class PrefixCachedLM(HFLM):
-    """lm-eval's HFLM whose log-likelihood requests reuse the key/value cache of their shared prefix."""
+class PrefixCachedLM(LengthBatchedLM):
+    """lm-eval's HFLM whose log-likelihood requests reuse the key/value cache of their shared prefix
+    (and whose generation is length-batched: sweep/scoring/generation.py)."""
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs=None):
         contexts = [context for _, context, _ in requests]
