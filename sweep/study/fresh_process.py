@@ -7,8 +7,12 @@ over hundreds of trials, and a job killed for memory takes the whole sweep with 
 launcher reuses its worker processes, so the same holds there. Here a job's memory is returned
 to the system when its process exits (the sweep's memory stays flat by construction), and a job
 whose process dies (SIGKILL, the kernel's out-of-memory killer, a crash in native code) is
-recorded as FAILED while the sweep goes on. Each job pays the start-up of a new interpreter
-(importing torch, transformers, lm-eval: seconds).
+recorded as FAILED while the sweep goes on.
+
+A new interpreter pays seconds of imports (torch, transformers, lm-eval) per job, so by default
+(`hydra.launcher.fork=true`) the jobs are forked from a server that imported them once
+(sweep/study/fork_server.py): the same fresh process per job, started in well under a second.
+`fork=false`, or a server that cannot fork safely, spawns a new interpreter per job.
 """
 
 from __future__ import annotations
@@ -24,33 +28,46 @@ from pathlib import Path
 
 import cloudpickle
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
-from hydra.core.hydra_config import HydraConfig
 from hydra.core.singleton import Singleton
 from hydra.core.utils import (
     JobReturn,
     JobStatus,
     configure_log,
     filter_overrides,
-    run_job,
     setup_globals,
 )
 from omegaconf import DictConfig, open_dict
 
 from sweep.config import PROJECT_ROOT
 from sweep.runtime import processes
+from sweep.study.fork_server import ForkServer, can_fork
 
 log = logging.getLogger(__name__)
 
 
 class FreshProcessLauncher(BasicLauncher):
+    def __init__(self, fork: bool = True) -> None:
+        super().__init__()
+        self.fork = fork and can_fork()  # (hydra.launcher.fork: fork jobs from a server, else spawn each)
+        self.server: ForkServer | None = None
+
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        try:
+            return self._launch(job_overrides, initial_job_idx)
+        finally:
+            if self.server is not None:  # (the server ends with the jobs of this launch)
+                self.server.close()
+                self.server = None
+
+    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from sweep.runtime.interrupts import install_signal_handlers
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         install_signal_handlers()  # SIGTERM, like Ctrl-C, reaches the wait for a job below as an exception
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        log.info("Launching %d jobs locally, each in a new process", len(job_overrides))
+        log.info("Launching %d jobs locally, each in a new process (%s)", len(job_overrides),
+                 "forked from a server that imported the libraries once" if self.fork else "a new interpreter each")
         returns = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info("\t#%d : %s", idx, " ".join(filter_overrides(overrides)))
@@ -69,10 +86,8 @@ class FreshProcessLauncher(BasicLauncher):
             payload, result = Path(tmp) / "payload.pkl", Path(tmp) / "return.pkl"
             payload.write_bytes(cloudpickle.dumps(
                 (self.hydra_context, config, self.task_function, Singleton.get_state())))
-            env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT),
-                                                                             os.environ.get("PYTHONPATH")]))}
-            job = subprocess.Popen([sys.executable, "-m", "sweep.study.fresh_process", str(payload), str(result)],
-                                   env=env)
+            job = self._forked(payload, result) or subprocess.Popen(
+                [sys.executable, "-m", "sweep.study.job_process", str(payload), str(result)], env=job_env())
             try:
                 code = job.wait()
             except KeyboardInterrupt as e:  # Ctrl-C reached the job too; a SIGTERM to the sweep alone did not
@@ -83,6 +98,22 @@ class FreshProcessLauncher(BasicLauncher):
             if result.is_file():
                 return cloudpickle.loads(result.read_bytes())
         return died(config, code)
+
+    def _forked(self, payload: Path, result: Path):
+        """The job forked from the server (started with the first job), or None: spawn it."""
+        if not self.fork:
+            return None
+        if self.server is None:
+            self.server = ForkServer(job_env())
+        job = self.server.start(payload, result)
+        if job is None:
+            self.fork = False
+        return job
+
+
+def job_env() -> dict[str, str]:
+    """A job process's environment: the project importable wherever the sweep was started."""
+    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
 
 
 def died(config: DictConfig, code: int) -> JobReturn:
@@ -99,18 +130,3 @@ def died(config: DictConfig, code: int) -> JobReturn:
                     status=JobStatus.COMPLETED)
     ret.return_value = JobOutcome("FAILED", sweep_id(config.tracking, config.hydra.sweep.dir), error=error)
     return ret
-
-
-def main(payload: str, result: str) -> None:
-    """In the job's process: run it as Hydra's basic launcher would, and hand its return back."""
-    hydra_context, config, task_function, singletons = cloudpickle.loads(Path(payload).read_bytes())
-    setup_globals()
-    Singleton.set_state(singletons)
-    HydraConfig.instance().set_config(config)
-    ret = run_job(hydra_context=hydra_context, task_function=task_function, config=config,
-                  job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
-    Path(result).write_bytes(cloudpickle.dumps(ret))
-
-
-if __name__ == "__main__":
-    main(*sys.argv[1:3])

@@ -1,0 +1,59 @@
+"""The fork server (sweep/study/fork_server.py) under the fresh-process launcher: jobs forked from a
+process that imported the libraries once, with the spawn path kept for when forking is unsafe.
+The launcher's guarantees (SIGTERM passed on, a SIGKILLed job failing alone, flat memory, pruning)
+are checked through it by tests/test_memory.py, tests/test_reliability.py and
+tests/test_optuna_e2e.py, which run the default launcher."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from sweep.study import fork_server
+from sweep.study.fresh_process import FreshProcessLauncher
+
+
+def test_forking_is_unsafe_once_a_thread_runs():
+    assert fork_server.unsafe_to_fork() is None
+    stop = threading.Event()
+    worker = threading.Thread(target=stop.wait)
+    worker.start()
+    try:
+        assert "threads" in fork_server.unsafe_to_fork()
+    finally:
+        stop.set()
+        worker.join()
+
+
+def test_a_server_that_cannot_fork_makes_the_launcher_spawn(tmp_path):
+    class Refusing:
+        def start(self, payload, result):
+            return None
+
+    launcher = FreshProcessLauncher(fork=True)
+    launcher.server = Refusing()
+    assert launcher._forked(tmp_path / "p", tmp_path / "r") is None and launcher.fork is False
+    assert FreshProcessLauncher(fork=False)._forked(tmp_path / "p", tmp_path / "r") is None
+
+
+@pytest.mark.skipif(not fork_server.can_fork(), reason="fork is Linux-only here")
+def test_the_server_reports_each_childs_pid_and_exit_status(tmp_path):
+    """Payloads that are not jobs: the child fails alone (status 1), a child SIGKILLed mid-job is
+    reported with the signal, and the server lives on for the next job and ends with its pipe."""
+    server = fork_server.ForkServer(os.environ | {"PYTHONPATH": os.getcwd()})
+    try:
+        broken = server.start(tmp_path / "missing.pkl", tmp_path / "r1")
+        assert broken.pid != server.process.pid and broken.wait(timeout=300) == 1
+        fifo = tmp_path / "fifo"
+        os.mkfifo(fifo)  # (reading it blocks the child until it is killed)
+        blocked = server.start(fifo, tmp_path / "r2")
+        time.sleep(0.5)
+        assert blocked.poll() is None
+        blocked.kill()
+        assert blocked.wait(timeout=60) == -signal.SIGKILL
+        assert server.start(tmp_path / "missing.pkl", tmp_path / "r3").wait(timeout=60) == 1  # still serving
+    finally:
+        server.close()
+    assert server.process.returncode == 0
