@@ -66,12 +66,12 @@ FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "
         "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
         "panel_examples": 872, "team_trials": 8, "team_steps": 4, "memory_steps": 4,
         "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8,
-        "kl_batch_size": 32, "search_dev": (200, 400), "search_startup": 50}
+        "kl_batch_size": 32, "search_dev": (200, 400), "search_startup": 50, "roofline_rows": 1024}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "grid_space": {"lora.r": "2,8", "train.lr": "1e-4,1e-3"}, "optuna_trials": 2, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
          "team_trials": 2, "team_steps": 2, "memory_steps": 2,
          "memory_methods": "zero_shot,lora", "memory_tasks": "sst2", "rl_steps": 1,
-         "kl_batch_size": 8, "search_dev": (16, 32), "search_startup": 4}  # (the old KL pass at 32 rows of the longest seed task holds 9 GB: too much beside other tests)
+         "kl_batch_size": 8, "search_dev": (16, 32), "search_startup": 4, "roofline_rows": 1024}  # (the old KL pass at 32 rows of the longest seed task holds 9 GB: too much beside other tests)
 
 
 # The sweeps of the compute and team benchmarks run their jobs in the sweep's process, as when these
@@ -430,6 +430,7 @@ class Bench:
         grid = [f"method={self.p['memory_methods']}", f"data={self.p['memory_tasks']}",
                 f"train.max_steps={self.p['memory_steps']}",
                 "train.batch_size=16", f"eval.limit={self.p['grid_limit'] // 4}", "eval.fewshot_draws=1",
+                f"data.dev_size={self.p['grid_limit'] // 4}",  # (as many development examples as test ones)
                 "eval.cache=false", "tracking.log_adapter=false", *self.track]
         out = {}
         launchers = {"basic": ["hydra/launcher=basic"],
@@ -533,6 +534,50 @@ class Bench:
         out["target"] = "at least 2x, the same replies"
         return out
 
+    # 12 ------------------------------------------------------------------------------------------
+    def roofline(self) -> dict:
+        """How close to the machine's limit: its own matmul throughput (GEMMs of the model's shapes,
+        best of a few runs, fp32 and bf16) beside the harness's training FLOP/s (6 x parameters x
+        trained tokens/s, as the MFU metric counts) and a scoring pass's (2 x parameters x tokens/s
+        of a no-grad forward pass over batches as lm-eval runs them)."""
+        from sweep.pipeline.build import build
+        from sweep.training.sft import use_bf16
+
+        cfg = self.cfg(f"train.max_steps={self.p['steps']}")
+        built = build(cfg)
+        shape, params = built.model.config, sum(p.numel() for p in built.model.parameters())
+        rows = self.p["roofline_rows"]
+        peak = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            best = 0.0
+            for m, k, n in ((rows, shape.hidden_size, shape.intermediate_size),
+                            (rows, shape.hidden_size, shape.hidden_size)):
+                a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+                for _ in range(3):  # (warm-up)
+                    a @ b
+                for _ in range(5):
+                    start = time.perf_counter()
+                    for _ in range(10):
+                        a @ b
+                    best = max(best, 2 * m * k * n * 10 / (time.perf_counter() - start))
+            peak[str(dtype).removeprefix("torch.")] = best
+        training = self.training_rate(cfg)  # trained tokens/s (LoRA, bf16 autocast where it is fast)
+        train_dtype = "bfloat16" if use_bf16(cfg.train.bf16) else "float32"
+        ids = torch.randint(0, shape.vocab_size, (cfg.eval.batch_size, 128))
+        with torch.no_grad():
+            built.model(ids[:2])
+            start = time.perf_counter()
+            for _ in range(self.p["repeats"]):
+                built.model(ids)
+            scoring = ids.numel() * self.p["repeats"] / (time.perf_counter() - start)
+        return {"peak_matmul_flops": peak, "parameters": params,
+                "training": {"tokens_per_second": training, "flops": 6 * params * training, "dtype": train_dtype,
+                             "fraction_of_peak": 6 * params * training / peak[train_dtype]},
+                "scoring": {"tokens_per_second": scoring, "flops": 2 * params * scoring, "dtype": "float32",
+                            "fraction_of_peak": 2 * params * scoring / peak["float32"]},
+                "note": "the peak is this machine's own GEMM throughput at the model's shapes, not a datasheet's; "
+                        "LoRA computes no gradients of frozen weights, so 6 x parameters overstates its work (4x)"}
+
     def team_study(self) -> dict:
         from scripts.services import throwaway
 
@@ -622,15 +667,19 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json and results.md")
     ap.add_argument("--panel-examples", type=int, help="examples per pass of the baseline panel (default: 872, "
                                                        "quick: 16); lm-eval's own HFLM takes about an hour for 872")
+    ap.add_argument("--repeats", type=int, help="repeats of each timing (default: 3, quick: 1)")
     a = ap.parse_args(argv)
     params = dict(QUICK if a.quick else FULL)
+    if a.repeats:
+        params["repeats"] = a.repeats
     if a.panel_examples:
         params["panel_examples"] = a.panel_examples
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     names = ["harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
              "training_features",
-             "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl", "generation"]
+             "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl", "generation",
+             "roofline"]
     results = {"machine": machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
                "params": params, "benchmarks": {}}
     previous = out / "results.json"

@@ -19,7 +19,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     b = results["benchmarks"]
     assert set(b) == {"harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
                       "training_features", "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl",
-                      "generation"}
+                      "generation", "roofline"}
     search = b["strongest_search"]
     assert search["full_search"]["variants_dropped"] == 0 and search["race"]["dev_examples"] == 32
     assert search["race_vs_full_time"] == pytest.approx(search["race"]["seconds"] / search["full_search"]["seconds"])
@@ -42,12 +42,15 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert team["trials"] == 2 and all(v > 0 for v in team["trials_per_hour"].values())
     assert team["two_workers_vs_one"] == pytest.approx(team["server_1_worker_seconds"] / team["server_2_workers_seconds"])
     memory = b["memory"]
-    for launcher in ("basic", "fresh_process"):
+    for launcher in ("basic", "spawn", "fresh_process"):
         jobs = memory[launcher]["jobs"]
         assert set(jobs) == {"zero_shot/sst2", "lora/sst2"} and all(j["peak_rss_mb"] > 0 for j in jobs.values())
         assert jobs["lora/sst2"]["train_tokens_per_second"] > 0
-    assert memory["fresh_process_wall_ratio"] == pytest.approx(
-        memory["fresh_process"]["wall_seconds"] / memory["basic"]["wall_seconds"])
+    for launcher in ("spawn", "fresh_process"):  # (spawned interpreters, and forks of the server: the default)
+        assert memory[f"{launcher}_wall_ratio"] == pytest.approx(
+            memory[launcher]["wall_seconds"] / memory["basic"]["wall_seconds"])
+        assert memory[launcher]["start_up_seconds_per_job"] == pytest.approx(
+            (memory[launcher]["wall_seconds"] - memory["basic"]["wall_seconds"]) / 2)
     rl = b["rl_stage"]
     assert rl["ppo_rollout_tokens_per_second"] > 0 and rl["ppo_train_tokens_per_second"] > 0
     assert rl["rollout_vs_training"] == pytest.approx(rl["ppo_rollout_tokens_per_second"] / rl["ppo_train_tokens_per_second"])
@@ -58,4 +61,10 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     generation = b["generation"]
     assert generation["replies_equal"] is True  # token-budget batches, lm-eval's replies
     assert generation["speedup"] == pytest.approx(generation["lm_eval_hflm_seconds"] / generation["length_batched_seconds"])
+    roof = b["roofline"]
+    for part, multiple in (("training", 6), ("scoring", 2)):
+        figures = roof[part]
+        assert figures["fraction_of_peak"] == pytest.approx(
+            multiple * roof["parameters"] * figures["tokens_per_second"] / roof["peak_matmul_flops"][figures["dtype"]])
+        assert figures["fraction_of_peak"] > 0
     assert "## harness_overhead" in (tmp_path / "results.md").read_text()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 
+import mlflow
 import pytest
 from conftest import (
     ROOT,
@@ -130,6 +131,11 @@ def test_a_job_killed_for_memory_fails_alone_in_a_plain_multirun(tmp_path, track
     assert len(set(runs["tags.pid"]) | {str(sweep.pid)}) == 3  # every job its own process
     first, second = runs["metrics.rss_at_start_mb"]
     assert abs(first - second) < 50  # a fresh process: nothing left behind by the job before
+    # Each run records the command that runs its job alone, not the process the launcher made for it.
+    finished = runs[runs["status"] == "FINISHED"].index[0]
+    assert runs.loc[finished, "tags.mlflow.source.name"].endswith("sweep.py")
+    command = mlflow.artifacts.load_text(f"runs:/{finished}/command.txt")
+    assert "sweep.py" in command and "lora.r=" in command and "fork_server" not in command, command
 
 
 @pytest.mark.e2e

@@ -85,7 +85,7 @@ class FreshProcessLauncher(BasicLauncher):
         with tempfile.TemporaryDirectory(prefix="job-") as tmp:
             payload, result = Path(tmp) / "payload.pkl", Path(tmp) / "return.pkl"
             payload.write_bytes(cloudpickle.dumps(
-                (self.hydra_context, config, self.task_function, Singleton.get_state())))
+                (self.hydra_context, config, self.task_function, Singleton.get_state(), sys.argv[0])))
             job = self._forked(payload, result) or subprocess.Popen(
                 [sys.executable, "-m", "sweep.study.job_process", str(payload), str(result)], env=job_env())
             try:

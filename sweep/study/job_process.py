@@ -14,8 +14,13 @@ from hydra.core.utils import run_job, setup_globals
 
 
 def main(payload: str, result: str) -> None:
-    """Run the job as Hydra's basic launcher would, and hand its return back in `result`."""
-    hydra_context, config, task_function, singletons = cloudpickle.loads(Path(payload).read_bytes())
+    """Run the job as Hydra's basic launcher would, and hand its return back in `result`.
+
+    The job's command line becomes the one a user would type for it alone (`python sweep.py` with
+    the job's overrides), not this process's: MLflow records it as the run's source, and the run's
+    command.txt, so the MLflow UI and the report show a command that runs the job again."""
+    hydra_context, config, task_function, singletons, entry = cloudpickle.loads(Path(payload).read_bytes())
+    sys.argv = [entry, *config.hydra.overrides.task]
     setup_globals()
     Singleton.set_state(singletons)
     HydraConfig.instance().set_config(config)
