@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -100,8 +101,6 @@ class ForkServer:
         deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self._buffer:
             if deadline is not None:
-                import select
-
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select([self._replies], [], [], left)[0]:
                     raise subprocess.TimeoutExpired("fork server", timeout)
