@@ -273,7 +273,8 @@ class Bench:
     def strongest_search(self) -> dict:
         """The strongest baseline's search without the race on `search_dev[0]` development examples vs
         with it on `search_dev[1]`: the race must spend no more time on twice the examples."""
-        from sweep.pipeline.score import eval_tasks, prompting_of
+        from sweep.pipeline.build import prompting_of
+        from sweep.pipeline.score import eval_tasks
         from sweep.scoring.baselines import Search, strongest
         from sweep.scoring.evaluate import make_lm
         from sweep.training.models import load_model_and_tokenizer

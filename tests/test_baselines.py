@@ -10,9 +10,9 @@ from lm_eval.models.huggingface import HFLM
 
 from sweep.config import ConfigError
 from sweep.data import splits
-from sweep.pipeline.build import load_project_tasks
+from sweep.pipeline.build import load_project_tasks, prompting_of
 from sweep.pipeline.checks import validate
-from sweep.pipeline.score import baseline_settings, prompting_of
+from sweep.pipeline.score import baseline_settings
 from sweep.scoring import baselines, calibration
 from sweep.scoring.evaluate import Prompting, make_lm, score
 from sweep.scoring.fewshot import BalancedSampler, FixedDraw, draw, draw_seed

@@ -33,7 +33,7 @@ from sweep.rlhf.preference import (
     pair_rows,
     preference_docs,
 )
-from sweep.rlhf.stages import JUDGE_HEAD, STAGES
+from sweep.rlhf.stages import STAGES
 from sweep.scoring.evaluate import Prompting, make_lm
 from sweep.scoring.registry import check_templates, load_tasks, set_generation, task_manager, uses_chat_template
 from sweep.training.methods import apply_method
@@ -120,7 +120,7 @@ def build(cfg: DictConfig, project: ProjectTasks | None = None, generated: Path 
     trained_apart = set(slices.get(cfg.data.task, [])) if uses_training_split(tasks.get(cfg.data.task), cfg.data) \
         else set()  # (the development slice is never trained on)
     if cfg.method.name != "strongest_baseline":  # (which checks each variant it tries)
-        Prompting.from_config(cfg.eval, cfg.method.num_fewshot, cfg.seed).check(eval_tasks)
+        prompting_of(cfg).check(eval_tasks)
     stage = STAGES[cfg.stage.name]
     model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization,
                                                 reward_head=not stage.is_policy)
@@ -144,7 +144,7 @@ def build(cfg: DictConfig, project: ProjectTasks | None = None, generated: Path 
                                cfg.data.get("max_prompt_tokens"), stage.name, exclude=trained_apart)
         rows = pair_rows(task, docs)
         train_dataset = rows if stage.data == "pairs" else [{"prompt": r["prompt"]} for r in rows]
-        if stage.head == JUDGE_HEAD:  # (a reward model is scored on held-out pairs)
+        if not stage.is_policy:  # (a reward model is scored on held-out pairs)
             eval_pairs = pair_rows(task, held_out_pairs(task, cfg.eval.pairs, stage.name))
             dev_pairs = pair_rows(task, dev_pairs_of(task, slices.get(cfg.data.task, []), stage.name))
     files, inputs = task_files(tasks), job_datasets(cfg, tasks)
@@ -164,3 +164,8 @@ def dev_pairs_of(task, indices: list[int], stage: str) -> list[dict]:
     """The preference pairs of a development slice (stage=reward scores its accuracy on them)."""
     train = task.dataset[task.config.training_split]
     return checked_pairs(task, [train[i] for i in indices], stage) if indices else []
+
+
+def prompting_of(cfg: DictConfig, num_fewshot: int | None = None) -> Prompting:
+    """The job's prompting (with `num_fewshot` demonstrations: a searched variant's, else the method's)."""
+    return Prompting.from_config(cfg.eval, cfg.method.num_fewshot if num_fewshot is None else num_fewshot, cfg.seed)

@@ -16,7 +16,7 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.data.splits import DEV_PREFIX
-from sweep.pipeline.build import load_project_tasks
+from sweep.pipeline.build import load_project_tasks, prompting_of
 from sweep.rlhf import judging, preference, reference_replies
 from sweep.rlhf.stages import STAGES
 from sweep.runtime import memory
@@ -60,11 +60,6 @@ def score_reward_model(cfg: DictConfig, built) -> dict[str, float]:
     records.log_figure(preference.distribution_figure(pairs, f"{cfg.data.task}: rewards of held-out pairs"),
                         REWARD_FIGURE)
     return dev | pairs.metrics(cfg.data.task, cfg.seed)
-
-
-def prompting_of(cfg: DictConfig, num_fewshot: int | None = None) -> Prompting:
-    """The job's prompting (with `num_fewshot` demonstrations: a searched variant's, else the method's)."""
-    return Prompting.from_config(cfg.eval, cfg.method.num_fewshot if num_fewshot is None else num_fewshot, cfg.seed)
 
 
 def baseline_settings(cfg: DictConfig) -> baseline_cache.Settings:
