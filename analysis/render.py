@@ -1,14 +1,25 @@
 """Writing a report: one self-contained HTML file (plots embedded as data URIs, no scripts, no
-network), the same content as markdown with the plots as PNG files beside it, and the tidy CSV."""
+network), the same content as markdown with the plots as PNG files beside it, and the tidy CSV.
+
+A shared store is untrusted, and every one of these carries its text (run names, params, tags,
+commands): HTML escapes it; markdown gets it with HTML's characters as entities and markdown's
+link, image, code and emphasis characters backslash-escaped, and commands in code spans no
+backtick can close (a renderer shows it, never runs or fetches it); the CSV prefixes a cell that
+a spreadsheet would take for a formula with an apostrophe (OWASP's advice on CSV injection)."""
 
 from __future__ import annotations
 
 import base64
 import html
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+
+class Code(str):
+    """A line shown as code (a command): a code span in markdown, <pre> in HTML."""
 
 
 @dataclass
@@ -17,12 +28,38 @@ class Report:
     intro: list[str]
     tables: list[tuple[str, pd.DataFrame, str]] = field(default_factory=list)  # (heading, table, note)
     figures: dict[str, bytes] = field(default_factory=dict)
-    best: list[str] = field(default_factory=list)
+    best: list[str] = field(default_factory=list)   # lines; Code ones are commands
+
+
+MD_ESCAPED = re.compile(r"([\\`*\[\]|])")  # (an intraword _ makes no emphasis in CommonMark)
+ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def md_text(value) -> str:
+    """`value` as inert markdown text on one line (see the module docstring)."""
+    text = " ".join(str(value).split())
+    text = "".join(ENTITIES.get(c, c) for c in text)
+    return MD_ESCAPED.sub(r"\\\1", text)
+
+
+def md_code(value) -> str:
+    """`value` as a markdown code span on one line, fenced by more backticks than it holds in a row."""
+    text = " ".join(str(value).split())
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def csv_safe(value):
+    """A text cell a spreadsheet would evaluate (=, +, -, @, tab, CR first) with an apostrophe
+    before it; numbers and other text unchanged."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
 
 
 def md_table(df: pd.DataFrame) -> str:
     cols = list(df.columns)
-    cell = lambda v: " ".join(str(v).split()).replace("|", "\\|")  # noqa: E731  (one line per row)
+    cell = md_text
     lines = ["| " + " | ".join(cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)
@@ -33,12 +70,12 @@ def slug(title: str) -> str:
 
 
 def to_markdown(rep: Report) -> str:
-    parts = [f"# {rep.title}", *rep.intro]
+    parts = [f"# {md_text(rep.title)}", *map(md_text, rep.intro)]
     for heading, table, note in rep.tables:
-        parts += [f"## {heading}", note, md_table(table)] if note else [f"## {heading}", md_table(table)]
+        parts += [f"## {md_text(heading)}", md_text(note) if note else "", md_table(table)]
     if rep.best:
-        parts += ["## Best run", *rep.best]
-    parts += ["## Figures", *(f"![{t}]({slug(t)}.png)" for t in rep.figures)]
+        parts += ["## Best run", *(md_code(line) if isinstance(line, Code) else md_text(line) for line in rep.best)]
+    parts += ["## Figures", *(f"![{md_text(t)}]({slug(t)}.png)" for t in rep.figures)]
     return "\n\n".join(p for p in parts if p) + "\n"
 
 
@@ -59,7 +96,7 @@ def to_html(rep: Report) -> str:
         body.append(table.to_html(index=False, escape=True, border=0))
     if rep.best:
         body.append("<h2>Best run</h2>")
-        body += [f"<pre>{esc(line.strip('`'))}</pre>" if line.startswith("`") else f"<p>{esc(line)}</p>"
+        body += [f"<pre>{esc(line)}</pre>" if isinstance(line, Code) else f"<p>{esc(line)}</p>"
                  for line in rep.best]
     if rep.figures:
         body.append("<h2>Figures</h2>")
@@ -78,5 +115,5 @@ def write(rep: Report, csv: pd.DataFrame, out: Path) -> list[Path]:
         (out / f"{slug(title)}.png").write_bytes(png)
     (out / "index.html").write_text(to_html(rep))
     (out / "report.md").write_text(to_markdown(rep))
-    csv.to_csv(out / "runs.csv", index=False)
+    csv.map(csv_safe).to_csv(out / "runs.csv", index=False)
     return [out / "index.html", out / "report.md", out / "runs.csv"]

@@ -20,7 +20,7 @@ import pandas as pd
 from analysis.figures import figures
 from analysis.instruction_data import instruction_data_view
 from analysis.pipeline import pipeline_view
-from analysis.render import Report, write
+from analysis.render import Code, Report, write
 from analysis.stats import compare_runs
 from analysis.summary import (
     BASELINES,
@@ -300,7 +300,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
         rep.best = [f"{cell(best, 'tags.mlflow.runName')} ({best['run_id']}), {how}: test {metrics[0]} = "
                     f"{fmt(number(best, f'metrics.{metrics[0]}'), number(best, f'metrics.{metrics[0]}_stderr'))}",
                     "Reproduce it (same config, seed and data; compares every metric):",
-                    f"`python reproduce.py {best['run_id']}`", "It was run as:", f"`{command}`"]
+                    Code(f"python reproduce.py {best['run_id']}"), "It was run as:", Code(command)]
     rep.figures = figures(runs, done, metrics) | instruction_figures | pipeline_figures
     return rep, tidy(runs)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass, field
 
 import mlflow
@@ -22,6 +23,7 @@ from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking.records import BASELINE_PANEL, STUDY_METHOD
 from sweep.tracking.store import is_server, runs_page
+from sweep.tracking.untrusted import Unquotable, equals, printable
 
 BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
 STRONGEST = "strongest_baseline"
@@ -56,18 +58,18 @@ def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
     """The sweep's runs, plus the latest finished baselines of the same model, tasks and eval limit
     that the sweep itself did not score (e.g. `make run` scores them in a first sweep): the
     strongest baseline, the zero-shot baseline of each template the sweep used, a few-shot one."""
-    runs = search_runs(experiment, f"tags.sweep_id = '{sweep_id}'")
+    runs = search_runs(experiment, equals("tags.sweep_id", sweep_id))
     if not runs.empty:
         runs = runs[runs["tags.method"] != STUDY_METHOD].reset_index(drop=True)  # the Optuna parent run
     if runs.empty or runs["tags.method"].isin(BASELINES).all():
         return runs
     ref = runs.iloc[0]
-    match = " and ".join([
-        "attributes.status = 'FINISHED'",
-        f"tags.model = '{ref['tags.model']}'",
-        f"tags.tasks = '{ref['tags.tasks']}'",
-        f"params.`eval.limit` = '{ref['params.eval.limit']}'",
-    ])
+    try:
+        match = " and ".join(["attributes.status = 'FINISHED'", equals("tags.model", ref["tags.model"]),
+                              equals("tags.tasks", ref["tags.tasks"]),
+                              equals("params.`eval.limit`", ref["params.eval.limit"])])
+    except Unquotable:  # (a store value no filter can name: no baseline can match it)
+        return runs
     wanted = [(STRONGEST, None), ("few_shot", None)]
     wanted += [("zero_shot", t) for t in dict.fromkeys(template(r) for _, r in runs.iterrows())]
     extra = []
@@ -76,7 +78,11 @@ def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
         if tmpl is not None:
             have &= runs.apply(template, axis=1) == tmpl
         if not have.any():
-            extra_filter = f" and params.`eval.template` = '{tmpl}'" if tmpl not in (None, DEFAULT_TEMPLATE) else ""
+            try:
+                extra_filter = f" and {equals('params.`eval.template`', tmpl)}" \
+                    if tmpl not in (None, DEFAULT_TEMPLATE) else ""
+            except Unquotable:
+                continue
             found = search_runs(experiment, f"{match} and tags.method = '{method}'{extra_filter}")
             if tmpl == DEFAULT_TEMPLATE and not found.empty:
                 found = found[found.apply(template, axis=1) == DEFAULT_TEMPLATE]
@@ -368,8 +374,9 @@ def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None, recor
     table = comparison_table(runs, comparisons).to_string(index=False)
     bands = "\n".join(band_lines(runs) + verdict_lines(runs, comparisons))
     page = runs_page(tracking_uri, runs.iloc[0]["experiment_id"])
-    return (f"\nSweep {sweep_id} — experiment {experiment!r} ({redact(tracking_uri)})\n{table}\n{bands}\n"
+    text = (f"\nSweep {sweep_id} — experiment {experiment!r} ({redact(tracking_uri)})\n{table}\n{bands}\n"
             f"Runs in the MLflow UI{'' if is_server(tracking_uri) else ' (make ui)'}: {page}\n")
+    return "\n".join(printable(line) for line in text.split("\n"))  # store text reaches a terminal
 
 
 def main(argv=None) -> None:
@@ -384,8 +391,9 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     try:
         print(summary_text(a.tracking_uri, a.experiment, a.sweep_id))
-    except LookupError as e:
-        raise SystemExit(f"error: {e}") from None
+    except (LookupError, Unquotable) as e:
+        print(f"error: {printable(redact(str(e)))}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import time
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -149,17 +149,55 @@ def free_port() -> int:
 
 
 @contextmanager
-def throwaway(prefix: str = "sft-sweep-services-"):
+def throwaway_root(prefix: str = "sft-sweep-services-"):
     """Both servers in a fresh temporary folder on free ports, for tests and benchmarks; yields
-    their environment (MLFLOW_TRACKING_URI, OPTUNA_STORAGE); stopped and removed afterwards."""
+    the folder (`read_env` gives their environment); stopped and removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)  # (mkdtemp makes it private, and the postgres user must reach the cluster)
     try:
         start(root, free_port(), free_port())
-        yield read_env(root)
+        yield root
     finally:
         stop(root)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def throwaway(prefix: str = "sft-sweep-services-"):
+    """As throwaway_root, yielding the servers' environment (MLFLOW_TRACKING_URI, OPTUNA_STORAGE)."""
+    with throwaway_root(prefix) as root:
+        yield read_env(root)
+
+
+def stop_postgres(root: Path) -> None:
+    """Stop the cluster at once (`pg_ctl stop -m fast`: open connections are terminated)."""
+    run(as_postgres([str(PG_BIN / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(root / "pg" / "data")]))
+
+
+def pg_port(root: Path) -> int:
+    """The port the cluster under `root` listens on (from its environment file)."""
+    return urlsplit(read_env(root)["OPTUNA_STORAGE"]).port
+
+
+def stop_mlflow(root: Path) -> None:
+    """Stop the tracking server (SIGTERM to its process group, SIGKILL after 10 s)."""
+    pidfile = root / "mlflow.pid"
+    if not pidfile.exists():
+        return
+    pid = int(pidfile.read_text())
+    if alive(pid):
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(100):
+            if not alive(pid):
+                break
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    pidfile.unlink()
+
+
+def mlflow_port(root: Path) -> int:
+    return urlsplit(read_env(root)["MLFLOW_TRACKING_URI"]).port
 
 
 def write_env(root: Path, pg_port: int, mlflow_port: int) -> Path:
@@ -182,18 +220,7 @@ def start(root: Path, pg_port: int, mlflow_port: int) -> None:
 
 
 def stop(root: Path) -> None:
-    pidfile = root / "mlflow.pid"
-    if pidfile.exists():
-        pid = int(pidfile.read_text())
-        if alive(pid):
-            os.killpg(pid, signal.SIGTERM)
-            for _ in range(100):
-                if not alive(pid):
-                    break
-                time.sleep(0.1)
-            else:
-                os.killpg(pid, signal.SIGKILL)
-        pidfile.unlink()
+    stop_mlflow(root)
     data = root / "pg" / "data"
     if (data / "PG_VERSION").exists():
         subprocess.run(as_postgres([str(PG_BIN / "pg_ctl"), "stop", "-m", "fast", "-D", str(data)]),

@@ -124,7 +124,7 @@ def study_of(tmp_path):
     """The study that `optuna_args(tmp_path)` sweeps write."""
     import optuna
 
-    from sweep.study.search import make_storage
+    from sweep.study.storage import make_storage
 
     return optuna.load_study(study_name="study", storage=make_storage(f"{tmp_path}/optuna.journal"))
 

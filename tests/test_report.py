@@ -292,3 +292,54 @@ def test_reproduce_bad_input_is_one_line(tmp_path, one_run):
     assert not (tmp_path / "nothing").exists()
     p = reproduce("0123456789abcdef", "--tracking-uri", one_run[1])
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: Run with id=0123456789abcdef not found"
+
+
+EVIL = ('<script>alert(1)</script><img src=x onerror=alert(1)><iframe src="https://evil.example"></iframe>'
+        '[click](javascript:alert(1)) ![t](https://evil.example/p.png) *x* | y')
+
+
+def test_store_text_stays_text_in_the_markdown_and_the_csv(store):
+    """A teammate's run name and recorded command holding HTML, links, remote images, a broken code
+    span and spreadsheet formulas: rendered as CommonMark (with GFM tables, as GitHub does), the
+    report is the same text and nothing live. (Runs last in this file: it edits the store.)"""
+    from html.parser import HTMLParser
+
+    from markdown_it import MarkdownIt
+
+    _, tracking = store
+    runs = runs_of(tracking)
+    done = runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY_METHOD)]
+    client = mlflow.MlflowClient()
+    evil_command = "python sweep.py a=`id` b=``` " + EVIL
+    for run_id in done["run_id"]:
+        client.log_text(run_id, evil_command, "command.txt")
+    named, formula = done["run_id"].iloc[0], done["run_id"].iloc[1]
+    client.set_tag(named, "mlflow.runName", EVIL)
+    client.set_tag(formula, "mlflow.runName", '=HYPERLINK("https://evil.example","x")')
+    rc, out = make_report(store)
+    assert rc == 0
+    rendered = MarkdownIt("commonmark").enable("table").render((out / "report.md").read_text())
+
+    class Tags(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.codes, self.text = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+
+        def handle_data(self, data):
+            self.text.append(data)
+            if self.tags and self.tags[-1][0] == "code":
+                self.codes.append(data)
+
+    parsed = Tags()
+    parsed.feed(rendered)
+    assert {tag for tag, _ in parsed.tags} <= {"h1", "h2", "p", "table", "thead", "tbody", "tr", "th", "td", "code",
+                                               "img"}
+    assert all(a["src"].endswith(".png") and "://" not in a["src"] for tag, a in parsed.tags if tag == "img")
+    assert EVIL in "".join(parsed.text)  # shown as the text it is
+    assert evil_command in parsed.codes  # the whole command in one code span
+    cells = pd.read_csv(out / "runs.csv", dtype=str)
+    assert "'=HYPERLINK(\"https://evil.example\",\"x\")" in set(cells["run"])
+    assert not [v for v in cells.select_dtypes("object").stack() if str(v).startswith(("=", "@", "+"))]

@@ -468,7 +468,7 @@ def test_report_shows_the_pipeline(pipeline):
 def test_optuna_sweeps_dpo_for_the_win_rate(pipeline, tmp_path):
     import optuna
 
-    from sweep.study.search import make_storage
+    from sweep.study.storage import make_storage
 
     runs, tracking, _ = pipeline
     proc = run_sweep("-m", "hparams_search=dpo_tpe", *TINY, "hydra.sweeper.n_trials=2", "eval.limit=4",

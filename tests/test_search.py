@@ -9,13 +9,8 @@ from optuna.distributions import (
 )
 
 from sweep.config import ConfigError
-from sweep.study.search import (
-    grid_of,
-    make_pruner,
-    make_sampler,
-    make_storage,
-    parse_search_space,
-)
+from sweep.study.search import grid_of, make_pruner, make_sampler, parse_search_space
+from sweep.study.storage import make_storage
 from sweep.study.trials import TrialContext, report_callback
 
 

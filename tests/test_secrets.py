@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 from sweep.runtime.secrets import MASK, redact
-from sweep.study.search import make_storage
+from sweep.study.storage import make_storage
 from tests.conftest import ROOT, TINY, clean_env
 
 

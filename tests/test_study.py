@@ -9,16 +9,8 @@ from optuna.trial import TrialState
 
 from sweep.config import PROJECT_ROOT, ConfigError
 from sweep.study import trials
-from sweep.study.search import (
-    STORAGE_ENV,
-    HeartbeatThread,
-    fail_stale,
-    make_pruner,
-    make_sampler,
-    make_storage,
-    parse_search_space,
-    trial_seed,
-)
+from sweep.study.search import make_pruner, make_sampler, parse_search_space, trial_seed
+from sweep.study.storage import STORAGE_ENV, HeartbeatThread, fail_stale, make_storage
 
 SPACE = parse_search_space(["lora.r=choice(2,8,16)", "train.lr=tag(log,interval(1e-5,1e-2))"])
 

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from sweep.study.search import make_storage
+from sweep.study.storage import make_storage
 from sweep.tracking.records import STUDY_METHOD
 from tests.conftest import ROOT, TINY, clean_env, headless_chromium
 

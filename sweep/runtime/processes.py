@@ -3,12 +3,14 @@ processes this one started.
 
 A SIGKILLed or crashed process runs no cleanup, so what it left RUNNING (an MLflow run, an Optuna
 trial) is closed by the next process on the same host that finds its owner gone. The owner is
-recorded as host, pid and the pid's start time, so a pid the system has reused since is not
-mistaken for the owner.
+recorded as host, PID namespace (`namespace`), pid and the pid's start time, so a pid the system
+has reused since is not mistaken for the owner, and neither is a pid of another container or
+cloned machine that shares the host name: only a process that sees the same pids checks them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -22,6 +24,17 @@ log = logging.getLogger(__name__)
 
 def host() -> str:
     return socket.gethostname()
+
+
+def namespace() -> str:
+    """Which pids this process sees: its machine's boot (cloned machines differ) and its PID
+    namespace (containers differ), hashed short; "" where /proc does not say."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        pid_ns = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return hashlib.sha256(f"{boot} {pid_ns}".encode()).hexdigest()[:12]
 
 
 def start_time(pid: int) -> str | None:
@@ -54,14 +67,16 @@ def _exists(pid: int) -> bool:
 
 def owner_tags() -> dict[str, str]:
     """Tags naming this process as the owner of a run."""
-    return {"host": host(), "pid": str(os.getpid()), "pid_start": start_time(os.getpid()) or ""}
+    return {"host": host(), "pid_namespace": namespace(), "pid": str(os.getpid()),
+            "pid_start": start_time(os.getpid()) or ""}
 
 
 def owner_gone(tags: dict[str, str]) -> bool:
-    """Whether the process these tags name (owner_tags of another run) is gone. Only this host's
-    processes can be checked; a tag that is not a pid (a store is untrusted) counts as alive."""
+    """Whether the process these tags name (owner_tags of another run) is gone. Only the processes
+    of this host and PID namespace can be checked (a run without the namespace tag cannot be); a
+    tag that is not a pid (a store is untrusted) counts as alive."""
     pid = tags.get("pid", "")
-    if tags.get("host") != host() or not pid.isdigit():
+    if tags.get("host") != host() or tags.get("pid_namespace") != namespace() or not pid.isdigit():
         return False
     now = start_time(int(pid))
     return now is None or (bool(tags.get("pid_start")) and bool(now) and now != tags["pid_start"])

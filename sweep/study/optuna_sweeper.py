@@ -38,19 +38,14 @@ from sweep.study import study_runs, trials
 from sweep.study.search import (
     PRUNERS,
     SAMPLERS,
-    STORAGE_ENV,
-    HeartbeatThread,
     SearchSpace,
-    fail_stale,
     grid_size,
     make_pruner,
     make_sampler,
-    make_storage,
     parse_search_space,
     prunes,
-    requeue,
-    storage_url,
 )
+from sweep.study.storage import STORAGE_ENV, HeartbeatThread, fail_stale, make_storage, requeue, storage_url
 from sweep.tracking.store import open_experiment
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -59,8 +54,9 @@ log = logging.getLogger(__name__)
 
 
 def worker_id() -> str:
-    """host:pid, recorded on every trial this process asks for."""
-    return f"{processes.host()}:{os.getpid()}"
+    """host:namespace:pid, recorded on every trial this process asks for (processes.namespace:
+    pids are compared only between processes that share one)."""
+    return f"{processes.host()}:{processes.namespace()}:{os.getpid()}"
 
 
 class SweepFailedError(RuntimeError):
@@ -68,13 +64,14 @@ class SweepFailedError(RuntimeError):
 
 
 def recover_local_dead_trials(study: optuna.Study) -> None:
-    """Fail the RUNNING trials of workers on this host that no longer exist, and queue them again.
+    """Fail the RUNNING trials of workers on this host (in this PID namespace) that no longer
+    exist, and queue them again.
     The journal file has no heartbeat, so on one machine this PID check is what finds them (on an
     RDB storage it only finds them sooner than the heartbeat's grace period)."""
-    host = processes.host()
+    here = f"{processes.host()}:{processes.namespace()}"
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if worker_host == host and pid.isdigit() and not processes.alive(int(pid)):
+        where, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if where == here and pid.isdigit() and not processes.alive(int(pid)):
             try:
                 study.tell(t.number, state=TrialState.FAIL)
             except (ValueError, RuntimeError):  # another worker recovered it first
@@ -314,20 +311,35 @@ class OptunaSweeper(Sweeper):
             outcome = ret.return_value  # raises what the job raised, if it did not catch it
         except Exception as e:
             log.error("trial %d failed: %s: %s", trial.number, type(e).__name__, e)
-            study.tell(trial, state=TrialState.FAIL)
+            self._settle(study, trial, TrialState.FAIL)
             return
         if outcome.status == "FINISHED":
             missing = [o for o in self.selection if o not in outcome.metrics]
             if missing:
-                study.tell(trial, state=TrialState.FAIL)
                 log.error("trial %d: the run has no metric %r (hydra.sweeper.objective); it has %s", trial.number,
                           missing[0], ", ".join(sorted(outcome.metrics)))
+                self._settle(study, trial, TrialState.FAIL)
                 return
-            study.tell(trial, [outcome.metrics[o] for o in self.selection])  # development scores only
-        elif outcome.status == "PRUNED":
-            study.tell(trial, state=TrialState.PRUNED)
+            values = [outcome.metrics[o] for o in self.selection]  # development scores only
+            self._settle(study, trial, TrialState.COMPLETE, values, outcome.run_id)
         else:
-            study.tell(trial, state=TrialState.FAIL)
+            self._settle(study, trial, TrialState.PRUNED if outcome.status == "PRUNED" else TrialState.FAIL)
+
+    def _settle(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, values=None,
+                run_id: str | None = None) -> None:
+        """Tell the study how `trial` ended, unless another worker has settled it meanwhile: this
+        worker lost the study for longer than the grace period (a partition, a paused machine), so
+        the trial was failed and queued again. Then the result is late: it is not counted, and
+        its run is closed as superseded by the retry."""
+        study.tell(trial, values, state=None if values else state, skip_if_finished=True)
+        now = study._storage.get_trial(trial._trial_id)
+        if now.state == state or run_id is None:
+            return
+        retry = next((t.number for t in study.get_trials(deepcopy=False)
+                      if t.user_attrs.get("retry_of") == trial.number), None)
+        log.warning("trial %d finished after another worker had failed it as stale and queued it again (trial %s): "
+                    "its result is not counted", trial.number, retry)
+        study_runs.close_superseded_run(self.client, run_id, retry)
 
     def _recover(self, study: optuna.Study) -> None:
         """Fail and requeue the trials of dead workers: on this host by PID, anywhere by heartbeat;

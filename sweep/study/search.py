@@ -1,4 +1,4 @@
-"""Optuna search spaces from Hydra's override grammar, and the study's sampler, pruner and storage.
+"""Optuna search spaces from Hydra's override grammar, and the study's sampler and pruner.
 
 `choice(a,b)` -> categorical, `range(lo,hi,step=s)` -> int (or stepped float) grid, `interval(lo,hi)`
 -> float (Hydra parses interval ends as floats: `tag(int, interval(lo,hi))` makes it an int),
@@ -9,12 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -32,16 +29,10 @@ from optuna.distributions import (
 )
 
 from sweep.config import ConfigError
-from sweep.runtime.secrets import redact
 
 SAMPLERS = ("tpe", "random", "grid", "gp", "nsgaii")
 PRUNERS = ("none", "median", "hyperband")
-# The study storage URL travels to workers and jobs through this variable, never on a command
-# line (`ps` would show its password); it is also where a user's shell names a shared study.
-STORAGE_ENV = "OPTUNA_STORAGE"
-# ask/tell with a heartbeat is what we do on purpose (see HeartbeatThread); Optuna flags heartbeats,
-# the matplotlib plots and some samplers as experimental: they are what we use.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+# Optuna flags the GP and NSGA samplers and the matplotlib plots as experimental: they are what we use.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
@@ -191,83 +182,3 @@ def make_pruner(name: str) -> optuna.pruners.BasePruner:
     raise ConfigError(f"hydra.sweeper.pruner={name!r} is invalid: choose one of {', '.join(PRUNERS)}")
 
 
-def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Queue the parameters of a trial whose worker died, so that another worker runs them again
-    (`retry_of` marks the copy; the failed original then does not count towards n_trials)."""
-    study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number}, skip_if_exists=False)
-
-
-def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180):
-    """An RDB URL (postgresql://..., sqlite:///...) or a journal file path (`*.log`/`*.journal`).
-
-    The journal file is the local default: Optuna's file backend locks it, so several local
-    processes can share one study without SQLite's "database is locked" errors. RDB storages get
-    a heartbeat: a trial whose worker stopped beating for `grace_period` seconds is failed by any
-    other worker and its parameters queued again (`fail_stale`).
-    """
-    if "://" in url:
-        import sqlalchemy.exc
-
-        try:
-            with warnings.catch_warnings():  # (a filter set at import may have been reset by a library since)
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=heartbeat_interval,
-                                                  grace_period=grace_period, heartbeat_stale_trial_callback=requeue)
-        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-            raise ConfigError(f"hydra.sweeper.storage={redact(url)!r} cannot be opened ({redact(reason)}); start the "
-                              f"database (`make services`) or fix the URL, or leave it unset for the local "
-                              f"journal file") from None
-    Path(url).parent.mkdir(parents=True, exist_ok=True)
-    backend = optuna.storages.journal.JournalFileBackend(url)
-    return optuna.storages.JournalStorage(backend)
-
-
-def storage_url(configured: str | None, default: str) -> str:
-    """The sweeper's storage: configured, else the environment's OPTUNA_STORAGE, else the default."""
-    return configured or os.environ.get(STORAGE_ENV) or default
-
-
-def has_heartbeat(storage) -> bool:
-    return isinstance(storage, optuna.storages._heartbeat.BaseHeartbeat) and bool(storage.get_heartbeat_interval())
-
-
-def fail_stale(study: optuna.Study) -> None:
-    """Fail the RUNNING trials whose worker stopped beating (any host), queueing them again."""
-    if has_heartbeat(study._storage):
-        optuna.storages.fail_stale_trials(study)
-
-
-class HeartbeatThread:
-    """Beats for the running trials of this worker while their jobs run.
-
-    Optuna beats only inside `study.optimize`, which runs the objective in this process; the
-    sweeper runs trials with ask/tell and hands them to a Hydra launcher (which may run them in
-    other processes or on other hosts), so it beats for them itself, through the storage's own
-    `record_heartbeat`."""
-
-    def __init__(self, storage, trial_ids: list[int]) -> None:
-        self.storage, self.trial_ids = storage, trial_ids
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="optuna-heartbeat", daemon=True)
-
-    def _run(self) -> None:
-        interval = self.storage.get_heartbeat_interval()
-        while True:
-            for trial_id in self.trial_ids:
-                try:
-                    self.storage.record_heartbeat(trial_id)
-                except Exception:  # a storage hiccup: the next beat retries; the grace period covers it
-                    pass
-            if self._stop.wait(interval):
-                return
-
-    def __enter__(self) -> HeartbeatThread:
-        if has_heartbeat(self.storage):
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()

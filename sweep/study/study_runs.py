@@ -22,6 +22,7 @@ from mlflow.exceptions import MlflowException
 from sweep.data.splits import test_metric
 from sweep.runtime.secrets import redact
 from sweep.tracking.records import STUDY_METHOD
+from sweep.tracking.untrusted import equals
 
 PARENT_ATTR = "mlflow_parent_run_id"  # the study user attribute that names its parent run
 PARENT_WAIT_SECONDS = 60  # how long a worker waits for the study's creator to record the parent
@@ -63,7 +64,7 @@ def close_dead_runs(client: mlflow.MlflowClient, experiment: str, study_name: st
     other just set: a unique-key violation on a database) leaves the run to the other."""
     exp = client.get_experiment_by_name(experiment)
     for n in numbers if exp else []:
-        for run in client.search_runs([exp.experiment_id], f"tags.`optuna.study_name` = '{study_name}' and "
+        for run in client.search_runs([exp.experiment_id], f"{equals('tags.`optuna.study_name`', study_name)} and "
                                       f"tags.`optuna.trial_number` = '{n}' and attributes.status = 'RUNNING'"):
             try:
                 client.set_tag(run.info.run_id, "optuna.state", "FAIL")
@@ -73,6 +74,16 @@ def close_dead_runs(client: mlflow.MlflowClient, experiment: str, study_name: st
             except MlflowException as e:
                 log.info("run %s of dead trial %d: closed by another worker (%s)", run.info.run_id, n,
                          redact(str(e)).splitlines()[0])
+
+
+def close_superseded_run(client: mlflow.MlflowClient, run_id: str, retry: int | None) -> None:
+    """A trial's run that finished after its trial had been failed and queued again: KILLED, and
+    tagged with the trial that ran its configuration again (whose run is the one that counts)."""
+    client.set_tag(run_id, "optuna.state", "FAIL")
+    client.set_tag(run_id, "superseded_by_trial", str(retry))
+    client.set_tag(run_id, "error", "finished after its worker had been taken for dead; the trial was queued again "
+                                    f"as trial {retry}, whose run counts")
+    client.set_terminated(run_id, "KILLED")
 
 
 def best_trials(study: optuna.Study, n_objectives: int) -> list:
@@ -108,7 +119,7 @@ def test_scores(client: mlflow.MlflowClient, experiment: str, study_name: str, n
     exp = client.get_experiment_by_name(experiment)
     runs = [] if exp is None else client.search_runs(
         [exp.experiment_id],
-        f"tags.`optuna.study_name` = '{study_name}' and tags.`optuna.trial_number` = '{number}' and "
+        f"{equals('tags.`optuna.study_name`', study_name)} and tags.`optuna.trial_number` = '{number}' and "
         "attributes.status = 'FINISHED'", max_results=1)
     metrics = runs[0].data.metrics if runs else {}
     tested = [test_metric(o) for o in objectives if o != test_metric(o)]

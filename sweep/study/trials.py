@@ -16,7 +16,8 @@ import optuna
 from omegaconf import DictConfig
 
 from sweep.config import ConfigError
-from sweep.study.search import STORAGE_ENV, make_pruner, make_storage, prunes
+from sweep.study.search import make_pruner, prunes
+from sweep.study.storage import STORAGE_ENV, make_storage
 
 
 @dataclass

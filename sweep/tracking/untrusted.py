@@ -1,0 +1,32 @@
+"""Text read from a shared tracking store, made safe for where it goes next: an MLflow search
+filter (a quote in a tag must not end the filter's string) and a terminal (escape sequences in a
+run name must not reach another user's terminal). The report's markdown and CSV have their own
+escaping (analysis/render.py)."""
+
+from __future__ import annotations
+
+import re
+
+# C0 and C1 control characters (ESC starts terminal sequences; CR and BS overwrite what is shown).
+CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+class Unquotable(ValueError):
+    """A value holding both kinds of quote: no MLflow filter string can hold it."""
+
+
+def equals(field: str, value) -> str:
+    """The MLflow filter clause `field = <value>`, the value quoted so that no quote in it ends
+    the string (MLflow's filter grammar has no escape inside quotes, but takes either kind)."""
+    text = str(value)
+    if "'" not in text:
+        return f"{field} = '{text}'"
+    if '"' not in text:
+        return f'{field} = "{text}"'
+    raise Unquotable(f"{printable(text)[:80]!r} holds both ' and \": it cannot be searched for")
+
+
+def printable(value) -> str:
+    """`value` as text with control characters (terminal escapes, carriage returns, newlines)
+    shown as U+FFFD."""
+    return CONTROL.sub("\ufffd", str(value))

@@ -1,0 +1,186 @@
+"""Faults a team's servers and workers meet, injected for real (docs/reliability.md): the study
+database restarting mid-sweep, a worker that stops answering for longer than the grace period and
+comes back, a live run in another PID namespace. Nothing is simulated by a flag in the code under
+test: servers are stopped and started, processes are paused with signals."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import mlflow
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from scripts import services as servers
+from sweep.study.storage import fail_stale, make_storage
+from sweep.tracking.records import STUDY_METHOD
+from tests.conftest import ROOT, TINY, clean_env
+from tests.test_team import start_worker, wait_for
+
+pytestmark = pytest.mark.e2e
+HEARTBEAT, GRACE = 1, 8  # seconds: a worker silent for GRACE is taken for dead
+
+
+@pytest.fixture(scope="module")
+def team():
+    """The team's servers of this file's own (their restarts must not reach other tests):
+    (folder, environment)."""
+    with servers.throwaway_root("sft-sweep-faults-") as root:
+        yield root, servers.read_env(root)
+
+
+def sweep_args(study_name: str, experiment: str, n_trials: int, steps: int) -> list[str]:
+    return ["-m", "hydra/sweeper=optuna", *TINY, f"train.max_steps={steps}", f"hydra.sweeper.n_trials={n_trials}",
+            f"hydra.sweeper.study_name={study_name}", f"hydra.sweeper.heartbeat_interval={HEARTBEAT}",
+            f"hydra.sweeper.grace_period={GRACE}", "train.lr=tag(log,interval(1e-4,1e-2))", "lora.r=choice(1,2,4)",
+            f"tracking.experiment={experiment}"]
+
+
+def start_workers(n: int, args: list[str], env: dict, tmp_path) -> list[subprocess.Popen]:
+    return [start_worker("local", [*args, f"hydra.sweep.dir={tmp_path}/{i}"], env, tmp_path / f"w{i}.log")
+            for i in range(n)]
+
+
+def load_study(env: dict, study_name: str) -> optuna.Study:
+    storage = make_storage(env["OPTUNA_STORAGE"])
+    return wait_for(lambda: optuna.load_study(study_name=study_name, storage=storage)
+                    if study_name in optuna.get_all_study_names(storage) else None, 180, "the study")
+
+
+def training_trial(study: optuna.Study, experiment: str, worker: subprocess.Popen | None = None):
+    """A RUNNING trial (of `worker`, if given) whose run has logged a training loss."""
+    client = mlflow.MlflowClient()
+    for t in study.get_trials(states=(TrialState.RUNNING,)):
+        if worker and not t.user_attrs.get("worker", "").endswith(f":{worker.pid}"):
+            continue
+        runs = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.`optuna.trial_number` = "
+                                  f"'{t.number}' and attributes.status = 'RUNNING'")
+        if not runs.empty and client.get_metric_history(runs.iloc[0]["run_id"], "train/loss"):
+            return t
+
+
+def assert_whole(study: optuna.Study, experiment: str, n_trials: int):
+    """Exactly `n_trials` COMPLETE trials, each with exactly one FINISHED run; nothing RUNNING."""
+    trials = study.get_trials()
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == n_trials, [(t.number, t.state.name, t.user_attrs) for t in trials]
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    assert "RUNNING" not in set(runs["status"])
+    kids = runs[runs["tags.method"] != STUDY_METHOD]
+    for t in complete:
+        mine = kids[(kids["tags.optuna.trial_number"] == str(t.number)) & (kids["status"] == "FINISHED")]
+        assert len(mine) == 1, (t.number, kids[["tags.optuna.trial_number", "status"]].to_dict("records"))
+    return trials, kids
+
+
+def test_a_sweep_rides_out_its_study_database_restarting(team, tmp_path):
+    """PostgreSQL stopped for longer than the grace period while two workers train, then started:
+    both reconnect, no live trial is taken for dead, the study ends with exactly n COMPLETE trials.
+    (Before: the next storage call after the restart raised StorageInternalError and the worker
+    died with its finished trial untold.)"""
+    root, env = team
+    experiment, study_name, n = f"restart-{uuid.uuid4().hex[:6]}", f"restart-{uuid.uuid4().hex[:6]}", 4
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    workers = start_workers(2, sweep_args(study_name, experiment, n, steps=60), clean_env() | env, tmp_path)
+    study = load_study(env, study_name)
+    wait_for(lambda: training_trial(study, experiment), 240, "a trial to train")
+    servers.stop_postgres(root)
+    time.sleep(GRACE + 4)
+    servers.start_postgres(root, servers.pg_port(root))
+    for i, w in enumerate(workers):
+        assert w.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
+    trials, _ = assert_whole(study, experiment, n)
+    assert not [t for t in trials if t.state == TrialState.FAIL]  # nobody was taken for dead
+
+
+def test_storage_calls_wait_for_the_database_and_nobody_is_taken_for_dead_after_it(team):
+    """Calls made while PostgreSQL is down wait for it and then succeed (before: StorageInternalError
+    at once); a worker that lost the database does not fail another's trial as stale right after it
+    returns (everyone's heartbeats are old then), but does once the owner has stayed silent for a
+    grace period after."""
+    root, env = team
+    name = f"calls-{uuid.uuid4().hex[:6]}"
+    owner = optuna.create_study(study_name=name, storage=make_storage(env["OPTUNA_STORAGE"], HEARTBEAT, GRACE))
+    other = optuna.load_study(study_name=name, storage=make_storage(env["OPTUNA_STORAGE"], HEARTBEAT, GRACE))
+    told, running = owner.ask(), owner.ask()
+    owner._storage.record_heartbeat(running._trial_id)
+    servers.stop_postgres(root)
+    restart = threading.Timer(GRACE + 2, servers.start_postgres, (root, servers.pg_port(root)))
+    restart.start()
+    try:
+        started = time.monotonic()
+        owner.tell(told, 1.0)  # waits for the database
+        assert time.monotonic() - started > GRACE
+    finally:
+        restart.join()
+    assert len(other.get_trials()) == 2  # the other worker's next call finds the database again
+    fail_stale(other)  # right after the outage: the owner's beat is old, but so is everyone's
+    assert owner.get_trials()[running.number].state == TrialState.RUNNING
+    assert owner.get_trials()[told.number].state == TrialState.COMPLETE
+    owner._storage.record_heartbeat(running._trial_id)  # the owner beats again: still alive
+    time.sleep(GRACE + 1)
+    fail_stale(other)  # ...and then stays silent for a grace period: dead
+    assert owner.get_trials()[running.number].state == TrialState.FAIL
+
+
+def test_a_worker_silent_past_the_grace_period_comes_back_without_double_counting(team, tmp_path):
+    """A worker (sweep and job) paused with SIGSTOP past the grace period, as a partition or a
+    suspended machine would: the other worker fails its trial and runs it again; when it resumes,
+    its late result is not counted, its run is closed as superseded by the retry, and it carries
+    on. (Before: `Cannot tell a FAIL trial` ended the worker.)"""
+    _, env = team
+    experiment, study_name, n = f"pause-{uuid.uuid4().hex[:6]}", f"pause-{uuid.uuid4().hex[:6]}", 3
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    workers = start_workers(2, sweep_args(study_name, experiment, n, steps=60), clean_env() | env, tmp_path)
+    study = load_study(env, study_name)
+    victim = wait_for(lambda: training_trial(study, experiment, workers[0]), 240, "worker 0 to train a trial")
+    os.killpg(workers[0].pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: study.get_trials()[victim.number].state == TrialState.FAIL, 120,
+                 "the paused worker's trial to be failed as stale")
+        time.sleep(2)
+    finally:
+        os.killpg(workers[0].pid, signal.SIGCONT)
+    for i, w in enumerate(workers):
+        assert w.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
+    trials, kids = assert_whole(study, experiment, n)
+    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.params == victim.params and retry.state == TrialState.COMPLETE
+    [late] = kids[kids["tags.optuna.trial_number"] == str(victim.number)].to_dict("records")
+    assert late["status"] == "KILLED" and late["tags.superseded_by_trial"] == str(retry.number)
+
+
+CAN_UNSHARE_PID = os.geteuid() == 0 and subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                                                       capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not CAN_UNSHARE_PID, reason="needs root and unshare(1) to start a process in a new PID namespace")
+def test_a_live_run_in_another_pid_namespace_is_not_taken_for_dead(tmp_path):
+    """A container sharing the host name: its process's pid means nothing here, so a job starting
+    here must not close its live run. (Before: host and pid matched a process of this namespace,
+    or none, and the live run was closed KILLED.)"""
+    from sweep.tracking.store import close_orphaned_runs
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    code = ("import sys, time, mlflow; from sweep.runtime import processes; mlflow.set_tracking_uri(sys.argv[1]);"
+            "run = mlflow.start_run(tags=processes.owner_tags()); print(run.info.run_id, flush=True); time.sleep(120)")
+    proc = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code, uri],
+                            cwd=ROOT, stdout=subprocess.PIPE, text=True, env=clean_env() | {"PYTHONPATH": str(ROOT)})
+    try:
+        run_id = proc.stdout.readline().strip()
+        mlflow.set_tracking_uri(uri)
+        run = mlflow.get_run(run_id)
+        assert run.data.tags["pid"] == "1"  # the first process of its namespace
+        assert close_orphaned_runs(run.info.experiment_id) == []
+        assert mlflow.get_run(run_id).info.status == "RUNNING"
+    finally:
+        proc.kill()
+        proc.wait()
