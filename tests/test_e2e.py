@@ -2,6 +2,7 @@
 
 import json
 import re
+import sqlite3
 from pathlib import Path
 
 import mlflow
@@ -194,11 +195,18 @@ def test_lora_budget_experiment_sweeps_seven_weight_types_on_two_tasks(tracking)
 
 
 def test_baselines_are_scored_once_and_reused(tracking):
-    """A second identical baseline run reuses the first's scores (tagged cached=true with a link);
-    another limit, or eval.cache=false, scores afresh."""
+    """A second identical baseline run reuses the first's scores (tagged cached=true with a link)
+    from its verified scores file, not from metric rows someone edited in the store; another limit,
+    or eval.cache=false, scores afresh."""
     args = ["-m", *TINY, *tracking, "method=zero_shot,few_shot", "eval.num_fewshot=2"]
-    first, again = run_sweep(*args), run_sweep(*args)
-    assert first.returncode == 0 and again.returncode == 0, again.stderr[-3000:]
+    first = run_sweep(*args)
+    assert first.returncode == 0, first.stderr[-3000:]
+    scored = {r["run_id"]: r["metrics.sst2/acc"] for r in runs_of(tracking).to_dict("records")}
+    with sqlite3.connect(tracking[0].split("///", 1)[1]) as db:  # a teammate edits the shared store's scores
+        for table in ("metrics", "latest_metrics"):
+            db.execute(f"UPDATE {table} SET value = 0.999 WHERE key = 'sst2/acc'")
+    again = run_sweep(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("reusing the scores of run") == 2
     for extra in (["eval.limit=4"], ["eval.cache=false"]):
         assert run_sweep(*TINY, *tracking, "method=zero_shot", *extra).returncode == 0
@@ -207,7 +215,8 @@ def test_baselines_are_scored_once_and_reused(tracking):
     for src, hit in zip(fresh, cached):
         assert src["tags.cached"] == "false" and hit["tags.cached"] == "true"
         assert hit["tags.cached_from"] == src["run_id"] and hit["tags.baseline_key"] == src["tags.baseline_key"]
-        assert hit["metrics.sst2/acc"] == src["metrics.sst2/acc"] and hit["status"] == "FINISHED"
+        assert src["metrics.sst2/acc"] == 0.999 and hit["metrics.sst2/acc"] == scored[src["run_id"]] != 0.999
+        assert hit["status"] == "FINISHED"
         assert src["run_id"] in hit["tags.mlflow.note.content"]
         assert {"lm_eval_results.json", "config.yaml", "data_sha256.json"} <= set(artifacts(hit["run_id"]))
     assert other_limit["tags.cached"] == "false" and other_limit["tags.baseline_key"] != fresh[0]["tags.baseline_key"]
@@ -217,7 +226,7 @@ def test_baselines_are_scored_once_and_reused(tracking):
         results = Path(source["artifact_uri"].removeprefix("file://")) / "lm_eval_results.json"
         results.write_text(results.read_text().replace('"acc,none": ', '"acc,none": 0.99 + 0 * ', 1))
     p = run_sweep(*TINY, *tracking, "method=zero_shot")
-    assert p.returncode == 0 and p.stdout.count("results do not hash to what it recorded; not reused") == 2
+    assert p.returncode == 0 and p.stdout.count("results or scores do not hash to what it recorded; not reused") == 2
     assert runs_of(tracking).to_dict("records")[-1]["tags.cached"] == "false"
 
 

@@ -158,6 +158,34 @@ def test_a_worker_silent_past_the_grace_period_comes_back_without_double_countin
     assert late["status"] == "KILLED" and late["tags.superseded_by_trial"] == str(retry.number)
 
 
+def test_a_failure_while_the_tracking_server_is_down_is_recorded_failed_never_finished(team, tmp_path):
+    """The tracking server stops mid-training, with the client set not to retry
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0, as a user who wants to fail fast sets it): the job's next
+    write fails, and so does recording the failure, until the server is back seconds later. The
+    run ends FAILED with its error, never FINISHED by MLflow's exit hook. (Before: three tries in a
+    second, then the exit hook ended it with its default status, or nothing did.)"""
+    root, env = team
+    experiment = f"down-{uuid.uuid4().hex[:6]}"
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    job_env = clean_env() | env | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    with open(tmp_path / "job.log", "w") as out:
+        proc = subprocess.Popen([sys.executable, "sweep.py", *TINY, "train.max_steps=100000", "train.logging_steps=1",
+                                 f"tracking.experiment={experiment}"], cwd=ROOT, env=job_env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+    def training_run():
+        runs = mlflow.search_runs(experiment_names=[experiment])
+        return not runs.empty and mlflow.MlflowClient().get_metric_history(runs.iloc[0]["run_id"], "train/loss")
+    wait_for(training_run, 240, "the job to train")
+    servers.stop_mlflow(root)
+    time.sleep(3)
+    servers.start_mlflow(root, servers.pg_port(root), servers.mlflow_port(root))
+    assert proc.wait(timeout=300) != 0
+    [run] = mlflow.search_runs(experiment_names=[experiment]).to_dict("records")
+    assert run["status"] == "FAILED", (tmp_path / "job.log").read_text()[-3000:]
+    assert "Connection" in run["tags.error"] or "connection" in run["tags.error"]
+
+
 CAN_UNSHARE_PID = os.geteuid() == 0 and subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
                                                        capture_output=True).returncode == 0
 

@@ -141,9 +141,9 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
     files = task_files(job.project.tasks)
     if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed, lm-eval (and judge)
         key = baseline_cache.cache_key(baseline_settings(cfg), job.project.manager, files, job.lineage.judge)
-        source = baseline_cache.find_source(key) if cfg.eval.cache else None
-        if source is not None:
-            return reuse_baseline(cfg, job, experiment_id, name, tags | {baseline_cache.KEY_TAG: key}, source,
+        found = baseline_cache.find_source(key) if cfg.eval.cache else None
+        if found is not None:
+            return reuse_baseline(cfg, job, experiment_id, name, tags | {baseline_cache.KEY_TAG: key}, *found,
                                   start_memory)
         tags |= {baseline_cache.KEY_TAG: key, "cached": "false"}
     built = build(cfg, job.project, job.generated, job.lineage, job.slices)
@@ -165,6 +165,8 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
                                            job.project.manager, files, job.lineage.policy)
                if has_reference else None)
         metrics |= score_and_record(cfg, built, name, key)
+        if not cfg.method.trains:
+            baseline_cache.record_scores()  # what a later reuse of this baseline reads
         return JobOutcome("FINISHED", sweep, run.info.run_id, metrics)
 
 
@@ -174,12 +176,12 @@ def resolved(cfg: DictConfig) -> dict:
 
 
 def reuse_baseline(cfg: DictConfig, job: Prepared, experiment_id: str, name: str, tags: dict, source,
-                   start_memory: dict) -> JobOutcome:
+                   scores: dict, start_memory: dict) -> JobOutcome:
     with lifecycle.mlflow_run(experiment_id, name, tags) as run:
         records.log_inputs(resolved(cfg), task_files(job.project.tasks), job_datasets(cfg, job.project.tasks))
         used = start_memory | memory.peak_mb()
         records.log_metrics(used)
-        metrics = baseline_cache.log_reused(source) | used
+        metrics = baseline_cache.log_reused(source, scores) | used
         log.info("%s: reusing the scores of run %s (baseline cache; eval.cache=false scores again): %s", name,
                  source.info.run_id, ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if is_task_metric(k)))
         return JobOutcome("FINISHED", job.sweep_id, run.info.run_id, metrics)

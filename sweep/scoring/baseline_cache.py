@@ -7,7 +7,9 @@ sweep trains. A 4-shot pass of a 135M model over 1,000 examples takes minutes on
 every sweep wants it beside its runs, so a finished baseline run is found by the key of those
 inputs (tag `baseline_key`: contents, never paths) and its scores
 are logged again in a new run, tagged `cached=true` and `cached_from=<source run>`, with the same
-per-example predictions (so paired tests still work). A judged baseline (eval.judge_run_id) has the
+per-example predictions (so paired tests still work). The scores reused are those of the source's
+`baseline_scores.json`, kept only when it hashes to the sha256 the run recorded as it finished,
+never its metric rows: anyone on a team can edit those in a shared store. A judged baseline (eval.judge_run_id) has the
 reward model's adapter in its key and reuses its judged replies too. MLflow is the cache: nothing is stored
 elsewhere, and deleting the source run ends the reuse. `eval.cache=false` always scores.
 """
@@ -19,6 +21,7 @@ import hashlib
 import importlib.metadata
 import json
 import logging
+import math
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +37,10 @@ from sweep.tracking import records, reuse
 log = logging.getLogger(__name__)
 
 RESULTS = "lm_eval_results.json"
+SCORES, SCORES_HASH_TAG = "baseline_scores.json", "scores_sha256"  # what reuse reads, and its hash
+SUMMARY_METRICS = ("trainable_params", "total_params", "model_memory_mb")  # reused beside the <task>/<metric> ones
 KEY_TAG = "baseline_key"  # a freshly scored baseline's cache key (tag `cached=false`)
-REUSED_ARTIFACTS = (RESULTS, records.BASELINE_PANEL, records.JUDGED_REPLIES, records.DEV_JUDGED_REPLIES)
+REUSED_ARTIFACTS = (RESULTS, SCORES, records.BASELINE_PANEL, records.JUDGED_REPLIES, records.DEV_JUDGED_REPLIES)
 # The harness's own scoring code: a change to any of these scores differently, so it is in the key.
 SCORING_CODE = tuple(f"sweep.{m}" for m in (
     "scoring.evaluate", "scoring.registry", "scoring.results", "scoring.fewshot", "scoring.calibration",
@@ -109,28 +114,60 @@ def task_content(task_cfg) -> dict:
     return content(dict(task_cfg))
 
 
+def scored_metrics(metrics: dict) -> dict[str, float]:
+    """The metrics a reuse carries over: the tasks' scores (each draw's too) and the model's size."""
+    return {k: v for k, v in metrics.items() if "/" in k or k in SUMMARY_METRICS}
+
+
+def record_scores() -> None:
+    """Write the active run's scores, each draw's history included, as SCORES with its sha256 (tag
+    SCORES_HASH_TAG): what a later reuse reads (a freshly scored baseline does this last)."""
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    metrics = scored_metrics(client.get_run(run_id).data.metrics)
+    draws = {k: [[p.step, p.value] for p in client.get_metric_history(run_id, k)] for k in metrics
+             if k.startswith("draw/")}
+    text = json.dumps({"metrics": metrics, "draws": draws}, sort_keys=True)
+    with interrupts.atomic_write():
+        mlflow.log_text(text, SCORES)
+        mlflow.set_tag(SCORES_HASH_TAG, hashlib.sha256(text.encode()).hexdigest())
+
+
+def read_scores(path: Path) -> dict | None:
+    """The scores file's content if it has the shape record_scores writes (names to finite numbers,
+    draws as [step, value] pairs), else None."""
+    try:
+        data = json.loads(path.read_text())
+        metrics = {str(k): float(v) for k, v in data["metrics"].items()}
+        draws = {str(k): [(int(s), float(v)) for s, v in points] for k, points in data["draws"].items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    finite = all(math.isfinite(v) for v in [*metrics.values(), *(v for ps in draws.values() for _, v in ps)])
+    return {"metrics": metrics, "draws": draws} if finite else None
+
+
 def find_source(key: str):
-    """The latest finished, freshly scored run with this key, in any experiment of the store,
-    whose results file still hashes to what the run recorded (tag `results_sha256`)."""
+    """(run, scores): the latest finished, freshly scored run with this key, in any experiment of
+    the store, whose results and scores files still hash to what the run recorded; None if none."""
     for run in reuse.finished_runs(KEY_TAG, key, conditions="tags.cached = 'false'"):
-        with reuse.verified_download(run, RESULTS, records.RESULTS_HASH_TAG) as results:
-            if results is not None:
-                return run
-        log.warning("baseline cache: run %s has this key but its results do not hash to what it recorded; "
-                    "not reused", run.info.run_id)
+        with reuse.verified_download(run, RESULTS, records.RESULTS_HASH_TAG) as results, \
+                reuse.verified_download(run, SCORES, SCORES_HASH_TAG) as scores:
+            found = read_scores(scores) if results is not None and scores is not None else None
+            if found is not None:
+                return run, found
+        log.warning("baseline cache: run %s has this key but its results or scores do not hash to what it "
+                    "recorded; not reused", run.info.run_id)
     return None
 
 
-def log_reused(source) -> dict[str, float]:
-    """Log the source run's scores (each draw's too), predictions, development panel and chosen
-    variant into the active run; return the scores."""
-    metrics = {k: v for k, v in source.data.metrics.items() if "/" in k or k in ("trainable_params", "total_params",
-                                                                                  "model_memory_mb")}
-    client, run_id = mlflow.MlflowClient(), source.info.run_id
+def log_reused(source, scores: dict) -> dict[str, float]:
+    """Log the verified scores (each draw's too), and the source run's predictions, development
+    panel and chosen variant, into the active run; return the scores."""
+    metrics = scores["metrics"]
     records.log_metrics({k: v for k, v in metrics.items() if not k.startswith("draw/")})
-    for key in [k for k in metrics if k.startswith("draw/")]:
-        for point in client.get_metric_history(run_id, key):
-            records.log_metrics({key: point.value}, step=point.step)
+    for key, points in scores["draws"].items():
+        for step, value in points:
+            records.log_metrics({key: value}, step=step)
+    client, run_id = mlflow.MlflowClient(), source.info.run_id
     with tempfile.TemporaryDirectory() as tmp:
         for name in [a.path for a in client.list_artifacts(run_id) if a.path in REUSED_ARTIFACTS]:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)

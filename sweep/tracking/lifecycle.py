@@ -3,6 +3,7 @@ KILLED whatever stops it."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import time
@@ -20,6 +21,7 @@ from sweep.runtime.secrets import redact
 from sweep.tracking.records import redacted
 
 log = logging.getLogger(__name__)
+CLOSE_SECONDS = 60.0  # how long ending a run waits for a store that does not answer
 
 
 def git_state() -> tuple[str, bool]:
@@ -37,28 +39,38 @@ def git_state() -> tuple[str, bool]:
 
 def _close(run, status: str, tags: dict[str, str], traceback_text: str | None = None) -> None:
     """End `run` with `status`, even when the interruption left the fluent client mid-call
-    (a signal can land inside an MLflow write): fall back to a fresh client, then try once more."""
+    (a signal can land inside an MLflow write) or the store is briefly unavailable: a fresh
+    client, retried for up to CLOSE_SECONDS."""
     with atomic_write():
         _close_now(run, status, tags, traceback_text)
 
 
 def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | None) -> None:
     run_id = run.info.run_id
-    for attempt in range(3):
-        try:
-            client = mlflow.MlflowClient()
-            for k, v in redacted(tags).items():
-                client.set_tag(run_id, k, v)
-            if traceback_text:
-                client.log_text(run_id, redact(traceback_text), "traceback.txt")
-            client.set_terminated(run_id, status)
-            break
-        except Exception:
-            if attempt == 2:
-                raise
-            time.sleep(0.5)
-    if mlflow.active_run() and mlflow.active_run().info.run_id == run_id:
-        mlflow.end_run(status)
+    deadline, delay = time.monotonic() + CLOSE_SECONDS, 0.5
+    try:
+        while True:
+            try:
+                client = mlflow.MlflowClient()
+                for k, v in redacted(tags).items():
+                    client.set_tag(run_id, k, v)
+                if traceback_text:
+                    client.log_text(run_id, redact(traceback_text), "traceback.txt")
+                client.set_terminated(run_id, status)
+                return
+            except Exception as e:
+                if time.monotonic() + delay > deadline:
+                    log.error("run %s could not be recorded %s (%s); it stays RUNNING until a later run closes it "
+                              "KILLED", run_id, status, redact(str(e)).splitlines()[0][:200] if str(e) else type(e))
+                    raise
+                time.sleep(delay)
+                delay = min(2 * delay, 8.0)
+    finally:
+        # MLflow's exit hook ends a run still on its stack with its default status, FINISHED: even a
+        # failed one whose status could not be written. end_run takes the run off the stack first.
+        if mlflow.active_run() and mlflow.active_run().info.run_id == run_id:
+            with contextlib.suppress(Exception):
+                mlflow.end_run(status)
 
 
 @contextmanager
