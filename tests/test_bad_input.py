@@ -92,6 +92,44 @@ CASES = [
     ("-m analysis.report", ["--experiment", "sft-swep", "--tracking-uri", "{store}"],
      "no MLflow experiment named 'sft-swep'"),
     ("-m analysis.report", ["--experiment", "x", "--tracking-uri", "sqlite:///{cwd}/none.db"], "no tracking store at"),
+    # The shape of an override, Hydra's own keys, and values that used to pass unchecked (issue 29).
+    ("sweep.py", ["lora.r"], "lora.r: an override needs a value (lora.r=<value>)"),
+    ("sweep.py", ["~lora.r"], "~lora.r: deleting a key leaves the job without it"),
+    ("sweep.py", ["+lora.rr=8"], "+lora.rr=8: nothing reads a new key lora.rr"),
+    ("sweep.py", ["model.attn_implementation=nope"], "model.attn_implementation='nope' is invalid: choose one of"),
+    ("sweep.py", ["tracking.tags=notadict"], "tracking.tags='notadict' is invalid: give a mapping"),
+    ("sweep.py", ["tracking.experiment=''"], "tracking.experiment='' is invalid: name an experiment"),
+    ("sweep.py", ["tracking.log_adapter=perhaps"], "tracking.log_adapter='perhaps' is invalid: must be true or false"),
+    ("sweep.py", ["debug.fail_at_step=abc"], "debug.fail_at_step='abc' is invalid: must be a training step"),
+    ("sweep.py", ["hydra.job.chdir=maybe"], "hydra.job.chdir=maybe: Value 'maybe' is not a valid bool"),
+    ("sweep.py", ["hydra.run.dirr=x"], "hydra.run.dirr: no such Hydra key (did you mean: hydra.run.dir"),
+    ("sweep.py", ["hydra/launcher=nosuch"], "hydra/launcher=nosuch: In 'hydra/config': Could not find"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.n_trails=3"], "hydra.sweeper.n_trails: no such Hydra key (did you mean: "
+                                                        "hydra.sweeper.n_trials"),
+    ("sweep.py", [*OPTUNA, "lora.r=choice(0,-1)"], "lora.r=0 is invalid: must be a positive integer"),
+    ("sweep.py", [*OPTUNA, "train.lr=interval(1e-2,1e-4)"], "interval(low, high) needs low <= high"),
+    ("sweep.py", [*OPTUNA, "lora.dropout=interval(0.1,1.5)"], "lora.dropout=1.5 is invalid"),
+    ("sweep.py", ["-m", "lora.r=2,0"], "lora.r=0 is invalid: must be a positive integer"),
+    ("sweep.py", ["-m", "lora.r=range(0,3)"], "lora.r=0 is invalid"),
+    ("sweep.py", ["-m", "train.optim=adamw_torch,adamz"], "train.optim='adamz' is invalid"),
+    ("sweep.py", ["-m", "method=lora,lorra"], "method=lorra: no such option in conf/method/"),
+    ("sweep.py", ["lora.alpha=abc"], "lora.alpha='abc' is invalid: must be a positive number"),
+    ("sweep.py", ["lora.dropout=-0.1"], "lora.dropout=-0.1 is invalid: must be in [0, 1)"),
+    ("sweep.py", ["train.lr=-1"], "train.lr=-1 is invalid: must be a positive number"),
+    ("sweep.py", ["train.batch_size=0"], "train.batch_size=0 is invalid: must be a positive integer"),
+    ("sweep.py", ["train.max_steps=-5"], "train.max_steps=-5 is invalid"),
+    ("sweep.py", ["eval.batch_size=0"], "eval.batch_size=0 is invalid: must be a positive integer"),
+    ("sweep.py", ["seed=abc"], "seed='abc' is invalid: must be an integer >= 0"),
+    ("sweep.py", ["model.dtype=int4"], "model.dtype='int4' is invalid: choose one of"),
+    ("sweep.py", ["eval.num_fewshot=abc"], "eval.num_fewshot='abc' is invalid"),
+    ("sweep.py", ["lora.target_modules=[]"], "lora.target_modules=[] is invalid"),
+    ("sweep.py", ["data.dev_size=-1"], "data.dev_size=-1 is invalid: must be an integer >= 0"),
+    ("sweep.py", ["model.trust_remote_code=yes"], "model.trust_remote_code='yes' is invalid: must be true or false"),
+    ("sweep.py", ["eval.every_steps=-2"], "eval.every_steps=-2 is invalid: must be a positive integer or null"),
+    ("sweep.py", ["train.gradient_accumulation_steps=4"], "train.gradient_accumulation_steps: no such config key "
+                                                          "(did you mean: "),
+    ("sweep.py", ["lora.use_rslora=2"], "lora.use_rslora=2 is invalid: must be true or false"),
+    ("sweep.py", ["eval.cache=sometimes"], "eval.cache='sometimes' is invalid: must be true or false"),
 ]
 # Keys in the sweep cases that the line must not need (the store and the tiny model are added to all).
 SWEEP_BASE = [*TINY, "tracking.uri={store}"]
@@ -121,8 +159,8 @@ def inputs(tmp_path_factory):
     return {"store": f"sqlite:///{store}/mlflow.db", "bad_data": str(bad_data), "bad_tasks": str(bad_tasks)}, store
 
 
-def test_there_are_at_least_forty_cases():
-    assert len(CASES) >= 40
+def test_there_are_at_least_a_hundred_cases():
+    assert len(CASES) >= 100
 
 
 @pytest.mark.parametrize("command, args, needle", CASES, ids=[" ".join(c[1])[:60] for c in CASES])

@@ -81,6 +81,14 @@ def assert_whole(study: optuna.Study, experiment: str, n_trials: int):
     return trials, kids
 
 
+def store_is_whole(env: dict) -> None:
+    """`make check-store` against the team's servers finds nothing wrong."""
+    p = subprocess.run([sys.executable, "-m", "sweep.study.integrity", "--tracking-uri", env["MLFLOW_TRACKING_URI"],
+                        "--storage", env["OPTUNA_STORAGE"]], cwd=ROOT, capture_output=True, text=True, env=clean_env(),
+                       timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
+
+
 def test_a_sweep_rides_out_its_study_database_restarting(team, tmp_path):
     """PostgreSQL stopped for longer than the grace period while two workers train, then started:
     both reconnect, no live trial is taken for dead, the study ends with exactly n COMPLETE trials.
@@ -99,6 +107,7 @@ def test_a_sweep_rides_out_its_study_database_restarting(team, tmp_path):
         assert w.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
     trials, _ = assert_whole(study, experiment, n)
     assert not [t for t in trials if t.state == TrialState.FAIL]  # nobody was taken for dead
+    store_is_whole(env)
 
 
 def test_storage_calls_wait_for_the_database_and_nobody_is_taken_for_dead_after_it(team):
@@ -129,6 +138,7 @@ def test_storage_calls_wait_for_the_database_and_nobody_is_taken_for_dead_after_
     time.sleep(GRACE + 1)
     fail_stale(other)  # ...and then stays silent for a grace period: dead
     assert owner.get_trials()[running.number].state == TrialState.FAIL
+    optuna.delete_study(study_name=name, storage=owner._storage)  # (trials without runs: not a sweep's)
 
 
 def test_a_worker_silent_past_the_grace_period_comes_back_without_double_counting(team, tmp_path):
@@ -156,6 +166,7 @@ def test_a_worker_silent_past_the_grace_period_comes_back_without_double_countin
     assert retry.params == victim.params and retry.state == TrialState.COMPLETE
     [late] = kids[kids["tags.optuna.trial_number"] == str(victim.number)].to_dict("records")
     assert late["status"] == "KILLED" and late["tags.superseded_by_trial"] == str(retry.number)
+    store_is_whole(env)
 
 
 def test_a_failure_while_the_tracking_server_is_down_is_recorded_failed_never_finished(team, tmp_path):

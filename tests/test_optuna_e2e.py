@@ -141,6 +141,21 @@ def test_too_many_failures_stop_the_sweep(tmp_path, tracking):
     assert (kids["status"] == "FAILED").sum() == 2 and (kids["tags.optuna.state"] == "FAIL").all()
 
 
+def test_an_objective_no_run_logs_stops_after_the_first_trial(tmp_path, tracking):
+    """An objective no run logs stops the sweep after the first trial with one line (exit 2), and a
+    sweep whose every trial fails exits 1 (before: each trial failed in turn and the sweep exited 0)."""
+    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=3", "hydra.sweeper.objective=sst2/nope",
+                               "lora.r=choice(1,2)"), *tracking)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].startswith(
+        "error: hydra.sweeper.objective: trial 0's run has no metric 'dev/sst2/nope'"), p.stderr[-2000:]
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.FAIL]
+    assert set(children(tracking)[1]["status"]) == {"FAILED"}  # the parent run
+    p = run_sweep(*optuna_args(tmp_path / "all-fail", "hydra.sweeper.n_trials=2", "debug.fail_at_step=1",
+                               "lora.r=choice(1,2)"), *tracking)
+    assert p.returncode == 1 and "error: no trial of study 'study' completed (2 failed, 0 pruned)" in p.stderr, \
+        p.stderr[-2000:]
+
+
 def test_a_sweep_chooses_on_development_scores_whatever_its_test_examples_hold(tmp_path):
     """Nothing a sweep chooses reads a test score: a study whose test examples all have the wrong
     label (read, they would reverse every ranking) prunes, values and chooses exactly as one whose

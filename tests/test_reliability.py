@@ -342,3 +342,34 @@ def test_two_processes_create_a_new_tracking_store_at_once(tmp_path):
         p.join(120)
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert mlflow.MlflowClient(tracking_uri=uri).search_experiments()  # the Default experiment exists
+
+
+@pytest.mark.e2e
+def test_check_store_is_clean_after_a_sweep_and_names_each_fault_forced_into_it(tmp_path, tracking):
+    """`make check-store` on a finished Optuna sweep finds nothing; then an adapter file changed on
+    disk, a second FINISHED run for a COMPLETE trial and the study's parent run deleted are each
+    named in one line, and it exits 1."""
+    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=2", "lora.r=choice(1,2)"), *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    uri, journal = tracking[0].split("=", 1)[1], str(tmp_path / "optuna.journal")
+
+    def check_store():
+        return subprocess.run([sys.executable, "-m", "sweep.study.integrity", "--tracking-uri", uri, "--storage",
+                               journal], cwd=ROOT, capture_output=True, text=True, timeout=300, env=clean_env())
+    clean = check_store()
+    assert clean.returncode == 0 and clean.stdout == "", clean.stdout + clean.stderr[-2000:]
+    kids, parents = children(tracking)
+    first, second = kids.iloc[0], kids.iloc[1]
+    weights = Path(first["artifact_uri"].removeprefix("file://")) / "adapter" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    copy = client.create_run(second["experiment_id"], tags={"optuna.study_name": "study", "mlflow.parentRunId":
+                             parents.iloc[0]["run_id"], "optuna.trial_number": second["tags.optuna.trial_number"]})
+    client.set_terminated(copy.info.run_id, "FINISHED")
+    client.delete_run(parents.iloc[0]["run_id"])
+    found = check_store()
+    lines = found.stdout.strip().splitlines()
+    assert found.returncode == 1, found.stderr[-2000:]
+    assert f"run {first['run_id']}: adapter/adapter_model.safetensors is missing or does not hash" in found.stdout
+    assert f"study 'study' trial {second['tags.optuna.trial_number']}: COMPLETE with 2 FINISHED runs" in found.stdout
+    assert sum(f"mlflow.parentRunId='{parents.iloc[0]['run_id']}' names no run" in line for line in lines) == 3

@@ -15,6 +15,7 @@ from sweep.data.checks import validate_data
 from sweep.rlhf.stages import validate_stage
 from sweep.scoring.baselines import validate_baseline_search
 from sweep.scoring.checks import validate_eval
+from sweep.tracking.store import validate_tracking
 from sweep.training.checks import (
     PROMPT_LEARNING,
     validate_lora,
@@ -33,6 +34,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"the config does not resolve: {e}") from None
 
     require(is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    step = cfg.debug.fail_at_step
+    require(step is None or (is_int(step) and step > 0), "debug.fail_at_step", step,
+            "must be a training step (an integer > 0) or null")
+    validate_tracking(cfg.tracking)
     validate_model(cfg.model)
     m = cfg.method
     validate_method(m)

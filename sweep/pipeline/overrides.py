@@ -17,6 +17,7 @@ from sweep.pipeline.checks import validate
 from sweep.runtime.secrets import redact
 
 CONF = PROJECT_ROOT / "conf"
+ADDABLE = ("tracking.tags.",)  # keys a user may add with +: the run's own tags
 
 
 def group_options(group: str) -> list[str]:
@@ -54,13 +55,24 @@ def check_overrides(args: list[str], defaults: DictConfig, entry: str = "sweep.p
     `defaults` is the composed default config; keys that a group option adds are looked up in
     that option's YAML too (e.g. `model.from_config.hidden_size` with `model=tiny`).
     """
+    for a in args:
+        if "=" not in a and not a.startswith("~"):
+            raise ConfigError(f"{a}: an override needs a value ({a}=<value>); `python {entry} --cfg job` shows "
+                              "the keys and their values")
     try:
-        parsed = OverridesParser.create().parse_overrides([a for a in args if "=" in a])
+        parsed = OverridesParser.create().parse_overrides(list(args))
     except OverrideParseException as e:
         raise ConfigError(f"{e.override}: not an override Hydra can parse ({str(e).splitlines()[0]}); quote a value "
                           f"with special characters, e.g. key='a=b?c'") from None
-    overrides = [o for o in parsed
-                 if not o.is_hydra_override() and not o.is_add() and not o.is_force_add() and not o.is_delete()]
+    for o in parsed:
+        if o.is_delete():
+            raise ConfigError(f"{o.input_line}: deleting a key leaves the job without it; set a value instead "
+                              f"({o.key_or_group}=...)")
+        if (o.is_add() or o.is_force_add()) and not (CONF / o.key_or_group).is_dir() \
+                and not o.key_or_group.startswith(ADDABLE):
+            raise ConfigError(f"{o.input_line}: nothing reads a new key {o.key_or_group}; set an existing key "
+                              f"(`python {entry} --cfg job` lists them), or add tags as +tracking.tags.<name>=...")
+    overrides = [o for o in parsed if not o.is_hydra_override() and not o.is_add() and not o.is_force_add()]
     chosen = {o.key_or_group: o for o in overrides if (CONF / o.key_or_group).is_dir()}
     for group, o in chosen.items():
         for option in o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]:
@@ -76,7 +88,42 @@ def check_overrides(args: list[str], defaults: DictConfig, entry: str = "sweep.p
         if key in chosen or key in known:
             continue
         raise ConfigError(f"{key}: no such config key{close_matches(key, known)}; `python {entry} --cfg job` "
-                          f"lists them (prefix a new key with + to add it)")
+                          f"lists them")
+
+
+def check_hydra_overrides(args: list[str], compose, config_name: str) -> None:
+    """Hydra's own keys (`hydra.*`) and groups (`hydra/launcher=...`) among `args`: an unknown key
+    named with the closest ones, a bad value or option in one line (Hydra's own message, first line)."""
+    hydra_args = [a for a in args if a.startswith(("hydra.", "hydra/"))]
+    if not hydra_args:
+        return
+    groups = [a for a in args if a.startswith("hydra/") or ("=" in a and (CONF / a.split("=", 1)[0]).is_dir()
+                                                             and "," not in a.split("=", 1)[1])]
+    try:
+        cfg = compose(config_name=config_name, overrides=groups, return_hydra_config=True)
+    except Exception as e:  # noqa: BLE001  (an unknown hydra/<group> option)
+        bad = next((a for a in groups if a.startswith("hydra/")), groups[0] if groups else "")
+        raise ConfigError(f"{bad}: {first_line(e)}") from None
+    known = {f"hydra.{k}" for k in _keys(cfg.hydra)}
+    for a in hydra_args:
+        key = a.split("=", 1)[0]
+        if key.startswith("hydra.") and key not in known and not key.startswith(("hydra.sweeper.params.",
+                                                                                  "hydra.job.env_set.")):
+            raise ConfigError(f"{key}: no such Hydra key{close_matches(key, known)}; `python sweep.py --cfg hydra` "
+                              "lists them")
+    for a in hydra_args:
+        if a in groups:
+            continue
+        try:
+            compose(config_name=config_name, overrides=[*groups, a], return_hydra_config=True)
+        except Exception as e:  # noqa: BLE001  (a value Hydra's schema refuses)
+            raise ConfigError(f"{a}: {first_line(e)}") from None
+
+
+def first_line(e: Exception) -> str:
+    """The first line of an error (Hydra's run 7-11 lines), without Hydra's 'Error merging' wrapper."""
+    cause = e.__cause__ or e
+    return str(cause).strip().splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
 
 
 def composed_defaults(compose, config_name: str, overrides: list[str]) -> DictConfig:
@@ -89,6 +136,34 @@ def composed_defaults(compose, config_name: str, overrides: list[str]) -> DictCo
         return compose(config_name=config_name, overrides=choices)
     except Exception:  # noqa: BLE001  (an unknown option: reported by check_overrides with its fix)
         return compose(config_name=config_name)
+
+
+def swept_jobs(overrides: list[str]) -> list[list[str]]:
+    """Overrides for jobs that between them take every value of every swept key (a grid's lists,
+    `choice`, `range`; an `interval`'s two ends), each other swept key at its first value: a
+    bad value fails one of them, at a cost that grows with the values, not with their product."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    plain = [o.input_line for o in parsed if not o.is_sweep_override() and not o.is_hydra_override()]
+    values: dict[str, list[str]] = {}
+    for o in parsed:
+        if not o.is_sweep_override() or o.is_hydra_override():
+            continue
+        key = o.get_key_element()
+        if o.is_interval_sweep():
+            value = o.value()
+            if value.start > value.end:
+                raise ConfigError(f"{o.input_line}: interval(low, high) needs low <= high")
+            ends = [value.start, value.end]
+            values[key] = [str(int(v)) if "int" in value.tags else repr(float(v)) for v in ends]
+        else:
+            values[key] = list(o.sweep_string_iterator())
+            if not values[key]:
+                raise ConfigError(f"{o.input_line}: sweeps no value")
+    first = {k: v[0] for k, v in values.items()}
+    jobs = [[*plain, *(f"{k}={v}" for k, v in first.items())]]
+    for key, options in values.items():
+        jobs += [[*plain, *(f"{k}={value if k == key else v}" for k, v in first.items())] for value in options[1:]]
+    return jobs
 
 
 def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=validate) -> None:
@@ -104,8 +179,12 @@ def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=va
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             check_overrides(overrides, composed_defaults(compose, config_name, overrides), Path(sys.argv[0]).name)
+            check_hydra_overrides(overrides, compose, config_name)
             if not any(a.startswith("-") for a in argv):  # one job, no Hydra flags: check its values before
                 check(compose(config_name=config_name, overrides=overrides))  # Hydra makes its output folder
+            elif any(a in ("-m", "--multirun") for a in argv) and len(argv) == len(overrides) + 1:
+                for job in swept_jobs(overrides):  # a sweep: every value of every swept key, before a store or study
+                    check(compose(config_name=config_name, overrides=job))
     except ConfigError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)

@@ -60,7 +60,7 @@ def worker_id() -> str:
 
 
 class SweepFailedError(RuntimeError):
-    """Too many trials failed (hydra.sweeper.max_failures)."""
+    """Too many trials failed (hydra.sweeper.max_failures), or none completed."""
 
 
 def recover_local_dead_trials(study: optuna.Study) -> None:
@@ -143,6 +143,9 @@ class OptunaSweeper(Sweeper):
         except ConfigError as e:  # bad sweeper settings, search space or storage: one line, as for jobs
             print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
             sys.exit(2)
+        except SweepFailedError as e:
+            print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
+            sys.exit(1)
 
     def _sweep(self, arguments: list[str]) -> None:
         self._check()
@@ -162,7 +165,7 @@ class OptunaSweeper(Sweeper):
         workers = self._spawn_workers()
         try:
             self._run_trials(study, space, parent)
-        except SweepFailedError:
+        except (SweepFailedError, ConfigError):
             self.client.set_terminated(parent, "FAILED")
             raise
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the workers stop too, each closing its run
@@ -315,11 +318,11 @@ class OptunaSweeper(Sweeper):
             return
         if outcome.status == "FINISHED":
             missing = [o for o in self.selection if o not in outcome.metrics]
-            if missing:
-                log.error("trial %d: the run has no metric %r (hydra.sweeper.objective); it has %s", trial.number,
-                          missing[0], ", ".join(sorted(outcome.metrics)))
+            if missing:  # every trial would miss it: stop here rather than fail them all
                 self._settle(study, trial, TrialState.FAIL)
-                return
+                raise ConfigError(f"hydra.sweeper.objective: trial {trial.number}'s run has no metric {missing[0]!r} "
+                                  f"(objectives are read on the development slice); it has "
+                                  f"{', '.join(sorted(m for m in outcome.metrics if '/' in m))}")
             values = [outcome.metrics[o] for o in self.selection]  # development scores only
             self._settle(study, trial, TrialState.COMPLETE, values, outcome.run_id)
         else:
@@ -366,3 +369,6 @@ class OptunaSweeper(Sweeper):
         left_open = last.number < self.first_trial and self.client.get_run(parent).info.status != "FINISHED"
         if settled_by_me or left_open:
             study_runs.close_parent(self.client, parent, study, self.selection, best)
+        if not states["complete"]:
+            raise SweepFailedError(f"no trial of study {study.study_name!r} completed ({states['fail']} failed, "
+                                   f"{states['pruned']} pruned): see the FAILED runs' traceback.txt in MLflow")

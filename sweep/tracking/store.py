@@ -24,6 +24,20 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the embedded store
 
 
+def validate_tracking(tracking: DictConfig) -> None:
+    """The tracking keys a job reads before it opens the store."""
+    experiment = tracking.experiment
+    if not (isinstance(experiment, str) and experiment.strip() and experiment.isprintable()):
+        raise ConfigError(f"tracking.experiment={experiment!r} is invalid: name an experiment, e.g. "
+                          "tracking.experiment=my-sweep")
+    if tracking.tags is not None and not isinstance(tracking.tags, DictConfig):
+        raise ConfigError(f"tracking.tags={tracking.tags!r} is invalid: give a mapping, e.g. "
+                          "tracking.tags={team:nlp}")
+    for key in ("log_adapter",):
+        if not isinstance(tracking[key], bool):
+            raise ConfigError(f"tracking.{key}={tracking[key]!r} is invalid: must be true or false")
+
+
 def init_store(uri: str) -> None:
     """Create (or upgrade) the tables of a SQLite tracking store under a file lock.
 

@@ -116,12 +116,18 @@ def validate_quantization(quant: DictConfig, peft) -> None:
             f"choose one of {', '.join(COMPUTE_DTYPES)}")
 
 
+# transformers' attention implementations (None: its default); a kernel hub name is never fetched here.
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention", None)
+
+
 def validate_model(model: DictConfig) -> None:
     """The model's settings, and a `name_or_path` that can load here: a folder, or a hub id already
     in the local hub cache (nothing is downloaded at run time)."""
     require(model.dtype in DTYPES, "model.dtype", model.dtype, f"choose one of {', '.join(DTYPES)}")
     require(isinstance(model.trust_remote_code, bool), "model.trust_remote_code", model.trust_remote_code,
             "must be true or false")
+    require(model.get("attn_implementation") in ATTENTION, "model.attn_implementation",
+            model.get("attn_implementation"), f"choose one of {', '.join(map(str, ATTENTION))}")
     source = model.name_or_path
     if source is None:
         return

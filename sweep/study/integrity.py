@@ -1,0 +1,158 @@
+"""`make check-store` (`python -m sweep.study.integrity`): is a tracking store, and the study
+beside it, whole?
+
+Checks, one line per violation (exit 1 if any, 0 when whole, 2 for bad input):
+- every FINISHED run's declared files (each tag `*_sha256` names one) are there and hash to it;
+- every run a run points at (`parent_run_id`, `judge_run_id`, `mlflow.parentRunId`) exists;
+- no run is RUNNING whose owner is gone (checkable for this host's processes) or whose trial has
+  ended;
+- with `--storage`: every COMPLETE trial has exactly one FINISHED run, and no FINISHED run counts
+  for a trial that is not COMPLETE.
+
+Why our own: MLflow and Optuna each keep their own store consistent, but nothing checks the
+contract between them that a sweep relies on (a trial's value comes from its run's metrics and
+adapter), nor that a shared store's files still match what their runs recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+
+from sweep.config import RUN_ID, ConfigError
+from sweep.data.examples import ARTIFACT_DIR, TASKS_FILE
+from sweep.data.examples import SHA_TAG as GENERATED_SHA_TAG
+from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG
+from sweep.rlhf.reference_replies import HASH_TAG as REFERENCE_SHA_TAG
+from sweep.rlhf.reference_replies import REPLIES
+from sweep.runtime import processes
+from sweep.runtime.secrets import guard_output, redact
+from sweep.scoring.baseline_cache import SCORES, SCORES_HASH_TAG
+from sweep.tracking import reuse
+from sweep.tracking.records import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_SHA_TAG, ADAPTER_WEIGHTS, RESULTS_HASH_TAG
+from sweep.tracking.untrusted import printable
+
+# The files a run declares by a hash tag: tag -> artifact path.
+DECLARED = {RESULTS_HASH_TAG: "lm_eval_results.json", SCORES_HASH_TAG: SCORES,
+            ADAPTER_SHA_TAG: f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", REFERENCE_SHA_TAG: REPLIES,
+            GENERATED_SHA_TAG: f"{ARTIFACT_DIR}/{TASKS_FILE}"}
+LINKS = (PARENT_TAG, JUDGE_TAG, "mlflow.parentRunId")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Violation:
+    run_or_trial: str
+    problem: str
+
+    def __str__(self) -> str:
+        return printable(f"{self.run_or_trial}: {self.problem}")
+
+
+def check_runs(store: mlflow.MlflowClient, runs: list) -> list[Violation]:
+    """The files, links and owners of `runs` (one store's)."""
+    found, ids = [], {r.info.run_id for r in runs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, run in enumerate(runs):
+            rid, tags = run.info.run_id, run.data.tags
+            if run.info.status == "FINISHED":
+                for tag, artifact in DECLARED.items():
+                    if tag in tags and reuse.verified_copy(store, rid, artifact, tags[tag], Path(tmp) / str(i)) is None:
+                        found.append(Violation(f"run {rid}", f"{artifact} is missing or does not hash to its {tag}"))
+                if ADAPTER_SHA_TAG in tags and not _has(store, rid, f"{ADAPTER_DIR}/{ADAPTER_CONFIG}"):
+                    found.append(Violation(f"run {rid}", f"{ADAPTER_DIR}/{ADAPTER_CONFIG} is missing"))
+            for link in LINKS:
+                target = tags.get(link)
+                if target is not None and target not in ids and not _exists(store, target):
+                    found.append(Violation(f"run {rid}", f"{link}={target!r} names no run in this store"))
+            if run.info.status == "RUNNING" and processes.owner_gone(tags):
+                found.append(Violation(f"run {rid}", f"RUNNING, but its process (host {tags.get('host')}, pid "
+                                                     f"{tags.get('pid')}) is gone"))
+    return found
+
+
+def _has(store: mlflow.MlflowClient, run_id: str, path: str) -> bool:
+    folder, _, name = path.rpartition("/")
+    try:
+        return any(a.path == path for a in store.list_artifacts(run_id, folder or None)) if name else False
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def _exists(store: mlflow.MlflowClient, run_id: str) -> bool:
+    if not RUN_ID.fullmatch(str(run_id)):
+        return False
+    try:
+        return store.get_run(run_id).info.lifecycle_stage == "active"  # (a deleted run is gone to its readers)
+    except mlflow.exceptions.MlflowException:
+        return False
+
+
+def check_studies(storage_url: str, runs: list) -> list[Violation]:
+    """Every study in the storage against the runs tagged with its name."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from sweep.study.storage import make_storage
+
+    storage = make_storage(storage_url)
+    found = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        name = summary.study_name
+        mine = [r for r in runs if r.data.tags.get("optuna.study_name") == name]
+        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+            of_trial = [r for r in mine if r.data.tags.get("optuna.trial_number") == str(t.number)]
+            finished = [r for r in of_trial if r.info.status == "FINISHED"]
+            where = f"study {name!r} trial {t.number}"
+            if t.state == TrialState.COMPLETE and len(finished) != 1:
+                found.append(Violation(where, f"COMPLETE with {len(finished)} FINISHED runs (one expected)"))
+            elif t.state != TrialState.COMPLETE and finished and t.state != TrialState.RUNNING:
+                found.append(Violation(where, f"{t.state.name}, yet run {finished[0].info.run_id} is FINISHED"))
+            if t.state != TrialState.RUNNING:
+                for r in of_trial:
+                    if r.info.status == "RUNNING":
+                        found.append(Violation(f"run {r.info.run_id}", f"RUNNING, but {where} is {t.state.name}"))
+    return found
+
+
+def check_store(tracking_uri: str, storage_url: str | None = None) -> list[Violation]:
+    store = reuse.client(tracking_uri)
+    runs = [r for e in store.search_experiments() for r in store.search_runs([e.experiment_id], max_results=50000)]
+    found = check_runs(store, runs)
+    if storage_url:
+        found += check_studies(storage_url, runs)
+    log.info("checked %d runs%s: %d violation(s)", len(runs), " and the studies" if storage_url else "", len(found))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sweep.config import default_tracking_uri
+    from sweep.study.storage import STORAGE_ENV
+
+    guard_output()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = argparse.ArgumentParser(prog="python -m sweep.study.integrity", description=__doc__.split("\n\n")[0])
+    p.add_argument("--tracking-uri", default=default_tracking_uri(),
+                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    p.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
+                   help=f"the study storage to check against the runs (default: ${STORAGE_ENV}, if set)")
+    a = p.parse_args(argv)
+    try:
+        found = check_store(a.tracking_uri, a.storage)
+    except ConfigError as e:
+        print(f"error: {redact(str(e))}", file=sys.stderr)
+        return 2
+    for v in found:
+        print(v)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
