@@ -130,6 +130,7 @@ CASES = [
                                                           "(did you mean: "),
     ("sweep.py", ["lora.use_rslora=2"], "lora.use_rslora=2 is invalid: must be true or false"),
     ("sweep.py", ["eval.cache=sometimes"], "eval.cache='sometimes' is invalid: must be true or false"),
+    ("sweep.py", ["tracking.uri=http://127.0.0.1:1"], "tracking.uri='http://127.0.0.1:1' does not answer"),
 ]
 # Keys in the sweep cases that the line must not need (the store and the tiny model are added to all).
 SWEEP_BASE = [*TINY, "tracking.uri={store}"]

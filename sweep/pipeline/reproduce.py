@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
@@ -30,6 +31,7 @@ from sweep.runtime.files import sha256
 from sweep.runtime.secrets import redact
 from sweep.tracking.lifecycle import git_state
 from sweep.tracking.records import STUDY_METHOD, VERDICT_PREFIX
+from sweep.tracking.untrusted import printable
 
 VOLATILE = ("_seconds", "_per_second", "rss_", "peak_gpu_mb")  # timings and memory: not compared
 
@@ -54,17 +56,30 @@ def find_trial_run(study: str, trial: int | None) -> str:
     if trial is not None:
         match = kids[kids["tags.optuna.trial_number"] == str(trial)]
         if match.empty:
-            done = ", ".join(sorted(kids["tags.optuna.trial_number"], key=int))
+            done = ", ".join(sorted(map(printable, kids["tags.optuna.trial_number"].dropna()),
+                                    key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)))
             raise ConfigError(f"--from-optuna {study}:{trial}: no finished trial {trial}; finished: {done or 'none'}")
         return match.iloc[0]["run_id"]
     if parent.empty or kids.empty:
         raise ConfigError(f"--from-optuna {study}: the study has no finished trials to choose from")
-    objectives = json.loads(parent.iloc[0]["params.objectives"])
-    directions = json.loads(parent.iloc[0]["params.directions"])
+    try:  # (what the sweep recorded; a store is untrusted)
+        objectives = json.loads(parent.iloc[0]["params.objectives"])
+        directions = json.loads(parent.iloc[0]["params.directions"])
+        recorded = (isinstance(objectives, list) and objectives and all(isinstance(o, str) for o in objectives)
+                    and isinstance(directions, list) and directions[:1] in (["maximize"], ["minimize"]))
+    except (ValueError, TypeError, KeyError):
+        recorded = False
+    if not recorded:
+        raise ConfigError(f"--from-optuna {study}: its parent run's objectives and directions are not what a sweep "
+                          f"records; name a trial instead ({study}:TRIAL)")
     if len(objectives) > 1:
         raise ConfigError(f"--from-optuna {study}: the study has {len(objectives)} objectives, so no single best "
                           f"trial; name one as {study}:TRIAL (its Pareto front is in the parent run)")
-    values = kids[f"metrics.{objectives[0]}"]
+    column = f"metrics.{objectives[0]}"
+    values = pd.to_numeric(kids[column], errors="coerce") if column in kids else None
+    if values is None or values.isna().all():
+        raise ConfigError(f"--from-optuna {study}: no finished trial has a value of {printable(objectives[0])!r}; "
+                          f"name a trial instead ({study}:TRIAL)")
     best = values.idxmax() if directions[0] == "maximize" else values.idxmin()
     return kids.loc[best, "run_id"]
 
@@ -101,10 +116,34 @@ def leaves(stored, here, prefix: str = "") -> dict:
     return out
 
 
+MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH = 1_000_000, 32  # a recorded config: about 10 kB, 6 levels
+
+
+def check_yaml_shape(text: str) -> None:
+    """Refuse anchors and aliases (a recorded config, written by OmegaConf, has none; a few hundred
+    bytes of nested aliases expand to gigabytes) and nesting deeper than MAX_CONFIG_DEPTH, reading
+    YAML's event stream, which expands nothing."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise ConfigError("the run's config.yaml holds YAML anchors or aliases, which a recorded config never "
+                              "does; refused")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_CONFIG_DEPTH:
+                raise ConfigError(f"the run's config.yaml nests deeper than {MAX_CONFIG_DEPTH} levels; refused")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def stored_config(text: str) -> dict:
     """The run's config.yaml as plain data; refused if it holds an interpolation anywhere (a
     `${oc.env:...}` in a store would read this machine's environment into the new run)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"the run's config.yaml is {len(text)} bytes, more than a recorded config ever is "
+                          f"({MAX_CONFIG_BYTES}); refused")
     try:
+        check_yaml_shape(text)
         stored = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise ConfigError(f"the run's config.yaml is not valid YAML ({str(e).splitlines()[0]}); refused") from None

@@ -167,8 +167,18 @@ def fetch(key: str, run_id: str, head: str, uri: str, base_model: str, cache: Pa
     return Ancestor(run_id, stage, folder, parent)
 
 
+# Fields of a LoRA config that change the model's architecture beyond the adapter (duplicating layers):
+# never written by a stage of this project, so a stored adapter that sets them was not written by one.
+RESHAPING = ("layer_replication",)
+
+
 def check_adapter_config(key: str, run_id: str, path: Path, task_type: str) -> None:
-    """The adapter must be a LoRA adapter of the expected kind (peft reads nothing else from it that runs)."""
+    """The adapter must be a LoRA adapter of the expected kind, with only the fields peft's
+    LoraConfig has and none that reshapes the model (a store is untrusted)."""
+    import dataclasses
+
+    from peft import LoraConfig
+
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -176,6 +186,11 @@ def check_adapter_config(key: str, run_id: str, path: Path, task_type: str) -> N
     if not isinstance(config, dict) or config.get("peft_type") != "LORA" or config.get("task_type") != task_type:
         raise ConfigError(f"{key}={run_id}: its adapter is not a {task_type} LoRA adapter; "
                           f"{key} needs a run of the stage named above")
+    unknown = sorted(set(config) - {f.name for f in dataclasses.fields(LoraConfig)})
+    reshaping = [k for k in RESHAPING if config.get(k) is not None]
+    if unknown or reshaping:
+        raise ConfigError(f"{key}={run_id}: its adapter_config.json sets {', '.join(map(repr, unknown + reshaping))}, "
+                          f"which no stage of this project writes; refused (train that stage again)")
 
 
 def merged(model, ancestors: tuple[Ancestor, ...]):

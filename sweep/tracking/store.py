@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 # workflow, so the links we print do (runs_page).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 LOCAL_UI = "http://127.0.0.1:5000"  # where `make ui` serves the embedded store
+PROBE_SECONDS = 5  # a tracking server that does not answer in this time is taken for down
 
 
 def validate_tracking(tracking: DictConfig) -> None:
-    """The tracking keys a job reads before it opens the store."""
+    """The tracking keys a job reads before it opens the store, and a server that answers."""
     experiment = tracking.experiment
     if not (isinstance(experiment, str) and experiment.strip() and experiment.isprintable()):
         raise ConfigError(f"tracking.experiment={experiment!r} is invalid: name an experiment, e.g. "
@@ -36,6 +37,7 @@ def validate_tracking(tracking: DictConfig) -> None:
     for key in ("log_adapter",):
         if not isinstance(tracking[key], bool):
             raise ConfigError(f"tracking.{key}={tracking[key]!r} is invalid: must be true or false")
+    probe_server(tracking.uri)
 
 
 def init_store(uri: str) -> None:
@@ -56,10 +58,31 @@ def init_store(uri: str) -> None:
 
 def require_store(uri: str) -> None:
     """For readers (reports, reproduce): a SQLite store that does not exist is a mistake in the
-    URI, not a store to create."""
+    URI, not a store to create; a server must answer."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
         raise ConfigError(f"no tracking store at {uri}: run `make run` or `python sweep.py` first, "
                           f"or pass --tracking-uri")
+    probe_server(uri)
+
+
+def probe_server(uri: str) -> None:
+    """A tracking server that cannot be reached within PROBE_SECONDS, refused in one line: MLflow's
+    client would retry for minutes, printing a warning per try. An answer of any kind passes (a
+    proxy may guard /health); only no connection fails."""
+    import urllib.error
+    import urllib.request
+
+    if not is_server(uri):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS):
+            pass
+    except urllib.error.HTTPError:
+        pass
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(f"tracking.uri={redact(uri)!r} does not answer ({redact(str(reason))[:200]}); start the "
+                          f"server (`make services`) or fix the URI") from None
 
 
 def is_server(uri: str) -> bool:
@@ -85,6 +108,7 @@ def open_experiment(tracking: DictConfig) -> str:
     """Point MLflow at `tracking.uri` and return the id of `tracking.experiment` (created if new,
     and marked a model-training experiment, so the MLflow UI opens on its runs)."""
     mlflow.set_tracking_uri(tracking.uri)
+    probe_server(tracking.uri)
     try:
         init_store(tracking.uri)
         client = mlflow.MlflowClient()

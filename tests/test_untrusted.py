@@ -1,0 +1,63 @@
+"""What a shared store holds is untrusted input: crafted values are refused or made inert before
+they cost memory, change a model, end a filter's string or reach a terminal."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import mlflow
+import pytest
+
+from sweep.config import ConfigError
+from sweep.pipeline.reproduce import stored_config
+from sweep.rlhf.lineage import check_adapter_config
+from sweep.tracking.untrusted import Unquotable, equals, printable
+
+# 9 x 9 x 9 x 9 x 9 strings from 300 bytes: about 60,000 nodes once expanded (the probe's 600-byte
+# version took 38 s and 1.2 GB before it was refused).
+ALIAS_BOMB = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
+    f"{n}: &{n} [{','.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcd", "bcde"))
+
+
+def test_a_yaml_alias_bomb_or_deep_nesting_in_a_stored_config_is_refused_at_once():
+    for text, needle in ((ALIAS_BOMB, "anchors or aliases"), ("x: " + "[" * 100 + "]" * 100, "nests deeper than 32"),
+                         ("x: " + "y" * 2_000_000, "more than a recorded config ever is")):
+        started = time.monotonic()
+        with pytest.raises(ConfigError, match=needle):
+            stored_config(text)
+        assert time.monotonic() - started < 1.0
+    assert stored_config("lora: {r: 8, target_modules: [q_proj, v_proj]}") == {
+        "lora": {"r": 8, "target_modules": ["q_proj", "v_proj"]}}
+
+
+@pytest.mark.parametrize("extra, needle", [({"layer_replication": [[0, 2], [1, 2]]}, "'layer_replication'"),
+                                           ({"exec_hook": "os.system"}, "'exec_hook'")])
+def test_an_adapter_config_with_a_reshaping_or_unknown_field_is_refused(tmp_path, extra, needle):
+    from peft import LoraConfig
+
+    config = LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"]).to_dict()
+    config["peft_type"], config["task_type"] = "LORA", "CAUSAL_LM"
+    path = tmp_path / "adapter_config.json"
+    path.write_text(json.dumps(config, default=str))
+    check_adapter_config("init.run_id", "0" * 32, path, "CAUSAL_LM")  # what peft writes passes
+    path.write_text(json.dumps(config | extra, default=str))
+    with pytest.raises(ConfigError, match=f"sets {needle}, which no stage of this project writes"):
+        check_adapter_config("init.run_id", "0" * 32, path, "CAUSAL_LM")
+
+
+def test_a_quote_in_a_store_value_cannot_end_an_mlflow_filter(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    for value in ("it's", 'say "hi"', "plain"):
+        with mlflow.start_run(tags={"model": value}):
+            pass
+    for value in ("it's", 'say "hi"', "plain"):
+        found = mlflow.search_runs(search_all_experiments=True, filter_string=equals("tags.model", value))
+        assert list(found["tags.model"]) == [value]
+    with pytest.raises(Unquotable):
+        equals("tags.model", "both ' and \"")
+
+
+def test_terminal_escapes_in_store_text_are_shown_not_obeyed():
+    assert printable("run\x1b]0;pwned\x07\x1b[2J\rname\x9b") == "run\ufffd]0;pwned\ufffd\ufffd[2J\ufffdname\ufffd"
+    assert printable("lora-r8 ± 0.01 ✓") == "lora-r8 ± 0.01 ✓"
