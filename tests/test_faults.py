@@ -1,6 +1,7 @@
-"""Faults a team's servers and workers meet, injected for real (docs/reliability.md): the study
-database restarting mid-sweep, a worker that stops answering for longer than the grace period and
-comes back, a live run in another PID namespace. Nothing is simulated by a flag in the code under
+"""Faults a team's servers and workers meet, injected for real (docs/reliability.md): all at once
+in one sweep (the chaos test), and each on its own: the study database restarting, a worker that
+stops answering for longer than the grace period and comes back, the tracking server down while
+a failure is recorded, a live run in another PID namespace. Nothing is simulated by a flag in the code under
 test: servers are stopped and started, processes are paused with signals."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from scripts import services as servers
 from sweep.study.storage import fail_stale, make_storage
 from sweep.tracking.records import STUDY_METHOD
 from tests.conftest import ROOT, TINY, clean_env
-from tests.test_team import start_worker, wait_for
+from tests.test_team import CAN_SET_HOSTNAME, start_worker, wait_for
 
 pytestmark = pytest.mark.e2e
 HEARTBEAT, GRACE = 1, 8  # seconds: a worker silent for GRACE is taken for dead
@@ -89,24 +90,42 @@ def store_is_whole(env: dict) -> None:
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
 
 
-def test_a_sweep_rides_out_its_study_database_restarting(team, tmp_path):
-    """PostgreSQL stopped for longer than the grace period while two workers train, then started:
-    both reconnect, no live trial is taken for dead, the study ends with exactly n COMPLETE trials.
-    (Before: the next storage call after the restart raised StorageInternalError and the worker
-    died with its finished trial untold.)"""
+def test_chaos_three_hosts_survive_a_tracking_outage_a_database_restart_and_a_dead_worker(team, tmp_path):
+    """The team's sweep under every server fault at once: three workers with host names of their
+    own, eight trials; mid-sweep the tracking server is stopped for 30 s and started again, one
+    worker is SIGKILLed while it trains, and PostgreSQL is stopped for longer than the grace
+    period and started again. At the end: exactly eight COMPLETE trials, each with one FINISHED run
+    holding its metrics and a downloadable adapter, no trial taken for dead but the killed
+    worker's, nothing RUNNING, and `make check-store` clean. (Before: the survivors died on their
+    next storage call after the restart, their finished trials untold.)"""
     root, env = team
-    experiment, study_name, n = f"restart-{uuid.uuid4().hex[:6]}", f"restart-{uuid.uuid4().hex[:6]}", 4
+    experiment, study_name, n = f"chaos-{uuid.uuid4().hex[:6]}", f"chaos-{uuid.uuid4().hex[:6]}", 8
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    workers = start_workers(2, sweep_args(study_name, experiment, n, steps=60), clean_env() | env, tmp_path)
+    hosts = ["w0", "w1", "w2"] if CAN_SET_HOSTNAME else ["local"] * 3
+    args = sweep_args(study_name, experiment, n, steps=30)
+    workers = [start_worker(h, [*args, f"hydra.sweep.dir={tmp_path}/{i}"], clean_env() | env, tmp_path / f"w{i}.log")
+               for i, h in enumerate(hosts)]
     study = load_study(env, study_name)
     wait_for(lambda: training_trial(study, experiment), 240, "a trial to train")
+    servers.stop_mlflow(root)
+    time.sleep(30)
+    servers.start_mlflow(root, servers.pg_port(root), servers.mlflow_port(root))
+    victim = wait_for(lambda: training_trial(study, experiment, workers[1]), 300, "worker 1 to train a trial")
+    os.killpg(workers[1].pid, signal.SIGKILL)
     servers.stop_postgres(root)
     time.sleep(GRACE + 4)
     servers.start_postgres(root, servers.pg_port(root))
-    for i, w in enumerate(workers):
-        assert w.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
-    trials, _ = assert_whole(study, experiment, n)
-    assert not [t for t in trials if t.state == TrialState.FAIL]  # nobody was taken for dead
+    for i in (0, 2):
+        assert workers[i].wait(timeout=900) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
+    trials, kids = assert_whole(study, experiment, n)
+    assert [t.number for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")] == [
+        victim.number]
+    assert len({t.user_attrs["worker"].split(":")[0] for t in trials}) == len(set(hosts))
+    for run_id in kids[kids["status"] == "FINISHED"]["run_id"]:
+        adapter = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter",
+                                                      dst_path=str(tmp_path / run_id))
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(adapter))
+        assert "dev/sst2/acc" in mlflow.get_run(run_id).data.metrics
     store_is_whole(env)
 
 
