@@ -373,3 +373,50 @@ def test_check_store_is_clean_after_a_sweep_and_names_each_fault_forced_into_it(
     assert f"run {first['run_id']}: adapter/adapter_model.safetensors is missing or does not hash" in found.stdout
     assert f"study 'study' trial {second['tags.optuna.trial_number']}: COMPLETE with 2 FINISHED runs" in found.stdout
     assert sum(f"mlflow.parentRunId='{parents.iloc[0]['run_id']}' names no run" in line for line in lines) == 3
+
+
+def _can_mount_tmpfs(tmp: Path) -> bool:
+    target = tmp / "probe"
+    target.mkdir(parents=True, exist_ok=True)
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(target)], capture_output=True).returncode:
+        return False
+    subprocess.run(["umount", str(target)], check=True)
+    return True
+
+
+@pytest.mark.e2e
+def test_a_full_artifact_store_fails_the_run_keeps_the_adapter_and_make_upload_stores_it(tmp_path, tracking):
+    """The artifact store fills up while the job trains (a 4 kB filesystem mounted where the
+    adapter goes): the run ends FAILED with one line naming the fix, the adapter stays on local disk,
+    and `make upload RUN=<id>` stores it once there is space, its sha256 tagged as a finished run's."""
+    if os.geteuid() != 0 or not _can_mount_tmpfs(tmp_path):
+        pytest.skip("needs root and mount(8) to fill a filesystem for real")
+    pending = tmp_path / "pending"
+    proc = subprocess.Popen([sys.executable, "sweep.py", *TINY, *tracking, "train.max_steps=60", "train.logging_steps=1",
+                             f"paths.pending={pending}"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=clean_env())
+    _wait_for_loss(tracking)
+    [run] = runs_of(tracking).to_dict("records")
+    adapter = Path(run["artifact_uri"].removeprefix("file://")) / "adapter"
+    adapter.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(adapter)], check=True)
+    try:
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        subprocess.run(["umount", str(adapter)], check=True)
+    assert proc.returncode != 0
+    [run] = runs_of(tracking).to_dict("records")
+    assert run["status"] == "FAILED", out[-3000:]
+    kept = pending / run["run_id"] / "adapter"
+    assert run["tags.error"] == (f"AdapterNotStored: No space left on device while uploading the adapter; it is kept in "
+                                 f"{kept}: free space (or fix the store) and run `make upload RUN={run['run_id']}`")
+    assert (kept / "adapter_model.safetensors").is_file()
+    p = subprocess.run([sys.executable, "-m", "sweep.pipeline.upload", run["run_id"], "--tracking-uri",
+                        tracking[0].split("=", 1)[1], "--pending", str(pending)], cwd=ROOT, capture_output=True,
+                       text=True, timeout=300, env=clean_env())
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert not kept.exists()
+    from sweep.study.integrity import check_store
+
+    assert check_store(tracking[0].split("=", 1)[1]) == []  # the stored adapter hashes to its tag
+    assert "adapter_sha256" in mlflow.get_run(run["run_id"]).data.tags

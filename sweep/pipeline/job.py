@@ -219,5 +219,5 @@ def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[s
     records.set_tags({"train_bf16": str(result.bf16).lower(), "train_optim": result.optim,
                        "torch_threads": str(result.threads)})
     if cfg.method.peft and cfg.tracking.log_adapter:
-        records.log_adapter(built.model)
+        records.log_adapter(built.model, Path(cfg.paths.pending))
     return trained

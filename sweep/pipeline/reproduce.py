@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from sweep.config import PROJECT_ROOT, RUN_ID, ConfigError, compose_config
+from sweep.pipeline.checks import validate
 from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG
 from sweep.runtime.files import sha256
 from sweep.runtime.secrets import redact
@@ -284,8 +285,12 @@ def format_comparison(rows) -> str:
 
 
 def reproduce(run_id: str, strict: bool, rtol: float | None, allow=(), log=print) -> int:
-    """Check, re-run and compare; the exit status (0 same, 1 different, 2 refused)."""
+    """Check, re-run and compare; the exit status (0 same, 1 different, 2 refused). What it shows
+    holds store text (names, commits, metric names): control characters are shown, not obeyed."""
     import torch
+
+    shown = log
+    log = lambda text: shown("\n".join(printable(line) for line in str(text).split("\n")))  # noqa: E731
 
     from sweep.pipeline.job import run_job
 
@@ -294,6 +299,7 @@ def reproduce(run_id: str, strict: bool, rtol: float | None, allow=(), log=print
     if run.info.status != "FINISHED":
         raise ConfigError(f"run {run_id} is {run.info.status}: only a finished run has metrics to compare")
     cfg, old_data = recorded_config(run_id, allow, log)
+    validate(cfg)  # stored values are checked as command-line values are, before anything runs
     checks = check_inputs(run, cfg, old_data)
     for c in checks:
         log(("  ok    " if c.ok else "  WARN  ") + c.message)

@@ -8,8 +8,8 @@ import importlib.metadata
 import json
 import logging
 import shlex
+import shutil
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -174,12 +174,41 @@ def log_figure(figure, name: str) -> None:
     plt.close(figure)
 
 
-def log_adapter(model) -> None:
-    """The trained adapter as safetensors (peft's default format; never pickle), with the sha256 of
-    its weights as a tag: a later stage that starts from this run checks its download against it."""
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
-        with atomic_write():
-            mlflow.log_artifacts(tmp, ADAPTER_DIR)
-            mlflow.set_tag(ADAPTER_SHA_TAG, sha256(Path(tmp) / ADAPTER_WEIGHTS))
+class AdapterNotStored(RuntimeError):
+    """The trained adapter could not be uploaded; it is kept on local disk for `make upload`."""
 
+
+def pending_folder(pending_root: Path, run_id: str) -> Path:
+    """Where a run's adapter waits when its upload failed: this machine's, never a path from a store."""
+    return Path(pending_root) / run_id / ADAPTER_DIR
+
+
+def log_adapter(model, pending_root: Path) -> None:
+    """The trained adapter as safetensors (peft's default format; never pickle), with the sha256 of
+    its weights as a tag: a later stage that starts from this run checks its download against it.
+    Saved to `pending_root` first: if the upload fails (a full or unwritable artifact store, a
+    server that refuses), the adapter stays there and AdapterNotStored names the command that
+    uploads it; once stored, the local copy is removed."""
+    run_id = mlflow.active_run().info.run_id
+    folder = pending_folder(pending_root, run_id)
+    model.save_pretrained(folder, safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
+    try:
+        upload_adapter(folder)
+    except (OSError, mlflow.exceptions.MlflowException) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        raise AdapterNotStored(f"{reason} while uploading the adapter; it is kept in {folder}: free space (or fix the "
+                               f"store) and run `make upload RUN={run_id}`") from None
+    shutil.rmtree(folder.parent, ignore_errors=True)
+
+
+def upload_adapter(folder: Path, run_id: str | None = None) -> None:
+    """Upload an adapter folder to the run (the active one by default) and tag its weights' sha256."""
+    digest = sha256(folder / ADAPTER_WEIGHTS)
+    with atomic_write():
+        if run_id is None:
+            mlflow.log_artifacts(str(folder), ADAPTER_DIR)
+            mlflow.set_tag(ADAPTER_SHA_TAG, digest)
+        else:
+            client = mlflow.MlflowClient()
+            client.log_artifacts(run_id, str(folder), ADAPTER_DIR)
+            client.set_tag(run_id, ADAPTER_SHA_TAG, digest)
