@@ -4,7 +4,10 @@ that crashed processes left RUNNING."""
 from __future__ import annotations
 
 import logging
+import urllib.error
+import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from omegaconf import DictConfig
@@ -69,13 +72,17 @@ def probe_server(uri: str) -> None:
     """A tracking server that cannot be reached within PROBE_SECONDS, refused in one line: MLflow's
     client would retry for minutes, printing a warning per try. An answer of any kind passes (a
     proxy may guard /health); only no connection fails."""
-    import urllib.error
-    import urllib.request
-
     if not is_server(uri):
         return
+    parts = urlsplit(uri)
+    try:  # (without the credentials: /health needs none, and urllib reads user:password@ as part of the host)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        bare = urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""),
+                           parts.path.rstrip("/") + "/health", "", ""))
+    except (TypeError, ValueError):
+        raise ConfigError(f"tracking.uri={redact(uri)!r} is not a URL; give e.g. http://127.0.0.1:5000") from None
     try:
-        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=PROBE_SECONDS):
+        with urllib.request.urlopen(bare, timeout=PROBE_SECONDS):
             pass
     except urllib.error.HTTPError:
         pass
