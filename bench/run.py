@@ -1,4 +1,4 @@
-"""The benchmark suite: `make bench` (SmolLM2-135M, ~20 min on 2 CPU cores) or
+"""The benchmark suite: `make bench` (SmolLM2-135M, about 3 h 20 min on 2 CPU cores) or
 `python bench/run.py --quick` (the tiny model, ~2 min; what the test runs).
 
 These machines are noisy, so every figure is a ratio of two things measured side by side in this
