@@ -3,14 +3,13 @@ the training loss, and each Optuna study's history or Pareto front (plots.py dra
 
 from __future__ import annotations
 
-import json
-
 import mlflow
 import pandas as pd
 
 from analysis import plots
 from analysis.summary import BASELINES, baseline_values, cell, value
 from sweep.tracking.records import STUDY_METHOD
+from sweep.tracking.untrusted import stored_list
 
 
 def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[str, bytes]:
@@ -55,8 +54,8 @@ def study_figures(runs: pd.DataFrame) -> dict[str, bytes]:
     figs = {}
     for _, parent in runs[runs["tags.method"] == STUDY_METHOD].iterrows():
         study = cell(parent, "tags.optuna.study_name", parent["run_id"][:8])
-        objectives = json.loads(cell(parent, "params.objectives", "[]"))
-        directions = json.loads(cell(parent, "params.directions", "[]"))
+        objectives = stored_list(cell(parent, "params.objectives", "[]"))
+        directions = stored_list(cell(parent, "params.directions", "[]"))
         kids = runs[(runs.get("tags.mlflow.parentRunId") == parent["run_id"]) & (runs["status"] == "FINISHED")]
         if kids.empty or not objectives:
             continue
@@ -79,6 +78,6 @@ def study_figures(runs: pd.DataFrame) -> dict[str, bytes]:
 def target_set(row) -> str:
     """The run's target modules as a short label (a preset name, or 'q+k' for a list)."""
     tm = cell(row, "params.lora.target_modules", "-")
-    if tm.startswith("["):
-        return "+".join(m.removesuffix("_proj") for m in json.loads(tm))
+    if str(tm).startswith("["):
+        return "+".join(m.removesuffix("_proj") for m in stored_list(tm)) or "?"
     return tm

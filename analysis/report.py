@@ -10,7 +10,6 @@ task and metric).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -46,6 +45,7 @@ from analysis.summary import (
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking.records import BASELINE_PANEL, STUDY_METHOD
+from sweep.tracking.untrusted import stored_list
 
 # The LoRA paper's Table 5 columns, in its order.
 WEIGHT_TYPES = [("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "k_proj"), ("q_proj", "v_proj"),
@@ -83,7 +83,7 @@ def ranks(row) -> str:
     """The rank of each adapted matrix, e.g. '4/6' for q (r=4) and k (rank_pattern k_proj: 6)."""
     r = cell(row, "params.lora.r", "-")
     tm = cell(row, "params.lora.target_modules", "")
-    modules = json.loads(tm) if tm.startswith("[") else []
+    modules = stored_list(tm)
     per_module = [str(cell(row, f"params.lora.rank_pattern.{m}", r)) for m in modules]
     return "/".join(per_module) if len(set(per_module)) > 1 else str(r)
 
@@ -169,8 +169,8 @@ def budget_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame | None:
     cols: dict[tuple, list] = {}
     for _, r in lora.iterrows():
         tm = cell(r, "params.lora.target_modules", "")
-        if tm.startswith("[") and tuple(json.loads(tm)) in WEIGHT_TYPES:
-            cols.setdefault(tuple(json.loads(tm)), []).append(r)
+        if tuple(stored_list(tm)) in WEIGHT_TYPES:
+            cols.setdefault(tuple(stored_list(tm)), []).append(r)
     if len(cols) < 2:
         return None
     ordered = [w for w in WEIGHT_TYPES if w in cols]

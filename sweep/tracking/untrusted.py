@@ -26,6 +26,18 @@ def equals(field: str, value) -> str:
     raise Unquotable(f"{printable(text)[:80]!r} holds both ' and \": it cannot be searched for")
 
 
+def stored_list(value) -> list[str]:
+    """A JSON list of strings as a run records one (a param such as lora.target_modules or a
+    study's objectives); [] for anything else a store may hold instead."""
+    import json
+
+    try:
+        items = json.loads(value) if isinstance(value, str) else None
+    except ValueError:
+        return []
+    return [str(x) for x in items] if isinstance(items, list) and all(isinstance(x, str) for x in items) else []
+
+
 def printable(value) -> str:
     """`value` as text with control characters (terminal escapes, carriage returns, newlines)
     shown as U+FFFD."""
