@@ -2,8 +2,8 @@
 network), the same content as markdown with the plots as PNG files beside it, and the tidy CSV.
 
 A shared store is untrusted, and every one of these carries its text (run names, params, tags,
-commands): HTML escapes it; markdown gets it with HTML's characters as entities and markdown's
-link, image, code and emphasis characters backslash-escaped, and commands in code spans no
+commands): HTML escapes it; markdown gets it with HTML's characters as entities and the
+characters that would make a link, an image, code or emphasis backslash-escaped, and commands in code spans no
 backtick can close (a renderer shows it, never runs or fetches it); the CSV prefixes a cell that
 a spreadsheet would take for a formula with an apostrophe (OWASP's advice on CSV injection)."""
 
@@ -31,7 +31,10 @@ class Report:
     best: list[str] = field(default_factory=list)   # lines; Code ones are commands
 
 
-MD_ESCAPED = re.compile(r"([\\`*\[\]|])")  # (an intraword _ makes no emphasis in CommonMark)
+# Backslash, code, emphasis, table cells, and a ] that would close a link, an image or a link
+# definition (`](`, `][`, `]:`): without it no link forms, so intervals such as [0.1, 0.3] stay as
+# they read. (An intraword _ makes no emphasis in CommonMark.)
+MD_ESCAPED = re.compile(r"[\\`*|]|\](?=[(\[:])")
 ENTITIES = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -40,7 +43,7 @@ def md_text(value) -> str:
     """`value` as inert markdown text on one line (see the module docstring)."""
     text = " ".join(str(value).split())
     text = "".join(ENTITIES.get(c, c) for c in text)
-    return MD_ESCAPED.sub(r"\\\1", text)
+    return MD_ESCAPED.sub(lambda m: "\\" + m.group(0), text)
 
 
 def md_code(value) -> str:

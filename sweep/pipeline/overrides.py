@@ -18,6 +18,7 @@ from sweep.runtime.secrets import redact
 
 CONF = PROJECT_ROOT / "conf"
 ADDABLE = ("tracking.tags.",)  # keys a user may add with +: the run's own tags
+FLAGS_WITH_VALUES = ("--cfg", "-c", "--package", "-p", "--experimental-rerun")  # Hydra's: `--cfg job`
 
 
 def group_options(group: str) -> list[str]:
@@ -175,7 +176,8 @@ def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=va
 
     if any(a.startswith(("--config", "-cp", "-cn", "-cd", "--info", "--help", "-h")) for a in argv):
         return  # another config tree, or Hydra's own help
-    overrides = [a for a in argv if not a.startswith("-")]
+    overrides = [a for i, a in enumerate(argv)
+                 if not a.startswith("-") and (i == 0 or argv[i - 1] not in FLAGS_WITH_VALUES)]
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
             check_overrides(overrides, composed_defaults(compose, config_name, overrides), Path(sys.argv[0]).name)
