@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep.config import PROJECT_ROOT, ConfigError, close_matches
 from sweep.pipeline.checks import validate
 from sweep.runtime.secrets import redact
+from sweep.tracking.store import probe_server
 
 CONF = PROJECT_ROOT / "conf"
 ADDABLE = ("tracking.tags.",)  # keys a user may add with +: the run's own tags
@@ -183,10 +184,15 @@ def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=va
             check_overrides(overrides, composed_defaults(compose, config_name, overrides), Path(sys.argv[0]).name)
             check_hydra_overrides(overrides, compose, config_name)
             if not any(a.startswith("-") for a in argv):  # one job, no Hydra flags: check its values before
-                check(compose(config_name=config_name, overrides=overrides))  # Hydra makes its output folder
+                cfg = compose(config_name=config_name, overrides=overrides)  # Hydra makes its output folder
+                check(cfg)
+                probe_server(str(OmegaConf.select(cfg, "tracking.uri", default="")))
             elif any(a in ("-m", "--multirun") for a in argv) and len(argv) == len(overrides) + 1:
-                for job in swept_jobs(overrides):  # a sweep: every value of every swept key, before a store or study
+                jobs = swept_jobs(overrides)
+                for job in jobs:  # a sweep: every value of every swept key, before a store or study
                     check(compose(config_name=config_name, overrides=job))
+                cfg = compose(config_name=config_name, overrides=jobs[0])
+                probe_server(str(OmegaConf.select(cfg, "tracking.uri", default="")))
     except ConfigError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(2)

@@ -29,7 +29,7 @@ PROBE_SECONDS = 5  # a tracking server that does not answer in this time is take
 
 
 def validate_tracking(tracking: DictConfig) -> None:
-    """The tracking keys a job reads before it opens the store, and a server that answers."""
+    """The tracking keys a job reads before it opens the store."""
     experiment = tracking.experiment
     if not (isinstance(experiment, str) and experiment.strip() and experiment.isprintable()):
         raise ConfigError(f"tracking.experiment={experiment!r} is invalid: name an experiment, e.g. "
@@ -40,7 +40,6 @@ def validate_tracking(tracking: DictConfig) -> None:
     for key in ("log_adapter",):
         if not isinstance(tracking[key], bool):
             raise ConfigError(f"tracking.{key}={tracking[key]!r} is invalid: must be true or false")
-    probe_server(tracking.uri)
 
 
 def init_store(uri: str) -> None:
@@ -71,7 +70,8 @@ def require_store(uri: str) -> None:
 def probe_server(uri: str) -> None:
     """A tracking server that cannot be reached within PROBE_SECONDS, refused in one line: MLflow's
     client would retry for minutes, printing a warning per try. An answer of any kind passes (a
-    proxy may guard /health); only no connection fails."""
+    proxy may guard /health); only no connection fails. Asked once, as a command starts (a job of a
+    running sweep rides out an outage on the client's retries instead)."""
     if not is_server(uri):
         return
     parts = urlsplit(uri)
@@ -115,7 +115,6 @@ def open_experiment(tracking: DictConfig) -> str:
     """Point MLflow at `tracking.uri` and return the id of `tracking.experiment` (created if new,
     and marked a model-training experiment, so the MLflow UI opens on its runs)."""
     mlflow.set_tracking_uri(tracking.uri)
-    probe_server(tracking.uri)
     try:
         init_store(tracking.uri)
         client = mlflow.MlflowClient()
