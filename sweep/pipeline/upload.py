@@ -6,6 +6,7 @@ never a path read from the store (a store is untrusted: a path there could name 
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 from pathlib import Path
@@ -16,6 +17,8 @@ from sweep.config import RUN_ID, ConfigError, compose_config, default_tracking_u
 from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking.records import ADAPTER_WEIGHTS, pending_folder, upload_adapter
 from sweep.tracking.reuse import client
+
+log = logging.getLogger(__name__)
 
 
 def upload(run_id: str, tracking_uri: str, pending_root: Path) -> Path:
@@ -39,6 +42,7 @@ def upload(run_id: str, tracking_uri: str, pending_root: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     guard_output()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="python -m sweep.pipeline.upload", description=__doc__.split("\n\n")[0])
     p.add_argument("run_id")
     p.add_argument("--tracking-uri", default=default_tracking_uri(),
@@ -55,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: the upload failed again ({redact(str(e).splitlines()[0][:200])}); the adapter stays in "
               f"{pending_folder(pending, a.run_id)}", file=sys.stderr)
         return 1
-    print(f"uploaded the adapter of run {a.run_id} from {folder}")
+    log.info("uploaded the adapter of run %s from %s", a.run_id, folder)
     return 0
 
 

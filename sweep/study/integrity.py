@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     for v in found:
-        print(v)
+        print(v)  # the command's output (one line per violation), as a report's table is
     return 1 if found else 0
 
 
