@@ -16,7 +16,7 @@ import mlflow
 from sweep.config import RUN_ID, ConfigError, compose_config, default_tracking_uri
 from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking.records import ADAPTER_WEIGHTS, pending_folder, upload_adapter
-from sweep.tracking.reuse import client
+from sweep.tracking.reuse import client, run_by_id
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +29,7 @@ def upload(run_id: str, tracking_uri: str, pending_root: Path) -> Path:
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise ConfigError(f"no adapter waits for run {run_id} in {folder}: nothing to upload")
     store = client(tracking_uri)
-    try:
-        store.get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise ConfigError(f"run {run_id}: no such run in {redact(tracking_uri)}; check --tracking-uri") from None
+    run_by_id(store, run_id, "RUN", tracking_uri)  # (refused in one line when the store has no such run)
     mlflow.set_tracking_uri(tracking_uri)
     upload_adapter(folder, run_id)
     store.set_tag(run_id, "adapter_uploaded_later", "true")

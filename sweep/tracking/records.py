@@ -193,7 +193,7 @@ def log_adapter(model, pending_root: Path) -> None:
     folder = pending_folder(pending_root, run_id)
     model.save_pretrained(folder, safe_serialization=True, selected_adapters=[TRAINED_ADAPTER])
     try:
-        upload_adapter(folder)
+        upload_adapter(folder, run_id)
     except (OSError, mlflow.exceptions.MlflowException) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
         raise AdapterNotStored(f"{reason} while uploading the adapter; it is kept in {folder}: free space (or fix the "
@@ -201,14 +201,10 @@ def log_adapter(model, pending_root: Path) -> None:
     shutil.rmtree(folder.parent, ignore_errors=True)
 
 
-def upload_adapter(folder: Path, run_id: str | None = None) -> None:
-    """Upload an adapter folder to the run (the active one by default) and tag its weights' sha256."""
+def upload_adapter(folder: Path, run_id: str) -> None:
+    """Upload an adapter folder to the run and tag its weights' sha256."""
     digest = sha256(folder / ADAPTER_WEIGHTS)
+    client = mlflow.MlflowClient()
     with atomic_write():
-        if run_id is None:
-            mlflow.log_artifacts(str(folder), ADAPTER_DIR)
-            mlflow.set_tag(ADAPTER_SHA_TAG, digest)
-        else:
-            client = mlflow.MlflowClient()
-            client.log_artifacts(run_id, str(folder), ADAPTER_DIR)
-            client.set_tag(run_id, ADAPTER_SHA_TAG, digest)
+        client.log_artifacts(run_id, str(folder), ADAPTER_DIR)
+        client.set_tag(run_id, ADAPTER_SHA_TAG, digest)
