@@ -7,7 +7,8 @@ import mlflow
 import pandas as pd
 
 from analysis import plots
-from analysis.summary import BASELINES, baseline_values, cell, value
+from analysis.runs import BASELINES, cell, value
+from analysis.summary import baseline_values
 from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.untrusted import stored_list
 

@@ -15,16 +15,9 @@ from __future__ import annotations
 import pandas as pd
 
 from analysis import plots
+from analysis.runs import BASELINES, template, value
 from analysis.stats import compare_runs
-from analysis.summary import (
-    BASELINES,
-    baseline_values,
-    fmt,
-    group_key,
-    references,
-    template,
-    value,
-)
+from analysis.summary import baseline_values, fmt, group_key, references
 
 WIN_RATE, REPLY_TOKENS = "win_rate", "reply_tokens"  # what sweep/rlhf/judging.py logs per task
 TIE = 0.5  # the win rate of the base model's replies against themselves

@@ -20,27 +20,20 @@ from analysis.figures import figures
 from analysis.instruction_data import instruction_data_view
 from analysis.pipeline import pipeline_view
 from analysis.render import Code, Report, write
+from analysis.runs import BASELINES, STRONGEST, cell, search_runs, tag, template
+from analysis.runs import value as number
 from analysis.stats import compare_runs
 from analysis.summary import (
-    BASELINES,
     DEGENERATE_SHARE,
-    STRONGEST,
     References,
     band_lines,
-    cell,
     fmt,
     group_key,
     main_metrics,
     references,
-    search_runs,
     short_verdict,
     sweep_verdicts,
-    tag,
-    template,
     verdict_lines,
-)
-from analysis.summary import (
-    value as number,
 )
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact

@@ -18,86 +18,23 @@ import mlflow
 import pandas as pd
 
 from analysis import verdict
+from analysis.runs import (
+    BASELINES,
+    STRONGEST,
+    latest_sweep_id,
+    sweep_runs,
+    tag,
+    template,
+    value,
+)
 from analysis.stats import examples_available, samples
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking.records import BASELINE_PANEL, STUDY_METHOD
 from sweep.tracking.store import is_server, runs_page
-from sweep.tracking.untrusted import Unquotable, equals, printable
+from sweep.tracking.untrusted import Unquotable, printable
 
-BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
-STRONGEST = "strongest_baseline"
-DEFAULT_TEMPLATE = "default"  # (runs recorded before templates existed used it)
 DEGENERATE_SHARE = 0.9  # a baseline giving one answer to more examples than this is degenerate
-
-
-def search_runs(experiment: str, filter_string: str = "") -> pd.DataFrame:
-    """The experiment's runs, oldest first; LookupError (saying what the store holds) when it has
-    no such experiment."""
-    from sweep.config import close_matches
-
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        uri = redact(mlflow.get_tracking_uri())
-        names = [e.name for e in client.search_experiments() if e.name != "Default"]
-        if not names:
-            raise LookupError(f"the tracking store {uri} holds no experiments yet: run `make run` or "
-                              f"`python sweep.py` first (or pass --tracking-uri)")
-        raise LookupError(f"no MLflow experiment named {experiment!r} at {uri}{close_matches(experiment, names)}; "
-                          f"its experiments are: {', '.join(sorted(names))}")
-    return mlflow.search_runs([exp.experiment_id], filter_string=filter_string, order_by=["start_time ASC"])
-
-
-def template(row) -> str:
-    value = row.get("params.eval.template")
-    return DEFAULT_TEMPLATE if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
-def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
-    """The sweep's runs, plus the latest finished baselines of the same model, tasks and eval limit
-    that the sweep itself did not score (e.g. `make run` scores them in a first sweep): the
-    strongest baseline, the zero-shot baseline of each template the sweep used, a few-shot one."""
-    runs = search_runs(experiment, equals("tags.sweep_id", sweep_id))
-    if not runs.empty:
-        runs = runs[runs["tags.method"] != STUDY_METHOD].reset_index(drop=True)  # the Optuna parent run
-    if runs.empty or runs["tags.method"].isin(BASELINES).all():
-        return runs
-    ref = runs.iloc[0]
-    try:
-        match = " and ".join(["attributes.status = 'FINISHED'", equals("tags.model", ref["tags.model"]),
-                              equals("tags.tasks", ref["tags.tasks"]),
-                              equals("params.`eval.limit`", ref["params.eval.limit"])])
-    except Unquotable:  # (a store value no filter can name: no baseline can match it)
-        return runs
-    wanted = [(STRONGEST, None), ("few_shot", None)]
-    wanted += [("zero_shot", t) for t in dict.fromkeys(template(r) for _, r in runs.iterrows())]
-    extra = []
-    for method, tmpl in wanted:
-        have = runs["tags.method"] == method
-        if tmpl is not None:
-            have &= runs.apply(template, axis=1) == tmpl
-        if not have.any():
-            try:
-                extra_filter = f" and {equals('params.`eval.template`', tmpl)}" \
-                    if tmpl not in (None, DEFAULT_TEMPLATE) else ""
-            except Unquotable:
-                continue
-            found = search_runs(experiment, f"{match} and tags.method = '{method}'{extra_filter}")
-            if tmpl == DEFAULT_TEMPLATE and not found.empty:
-                found = found[found.apply(template, axis=1) == DEFAULT_TEMPLATE]
-            if not found.empty:
-                extra.append(found.iloc[[-1]])
-    return pd.concat([*extra, runs], ignore_index=True)
-
-
-def value(row, col) -> float | None:
-    v = row.get(col)
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(v) else v
 
 
 @dataclass
@@ -141,11 +78,6 @@ def degenerate(row, metric: str) -> str:
     """'degenerate: 95% one answer' when the run gave one answer to more than 90% of the examples."""
     share = value(row, f"metrics.{metric.split('/')[0]}/top_prediction_share")
     return f"degenerate: {share:.0%} one answer" if share is not None and share > DEGENERATE_SHARE else ""
-
-
-def tag(row, name: str) -> str:
-    v = row.get(f"tags.{name}")
-    return v if isinstance(v, str) else "-"
 
 
 def shots(row) -> str:
@@ -343,13 +275,6 @@ def peeking_line(runs: pd.DataFrame, metric: str) -> list[str]:
             f"{honest:.3f} there ({best - honest:.3f} below that oracle)"]
 
 
-def latest_sweep_id(experiment: str) -> str:
-    runs = search_runs(experiment)
-    if runs.empty:
-        raise LookupError(f"experiment {experiment!r} has no runs yet")
-    return runs.iloc[-1]["tags.sweep_id"]
-
-
 def record_verdicts(comparisons: list[verdict.Comparison]) -> None:
     """Each adapter run's verdicts as its tags (`verdict.<task>/<metric>`) and metrics (verdict/...)."""
     client = mlflow.MlflowClient()
@@ -398,11 +323,5 @@ def main(argv=None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def cell(row, col, default=None):
-    """A run's field, `default` when missing or NaN."""
-    value = row.get(col, default)
-    return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 

@@ -135,7 +135,7 @@ def test_hparams_search_presets_compose_with_the_optuna_sweeper(preset):
 
 @pytest.mark.parametrize("args", [
     ["method=few_shot", "eval.num_fewshot=2"], ["-m", "method=zero_shot,few_shot"], ["model=tiny", "model.from_config.hidden_size=32"],
-    ["experiment=quickstart", "eval.limit=3"], ["+new_key=1"], ["hparams_search=lora_tpe", "hydra.sweeper.n_trials=2"],
+    ["experiment=quickstart", "eval.limit=3"], ["+tracking.tags.owner=ana"], ["hparams_search=lora_tpe", "hydra.sweeper.n_trials=2"],
     ["lora.alpha='${mul:2,${lora.r}}'"],
 ])
 def test_valid_overrides_pass_the_command_line_check(args):
@@ -148,6 +148,7 @@ def test_valid_overrides_pass_the_command_line_check(args):
     (["lora.rr=3"], "lora.rr: no such config key (did you mean: lora.r"),
     (["-m", "method=zero_shot,fewshot"], "method=fewshot: no such option in conf/method/"),
     (["train.max_step=3"], "did you mean: train.max_steps"),
+    (["+new_key=1"], "nothing reads a new key new_key"),
 ])
 def test_unknown_keys_and_options_are_named_with_close_matches(args, needle):
     from sweep.pipeline.overrides import check_overrides

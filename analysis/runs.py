@@ -1,0 +1,103 @@
+"""Reading a sweep's runs from the tracking store: which runs a report is about (the sweep's own,
+plus the baselines it is compared with) and their fields, with missing values as None. Store text is
+untrusted: filters quote it through `equals`, never interpolate it."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import pandas as pd
+
+from sweep.runtime.secrets import redact
+from sweep.tracking.records import STUDY_METHOD
+from sweep.tracking.untrusted import Unquotable, equals
+
+BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
+STRONGEST = "strongest_baseline"
+DEFAULT_TEMPLATE = "default"  # (runs recorded before templates existed used it)
+def search_runs(experiment: str, filter_string: str = "") -> pd.DataFrame:
+    """The experiment's runs, oldest first; LookupError (saying what the store holds) when it has
+    no such experiment."""
+    from sweep.config import close_matches
+
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        uri = redact(mlflow.get_tracking_uri())
+        names = [e.name for e in client.search_experiments() if e.name != "Default"]
+        if not names:
+            raise LookupError(f"the tracking store {uri} holds no experiments yet: run `make run` or "
+                              f"`python sweep.py` first (or pass --tracking-uri)")
+        raise LookupError(f"no MLflow experiment named {experiment!r} at {uri}{close_matches(experiment, names)}; "
+                          f"its experiments are: {', '.join(sorted(names))}")
+    return mlflow.search_runs([exp.experiment_id], filter_string=filter_string, order_by=["start_time ASC"])
+
+
+def template(row) -> str:
+    value = row.get("params.eval.template")
+    return DEFAULT_TEMPLATE if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
+    """The sweep's runs, plus the latest finished baselines of the same model, tasks and eval limit
+    that the sweep itself did not score (e.g. `make run` scores them in a first sweep): the
+    strongest baseline, the zero-shot baseline of each template the sweep used, a few-shot one."""
+    runs = search_runs(experiment, equals("tags.sweep_id", sweep_id))
+    if not runs.empty:
+        runs = runs[runs["tags.method"] != STUDY_METHOD].reset_index(drop=True)  # the Optuna parent run
+    if runs.empty or runs["tags.method"].isin(BASELINES).all():
+        return runs
+    ref = runs.iloc[0]
+    try:
+        match = " and ".join(["attributes.status = 'FINISHED'", equals("tags.model", ref["tags.model"]),
+                              equals("tags.tasks", ref["tags.tasks"]),
+                              equals("params.`eval.limit`", ref["params.eval.limit"])])
+    except Unquotable:  # (a store value no filter can name: no baseline can match it)
+        return runs
+    wanted = [(STRONGEST, None), ("few_shot", None)]
+    wanted += [("zero_shot", t) for t in dict.fromkeys(template(r) for _, r in runs.iterrows())]
+    extra = []
+    for method, tmpl in wanted:
+        have = runs["tags.method"] == method
+        if tmpl is not None:
+            have &= runs.apply(template, axis=1) == tmpl
+        if not have.any():
+            try:
+                extra_filter = f" and {equals('params.`eval.template`', tmpl)}" \
+                    if tmpl not in (None, DEFAULT_TEMPLATE) else ""
+            except Unquotable:
+                continue
+            found = search_runs(experiment, f"{match} and tags.method = '{method}'{extra_filter}")
+            if tmpl == DEFAULT_TEMPLATE and not found.empty:
+                found = found[found.apply(template, axis=1) == DEFAULT_TEMPLATE]
+            if not found.empty:
+                extra.append(found.iloc[[-1]])
+    return pd.concat([*extra, runs], ignore_index=True)
+
+
+def value(row, col) -> float | None:
+    v = row.get(col)
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(v) else v
+
+
+def tag(row, name: str) -> str:
+    v = row.get(f"tags.{name}")
+    return v if isinstance(v, str) else "-"
+
+
+def latest_sweep_id(experiment: str) -> str:
+    runs = search_runs(experiment)
+    if runs.empty:
+        raise LookupError(f"experiment {experiment!r} has no runs yet")
+    return runs.iloc[-1]["tags.sweep_id"]
+
+
+def cell(row, col, default=None):
+    """A run's field, `default` when missing or NaN."""
+    value = row.get(col, default)
+    return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
