@@ -1,5 +1,6 @@
 """Which figures a report shows: a metric against LoRA's rank, alpha and the trainable parameters,
-the training loss, and each Optuna study's history or Pareto front (plots.py draws them)."""
+the training loss, the machine's utilisation over each run, and each Optuna study's history or
+Pareto front (plots.py draws them)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from analysis.runs import BASELINES, cell, value
 from analysis.summary import baseline_values
 from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.untrusted import stored_list
+
+MAX_CURVES = 20  # runs drawn in a figure of curves
 
 
 def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[str, bytes]:
@@ -39,14 +42,36 @@ def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[
                 points, base, "trainable parameters (log)", metric, log_x=True, lines=False)
     curves = {}
     client = mlflow.MlflowClient()
-    for _, r in done[~done["tags.method"].isin(BASELINES)].head(20).iterrows():
+    for _, r in done[~done["tags.method"].isin(BASELINES)].head(MAX_CURVES).iterrows():
         history = client.get_metric_history(r["run_id"], "train/loss")
         if history:
             curves[cell(r, "tags.mlflow.runName")] = [(h.step, h.value) for h in history]
     if curves:
         figs["training loss"] = plots.loss_curves(curves)
+    figs |= utilisation_figure(done[~done["tags.method"].isin(BASELINES)].head(MAX_CURVES), client)
     figs |= study_figures(runs)
     return figs
+
+
+# What the utilisation figure shows of each run's system metrics (sweep/tracking/system_metrics.py),
+# GPUs' where a run had one.
+UTILISATION = {"system/cpu_utilization_percentage": "CPU utilisation (%)",
+               "system/system_memory_usage_megabytes": "memory used (MB)",
+               "system/gpu_0_utilization_percentage": "GPU 0 utilisation (%)",
+               "system/gpu_0_memory_usage_megabytes": "GPU 0 memory (MB)"}
+
+
+def utilisation_figure(trained: pd.DataFrame, client) -> dict[str, bytes]:
+    """The machine over each trained run's life: CPU, memory, and GPU where there was one."""
+    panels: dict[str, dict[str, list]] = {}
+    for _, r in trained.iterrows():
+        for key, label in UTILISATION.items():
+            history = client.get_metric_history(r["run_id"], key) if f"metrics.{key}" in r.index else []
+            if history:
+                start = min(h.timestamp for h in history)
+                panels.setdefault(label, {})[cell(r, "tags.mlflow.runName")] = sorted(
+                    ((h.timestamp - start) / 1000, h.value) for h in history)
+    return {"system utilisation": plots.utilisation(panels)} if panels else {}
 
 
 def study_figures(runs: pd.DataFrame) -> dict[str, bytes]:

@@ -87,3 +87,17 @@ def pareto_front(points: list[tuple[float, float]], front: list[tuple[float, flo
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return _png(fig)
+
+
+def utilisation(panels: dict[str, dict[str, list[tuple[float, float]]]]) -> bytes:
+    """One panel per machine quantity ({y label: {run: [(seconds since start, value), ...]}}), one
+    line per run: was a trial busy, idle, or waiting for its input?"""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(7, 2.4 * len(panels)), sharex=True, squeeze=False)
+    for ax, (label, series) in zip(axes[:, 0], panels.items()):
+        for run, points in sorted(series.items()):
+            ax.plot([t for t, _ in points], [v for _, v in points], ".-", label=run)
+        ax.set_ylabel(label, fontsize=8)
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].legend(fontsize=7, ncol=2)
+    axes[-1, 0].set_xlabel("seconds since the run started")
+    return _png(fig)

@@ -34,6 +34,8 @@ def test_single_lora_run_records_everything(tracking, tmp_path):
               "eval_seconds", "train_tokens_per_second", "peak_rss_mb", "train_peak_rss_mb", "eval_peak_rss_mb"):
         assert run[f"metrics.{m}"] >= 0, m
     assert run["metrics.peak_rss_mb"] == max(run["metrics.train_peak_rss_mb"], run["metrics.eval_peak_rss_mb"])
+    # MLflow's system metrics, on by default, sampled even in a run shorter than their interval (10 s)
+    assert run["metrics.system/cpu_utilization_percentage"] >= 0 and run["metrics.system/system_memory_usage_megabytes"] > 0
     assert 0 < run["metrics.trainable_params"] < run["metrics.total_params"]
 
     history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/loss")

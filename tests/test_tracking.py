@@ -55,3 +55,30 @@ def test_log_input_retries_the_race_on_a_new_dataset(monkeypatch):
         mlflow.exceptions.MlflowException("down")))
     with pytest.raises(mlflow.exceptions.MlflowException):
         records.log_input(object(), "training")
+
+
+def test_system_metrics_of_a_run_shorter_than_one_sampling_interval_are_kept(tmp_path):
+    """MLflow's own monitor publishes only after a full interval; a quick job would record nothing."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    from sweep.tracking.system_metrics import RunSystemMetrics
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    kept = {}
+    for monitor in (SystemMetricsMonitor, RunSystemMetrics):
+        run_id = client.create_run(client.create_experiment(monitor.__name__)).info.run_id
+        m = monitor(run_id, sampling_interval=60, tracking_uri=client.tracking_uri)
+        m.start()
+        m.finish()
+        kept[monitor] = {k for k in client.get_run(run_id).data.metrics if k.startswith("system/")}
+    assert kept[SystemMetricsMonitor] == set()
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= kept[RunSystemMetrics]
+
+
+@pytest.mark.parametrize("key,value", [("system_metrics", "yes"), ("system_metrics_interval", 0),
+                                       ("system_metrics_interval", "fast")])
+def test_bad_system_metrics_settings_are_refused(key, value):
+    from sweep.config import ConfigError
+
+    with pytest.raises(ConfigError, match=f"tracking.{key}="):
+        store.validate_tracking(compose(f"tracking.{key}={value}").tracking)

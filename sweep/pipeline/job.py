@@ -151,7 +151,8 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
 
     # The folder the base model loaded from: what an adapter's adapter_config.json names.
     tags["base_model_path"] = str(getattr(built.model, "name_or_path", "") or "")
-    with lifecycle.mlflow_run(experiment_id, name, tags) as run:
+    with lifecycle.mlflow_run(experiment_id, name, tags,
+                              system_metrics_interval=store.system_metrics_interval(cfg.tracking)) as run:
         # Each step's results are logged as soon as they exist: a later failure keeps them.
         records.log_inputs(resolved(cfg), built.files, built.datasets)
         metrics = {"trainable_params": trainable, "total_params": total,
@@ -177,7 +178,8 @@ def resolved(cfg: DictConfig) -> dict:
 
 def reuse_baseline(cfg: DictConfig, job: Prepared, experiment_id: str, name: str, tags: dict, source,
                    scores: dict, start_memory: dict) -> JobOutcome:
-    with lifecycle.mlflow_run(experiment_id, name, tags) as run:
+    with lifecycle.mlflow_run(experiment_id, name, tags,
+                              system_metrics_interval=store.system_metrics_interval(cfg.tracking)) as run:
         records.log_inputs(resolved(cfg), task_files(job.project.tasks), job_datasets(cfg, job.project.tasks))
         used = start_memory | memory.peak_mb()
         records.log_metrics(used)

@@ -30,6 +30,7 @@ from sweep.pipeline.checks import validate
 from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG
 from sweep.runtime.files import sha256
 from sweep.runtime.secrets import redact
+from sweep.tracking import system_metrics
 from sweep.tracking.lifecycle import git_state
 from sweep.tracking.records import STUDY_METHOD, VERDICT_PREFIX
 from sweep.tracking.untrusted import printable
@@ -265,7 +266,8 @@ def compare(original: dict[str, float], new: dict[str, float], rtol: float) -> l
     rows = []
     for name in sorted(set(original) | set(new)):
         a, b = original.get(name, math.nan), new.get(name, math.nan)
-        if any(v in name for v in VOLATILE) or name.startswith(VERDICT_PREFIX):  # (a verdict is the sweep's)
+        # (a verdict is the sweep's; system metrics are the machine's)
+        if any(v in name for v in VOLATILE) or name.startswith((VERDICT_PREFIX, system_metrics.PREFIX)):
             verdict = "not compared"
         elif name not in original or name not in new:
             verdict = "MISSING"

@@ -7,8 +7,10 @@ import statistics
 from collections import Counter
 
 from sweep.scoring import calibration
+from sweep.tracking import system_metrics
 
-CURVES = ("train/", "slice/", "draw/")  # per-step and per-draw series; their names hold a "/" too
+# per-step, per-draw and machine series; their names hold a "/" too
+CURVES = ("train/", "slice/", "draw/", system_metrics.PREFIX)
 
 
 def is_task_metric(name: str) -> bool:

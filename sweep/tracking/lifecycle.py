@@ -19,6 +19,7 @@ from sweep.runtime.distributed import world_size
 from sweep.runtime.interrupts import atomic_write, interrupted, signals_received
 from sweep.runtime.secrets import redact
 from sweep.tracking.records import redacted
+from sweep.tracking.system_metrics import system_metrics
 
 log = logging.getLogger(__name__)
 CLOSE_SECONDS = 60.0  # how long ending a run waits for a store that does not answer
@@ -74,20 +75,24 @@ def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | Non
 
 
 @contextmanager
-def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_id: str | None = None):
+def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_id: str | None = None,
+               system_metrics_interval: float | None = None):
     """An MLflow run that ends FINISHED, FAILED (with `traceback.txt`), or KILLED when
     interrupted (Ctrl-C, SIGTERM) or pruned by Optuna (tag `optuna.state=PRUNED`).
-    `resume_run_id`: reopen that run (a job that continues where a killed one stopped)."""
+    `resume_run_id`: reopen that run (a job that continues where a killed one stopped).
+    `system_metrics_interval`: seconds between samples of the machine (system/* curves); None: none."""
     with atomic_write():
         if resume_run_id:
-            run = mlflow.start_run(run_id=resume_run_id, tags=redacted(tags))
+            run = mlflow.start_run(run_id=resume_run_id, tags=redacted(tags), log_system_metrics=False)
         else:
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags))
+            run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags),
+                                   log_system_metrics=False)
     in_trial = "optuna.trial_number" in tags
     trial_failed = {"optuna.state": "FAIL"} if in_trial else {}
     signals_before = signals_received()
     try:
-        yield run
+        with system_metrics(run.info.run_id, system_metrics_interval):
+            yield run
     except TrialPruned:
         _close(run, "KILLED", {"optuna.state": "PRUNED"})
         raise

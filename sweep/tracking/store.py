@@ -37,9 +37,18 @@ def validate_tracking(tracking: DictConfig) -> None:
     if tracking.tags is not None and not isinstance(tracking.tags, DictConfig):
         raise ConfigError(f"tracking.tags={tracking.tags!r} is invalid: give a mapping, e.g. "
                           "tracking.tags={team:nlp}")
-    for key in ("log_adapter",):
+    for key in ("log_adapter", "system_metrics"):
         if not isinstance(tracking[key], bool):
             raise ConfigError(f"tracking.{key}={tracking[key]!r} is invalid: must be true or false")
+    interval = tracking.system_metrics_interval
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 3600:
+        raise ConfigError(f"tracking.system_metrics_interval={interval!r} is invalid: give seconds between samples "
+                          "of the machine, e.g. tracking.system_metrics_interval=10")
+
+
+def system_metrics_interval(tracking: DictConfig) -> float | None:
+    """Seconds between samples of the machine for a run's system/* metrics; None when they are off."""
+    return float(tracking.system_metrics_interval) if tracking.system_metrics else None
 
 
 def init_store(uri: str) -> None:
