@@ -30,8 +30,9 @@ from analysis.runs import (
 from analysis.stats import examples_available, samples
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
+from sweep.tracking.checks import is_server
 from sweep.tracking.records import BASELINE_PANEL, STUDY_METHOD
-from sweep.tracking.store import is_server, runs_page
+from sweep.tracking.store import runs_page
 from sweep.tracking.untrusted import Unquotable, printable
 
 DEGENERATE_SHARE = 0.9  # a baseline giving one answer to more examples than this is degenerate

@@ -1,6 +1,9 @@
 """Config composition (every group option) and the checks that reject bad input before compute."""
 
 
+import subprocess
+import sys
+
 import pytest
 
 from sweep.config import ConfigError
@@ -156,3 +159,21 @@ def test_unknown_keys_and_options_are_named_with_close_matches(args, needle):
     with pytest.raises(ConfigError) as e:
         check_overrides([a for a in args if not a.startswith("-")], compose())
     assert needle in str(e.value)
+
+
+def test_optimizer_and_scheduler_names_are_read_without_importing_transformers_training():
+    """The command-line check names a bad train.optim in a second: it reads transformers' enums from
+    their source, and they are the enums the library itself holds."""
+    from transformers import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from sweep.training.checks import enum_values
+
+    assert enum_values("transformers.training_args", "OptimizerNames") == [o.value for o in OptimizerNames]
+    assert enum_values("transformers.trainer_utils", "SchedulerType") == [s.value for s in SchedulerType]
+    probe = subprocess.run([sys.executable, "-c", "import sys; from sweep.pipeline import overrides; "
+                            "from sweep.training.checks import enum_values; "
+                            "enum_values('transformers.training_args', 'OptimizerNames'); "
+                            "print(sorted(m for m in ('torch', 'mlflow', 'trl', 'peft', 'transformers') if m in sys.modules))"],
+                           cwd=ROOT, capture_output=True, text=True, check=True)
+    assert probe.stdout.strip() == "[]"  # checking a command line imports none of the heavy libraries

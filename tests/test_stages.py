@@ -39,7 +39,7 @@ def test_dpo_losses_are_read_from_the_installed_trl():
 def test_a_new_stage_is_one_entry(monkeypatch):
     """An entry with its own check: validate_stage runs it, no other code names the stage."""
     checked = []
-    monkeypatch.setitem(STAGES, "dpo", Stage("dpo", STAGES["dpo"].train, "pairs", "dpo-b{beta:g}",
+    monkeypatch.setitem(STAGES, "dpo", Stage("dpo", STAGES["dpo"].trainer, "pairs", "dpo-b{beta:g}",
                                              check=lambda stage, train: checked.append(stage.beta)))
     cfg = compose("method=lora", "stage=dpo", "stage.beta=0.3")
     validate_stage(cfg.stage, cfg.method, cfg.lora, None, cfg.train)

@@ -79,6 +79,7 @@ def test_system_metrics_of_a_run_shorter_than_one_sampling_interval_are_kept(tmp
                                        ("system_metrics_interval", "fast")])
 def test_bad_system_metrics_settings_are_refused(key, value):
     from sweep.config import ConfigError
+    from sweep.tracking.checks import validate_tracking
 
     with pytest.raises(ConfigError, match=f"tracking.{key}="):
-        store.validate_tracking(compose(f"tracking.{key}={value}").tracking)
+        validate_tracking(compose(f"tracking.{key}={value}").tracking)

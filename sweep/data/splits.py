@@ -61,7 +61,11 @@ def dev_indices(task, size: int, seed: int = DEV_SLICE_SEED) -> list[int]:
         raise ConfigError(f"data.dev_size={size}: task {task.config.task} has no train split apart from the split it "
                           f"reports on, so there is nowhere to carve a development slice from; set data.dev_size=0 "
                           f"(then nothing can be chosen on it)")
-    train, reported = task.dataset[task.config.training_split], {text_of(task, d) for d in task.eval_docs}
+    train = task.dataset[task.config.training_split]
+    if size > len(train):  # (no need to read every example to know)
+        raise ConfigError(f"data.dev_size={size} is larger than task {task.config.task}'s train split can give "
+                          f"(it has {len(train)} examples); lower it")
+    reported = {text_of(task, d) for d in task.eval_docs}
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     picked = []

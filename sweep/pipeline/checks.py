@@ -15,7 +15,7 @@ from sweep.data.checks import validate_data
 from sweep.rlhf.stages import validate_stage
 from sweep.scoring.baselines import validate_baseline_search
 from sweep.scoring.checks import validate_eval
-from sweep.tracking.store import validate_tracking
+from sweep.tracking.checks import validate_tracking
 from sweep.training.checks import (
     PROMPT_LEARNING,
     validate_lora,

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from sweep.config import PROJECT_ROOT, ConfigError, close_matches
 from sweep.pipeline.checks import validate
 from sweep.runtime.secrets import redact
-from sweep.tracking.store import probe_server
+from sweep.tracking.checks import probe_server
 
 CONF = PROJECT_ROOT / "conf"
 ADDABLE = ("tracking.tags.",)  # keys a user may add with +: the run's own tags

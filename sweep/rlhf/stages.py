@@ -10,13 +10,15 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
 from sweep.config import ConfigError, is_int, is_number, require, run_id_or_null
-from sweep.rlhf import alignment
-from sweep.rlhf.alignment import StageRun
-from sweep.training.sft import TrainResult
+
+if TYPE_CHECKING:  # (the trainers import TRL and torch: checking a config needs neither)
+    from sweep.rlhf.alignment import StageRun
+    from sweep.training.sft import TrainResult
 
 POLICY_HEAD, JUDGE_HEAD = "CAUSAL_LM", "SEQ_CLS"  # peft task types: a policy generates, a reward model classifies
 
@@ -28,7 +30,7 @@ def no_checks(stage: DictConfig, train: DictConfig) -> None:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    train: Callable[[StageRun], TrainResult]
+    trainer: str               # its function in sweep/rlhf/alignment.py, imported when it trains
     data: str                  # what it trains on: "examples" (tokenized), "pairs" (chosen vs rejected), "prompts"
     label: str = ""            # its run names' prefix, formatted with the stage group (e.g. dpo-b0.1-lora-r8-...)
     judged: bool = False       # trains against a reward model (eval.judge_run_id, or the sweep's reward run)
@@ -39,6 +41,11 @@ class Stage:
     @property
     def is_policy(self) -> bool:
         return self.head == POLICY_HEAD
+
+    def train(self, run: StageRun) -> TrainResult:
+        from sweep.rlhf import alignment
+
+        return getattr(alignment, self.trainer)(run)
 
 
 @cache
@@ -93,12 +100,12 @@ def check_ppo(s: DictConfig, train: DictConfig) -> None:
 
 FIRST_STAGE = "sft"  # what every run is that names no stage (runs from before the pipeline existed, too)
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage(FIRST_STAGE, alignment.train_sft, "examples", multi_process=True),
-    Stage("reward", alignment.train_reward, "pairs", "reward", head=JUDGE_HEAD),
-    Stage("dpo", alignment.train_dpo, "pairs", "dpo-b{beta:g}", check=check_dpo),
-    Stage("grpo", alignment.train_grpo, "prompts", "grpo-b{beta:g}", judged=True, check=check_group_rl),
-    Stage("rloo", alignment.train_rloo, "prompts", "rloo-b{beta:g}", judged=True, check=check_group_rl),
-    Stage("ppo", alignment.train_ppo, "prompts", "ppo-kl{kl_coef:g}", judged=True, check=check_ppo),
+    Stage(FIRST_STAGE, "train_sft", "examples", multi_process=True),
+    Stage("reward", "train_reward", "pairs", "reward", head=JUDGE_HEAD),
+    Stage("dpo", "train_dpo", "pairs", "dpo-b{beta:g}", check=check_dpo),
+    Stage("grpo", "train_grpo", "prompts", "grpo-b{beta:g}", judged=True, check=check_group_rl),
+    Stage("rloo", "train_rloo", "prompts", "rloo-b{beta:g}", judged=True, check=check_group_rl),
+    Stage("ppo", "train_ppo", "prompts", "ppo-kl{kl_coef:g}", judged=True, check=check_ppo),
 )}
 POLICY_STAGES = tuple(name for name, s in STAGES.items() if s.is_policy)
 JUDGE_STAGE = next(name for name, s in STAGES.items() if not s.is_policy)  # the reward model's stage

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
 import inspect
 from pathlib import Path
@@ -152,17 +154,30 @@ def validate_model(model: DictConfig) -> None:
                           f"`huggingface-cli download {source}` where there is a network, or give a folder") from None
 
 
-def validate_scheduler(name) -> None:
-    from transformers import SchedulerType
+def enum_values(module: str, enum: str) -> list[str]:
+    """The string values of a transformers enum, read from the installed library's source: importing
+    `transformers.training_args` imports torch and peft, ten seconds before a typo could be named.
+    Falls back to the import if the source has no such class (a future layout)."""
+    package, _, name = module.partition(".")  # (find_spec of a submodule would import its package)
+    spec = importlib.util.find_spec(package)
+    source = Path(spec.origin).parent / f"{name.replace('.', '/')}.py" if spec and spec.origin else None
+    tree = ast.parse(source.read_text()) if source and source.is_file() else ast.Module(body=[])
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == enum:
+            values = [n.value.value for n in node.body if isinstance(n, ast.Assign)
+                      and isinstance(n.value, ast.Constant) and isinstance(n.value.value, str)]
+            if values:
+                return values
+    return [e.value for e in getattr(importlib.import_module(module), enum)]
 
-    names = [s.value for s in SchedulerType]
+
+def validate_scheduler(name) -> None:
+    names = enum_values("transformers.trainer_utils", "SchedulerType")
     require(name in names, "train.lr_scheduler", name, "use a transformers scheduler name, e.g. linear or cosine"
             + close_matches(name, names))
 
 
 def validate_optim(name) -> None:
-    from transformers.training_args import OptimizerNames
-
-    names = [o.value for o in OptimizerNames]
+    names = enum_values("transformers.training_args", "OptimizerNames")
     require(name in names, "train.optim", name, "use a transformers optimizer name, e.g. adamw_torch"
             + close_matches(name, names))

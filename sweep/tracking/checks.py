@@ -1,0 +1,64 @@
+"""The tracking group's checks (conf/tracking) and the probe of a tracking server, apart from the
+store's module so that checking a command line needs no MLflow import (seconds before any error)."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from urllib.parse import urlsplit, urlunsplit
+
+from omegaconf import DictConfig
+
+from sweep.config import ConfigError
+from sweep.runtime.secrets import redact
+
+PROBE_SECONDS = 5  # a tracking server that does not answer in this time is taken for down
+
+
+def validate_tracking(tracking: DictConfig) -> None:
+    """The tracking keys a job reads before it opens the store."""
+    experiment = tracking.experiment
+    if not (isinstance(experiment, str) and experiment.strip() and experiment.isprintable()):
+        raise ConfigError(f"tracking.experiment={experiment!r} is invalid: name an experiment, e.g. "
+                          "tracking.experiment=my-sweep")
+    if tracking.tags is not None and not isinstance(tracking.tags, DictConfig):
+        raise ConfigError(f"tracking.tags={tracking.tags!r} is invalid: give a mapping, e.g. "
+                          "tracking.tags={team:nlp}")
+    for key in ("log_adapter", "system_metrics"):
+        if not isinstance(tracking[key], bool):
+            raise ConfigError(f"tracking.{key}={tracking[key]!r} is invalid: must be true or false")
+    interval = tracking.system_metrics_interval
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 3600:
+        raise ConfigError(f"tracking.system_metrics_interval={interval!r} is invalid: give seconds between samples "
+                          "of the machine, e.g. tracking.system_metrics_interval=10")
+
+
+
+
+def probe_server(uri: str) -> None:
+    """A tracking server that cannot be reached within PROBE_SECONDS, refused in one line: MLflow's
+    client would retry for minutes, printing a warning per try. An answer of any kind passes (a
+    proxy may guard /health); only no connection fails. Asked once, as a command starts (a job of a
+    running sweep rides out an outage on the client's retries instead)."""
+    if not is_server(uri):
+        return
+    parts = urlsplit(uri)
+    try:  # (without the credentials: /health needs none, and urllib reads user:password@ as part of the host)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        bare = urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""),
+                           parts.path.rstrip("/") + "/health", "", ""))
+    except (TypeError, ValueError):
+        raise ConfigError(f"tracking.uri={redact(uri)!r} is not a URL; give e.g. http://127.0.0.1:5000") from None
+    try:
+        with urllib.request.urlopen(bare, timeout=PROBE_SECONDS):
+            pass
+    except urllib.error.HTTPError:
+        pass
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        raise ConfigError(f"tracking.uri={redact(uri)!r} does not answer ({redact(str(reason))[:200]}); start the "
+                          f"server (`make services`) or fix the URI") from None
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
