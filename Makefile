@@ -75,8 +75,8 @@ ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the embedded store (open
 	@echo "runs: http://127.0.0.1:5000/#/experiments/<id>/runs?workflowType=machine_learning (the link each sweep prints; without ?workflowType MLflow 3 opens its GenAI overview)"
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
 
-dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 over the embedded study storage
-	$(VENV)/bin/optuna-dashboard --host 127.0.0.1 --port 8080 --storage-class JournalFileStorage $(CURDIR)/optuna.journal
+dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 over STORAGE=<url>, else OPTUNA_STORAGE from the environment, else the local journal
+	@$(if $(STORAGE),OPTUNA_STORAGE='$(STORAGE)' )$(PY) scripts/dashboard.py
 
 upload: $(STAMP) ## upload an adapter whose upload failed (kept under pending_uploads/): make upload RUN=<run id>
 	$(PY) -m sweep.pipeline.upload '$(RUN)' $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)')

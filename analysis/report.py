@@ -20,7 +20,7 @@ from analysis.figures import figures
 from analysis.instruction_data import instruction_data_view
 from analysis.pipeline import pipeline_view
 from analysis.render import Code, Report, write
-from analysis.runs import BASELINES, STRONGEST, cell, search_runs, tag, template
+from analysis.runs import BASELINES, STRONGEST, cell, feasible, search_runs, tag, template
 from analysis.runs import value as number
 from analysis.stats import compare_runs
 from analysis.summary import (
@@ -198,6 +198,7 @@ def best_run(done: pd.DataFrame, metric: str) -> tuple[pd.Series, bool] | None:
     """(the trained run with the best development score, True); without development scores (data.dev_size=0),
     (the best by test score, False): peeking, and said so."""
     trained = done[~done["tags.method"].isin((*BASELINES, STUDY_METHOD))]
+    trained = trained.loc[[feasible(r) for _, r in trained.iterrows()]]
     for column, honest in ((f"metrics.{DEV_PREFIX}{metric}", True), (f"metrics.{metric}", False)):
         if column in trained and not trained[column].isna().all():
             return trained.loc[trained[column].idxmax()], honest
@@ -215,7 +216,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
             name = col[len("metrics."):]
             split = "development" if name.startswith(DEV_PREFIX) else "test"
             task, metric = name.removeprefix(DEV_PREFIX).split("/", 1)
-            if value is None or task in ("train", "slice", "check", "draw", "verdict"):
+            if value is None or task in ("train", "slice", "check", "draw", "verdict", "system"):
                 continue
             rows.append({
                 "run_id": r["run_id"], "run": cell(r, "tags.mlflow.runName"), "status": r["status"],

@@ -10,6 +10,7 @@ import mlflow
 import pandas as pd
 
 from sweep.runtime.secrets import redact
+from sweep.study.controls import INFEASIBLE_TAG
 from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.untrusted import Unquotable, equals
 
@@ -101,3 +102,9 @@ def cell(row, col, default=None):
     """A run's field, `default` when missing or NaN."""
     value = row.get(col, default)
     return default if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def feasible(row) -> bool:
+    """False for the run of an Optuna trial that broke one of its study's constraints
+    (hydra.sweeper.constraints): never a sweep's choice, whatever it scored."""
+    return not cell(row, f"tags.{INFEASIBLE_TAG}")

@@ -21,6 +21,7 @@ from analysis import verdict
 from analysis.runs import (
     BASELINES,
     STRONGEST,
+    feasible,
     latest_sweep_id,
     sweep_runs,
     tag,
@@ -208,9 +209,10 @@ def sweep_verdicts(runs: pd.DataFrame) -> list[verdict.Comparison]:
 
 def best_by_dev(runs: pd.DataFrame, metric: str) -> pd.Series | None:
     """The finished adapter with the best development score: the sweep's choice, made without the
-    test examples; a tie goes to the one with fewer trainable parameters (the simpler one)."""
+    test examples, among those within the study's constraints; a tie goes to the one with fewer
+    trainable parameters (the simpler one)."""
     dev = lambda r: value(r, f"metrics.{DEV_PREFIX}{metric}")  # noqa: E731
-    adapters = [r for _, r in runs.iterrows() if is_adapter(r) and dev(r) is not None]
+    adapters = [r for _, r in runs.iterrows() if is_adapter(r) and feasible(r) and dev(r) is not None]
     # (max keeps the first of equals: the order the store listed them in only decides a full tie)
     return max(adapters, key=lambda r: (dev(r), -(value(r, "metrics.trainable_params") or 0)), default=None)
 

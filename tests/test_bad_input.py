@@ -15,8 +15,9 @@ from tests.conftest import ROOT, TINY, clean_env, run_sweep
 
 pytestmark = pytest.mark.e2e
 OPTUNA = ["-m", "hydra/sweeper=optuna"]
-# (command, arguments, what the one line must contain). {store}: an existing tracking store's URI,
-# {bad_data}: a data folder with a malformed line, {bad_tasks}: a folder with a broken task YAML.
+# (command, arguments, what the one line must contain; a literal brace doubled). {store}: an existing
+# tracking store's URI, {bad_data}: a data folder with a malformed line, {bad_tasks}: a folder with a
+# broken task YAML.
 CASES = [
     ("sweep.py", ["lora.rr=4"], "lora.rr: no such config key (did you mean: lora.r"),
     ("sweep.py", ["method=lorra"], "method=lorra: no such option in conf/method/"),
@@ -109,6 +110,13 @@ CASES = [
     ("sweep.py", [*OPTUNA, "lora.r=choice(0,-1)"], "lora.r=0 is invalid: must be a positive integer"),
     ("sweep.py", [*OPTUNA, "train.lr=interval(1e-2,1e-4)"], "interval(low, high) needs low <= high"),
     ("sweep.py", [*OPTUNA, "lora.dropout=interval(0.1,1.5)"], "lora.dropout=1.5 is invalid"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.sampler=cmaes", "hydra.sweeper.sampler_options={{sigma: 1}}"],
+     "hydra.sweeper.sampler_options.sigma: not an argument of cmaes's sampler"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.constraints=[budget]"], "'budget' is not `<metric> <= <number>`"),
+    ("sweep.py", [*OPTUNA, "hydra.sweeper.stop_after=0"], "hydra.sweeper.stop_after=0 is invalid"),
+    ("sweep.py", [*OPTUNA, "lora.r=choice(1,2)", "hydra.sweeper.enqueue=[{{lora.r: 4}}]"],
+     "enqueue[0] sets lora.r=4, outside its search space"),
+    ("sweep.py", [*OPTUNA, "lora.r=choice(1,2)", "hydra.sweeper.enqueue=[{{study: old, best: 2}}]"], "no study 'old'"),
     ("sweep.py", ["-m", "lora.r=2,0"], "lora.r=0 is invalid: must be a positive integer"),
     ("sweep.py", ["-m", "lora.r=range(0,3)"], "lora.r=0 is invalid"),
     ("sweep.py", ["-m", "train.optim=adamw_torch,adamz"], "train.optim='adamz' is invalid"),

@@ -1,5 +1,6 @@
 """The Optuna sweeper end to end on the tiny model: `python sweep.py -m hydra/sweeper=optuna ...`."""
 
+import json
 import os
 import signal
 import subprocess
@@ -36,6 +37,28 @@ def test_tpe_sweep_records_parent_and_child_runs(tmp_path, tracking):
     best = study.best_trial
     assert f"best trial {best.number}" in p.stdout and "reproduce: python sweep.py" in p.stdout
     assert f"lora.r={best.params['lora.r']}" in p.stdout.split("reproduce:")[1].splitlines()[0]
+
+
+def test_an_enqueued_configuration_runs_first_a_broken_constraint_never_wins_and_a_plateau_stops_the_study(
+        tmp_path, tracking):
+    """hydra.sweeper.enqueue, constraints and stop_after on the tiny model (r=8 trains 7,168
+    parameters, r=1 896): the enqueued r=8 is trial 0 and breaks the budget, so whatever it scores
+    it is not the study's best; the study stops once a completed trial brings no better value."""
+    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=8", "lora.r=choice(1,8)",
+                               "hydra.sweeper.enqueue=[{lora.r: 8}]", "hydra.sweeper.stop_after=1",
+                               "hydra.sweeper.constraints=['trainable_params <= 3000']"), *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    study = study_of(tmp_path)
+    first = study.trials[0]
+    assert first.params == {"lora.r": 8} and first.user_attrs["enqueued"] is True
+    assert first.constraints == {"trainable_params <= 3000": 7168 - 3000}
+    assert study.best_trial.params == {"lora.r": 1}
+    assert len(study.trials) < 8 and "(hydra.sweeper.stop_after): the study stops after" in p.stdout + p.stderr
+    kids, [parent] = children(tracking)[0], children(tracking)[1].to_dict("records")
+    infeasible = kids.set_index("tags.optuna.trial_number")["tags.optuna.infeasible"]
+    assert infeasible["0"] == "trainable_params <= 3000 (off by 4168)"
+    best = json.loads(mlflow.artifacts.load_text(f"runs:/{parent['run_id']}/best_trial.json"))
+    assert best[0]["params"] == {"lora.r": 1} and parent["params.stop_after"] == "1"
 
 
 def test_two_objectives_give_a_pareto_front(tmp_path, tracking):

@@ -41,14 +41,36 @@ def test_grid_needs_discrete_params():
         grid_of(parse_search_space(["train.lr=interval(1e-4,1e-3)"]))
 
 
-@pytest.mark.parametrize("name", ["tpe", "random", "grid", "gp", "nsgaii"])
-def test_samplers(name):
-    assert isinstance(make_sampler(name, 0, parse_search_space(["lora.r=choice(2,8)"])), optuna.samplers.BaseSampler)
+def run_toy_study(name: str, options: dict | None = None, trials: int = 16) -> optuna.Study:
+    """`trials` asks and tells of make_sampler(name) on a 2-d bowl with its minimum at (1, -2)."""
+    space = parse_search_space(["x=interval(-3,3)", "y=interval(-3,3)"])
+    study = optuna.create_study(sampler=make_sampler(name, 0, space, options))
+    for _ in range(trials):
+        t = study.ask(space.distributions)
+        study.tell(t, (t.params["x"] - 1) ** 2 + (t.params["y"] + 2) ** 2)
+    return study
 
 
-def test_unknown_sampler_and_pruner():
-    with pytest.raises(ConfigError, match="hydra.sweeper.sampler='cmaes' is invalid: choose one of tpe, random"):
-        make_sampler("cmaes", 0, parse_search_space([]))
+def test_qmc_walks_a_sobol_sequence_and_cmaes_adapts_after_its_start_up_trials():
+    """hydra.sweeper.sampler=qmc|cmaes with their own options: QMC's points after the first (which
+    fixes the space) are the unscrambled Sobol sequence 0, 1/2, 3/4, 1/4 of [-3, 3]; CMA-ES, re-seeded
+    per trial like every sampler, still carries its generation from trial to trial through the study."""
+    qmc = run_toy_study("qmc", {"qmc_type": "sobol", "scramble": False}, trials=5)
+    assert [t.params["x"] for t in qmc.trials[1:]] == [-3.0, 0.0, 1.5, -1.5]
+    cmaes = run_toy_study("cmaes", {"n_startup_trials": 2})
+    generations = [t.system_attrs.get("cma:generation") for t in cmaes.trials]
+    assert generations[:2] == [None, None] and generations[-1] >= 2  # its own search from the third trial
+    assert run_toy_study("tpe").best_value < 1.0 and cmaes.best_value < 1.5
+
+
+def test_unknown_sampler_options_and_pruner():
+    with pytest.raises(ConfigError, match="hydra.sweeper.sampler='bohb' is invalid: choose one of tpe, random"):
+        make_sampler("bohb", 0, parse_search_space([]))
+    with pytest.raises(ConfigError, match="sampler_options.sigma: not an argument of cmaes's sampler .CmaEsSampler.; "
+                                          "it takes x0, sigma0"):
+        make_sampler("cmaes", 0, parse_search_space([]), {"sigma": 1})
+    with pytest.raises(ConfigError, match="sampler_options for sampler=qmc: "):
+        make_sampler("qmc", 0, parse_search_space([]), {"qmc_type": "lattice"})
     with pytest.raises(ConfigError, match="hydra.sweeper.pruner='early' is invalid"):
         make_pruner("early")
 

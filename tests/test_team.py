@@ -130,3 +130,34 @@ def ui_lands_on_the_runs_with_their_datasets(tmp_path, log: str, runs, study_nam
 
     pixels = matplotlib.image.imread(tmp_path / "mlflow-ui.png")
     assert pixels[..., :3].std() > 0.05
+
+
+def test_the_dashboard_opens_a_teams_postgresql_study_and_never_prints_its_password(services, tmp_path):
+    """`make dashboard STORAGE=...` (scripts/dashboard.py, the URL in the environment): optuna-dashboard
+    serves the team's study; its output names the storage with the password masked."""
+    import json
+    import urllib.request
+
+    from scripts.services import free_port
+
+    storage = services["OPTUNA_STORAGE"]
+    optuna.create_study(study_name="seen-by-the-dashboard", storage=make_storage(storage))
+    port, log = free_port(), tmp_path / "dashboard.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "scripts/dashboard.py", "--port", str(port)], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT, env=clean_env() | {"OPTUNA_STORAGE": storage})
+    try:
+        deadline, studies = time.monotonic() + 120, None
+        while studies is None and time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.loads(r.read())["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert studies is not None, log.read_text()[-3000:]
+    assert "seen-by-the-dashboard" in {s["study_name"] for s in studies}
+    password, output = urlsplit(storage).password, log.read_text()
+    assert password and password not in output and "***@" in output, output

@@ -125,3 +125,10 @@ def test_the_sweeps_choice_reads_development_scores_and_breaks_ties_toward_the_s
                          for name, dev, test, params in rows])
     for order in (runs, runs.iloc[::-1]):
         assert best_by_dev(order, "sst2/acc")["run_id"] == "lora-r8"
+    # A trial that broke its study's constraint (hydra.sweeper.constraints) is passed over, by the
+    # end-of-sweep table and the report alike.
+    from analysis.report import best_run
+
+    runs["tags.optuna.infeasible"] = [None, "trainable_params <= 500000 (off by 421600)", None, None]
+    assert best_by_dev(runs, "sst2/acc")["run_id"] == "lora-r16"
+    assert best_run(runs, "sst2/acc")[0]["run_id"] == "lora-r16"

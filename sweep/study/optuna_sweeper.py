@@ -34,10 +34,12 @@ from sweep.data.splits import selection_metric, test_metric
 from sweep.runtime import processes
 from sweep.runtime.interrupts import Terminated, install_signal_handlers
 from sweep.runtime.secrets import redact
-from sweep.study import study_runs, trials
+from sweep.study import controls, study_runs, trials
+from sweep.study.budget import count, failures, last_settled, recover_local_dead_trials, retried, settled_trials
 from sweep.study.search import (
     PRUNERS,
     SAMPLERS,
+    SINGLE_OBJECTIVE,
     SearchSpace,
     grid_size,
     make_pruner,
@@ -48,7 +50,6 @@ from sweep.study.search import (
 from sweep.study.storage import STORAGE_ENV, HeartbeatThread, fail_stale, make_storage, requeue, storage_url
 from sweep.tracking.store import open_experiment
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
 log = logging.getLogger(__name__)
 
@@ -63,58 +64,16 @@ class SweepFailedError(RuntimeError):
     """Too many trials failed (hydra.sweeper.max_failures), or none completed."""
 
 
-def recover_local_dead_trials(study: optuna.Study) -> None:
-    """Fail the RUNNING trials of workers on this host (in this PID namespace) that no longer
-    exist, and queue them again.
-    The journal file has no heartbeat, so on one machine this PID check is what finds them (on an
-    RDB storage it only finds them sooner than the heartbeat's grace period)."""
-    here = f"{processes.host()}:{processes.namespace()}"
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        where, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
-        if where == here and pid.isdigit() and not processes.alive(int(pid)):
-            try:
-                study.tell(t.number, state=TrialState.FAIL)
-            except (ValueError, RuntimeError):  # another worker recovered it first
-                continue
-            requeue(study, t)
-
-
-def count(study: optuna.Study, *states: TrialState) -> int:
-    return len(study.get_trials(deepcopy=False, states=states))
-
-
-def retried(trials_: list) -> set[int]:
-    return {t.user_attrs["retry_of"] for t in trials_ if "retry_of" in t.user_attrs}
-
-
-def settled_trials(study: optuna.Study) -> list:
-    """Trials that use up the budget (n_trials): complete, pruned, or failed for a reason of their
-    own. Not counted: trials failed because their worker died (they are run again) and a worker's
-    surplus ask for a trial that another worker had already taken."""
-    all_trials = study.get_trials(deepcopy=False)
-    again = retried(all_trials)
-    return [t for t in all_trials if t.state in FINISHED or (
-        t.state == TrialState.FAIL and t.number not in again and not t.user_attrs.get("surplus"))]
-
-
-def failures(study: optuna.Study, since: int = 0) -> int:
-    """Trials numbered `since` or later that failed for a reason of their own."""
-    return sum(1 for t in settled_trials(study) if t.state == TrialState.FAIL and t.number >= since)
-
-
-def last_settled(study: optuna.Study):
-    """The trial whose end settled the study (the latest to complete)."""
-    done = [t for t in settled_trials(study) if t.datetime_complete]
-    return max(done, key=lambda t: (t.datetime_complete, t.number)) if done else None
-
-
 class OptunaSweeper(Sweeper):
     def __init__(self, n_trials: int = 12, sampler: str = "tpe", seed: int | None = 0,
                  direction: str = "maximize", directions=None, objective="sst2/acc",
                  pruner: str = "none", storage: str | None = None, study_name: str | None = None,
                  n_jobs: int = 1, max_failures: int = 3, heartbeat_interval: int = 60, grace_period: int = 180,
-                 params=None) -> None:
+                 params=None, sampler_options=None, enqueue=None, constraints=None, stop_after=None) -> None:
         self.n_trials, self.sampler, self.seed, self.pruner = n_trials, sampler, seed, pruner
+        self.sampler_options = OmegaConf.to_container(sampler_options) if isinstance(sampler_options, DictConfig) \
+            else sampler_options
+        self.enqueue, self.constraints_setting, self.stop_after = enqueue, constraints, stop_after
         objectives = list(objective) if isinstance(objective, (list, ListConfig)) else [objective]
         dirs = list(directions) if directions else [direction] * len(objectives)
         self.objectives, self.directions = [str(o) for o in objectives], [str(d) for d in dirs]
@@ -154,7 +113,11 @@ class OptunaSweeper(Sweeper):
         if self.sampler == "grid" and grid_size(space) < self.n_trials:
             log.info("the grid has %d points: n_trials %d -> %d", grid_size(space), self.n_trials, grid_size(space))
             self.n_trials = grid_size(space)
+        make_sampler(self.sampler, self.seed, space, self.sampler_options)  # (bad options: before any study exists)
+        first = controls.enqueued(self.enqueue, space.distributions, self._load_study)
         study, created = self._study(space)
+        for params in first if created else ():  # (a resumed study has them already)
+            study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
         self.first_trial = len(study.trials)  # failures of earlier invocations do not count again
         experiment_id = open_experiment(self.config.tracking)  # (first: a new SQLite store is created under its lock)
         self.client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
@@ -206,6 +169,20 @@ class OptunaSweeper(Sweeper):
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 raise ConfigError(f"hydra.sweeper.{key}={value!r} is invalid: must be a positive integer")
+        self.constraints = controls.parse_constraints(self.constraints_setting)
+        stop = self.stop_after
+        if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 1):
+            raise ConfigError(f"hydra.sweeper.stop_after={stop!r} is invalid: give a number of completed trials "
+                              "without improvement (e.g. 5), or null")
+        if len(self.objectives) > 1:
+            for key, value in (("stop_after", stop), ("sampler", self.sampler if self.sampler in SINGLE_OBJECTIVE
+                                                                 else None)):
+                if value is not None:
+                    raise ConfigError(f"hydra.sweeper.{key}={value} needs a single objective (this study has "
+                                      f"{len(self.objectives)})")
+        if self.enqueue and self.sampler == "grid":
+            raise ConfigError("hydra.sweeper.enqueue has no use with sampler=grid (every point of the grid runs); "
+                              "use another sampler or drop enqueue")
         if self.grace_period <= self.heartbeat_interval:
             raise ConfigError(f"hydra.sweeper.grace_period={self.grace_period} must exceed heartbeat_interval="
                               f"{self.heartbeat_interval} (a live worker would be taken for dead)")
@@ -217,12 +194,24 @@ class OptunaSweeper(Sweeper):
         self.study_name_resolved, self.storage_resolved = name, url
         os.environ[STORAGE_ENV] = url  # for the jobs and the workers this process starts
         kw = dict(study_name=name, storage=make_storage(url, self.heartbeat_interval, self.grace_period),
-                  directions=self.directions, sampler=make_sampler(self.sampler, self.seed, space),
+                  directions=self.directions,
+                  sampler=make_sampler(self.sampler, self.seed, space, self.sampler_options),
                   pruner=make_pruner(self.pruner))
         try:
             return optuna.create_study(**kw, load_if_exists=False), True
         except optuna.exceptions.DuplicatedStudyError:
             return optuna.create_study(**kw, load_if_exists=True), False
+
+    def _load_study(self, name: str) -> optuna.Study:
+        """An earlier study in this sweep's storage, read-only (enqueue's `{study: NAME, best: N}`)."""
+        url = storage_url(self.storage_url, str(Path(self.config.paths.root) / "optuna.journal"))
+        if "://" not in url and not Path(url).is_file():  # (opening a journal would create it)
+            raise ConfigError(f"hydra.sweeper.enqueue: no study {name!r}: there is no journal {redact(url)} yet")
+        try:
+            return optuna.load_study(study_name=name, storage=make_storage(url, self.heartbeat_interval,
+                                                                           self.grace_period))
+        except KeyError:
+            raise ConfigError(f"hydra.sweeper.enqueue: no study {name!r} in {redact(url)}") from None
 
     def default_study_name(self, space: SearchSpace) -> str:
         """The experiment plus a hash of what defines the search: rerunning the same command
@@ -234,7 +223,9 @@ class OptunaSweeper(Sweeper):
     def _parent_params(self, space: SearchSpace) -> dict:
         params = {"sampler": self.sampler, "pruner": self.pruner, "n_trials": self.n_trials,
                   "objectives": json.dumps(self.selection), "directions": json.dumps(self.directions),
-                  "storage": self.storage_resolved, "fixed_overrides": json.dumps(space.fixed)}
+                  "storage": self.storage_resolved, "fixed_overrides": json.dumps(space.fixed),
+                  "sampler_options": json.dumps(self.sampler_options or {}), "stop_after": self.stop_after,
+                  "constraints": json.dumps([c.text for c in self.constraints])}
         return params | {f"space.{k}": repr(d) for k, d in space.distributions.items()}
 
     def _spawn_workers(self) -> list[subprocess.Popen]:
@@ -252,6 +243,10 @@ class OptunaSweeper(Sweeper):
         while True:
             done, running = len(settled_trials(study)), count(study, TrialState.RUNNING)
             if done >= self.n_trials:
+                return
+            if self.stop_after and controls.plateaued(study, self.stop_after):
+                log.info("no better value in the last %d completed trials (hydra.sweeper.stop_after): the study "
+                         "stops after %d of %d trials", self.stop_after, done, self.n_trials)
                 return
             failed = failures(study, since=self.first_trial)
             if failed >= self.max_failures:
@@ -324,9 +319,24 @@ class OptunaSweeper(Sweeper):
                                   f"(objectives are read on the development slice); it has "
                                   f"{', '.join(sorted(m for m in outcome.metrics if '/' in m))}")
             values = [outcome.metrics[o] for o in self.selection]  # development scores only
+            self._constrain(study, trial, outcome)
             self._settle(study, trial, TrialState.COMPLETE, values, outcome.run_id)
         else:
             self._settle(study, trial, TrialState.PRUNED if outcome.status == "PRUNED" else TrialState.FAIL)
+
+    def _constrain(self, study: optuna.Study, trial: optuna.Trial, outcome) -> None:
+        """The trial's constraint values (Optuna's samplers and best_trial rank infeasible trials
+        last); a run that broke one is tagged with which, so reports pass it over too."""
+        try:
+            broken = controls.violations(self.constraints, outcome.metrics, trial.number)
+        except ConfigError:
+            self._settle(study, trial, TrialState.FAIL)
+            raise
+        for text, violation in broken.items():
+            trial.set_constraint(text, violation)
+        if any(v > 0 for v in broken.values()):
+            self.client.set_tag(outcome.run_id, controls.INFEASIBLE_TAG,
+                                "; ".join(f"{text} (off by {v:g})" for text, v in broken.items() if v > 0))
 
     def _settle(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, values=None,
                 run_id: str | None = None) -> None:

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -30,7 +31,6 @@ from optuna.distributions import (
 
 from sweep.config import ConfigError
 
-SAMPLERS = ("tpe", "random", "grid", "gp", "nsgaii")
 PRUNERS = ("none", "median", "hyperband")
 # Optuna flags the GP and NSGA samplers and the matplotlib plots as experimental: they are what we use.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -110,18 +110,40 @@ def grid_size(space: SearchSpace) -> int:
     return math.prod(len(v) for v in grid_of(space).values())
 
 
-def _sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if name == "grid":
-        return AskTellGridSampler(grid_of(space), seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "nsgaii":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    raise ConfigError(f"hydra.sweeper.sampler={name!r} is invalid: choose one of {', '.join(SAMPLERS)}")
+# The samplers a sweep can name; grid is built from the search space apart (AskTellGridSampler).
+SAMPLER_CLASSES = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler,
+                   "gp": optuna.samplers.GPSampler, "nsgaii": optuna.samplers.NSGAIISampler,
+                   "cmaes": optuna.samplers.CmaEsSampler, "qmc": optuna.samplers.QMCSampler}
+SAMPLERS = (*SAMPLER_CLASSES, "grid")
+SINGLE_OBJECTIVE = ("cmaes",)  # samplers that cannot search several objectives
+# Samplers that give trial n the n-th point of a seeded sequence (distinct across workers already):
+# re-seeding them per trial would break the sequence.
+SEQUENCES = ("grid", "qmc")
+NOT_OPTIONS = ("seed", "constraints_func", "search_space", "self", "args", "kwargs")
+
+
+def sampler_options(name: str, options: dict | None) -> dict:
+    """hydra.sweeper.sampler_options, checked against the sampler's own arguments (e.g. for cmaes:
+    sigma0, n_startup_trials, restart_strategy; for qmc: qmc_type, scramble)."""
+    options = dict(options or {})
+    cls = AskTellGridSampler if name == "grid" else SAMPLER_CLASSES.get(name)
+    known = [k for k in inspect.signature(cls).parameters if k not in NOT_OPTIONS] if cls else []
+    for key in options:
+        if key not in known:
+            raise ConfigError(f"hydra.sweeper.sampler_options.{key}: not an argument of {name}'s sampler "
+                              f"({cls.__name__ if cls else name}); it takes {', '.join(known) or 'none'}")
+    return options
+
+
+def _sampler(name: str, seed: int | None, space: SearchSpace, options: dict) -> optuna.samplers.BaseSampler:
+    if name not in SAMPLERS:
+        raise ConfigError(f"hydra.sweeper.sampler={name!r} is invalid: choose one of {', '.join(SAMPLERS)}")
+    try:
+        if name == "grid":
+            return AskTellGridSampler(grid_of(space), seed=seed, **options)
+        return SAMPLER_CLASSES[name](seed=seed, **options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"hydra.sweeper.sampler_options for sampler={name}: {str(e).splitlines()[0]}") from None
 
 
 def trial_seed(seed: int, number: int) -> int:
@@ -159,12 +181,14 @@ class SeedPerTrial(optuna.samplers.BaseSampler):
         self._inner.after_trial(study, trial, state, values)
 
 
-def make_sampler(name: str, seed: int | None, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """`name`'s sampler; with a seed, re-seeded per trial (SeedPerTrial). Not the grid: it gives
-    trial n the n-th point of its seeded shuffle, distinct across workers already."""
-    if seed is None or name == "grid":
-        return _sampler(name, seed, space)
-    return SeedPerTrial(lambda s: _sampler(name, s, space), seed)
+def make_sampler(name: str, seed: int | None, space: SearchSpace, options: dict | None = None
+                 ) -> optuna.samplers.BaseSampler:
+    """`name`'s sampler with `options` (its own arguments); with a seed, re-seeded per trial
+    (SeedPerTrial), except the samplers of a fixed sequence (grid, qmc)."""
+    options = sampler_options(name, options)
+    if seed is None or name in SEQUENCES:
+        return _sampler(name, seed, space, options)
+    return SeedPerTrial(lambda s: _sampler(name, s, space, options), seed)
 
 
 def prunes(pruner: str | None) -> bool:
