@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install browser run report reproduce quantization bench bench-gpu test test-fast ui dashboard services services-stop upload check-store clean-cache
+.PHONY: help install browser run report reproduce quantization bench bench-gpu test test-fast ui dashboard services services-stop upload promote check-store clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,6 +77,9 @@ ui: $(STAMP) ## MLflow UI on http://127.0.0.1:5000 over the embedded store (open
 
 dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 over STORAGE=<url>, else OPTUNA_STORAGE from the environment, else the local journal
 	@$(if $(STORAGE),OPTUNA_STORAGE='$(STORAGE)' )$(PY) scripts/dashboard.py
+
+promote: $(STAMP) ## register a finished run's adapter in MLflow's model registry: make promote RUN=<run id> [ALIAS=champion]
+	$(PY) -m sweep.pipeline.promote '$(RUN)' $(if $(ALIAS),--alias '$(ALIAS)') $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)')
 
 upload: $(STAMP) ## upload an adapter whose upload failed (kept under pending_uploads/): make upload RUN=<run id>
 	$(PY) -m sweep.pipeline.upload '$(RUN)' $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)')

@@ -1,6 +1,6 @@
-"""Hydra callback that prints the comparison table when a run or a sweep ends, and records each
-adapter's verdict in its run (a report, so it lives in analysis/: the harness in sweep/ never
-imports analysis/)."""
+"""Hydra callback that prints the comparison table when a run or a sweep ends, records each
+adapter's verdict in its run, and registers the best adapter when asked (tracking.register_best):
+a report, so it lives in analysis/ (the harness in sweep/ never imports analysis/)."""
 
 from __future__ import annotations
 
@@ -40,6 +40,8 @@ class SummaryCallback(Callback):
         optuna = "optuna" in str(config.hydra.sweeper.get("_target_", "")).lower()
         sid = self.outcomes[0].sweep_id if self.outcomes else None if optuna else sweep_id_of(config.hydra.sweep.dir)
         self._print(config, sid)
+        if config.tracking.get("register_best"):
+            self._register_best(config, sid)
         if failed:
             print(f"{len(failed)} of {len(self.outcomes)} jobs did not finish:", file=sys.stderr)
             for o in failed:
@@ -60,3 +62,30 @@ class SummaryCallback(Callback):
             print(summary_text(config.tracking.uri, config.tracking.experiment, sid, record=True), flush=True)
         except Exception as e:  # the table is a convenience; never fail a finished sweep over it
             print(redact(f"(no summary table: {type(e).__name__}: {e})"), file=sys.stderr)
+
+    @staticmethod
+    def _register_best(config: DictConfig, sid: str | None) -> None:
+        """tracking.register_best: the sweep's best adapter by development score (the choice the
+        table reports) becomes a version of its registered model, with tracking.register_alias;
+        in a process of its own, as `make promote` runs it (this one is still inside Hydra's app,
+        and the model load leaves this process's memory alone)."""
+        import os
+        import subprocess
+
+        import mlflow
+
+        from analysis.runs import latest_sweep_id, sweep_runs
+        from analysis.summary import best_by_dev, main_metrics
+        from sweep.config import PROJECT_ROOT
+
+        mlflow.set_tracking_uri(config.tracking.uri)
+        runs = sweep_runs(config.tracking.experiment, sid or latest_sweep_id(config.tracking.experiment))
+        done = runs[runs["status"] == "FINISHED"] if not runs.empty else runs
+        best = best_by_dev(done, main_metrics(done)[0]) if not done.empty and main_metrics(done) else None
+        if best is None:
+            print("tracking.register_best: no finished adapter with a development score; nothing registered",
+                  file=sys.stderr)
+            return
+        subprocess.run([sys.executable, "-m", "sweep.pipeline.promote", best["run_id"], "--alias",
+                        config.tracking.register_alias], cwd=PROJECT_ROOT, check=False,
+                       env=os.environ | {"MLFLOW_TRACKING_URI": config.tracking.uri})  # (a password stays off argv)

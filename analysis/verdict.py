@@ -28,7 +28,7 @@ import numpy as np
 from scipy import stats as sps
 
 from analysis.stats import paired_compare
-from sweep.tracking.records import VERDICT_PREFIX
+from sweep.tracking.records import VERDICT_PREFIX, VERDICT_TAG_PREFIX
 
 ALPHA = 0.05
 POWER = 0.8
@@ -162,4 +162,4 @@ def metrics_of(c: Comparison) -> dict[str, float]:
 
 def tags_of(c: Comparison) -> dict[str, str]:
     """The verdict as tags: `verdict.<task>/<metric>` (one word) and its sentence."""
-    return {f"verdict.{c.metric}": c.verdict, f"verdict.{c.metric}.detail": c.sentence()}
+    return {f"{VERDICT_TAG_PREFIX}{c.metric}": c.verdict, f"{VERDICT_TAG_PREFIX}{c.metric}.detail": c.sentence()}

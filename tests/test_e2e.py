@@ -290,3 +290,41 @@ def test_the_strongest_baseline_is_chosen_on_the_development_slice_and_reproduci
     hit = runs_of(tracking).iloc[-1]
     assert hit["tags.cached"] == "true" and hit["tags.baseline.variant"] == best["variant"]
     assert hit["tags.mlflow.runName"] == run["tags.mlflow.runName"]
+
+
+def test_the_best_adapter_is_registered_with_its_alias_and_loads_back_with_mlflows_api(tracking, tmp_path):
+    """tracking.register_best=true: the sweep's best adapter by development score becomes a version
+    of `sft-sweep-sst2` with the alias champion, pointing at that FINISHED run, tagged with what it is,
+    and mlflow.transformers.load_model gives a model that scores as the run did; `make promote`
+    refuses a run that did not finish."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from analysis.runs import sweep_runs
+    from analysis.summary import best_by_dev
+    from sweep.pipeline import promote
+    from tests.conftest import ROOT
+
+    p = run_sweep("-m", *TINY, *tracking, "lora.r=1,2", "tracking.register_best=true")
+    assert p.returncode == 0, p.stderr[-3000:]
+    uri = tracking[0].split("=", 1)[1]
+    mlflow.set_tracking_uri(uri)
+    runs = runs_of(tracking)
+    chosen = best_by_dev(sweep_runs("sft-sweep", runs["tags.sweep_id"].iloc[0]), "sst2/acc")
+    client = mlflow.MlflowClient()
+    version = client.get_model_version_by_alias("sft-sweep-sst2", "champion")
+    assert version.run_id == chosen["run_id"] and client.get_run(version.run_id).info.status == "FINISHED"
+    assert version.tags["base_model"] == "tiny (from_config, seed 0)" and version.tags["method"] == "lora"
+    assert set(version.tags) >= {"data_sha256.train.jsonl", "data_sha256.validation.jsonl"}
+    assert version.description  # the verdict line, or that none was recorded
+
+    loaded = mlflow.transformers.load_model("models:/sft-sweep-sst2@champion", return_type="components")
+    tasks = TaskManager(include_path=str(ROOT / "tasks"), include_defaults=False, metadata={"data_dir": str(ROOT / "data")})
+    out = simple_evaluate(model=HFLM(pretrained=loaded["model"], tokenizer=loaded["tokenizer"], batch_size=8),
+                          tasks=["sst2"], task_manager=tasks, limit=8, batch_size=8, device="cpu")
+    assert out["results"]["sst2"]["acc,none"] == chosen["metrics.sst2/acc"]
+
+    unfinished = client.create_run(runs["experiment_id"].iloc[0]).info.run_id  # (RUNNING)
+    assert promote.main([unfinished, "--tracking-uri", uri]) == 2
+    assert len(client.search_model_versions("name='sft-sweep-sst2'")) == 1

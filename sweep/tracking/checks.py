@@ -3,6 +3,7 @@ store's module so that checking a command line needs no MLflow import (seconds b
 
 from __future__ import annotations
 
+import re
 import urllib.error
 import urllib.request
 from urllib.parse import urlsplit, urlunsplit
@@ -12,6 +13,7 @@ from omegaconf import DictConfig
 from sweep.config import ConfigError
 from sweep.runtime.secrets import redact
 
+REGISTRY_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # an alias in MLflow's model registry
 PROBE_SECONDS = 5  # a tracking server that does not answer in this time is taken for down
 
 
@@ -24,9 +26,13 @@ def validate_tracking(tracking: DictConfig) -> None:
     if tracking.tags is not None and not isinstance(tracking.tags, DictConfig):
         raise ConfigError(f"tracking.tags={tracking.tags!r} is invalid: give a mapping, e.g. "
                           "tracking.tags={team:nlp}")
-    for key in ("log_adapter", "system_metrics"):
+    for key in ("log_adapter", "system_metrics", "register_best"):
         if not isinstance(tracking[key], bool):
             raise ConfigError(f"tracking.{key}={tracking[key]!r} is invalid: must be true or false")
+    alias = tracking.register_alias
+    if not (isinstance(alias, str) and REGISTRY_ALIAS.fullmatch(alias)):
+        raise ConfigError(f"tracking.register_alias={alias!r} is invalid: a letter, then letters, digits, _ or -, "
+                          "e.g. tracking.register_alias=champion")
     interval = tracking.system_metrics_interval
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 3600:
         raise ConfigError(f"tracking.system_metrics_interval={interval!r} is invalid: give seconds between samples "

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 BASELINE_PANEL = "baseline_panel.json"
 VERDICT_PREFIX = "verdict/"  # an adapter's verdict against the strongest baseline, recorded after its sweep
+VERDICT_TAG_PREFIX = "verdict."  # the same verdict as tags: verdict.<task>/<metric> and its .detail sentence
                              # (analysis/verdict.py): verdict/<task>/<metric>/diff, ...
 
 
