@@ -83,3 +83,29 @@ def test_bad_system_metrics_settings_are_refused(key, value):
 
     with pytest.raises(ConfigError, match=f"tracking.{key}="):
         validate_tracking(compose(f"tracking.{key}={value}").tracking)
+
+
+def test_mlflows_peft_path_loses_the_adapter_of_a_local_base_and_merged_weights_keep_it(tiny, tmp_path):
+    """Why make promote registers merged weights (sweep/pipeline/promote.py): saved as a PEFT model on a
+    local base, the version loads back with different outputs; merged, it loads with the same."""
+    import copy
+
+    import peft
+    import torch
+
+    model, tokenizer = tiny
+    lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
+                                                                init_lora_weights=False, task_type="CAUSAL_LM"))
+    ids = tokenizer("a fine film", return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = lora(ids).logits
+    outputs = {}
+    for name, saved in (("peft", lora), ("merged", lora.merge_and_unload())):
+        folder = tmp_path / name
+        mlflow.transformers.save_model({"model": saved, "tokenizer": tokenizer}, str(folder), task="text-generation",
+                                       pip_requirements=["torch"])
+        loaded = mlflow.transformers.load_model(str(folder), return_type="components")["model"]
+        with torch.no_grad():
+            outputs[name] = loaded(ids).logits
+    assert not torch.allclose(outputs["peft"], expected, atol=1e-3)
+    assert torch.allclose(outputs["merged"], expected, atol=1e-5)
