@@ -189,7 +189,7 @@ class OptunaSweeper(Sweeper):
 
     def _study(self, space: SearchSpace) -> tuple[optuna.Study, bool]:
         """The study, and whether this worker created it (then it also creates the parent run)."""
-        url = storage_url(self.storage_url, str(Path(self.config.paths.root) / "optuna.journal"))
+        url = self._storage()
         name = self.study_name or self.default_study_name(space)
         self.study_name_resolved, self.storage_resolved = name, url
         os.environ[STORAGE_ENV] = url  # for the jobs and the workers this process starts
@@ -202,9 +202,13 @@ class OptunaSweeper(Sweeper):
         except optuna.exceptions.DuplicatedStudyError:
             return optuna.create_study(**kw, load_if_exists=True), False
 
+    def _storage(self) -> str:
+        """hydra.sweeper.storage, else $OPTUNA_STORAGE, else the project's journal file."""
+        return storage_url(self.storage_url, str(Path(self.config.paths.root) / "optuna.journal"))
+
     def _load_study(self, name: str) -> optuna.Study:
         """An earlier study in this sweep's storage, read-only (enqueue's `{study: NAME, best: N}`)."""
-        url = storage_url(self.storage_url, str(Path(self.config.paths.root) / "optuna.journal"))
+        url = self._storage()
         if "://" not in url and not Path(url).is_file():  # (opening a journal would create it)
             raise ConfigError(f"hydra.sweeper.enqueue: no study {name!r}: there is no journal {redact(url)} yet")
         try:
