@@ -66,12 +66,15 @@ FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "
         "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
         "panel_examples": 872, "team_trials": 8, "team_steps": 4, "memory_steps": 4,
         "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8,
-        "kl_batch_size": 32, "search_dev": (200, 400), "search_startup": 50, "roofline_rows": 1024}
+        "kl_batch_size": 32, "search_dev": (200, 400), "search_startup": 50, "search_grid": [], "roofline_rows": 1024}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "grid_space": {"lora.r": "2,8", "train.lr": "1e-4,1e-3"}, "optuna_trials": 2, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
          "team_trials": 2, "team_steps": 2, "memory_steps": 2,
          "memory_methods": "zero_shot,lora", "memory_tasks": "sst2", "rl_steps": 1,
-         "kl_batch_size": 8, "search_dev": (16, 32), "search_startup": 4, "roofline_rows": 1024}  # (the old KL pass at 32 rows of the longest seed task holds 9 GB: too much beside other tests)
+         "kl_batch_size": 8, "search_dev": (16, 32), "search_startup": 4, "roofline_rows": 1024,
+         # (2 of the panel's variants, zero- and few-shot: a smoke test of the search, in seconds)
+         "search_grid": ["method.search.template=[default]", "method.search.num_fewshot=[0,2]",
+                         "method.search.fewshot_sampler=[random]", "method.search.calibrate=[false]"]}  # (the old KL pass at 32 rows of the longest seed task holds 9 GB: too much beside other tests)
 
 
 # The sweeps of the compute and team benchmarks run their jobs in the sweep's process, as when these
@@ -284,7 +287,8 @@ class Bench:
         lm = make_lm(*load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed), cfg.eval.batch_size)
         out = {}
         for label, dev, p_threshold in (("full_search", small, 0.0), ("race", large, 0.05)):
-            cfg = self.cfg("method=strongest_baseline", f"data.dev_size={dev}", f"method.search.p_threshold={p_threshold}",
+            cfg = self.cfg("method=strongest_baseline", *self.p["search_grid"], f"data.dev_size={dev}",
+                           f"method.search.p_threshold={p_threshold}",
                            f"method.search.n_startup_steps={self.p['search_startup']}", "method.search.oracle=none")
             search = Search(cfg.method.search, lambda k, cfg=cfg: prompting_of(cfg, k), dev,
                             self.p["eval_limit"], False)
