@@ -139,6 +139,8 @@ CASES = [
     ("sweep.py", ["lora.use_rslora=2"], "lora.use_rslora=2 is invalid: must be true or false"),
     ("sweep.py", ["eval.cache=sometimes"], "eval.cache='sometimes' is invalid: must be true or false"),
     ("sweep.py", ["tracking.uri=http://127.0.0.1:1"], "tracking.uri='http://127.0.0.1:1' does not answer"),
+    ("sweep.py", ["lora.target_modules=[q_proj,x_proj]"], "lora.target_modules: this model has no linear layer named "
+                                                          "x_proj"),
 ]
 # Keys in the sweep cases that the line must not need (the store and the tiny model are added to all).
 SWEEP_BASE = [*TINY, "tracking.uri={store}"]

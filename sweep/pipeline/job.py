@@ -44,7 +44,7 @@ from sweep.scoring.results import is_task_metric
 from sweep.study import trials
 from sweep.study.search import prunes
 from sweep.tracking import lifecycle, records, store
-from sweep.training.methods import count_parameters
+from sweep.training.methods import check_target_modules, count_parameters
 from sweep.training.models import base_model_identity, memory_footprint_mb
 from sweep.training.sft import model_flops_utilization, train
 
@@ -115,6 +115,8 @@ def prepare(cfg: DictConfig, sweep: str) -> Prepared:
         baselines.check_search(cfg.method.search, project.manager, cfg.eval.tasks)
     if cfg.method.trains and stage.data != "examples":  # (preference pairs, or prompts, to train on)
         preference.split_docs(project.tasks[cfg.data.task], cfg.data.train_split, stage.name)
+    if cfg.method.peft == "lora":  # (target modules the base model does not have)
+        check_target_modules(cfg.model, cfg.lora, cfg.paths.cache, cfg.seed)
     identity = base_model_identity(cfg.model, cfg.seed)
     ancestry = resolve_lineage(cfg, sweep, identity, is_multirun())  # (runs to start from, or judge with)
     return Prepared(sweep, project, generated, slices, ancestry, identity)

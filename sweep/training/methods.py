@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import ConfigError, close_matches
 from sweep.training.checks import LORA_INITS, TARGET_MODULE_PRESETS
-from sweep.training.models import linear_module_names
+from sweep.training.models import linear_module_names, model_source
 
 
 def resolve_target_modules(spec, model: torch.nn.Module) -> list[str]:
@@ -28,6 +28,18 @@ def resolve_target_modules(spec, model: torch.nn.Module) -> list[str]:
             f"its linear layers are: {', '.join(available)}"
         )
     return requested
+
+
+def check_target_modules(model_cfg: DictConfig, lora: DictConfig, cache_dir, seed: int) -> None:
+    """lora.target_modules against the base model's layers, read from its config on the meta device
+    (no weights): an unknown name is refused before a store exists or the model loads."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = model_source(model_cfg, cache_dir, seed)
+    config = AutoConfig.from_pretrained(source, trust_remote_code=model_cfg.trust_remote_code, local_files_only=True)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    resolve_target_modules(lora.target_modules, skeleton)
 
 
 def lora_config(lora: DictConfig, target_modules: list[str], task_type: str = "CAUSAL_LM"):
