@@ -68,7 +68,7 @@ FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "
         "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8,
         "kl_batch_size": 32, "search_dev": (200, 400), "search_startup": 50, "search_grid": [], "roofline_rows": 1024}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
-         "grid_space": {"lora.r": "2,8", "train.lr": "1e-4,1e-3"}, "optuna_trials": 2, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
+         "grid_space": {"lora.r": "2,8", "train.lr": "1e-3"}, "optuna_trials": 1, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
          "team_trials": 2, "team_steps": 2, "memory_steps": 2,
          "memory_methods": "zero_shot,lora", "memory_tasks": "sst2", "rl_steps": 1,
          "kl_batch_size": 8, "search_dev": (16, 32), "search_startup": 4, "roofline_rows": 1024,

@@ -13,7 +13,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_quick_benchmark_writes_every_figure(tmp_path):
     p = subprocess.run([sys.executable, "bench/run.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=1200)
+                       capture_output=True, text=True, timeout=2400)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     b = results["benchmarks"]
@@ -32,8 +32,8 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
         b["harness_overhead"]["harness_step_seconds"] / b["harness_overhead"]["bare_step_seconds"])
     assert b["model_startup"]["cached_load_seconds"] < b["model_startup"]["gguf_conversion_seconds"]
     assert b["padding"]["group_by_length"]["pad_fraction"] < b["padding"]["random"]["pad_fraction"]
-    assert b["sweep_efficiency"]["grid"]["runs"] == 4 and b["sweep_efficiency"]["grid"]["train_steps"] == 4 * 4
-    assert 0 < b["sweep_efficiency"]["optuna"]["train_steps"] <= 2 * 4
+    assert b["sweep_efficiency"]["grid"]["runs"] == 2 and b["sweep_efficiency"]["grid"]["train_steps"] == 2 * 4
+    assert 0 < b["sweep_efficiency"]["optuna"]["train_steps"] <= 1 * 4
     trl = b["trl"]
     assert trl["ours_tokens_per_second"] > 0 and trl["trl_tokens_per_second"] > 0
     assert trl["ratio"] == pytest.approx(trl["ours_tokens_per_second"] / trl["trl_tuned_tokens_per_second"])
