@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 OPTUNA = ["-m", "hydra/sweeper=optuna"]
 # (command, arguments, what the one line must contain; a literal brace doubled). {store}: an existing
 # tracking store's URI, {bad_data}: a data folder with a malformed line, {bad_tasks}: a folder with a
-# broken task YAML.
+# broken task YAML, {a_file}: a file.
 CASES = [
     ("sweep.py", ["lora.rr=4"], "lora.rr: no such config key (did you mean: lora.r"),
     ("sweep.py", ["method=lorra"], "method=lorra: no such option in conf/method/"),
@@ -61,6 +61,7 @@ CASES = [
     ("sweep.py", ["eval.margin=-0.1"], "eval.margin=-0.1 is invalid"),
     ("sweep.py", ["lora.r=choice()"], "lora.r=choice(): not an override Hydra can parse"),
     ("sweep.py", ["tracking.uri=nosuch://x"], "tracking.uri='nosuch://x' cannot be opened"),
+    ("sweep.py", ["tracking.uri=sqlite:///{a_file}/m.db"], "/a_file/m.db' cannot be opened"),
     ("sweep.py", ["paths.data={bad_data}"], "train.jsonl:2: not valid JSON"),
     ("sweep.py", ["eval.include_paths=[{bad_tasks}]", "eval.tasks=[broken]"], "broken.yaml"),
     ("sweep.py", ["data=self_instruct", "data.mix=0.5"], "data.mix=0.5 is invalid: needs data.generated="),
@@ -153,8 +154,8 @@ def digest(folder: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """An existing store with one finished run, a data folder with a malformed line and a folder
-    holding a broken task YAML."""
+    """An existing store with one finished run, a data folder with a malformed line, a folder
+    holding a broken task YAML, and a file where a store's folder would be."""
     root = tmp_path_factory.mktemp("inputs")
     store = root / "store"
     p = run_sweep(*TINY, "method=zero_shot", f"tracking.uri=sqlite:///{store}/mlflow.db",
@@ -167,7 +168,9 @@ def inputs(tmp_path_factory):
     bad_tasks = root / "tasks"
     bad_tasks.mkdir()
     (bad_tasks / "broken.yaml").write_text("task: broken\ndoc_to_text: [unclosed\n")
-    return {"store": f"sqlite:///{store}/mlflow.db", "bad_data": str(bad_data), "bad_tasks": str(bad_tasks)}, store
+    (root / "a_file").write_text("a file where a store's folder would be")
+    return {"store": f"sqlite:///{store}/mlflow.db", "bad_data": str(bad_data), "bad_tasks": str(bad_tasks),
+            "a_file": str(root / "a_file")}, store
 
 
 def test_there_are_at_least_a_hundred_cases():
