@@ -79,10 +79,11 @@ def test_two_objectives_give_a_pareto_front(tmp_path, tracking):
     assert (tmp_path / "report" / "optuna_study_study__pareto_front.png").stat().st_size > 10_000
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=slurm_local", "hydra.sweeper.n_jobs=2"],
+# (the in-process launcher attaches its jobs to their trials the same way: the other tests sweep with it)
+@pytest.mark.parametrize("launcher", [["hydra/launcher=slurm_local", "hydra.sweeper.n_jobs=2"],
                                       ["hydra/launcher=processes", "hydra.sweeper.n_jobs=2"],
                                       ["hydra/launcher=fresh_process"]],
-                         ids=["in-process", "submitit-local", "joblib", "fresh-process"])
+                         ids=["submitit-local", "joblib", "fresh-process"])
 def test_a_diverging_trial_is_pruned_early(tmp_path, tracking, launcher):
     """Also through launchers that run each job in a process of its own: the job re-attaches to its
     trial from the `trial.*` overrides and the storage in the environment."""
