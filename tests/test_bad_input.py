@@ -177,20 +177,53 @@ def test_there_are_at_least_a_hundred_cases():
     assert len(CASES) >= 100
 
 
-@pytest.mark.parametrize("command, args, needle", CASES, ids=[" ".join(c[1])[:60] for c in CASES])
-def test_bad_input_is_one_line_exit_2_and_creates_nothing(inputs, tmp_path, command, args, needle):
+# Cases that `python sweep.py`'s first step (its command-line check) refuses are checked by calling
+# that step here; every E2E_EVERY-th of them, and every case refused later (by the job, the sweeper,
+# another command), also as the real command in a new process.
+E2E_EVERY = 6
+
+
+def refused_by_the_command_line_check(argv: list[str], monkeypatch, capsys) -> str | None:
+    """What `python sweep.py ARGV`'s first step (exit_on_bad_overrides) prints as it exits 2; None
+    when it lets ARGV through (to be refused later)."""
+    from sweep.pipeline.overrides import exit_on_bad_overrides
+
+    monkeypatch.setattr(sys, "argv", ["sweep.py", *argv])
+    try:
+        exit_on_bad_overrides(argv)
+    except SystemExit as e:
+        assert e.code == 2
+        return capsys.readouterr().err
+    return None
+
+
+def assert_one_line_and_nothing_created(stderr: str, stdout: str, needle: str, cwd: Path, store: Path, before) -> None:
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr[-3000:]
+    assert needle in lines[0] and "Traceback" not in stdout + stderr, lines[0]
+    assert list(cwd.iterdir()) == []  # no store, study, output or multirun folder
+    assert digest(store) == before
+
+
+@pytest.mark.parametrize("index, command, args, needle", [(i, *c) for i, c in enumerate(CASES)],
+                         ids=[" ".join(c[1])[:60] for c in CASES])
+def test_bad_input_is_one_line_exit_2_and_creates_nothing(inputs, tmp_path, monkeypatch, capsys, index, command,
+                                                          args, needle):
     values, store = inputs
     values = values | {"cwd": str(tmp_path)}
     if command == "sweep.py":
         args = [*args, *(a for a in SWEEP_BASE if a.split("=")[0] not in {x.split("=")[0] for x in args})]
     argv = [a.format(**values) for a in args]
     before = digest(store)
+    if command == "sweep.py":
+        monkeypatch.chdir(tmp_path)
+        stderr = refused_by_the_command_line_check(argv, monkeypatch, capsys)
+        if stderr is not None:
+            assert_one_line_and_nothing_created(stderr, "", needle, tmp_path, store, before)
+            if index % E2E_EVERY:
+                return
     p = subprocess.run([sys.executable, *command.split(), *argv] if command.startswith("-m") else
                        [sys.executable, str(ROOT / command), *argv], cwd=tmp_path, capture_output=True, text=True,
                        timeout=600, env=clean_env() | {"PYTHONPATH": str(ROOT)})
-    lines = p.stderr.strip().splitlines()
     assert p.returncode == 2, p.stderr[-3000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), p.stderr[-3000:]
-    assert needle in lines[0] and "Traceback" not in p.stdout + p.stderr, lines[0]
-    assert list(tmp_path.iterdir()) == []  # no store, study, output or multirun folder
-    assert digest(store) == before
+    assert_one_line_and_nothing_created(p.stderr, p.stdout, needle, tmp_path, store, before)

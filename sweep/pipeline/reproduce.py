@@ -289,13 +289,8 @@ def format_comparison(rows) -> str:
 def reproduce(run_id: str, strict: bool, rtol: float | None, allow=(), log=print) -> int:
     """Check, re-run and compare; the exit status (0 same, 1 different, 2 refused). What it shows
     holds store text (names, commits, metric names): control characters are shown, not obeyed."""
-    import torch
-
     shown = log
     log = lambda text: shown("\n".join(printable(line) for line in str(text).split("\n")))  # noqa: E731
-
-    from sweep.pipeline.job import run_job
-
     client = mlflow.MlflowClient()
     run = client.get_run(run_id)
     if run.info.status != "FINISHED":
@@ -322,6 +317,10 @@ def reproduce(run_id: str, strict: bool, rtol: float | None, allow=(), log=print
         cfg.tracking.run_name = run.data.tags.get("mlflow.runName")
         cfg.tracking.tags = {"reproduces": run_id}
     log(f"re-running {run.data.tags.get('mlflow.runName')} ({run_id}) with seed {cfg.seed}")
+    import torch  # (the job's libraries, only once nothing is refused: a refusal comes in seconds)
+
+    from sweep.pipeline.job import run_job
+
     outcome = run_job(cfg)
     if outcome.status != "FINISHED":
         log(f"the re-run did not finish: {outcome.status} {outcome.error or ''}")
