@@ -3,18 +3,20 @@ that crashed processes left RUNNING."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 import mlflow
 from omegaconf import DictConfig
 
-from sweep.config import ConfigError
+from sweep.config import PROJECT_ROOT, ConfigError
 from sweep.runtime import processes
 from sweep.runtime.secrets import redact
 from sweep.tracking.checks import is_server, probe_server
 
 log = logging.getLogger(__name__)
+EMPTY_STORE_DIR = PROJECT_ROOT / ".cache" / "mlflow"  # an empty store per MLflow version, copied for new ones
 
 
 # What an experiment holds, for the MLflow UI: model training, not GenAI traces. MLflow 3.17's UI
@@ -41,7 +43,33 @@ def init_store(uri: str) -> None:
     path = Path(uri[len("sqlite:///"):])
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
+        if not path.exists():
+            copy_empty_store(path)
         mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+
+def copy_empty_store(path: Path) -> None:
+    """A new SQLite store as a copy of an empty one this MLflow version made: MLflow builds a new
+    store's tables by running its whole migration history (seconds, in every new store: every test,
+    every first run); a copy takes milliseconds. The template is made once per MLflow version under
+    its own lock; its Default experiment is pointed where a new store's would point (./mlruns/0)."""
+    import shutil
+    import sqlite3
+
+    from filelock import FileLock
+
+    template = EMPTY_STORE_DIR / f"mlflow-{mlflow.__version__}-empty.db"
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(template) + ".lock"):
+        if not template.exists():
+            draft = template.with_name(template.name + ".draft")
+            draft.unlink(missing_ok=True)
+            mlflow.MlflowClient(tracking_uri=f"sqlite:///{draft}").search_experiments(max_results=1)
+            draft.replace(template)
+    shutil.copyfile(template, path)
+    with contextlib.closing(sqlite3.connect(path)) as db, db:
+        db.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+                    (str(Path("mlruns").resolve() / "0"),))
 
 
 def require_store(uri: str) -> None:
