@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,9 +73,11 @@ def tiny():
 
 
 def run_sweep(*args: str, cwd: Path = ROOT, timeout: int = 900) -> subprocess.CompletedProcess:
-    """`python sweep.py ARGS` as a user runs it; output captured."""
-    return subprocess.run([sys.executable, "sweep.py", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=clean_env())
+    """`python sweep.py ARGS` as a user runs it, in a process of its own (forked from one that
+    imported the libraries: tests/forked.py); output captured."""
+    from tests import forked
+
+    return forked.run(["sweep.py", *args], cwd, clean_env(), timeout)
 
 
 def clean_env() -> dict[str, str]:
