@@ -21,6 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = ["sweep.pipeline.job", "sweep.study.optuna_sweeper", "analysis.summary", "lm_eval.tasks", "optuna"]
 FORK = os.environ.get("SFT_TESTS_FORK", "1") != "0"
+# joblib's loky workers hang when started from a forkserver's child: those commands get an interpreter
+SPAWNED = ("hydra/launcher=processes",)
 
 
 def _context():
@@ -68,7 +70,7 @@ def _run(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> 
 def run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """`python ARGV` (ARGV[0]: a script under cwd), output captured, as subprocess.run would."""
     command = [sys.executable, *argv]
-    if not FORK:
+    if not FORK or any(a.startswith(SPAWNED) for a in argv):
         return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     with tempfile.TemporaryDirectory(prefix="forked-") as tmp:
         out, err = f"{tmp}/stdout", f"{tmp}/stderr"
