@@ -21,8 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PRELOAD = ["sweep.pipeline.job", "sweep.study.optuna_sweeper", "analysis.summary", "lm_eval.tasks", "optuna"]
 FORK = os.environ.get("SFT_TESTS_FORK", "1") != "0"
-# joblib's loky workers hang when started from a forkserver's child: those commands get an interpreter
-SPAWNED = ("hydra/launcher=processes",)
+# Commands that get an interpreter: joblib's loky workers hang when started from a forkserver's child;
+# a sweep's extra workers (n_jobs) start as new interpreters, and a forked first worker, ten seconds
+# ahead of them, would run every trial before they join (tests check that all workers take part).
+SPAWNED = ("hydra/launcher=processes", "hydra.sweeper.n_jobs=")
 
 
 def _context():
