@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forked
 from tests.conftest import ROOT, TINY, clean_env, run_sweep
 
 pytestmark = pytest.mark.e2e
@@ -222,8 +223,11 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(inputs, tmp_path, monk
             assert_one_line_and_nothing_created(stderr, "", needle, tmp_path, store, before)
             if index % E2E_EVERY:
                 return
-    p = subprocess.run([sys.executable, *command.split(), *argv] if command.startswith("-m") else
-                       [sys.executable, str(ROOT / command), *argv], cwd=tmp_path, capture_output=True, text=True,
-                       timeout=600, env=clean_env() | {"PYTHONPATH": str(ROOT)})
+    env = clean_env() | {"PYTHONPATH": str(ROOT)}
+    if command.startswith("-m"):
+        p = subprocess.run([sys.executable, *command.split(), *argv], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=600, env=env)
+    else:  # (a script: in a process forked from one that imported the libraries, tests/forked.py)
+        p = forked.run([str(ROOT / command), *argv], tmp_path, env, timeout=600)
     assert p.returncode == 2, p.stderr[-3000:]
     assert_one_line_and_nothing_created(p.stderr, p.stdout, needle, tmp_path, store, before)
