@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from sweep.config import ConfigError  # noqa: E402
 from sweep.runtime.secrets import guard_output, redact  # noqa: E402
-from sweep.study.storage import make_storage, storage_url  # noqa: E402
+from sweep.study.storage import make_storage, storage_url, unopened_journal  # noqa: E402
 
 log = logging.getLogger("dashboard")
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     url = storage_url(None, str(ROOT / "optuna.journal"))
     try:
-        if "://" not in url and not Path(url).is_file():
+        if unopened_journal(url):
             raise ConfigError(f"no study storage at {url} yet: run a sweep (hydra/sweeper=optuna) first, or name a "
                               "team's with STORAGE=postgresql+psycopg://... (or $OPTUNA_STORAGE)")
         storage = make_storage(url)

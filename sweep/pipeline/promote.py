@@ -30,17 +30,19 @@ from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking import reuse
 from sweep.tracking.checks import REGISTRY_ALIAS
 from sweep.tracking.records import VERDICT_TAG_PREFIX
+from sweep.tracking.reuse import KEY_FORMAT
 from sweep.tracking.untrusted import printable
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"  # the alias a promoted version gets unless told otherwise
 MODEL_DIR = "registered_model"  # the run's artifact folder the registered version points at
 MAX_CHAIN = 10  # stages a run's adapter may stand on (SFT -> reward-judged RL -> ...)
+UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")  # what a registered model's name or a tag key cannot hold
 
 
 def registered_name(experiment: str, tasks: str) -> str:
     """`<experiment>-<first task>`, in the characters every registry backend accepts."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{experiment}-{tasks.split(',')[0]}").strip("_") or "sft-sweep"
+    return UNSAFE.sub("_", f"{experiment}-{tasks.split(',')[0]}").strip("_") or "sft-sweep"
 
 
 def version_tags(run) -> dict[str, str]:
@@ -56,8 +58,8 @@ def version_tags(run) -> dict[str, str]:
     except Exception:  # noqa: BLE001  (a run without the file: no data tags)
         hashes = {}
     for path, digest in hashes.items() if isinstance(hashes, dict) else ():
-        name = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(str(path)).name)[:100]
-        if re.fullmatch(r"[0-9a-f]{64}", str(digest)):
+        name = UNSAFE.sub("_", Path(str(path)).name)[:100]
+        if KEY_FORMAT.fullmatch(str(digest)):
             out[f"data_sha256.{name}"] = str(digest)
     return out
 
@@ -68,16 +70,15 @@ def verdict_line(run) -> str:
     return " ".join(details)[:5000] or "No verdict against the strongest baseline was recorded for this run."
 
 
-def merged_model(run_id: str, uri: str):
+def merged_model(run_id: str, base: str, uri: str):
     """(the run's model: its base with every adapter of its lineage merged in, tokenizer), the base
     built from the run's recorded config as reproduce.py builds it, each adapter checked against the
-    sha256 its run recorded."""
+    sha256 its run recorded (each on the run's base model, `base`)."""
     from sweep.rlhf.lineage import fetch, merged
     from sweep.rlhf.stages import POLICY_HEAD
     from sweep.training.models import load_model_and_tokenizer
 
     cfg, _ = recorded_config(run_id, log=log.info)
-    base = reuse.run_by_id(reuse.client(uri), run_id, "RUN", uri).data.tags.get("base_model", "")
     cache = Path(cfg.paths.cache) / "promoted"
     chain, next_id = [], run_id
     while next_id is not None:
@@ -103,7 +104,7 @@ def promote(run_id: str, alias: str = CHAMPION, uri: str | None = None):
         raise ConfigError(f"--alias {alias!r} is invalid: a letter, then letters, digits, _ or - (e.g. champion)")
     experiment = client.get_experiment(run.info.experiment_id).name
     name = registered_name(experiment, run.data.tags.get("tasks", ""))
-    model, tokenizer = merged_model(run_id, uri)
+    model, tokenizer = merged_model(run_id, run.data.tags.get("base_model", ""), uri)
     import peft
     import torch
     import transformers

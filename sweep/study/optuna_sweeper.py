@@ -47,7 +47,15 @@ from sweep.study.search import (
     parse_search_space,
     prunes,
 )
-from sweep.study.storage import STORAGE_ENV, HeartbeatThread, fail_stale, make_storage, requeue, storage_url
+from sweep.study.storage import (
+    STORAGE_ENV,
+    HeartbeatThread,
+    fail_stale,
+    make_storage,
+    requeue,
+    storage_url,
+    unopened_journal,
+)
 from sweep.tracking.store import open_experiment
 
 POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
@@ -209,7 +217,7 @@ class OptunaSweeper(Sweeper):
     def _load_study(self, name: str) -> optuna.Study:
         """An earlier study in this sweep's storage, read-only (enqueue's `{study: NAME, best: N}`)."""
         url = self._storage()
-        if "://" not in url and not Path(url).is_file():  # (opening a journal would create it)
+        if unopened_journal(url):
             raise ConfigError(f"hydra.sweeper.enqueue: no study {name!r}: there is no journal {redact(url)} yet")
         try:
             return optuna.load_study(study_name=name, storage=make_storage(url, self.heartbeat_interval,

@@ -149,6 +149,11 @@ def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
     return optuna.storages.JournalStorage(backend)
 
 
+def unopened_journal(url: str) -> bool:
+    """A journal file that does not exist yet: opening it would create it (an RDB URL: False)."""
+    return "://" not in url and not Path(url).is_file()
+
+
 def storage_url(configured: str | None, default: str) -> str:
     """The sweeper's storage: configured, else the environment's OPTUNA_STORAGE, else the default."""
     return configured or os.environ.get(STORAGE_ENV) or default
