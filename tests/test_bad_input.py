@@ -132,6 +132,11 @@ CASES = [
     ("sweep.py", ["seed=abc"], "seed='abc' is invalid: must be an integer >= 0"),
     ("sweep.py", ["model.dtype=int4"], "model.dtype='int4' is invalid: choose one of"),
     ("sweep.py", ["eval.num_fewshot=abc"], "eval.num_fewshot='abc' is invalid"),
+    # (refused before a new store is created)
+    ("sweep.py", ["method=few_shot", "eval.num_fewshot=100000", "tracking.uri=sqlite:///{cwd}/mlflow.db"],
+     "eval.num_fewshot=100000 is larger than task sst2's"),
+    ("sweep.py", ["data.train_split=nosuch", "tracking.uri=sqlite:///{cwd}/mlflow.db"],
+     "data.train_split='nosuch': task sst2 has splits"),
     ("sweep.py", ["lora.target_modules=[]"], "lora.target_modules=[] is invalid"),
     ("sweep.py", ["data.dev_size=-1"], "data.dev_size=-1 is invalid: must be an integer >= 0"),
     ("sweep.py", ["model.trust_remote_code=yes"], "model.trust_remote_code='yes' is invalid: must be true or false"),

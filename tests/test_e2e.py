@@ -264,8 +264,9 @@ def test_the_strongest_baseline_is_chosen_on_the_development_slice_and_reproduci
 
 def test_a_grid_registers_its_best_adapter_with_its_alias_and_it_loads_back_with_mlflows_api(tracking, tmp_path):
     """A grid with tracking.register_best=true: the sweep's best adapter by development score becomes a version
-    of `sft-sweep-sst2` with the alias champion, pointing at that FINISHED run, tagged with what it is,
-    and mlflow.transformers.load_model gives a model that scores as the run did; `make promote`
+    of `sft-sweep-sst2` with the alias champion, pointing at that FINISHED run, tagged with what it is, holding
+    its adapter and a reference to its base, and mlflow.transformers.load_model gives a model that scores as the
+    run did; `make promote`
     refuses a run that did not finish."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -274,6 +275,7 @@ def test_a_grid_registers_its_best_adapter_with_its_alias_and_it_loads_back_with
     from analysis.runs import sweep_runs
     from analysis.summary import best_by_dev
     from sweep.pipeline import promote
+    from sweep.training.models import weights_digest
     from tests.conftest import ROOT
 
     p = run_sweep("-m", *TINY, *tracking, "lora.r=1,2", "tracking.register_best=true")
@@ -294,6 +296,11 @@ def test_a_grid_registers_its_best_adapter_with_its_alias_and_it_loads_back_with
     assert version.tags["base_model"] == "tiny (from_config, seed 0)" and version.tags["method"] == "lora"
     assert set(version.tags) >= {"data_sha256.train.jsonl", "data_sha256.validation.jsonl"}
     assert version.description  # the verdict line, or that none was recorded
+    # The version is the adapter and a reference to its base (the folder the run trained on, by its sha256).
+    stored = {a.path for a in client.list_artifacts(version.run_id, "registered_model/peft")}
+    assert "registered_model/peft/adapter_model.safetensors" in stored
+    assert not client.list_artifacts(version.run_id, "registered_model/model")  # no copy of the base's weights
+    assert version.tags["base_model_sha256"] == weights_digest(version.tags["base_model_path"])
 
     loaded = mlflow.transformers.load_model("models:/sft-sweep-sst2@champion", return_type="components")
     tasks = TaskManager(include_path=str(ROOT / "tasks"), include_defaults=False, metadata={"data_dir": str(ROOT / "data")})

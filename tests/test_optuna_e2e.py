@@ -61,6 +61,29 @@ def test_an_enqueued_configuration_runs_first_a_broken_constraint_never_wins_and
     assert best[0]["params"] == {"lora.r": 1} and parent["params.stop_after"] == "1"
 
 
+@pytest.mark.parametrize("sampler", ["qmc", "cmaes"])
+def test_qmc_and_cmaes_sweep_the_tiny_model_with_their_own_settings(tmp_path, tracking, sampler):
+    """hydra.sweeper.sampler=qmc|cmaes with sampler_options, as a user sweeps: QMC's learning rates after
+    the first trial (which fixes the space) are the unscrambled Sobol points 0, 1/2, 3/4 of the interval;
+    CMA-ES samples the trial after its one start-up trial from its own search (a generation recorded)."""
+    options = {"qmc": "{qmc_type: sobol, scramble: false}", "cmaes": "{n_startup_trials: 1}"}[sampler]
+    n = {"qmc": 3, "cmaes": 2}[sampler]
+    p = run_sweep(*optuna_args(tmp_path, f"hydra.sweeper.n_trials={n}", f"hydra.sweeper.sampler={sampler}",
+                               f"hydra.sweeper.sampler_options={options}", "train.lr=interval(0.001,0.003)",
+                               "lora.dropout=interval(0,0.1)"), *tracking)
+    assert p.returncode == 0, p.stderr[-3000:]
+    trials = study_of(tmp_path).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * n
+    if sampler == "qmc":
+        assert [t.params["train.lr"] for t in trials[1:]] == pytest.approx([0.001, 0.002])
+    else:
+        assert [t.system_attrs.get("cma:generation") is not None for t in trials] == [False, True]
+    kids, [parent] = children(tracking)[0], children(tracking)[1].to_dict("records")
+    assert parent["params.sampler"] == sampler and len(kids) == n
+    logged = sorted(kids["params.train.lr"].astype(float))
+    assert logged == pytest.approx(sorted(t.params["train.lr"] for t in trials))  # each trial ran its values
+
+
 def test_two_objectives_give_a_pareto_front(tmp_path, tracking):
     p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler=nsgaii",
                                "hydra.sweeper.objective=[sst2/acc,trainable_params]",

@@ -85,27 +85,35 @@ def test_bad_system_metrics_settings_are_refused(key, value):
         validate_tracking(compose(f"tracking.{key}={value}").tracking)
 
 
-def test_mlflows_peft_path_loses_the_adapter_of_a_local_base_and_merged_weights_keep_it(tiny, tmp_path):
-    """Why make promote registers merged weights (sweep/pipeline/promote.py): saved as a PEFT model on a
-    local base, the version loads back with different outputs; merged, it loads with the same."""
+def test_mlflows_peft_flavour_keeps_the_adapter_only_when_told_the_local_base(tiny, tmp_path):
+    """Why make promote passes `base_model_path` (sweep/pipeline/promote.py): a PEFT model on a local base
+    saved without it loads back with different outputs (MLflow writes the wrapped weights); with it, the
+    version holds the adapter alone and loads back with the same outputs."""
     import copy
 
     import peft
     import torch
 
+    from sweep.training.models import model_source
+    from tests.conftest import compose
+
     model, tokenizer = tiny
+    cfg = compose("model=tiny")
+    base = model_source(cfg.model, cfg.paths.cache, 0)
     lora = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=2, target_modules=["q_proj", "v_proj"],
                                                                 init_lora_weights=False, task_type="CAUSAL_LM"))
     ids = tokenizer("a fine film", return_tensors="pt").input_ids
     with torch.no_grad():
         expected = lora(ids).logits
     outputs = {}
-    for name, saved in (("peft", lora), ("merged", lora.merge_and_unload())):
+    for name, base_model_path in (("unreferenced", None), ("referenced", base)):
         folder = tmp_path / name
-        mlflow.transformers.save_model({"model": saved, "tokenizer": tokenizer}, str(folder), task="text-generation",
-                                       pip_requirements=["torch"])
+        mlflow.transformers.save_model({"model": lora, "tokenizer": tokenizer}, str(folder), task="text-generation",
+                                       pip_requirements=["torch"], base_model_path=base_model_path)
         loaded = mlflow.transformers.load_model(str(folder), return_type="components")["model"]
         with torch.no_grad():
             outputs[name] = loaded(ids).logits
-    assert not torch.allclose(outputs["peft"], expected, atol=1e-3)
-    assert torch.allclose(outputs["merged"], expected, atol=1e-5)
+    assert not torch.allclose(outputs["unreferenced"], expected, atol=1e-3)
+    assert torch.allclose(outputs["referenced"], expected, atol=1e-5)
+    saved = {str(f.relative_to(tmp_path / "referenced")) for f in (tmp_path / "referenced").rglob("*.safetensors")}
+    assert saved == {"peft/adapter_model.safetensors"}  # the adapter, not the base's weights

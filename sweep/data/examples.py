@@ -39,17 +39,22 @@ def render_pair(task, doc: dict, chat_template=None) -> tuple[str, str]:
     return context, task.config.target_delimiter + answer
 
 
+def check_split(task, split: str) -> None:
+    """ConfigError unless `split` is one of the task's splits and holds examples."""
+    if split not in task.dataset:
+        raise ConfigError(f"data.train_split={split!r}: task {task.config.task} has splits {', '.join(task.dataset)}")
+    if len(task.dataset[split]) == 0:
+        raise ConfigError(f"data.train_split={split!r} of task {task.config.task} is empty")
+
+
 def training_pairs(task, split: str, max_samples: int | None, seed: int, chat_template=None,
                    generated: list[dict] | None = None, mix: float = 0.0,
                    exclude: set[int] = frozenset()) -> list[tuple[str, str]]:
     """A seeded random subset (or all) of a task split, rendered to (context, answer) pairs;
     with `generated` documents, a seeded mix of both (`mix`: the generated share). `exclude`:
     indices never trained on (the development slice)."""
-    if split not in task.dataset:
-        raise ConfigError(f"data.train_split={split!r}: task {task.config.task} has splits {', '.join(task.dataset)}")
+    check_split(task, split)
     docs = task.dataset[split]
-    if len(docs) == 0:
-        raise ConfigError(f"data.train_split={split!r} of task {task.config.task} is empty")
     if generated is not None:
         hand = [d for i, d in enumerate(docs) if i not in exclude]
         return [render_pair(task, doc, chat_template) for doc in mixed_docs(hand, generated, mix, max_samples, seed)]

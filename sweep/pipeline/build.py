@@ -18,6 +18,7 @@ from sweep.data import splits
 from sweep.data.examples import (
     GENERATED_DATASET,
     build_train_dataset,
+    check_split,
     data_files,
     dataset_inputs,
     generated_file,
@@ -119,8 +120,7 @@ def build(cfg: DictConfig, project: ProjectTasks | None = None, generated: Path 
              for name, task in eval_tasks.items()} if cfg.method.num_fewshot else {}
     trained_apart = set(slices.get(cfg.data.task, [])) if uses_training_split(tasks.get(cfg.data.task), cfg.data) \
         else set()  # (the development slice is never trained on)
-    if cfg.method.name != "strongest_baseline":  # (which checks each variant it tries)
-        prompting_of(cfg).check(eval_tasks)
+    check_inputs(cfg, tasks)
     stage = STAGES[cfg.stage.name]
     model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization,
                                                 reward_head=not stage.is_policy)
@@ -164,6 +164,15 @@ def dev_pairs_of(task, indices: list[int], stage: str) -> list[dict]:
     """The preference pairs of a development slice (stage=reward scores its accuracy on them)."""
     train = task.dataset[task.config.training_split]
     return checked_pairs(task, [train[i] for i in indices], stage) if indices else []
+
+
+def check_inputs(cfg: DictConfig, tasks: dict) -> None:
+    """What the loaded tasks can refuse of the config (before a store exists): a few-shot count larger
+    than a task's pool, prompting a task cannot take, a training split the task does not have."""
+    if cfg.method.name != "strongest_baseline":  # (whose search checks each variant it tries)
+        prompting_of(cfg).check({name: tasks[name] for name in cfg.eval.tasks})
+    if cfg.method.trains and STAGES[cfg.stage.name].data == "examples":
+        check_split(tasks[cfg.data.task], cfg.data.train_split)
 
 
 def prompting_of(cfg: DictConfig, num_fewshot: int | None = None) -> Prompting:

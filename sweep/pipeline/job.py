@@ -17,6 +17,7 @@ from sweep.data import splits
 from sweep.pipeline.build import (
     ProjectTasks,
     build,
+    check_inputs,
     generated_data,
     job_datasets,
     load_project_tasks,
@@ -113,6 +114,7 @@ def prepare(cfg: DictConfig, sweep: str) -> Prepared:
     slices = splits.dev_slices(project.tasks, cfg.data.dev_size)  # a development slice a split cannot give
     if cfg.method.name == "strongest_baseline":
         baselines.check_search(cfg.method.search, project.manager, cfg.eval.tasks)
+    check_inputs(cfg, project.tasks)  # (a few-shot count, a training split)
     if cfg.method.trains and stage.data != "examples":  # (preference pairs, or prompts, to train on)
         preference.split_docs(project.tasks[cfg.data.task], cfg.data.train_split, stage.name)
     if cfg.method.peft == "lora":  # (target modules the base model does not have)

@@ -5,16 +5,21 @@ its description; it loads with `mlflow.transformers.load_model("models:/<name>@c
 
     python -m sweep.pipeline.promote RUN_ID [--alias champion] [--tracking-uri URI]   (make promote RUN=...)
 
-Why the adapter is registered merged into its base: MLflow's transformers flavour saves a PEFT model
-as adapter + base reference only when the base is a Hugging Face Hub id; for a local base (the
-bundled GGUF's cached folder, any folder) it writes the wrapped weights under PEFT's names, which
-load back with the adapted layers freshly initialised. Merged weights (safetensors) load as they
-scored. Only a FINISHED run is ever registered, its adapter checked against the sha256 it recorded.
+The version is MLflow's transformers flavour of a PEFT model: the run's adapter (a few MB) and a
+reference to its base model's folder (`local_base_model_path` in its MLmodel; MLflow writes the
+base's weights for a local base only when it is not told `base_model_path`, and then loads the
+adapted layers freshly initialised: tests/test_tracking.py). The base is the folder the run trained
+on (the bundled model's converted cache, or `model.name_or_path`); for a later stage (DPO, RL) it is
+its parent stages merged into that base, written once under `paths.cache/promoted/`. On another
+machine, `mlflow.transformers.load_model(uri, base_model_path=<that folder>)` names the base's copy
+there; the version's `base_model_sha256` tag says which weights it must be. Only a FINISHED run is
+ever registered, every adapter of its lineage checked against the sha256 its run recorded.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
@@ -70,13 +75,16 @@ def verdict_line(run) -> str:
     return " ".join(details)[:5000] or "No verdict against the strongest baseline was recorded for this run."
 
 
-def merged_model(run_id: str, base: str, uri: str):
-    """(the run's model: its base with every adapter of its lineage merged in, tokenizer), the base
-    built from the run's recorded config as reproduce.py builds it, each adapter checked against the
-    sha256 its run recorded (each on the run's base model, `base`)."""
+def adapted_model(run_id: str, base: str, uri: str):
+    """(the run's adapter as a PEFT model on its base, the base's folder, tokenizer): the base built from
+    the run's recorded config as reproduce.py builds it, with the adapters of the run's earlier stages
+    merged in (saved once, keyed by their content); each adapter checked against the sha256 its run
+    recorded (each on the run's base model, `base`)."""
+    from peft import PeftModel
+
     from sweep.rlhf.lineage import fetch, merged
     from sweep.rlhf.stages import POLICY_HEAD
-    from sweep.training.models import load_model_and_tokenizer
+    from sweep.training.models import cached_build, load_model_and_tokenizer, model_source
 
     cfg, _ = recorded_config(run_id, log=log.info)
     cache = Path(cfg.paths.cache) / "promoted"
@@ -88,12 +96,18 @@ def merged_model(run_id: str, base: str, uri: str):
         chain.insert(0, ancestor)
         next_id = ancestor.parent_id
     model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
-    return merged(model, tuple(chain)), tokenizer
+    source = model_source(cfg.model, cfg.paths.cache, cfg.seed)
+    if len(chain) > 1:  # a later stage's base is its parent stages merged in
+        key = hashlib.sha256(json.dumps([source, *(a.content() for a in chain[:-1])], sort_keys=True).encode())
+        model = merged(model, tuple(chain[:-1]))
+        source = str(cached_build(cache / f"base-{key.hexdigest()[:16]}",
+                                  lambda out: (model.save_pretrained(out), tokenizer.save_pretrained(out))))
+    return PeftModel.from_pretrained(model, str(chain[-1].adapter)), source, tokenizer
 
 
 def promote(run_id: str, alias: str = CHAMPION, uri: str | None = None):
-    """Register the run's adapter (merged) as a new version of `<experiment>-<task>` and point
-    `alias` at it; returns the ModelVersion."""
+    """Register the run's adapter, with a reference to its base, as a new version of `<experiment>-<task>`
+    and point `alias` at it; returns the ModelVersion."""
     uri = uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = reuse.client(uri)
@@ -104,17 +118,21 @@ def promote(run_id: str, alias: str = CHAMPION, uri: str | None = None):
         raise ConfigError(f"--alias {alias!r} is invalid: a letter, then letters, digits, _ or - (e.g. champion)")
     experiment = client.get_experiment(run.info.experiment_id).name
     name = registered_name(experiment, run.data.tags.get("tasks", ""))
-    model, tokenizer = merged_model(run_id, run.data.tags.get("base_model", ""), uri)
+    model, base_path, tokenizer = adapted_model(run_id, run.data.tags.get("base_model", ""), uri)
     import peft
     import torch
     import transformers
 
+    from sweep.training.models import weights_digest
+
     requirements = [f"{m.__name__}=={m.__version__}" for m in (torch, transformers, peft)]
     with tempfile.TemporaryDirectory() as tmp:
         mlflow.transformers.save_model({"model": model, "tokenizer": tokenizer}, f"{tmp}/model",
-                                       task="text-generation", pip_requirements=requirements)
+                                       task="text-generation", pip_requirements=requirements,
+                                       base_model_path=base_path if Path(base_path).is_dir() else None)
         client.log_artifacts(run_id, f"{tmp}/model", MODEL_DIR)
-    version = mlflow.register_model(f"runs:/{run_id}/{MODEL_DIR}", name, tags=version_tags(run))
+    tags = version_tags(run) | {"base_model_path": base_path, "base_model_sha256": weights_digest(base_path)}
+    version = mlflow.register_model(f"runs:/{run_id}/{MODEL_DIR}", name, tags=tags)
     client.update_model_version(name, version.version, description=verdict_line(run))
     client.set_registered_model_alias(name, alias, version.version)
     log.info("run %s is version %s of registered model %s (alias %s): mlflow.transformers.load_model("
