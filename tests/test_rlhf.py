@@ -236,6 +236,33 @@ def test_experiment_rlhf_runs_every_stage_each_feeding_the_next(pipeline):
 
 
 @pytest.mark.e2e
+def test_a_later_stage_is_registered_as_its_adapter_on_its_parents_merged_into_the_base(pipeline, tmp_path):
+    """make promote on a DPO run: the version holds the DPO adapter and refers to a base folder that is
+    the SFT adapter merged into the base model; loaded with MLflow's API it gives the logits of the whole
+    lineage (SFT, then DPO) merged into the base."""
+    import mlflow
+
+    from sweep.pipeline import promote
+    from sweep.rlhf.lineage import fetch, merged
+    from sweep.rlhf.stages import POLICY_HEAD
+    from sweep.training.models import load_model_and_tokenizer, weights_digest
+
+    runs, tracking, _ = pipeline
+    uri, dpo = tracking[0].split("=", 1)[1], runs["dpo"]
+    version = promote.promote(dpo["run_id"], uri=uri)
+    base = Path(version.tags["base_model_path"])
+    assert base.parent.name == "promoted" and version.tags["base_model_sha256"] == weights_digest(str(base))
+    loaded = mlflow.transformers.load_model(f"models:/{version.name}/{version.version}", return_type="components")
+    cfg = compose("model=tiny", f"seed={dpo['params.seed']}")
+    model, tokenizer = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
+    lineage = tuple(fetch("RUN", runs[s]["run_id"], POLICY_HEAD, uri, dpo["tags.base_model"], tmp_path)
+                    for s in ("sft", "dpo"))
+    ids = tokenizer("Human: how do I bake bread?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(loaded["model"](ids).logits, merged(model, lineage)(ids).logits, atol=1e-4)
+
+
+@pytest.mark.e2e
 def test_stage_tables_and_plots_are_logged(pipeline):
     import mlflow
 
