@@ -1,8 +1,9 @@
 """Faults a team's servers and workers meet, injected for real (docs/reliability.md): all at once
 in one sweep (the chaos test), and each on its own: the study database restarting, a worker that
-stops answering for longer than the grace period and comes back, the tracking server down while
-a failure is recorded, a live run in another PID namespace. Nothing is simulated by a flag in the code under
-test: servers are stopped and started, processes are paused with signals."""
+stops answering for longer than the grace period and comes back, the tracking server down past
+MLflow's retries, past a job's allowance, or while a failure is recorded, a live run in another
+PID namespace. Nothing is simulated by a flag in the code under test: servers are stopped and
+started, processes are paused with signals."""
 
 from __future__ import annotations
 
@@ -188,28 +189,88 @@ def test_a_worker_silent_past_the_grace_period_comes_back_without_double_countin
     store_is_whole(env)
 
 
+def start_job(args: list[str], env: dict, log_path) -> subprocess.Popen:
+    with open(log_path, "w") as out:
+        return subprocess.Popen([sys.executable, "sweep.py", *args], cwd=ROOT, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def training_run(experiment: str):
+    """The experiment's run, once it has logged a training loss."""
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    if not runs.empty and mlflow.MlflowClient().get_metric_history(runs.iloc[0]["run_id"], "train/loss"):
+        return runs.iloc[0]["run_id"]
+
+
+def outage(root, seconds: float) -> None:
+    """The tracking server stopped for `seconds`, then started again."""
+    servers.stop_mlflow(root)
+    time.sleep(seconds)
+    servers.start_mlflow(root, servers.pg_port(root), servers.mlflow_port(root))
+
+
+NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # MLflow's own retries end at once: an outage outlasts them
+
+
+def test_a_tracking_outage_past_mlflows_retries_loses_no_point_of_the_curve(team, tmp_path):
+    """The tracking server stops for 15 s mid-training, with MLflow's client set not to retry (so the
+    outage outlasts its retries, as a restart longer than their ~2 min does): the job trains on, its
+    curve's points are kept and sent when the server is back, and the run ends FINISHED with every
+    step of its curve, its scores and its adapter. (Before: the first write in the outage failed the
+    job.)"""
+    root, env = team
+    experiment, steps = f"outage-{uuid.uuid4().hex[:6]}", 150
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    proc = start_job([*TINY, f"train.max_steps={steps}", "train.logging_steps=1", f"tracking.experiment={experiment}"],
+                     clean_env() | env | NO_RETRIES, tmp_path / "job.log")
+    run_id = wait_for(lambda: training_run(experiment), 240, "the job to train")
+    outage(root, 15)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    assert "the tracking server is unreachable" in (tmp_path / "job.log").read_text()
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED" and "sst2/acc" in run.data.metrics and "adapter_sha256" in run.data.tags
+    curve = mlflow.MlflowClient().get_metric_history(run_id, "train/loss")
+    assert sorted(h.step for h in curve) == list(range(1, steps + 1))
+
+
+def test_a_trial_whose_tracking_server_stays_away_fails_and_is_run_again(team, tmp_path):
+    """An Optuna sweep whose tracking server stays away for longer than tracking.outage_seconds (5 s
+    here; 12 s away) while its trial trains: that trial fails (its run FAILED once the server is back),
+    is queued again and run again, and the study ends with exactly n_trials COMPLETE."""
+    root, env = team
+    experiment, study_name, n = f"away-{uuid.uuid4().hex[:6]}", f"away-{uuid.uuid4().hex[:6]}", 1
+    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
+    args = [*sweep_args(study_name, experiment, n, steps=150), "train.logging_steps=1", "tracking.outage_seconds=5",
+            f"hydra.sweep.dir={tmp_path}/multirun"]
+    proc = start_job(args, clean_env() | env | NO_RETRIES, tmp_path / "sweep.log")
+    study = load_study(env, study_name)
+    victim = wait_for(lambda: training_trial(study, experiment), 240, "a trial to train")
+    outage(root, 12)
+    assert proc.wait(timeout=900) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    trials, kids = assert_whole(study, experiment, n)
+    [failed] = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed.number == victim.number
+    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert retry.params == victim.params and retry.state == TrialState.COMPLETE
+    [run] = kids[kids["tags.optuna.trial_number"] == str(victim.number)].to_dict("records")
+    assert run["status"] == "FAILED" and run["tags.error"].startswith("TrackingUnavailable: the tracking server has")
+    store_is_whole(env)
+
+
 def test_a_failure_while_the_tracking_server_is_down_is_recorded_failed_never_finished(team, tmp_path):
     """The tracking server stops mid-training, with the client set not to retry
-    (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0, as a user who wants to fail fast sets it): the job's next
-    write fails, and so does recording the failure, until the server is back seconds later. The
-    run ends FAILED with its error, never FINISHED by MLflow's exit hook. (Before: three tries in a
-    second, then the exit hook ended it with its default status, or nothing did.)"""
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0, as a user who wants to fail fast sets it) and the job to
+    give up on it after a second (tracking.outage_seconds=1): the job fails, and so does recording
+    the failure, until the server is back seconds later. The run ends FAILED with its error, never
+    FINISHED by MLflow's exit hook. (Before: three tries in a second, then the exit hook ended it
+    with its default status, or nothing did.)"""
     root, env = team
     experiment = f"down-{uuid.uuid4().hex[:6]}"
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    job_env = clean_env() | env | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
-    with open(tmp_path / "job.log", "w") as out:
-        proc = subprocess.Popen([sys.executable, "sweep.py", *TINY, "train.max_steps=100000", "train.logging_steps=1",
-                                 f"tracking.experiment={experiment}"], cwd=ROOT, env=job_env, stdout=out,
-                                stderr=subprocess.STDOUT)
-
-    def training_run():
-        runs = mlflow.search_runs(experiment_names=[experiment])
-        return not runs.empty and mlflow.MlflowClient().get_metric_history(runs.iloc[0]["run_id"], "train/loss")
-    wait_for(training_run, 240, "the job to train")
-    servers.stop_mlflow(root)
-    time.sleep(3)
-    servers.start_mlflow(root, servers.pg_port(root), servers.mlflow_port(root))
+    proc = start_job([*TINY, "train.max_steps=100000", "train.logging_steps=1", "tracking.outage_seconds=1",
+                      f"tracking.experiment={experiment}"], clean_env() | env | NO_RETRIES, tmp_path / "job.log")
+    wait_for(lambda: training_run(experiment), 240, "the job to train")
+    outage(root, 3)
     assert proc.wait(timeout=300) != 0
     [run] = mlflow.search_runs(experiment_names=[experiment]).to_dict("records")
     assert run["status"] == "FAILED", (tmp_path / "job.log").read_text()[-3000:]

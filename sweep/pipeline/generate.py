@@ -73,7 +73,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     resumed = state.run_id if state.run_id and _exists(state.run_id) else None
     with lifecycle.mlflow_run(experiment_id, f"self-instruct-{cfg.model.name}-seed{cfg.seed}", tags,
                              resume_run_id=resumed,
-                             system_metrics_interval=store.system_metrics_interval(cfg.tracking)) as run:
+                             system_metrics_interval=store.system_metrics_interval(cfg.tracking),
+                             outage_seconds=cfg.tracking.outage_seconds) as run:
         state.remember_run(run.info.run_id)
         if resumed is None:
             seeds = Path(g.seed_file)

@@ -45,6 +45,7 @@ from sweep.scoring.results import is_task_metric
 from sweep.study import trials
 from sweep.study.search import prunes
 from sweep.tracking import lifecycle, records, store
+from sweep.tracking.outage import TrackingUnavailable
 from sweep.training.methods import check_target_modules, count_parameters
 from sweep.training.models import base_model_identity, memory_footprint_mb
 from sweep.training.sft import model_flops_utilization, train
@@ -77,7 +78,8 @@ def run_job(cfg: DictConfig) -> JobOutcome:
             raise
         log.error("job failed (its MLflow run, if it started, is FAILED with this traceback):\n%s",
                   redact(traceback.format_exc()))
-        return JobOutcome("FAILED", sweep, error=redact(f"{type(e).__name__}: {e}"))
+        return JobOutcome("FAILED", sweep, error=redact(f"{type(e).__name__}: {e}"),
+                          retry=isinstance(e, TrackingUnavailable))
     finally:
         memory.release()  # the job's model, trainer and lm-eval objects are unreachable by now
 
@@ -155,8 +157,8 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
 
     # The folder the base model loaded from: what an adapter's adapter_config.json names.
     tags["base_model_path"] = str(getattr(built.model, "name_or_path", "") or "")
-    with lifecycle.mlflow_run(experiment_id, name, tags,
-                              system_metrics_interval=store.system_metrics_interval(cfg.tracking)) as run:
+    with lifecycle.mlflow_run(experiment_id, name, tags, system_metrics_interval=store.system_metrics_interval(
+            cfg.tracking), outage_seconds=cfg.tracking.outage_seconds) as run:
         # Each step's results are logged as soon as they exist: a later failure keeps them.
         records.log_inputs(resolved(cfg), built.files, built.datasets)
         metrics = {"trainable_params": trainable, "total_params": total,
@@ -182,8 +184,8 @@ def resolved(cfg: DictConfig) -> dict:
 
 def reuse_baseline(cfg: DictConfig, job: Prepared, experiment_id: str, name: str, tags: dict, source,
                    scores: dict, start_memory: dict) -> JobOutcome:
-    with lifecycle.mlflow_run(experiment_id, name, tags,
-                              system_metrics_interval=store.system_metrics_interval(cfg.tracking)) as run:
+    with lifecycle.mlflow_run(experiment_id, name, tags, system_metrics_interval=store.system_metrics_interval(
+            cfg.tracking), outage_seconds=cfg.tracking.outage_seconds) as run:
         records.log_inputs(resolved(cfg), task_files(job.project.tasks), job_datasets(cfg, job.project.tasks))
         used = start_memory | memory.peak_mb()
         records.log_metrics(used)

@@ -43,7 +43,7 @@ def intermediate_scoring(cfg: DictConfig, built, trial) -> list:
         return prefixed(score(built.lm, built.task_manager, built.dev_tasks, prompting, cfg.eval.slice_size,
                               log_samples=False, pools=built.pools).metrics, DEV_PREFIX)
 
-    return [trials.report_callback(trial, score_slice, cfg.eval.every_steps, cfg.eval.slice_size, records.log_metrics)]
+    return [trials.report_callback(trial, score_slice, cfg.eval.every_steps, cfg.eval.slice_size, records.log_curve)]
 
 
 def score_reward_model(cfg: DictConfig, built) -> dict[str, float]:

@@ -101,7 +101,7 @@ def train_ppo(run: StageRun) -> TrainResult:
     from sweep.rlhf import ppo
 
     def log_step(metrics: dict, step: int) -> None:
-        records.log_metrics({f"train/{k}": v for k, v in metrics.items()}, step=step)
+        records.log_curve({f"train/{k}": v for k, v in metrics.items()}, step=step)
 
     return ppo.train(run.model, run.tokenizer, [r["prompt"] for r in run.rows], run.judge, run.stage, run.train,
                      run.seed, log_step, run.fail_at_step)

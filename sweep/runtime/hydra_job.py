@@ -26,6 +26,7 @@ class JobOutcome:
     run_id: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    retry: bool = False               # failed for want of the tracking server, not of its own: run it again
 
 
 def _hydra():

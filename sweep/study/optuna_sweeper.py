@@ -335,6 +335,9 @@ class OptunaSweeper(Sweeper):
             self._settle(study, trial, TrialState.COMPLETE, values, outcome.run_id)
         else:
             self._settle(study, trial, TrialState.PRUNED if outcome.status == "PRUNED" else TrialState.FAIL)
+            if outcome.retry:  # the tracking server was away for longer than tracking.outage_seconds
+                requeue(study, study.trials[trial.number])
+                log.warning("trial %d failed for want of the tracking server: queued again", trial.number)
 
     def _constrain(self, study: optuna.Study, trial: optuna.Trial, outcome) -> None:
         """The trial's constraint values (Optuna's samplers and best_trial rank infeasible trials

@@ -37,6 +37,10 @@ def validate_tracking(tracking: DictConfig) -> None:
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 3600:
         raise ConfigError(f"tracking.system_metrics_interval={interval!r} is invalid: give seconds between samples "
                           "of the machine, e.g. tracking.system_metrics_interval=10")
+    outage = tracking.outage_seconds
+    if isinstance(outage, bool) or not isinstance(outage, (int, float)) or not outage > 0:
+        raise ConfigError(f"tracking.outage_seconds={outage!r} is invalid: give the seconds a job waits for a tracking "
+                          "server that does not answer, e.g. tracking.outage_seconds=900")
 
 
 

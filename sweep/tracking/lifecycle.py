@@ -18,6 +18,7 @@ from sweep.runtime import processes
 from sweep.runtime.distributed import world_size
 from sweep.runtime.interrupts import atomic_write, interrupted, signals_received
 from sweep.runtime.secrets import redact
+from sweep.tracking.outage import OUTAGE_SECONDS, sending_curves
 from sweep.tracking.records import redacted
 from sweep.tracking.system_metrics import system_metrics
 
@@ -76,11 +77,13 @@ def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | Non
 
 @contextmanager
 def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_id: str | None = None,
-               system_metrics_interval: float | None = None):
+               system_metrics_interval: float | None = None, outage_seconds: float = OUTAGE_SECONDS):
     """An MLflow run that ends FINISHED, FAILED (with `traceback.txt`), or KILLED when
     interrupted (Ctrl-C, SIGTERM) or pruned by Optuna (tag `optuna.state=PRUNED`).
     `resume_run_id`: reopen that run (a job that continues where a killed one stopped).
-    `system_metrics_interval`: seconds between samples of the machine (system/* curves); None: none."""
+    `system_metrics_interval`: seconds between samples of the machine (system/* curves); None: none.
+    `outage_seconds`: how long the job trains on and waits for a tracking server that does not answer
+    (outage.py: the curve is sent by a thread of its own and the run ends only once it is all sent)."""
     with atomic_write():
         if resume_run_id:
             run = mlflow.start_run(run_id=resume_run_id, tags=redacted(tags), log_system_metrics=False)
@@ -91,7 +94,7 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_i
     trial_failed = {"optuna.state": "FAIL"} if in_trial else {}
     signals_before = signals_received()
     try:
-        with system_metrics(run.info.run_id, system_metrics_interval):
+        with system_metrics(run.info.run_id, system_metrics_interval), sending_curves(run.info.run_id, outage_seconds):
             yield run
     except TrialPruned:
         _close(run, "KILLED", {"optuna.state": "PRUNED"})

@@ -1,5 +1,6 @@
 """What a run records: its inputs (config, command, packages, data), metrics, tags, lm-eval's results,
-tables, figures and its adapter; every write is shielded from a signal landing mid-write."""
+tables, figures and its adapter; every write is shielded from a signal landing mid-write and waits
+for a tracking server that does not answer (sweep/tracking/outage.py)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from omegaconf import OmegaConf
 from sweep.runtime.files import sha256
 from sweep.runtime.interrupts import atomic_write
 from sweep.runtime.secrets import redact
+from sweep.tracking import outage
 
 STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow parent run
 RESULTS_HASH_TAG = "results_sha256"  # sha256 of lm_eval_results.json, checked before the baseline cache reuses it
@@ -38,6 +40,15 @@ VERDICT_TAG_PREFIX = "verdict."  # the same verdict as tags: verdict.<task>/<met
                              # (analysis/verdict.py): verdict/<task>/<metric>/diff, ...
 
 
+def stored(what: str, write):
+    """`write()` shielded from a signal landing mid-write, and tried again while the tracking server
+    cannot be reached (for up to tracking.outage_seconds)."""
+    def attempt():
+        with atomic_write():
+            return write()
+    return outage.patiently(attempt, what)
+
+
 def log_baseline_choice(best, panel: list[dict], demonstrations: list, dev_size: int) -> None:
     """method=strongest_baseline: the variant chosen on the development slice (tags `baseline.*`,
     and in the run name), the whole panel (`baseline_panel.json`: every variant's development
@@ -47,9 +58,10 @@ def log_baseline_choice(best, panel: list[dict], demonstrations: list, dev_size:
             "baseline.num_fewshot": str(best.num_fewshot), "baseline.fewshot_sampler": best.fewshot_sampler,
             "baseline.calibrate": str(best.calibrate).lower(), "mlflow.runName": f"strongest_baseline={best.label()}",
             "baseline.reproduce": " ".join([*best.overrides(), f"data.dev_size={dev_size}"])}  # (the pool of draws)
-    with atomic_write():
+    def write():
         mlflow.set_tags(tags)
         mlflow.log_dict({"chosen": best.label(), "variants": panel, "demonstrations": demonstrations}, BASELINE_PANEL)
+    stored("recording the chosen baseline", write)
 
 
 def flat_params(config: dict) -> dict[str, str]:
@@ -74,13 +86,18 @@ def installed_packages() -> str:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    with atomic_write():
-        mlflow.log_metrics(metrics, step=step)
+    stored("logging metrics", lambda: mlflow.log_metrics(metrics, step=step))
+
+
+def log_curve(metrics: dict[str, float], step: int) -> None:
+    """Step metrics logged while the job computes on (training curves): sent by the run's own thread,
+    so the job never waits for the tracking server (outage.CurveSender)."""
+    if not outage.log_curve(metrics, step):
+        log_metrics(metrics, step)
 
 
 def set_tags(tags: dict[str, str]) -> None:
-    with atomic_write():
-        mlflow.set_tags(redacted(tags))
+    stored("setting tags", lambda: mlflow.set_tags(redacted(tags)))
 
 
 def redacted(tags: dict) -> dict[str, str]:
@@ -113,7 +130,7 @@ def log_inputs(config: dict, files: list[Path], datasets: list[tuple[str, Path, 
         warnings.simplefilter("ignore")
         inputs = [(MetaDataset(resolve_dataset_source(str(Path(path).resolve())), name=name,
                                digest=hashes[str(path)][:8]), context) for name, path, context in datasets]
-    with atomic_write():
+    def write():
         for dataset, context in inputs:
             log_input(dataset, context)
         mlflow.log_params(flat_params(config))
@@ -121,6 +138,7 @@ def log_inputs(config: dict, files: list[Path], datasets: list[tuple[str, Path, 
         mlflow.log_text(redact(shlex.join([sys.executable, *sys.argv])) + "\n", "command.txt")
         mlflow.log_text(installed_packages(), "requirements-freeze.txt")
         mlflow.log_dict(hashes, "data_sha256.json")
+    stored("recording the job's inputs", write)
 
 
 SAMPLE_REPLIES = 100  # generated replies per task shown in the run's `sample_replies.json` table
@@ -153,25 +171,24 @@ def log_eval_results(results: dict) -> None:
 
     text = json.dumps(results, default=handle_non_serializable, indent=1)
     replies = sample_replies(results)
-    with atomic_write():
+    def write():
         if replies:
             mlflow.log_table(replies, artifact_file="sample_replies.json")
         mlflow.log_text(text, "lm_eval_results.json")
         # what the baseline cache checks before it reuses these results (sweep/scoring/baseline_cache.py)
         mlflow.set_tag(RESULTS_HASH_TAG, hashlib.sha256(text.encode()).hexdigest())
+    stored("logging lm-eval's results", write)
 
 
 def log_table(columns: dict[str, list], name: str) -> None:
     """A table of per-example values (the MLflow UI's artifact view, `mlflow.load_table`)."""
-    with atomic_write():
-        mlflow.log_table(columns, artifact_file=name)
+    stored(f"logging {name}", lambda: mlflow.log_table(columns, artifact_file=name))
 
 
 def log_figure(figure, name: str) -> None:
     import matplotlib.pyplot as plt
 
-    with atomic_write():
-        mlflow.log_figure(figure, name)
+    stored(f"logging {name}", lambda: mlflow.log_figure(figure, name))
     plt.close(figure)
 
 
@@ -206,6 +223,8 @@ def upload_adapter(folder: Path, run_id: str) -> None:
     """Upload an adapter folder to the run and tag its weights' sha256."""
     digest = sha256(folder / ADAPTER_WEIGHTS)
     client = mlflow.MlflowClient()
-    with atomic_write():
+
+    def write():
         client.log_artifacts(run_id, str(folder), ADAPTER_DIR)
         client.set_tag(run_id, ADAPTER_SHA_TAG, digest)
+    stored("uploading the adapter", write)

@@ -68,7 +68,7 @@ class MetricsToMlflow(TrainerCallback):
                    if (k in self.curves if self.curves is not None else
                        isinstance(v, (int, float)) and not k.startswith(TRAINER_SUMMARY))}
         if numeric and mlflow.active_run():
-            records.log_metrics(numeric, step=state.global_step)
+            records.log_curve(numeric, step=state.global_step)
 
 
 class AnswerOnlyTrainer(Trainer):
