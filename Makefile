@@ -81,8 +81,8 @@ dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 over STORAGE=<u
 promote: $(STAMP) ## register a finished run's adapter in MLflow's model registry: make promote RUN=<run id> [ALIAS=champion]
 	$(PY) -m sweep.pipeline.promote '$(RUN)' $(if $(ALIAS),--alias '$(ALIAS)') $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)')
 
-upload: $(STAMP) ## upload an adapter whose upload failed (kept under pending_uploads/): make upload RUN=<run id>
-	$(PY) -m sweep.pipeline.upload '$(RUN)' $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)')
+upload: $(STAMP) ## upload an adapter whose upload failed (kept under pending_uploads/): make upload RUN=<run id> [STORAGE=<url>]
+	$(PY) -m sweep.pipeline.upload '$(RUN)' $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)') $(if $(STORAGE),--storage '$(STORAGE)')
 
 check-store: $(STAMP) ## is the store whole? files vs their hashes, links, owners; trials vs runs with STORAGE=<url>
 	$(PY) -m sweep.study.integrity $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)') $(if $(STORAGE),--storage '$(STORAGE)')

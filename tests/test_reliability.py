@@ -386,18 +386,22 @@ def _can_mount_tmpfs(tmp: Path) -> bool:
 
 
 @pytest.mark.e2e
-def test_a_full_artifact_store_fails_the_run_keeps_the_adapter_and_make_upload_stores_it(tmp_path, tracking):
-    """The artifact store fills up while the job trains (a 4 kB filesystem mounted where the
-    adapter goes): the run ends FAILED with one line naming the fix, the adapter stays on local disk,
-    and `make upload RUN=<id>` stores it once there is space, its sha256 tagged as a finished run's."""
+def test_a_full_artifact_store_fails_the_trial_keeps_the_adapter_and_make_upload_counts_it(tmp_path, tracking):
+    """The artifact store fills up while a trial trains (a 4 kB filesystem mounted where the adapter
+    goes): the run ends FAILED with one line naming the fix, the trial FAIL (never COMPLETE without
+    its adapter), the adapter stays on local disk; `make upload RUN=<id> STORAGE=...` stores it once
+    there is space, ends the run FINISHED and has the study count the trial (a COMPLETE copy with the
+    run's development score, in place of the failed one); the store is whole."""
     if os.geteuid() != 0 or not _can_mount_tmpfs(tmp_path):
         pytest.skip("needs root and mount(8) to fill a filesystem for real")
-    pending = tmp_path / "pending"
-    proc = subprocess.Popen([sys.executable, "sweep.py", *TINY, *tracking, "train.max_steps=60", "train.logging_steps=1",
-                             f"paths.pending={pending}"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=clean_env())
+    from sweep.study.integrity import check_store
+
+    pending, uri = tmp_path / "pending", tracking[0].split("=", 1)[1]
+    proc = subprocess.Popen([sys.executable, "sweep.py", *optuna_args(tmp_path, "hydra.sweeper.n_trials=1"), *tracking,
+                             "train.max_steps=60", "train.logging_steps=1", f"paths.pending={pending}"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=clean_env())
     _wait_for_loss(tracking)
-    [run] = runs_of(tracking).to_dict("records")
+    [run] = children(tracking)[0].to_dict("records")
     adapter = Path(run["artifact_uri"].removeprefix("file://")) / "adapter"
     adapter.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "tmpfs", str(adapter)], check=True)
@@ -406,18 +410,22 @@ def test_a_full_artifact_store_fails_the_run_keeps_the_adapter_and_make_upload_s
     finally:
         subprocess.run(["umount", str(adapter)], check=True)
     assert proc.returncode != 0
-    [run] = runs_of(tracking).to_dict("records")
+    [run] = children(tracking)[0].to_dict("records")
     assert run["status"] == "FAILED", out[-3000:]
     kept = pending / run["run_id"] / "adapter"
     assert run["tags.error"] == (f"AdapterNotStored: No space left on device while uploading the adapter; it is kept in "
                                  f"{kept}: free space (or fix the store) and run `make upload RUN={run['run_id']}`")
     assert (kept / "adapter_model.safetensors").is_file()
-    p = subprocess.run([sys.executable, "-m", "sweep.pipeline.upload", run["run_id"], "--tracking-uri",
-                        tracking[0].split("=", 1)[1], "--pending", str(pending)], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300, env=clean_env())
+    assert [t.state for t in study_of(tmp_path).trials] == [TrialState.FAIL]
+    p = subprocess.run([sys.executable, "-m", "sweep.pipeline.upload", run["run_id"], "--tracking-uri", uri,
+                        "--pending", str(pending), "--storage", f"{tmp_path}/optuna.journal"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env=clean_env())
     assert p.returncode == 0, p.stderr[-2000:]
     assert not kept.exists()
-    from sweep.study.integrity import check_store
-
-    assert check_store(tracking[0].split("=", 1)[1]) == []  # the stored adapter hashes to its tag
-    assert "adapter_sha256" in mlflow.get_run(run["run_id"]).data.tags
+    stored = mlflow.get_run(run["run_id"])
+    assert stored.info.status == "FINISHED" and "adapter_sha256" in stored.data.tags and "error" not in stored.data.tags
+    failed, counted = study_of(tmp_path).trials
+    assert failed.state == TrialState.FAIL and counted.state == TrialState.COMPLETE
+    assert counted.params == failed.params and counted.user_attrs["retry_of"] == 0
+    assert counted.value == stored.data.metrics["dev/sst2/acc"] and stored.data.tags["optuna.trial_number"] == "1"
+    assert check_store(uri, f"{tmp_path}/optuna.journal") == []  # the adapter hashes to its tag; one run per trial

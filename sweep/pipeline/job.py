@@ -164,8 +164,10 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
         metrics = {"trainable_params": trainable, "total_params": total,
                    "model_memory_mb": memory_footprint_mb(built.model)} | start_memory
         records.log_metrics(metrics)
+        unstored = None
         if cfg.method.trains:
             metrics |= train_and_record(cfg, built, total, trial)
+            unstored = store_adapter(cfg, built.model)
         # (a judged adapter: with the adapter disabled, the model is the reference whose replies it is compared with)
         has_reference = job.lineage.judge is not None and cfg.method.peft and cfg.eval.enabled
         key = (reference_replies.cache_key(baseline_settings(cfg), cfg.method.quantization, cfg.eval.batch_size,
@@ -174,6 +176,8 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
         metrics |= score_and_record(cfg, built, name, key)
         if not cfg.method.trains:
             baseline_cache.record_scores()  # what a later reuse of this baseline reads
+        if unstored is not None:
+            raise unstored
         return JobOutcome("FINISHED", sweep, run.info.run_id, metrics)
 
 
@@ -208,6 +212,19 @@ def train_share(cfg: DictConfig, sweep: str) -> JobOutcome:
     return JobOutcome("FINISHED", sweep)
 
 
+def store_adapter(cfg: DictConfig, model) -> records.AdapterNotStored | None:
+    """Log the trained adapter; when the store cannot take it, what to raise once the run is scored
+    (the run ends FAILED with its scores, so that `make upload` can count it when the adapter is stored)."""
+    if not (cfg.method.peft and cfg.tracking.log_adapter):
+        return None
+    try:
+        records.log_adapter(model, Path(cfg.paths.pending))
+    except records.AdapterNotStored as e:
+        log.error("%s; the run is scored first", e)
+        return e
+    return None
+
+
 def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[str, float]:
     stage = STAGES[cfg.stage.name]
     with tempfile.TemporaryDirectory(prefix="trainer-") as out:
@@ -226,6 +243,4 @@ def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[s
     records.log_metrics(trained)
     records.set_tags({"train_bf16": str(result.bf16).lower(), "train_optim": result.optim,
                        "torch_threads": str(result.threads)})
-    if cfg.method.peft and cfg.tracking.log_adapter:
-        records.log_adapter(built.model, Path(cfg.paths.pending))
     return trained

@@ -1,11 +1,20 @@
-"""`make upload RUN=<run id>` (`python -m sweep.pipeline.upload RUN_ID`): upload an adapter whose
-upload failed (a full or unwritable artifact store) from where the job kept it on this machine,
-tag its sha256 and remove the local copy. The folder is this checkout's `paths.pending`/<run id>,
-never a path read from the store (a store is untrusted: a path there could name any file)."""
+"""`make upload RUN=<run id> [STORAGE=<url>]` (`python -m sweep.pipeline.upload RUN_ID`): upload an
+adapter whose upload failed (a full or unwritable artifact store) from where the job kept it on this
+machine, tag its sha256, end the run FINISHED, and remove the local copy. The folder is this
+checkout's `paths.pending`/<run id>, never a path read from the store (a store is untrusted: a path
+there could name any file).
+
+A trial's run: its trial failed when the adapter could not be stored (a study never counts a trial
+COMPLETE without its adapter). Once stored, the study counts it: Optuna cannot turn a failed trial
+into a complete one, so a COMPLETE copy is added (same parameters, the run's objective values from
+its development scores, `retry_of` the failed one, which then no longer counts towards n_trials) and
+the run is re-tagged to the copy. The study is the one in `--storage` (default: $OPTUNA_STORAGE, else
+the sweeper's default journal)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -15,26 +24,92 @@ import mlflow
 
 from sweep.config import RUN_ID, ConfigError, compose_config, default_tracking_uri
 from sweep.runtime.secrets import guard_output, redact
+from sweep.study.storage import JOURNAL, STORAGE_ENV, storage_url
 from sweep.tracking.records import ADAPTER_WEIGHTS, pending_folder, upload_adapter
 from sweep.tracking.reuse import client, run_by_id
 
 log = logging.getLogger(__name__)
 
 
-def upload(run_id: str, tracking_uri: str, pending_root: Path) -> Path:
-    """Upload the run's pending adapter; the folder it came from."""
+ADAPTER_NOT_STORED = "AdapterNotStored"  # the error a run whose adapter could not be uploaded ended with
+
+
+def upload(run_id: str, tracking_uri: str, pending_root: Path, storage_url: str | None = None) -> Path:
+    """Upload the run's pending adapter, count its trial (in `storage_url`) and end the run FINISHED;
+    the folder the adapter came from."""
     if not RUN_ID.fullmatch(run_id):
         raise ConfigError(f"{run_id!r} is not an MLflow run id (32 hex digits)")
     folder = pending_folder(pending_root, run_id)
     if not (folder / ADAPTER_WEIGHTS).is_file():
         raise ConfigError(f"no adapter waits for run {run_id} in {folder}: nothing to upload")
     store = client(tracking_uri)
-    run_by_id(store, run_id, "RUN", tracking_uri)  # (refused in one line when the store has no such run)
+    run = run_by_id(store, run_id, "RUN", tracking_uri)  # (refused in one line when the store has no such run)
     mlflow.set_tracking_uri(tracking_uri)
     upload_adapter(folder, run_id)
     store.set_tag(run_id, "adapter_uploaded_later", "true")
+    error = run.data.tags.get("error", "")
+    if run.info.status == "FAILED" and error.startswith(ADAPTER_NOT_STORED):  # (it failed for want of this only)
+        if "optuna.study_name" in run.data.tags:
+            number = count_trial(run, storage_url)
+            store.set_tag(run_id, "optuna.trial_number", str(number))
+            store.set_tag(run_id, "optuna.state", "COMPLETE")
+        store.set_tag(run_id, "adapter_upload_error", error)
+        store.delete_tag(run_id, "error")
+        store.set_terminated(run_id, "FINISHED")
     shutil.rmtree(folder.parent)
     return folder
+
+
+def count_trial(run, storage_url: str | None) -> int:
+    """Add the COMPLETE copy of the run's failed trial (once); its number."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from sweep.study.storage import make_storage
+
+    tags, run_id = run.data.tags, run.info.run_id
+    name, number = tags["optuna.study_name"], tags.get("optuna.trial_number", "")
+    if not storage_url:
+        raise ConfigError(f"run {run_id} is trial {number} of study {name!r}: give the study's storage "
+                          "(STORAGE=<url>, or $OPTUNA_STORAGE) so that the trial is counted")
+    try:
+        study = optuna.load_study(study_name=name, storage=make_storage(storage_url))
+    except KeyError:
+        raise ConfigError(f"run {run_id} is a trial of study {name!r}, which the storage does not hold; "
+                          "give the storage it ran in (STORAGE=<url>)") from None
+    trials = study.get_trials(deepcopy=False)
+    done = [t for t in trials if t.user_attrs.get("adapter_uploaded_later") == run_id]
+    if done:
+        return done[0].number
+    failed = trials[int(number)] if number.isdigit() and int(number) < len(trials) else None
+    if failed is None or failed.state != TrialState.FAIL or any(t.user_attrs.get("retry_of") == failed.number
+                                                                for t in trials):
+        raise ConfigError(f"run {run_id}: its trial {number!r} of study {name!r} is not a failed trial waiting "
+                          "for its adapter; the store or the study was changed")
+    values = objective_values(run)
+    if len(values) != len(study.directions):
+        raise ConfigError(f"run {run_id}: {len(values)} objective values for a study of {len(study.directions)}")
+    copy = optuna.trial.create_trial(params=failed.params, distributions=failed.distributions, values=values,
+                                     user_attrs={**failed.user_attrs, "retry_of": failed.number,
+                                                 "adapter_uploaded_later": run_id})
+    study.add_trial(copy)
+    number = len(study.get_trials(deepcopy=False)) - 1
+    log.info("trial %d of study %r counted as trial %d, COMPLETE now that its adapter is stored",
+             failed.number, name, number)
+    return number
+
+
+def objective_values(run) -> list[float]:
+    """The run's development scores the study was optimising (its recorded `trial.objectives`)."""
+    try:
+        objectives = json.loads(run.data.params.get("trial.objectives", ""))
+    except ValueError:
+        objectives = None
+    if not (isinstance(objectives, list) and objectives and all(isinstance(o, str) for o in objectives)
+            and all(o in run.data.metrics for o in objectives)):
+        raise ConfigError(f"run {run.info.run_id}: its recorded trial.objectives are not metrics it logged; "
+                          "the store was changed")
+    return [float(run.data.metrics[o]) for o in objectives]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,10 +120,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", default=default_tracking_uri(),
                    help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     p.add_argument("--pending", help="where the job kept the adapter (its paths.pending; default: this checkout's)")
+    p.add_argument("--storage", help=f"a trial's study storage (default: ${STORAGE_ENV}, else the sweeper's journal)")
     a = p.parse_args(argv)
-    pending = Path(a.pending or compose_config().paths.pending)
+    paths = compose_config().paths
+    pending, journal = Path(a.pending or paths.pending), Path(paths.root) / JOURNAL
+    storage = storage_url(a.storage, str(journal) if journal.exists() else "")
     try:
-        folder = upload(a.run_id, a.tracking_uri, pending)
+        folder = upload(a.run_id, a.tracking_uri, pending, storage or None)
     except ConfigError as e:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2

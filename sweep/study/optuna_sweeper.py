@@ -48,6 +48,7 @@ from sweep.study.search import (
     prunes,
 )
 from sweep.study.storage import (
+    JOURNAL,
     STORAGE_ENV,
     HeartbeatThread,
     fail_stale,
@@ -212,7 +213,7 @@ class OptunaSweeper(Sweeper):
 
     def _storage(self) -> str:
         """hydra.sweeper.storage, else $OPTUNA_STORAGE, else the project's journal file."""
-        return storage_url(self.storage_url, str(Path(self.config.paths.root) / "optuna.journal"))
+        return storage_url(self.storage_url, str(Path(self.config.paths.root) / JOURNAL))
 
     def _load_study(self, name: str) -> optuna.Study:
         """An earlier study in this sweep's storage, read-only (enqueue's `{study: NAME, best: N}`)."""

@@ -28,6 +28,7 @@ from sweep.runtime.secrets import redact
 # The study storage URL travels to workers and jobs through this variable, never on a command
 # line (`ps` would show its password); it is also where a user's shell names a shared study.
 STORAGE_ENV = "OPTUNA_STORAGE"
+JOURNAL = "optuna.journal"  # the embedded study storage's file, in the project folder (paths.root)
 RETRY_SECONDS = 600.0     # how long a storage call waits for its database to come back
 CONNECT_SECONDS = 10      # a database that does not answer a new connection in this time is unreachable
 # ask/tell with a heartbeat is what we do on purpose (see HeartbeatThread); Optuna flags heartbeats,
