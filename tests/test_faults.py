@@ -1,9 +1,9 @@
 """Faults a team's servers and workers meet, injected for real (docs/reliability.md): all at once
 in one sweep (the chaos test), and each on its own: the study database restarting, a worker that
-stops answering for longer than the grace period and comes back, the tracking server down past
+is cut off from both servers for longer than the grace period and comes back, the tracking server down past
 MLflow's retries, past a job's allowance, or while a failure is recorded, a live run in another
 PID namespace. Nothing is simulated by a flag in the code under test: servers are stopped and
-started, processes are paused with signals."""
+started, network paths cut, processes killed with signals."""
 
 from __future__ import annotations
 
@@ -161,24 +161,34 @@ def test_storage_calls_wait_for_the_database_and_nobody_is_taken_for_dead_after_
     optuna.delete_study(study_name=name, storage=owner._storage)  # (trials without runs: not a sweep's)
 
 
-def test_a_worker_silent_past_the_grace_period_comes_back_without_double_counting(team, tmp_path):
-    """A worker (sweep and job) paused with SIGSTOP past the grace period, as a partition or a
-    suspended machine would: the other worker fails its trial and runs it again; when it resumes,
-    its late result is not counted, its run is closed as superseded by the retry, and it carries
-    on. (Before: `Cannot tell a FAIL trial` ended the worker.)"""
-    _, env = team
-    experiment, study_name, n = f"pause-{uuid.uuid4().hex[:6]}", f"pause-{uuid.uuid4().hex[:6]}", 3
+def test_a_partitioned_worker_comes_back_without_double_counting(team, tmp_path):
+    """A worker that reaches both servers through a network path (tests/partition.py) cut for longer
+    than the grace period, while it trains, then healed: it trains on meanwhile, its connections hang;
+    the other worker fails its trial and runs it again; once the path heals, its late result is not
+    counted, its run is closed as superseded by the retry, and it carries on. (Before: `Cannot tell a
+    FAIL trial` ended the worker.)"""
+    from tests.partition import Link
+
+    root, env = team
+    experiment, study_name, n = f"cut-{uuid.uuid4().hex[:6]}", f"cut-{uuid.uuid4().hex[:6]}", 3
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    workers = start_workers(2, sweep_args(study_name, experiment, n, steps=60), clean_env() | env, tmp_path)
+    links = [Link(servers.pg_port(root)), Link(servers.mlflow_port(root))]
+    behind = {"OPTUNA_STORAGE": links[0].through(env["OPTUNA_STORAGE"]),
+              "MLFLOW_TRACKING_URI": links[1].through(env["MLFLOW_TRACKING_URI"])}
+    args = sweep_args(study_name, experiment, n, steps=60)
+    workers = [start_worker("local", [*args, f"hydra.sweep.dir={tmp_path}/{i}"], clean_env() | env | extra,
+                            tmp_path / f"w{i}.log") for i, extra in enumerate((behind, {}))]
     study = load_study(env, study_name)
     victim = wait_for(lambda: training_trial(study, experiment, workers[0]), 240, "worker 0 to train a trial")
-    os.killpg(workers[0].pid, signal.SIGSTOP)
+    for link in links:
+        link.cut()
     try:
         wait_for(lambda: study.get_trials()[victim.number].state == TrialState.FAIL, 120,
-                 "the paused worker's trial to be failed as stale")
+                 "the partitioned worker's trial to be failed as stale")
         time.sleep(2)
     finally:
-        os.killpg(workers[0].pid, signal.SIGCONT)
+        for link in links:
+            link.heal()
     for i, w in enumerate(workers):
         assert w.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
     trials, kids = assert_whole(study, experiment, n)
