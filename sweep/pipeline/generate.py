@@ -108,7 +108,6 @@ def record_dataset(cfg: DictConfig, state: State, seed_count: int) -> None:
     import mlflow
     import pandas as pd
 
-    from sweep.runtime import interrupts
     from sweep.runtime.files import sha256
     from sweep.tracking import records
 
@@ -120,11 +119,12 @@ def record_dataset(cfg: DictConfig, state: State, seed_count: int) -> None:
     similarity_plot(state.rounds, state.folder / "similarity.png")
     frame = pd.DataFrame(state.tasks, columns=["id", "name", *FIELDS, "is_classification", "round"])
     dataset = mlflow.data.from_pandas(frame, source=str(path.resolve()), name=GENERATED_DATASET)
-    with interrupts.atomic_write():
+    def write():
         records.log_input(dataset, "generated")
         for name in (TASKS_FILE, ROUNDS_FILE, "data_card.md", "similarity.png"):
             mlflow.log_artifact(str(state.folder / name), ARTIFACT_DIR)
         mlflow.set_tag(SHA_TAG, digest)
+    records.stored("logging the generated tasks", write)
 
 
 def main(cfg: DictConfig) -> dict[str, float] | None:

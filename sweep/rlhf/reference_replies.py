@@ -23,7 +23,6 @@ import mlflow
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.rlhf.lineage import Ancestor
-from sweep.runtime import interrupts
 from sweep.runtime.files import module_digest
 from sweep.scoring import baseline_cache
 from sweep.tracking import records, reuse
@@ -87,6 +86,7 @@ def record(replies: Replies, key: str, source: str | None) -> None:
         records.set_tags({KEY_TAG: key, FROM_TAG: source})
         return
     text = json.dumps({task: {str(i): r for i, r in sorted(rs.items())} for task, rs in replies.items()}, indent=1)
-    with interrupts.atomic_write():
+    def write():
         mlflow.log_text(text, REPLIES)
         mlflow.set_tags({KEY_TAG: key, HASH_TAG: hashlib.sha256(text.encode()).hexdigest()})
+    records.stored("logging the reference replies", write)

@@ -29,7 +29,6 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig
 
-from sweep.runtime import interrupts
 from sweep.runtime.files import module_digest, sha256
 from sweep.scoring.evaluate import Prompting
 from sweep.tracking import records, reuse
@@ -127,9 +126,10 @@ def record_scores() -> None:
     draws = {k: [[p.step, p.value] for p in client.get_metric_history(run_id, k)] for k in metrics
              if k.startswith("draw/")}
     text = json.dumps({"metrics": metrics, "draws": draws}, sort_keys=True)
-    with interrupts.atomic_write():
+    def write():
         mlflow.log_text(text, SCORES)
         mlflow.set_tag(SCORES_HASH_TAG, hashlib.sha256(text.encode()).hexdigest())
+    records.stored("recording the baseline's scores", write)
 
 
 def read_scores(path: Path) -> dict | None:
@@ -171,8 +171,7 @@ def log_reused(source, scores: dict) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         for name in [a.path for a in client.list_artifacts(run_id) if a.path in REUSED_ARTIFACTS]:
             path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)
-            with interrupts.atomic_write():
-                mlflow.log_artifact(path)
+            records.stored(f"logging {name}", lambda path=path: mlflow.log_artifact(path))
     experiment = source.info.experiment_id
     chosen = {k: v for k, v in source.data.tags.items() if k.startswith("baseline.") or
               (k == "mlflow.runName" and "baseline.variant" in source.data.tags)}
