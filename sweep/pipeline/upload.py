@@ -25,18 +25,15 @@ import mlflow
 from sweep.config import RUN_ID, ConfigError, compose_config, default_tracking_uri
 from sweep.runtime.secrets import guard_output, redact
 from sweep.study.storage import JOURNAL, STORAGE_ENV, storage_url
-from sweep.tracking.records import ADAPTER_WEIGHTS, pending_folder, upload_adapter
+from sweep.tracking.records import ADAPTER_WEIGHTS, AdapterNotStored, pending_folder, upload_adapter
 from sweep.tracking.reuse import client, run_by_id
 
 log = logging.getLogger(__name__)
 
 
-ADAPTER_NOT_STORED = "AdapterNotStored"  # the error a run whose adapter could not be uploaded ended with
-
-
-def upload(run_id: str, tracking_uri: str, pending_root: Path, storage_url: str | None = None) -> Path:
-    """Upload the run's pending adapter, count its trial (in `storage_url`) and end the run FINISHED;
-    the folder the adapter came from."""
+def upload(run_id: str, tracking_uri: str, pending_root: Path, storage: str | None = None) -> Path:
+    """Upload the run's pending adapter, end the run FINISHED and have its study (in `storage`) count
+    its trial; the folder the adapter came from. Everything is checked before anything is written."""
     if not RUN_ID.fullmatch(run_id):
         raise ConfigError(f"{run_id!r} is not an MLflow run id (32 hex digits)")
     folder = pending_folder(pending_root, run_id)
@@ -44,14 +41,15 @@ def upload(run_id: str, tracking_uri: str, pending_root: Path, storage_url: str 
         raise ConfigError(f"no adapter waits for run {run_id} in {folder}: nothing to upload")
     store = client(tracking_uri)
     run = run_by_id(store, run_id, "RUN", tracking_uri)  # (refused in one line when the store has no such run)
+    error = run.data.tags.get("error", "")
+    waited = run.info.status == "FAILED" and error.startswith(AdapterNotStored.__name__)  # (failed for this only)
+    trial = waiting_trial(run, storage) if waited and "optuna.study_name" in run.data.tags else None
     mlflow.set_tracking_uri(tracking_uri)
     upload_adapter(folder, run_id)
     store.set_tag(run_id, "adapter_uploaded_later", "true")
-    error = run.data.tags.get("error", "")
-    if run.info.status == "FAILED" and error.startswith(ADAPTER_NOT_STORED):  # (it failed for want of this only)
-        if "optuna.study_name" in run.data.tags:
-            number = count_trial(run, storage_url)
-            store.set_tag(run_id, "optuna.trial_number", str(number))
+    if waited:
+        if trial is not None:
+            store.set_tag(run_id, "optuna.trial_number", str(count_trial(*trial, run_id)))
             store.set_tag(run_id, "optuna.state", "COMPLETE")
         store.set_tag(run_id, "adapter_upload_error", error)
         store.delete_tag(run_id, "error")
@@ -60,8 +58,9 @@ def upload(run_id: str, tracking_uri: str, pending_root: Path, storage_url: str 
     return folder
 
 
-def count_trial(run, storage_url: str | None) -> int:
-    """Add the COMPLETE copy of the run's failed trial (once); its number."""
+def waiting_trial(run, storage: str | None):
+    """(study, the run's failed trial, the run's objective values), checked: the trial failed for want
+    of its adapter and was not run again."""
     import optuna
     from optuna.trial import TrialState
 
@@ -69,34 +68,41 @@ def count_trial(run, storage_url: str | None) -> int:
 
     tags, run_id = run.data.tags, run.info.run_id
     name, number = tags["optuna.study_name"], tags.get("optuna.trial_number", "")
-    if not storage_url:
+    if not storage:
         raise ConfigError(f"run {run_id} is trial {number} of study {name!r}: give the study's storage "
                           "(STORAGE=<url>, or $OPTUNA_STORAGE) so that the trial is counted")
     try:
-        study = optuna.load_study(study_name=name, storage=make_storage(storage_url))
+        study = optuna.load_study(study_name=name, storage=make_storage(storage))
     except KeyError:
         raise ConfigError(f"run {run_id} is a trial of study {name!r}, which the storage does not hold; "
                           "give the storage it ran in (STORAGE=<url>)") from None
     trials = study.get_trials(deepcopy=False)
-    done = [t for t in trials if t.user_attrs.get("adapter_uploaded_later") == run_id]
-    if done:
-        return done[0].number
     failed = trials[int(number)] if number.isdigit() and int(number) < len(trials) else None
-    if failed is None or failed.state != TrialState.FAIL or any(t.user_attrs.get("retry_of") == failed.number
-                                                                for t in trials):
+    retried = failed is not None and any(t.user_attrs.get("retry_of") == failed.number and
+                                         t.user_attrs.get("adapter_uploaded_later") != run_id for t in trials)
+    if failed is None or failed.state != TrialState.FAIL or retried:
         raise ConfigError(f"run {run_id}: its trial {number!r} of study {name!r} is not a failed trial waiting "
                           "for its adapter; the store or the study was changed")
     values = objective_values(run)
     if len(values) != len(study.directions):
         raise ConfigError(f"run {run_id}: {len(values)} objective values for a study of {len(study.directions)}")
-    copy = optuna.trial.create_trial(params=failed.params, distributions=failed.distributions, values=values,
-                                     user_attrs={**failed.user_attrs, "retry_of": failed.number,
-                                                 "adapter_uploaded_later": run_id})
-    study.add_trial(copy)
-    number = len(study.get_trials(deepcopy=False)) - 1
-    log.info("trial %d of study %r counted as trial %d, COMPLETE now that its adapter is stored",
-             failed.number, name, number)
-    return number
+    return study, failed, values
+
+
+def count_trial(study, failed, values: list[float], run_id: str) -> int:
+    """Add the COMPLETE copy of the failed trial (once: a second upload finds it); its number."""
+    import optuna
+
+    def copy():
+        return next((t.number for t in study.get_trials(deepcopy=False)
+                     if t.user_attrs.get("adapter_uploaded_later") == run_id), None)
+    if copy() is None:
+        study.add_trial(optuna.trial.create_trial(
+            params=failed.params, distributions=failed.distributions, values=values,
+            user_attrs={**failed.user_attrs, "retry_of": failed.number, "adapter_uploaded_later": run_id}))
+        log.info("trial %d of study %r counted as trial %d, COMPLETE now that its adapter is stored",
+                 failed.number, study.study_name, copy())
+    return copy()
 
 
 def objective_values(run) -> list[float]:
