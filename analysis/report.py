@@ -18,6 +18,7 @@ import pandas as pd
 
 from analysis.figures import figures
 from analysis.instruction_data import instruction_data_view
+from analysis.leakage import leakage_view
 from analysis.pipeline import pipeline_view
 from analysis.render import Code, Report, write
 from analysis.runs import BASELINES, STRONGEST, cell, feasible, search_runs, tag, template
@@ -260,6 +261,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
                f"{DEGENERATE_SHARE:.0%} of the examples is flagged degenerate.", *band_lines(done)])
     for metric in metrics:
         rep.tables.append((f"{metric}: every run against the baselines", headline(done, metric, comparisons), ""))
+    rep.tables += leakage_view(done, comparisons)
     panel = baseline_panel(done)
     if panel is not None:
         rep.tables.append(("Baseline variants on the development slice", panel,

@@ -51,6 +51,11 @@ def test_single_lora_run_records_everything(tracking, tmp_path):
     assert {Path(f).name for f in hashes} == {"train.jsonl", "validation.jsonl"}
     results = json.loads((local / "lm_eval_results.json").read_text())
     assert len(results["samples"]["sst2"]) == 8
+    # The leakage audit: SST-2's developer test rows are phrases of GLUE's training sentences, as its
+    # training rows are, and most of them overlap a training row (an n-gram of words, or a near-duplicate).
+    flagged = json.loads((local / "leakage.json").read_text())["sst2"]
+    assert run["metrics.leakage/sst2/scored"] == 8
+    assert run["metrics.leakage/sst2/flagged"] == sum(f["doc_id"] < 8 for f in flagged) > 0
     assert "lora-r8-a16-qkvo" in p.stdout  # the end-of-run table
     assert_adapter_stands_on_its_own(local / "adapter", run, results["samples"]["sst2"])
 

@@ -1,5 +1,6 @@
 """Comparison reports and reproduction, on a store filled by real tiny-model runs."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -94,6 +95,11 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     assert md.split("\n\n")[1].startswith("Verdict on sst2/acc (test examples, each adapter vs the strongest baseline")
     assert f"over the {len(trained)} comparisons" in md and "| p (Holm) | verdict |" in md
     assert f"`python reproduce.py {best_run['run_id']}`" in md
+    # The leakage audit: the chosen adapter's flagged test examples and its verdict on the clean ones too.
+    audit = next(line for line in md.splitlines() if line.startswith("| sst2/acc | "))
+    flags = json.loads(mlflow.artifacts.load_text(f"runs:/{best_run['run_id']}/leakage.json"))["sst2"]
+    scored = int(best_run["metrics.leakage/sst2/scored"])
+    assert f"| {sum(f['doc_id'] < scored for f in flags)} of {scored} |" in audit and "## Leakage audit" in md
     pngs = {p.name for p in out.glob("*.png")}
     assert {"sst2_acc_vs_rank_r.png", "sst2_acc_vs_alpha.png", "sst2_acc_vs_trainable_parameters.png",
             "training_loss.png", "optuna_study_study__optimization_history.png", "system_utilisation.png"} <= pngs

@@ -26,7 +26,7 @@ from sweep.pipeline.build import (
 )
 from sweep.pipeline.checks import validate
 from sweep.pipeline.naming import run_name
-from sweep.pipeline.score import baseline_settings, intermediate_scoring, score_and_record
+from sweep.pipeline.score import baseline_settings, intermediate_scoring, record_leakage, score_and_record
 from sweep.rlhf import preference, reference_replies
 from sweep.rlhf.alignment import StageRun
 from sweep.rlhf.lineage import Lineage
@@ -173,6 +173,8 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
         key = (reference_replies.cache_key(baseline_settings(cfg), cfg.method.quantization, cfg.eval.batch_size,
                                            job.project.manager, files, job.lineage.policy)
                if has_reference else None)
+        if cfg.eval.enabled and STAGES[cfg.stage.name].is_policy:
+            metrics |= record_leakage(cfg, job.project.tasks, job.generated)
         metrics |= score_and_record(cfg, built, name, key)
         if not cfg.method.trains:
             baseline_cache.record_scores()  # what a later reuse of this baseline reads

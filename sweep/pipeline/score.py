@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweep.data.examples import data_files, read_generated
 from sweep.data.splits import DEV_PREFIX
 from sweep.pipeline.build import load_project_tasks, prompting_of
 from sweep.rlhf import judging, preference, reference_replies
 from sweep.rlhf.stages import STAGES
 from sweep.runtime import memory
-from sweep.scoring import baseline_cache, baselines
+from sweep.scoring import baseline_cache, baselines, leakage
 from sweep.scoring.evaluate import Prompting, draw_demonstrations, score
-from sweep.scoring.results import is_task_metric, prefixed
+from sweep.scoring.results import LEAKAGE_PREFIX, is_task_metric, prefixed
 from sweep.study import trials
 from sweep.tracking import records
 
@@ -151,6 +154,26 @@ def score_lm(cfg: DictConfig, built, reference_key: str | None):
     test, scores = score_pass(cfg, built, built.eval_tasks, prompting, cfg.eval.limit, demonstrations, references, "")
     references.record()
     return dev | test, scores
+
+
+def record_leakage(cfg: DictConfig, tasks: dict, generated: Path | None) -> dict[str, float]:
+    """The leakage audit of each scored task (sweep/scoring/leakage.py): `leakage.json` (every flagged
+    test example of the task's test split, by doc_id, with the training text it overlaps) and metrics
+    `leakage/<task>/flagged` of `leakage/<task>/scored` (among the examples this run scores)."""
+    trained = tasks.get(cfg.data.task) if cfg.method.trains else None
+    extra = read_generated(generated) if generated else []
+    found, metrics = {}, {}
+    for name in cfg.eval.tasks:
+        task = tasks[name]
+        sources = [*data_files(task), *(data_files(trained) if trained is not None else []), *filter(None, [generated])]
+        flags = leakage.audit_task(task, trained, extra, sources, Path(cfg.paths.cache) / "leakage")
+        scored = min(len(task.eval_docs), cfg.eval.limit or len(task.eval_docs))
+        metrics |= {f"{LEAKAGE_PREFIX}{name}/flagged": float(sum(f.doc_id < scored for f in flags)),
+                    f"{LEAKAGE_PREFIX}{name}/scored": float(scored)}
+        found[name] = [asdict(f) for f in flags]
+    records.log_json(found, records.LEAKAGE)
+    records.log_metrics(metrics)
+    return metrics
 
 
 def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | None = None) -> dict[str, float]:

@@ -9,8 +9,9 @@ from collections import Counter
 from sweep.scoring import calibration
 from sweep.tracking import system_metrics
 
-# per-step, per-draw and machine series; their names hold a "/" too
-CURVES = ("train/", "slice/", "draw/", system_metrics.PREFIX)
+LEAKAGE_PREFIX = "leakage/"  # the leakage audit's counts (leakage/<task>/flagged): about the data, not a score
+# per-step, per-draw and machine series, and the audit's counts; their names hold a "/" too
+CURVES = ("train/", "slice/", "draw/", system_metrics.PREFIX, LEAKAGE_PREFIX)
 
 
 def is_task_metric(name: str) -> bool:

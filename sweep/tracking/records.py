@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 BASELINE_PANEL = "baseline_panel.json"
+LEAKAGE = "leakage.json"  # the leakage audit's flagged test examples, per task (sweep/scoring/leakage.py)
 VERDICT_PREFIX = "verdict/"  # an adapter's verdict against the strongest baseline, recorded after its sweep
 VERDICT_TAG_PREFIX = "verdict."  # the same verdict as tags: verdict.<task>/<metric> and its .detail sentence
                              # (analysis/verdict.py): verdict/<task>/<metric>/diff, ...
@@ -183,6 +184,10 @@ def log_eval_results(results: dict) -> None:
 def log_table(columns: dict[str, list], name: str) -> None:
     """A table of per-example values (the MLflow UI's artifact view, `mlflow.load_table`)."""
     stored(f"logging {name}", lambda: mlflow.log_table(columns, artifact_file=name))
+
+
+def log_json(value, name: str) -> None:
+    stored(f"logging {name}", lambda: mlflow.log_dict(value, name))
 
 
 def log_figure(figure, name: str) -> None:
