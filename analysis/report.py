@@ -38,6 +38,7 @@ from analysis.summary import (
 )
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
+from sweep.scoring.results import is_task_metric
 from sweep.tracking.records import BASELINE_PANEL, STUDY_METHOD
 from sweep.tracking.untrusted import stored_list
 
@@ -217,7 +218,7 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
             name = col[len("metrics."):]
             split = "development" if name.startswith(DEV_PREFIX) else "test"
             task, metric = name.removeprefix(DEV_PREFIX).split("/", 1)
-            if value is None or task in ("train", "slice", "check", "draw", "verdict", "system"):
+            if value is None or not is_task_metric(name) or task in ("check", "verdict"):
                 continue
             rows.append({
                 "run_id": r["run_id"], "run": cell(r, "tags.mlflow.runName"), "status": r["status"],
