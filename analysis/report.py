@@ -17,6 +17,7 @@ import mlflow
 import pandas as pd
 
 from analysis.figures import figures
+from analysis.importance import importance_view
 from analysis.instruction_data import instruction_data_view
 from analysis.leakage import leakage_view
 from analysis.pipeline import pipeline_view
@@ -263,6 +264,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
     for metric in metrics:
         rep.tables.append((f"{metric}: every run against the baselines", headline(done, metric, comparisons), ""))
     rep.tables += leakage_view(done, comparisons)
+    rep.tables += [view for metric in metrics if (view := importance_view(done, metric)) is not None]
     panel = baseline_panel(done)
     if panel is not None:
         rep.tables.append(("Baseline variants on the development slice", panel,

@@ -100,6 +100,9 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     flags = json.loads(mlflow.artifacts.load_text(f"runs:/{best_run['run_id']}/leakage.json"))["sst2"]
     scored = int(best_run["metrics.leakage/sst2/scored"])
     assert f"| {sum(f['doc_id'] < scored for f in flags)} of {scored} |" in audit and "## Leakage audit" in md
+    # Which settings mattered: each swept setting of the adapters, with its interval beyond its shadow.
+    assert "## sst2/acc: which settings mattered (development scores)" in md
+    assert all(f"| {key} | " in md for key in ("lora.r", "lora.alpha", "lora.target_modules"))
     pngs = {p.name for p in out.glob("*.png")}
     assert {"sst2_acc_vs_rank_r.png", "sst2_acc_vs_alpha.png", "sst2_acc_vs_trainable_parameters.png",
             "training_loss.png", "optuna_study_study__optimization_history.png", "system_utilisation.png"} <= pngs

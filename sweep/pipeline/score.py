@@ -157,9 +157,9 @@ def score_lm(cfg: DictConfig, built, reference_key: str | None):
 
 
 def record_leakage(cfg: DictConfig, tasks: dict, generated: Path | None) -> dict[str, float]:
-    """The leakage audit of each scored task (sweep/scoring/leakage.py): `leakage.json` (every flagged
-    test example of the task's test split, by doc_id, with the training text it overlaps) and metrics
-    `leakage/<task>/flagged` of `leakage/<task>/scored` (among the examples this run scores)."""
+    """The leakage audit of each scored task (sweep/scoring/leakage.py): `leakage.json` (each flagged
+    test example this run scores, by doc_id, with the training text it overlaps) and metrics
+    `leakage/<task>/flagged` of `leakage/<task>/scored`."""
     trained = tasks.get(cfg.data.task) if cfg.method.trains else None
     extra = read_generated(generated) if generated else []
     found, metrics = {}, {}
@@ -168,9 +168,9 @@ def record_leakage(cfg: DictConfig, tasks: dict, generated: Path | None) -> dict
         sources = [*data_files(task), *(data_files(trained) if trained is not None else []), *filter(None, [generated])]
         flags = leakage.audit_task(task, trained, extra, sources, Path(cfg.paths.cache) / "leakage")
         scored = min(len(task.eval_docs), cfg.eval.limit or len(task.eval_docs))
-        metrics |= {f"{LEAKAGE_PREFIX}{name}/flagged": float(sum(f.doc_id < scored for f in flags)),
+        found[name] = [asdict(f) for f in flags if f.doc_id < scored]
+        metrics |= {f"{LEAKAGE_PREFIX}{name}/flagged": float(len(found[name])),
                     f"{LEAKAGE_PREFIX}{name}/scored": float(scored)}
-        found[name] = [asdict(f) for f in flags]
     records.log_json(found, records.LEAKAGE)
     records.log_metrics(metrics)
     return metrics
