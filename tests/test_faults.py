@@ -224,7 +224,7 @@ NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # MLflow's own retries en
 
 def test_a_tracking_outage_past_mlflows_retries_loses_no_point_of_the_curve(team, tmp_path):
     """The tracking server stops for 15 s mid-training, with MLflow's client set not to retry (so the
-    outage outlasts its retries, as a restart longer than their ~2 min does): the job trains on, its
+    outage outlasts its retries, as a restart longer than their ~4 min does): the job trains on, its
     curve's points are kept and sent when the server is back, and the run ends FINISHED with every
     step of its curve, its scores and its adapter. (Before: the first write in the outage failed the
     job.)"""

@@ -1,7 +1,7 @@
 """A job outlives its tracking server's outage: it trains on, keeps what it logs, and waits for the
 server before its run ends.
 
-Why our own: MLflow's client retries a request for about two minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+Why our own: MLflow's client retries a request for about four minutes (MLFLOW_HTTP_REQUEST_MAX_RETRIES,
 with backoff), blocking the training loop meanwhile, then raises and the job fails with its steps
 trained and unrecorded; its async logging sends from a thread but drops a batch that failed. Here:
 - training curves (a run's step metrics) are sent by a thread of their own (`CurveSender`): each
