@@ -2,10 +2,10 @@
 
 A test example is flagged when it shares an n-gram of normalised words with a training document, as
 in GPT-3's and lm-eval's decontamination: its 13-grams, or the whole example when it is shorter (from
-MIN_NGRAM words; a shorter one only when it equals a training document); and as a near-duplicate
-when its ROUGE-L F1 with a training document is at least ROUGE_L, computed for the documents that
-share most of its uncommon words (an inverted index: all pairs of SST-2's 67k training phrases and
-its test sentences would take hours).
+MIN_NGRAM words; a shorter one only when it equals a training document); and, up to ROUGE_WORDS
+words, as a near-duplicate when its ROUGE-L F1 with a training document is at least ROUGE_L,
+computed for the documents that share most of its uncommon words (an inverted index: all pairs of
+SST-2's 67k training phrases and its test sentences would take hours).
 
 What either arm could have learned from is one set for both, so that their clean subsets are the
 same examples: the trained task's training split, each scored task's training and few-shot splits
@@ -31,6 +31,8 @@ MIN_NGRAM = 8      # a test example shorter than this is flagged only when it eq
 ROUGE_L = 0.8      # near-duplicate: ROUGE-L F1 at least this
 COMMON = 0.01      # words in more than this share of training documents do not pick candidates
 CANDIDATES = 20    # training documents (most shared uncommon words) compared with a test example by ROUGE-L
+ROUGE_WORDS = 64   # longer test examples are checked by n-grams alone (a near-copy of one shares a 13-gram;
+                   # ROUGE-L's quadratic cost on HH-RLHF's 300-word dialogues would take minutes)
 WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -90,7 +92,7 @@ def audit(test_docs: list[str], training_docs: list[str]) -> list[Flag]:
         if hit is not None:
             flags.append(Flag(doc_id, "ngram", float(min(NGRAM, len(w))), text, training_docs[hit]))
             continue
-        near = nearest(w, train, index, rare)
+        near = nearest(w, train, index, rare) if len(w) <= ROUGE_WORDS else None
         if near is not None and near[1] >= ROUGE_L:
             flags.append(Flag(doc_id, "rouge_l", round(near[1], 4), text, training_docs[near[0]]))
     return flags
@@ -140,7 +142,7 @@ def audit_task(task, trained, generated: list[dict], sources: list[Path], cache:
     """`audit` of the task's test documents (lm-eval's order: their doc_ids) against its training
     material, kept under `cache` by the sha256 of the files both come from (`sources`) and the settings."""
     key = hashlib.sha256(json.dumps([task.config.task, sorted(sha256(f) for f in sources), NGRAM, MIN_NGRAM,
-                                     ROUGE_L, COMMON, CANDIDATES]).encode()).hexdigest()[:24]
+                                     ROUGE_L, COMMON, CANDIDATES, ROUGE_WORDS]).encode()).hexdigest()[:24]
     path = Path(cache) / f"{key}.json"
     if path.is_file():
         return [Flag(**f) for f in json.loads(path.read_text())]
