@@ -87,11 +87,12 @@ def importances(columns: dict[str, list], scores: list[float], bootstrap: int = 
     excess = {k: [] for k in columns}
     for b in range(bootstrap):
         rows = pick.integers(0, len(scores), len(scores))
-        sample = {k: [v[i] for i in rows] for k, v in columns.items()}
-        if any(len(set(v)) < 2 for v in sample.values()) or len(set(scores[i] for i in rows)) < 2:
-            continue  # (a resample where a setting does not vary says nothing of it)
+        # (a setting that does not vary in a resample says nothing of itself there)
+        sample = {k: picked for k, v in columns.items() if len(set(picked := [v[i] for i in rows])) > 1}
+        if not sample or len(set(scores[i] for i in rows)) < 2:
+            continue
         got = shares(sample, [scores[i] for i in rows], seed + b + 1)
-        for k in columns:
+        for k in sample:
             excess[k].append(got.get(k, 0.0) - got.get(SHADOW + k, 0.0))
     tail = (1 - LEVEL) / 2
     out = []
