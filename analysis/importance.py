@@ -73,6 +73,8 @@ def shares(columns: dict[str, list], scores: list[float], seed: int) -> dict[str
     for i, score in enumerate(scores):
         study.add_trial(optuna.trial.create_trial(params={k: v[i] for k, v in every.items()}, distributions=dists,
                                                   value=score))
+    if len(set(scores)) < 2:
+        return {}  # (every run scored alike: no setting moved the score; fANOVA refuses zero variance)
     return get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
 
 
@@ -89,7 +91,7 @@ def importances(columns: dict[str, list], scores: list[float], bootstrap: int = 
         rows = pick.integers(0, len(scores), len(scores))
         # (a setting that does not vary in a resample says nothing of itself there)
         sample = {k: picked for k, v in columns.items() if len(set(picked := [v[i] for i in rows])) > 1}
-        if not sample or len(set(scores[i] for i in rows)) < 2:
+        if not sample:
             continue
         got = shares(sample, [scores[i] for i in rows], seed + b + 1)
         for k in sample:

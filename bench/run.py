@@ -64,12 +64,12 @@ from sweep.tracking.records import STUDY_METHOD  # noqa: E402
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
         "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
-        "panel_examples": 872, "team_trials": 8, "team_steps": 4, "team_two_workers": True, "memory_steps": 4,
+        "panel_examples": 872, "team_trials": 8, "team_steps": 4, "team_servers": True, "memory_steps": 4,
         "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8,
         "kl_batch_size": 32, "search_dev": (200, 400), "search_startup": 50, "search_grid": [], "roofline_rows": 1024}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "grid_space": {"lora.r": "2,8", "train.lr": "1e-3"}, "optuna_trials": 1, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
-         "team_trials": 2, "team_steps": 2, "team_two_workers": False, "memory_steps": 2,
+         "team_trials": 2, "team_steps": 2, "team_servers": False, "memory_steps": 2,
          "memory_methods": "zero_shot,lora", "memory_tasks": "sst2", "rl_steps": 1,
          "kl_batch_size": 8, "search_dev": (16, 32), "search_startup": 4, "roofline_rows": 1024,
          # (2 of the panel's variants, zero- and few-shot: a smoke test of the search, in seconds)
@@ -599,22 +599,22 @@ class Bench:
                                stderr=subprocess.STDOUT, check=True, env=env)
             return time.perf_counter() - start
 
-        with throwaway("bench-services-") as team:
-            local = {k: v for k, v in os.environ.items() if k not in team}
-            embedded = timed("team-embedded", local, f"hydra.sweeper.storage={self.work}/team.journal", *self.track)
-            server_1 = timed("team-server-1", local | team)
-            # (quick: not the two-worker sweep, whose spawned worker the Optuna tests run already)
-            server_2 = timed("team-server-2", local | team, "hydra.sweeper.n_jobs=2") if self.p["team_two_workers"] \
-                else None
+        embedded = timed("team-embedded", dict(os.environ), f"hydra.sweeper.storage={self.work}/team.journal",
+                         *self.track)
         per_hour = lambda seconds: n / seconds * 3600  # noqa: E731
-        two = {"server_2_workers_seconds": server_2, "two_workers_vs_one": server_1 / server_2} if server_2 else {}
-        return {"trials": n, "embedded_seconds": embedded, "server_1_worker_seconds": server_1,
-                "trials_per_hour": {"embedded_1_worker": per_hour(embedded), "server_1_worker": per_hour(server_1)} | (
-                    {"server_2_workers": per_hour(server_2)} if server_2 else {}),
-                "server_overhead_seconds_per_trial": (server_1 - embedded) / n, **two,
-                "note": "wall time of `python sweep.py -m` with the Optuna sweeper (random sampler, the tiny model, "
-                        "start-up included); embedded = journal file + SQLite, server = PostgreSQL study + "
-                        "`mlflow server` over PostgreSQL, both on this machine"}
+        out = {"trials": n, "embedded_seconds": embedded, "trials_per_hour": {"embedded_1_worker": per_hour(embedded)}}
+        if self.p["team_servers"]:  # (quick: no servers; the team and fault tests run them already)
+            with throwaway("bench-services-") as team:
+                local = {k: v for k, v in os.environ.items() if k not in team}
+                server_1 = timed("team-server-1", local | team)
+                server_2 = timed("team-server-2", local | team, "hydra.sweeper.n_jobs=2")
+            out |= {"server_1_worker_seconds": server_1, "server_2_workers_seconds": server_2,
+                    "server_overhead_seconds_per_trial": (server_1 - embedded) / n,
+                    "two_workers_vs_one": server_1 / server_2}
+            out["trials_per_hour"] |= {"server_1_worker": per_hour(server_1), "server_2_workers": per_hour(server_2)}
+        return out | {"note": "wall time of `python sweep.py -m` with the Optuna sweeper (random sampler, the tiny "
+                              "model, start-up included); embedded = journal file + SQLite, server = PostgreSQL study "
+                              "+ `mlflow server` over PostgreSQL, both on this machine"}
 
 
 KL_REPLY_TOKENS = 128  # the instruction tasks' max_gen_toks: a reply is at most this long

@@ -39,9 +39,8 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert trl["ratio"] == pytest.approx(trl["ours_tokens_per_second"] / trl["trl_tuned_tokens_per_second"])
     assert trl["trl_tuned"] == {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}
     team = b["team_study"]
-    assert team["trials"] == 2 and all(v > 0 for v in team["trials_per_hour"].values())
-    assert team["server_overhead_seconds_per_trial"] == pytest.approx(
-        (team["server_1_worker_seconds"] - team["embedded_seconds"]) / 2)
+    assert team["trials"] == 2 and team["trials_per_hour"] == {"embedded_1_worker": pytest.approx(
+        2 / team["embedded_seconds"] * 3600)}  # (quick: no servers)
     memory = b["memory"]
     for launcher in ("basic", "spawn", "fresh_process"):
         jobs = memory[launcher]["jobs"]

@@ -229,7 +229,7 @@ def test_a_tracking_outage_past_mlflows_retries_loses_no_point_of_the_curve(team
     step of its curve, its scores and its adapter. (Before: the first write in the outage failed the
     job.)"""
     root, env = team
-    experiment, steps = f"outage-{uuid.uuid4().hex[:6]}", 150
+    experiment, steps = f"outage-{uuid.uuid4().hex[:6]}", 100
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     proc = start_job([*TINY, f"train.max_steps={steps}", "train.logging_steps=1", f"tracking.experiment={experiment}"],
                      clean_env() | env | NO_RETRIES, tmp_path / "job.log")
@@ -252,7 +252,7 @@ def test_a_trial_whose_tracking_server_stays_away_fails_and_is_run_again(team, t
     root, env = team
     experiment, study_name, n = f"away-{uuid.uuid4().hex[:6]}", f"away-{uuid.uuid4().hex[:6]}", 1
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    args = [*sweep_args(study_name, experiment, n, steps=150), "train.logging_steps=1", "tracking.outage_seconds=5",
+    args = [*sweep_args(study_name, experiment, n, steps=60), "train.logging_steps=1", "tracking.outage_seconds=5",
             f"hydra.sweep.dir={tmp_path}/multirun"]
     proc = start_job(args, clean_env() | env | NO_RETRIES, tmp_path / "sweep.log")
     study = load_study(env, study_name)
