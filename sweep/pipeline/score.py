@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.data.examples import data_files, read_generated
+from sweep.data.examples import data_files, read_generated, split_file
 from sweep.data.splits import DEV_PREFIX
 from sweep.pipeline.build import load_project_tasks, prompting_of
 from sweep.rlhf import judging, preference, reference_replies
@@ -156,6 +156,12 @@ def score_lm(cfg: DictConfig, built, reference_key: str | None):
     return dev | test, scores
 
 
+def training_files(task) -> list[Path]:
+    """A task's data files but its test split's (what the leakage audit's training side reads)."""
+    scored = split_file(task, task.config.test_split or task.config.validation_split)
+    return [f for f in data_files(task) if f != scored]
+
+
 def record_leakage(cfg: DictConfig, tasks: dict, generated: Path | None) -> dict[str, float]:
     """The leakage audit of each scored task (sweep/scoring/leakage.py): `leakage.json` (each flagged
     test example this run scores, by doc_id, with the training text it overlaps) and metrics
@@ -165,7 +171,8 @@ def record_leakage(cfg: DictConfig, tasks: dict, generated: Path | None) -> dict
     found, metrics = {}, {}
     for name in cfg.eval.tasks:
         task = tasks[name]
-        sources = [*data_files(task), *(data_files(trained) if trained is not None else []), *filter(None, [generated])]
+        sources = [*training_files(task), *(training_files(trained) if trained is not None else []),
+                   *filter(None, [generated])]
         flags = leakage.audit_task(task, trained, extra, sources, Path(cfg.paths.cache) / "leakage")
         scored = min(len(task.eval_docs), cfg.eval.limit or len(task.eval_docs))
         found[name] = [asdict(f) for f in flags if f.doc_id < scored]
