@@ -17,7 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.data.examples import data_files, read_generated, split_file
+from sweep.data.examples import data_files, split_file
 from sweep.data.splits import DEV_PREFIX
 from sweep.pipeline.build import load_project_tasks, prompting_of
 from sweep.rlhf import judging, preference, reference_replies
@@ -167,13 +167,12 @@ def record_leakage(cfg: DictConfig, tasks: dict, generated: Path | None) -> dict
     test example this run scores, by doc_id, with the training text it overlaps) and metrics
     `leakage/<task>/flagged` of `leakage/<task>/scored`."""
     trained = tasks.get(cfg.data.task) if cfg.method.trains else None
-    extra = read_generated(generated) if generated else []
     found, metrics = {}, {}
     for name in cfg.eval.tasks:
         task = tasks[name]
         sources = [*training_files(task), *(training_files(trained) if trained is not None else []),
                    *filter(None, [generated])]
-        flags = leakage.audit_task(task, trained, extra, sources, Path(cfg.paths.cache) / "leakage")
+        flags = leakage.audit_task(task, trained, generated, sources, Path(cfg.paths.cache) / "leakage")
         scored = min(len(task.eval_docs), cfg.eval.limit or len(task.eval_docs))
         found[name] = [asdict(f) for f in flags if f.doc_id < scored]
         metrics |= {f"{LEAKAGE_PREFIX}{name}/flagged": float(len(found[name])),

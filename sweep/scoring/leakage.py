@@ -24,6 +24,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from sweep.data.examples import read_generated
 from sweep.runtime.files import sha256
 
 NGRAM = 13         # GPT-3 / lm-eval decontamination
@@ -138,17 +139,18 @@ def training_material(task, trained=None, generated: list[dict] = ()) -> list[st
     return list(dict.fromkeys([*map(doc_text, docs), *map(doc_text, generated)]))
 
 
-def audit_task(task, trained, generated: list[dict], training_sources: list[Path], cache: Path) -> list[Flag]:
+def audit_task(task, trained, generated: Path | None, training_sources: list[Path], cache: Path) -> list[Flag]:
     """`audit` of the task's test documents (lm-eval's order: their doc_ids) against its training
     material, kept under `cache` by the test texts, the sha256 of the files the training material comes
-    from (`training_sources`) and the settings (a test file whose labels alone changed hits the cache)."""
+    from (`training_sources`) and the settings (a test file whose labels alone changed hits the cache);
+    `generated`: the generated tasks' file, read only when the audit is not cached."""
     test = [doc_text(d) for d in task.eval_docs]
     key = hashlib.sha256(json.dumps([task.config.task, test, sorted(sha256(f) for f in training_sources), NGRAM,
                                      MIN_NGRAM, ROUGE_L, COMMON, CANDIDATES, ROUGE_WORDS]).encode()).hexdigest()[:24]
     path = Path(cache) / f"{key}.json"
     if path.is_file():
         return [Flag(**f) for f in json.loads(path.read_text())]
-    flags = audit(test, training_material(task, trained, generated))
+    flags = audit(test, training_material(task, trained, read_generated(generated) if generated else []))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps([asdict(f) for f in flags]))
