@@ -101,3 +101,40 @@ def utilisation(panels: dict[str, dict[str, list[tuple[float, float]]]]) -> byte
     axes[0, 0].legend(fontsize=7, ncol=2)
     axes[-1, 0].set_xlabel("seconds since the run started")
     return _png(fig)
+
+
+def crossover(sizes: list[int], adapter, baseline, n_star: float, interval: tuple[float, float], metric: str) -> bytes:
+    """Both arms' curves (rows mean, low, high) against labelled examples (log), n* and its interval."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, curve, color in (("adapter", adapter, "C0"), ("strongest baseline", baseline, "black")):
+        ax.plot(sizes, curve[0], "o-", color=color, label=label)
+        ax.fill_between(sizes, curve[1], curve[2], color=color, alpha=0.15)
+    low, high = (min(max(v, sizes[0]), sizes[-1]) for v in interval)  # (a censored bound drawn at the edge)
+    ax.axvspan(low, high, color="C3", alpha=0.1, label="n* interval")
+    if sizes[0] < n_star < float("inf"):
+        ax.axvline(n_star, color="C3", linestyle="--", label=f"n* = {n_star:,.0f}")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled examples (log)")
+    ax.set_ylabel(f"test {metric}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def cost_fronts(panels: dict[str, list[tuple[float, float, str, bool]]], metric: str) -> bytes:
+    """One panel per query volume ({title: [(total FLOPs, score, method, on the front), ...]}): every
+    run, the front of those no other run beats on both cost and score."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, (title, points) in zip(axes[0], panels.items()):
+        for i, method in enumerate(sorted({p[2] for p in points})):
+            mine = [p for p in points if p[2] == method]
+            ax.plot([p[0] for p in mine], [p[1] for p in mine], "o", color=f"C{i}", alpha=0.7, label=method)
+        front = sorted((p[0], p[1]) for p in points if p[3])
+        ax.plot([p[0] for p in front], [p[1] for p in front], "-", color="C3", label="front")
+        ax.set_xscale("log")
+        ax.set_xlabel("FLOPs: training + queries (log)")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    axes[0, 0].set_ylabel(f"test {metric}")
+    axes[0, 0].legend(fontsize=7)
+    return _png(fig)

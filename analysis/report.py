@@ -16,6 +16,8 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 
+from analysis.cost import cost_view
+from analysis.crossover import crossover_view
 from analysis.figures import figures
 from analysis.importance import importance_view
 from analysis.instruction_data import instruction_data_view
@@ -264,7 +266,13 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
     for metric in metrics:
         rep.tables.append((f"{metric}: every run against the baselines", headline(done, metric, comparisons), ""))
     rep.tables += leakage_view(done, comparisons)
-    rep.tables += [view for metric in metrics if (view := importance_view(done, metric)) is not None]
+    analysis_figures = {}
+    for view in (crossover_view, cost_view):
+        for metric in metrics:
+            tables, figs = view(done, metric)
+            rep.tables += tables
+            analysis_figures |= figs
+    rep.tables += [table for metric in metrics for table in importance_view(done, metric, comparisons)]
     panel = baseline_panel(done)
     if panel is not None:
         rep.tables.append(("Baseline variants on the development slice", panel,
@@ -300,7 +308,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
                     f"{fmt(number(best, f'metrics.{metrics[0]}'), number(best, f'metrics.{metrics[0]}_stderr'))}",
                     "Reproduce it (same config, seed and data; compares every metric):",
                     Code(f"python reproduce.py {best['run_id']}"), "It was run as:", Code(command)]
-    rep.figures = figures(runs, done, metrics) | instruction_figures | pipeline_figures
+    rep.figures = figures(runs, done, metrics) | analysis_figures | instruction_figures | pipeline_figures
     return rep, tidy(runs)
 
 

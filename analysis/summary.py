@@ -73,7 +73,11 @@ def baseline_values(done: pd.DataFrame, metric: str) -> dict[str, float]:
 
 
 def group_key(row) -> tuple:
-    return row.get("tags.model"), row.get("params.eval.limit")
+    """Runs compared with each other: one model, one eval.limit, and with eval.fewshot_pool=trained one
+    labelled pool (the data.max_train_samples examples of one seed: a crossover's sizes apart)."""
+    pool = (row.get("params.data.max_train_samples"), row.get("params.seed")) \
+        if row.get("params.eval.fewshot_pool") == "trained" else None
+    return row.get("tags.model"), row.get("params.eval.limit"), pool
 
 
 def degenerate(row, metric: str) -> str:

@@ -60,6 +60,7 @@ import torch  # noqa: E402
 
 import sweep  # noqa: E402,F401
 from sweep.config import compose_config  # noqa: E402
+from sweep.runtime.machine import describe as describe_machine  # noqa: E402
 from sweep.tracking.records import STUDY_METHOD  # noqa: E402
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
@@ -658,14 +659,6 @@ def _flat(d: dict, prefix=""):
             yield f"{prefix}{k}", v
 
 
-def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "CPU")
-    return f"{len(os.sched_getaffinity(0))} cores of {cpu}, torch {torch.__version__}"
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the tiny model and few steps (a smoke test)")
@@ -686,7 +679,7 @@ def main(argv=None) -> int:
              "training_features",
              "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl", "generation",
              "roofline"]
-    results = {"machine": machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
+    results = {"machine": describe_machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
                "params": params, "benchmarks": {}}
     previous = out / "results.json"
     if a.only and previous.is_file():  # a partial run updates the figures it measured, keeps the rest

@@ -54,3 +54,23 @@ def test_a_choice_reads_the_development_score_and_reports_the_test_one():
     assert splits.selection_metric("dev/sst2/acc") == "dev/sst2/acc"
     assert splits.selection_metric("trainable_params") == "trainable_params"  # a run-level metric, as it is
     assert splits.test_metric("dev/sst2/acc") == "sst2/acc"
+
+
+def test_a_trained_pool_holds_exactly_the_examples_an_adapter_of_that_size_and_seed_trains_on():
+    """eval.fewshot_pool=trained (a crossover's baselines): demonstrations come from the labelled
+    examples the adapter sees, no others, never the development slice."""
+    from sweep.pipeline.build import demonstration_source
+
+    task = loaded("data=rte")["rte"]
+    dev = splits.dev_indices(task, 40)
+    cfg = compose("model=tiny", "data=rte", "method=few_shot", "eval.fewshot_pool=trained",
+                  "data.max_train_samples=16", "seed=3")
+    pool = splits.demonstration_pool(task, dev, demonstration_source(cfg))
+    trained = training_pairs(task, "train", 16, seed=3, exclude=set(dev))
+    assert [splits.text_of(task, d) for d in pool] == [context for context, _ in trained]
+    assert len(pool) == 16 and not {splits.text_of(task, task.dataset["train"][i]) for i in dev} & \
+        {splits.text_of(task, d) for d in pool}
+    other_seed = splits.demonstration_pool(task, dev, splits.Pool(16, 4))
+    assert [d["idx"] for d in other_seed] != [d["idx"] for d in pool]
+    whole = splits.demonstration_pool(task, dev, demonstration_source(compose("model=tiny", "data=rte")))
+    assert len(whole) == len(task.dataset["train"]) - 40

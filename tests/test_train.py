@@ -48,3 +48,16 @@ def test_answer_only_loss_equals_the_full_loss(method):
     trainer = AnswerOnlyTrainer.__new__(AnswerOnlyTrainer)  # compute_loss needs no Trainer state
     answer_only = trainer.compute_loss(built.model, dict(inputs))
     assert torch.allclose(full, answer_only, atol=1e-5)
+
+
+def test_epochs_count_steps_by_the_examples_and_max_steps_caps_them():
+    from omegaconf import OmegaConf
+
+    from sweep.training.sft import optimizer_steps
+
+    train = OmegaConf.create({"max_steps": 250, "batch_size": 16, "grad_accum": 2, "num_train_epochs": 4})
+    assert optimizer_steps(train, 64) == 8          # 4 passes over 64 examples, 32 a step
+    assert optimizer_steps(train, 65) == 9          # (a last, partial step)
+    assert optimizer_steps(train, 4096) == 250      # capped by max_steps
+    train.num_train_epochs = None
+    assert optimizer_steps(train, 64) == 250        # (no epochs: max_steps alone, as before)

@@ -16,6 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sweep.config import RUN_ID, ConfigError
+from sweep.data.splits import training_order
 
 IGNORE_INDEX = -100  # label value that the loss skips (prompt tokens, padding)
 GENERATED_FIELDS = ("instruction", "input", "output")  # what a generated task must have (Self-Instruct's format)
@@ -58,12 +59,7 @@ def training_pairs(task, split: str, max_samples: int | None, seed: int, chat_te
     if generated is not None:
         hand = [d for i, d in enumerate(docs) if i not in exclude]
         return [render_pair(task, doc, chat_template) for doc in mixed_docs(hand, generated, mix, max_samples, seed)]
-    order = list(range(len(docs)))
-    random.Random(seed).shuffle(order)
-    order = [i for i in order if i not in exclude]
-    if max_samples:
-        order = order[:max_samples]
-    return [render_pair(task, docs[i], chat_template) for i in order]
+    return [render_pair(task, docs[i], chat_template) for i in training_order(len(docs), max_samples, seed, exclude)]
 
 
 def mixed_docs(hand: list[dict], generated: list[dict], mix: float, max_samples: int | None, seed: int) -> list[dict]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import random
+from dataclasses import dataclass
 
 from sweep.config import ConfigError
 
@@ -108,10 +109,35 @@ def dev_tasks(tasks: dict, slices: dict[str, list[int]]) -> dict:
     return {dev_name(name): dev_task(tasks[name], slices[name]) for name in tasks if slices.get(name)}
 
 
-def demonstration_pool(task, dev: list[int]) -> list[dict]:
-    """The few-shot pool without the development slice."""
+@dataclass(frozen=True)
+class Pool:
+    """Which labelled examples a k-shot prompt may draw its demonstrations from (`eval.fewshot_pool`):
+    the whole train split bar the development slice (`size` None), or only the `size` examples an
+    adapter with the same `data.max_train_samples` and `seed` trains on (`trained`): a data-size
+    sweep's baselines then see exactly its adapters' labelled examples."""
+    size: int | None = None
+    seed: int = 0
+
+
+WHOLE_SPLIT = Pool()
+
+
+def training_order(n_docs: int, max_samples: int | None, seed: int, exclude: set[int] = frozenset()) -> list[int]:
+    """Indices of the examples trained on, in training order: a seeded shuffle of the split without
+    `exclude` (the development slice), the first `max_samples` of it (None: all)."""
+    order = list(range(n_docs))
+    random.Random(seed).shuffle(order)
+    order = [i for i in order if i not in exclude]
+    return order[:max_samples] if max_samples else order
+
+
+def demonstration_pool(task, dev: list[int], pool: Pool = WHOLE_SPLIT) -> list[dict]:
+    """The few-shot pool without the development slice (and, for `Pool(size)`, only the examples
+    trained on)."""
     docs = list(task.fewshot_docs())
-    if not dev or (task.config.fewshot_split or task.config.training_split) != task.config.training_split:
+    if (task.config.fewshot_split or task.config.training_split) != task.config.training_split:
         return docs
+    if pool.size:
+        return [docs[i] for i in training_order(len(docs), pool.size, pool.seed, set(dev))]
     held = set(dev)
-    return [d for i, d in enumerate(docs) if i not in held]
+    return [d for i, d in enumerate(docs) if i not in held] if held else docs

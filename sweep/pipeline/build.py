@@ -116,7 +116,7 @@ def build(cfg: DictConfig, project: ProjectTasks | None = None, generated: Path 
     eval_tasks = {name: tasks[name] for name in cfg.eval.tasks}
     set_generation(eval_tasks, cfg.eval.generation)
     dev_tasks = {name: splits.dev_task(task, slices[name]) for name, task in eval_tasks.items() if slices.get(name)}
-    pools = {name: splits.demonstration_pool(task, slices.get(name, []))
+    pools = {name: splits.demonstration_pool(task, slices.get(name, []), demonstration_source(cfg))
              for name, task in eval_tasks.items()} if cfg.method.num_fewshot else {}
     trained_apart = set(slices.get(cfg.data.task, [])) if uses_training_split(tasks.get(cfg.data.task), cfg.data) \
         else set()  # (the development slice is never trained on)
@@ -173,6 +173,12 @@ def check_inputs(cfg: DictConfig, tasks: dict) -> None:
         prompting_of(cfg).check({name: tasks[name] for name in cfg.eval.tasks})
     if cfg.method.trains and STAGES[cfg.stage.name].data == "examples":
         check_split(tasks[cfg.data.task], cfg.data.train_split)
+
+
+def demonstration_source(cfg: DictConfig) -> splits.Pool:
+    """The labelled examples k-shot prompts draw from (eval.fewshot_pool)."""
+    return splits.Pool(cfg.data.max_train_samples, cfg.seed) if cfg.eval.fewshot_pool == "trained" \
+        else splits.WHOLE_SPLIT
 
 
 def prompting_of(cfg: DictConfig, num_fewshot: int | None = None) -> Prompting:

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import ConfigError, is_int, require
 from sweep.data.checks import validate_data
-from sweep.rlhf.stages import validate_stage
+from sweep.rlhf.stages import STAGES, validate_stage
 from sweep.scoring.baselines import validate_baseline_search
 from sweep.scoring.checks import validate_eval
 from sweep.tracking.checks import validate_tracking
@@ -45,6 +45,9 @@ def validate(cfg: DictConfig) -> None:
         validate_train(cfg.train)
     validate_data(cfg.data, m.trains)
     if m.trains:
+        require(not cfg.train.num_train_epochs or STAGES[cfg.stage.name].data != "prompts", "train.num_train_epochs",
+                cfg.train.num_train_epochs, f"stage={cfg.stage.name} generates from prompts each step: count its "
+                "steps with train.max_steps and set train.num_train_epochs=null")
         require(not cfg.eval.every_steps or cfg.data.dev_size, "eval.every_steps", cfg.eval.every_steps,
                 "scores the development slice during training, and data.dev_size=0 carves none: "
                 "set data.dev_size (e.g. 200) or eval.every_steps=null")

@@ -31,7 +31,7 @@ from sweep.rlhf import preference, reference_replies
 from sweep.rlhf.alignment import StageRun
 from sweep.rlhf.lineage import Lineage
 from sweep.rlhf.stages import STAGES
-from sweep.runtime import distributed, interrupts, memory
+from sweep.runtime import distributed, interrupts, machine, memory
 from sweep.runtime.hydra_job import (
     JobOutcome,
     is_multirun,
@@ -41,14 +41,14 @@ from sweep.runtime.hydra_job import (
 )
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring import baseline_cache, baselines
-from sweep.scoring.results import is_task_metric
+from sweep.scoring.results import TRAIN_FLOPS, is_task_metric
 from sweep.study import trials
 from sweep.study.search import prunes
 from sweep.tracking import lifecycle, records, store
 from sweep.tracking.outage import TrackingUnavailable
 from sweep.training.methods import check_target_modules, count_parameters
 from sweep.training.models import base_model_identity, memory_footprint_mb
-from sweep.training.sft import model_flops_utilization, train
+from sweep.training.sft import model_flops_utilization, train, training_flops
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,8 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
     name = run_name(cfg)
     start_memory = {"rss_at_start_mb": rss_at_start} if rss_at_start is not None else {}
     described = {"method": cfg.method.name, "stage": cfg.stage.name, "model": cfg.model.name,
-                 "tasks": ",".join(cfg.eval.tasks), "seed": str(cfg.seed)}
+                 "tasks": ",".join(cfg.eval.tasks), "seed": str(cfg.seed),
+                 machine.MACHINE_TAG: machine.describe()}  # (what its costs were measured on)
     tags = lifecycle.start_tags(described, sweep, cfg.tracking.get("tags"), trial.tags() if trial else {}) | {
         "base_model": job.base_model} | job.lineage.tags()
     files = task_files(job.project.tasks)
@@ -235,6 +236,7 @@ def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[s
             fail_at_step=cfg.debug.fail_at_step, callbacks=intermediate_scoring(cfg, built, trial),
             prune_divergence=trial is not None and trial.pruning))
     trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
+               TRAIN_FLOPS: training_flops(total_params, result.tokens, frozen_base=cfg.method.peft is not None),
                "train_tokens_per_second": result.tokens_per_second, "train_examples": len(built.train_dataset)}
     trained |= {f"train_{k}": v for k, v in memory.peak_mb().items()}  # (the build's and training's: scoring's apart)
     if result.rollout_seconds:

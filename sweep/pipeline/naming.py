@@ -14,7 +14,16 @@ def run_name(cfg: DictConfig) -> str:
     if cfg.tracking.run_name:
         return cfg.tracking.run_name
     label = STAGES[cfg.stage.name].label  # a later stage's run name starts with its label and main setting
-    return f"{label.format(**cfg.stage)}-{method_run_name(cfg)}" if label else method_run_name(cfg)
+    name = f"{label.format(**cfg.stage)}-{method_run_name(cfg)}" if label else method_run_name(cfg)
+    return name + pool_suffix(cfg)
+
+
+def pool_suffix(cfg: DictConfig) -> str:
+    """With eval.fewshot_pool=trained (a crossover: each size and seed its own labelled pool), the pool:
+    -n64-s1; else nothing."""
+    if cfg.eval.fewshot_pool != "trained":
+        return ""
+    return f"-n{cfg.data.max_train_samples or 'all'}-s{cfg.seed}"
 
 
 def method_run_name(cfg: DictConfig) -> str:

@@ -19,7 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.data.examples import data_files, split_file
 from sweep.data.splits import DEV_PREFIX
-from sweep.pipeline.build import load_project_tasks, prompting_of
+from sweep.pipeline.build import demonstration_source, load_project_tasks, prompting_of
+from sweep.pipeline.naming import pool_suffix
 from sweep.rlhf import judging, preference, reference_replies
 from sweep.rlhf.stages import STAGES
 from sweep.runtime import memory
@@ -73,6 +74,7 @@ def baseline_settings(cfg: DictConfig) -> baseline_cache.Settings:
         templates=list(search.template) if search is not None else [cfg.eval.template],
         prompting=prompting_of(cfg), search=OmegaConf.to_container(search) if search is not None else None,
         limit=cfg.eval.limit, dev_size=cfg.data.dev_size, seed=cfg.seed,
+        pool=demonstration_source(cfg) if cfg.method.num_fewshot or search is not None else None,  # (0-shot: none)
         generation={k: v for k, v in cfg.eval.generation.items() if v is not None})
 
 
@@ -139,11 +141,12 @@ def score_lm(cfg: DictConfig, built, reference_key: str | None):
     """(development and test metrics, the test pass's scores) of a policy or a baseline."""
     if cfg.method.name == "strongest_baseline":
         search = baselines.Search(cfg.method.search, lambda k: prompting_of(cfg, k), cfg.data.dev_size,
-                                  cfg.eval.limit, cfg.eval.log_samples)
+                                  cfg.eval.limit, cfg.eval.log_samples, demonstration_source(cfg))
         choice = baselines.strongest(search, built.lm, lambda template: eval_tasks(cfg, template))
-        records.log_baseline_choice(choice.best, choice.panel, choice.demonstrations, cfg.data.dev_size)
+        records.log_baseline_choice(choice.best, choice.panel, choice.demonstrations, cfg.data.dev_size,
+                                    pool_suffix(cfg))
         records.log_metrics(choice.dev_metrics)
-        return choice.dev_metrics | choice.scores.metrics, choice.scores
+        return choice.dev_metrics | choice.scores.metrics | choice.scores.query_cost(), choice.scores
     prompting = prompting_of(cfg)
     demonstrations = draw_demonstrations(built.eval_tasks, prompting, built.pools)  # the same for both passes
     references = References(cfg, built, reference_key)
@@ -153,7 +156,7 @@ def score_lm(cfg: DictConfig, built, reference_key: str | None):
         records.log_metrics(dev)
     test, scores = score_pass(cfg, built, built.eval_tasks, prompting, cfg.eval.limit, demonstrations, references, "")
     references.record()
-    return dev | test, scores
+    return dev | test | scores.query_cost(), scores
 
 
 def training_files(task) -> list[Path]:

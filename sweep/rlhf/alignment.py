@@ -47,16 +47,17 @@ def train_sft(run: StageRun) -> TrainResult:
                      fail_at_step=run.fail_at_step, prune_divergence=run.prune_divergence)
 
 
-def trl_kwargs(train: DictConfig, seed: int, output_dir: str) -> dict:
+def trl_kwargs(train: DictConfig, seed: int, output_dir: str, examples: int | None = None) -> dict:
     """TrainingArguments fields for a TRL trainer: the `train` group's, with random batches (TRL
     tokenizes inside the trainer, so transformers cannot group by a length it has not seen)."""
-    return training_kwargs(train, seed, output_dir) | {"train_sampling_strategy": "random"}
+    return training_kwargs(train, seed, output_dir, examples) | {"train_sampling_strategy": "random"}
 
 
 def train_reward(run: StageRun) -> TrainResult:
     import trl
 
-    args = trl.RewardConfig(**trl_kwargs(run.train, run.seed, run.output_dir), max_length=run.train.max_seq_length,
+    args = trl.RewardConfig(**trl_kwargs(run.train, run.seed, run.output_dir, len(run.rows)),
+                            max_length=run.train.max_seq_length,
                             center_rewards_coefficient=run.stage.center_rewards_coefficient)
     return run_trl(run, trl.RewardTrainer, args)
 
@@ -64,7 +65,7 @@ def train_reward(run: StageRun) -> TrainResult:
 def train_dpo(run: StageRun) -> TrainResult:
     import trl
 
-    args = trl.DPOConfig(**trl_kwargs(run.train, run.seed, run.output_dir), beta=run.stage.beta,
+    args = trl.DPOConfig(**trl_kwargs(run.train, run.seed, run.output_dir, len(run.rows)), beta=run.stage.beta,
                          loss_type=[run.stage.loss_type], max_length=run.train.max_seq_length,
                          truncation_mode="keep_end")
     return run_trl(run, trl.DPOTrainer, args)

@@ -31,13 +31,15 @@ from omegaconf import DictConfig
 
 from sweep.runtime.files import module_digest, sha256
 from sweep.scoring.evaluate import Prompting
+from sweep.scoring.results import QUERY_SECONDS, QUERY_TOKENS
 from sweep.tracking import records, reuse
 
 log = logging.getLogger(__name__)
 
 RESULTS = "lm_eval_results.json"
 SCORES, SCORES_HASH_TAG = "baseline_scores.json", "scores_sha256"  # what reuse reads, and its hash
-SUMMARY_METRICS = ("trainable_params", "total_params", "model_memory_mb")  # reused beside the <task>/<metric> ones
+SUMMARY_METRICS = ("trainable_params", "total_params", "model_memory_mb", QUERY_TOKENS, QUERY_SECONDS)  # reused beside
+# the <task>/<metric> ones (a query's cost is the source's: the same prompts, measured once)
 KEY_TAG = "baseline_key"  # a freshly scored baseline's cache key (tag `cached=false`)
 REUSED_ARTIFACTS = (RESULTS, SCORES, records.BASELINE_PANEL, records.JUDGED_REPLIES, records.DEV_JUDGED_REPLIES)
 # The harness's own scoring code: a change to any of these scores differently, so it is in the key.
@@ -62,6 +64,7 @@ class Settings:
     dev_size: int              # data.dev_size: the development slice's scores, and the pool of demonstrations
     seed: int
     generation: dict           # eval.generation's keys that are set (decoding of generation tasks)
+    pool: object = None        # splits.Pool: the labelled examples demonstrations come from (eval.fewshot_pool)
 
 
 def cache_key(settings: Settings, task_manager, files: list[Path], judge=None) -> str:
@@ -87,6 +90,8 @@ def cache_key(settings: Settings, task_manager, files: list[Path], judge=None) -
         "scoring_code": {name: module_digest(name) for name in SCORING_CODE},
     }
     generation = s.generation
+    if s.pool is not None and s.pool.size:  # (only the trained examples; absent for the whole split, as before)
+        inputs["pool"] = dataclasses.asdict(s.pool)
     if generation:  # (decoding of generation tasks; absent when unset, so keys of the tasks' own settings hold)
         inputs["generation"] = generation
     if judge is not None:  # its adapter, by content, and the code that judges

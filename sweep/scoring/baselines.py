@@ -102,6 +102,7 @@ class Search:
     dev_size: int
     limit: int | None
     log_samples: bool
+    pool: splits.Pool = splits.WHOLE_SPLIT  # which labelled examples demonstrations come from
 
     def unit_prompting(self, unit: list[Variant]):
         """The prompting of one scoring pass: fixed draws, calibrated when any of its variants is."""
@@ -115,8 +116,8 @@ class Templates:
     """Each searched template's tasks, loaded once, with the development slices and the pool of
     demonstrations (the slices are carved once: every template sees the same examples)."""
 
-    def __init__(self, load_tasks, dev_size: int):
-        self.load_tasks, self.dev_size, self.slices, self.loaded = load_tasks, dev_size, None, {}
+    def __init__(self, load_tasks, dev_size: int, pool: splits.Pool = splits.WHOLE_SPLIT):
+        self.load_tasks, self.dev_size, self.pool, self.slices, self.loaded = load_tasks, dev_size, pool, None, {}
 
     def __call__(self, template: str):
         if template not in self.loaded:
@@ -128,7 +129,7 @@ class Templates:
                     raise ConfigError(f"method=strongest_baseline chooses on a development slice, and task "
                                       f"{missing[0]} has none (data.dev_size={self.dev_size}); set data.dev_size > 0, "
                                       f"or score that task with method=zero_shot|few_shot")
-            pools = {n: splits.demonstration_pool(t, self.slices[n]) for n, t in tasks.items()}
+            pools = {n: splits.demonstration_pool(t, self.slices[n], self.pool) for n, t in tasks.items()}
             self.loaded[template] = tm, tasks, pools
         return self.loaded[template]
 
@@ -139,7 +140,7 @@ def strongest(search: Search, lm, load_tasks) -> Choice:
     `load_tasks(template)` -> (task manager, {task name: task}) of the eval tasks."""
     from sweep.scoring.evaluate import draw_demonstrations, score
 
-    templates = Templates(load_tasks, search.dev_size)
+    templates = Templates(load_tasks, search.dev_size, search.pool)
     draws: dict[tuple, list] = {}
 
     def demonstrations(unit: list[Variant]) -> list:

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, ListConfig
 from sweep.config import DEFAULT_TEMPLATE, is_int, is_number, require, run_id_or_null
 
 FEWSHOT_SAMPLERS = ("random", "balanced")
+FEWSHOT_POOLS = ("split", "trained")  # eval.fewshot_pool (sweep/data/splits.py: Pool)
 
 
 def validate_eval(e: DictConfig, trains: bool) -> None:
@@ -55,6 +56,8 @@ def validate_prompting(e: DictConfig) -> None:
             f"must name a template, e.g. eval.template={DEFAULT_TEMPLATE}")
     require(e.fewshot_sampler in FEWSHOT_SAMPLERS, "eval.fewshot_sampler", e.fewshot_sampler,
             f"choose one of {', '.join(FEWSHOT_SAMPLERS)}")
+    require(e.fewshot_pool in FEWSHOT_POOLS, "eval.fewshot_pool", e.fewshot_pool,
+            f"choose one of {', '.join(FEWSHOT_POOLS)}")
     require(is_int(e.fewshot_draws) and e.fewshot_draws > 0, "eval.fewshot_draws", e.fewshot_draws,
             "must be a positive integer (independent draws of demonstrations)")
     for key in ("fewshot_per_example", "fewshot_as_multiturn", "calibrate"):

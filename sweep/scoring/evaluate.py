@@ -11,6 +11,7 @@ templates line up in one table, and the template is a param.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from omegaconf import DictConfig
@@ -18,7 +19,14 @@ from omegaconf import DictConfig
 from sweep.config import ConfigError
 from sweep.scoring import calibration, fewshot
 from sweep.scoring.registry import check_fewshot_pool, uses_chat_template
-from sweep.scoring.results import by_task_name, combine_draws, flatten_metrics, record_predictions
+from sweep.scoring.results import (
+    QUERY_SECONDS,
+    QUERY_TOKENS,
+    by_task_name,
+    combine_draws,
+    flatten_metrics,
+    record_predictions,
+)
 
 
 def make_lm(model, tokenizer, batch_size: int, prefix_cache: bool = True, length_batched: bool = True):
@@ -74,6 +82,15 @@ class Scores:
     metrics: dict[str, float]                       # "<task>/<metric>" -> value (stderr as "<metric>_stderr")
     results: dict = field(default_factory=dict)     # lm-eval's output, samples and draws included
     by_draw: list[dict[str, float]] = field(default_factory=list)  # each draw's metrics (several draws)
+    queries: int = 0          # examples scored, over every task and draw
+    prompt_tokens: int = 0    # their prompts' tokens, demonstrations included
+    seconds: float = 0.0      # the pass's wall time (calibration's extra passes included)
+
+    def query_cost(self) -> dict[str, float]:
+        """What a query of this pass costs: prompt tokens and measured seconds per 1,000 queries."""
+        if not self.queries:
+            return {}
+        return {QUERY_TOKENS: self.prompt_tokens / self.queries, QUERY_SECONDS: 1000 * self.seconds / self.queries}
 
 
 def draw_demonstrations(tasks: dict, prompting: Prompting, pools: dict[str, list[dict]] | None = None
@@ -105,6 +122,7 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
     not given."""
     from lm_eval import simple_evaluate
 
+    start = time.perf_counter()
     prompting.check(tasks)
     chat = uses_chat_template(tasks)
     needs_samples = log_samples or prompting.draws > 1 or _multiple_choice(tasks)
@@ -116,7 +134,7 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
         # lm-eval never overrides a task whose config says num_fewshot=0, and its first scoring
         # writes that value into the task object: a task scored zero-shot once would stay zero-shot.
         task.set_config(key="num_fewshot", value=prompting.num_fewshot)
-    draws = []
+    draws, queries, tokens = [], 0, 0
     for d in range(prompting.draws):
         seed = fewshot.draw_seed(prompting.seed, d)
         drawn = set_samplers(tasks, prompting, pools, seed, demonstrations[d] if demonstrations else {})
@@ -127,6 +145,7 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
             apply_chat_template=chat, fewshot_as_multiturn=chat and prompting.fewshot_as_multiturn,
         )
         results = by_task_name(results, tasks)
+        queries, tokens = (a + b for a, b in zip((queries, tokens), prompt_sizes(lm, tasks)))
         for name, task in tasks.items():
             if task.OUTPUT_TYPE == "multiple_choice":
                 p_cf = content_free_bias(lm, task, prompting, chat) if prompting.calibrate else None
@@ -134,7 +153,15 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
         draws.append({"seed": seed, "demonstrations": drawn, "results": results})
     combined = combine_draws(draws, log_samples)
     by_draw = [flatten_metrics(d["results"]["results"]) for d in draws] if len(draws) > 1 else []
-    return Scores(flatten_metrics(combined["results"]), combined, by_draw)
+    return Scores(flatten_metrics(combined["results"]), combined, by_draw, queries, tokens,
+                  time.perf_counter() - start)
+
+
+def prompt_sizes(lm, tasks: dict) -> tuple[int, int]:
+    """(examples, their prompts' tokens) of the requests lm-eval just scored (each example's first
+    request: its prompt, with the demonstrations)."""
+    firsts = [i for task in tasks.values() for i in (task.instances or []) if i.idx == 0]
+    return len(firsts), sum(len(lm.tok_encode(i.args[0])) for i in firsts)
 
 
 def _multiple_choice(tasks: dict) -> bool:

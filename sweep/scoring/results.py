@@ -9,6 +9,9 @@ from collections import Counter
 from sweep.scoring import calibration
 from sweep.tracking import system_metrics
 
+# A run's costs (analysis/cost.py): its training's FLOPs, and a query's prompt tokens (demonstrations included) and
+# measured seconds per 1,000 queries in its test pass.
+TRAIN_FLOPS, QUERY_TOKENS, QUERY_SECONDS = "train_flops", "query_prompt_tokens", "query_seconds_per_1k"
 LEAKAGE_PREFIX = "leakage/"  # the leakage audit's counts (leakage/<task>/flagged): about the data, not a score
 # per-step, per-draw and machine series, and the audit's counts; their names hold a "/" too
 CURVES = ("train/", "slice/", "draw/", system_metrics.PREFIX, LEAKAGE_PREFIX)

@@ -50,14 +50,15 @@ def stored(what: str, write):
     return outage.patiently(attempt, what)
 
 
-def log_baseline_choice(best, panel: list[dict], demonstrations: list, dev_size: int) -> None:
+def log_baseline_choice(best, panel: list[dict], demonstrations: list, dev_size: int, name_suffix: str = "") -> None:
     """method=strongest_baseline: the variant chosen on the development slice (tags `baseline.*`,
     and in the run name), the whole panel (`baseline_panel.json`: every variant's development
     score, where the race dropped it, its test score when the oracle ran) and the demonstrations
     the choice was made and reported with."""
     tags = {"baseline.variant": best.label(), "baseline.template": best.template,
             "baseline.num_fewshot": str(best.num_fewshot), "baseline.fewshot_sampler": best.fewshot_sampler,
-            "baseline.calibrate": str(best.calibrate).lower(), "mlflow.runName": f"strongest_baseline={best.label()}",
+            "baseline.calibrate": str(best.calibrate).lower(),
+            "mlflow.runName": f"strongest_baseline={best.label()}{name_suffix}",
             "baseline.reproduce": " ".join([*best.overrides(), f"data.dev_size={dev_size}"])}  # (the pool of draws)
     def write():
         mlflow.set_tags(tags)

@@ -43,6 +43,9 @@ def validate_train(t: DictConfig) -> None:
     """The train group (checked for methods that train)."""
     validate_optim(t.optim)
     require(is_int(t.max_steps) and t.max_steps > 0, "train.max_steps", t.max_steps, "must be a positive integer")
+    epochs = t.num_train_epochs
+    require(epochs is None or (is_number(epochs) and epochs > 0), "train.num_train_epochs", epochs,
+            "must be a positive number of passes over the training examples, or null (train.max_steps alone)")
     for key in ("batch_size", "grad_accum"):
         require(is_int(t[key]) and t[key] > 0, f"train.{key}", t[key], "must be a positive integer")
     require(is_number(t.lr) and t.lr > 0, "train.lr", t.lr, "must be a positive number, e.g. train.lr=1e-4")

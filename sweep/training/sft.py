@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from sweep.data.examples import IGNORE_INDEX
-from sweep.runtime import memory
+from sweep.runtime import distributed, memory
 from sweep.tracking import records
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,12 @@ def peak_flops() -> float | None:
     return next((v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
 
 
+def training_flops(params: int, tokens: int, frozen_base: bool) -> float:
+    """FLOPs of training on `tokens`: 2 x parameters per token forward, 4 backward (PaLM's 6x);
+    a frozen base (adapters) computes no gradients of its weights, so 2 backward: 4x."""
+    return (4 if frozen_base else 6) * params * tokens
+
+
 def model_flops_utilization(params: int, tokens: int, seconds: float) -> float | None:
     """Training FLOPs as 6 x parameters x tokens (forward + backward; PaLM's estimate), over the
     hardware's peak."""
@@ -183,23 +189,33 @@ def use_bf16(setting) -> bool:
     return bf16_is_fast() if setting == "auto" else bool(setting)
 
 
-def training_kwargs(train: DictConfig, seed: int, output_dir: str) -> dict:
-    """transformers.TrainingArguments fields from the `train` group (TRL's configs extend them)."""
+def optimizer_steps(train: DictConfig, examples: int | None) -> int:
+    """train.max_steps, or fewer where train.num_train_epochs passes over `examples` end sooner."""
+    if not train.num_train_epochs or not examples:
+        return train.max_steps
+    per_step = train.batch_size * train.grad_accum * distributed.world_size()
+    return max(1, min(train.max_steps, math.ceil(train.num_train_epochs * examples / per_step)))
+
+
+def training_kwargs(train: DictConfig, seed: int, output_dir: str, examples: int | None = None) -> dict:
+    """transformers.TrainingArguments fields from the `train` group (TRL's configs extend them);
+    `examples`: how many there are to train on (for train.num_train_epochs)."""
+    steps = optimizer_steps(train, examples)
     return dict(
         bf16=use_bf16(train.bf16),
         optim=effective_optim(train.optim),
         output_dir=output_dir,
-        max_steps=train.max_steps,
+        max_steps=steps,
         per_device_train_batch_size=train.batch_size,
         gradient_accumulation_steps=train.grad_accum,
         learning_rate=train.lr,
-        warmup_steps=math.ceil(train.warmup_ratio * train.max_steps),
+        warmup_steps=math.ceil(train.warmup_ratio * steps),
         weight_decay=train.weight_decay,
         lr_scheduler_type=train.lr_scheduler,
         train_sampling_strategy=train.sampling,
         gradient_checkpointing=train.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},  # (works with frozen embeddings: LoRA, prompts)
-        logging_steps=min(train.logging_steps, train.max_steps),
+        logging_steps=min(train.logging_steps, steps),
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a diverged loss must be seen (and stop the run), not averaged away
         save_strategy="no",
@@ -213,8 +229,8 @@ def training_kwargs(train: DictConfig, seed: int, output_dir: str) -> dict:
     )
 
 
-def training_arguments(train: DictConfig, seed: int, output_dir: str) -> TrainingArguments:
-    return TrainingArguments(**training_kwargs(train, seed, output_dir))
+def training_arguments(train: DictConfig, seed: int, output_dir: str, examples: int | None = None) -> TrainingArguments:
+    return TrainingArguments(**training_kwargs(train, seed, output_dir, examples))
 
 
 def run_trainer(trainer, count_tokens=None) -> TrainResult:
@@ -244,6 +260,7 @@ def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_di
           prune_divergence: bool = False) -> TrainResult:
     collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
     trainer_class = AnswerOnlyTrainer if train_cfg.answer_only_logits else Trainer
-    trainer = trainer_class(model=model, args=training_arguments(train_cfg, seed, output_dir), train_dataset=dataset,
+    trainer = trainer_class(model=model, args=training_arguments(train_cfg, seed, output_dir, len(dataset)),
+                            train_dataset=dataset,
                             data_collator=collator, callbacks=callbacks_for(callbacks, fail_at_step, prune_divergence))
     return run_trainer(trainer)
