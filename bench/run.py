@@ -71,7 +71,7 @@ FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "grid_space": {"lora.r": "2,8", "train.lr": "1e-3"}, "optuna_trials": 1, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
          "team_trials": 2, "team_steps": 2, "team_servers": False, "memory_steps": 2,
-         "memory_methods": "zero_shot,lora", "memory_tasks": "sst2", "rl_steps": 1,
+         "memory_methods": "lora", "memory_tasks": "sst2", "rl_steps": 1,  # (memory: one job per launcher)
          "kl_batch_size": 8, "search_dev": (16, 32), "search_startup": 4, "roofline_rows": 1024,
          # (2 of the panel's variants, zero- and few-shot: a smoke test of the search, in seconds)
          "search_grid": ["method.search.template=[default]", "method.search.num_fewshot=[0,2]",
@@ -453,7 +453,8 @@ class Bench:
                    if not math.isnan(r.get("metrics.train_tokens_per_second", math.nan)) else {})}
                 for r in runs.to_dict("records")}
             starts = list(runs["metrics.rss_at_start_mb"])
-            out[launcher] = {"jobs": jobs, "wall_seconds": seconds, "rss_growth_mb": starts[-1] - starts[1],
+            out[launcher] = {"jobs": jobs, "wall_seconds": seconds,  # (growth from the second job: the first warms up)
+                             "rss_growth_mb": starts[-1] - starts[min(1, len(starts) - 1)],
                              "max_peak_rss_mb": max(runs["metrics.peak_rss_mb"])}
         jobs = len(out["basic"]["jobs"])
         for launcher in ("spawn", "fresh_process"):

@@ -44,13 +44,13 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     memory = b["memory"]
     for launcher in ("basic", "spawn", "fresh_process"):
         jobs = memory[launcher]["jobs"]
-        assert set(jobs) == {"zero_shot/sst2", "lora/sst2"} and all(j["peak_rss_mb"] > 0 for j in jobs.values())
+        assert set(jobs) == {"lora/sst2"} and all(j["peak_rss_mb"] > 0 for j in jobs.values())
         assert jobs["lora/sst2"]["train_tokens_per_second"] > 0
     for launcher in ("spawn", "fresh_process"):  # (spawned interpreters, and forks of the server: the default)
         assert memory[f"{launcher}_wall_ratio"] == pytest.approx(
             memory[launcher]["wall_seconds"] / memory["basic"]["wall_seconds"])
         assert memory[launcher]["start_up_seconds_per_job"] == pytest.approx(
-            (memory[launcher]["wall_seconds"] - memory["basic"]["wall_seconds"]) / 2)
+            (memory[launcher]["wall_seconds"] - memory["basic"]["wall_seconds"]) / 1)
     rl = b["rl_stage"]
     assert rl["ppo_rollout_tokens_per_second"] > 0 and rl["ppo_train_tokens_per_second"] > 0
     assert rl["rollout_vs_training"] == pytest.approx(rl["ppo_rollout_tokens_per_second"] / rl["ppo_train_tokens_per_second"])

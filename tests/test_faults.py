@@ -93,7 +93,7 @@ def store_is_whole(env: dict) -> None:
 
 def test_chaos_three_hosts_survive_a_tracking_outage_a_database_restart_and_a_dead_worker(team, tmp_path):
     """The team's sweep under every server fault at once: three workers with host names of their
-    own, eight trials; mid-sweep the tracking server is stopped for 30 s and started again, one
+    own, eight trials; mid-sweep the tracking server is stopped for 20 s and started again, one
     worker is SIGKILLed while it trains, and PostgreSQL is stopped for longer than the grace
     period and started again. At the end: exactly eight COMPLETE trials, each with one FINISHED run
     holding its metrics and a downloadable adapter, no trial taken for dead but the killed
@@ -109,7 +109,7 @@ def test_chaos_three_hosts_survive_a_tracking_outage_a_database_restart_and_a_de
     study = load_study(env, study_name)
     wait_for(lambda: training_trial(study, experiment), 240, "a trial to train")
     servers.stop_mlflow(root)
-    time.sleep(30)
+    time.sleep(20)
     servers.start_mlflow(root, servers.pg_port(root), servers.mlflow_port(root))
     victim = wait_for(lambda: training_trial(study, experiment, workers[1]), 300, "worker 1 to train a trial")
     os.killpg(workers[1].pid, signal.SIGKILL)
