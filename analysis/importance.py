@@ -72,20 +72,25 @@ def distribution(values: list):
 
 def shares(columns: dict[str, list], scores: list[float], seed: int) -> dict[str, float]:
     """fANOVA's variance shares of `columns` and their shadows on one sample of runs."""
-    import optuna
     from optuna.importance import FanovaImportanceEvaluator, get_param_importances
 
     shuffled = random.Random(seed)
     shadows = {SHADOW + k: shuffled.sample(v, len(v)) for k, v in columns.items()}
-    every = columns | shadows
-    dists = {k: distribution(v) for k, v in every.items()}
-    study = optuna.create_study(direction="maximize")
-    for i, score in enumerate(scores):
-        study.add_trial(optuna.trial.create_trial(params={k: v[i] for k, v in every.items()}, distributions=dists,
-                                                  value=score))
     if len(set(scores)) < 2:
         return {}  # (every run scored alike: no setting moved the score; fANOVA refuses zero variance)
-    return get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=seed))
+    return get_param_importances(study_of(columns | shadows, scores), evaluator=FanovaImportanceEvaluator(seed=seed))
+
+
+def study_of(columns: dict[str, list], scores: list[float]):
+    """An Optuna study holding one finished trial per run (its settings and score)."""
+    import optuna
+
+    dists = {k: distribution(v) for k, v in columns.items()}
+    study = optuna.create_study(direction="maximize")
+    for i, score in enumerate(scores):
+        study.add_trial(optuna.trial.create_trial(params={k: v[i] for k, v in columns.items()}, distributions=dists,
+                                                  value=score))
+    return study
 
 
 def importances(columns: dict[str, list], scores: list[float], bootstrap: int = BOOTSTRAP,
@@ -117,18 +122,13 @@ def importances(columns: dict[str, list], scores: list[float], bootstrap: int = 
 
 def ped_anova(columns: dict[str, list], scores: list[float]) -> dict[str, float]:
     """PED-ANOVA's importances (Optuna's evaluator) of the settings for reaching the top PED_QUANTILE of runs."""
-    import optuna
     from optuna.importance import PedAnovaImportanceEvaluator, get_param_importances
 
     if len(set(scores)) < 2:
         return {}
-    dists = {k: distribution(v) for k, v in columns.items()}
-    study = optuna.create_study(direction="maximize")
-    for i, score in enumerate(scores):
-        study.add_trial(optuna.trial.create_trial(params={k: v[i] for k, v in columns.items()}, distributions=dists,
-                                                  value=score))
     quantile = max(PED_QUANTILE, 2 / len(scores))  # (its regimes need two runs each)
-    return get_param_importances(study, evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile))
+    return get_param_importances(study_of(columns, scores),
+                                 evaluator=PedAnovaImportanceEvaluator(target_quantile=quantile))
 
 
 def interaction_share(a: list, b: list, scores: list[float]) -> float:
