@@ -23,6 +23,7 @@ def test_break_even_is_training_over_the_saving_per_query_and_never_without_a_sa
     assert break_even(1e12, 2 * PARAMS * 20, 2 * PARAMS * 120) == 5000  # 1e12 / (2e6 x 100 tokens)
     assert math.isinf(break_even(1e12, 2 * PARAMS * 120, 2 * PARAMS * 100))
     assert break_even(1e12, None, 1.0) is None
+    assert math.isinf(break_even(400.0, 0.095, 0.1, noise=0.1))  # (5% faster by the clock: within a timing's jitter)
 
 
 def test_the_report_states_each_adapters_break_even_and_the_front_at_each_volume():
