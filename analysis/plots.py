@@ -114,6 +114,8 @@ def crossover(sizes: list[int], adapter, baseline, n_star: float, interval: tupl
     if sizes[0] < n_star < float("inf"):
         ax.axvline(n_star, color="C3", linestyle="--", label=f"n* = {n_star:,.0f}")
     ax.set_xscale("log")
+    ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("labelled examples (log)")
     ax.set_ylabel(f"test {metric}")
     ax.grid(True, alpha=0.3)
