@@ -24,6 +24,7 @@ from analysis.runs import BASELINES, cell, value
 from analysis.summary import References, group_key, references
 from sweep.runtime.machine import MACHINE_TAG
 from sweep.scoring.results import QUERY_SECONDS, QUERY_TOKENS, TRAIN_FLOPS
+from sweep.tracking.untrusted import printable
 
 VOLUMES = (1_000, 1_000_000)  # query volumes the fronts are drawn at
 TIMING_NOISE = 0.10  # measured seconds per query closer than this share of the baseline's are no saving
@@ -91,7 +92,7 @@ def cost_view(done: pd.DataFrame, metric: str) -> tuple[list, dict[str, bytes]]:
         strongest = refs.get(group_key(r), References()).strongest
         base = cost_of(strongest, metric) if strongest is not None and c.method not in BASELINES else None
         costs.append(c)
-        machines.add(str(cell(r, f"tags.{MACHINE_TAG}", "-")))
+        machines.add(printable(str(cell(r, f"tags.{MACHINE_TAG}", "-"))))  # (store text)
         rows.append({"run": c.run, "method": c.method, f"test {metric}": f"{c.score:.3f}",
                      "training FLOPs": f"{c.train_flops:.3g}", "training s": f"{c.train_seconds:.0f}",
                      "prompt tokens per query": f"{c.query_tokens:.0f}",
