@@ -25,13 +25,11 @@ from analysis import plots
 from analysis.leakage import flagged
 from analysis.runs import STRONGEST, cell, value
 from analysis.stats import samples
-from analysis.summary import is_adapter
+from analysis.summary import POOL, SIZE, is_adapter
 
 RESAMPLES = 2000
 LEVEL = 0.95
 MIN_SIZES = 2       # training sizes an adapter curve needs before a crossing means anything
-POOL = "params.eval.fewshot_pool"
-SIZE = "params.data.max_train_samples"
 
 Scores = dict[tuple[int | None, int], dict[int, float]]  # (training size or None: any, seed) -> {doc_id: score}
 
@@ -62,19 +60,24 @@ def crossing(sizes: list[int], diff: np.ndarray) -> float:
     return float(math.exp(math.log(sizes[k]) + t * (math.log(sizes[k + 1]) - math.log(sizes[k]))))
 
 
-def arrays(scores: Scores, sizes: list[int], seeds: list[int], docs: list[int]) -> np.ndarray:
-    """[size, seed, example] scores; a size of None in `scores` (a baseline whose pool is the whole
+def run_at(scores: Scores, size: int, seed: int) -> dict[int, float] | None:
+    """The run of `seed` at `size`; a size of None in `scores` (a baseline whose pool is the whole
     split) stands for every size."""
+    return scores.get((size, seed), scores.get((None, seed)))
+
+
+def arrays(scores: Scores, sizes: list[int], seeds: list[int], docs: list[int]) -> np.ndarray:
+    """[size, seed, example] scores."""
     out = np.empty((len(sizes), len(seeds), len(docs)))
     for i, n in enumerate(sizes):
         for j, s in enumerate(seeds):
-            run = scores.get((n, s), scores.get((None, s)))
+            run = run_at(scores, n, s)
             out[i, j] = [run[d] for d in docs]
     return out
 
 
 def usable_seeds(scores: Scores, sizes: list[int]) -> set[int]:
-    return {s for _, s in scores if all((n, s) in scores or (None, s) in scores for n in sizes)}
+    return {s for _, s in scores if all(run_at(scores, n, s) is not None for n in sizes)}
 
 
 def estimate(adapter: Scores, baseline: Scores, resamples: int = RESAMPLES, seed: int = 0,
@@ -89,8 +92,8 @@ def estimate(adapter: Scores, baseline: Scores, resamples: int = RESAMPLES, seed
     a_seeds, b_seeds = (shared, shared) if shared else (sorted(a_seeds), sorted(b_seeds))
     if not a_seeds or not b_seeds:
         return None
-    runs = [adapter.get((n, s)) for n in sizes for s in a_seeds] + \
-        [baseline.get((n, s), baseline.get((None, s))) for n in sizes for s in b_seeds]
+    runs = [run_at(adapter, n, s) for n in sizes for s in a_seeds] + \
+        [run_at(baseline, n, s) for n in sizes for s in b_seeds]
     docs = sorted(set.intersection(*(set(r) for r in runs)) - set(leaked))
     if not docs:
         return None

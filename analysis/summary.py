@@ -72,11 +72,13 @@ def baseline_values(done: pd.DataFrame, metric: str) -> dict[str, float]:
     return next(iter(groups.values())).variants if groups else {}
 
 
+POOL, SIZE = "params.eval.fewshot_pool", "params.data.max_train_samples"  # a run's labelled pool, and its size
+
+
 def group_key(row) -> tuple:
     """Runs compared with each other: one model, one eval.limit, and with eval.fewshot_pool=trained one
     labelled pool (the data.max_train_samples examples of one seed: a crossover's sizes apart)."""
-    pool = (row.get("params.data.max_train_samples"), row.get("params.seed")) \
-        if row.get("params.eval.fewshot_pool") == "trained" else None
+    pool = (row.get(SIZE), row.get("params.seed")) if row.get(POOL) == "trained" else None
     return row.get("tags.model"), row.get("params.eval.limit"), pool
 
 
