@@ -275,8 +275,9 @@ def test_three_workers_on_one_study_record_every_trial_once(tmp_path, tracking):
 @pytest.mark.e2e
 @pytest.mark.parametrize("override,needle", [
     ("lora.rr=3", "error: lora.rr: no such config key (did you mean: lora.r"),
-    ("method=lorra", "error: method=lorra: no such option in conf/method/; choose one of few_shot, full, lora, "
-                     "prefix_tuning, prompt_tuning, qlora, strongest_baseline, zero_shot (did you mean: lora, qlora?)"),
+    ("method=lorra", "error: method=lorra: no such option in conf/method/; choose one of "
+                     + ", ".join(sorted(p.stem for p in (ROOT / "conf" / "method").glob("[!_]*.yaml")))
+                     + " (did you mean: lora, qlora?)"),
     ("method=qlora method.quantization.bnb_4bit_quant_type=nf5", "error: method.quantization.bnb_4bit_quant_type='nf5' is invalid"),
     ("train.optim=adamw_torchh", "error: train.optim='adamw_torchh' is invalid: use a transformers optimizer name"),
     ("lora.alpha=0", "error: lora.alpha=0 is invalid"),
