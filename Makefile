@@ -60,7 +60,7 @@ bench-gpu: $(STAMP) ## GPU figures (LoRA, QLoRA: tokens/s, MFU, peak memory), un
 TEST_WORKERS ?= 2
 test: $(STAMP) browser ## ruff, then the whole test suite (unit, end-to-end, slow), on TEST_WORKERS workers
 	$(VENV)/bin/ruff check .
-	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+	$(if $(filter 0,$(TEST_WORKERS)),,OMP_NUM_THREADS=1) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=25
 
 test-fast: $(STAMP) ## unit tests only
 	$(PY) -m pytest -m "not e2e and not slow"

@@ -29,6 +29,7 @@ import random
 import numpy as np
 import pandas as pd
 
+from analysis import plots
 from analysis.runs import value
 from analysis.summary import is_adapter
 from sweep.data.splits import DEV_PREFIX
@@ -115,8 +116,8 @@ def importances(columns: dict[str, list], scores: list[float], bootstrap: int = 
     out = []
     for k in columns:
         low, high = (np.quantile(excess[k], [tail, 1 - tail]) if excess[k] else (math.nan, math.nan))
-        out.append({"setting": k, "share": point.get(k, 0.0), "excess_low": float(low), "excess_high": float(high),
-                    "matters": bool(low > 0)})
+        out.append({"setting": k, "share": point.get(k, 0.0), "excess": point.get(k, 0.0) - point.get(SHADOW + k, 0.0),
+                    "excess_low": float(low), "excess_high": float(high), "matters": bool(low > 0)})
     return pd.DataFrame(out).sort_values("share", ascending=False, ignore_index=True)
 
 
@@ -159,9 +160,12 @@ def interactions(columns: dict[str, list], scores: list[float], bootstrap: int =
             xa, xb, y = [columns[a][i] for i in idx], [columns[b][i] for i in idx], [scores[i] for i in idx]
             excess.append(interaction_share(xa, xb, y) - interaction_share(xa, shuffle.sample(xb, len(xb)), y))
         low, high = np.quantile(excess, [(1 - LEVEL) / 2, (1 + LEVEL) / 2])
-        rows.append({"settings": f"{a} x {b}", "share": interaction_share(columns[a], columns[b], scores),
+        share = interaction_share(columns[a], columns[b], scores)
+        shadow = np.mean([interaction_share(columns[a], shuffle.sample(columns[b], len(columns[b])), scores)
+                          for _ in range(bootstrap)])  # (its expectation: one shuffle's share is noisy)
+        rows.append({"settings": f"{a} x {b}", "share": share, "excess": share - shadow,
                      "excess_low": float(low), "excess_high": float(high), "matters": bool(low > 0)})
-    table = pd.DataFrame(rows, columns=["settings", "share", "excess_low", "excess_high", "matters"])
+    table = pd.DataFrame(rows, columns=["settings", "share", "excess", "excess_low", "excess_high", "matters"])
     return table.sort_values("share", ascending=False, ignore_index=True)
 
 
@@ -186,16 +190,16 @@ def verdict_flips(runs: list, comparisons: list, metric: str, columns: dict[str,
     return pd.DataFrame(rows)
 
 
-def importance_view(done: pd.DataFrame, metric: str, comparisons: list = ()) -> list[tuple[str, pd.DataFrame, str]]:
+def importance_view(done: pd.DataFrame, metric: str, comparisons: list = ()) -> tuple[list, dict[str, bytes]]:
     """The report's tables for one task metric: the adapters' settings against their development score
     (fANOVA and PED-ANOVA), their interactions, and which setting flips the verdict (`comparisons`: the
-    headline verdicts, analysis/verdict.py)."""
+    headline verdicts, analysis/verdict.py); and a figure of the shares beyond the shadows."""
     runs = [r for _, r in done.iterrows() if is_adapter(r) and value(r, f"metrics.{DEV_PREFIX}{metric}") is not None]
     if len(runs) < MIN_RUNS:
-        return []
+        return [], {}
     columns = settings([r.to_dict() for r in runs])
     if not columns:
-        return []
+        return [], {}
     scores = [value(r, f"metrics.{DEV_PREFIX}{metric}") for r in runs]
     table = importances(columns, scores)
     ped = ped_anova(columns, scores)
@@ -212,11 +216,16 @@ def importance_view(done: pd.DataFrame, metric: str, comparisons: list = ()) -> 
             "concentrate on some values of a setting (a point estimate).")
     tables = [(f"{metric}: which settings mattered (development scores)", shown, note)]
     pairs = interactions(columns, scores)
+    shown_pairs = pairs.head(SHOWN_PAIRS)
+    points = ["excess", "excess_low", "excess_high"]
+    rows = [(name, *row) for name, row in zip(table["setting"], table[points].values)]
+    rows += [(name, *row) for name, row in zip(shown_pairs["settings"], shown_pairs[points].values)]
+    figure = plots.importance(rows, f"development {metric}", LEVEL)
     if not pairs.empty:
         tables.append((f"{metric}: interactions of two settings", pd.DataFrame({
             "settings": pairs["settings"], "share of the variance": pairs["share"].map("{:.2f}".format),
             interval: [f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in zip(pairs["excess_low"], pairs["excess_high"])],
-            "matters": pairs["matters"].map({True: "yes", False: "no evidence"})}).head(SHOWN_PAIRS),
+            "matters": shown_pairs["matters"].map({True: "yes", False: "no evidence"})}).head(SHOWN_PAIRS),
             "The share of the variance in what two settings do together beyond what each does alone (cell means of "
             "the grid less both settings' means), against the pair with the second setting shuffled."))
     flips = verdict_flips(runs, comparisons, metric, columns)
@@ -224,4 +233,4 @@ def importance_view(done: pd.DataFrame, metric: str, comparisons: list = ()) -> 
         tables.append((f"{metric}: which setting flips the verdict", flips,
                        "For each value of a setting, the adapter chosen by development score among the runs with that "
                        "value, and its verdict against the strongest baseline (the headline's, Holm-corrected)."))
-    return tables
+    return tables, {f"{metric}: which settings mattered": figure}

@@ -140,3 +140,18 @@ def cost_fronts(panels: dict[str, list[tuple[float, float, str, bool]]], metric:
     axes[0, 0].set_ylabel(f"test {metric}")
     axes[0, 0].legend(fontsize=7)
     return _png(fig)
+
+
+def importance(rows: list[tuple[str, float, float, float]], score: str, level: float) -> bytes:
+    """A forest plot of each setting's and pair's share of the variance beyond its shadow's (rows: name,
+    estimate, interval low, high): an interval clear of zero is an effect the runs tell from noise."""
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    for y, (_, estimate, low, high) in enumerate(reversed(rows)):
+        color = "C0" if low > 0 else "grey"
+        ax.plot([low, high], [y, y], "-", color=color, linewidth=2)
+        ax.plot([estimate], [y], "o", color=color)
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=8)
+    ax.set_xlabel(f"share of the variance in {score} beyond its shadow's ({level:.0%} interval)")
+    ax.grid(True, axis="x", alpha=0.3)
+    return _png(fig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 from pathlib import Path
 
 import mlflow
@@ -267,12 +268,11 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
         rep.tables.append((f"{metric}: every run against the baselines", headline(done, metric, comparisons), ""))
     rep.tables += leakage_view(done, comparisons)
     analysis_figures = {}
-    for view in (crossover_view, cost_view):
+    for view in (crossover_view, cost_view, partial(importance_view, comparisons=comparisons)):
         for metric in metrics:
             tables, figs = view(done, metric)
             rep.tables += tables
             analysis_figures |= figs
-    rep.tables += [table for metric in metrics for table in importance_view(done, metric, comparisons)]
     panel = baseline_panel(done)
     if panel is not None:
         rep.tables.append(("Baseline variants on the development slice", panel,

@@ -17,6 +17,7 @@ def test_a_planted_effect_ranks_first_and_matters_and_a_pure_noise_setting_does_
     assert table.index[0] == "train.lr" and table.loc["train.lr", "excess_low"] > 0
     assert table.loc["lora.dropout", "excess_low"] <= 0 <= table.loc["lora.dropout", "excess_high"]
     assert table.loc["train.lr", "matters"] and not table.loc["lora.dropout", "matters"]
+    assert table.loc["train.lr", "excess"] > 0.5 > table.loc["lora.dropout", "excess"]  # (the figure's points)
 
 
 def test_only_swept_settings_that_vary_are_read_numbers_as_numbers():

@@ -105,7 +105,8 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     assert all(f"| {key} | " in md for key in ("lora.r", "lora.alpha", "lora.target_modules"))
     pngs = {p.name for p in out.glob("*.png")}
     assert {"sst2_acc_vs_rank_r.png", "sst2_acc_vs_alpha.png", "sst2_acc_vs_trainable_parameters.png",
-            "training_loss.png", "optuna_study_study__optimization_history.png", "system_utilisation.png"} <= pngs
+            "training_loss.png", "optuna_study_study__optimization_history.png", "system_utilisation.png",
+            "sst2_acc__which_settings_mattered.png"} <= pngs
     html = (out / "index.html").read_text()
     assert html.count('src="data:image/png;base64,') == len(pngs) and "<table" in html
     csv = pd.read_csv(out / "runs.csv")
