@@ -152,6 +152,7 @@ def importance(rows: list[tuple[str, float, float, float]], score: str, level: f
         ax.plot([estimate], [y], "o", color=color)
     ax.axvline(0, color="black", linewidth=0.8)
     ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=8)
-    ax.set_xlabel(f"share of the variance in {score} beyond its shadow's ({level:.0%} interval)")
+    ax.set_xlabel("share of the variance beyond its shadow's")
+    ax.set_title(f"{score}: {level:.0%} bootstrap intervals", fontsize=9)
     ax.grid(True, axis="x", alpha=0.3)
     return _png(fig)
