@@ -28,9 +28,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from urllib.parse import quote, urlsplit
+
+from sweep.runtime.processes import alive  # (a zombie is not alive)
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,14 +130,6 @@ def start_mlflow(root: Path, pg_port: int, port: int, timeout: float = 180) -> N
     raise ServiceError(f"mlflow server did not answer on port {port} within {timeout:.0f} s; see {logfile}")
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-
-
 def read_env(root: Path) -> dict[str, str]:
     """The variables `write_env` wrote (what `source <root>/env` sets)."""
     pairs = (line.removeprefix("export ").split("=", 1) for line in (root / "env").read_text().splitlines())
@@ -188,12 +182,24 @@ def stop_mlflow(root: Path) -> None:
     if alive(pid):
         os.killpg(pid, signal.SIGTERM)
         for _ in range(100):
-            if not alive(pid):
+            if group_gone(pid):
                 break
             time.sleep(0.1)
         else:
             os.killpg(pid, signal.SIGKILL)
     pidfile.unlink()
+
+
+def group_gone(pgid: int) -> bool:
+    """Whether no process of the group `pgid` is left (its leader reaped first when it is our own
+    child: a zombie still counts as a member, and would hold the wait for its full 10 s)."""
+    with suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 def mlflow_port(root: Path) -> int:

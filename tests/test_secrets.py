@@ -16,6 +16,7 @@ import pytest
 
 from sweep.runtime.secrets import MASK, redact
 from sweep.study.storage import make_storage
+from tests import forked
 from tests.conftest import ROOT, TINY, clean_env
 
 
@@ -78,8 +79,11 @@ def test_planted_secrets_appear_nowhere(services, tmp_path):
 
     def run(args, env_extra=(), command=("sweep.py",)):
         env = clean_env() | {"MLFLOW_TRACKING_TOKEN": bearer} | dict(env_extra)
-        p = subprocess.run([sys.executable, *command, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=900)
+        if command[0].endswith(".py"):  # a script: forked from a process that imported the libraries (tests/forked.py)
+            p = forked.run([*command, *args], ROOT, env, timeout=900)
+        else:
+            p = subprocess.run([sys.executable, *command, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=900)
         outputs.append(p.stdout + p.stderr)
         return p
 
