@@ -190,6 +190,10 @@ def verdict_flips(runs: list, comparisons: list, metric: str, columns: dict[str,
     return pd.DataFrame(rows)
 
 
+def intervals(table: pd.DataFrame) -> list[str]:
+    return [f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in zip(table["excess_low"], table["excess_high"])]
+
+
 def importance_view(done: pd.DataFrame, metric: str, comparisons: list = ()) -> tuple[list, dict[str, bytes]]:
     """The report's tables for one task metric: the adapters' settings against their development score
     (fANOVA and PED-ANOVA), their interactions, and which setting flips the verdict (`comparisons`: the
@@ -206,7 +210,7 @@ def importance_view(done: pd.DataFrame, metric: str, comparisons: list = ()) -> 
     interval = f"beyond its shadow ({LEVEL:.0%} interval)"
     shown = pd.DataFrame({
         "setting": table["setting"], "share of the variance (fANOVA)": table["share"].map("{:.2f}".format),
-        interval: [f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in zip(table["excess_low"], table["excess_high"])],
+        interval: intervals(table),
         "matters": table["matters"].map({True: "yes", False: "no evidence"}),
         f"PED-ANOVA (top {PED_QUANTILE:.0%})": [f"{ped.get(k, 0.0):.2f}" for k in table["setting"]]})
     note = (f"fANOVA (Optuna's evaluator) on the {len(runs)} adapters' development {metric}, with every setting's "
@@ -223,9 +227,9 @@ def importance_view(done: pd.DataFrame, metric: str, comparisons: list = ()) -> 
     figure = plots.importance(rows, f"development {metric}", LEVEL)
     if not pairs.empty:
         tables.append((f"{metric}: interactions of two settings", pd.DataFrame({
-            "settings": pairs["settings"], "share of the variance": pairs["share"].map("{:.2f}".format),
-            interval: [f"[{lo:+.2f}, {hi:+.2f}]" for lo, hi in zip(pairs["excess_low"], pairs["excess_high"])],
-            "matters": shown_pairs["matters"].map({True: "yes", False: "no evidence"})}).head(SHOWN_PAIRS),
+            "settings": shown_pairs["settings"], "share of the variance": shown_pairs["share"].map("{:.2f}".format),
+            interval: intervals(shown_pairs),
+            "matters": shown_pairs["matters"].map({True: "yes", False: "no evidence"})}),
             "The share of the variance in what two settings do together beyond what each does alone (cell means of "
             "the grid less both settings' means), against the pair with the second setting shuffled."))
     flips = verdict_flips(runs, comparisons, metric, columns)
