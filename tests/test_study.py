@@ -9,8 +9,9 @@ from optuna.trial import TrialState
 
 from sweep.config import PROJECT_ROOT, ConfigError
 from sweep.study import trials
+from sweep.study.budget import settled_trials, stand_down_queued_retries
 from sweep.study.search import make_pruner, make_sampler, parse_search_space, trial_seed
-from sweep.study.storage import STORAGE_ENV, HeartbeatThread, fail_stale, make_storage
+from sweep.study.storage import STORAGE_ENV, HeartbeatThread, fail_stale, make_storage, requeue
 
 SPACE = parse_search_space(["lora.r=choice(2,8,16)", "train.lr=tag(log,interval(1e-5,1e-2))"])
 
@@ -82,6 +83,28 @@ def test_a_trial_whose_worker_stopped_beating_is_failed_and_queued_again(tmp_pat
     assert queued.system_attrs["fixed_params"] == dead.params and queued.user_attrs["retry_of"] == dead.number
     fail_stale(study)  # a second worker finds nothing more to fail
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 1
+
+
+@pytest.mark.parametrize("url", ["sqlite:///{tmp}/o.db", "{tmp}/o.journal"])
+def test_a_retry_queued_after_the_budget_was_met_stands_down_and_a_users_queued_configuration_waits(tmp_path, url):
+    """The race of test_team's three hosts: a worker asked a new trial while another queued a dead
+    worker's trial again; the new one met the budget, and the retry would wait for ever."""
+    study = optuna.create_study(storage=make_storage(url.format(tmp=tmp_path)), direction="maximize")
+    done, dead, raced = (study.ask(SPACE.distributions) for _ in range(3))
+    study.tell(done, 0.5)
+    study.tell(dead, state=TrialState.FAIL)
+    requeue(study, study.trials[dead.number])  # (what fail_stale does)
+    study.tell(raced, 0.6)
+    study.enqueue_trial({"lora.r": 4, "train.lr": 1e-3})  # a user's configuration for a later run
+    assert len(settled_trials(study)) == 2  # the budget of 2 is met
+    [retry] = [t.number for t in study.trials if t.user_attrs.get("retry_of") == dead.number]
+    assert stand_down_queued_retries(study) == [retry]
+    trials = study.get_trials()
+    assert trials[retry].state == TrialState.FAIL and trials[retry].user_attrs["surplus"]
+    assert [t.number for t in settled_trials(study)] == [done.number, raced.number]  # still met, not exceeded
+    assert [t.system_attrs["fixed_params"] for t in study.get_trials(states=(TrialState.WAITING,))] == [
+        {"lora.r": 4, "train.lr": 1e-3}]
+    assert stand_down_queued_retries(study) == []
 
 
 def test_the_journal_file_has_no_heartbeat_so_beating_is_a_no_op(tmp_path):

@@ -47,6 +47,23 @@ def settled_trials(study: optuna.Study) -> list:
         t.state == TrialState.FAIL and t.number not in again and not t.user_attrs.get("surplus"))]
 
 
+def stand_down_queued_retries(study: optuna.Study) -> list[int]:
+    """Once the budget is met, fail as surplus the retries still queued: a worker that asks for a
+    trial while another queues a dead worker's trial again can create a new trial instead of taking
+    the queued one (Optuna's ask checks the queue, then creates), and the new one then met the budget.
+    Left WAITING, the retry would wait for a worker that never comes (and be run by the next command
+    that resumes the study, for nothing). Configurations a user queued are left alone. Returns their
+    numbers."""
+    stood_down = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if "retry_of" not in t.user_attrs:
+            continue
+        study._storage.set_trial_user_attr(t._trial_id, "surplus", True)
+        if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            stood_down.append(t.number)
+    return stood_down
+
+
 def failures(study: optuna.Study, since: int = 0) -> int:
     """Trials numbered `since` or later that failed for a reason of their own."""
     return sum(1 for t in settled_trials(study) if t.state == TrialState.FAIL and t.number >= since)

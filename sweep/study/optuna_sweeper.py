@@ -35,7 +35,15 @@ from sweep.runtime import processes
 from sweep.runtime.interrupts import Terminated, install_signal_handlers
 from sweep.runtime.secrets import redact
 from sweep.study import controls, study_runs, trials
-from sweep.study.budget import count, failures, last_settled, recover_local_dead_trials, retried, settled_trials
+from sweep.study.budget import (
+    count,
+    failures,
+    last_settled,
+    recover_local_dead_trials,
+    retried,
+    settled_trials,
+    stand_down_queued_retries,
+)
 from sweep.study.search import (
     PRUNERS,
     SAMPLERS,
@@ -256,6 +264,8 @@ class OptunaSweeper(Sweeper):
         while True:
             done, running = len(settled_trials(study)), count(study, TrialState.RUNNING)
             if done >= self.n_trials:
+                if surplus := stand_down_queued_retries(study):
+                    log.info("the budget is met: queued retr(ies) %s not needed any more", surplus)
                 return
             if self.stop_after and controls.plateaued(study, self.stop_after):
                 log.info("no better value in the last %d completed trials (hydra.sweeper.stop_after): the study "
