@@ -1,19 +1,18 @@
 """The benchmark suite runs end to end (tiny model); its figures are ratios with raw timings beside."""
 
 import json
-import subprocess
-import sys
+import os
 
 import pytest
 
+from tests import forked
 from tests.conftest import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_quick_benchmark_writes_every_figure(tmp_path):
-    p = subprocess.run([sys.executable, "bench/run.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
-                       capture_output=True, text=True, timeout=2400)
+    p = forked.run(["bench/run.py", "--quick", "--out", str(tmp_path)], ROOT, dict(os.environ), timeout=2400)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     b = results["benchmarks"]

@@ -31,6 +31,7 @@ from sweep.scoring.evaluate import make_lm
 from sweep.self_instruct.rounds import generate_round
 from sweep.self_instruct.sampling import Completion, ModelSampler, classify
 from sweep.self_instruct.state import ROUNDS_FILE, RUN_FILE, State, load_seed_tasks
+from tests import forked
 from tests.conftest import ROOT, compose
 
 WORDS = ("apple river budget planet candle garden violin ocean ladder pepper silver thunder meadow rocket "
@@ -244,11 +245,10 @@ def test_generate_with_smollm2_then_train_on_the_generated_tasks(tmp_path, track
     from tests.conftest import TINY, clean_env, run_sweep, runs_of
 
     out = tmp_path / "generated"
-    p = subprocess.run([sys.executable, "generate_instructions.py", "generation.rounds=1",
-                        "generation.prompts_per_round=2", "generation.max_new_tokens=64",
-                        "generation.instance_max_new_tokens=48", f"generation.output_dir={out}", *tracking,
-                        f"hydra.run.dir={tmp_path}/out"], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                       env=clean_env())
+    p = forked.run(["generate_instructions.py", "generation.rounds=1", "generation.prompts_per_round=2",
+                    "generation.max_new_tokens=64", "generation.instance_max_new_tokens=48",
+                    f"generation.output_dir={out}", *tracking, f"hydra.run.dir={tmp_path}/out"], ROOT, clean_env(),
+                   timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     run_id = json.loads((out / RUN_FILE).read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=tracking[0].split("=", 1)[1])

@@ -123,8 +123,7 @@ def test_a_run_left_running_by_a_sigkilled_process_is_closed_by_the_next_run(tra
     proc.wait(timeout=60)
     [run] = runs_of(tracking).to_dict("records")
     assert run["status"] == "RUNNING" and run["tags.pid"] == str(proc.pid)
-    p = subprocess.run([sys.executable, "sweep.py", *TINY, *tracking, "method=zero_shot"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=600, env=clean_env())
+    p = run_sweep(*TINY, *tracking, "method=zero_shot")
     assert p.returncode == 0, p.stderr[-2000:]
     killed = runs_of(tracking).set_index("run_id").loc[run["run_id"]]
     assert killed["status"] == "KILLED" and f"pid {proc.pid}) is gone" in killed["tags.error"]

@@ -3,7 +3,6 @@
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -13,6 +12,7 @@ import pytest
 from analysis import report
 from analysis.stats import mcnemar_exact, paired_compare
 from sweep.tracking.records import STUDY_METHOD
+from tests import forked
 from tests.conftest import (
     ROOT,
     TINY,
@@ -189,8 +189,8 @@ def test_html_report_renders_in_a_real_browser(store):
 # --- reproduce.py ---------------------------------------------------------------------------------
 
 def reproduce(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "reproduce.py", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=600, env=clean_env())
+    """`python reproduce.py ARGS`, forked from a process that imported the libraries (tests/forked.py)."""
+    return forked.run(["reproduce.py", *args], ROOT, clean_env(), timeout=600)
 
 
 @pytest.fixture
