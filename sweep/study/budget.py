@@ -58,6 +58,7 @@ def stand_down_queued_retries(study: optuna.Study) -> list[int]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         if "retry_of" not in t.user_attrs:
             continue
+        # (through the storage: study.tell refuses a waiting trial)
         study._storage.set_trial_user_attr(t._trial_id, "surplus", True)
         if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
             stood_down.append(t.number)
