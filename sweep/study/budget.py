@@ -4,11 +4,15 @@ study does alike, so that they agree when the study is done."""
 
 from __future__ import annotations
 
+import logging
+
 import optuna
 from optuna.trial import TrialState
 
 from sweep.runtime import processes
 from sweep.study.storage import requeue
+
+log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -48,7 +52,7 @@ def settled_trials(study: optuna.Study) -> list:
 
 
 def stand_down_queued_retries(study: optuna.Study) -> list[int]:
-    """Once the budget is met, fail as surplus the retries still queued: a worker that asks for a
+    """Once the study is done, fail as surplus the retries still queued: a worker that asks for a
     trial while another queues a dead worker's trial again can create a new trial instead of taking
     the queued one (Optuna's ask checks the queue, then creates), and the new one then met the budget.
     Left WAITING, the retry would wait for a worker that never comes (and be run by the next command
@@ -62,6 +66,8 @@ def stand_down_queued_retries(study: optuna.Study) -> list[int]:
         study._storage.set_trial_user_attr(t._trial_id, "surplus", True)
         if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
             stood_down.append(t.number)
+    if stood_down:
+        log.info("the study is done: queued retr(ies) %s not needed any more", stood_down)
     return stood_down
 
 

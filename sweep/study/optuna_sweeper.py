@@ -34,16 +34,8 @@ from sweep.data.splits import selection_metric, test_metric
 from sweep.runtime import processes
 from sweep.runtime.interrupts import Terminated, install_signal_handlers
 from sweep.runtime.secrets import redact
-from sweep.study import controls, study_runs, trials
-from sweep.study.budget import (
-    count,
-    failures,
-    last_settled,
-    recover_local_dead_trials,
-    retried,
-    settled_trials,
-    stand_down_queued_retries,
-)
+from sweep.study import budget, controls, study_runs, trials
+from sweep.study.budget import count, failures, last_settled, recover_local_dead_trials, retried, settled_trials
 from sweep.study.search import (
     PRUNERS,
     SAMPLERS,
@@ -264,8 +256,6 @@ class OptunaSweeper(Sweeper):
         while True:
             done, running = len(settled_trials(study)), count(study, TrialState.RUNNING)
             if done >= self.n_trials:
-                if surplus := stand_down_queued_retries(study):
-                    log.info("the budget is met: queued retr(ies) %s not needed any more", surplus)
                 return
             if self.stop_after and controls.plateaued(study, self.stop_after):
                 log.info("no better value in the last %d completed trials (hydra.sweeper.stop_after): the study "
@@ -394,10 +384,10 @@ class OptunaSweeper(Sweeper):
     def _finish(self, study: optuna.Study, space: SearchSpace, parent: str) -> None:
         """Every worker logs the outcome; the one that settled the last trial closes the parent run
         (or, when the study was already complete, whoever finds the parent still open)."""
+        budget.stand_down_queued_retries(study)
         states = {s.name.lower(): count(study, s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         log.info("study %r: %s", study.study_name, ", ".join(f"{n} {k}" for k, n in states.items()))
-        best = study_runs.summary(study, self.selection, space.overrides, self.client,
-                                  self.config.tracking.experiment)
+        best = study_runs.summary(study, self.selection, space.overrides, self.client, self.config.tracking.experiment)
         last = last_settled(study)
         if last is None:
             return
