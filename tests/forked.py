@@ -70,9 +70,10 @@ def _run(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> 
 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    """`python ARGV` (ARGV[0]: a script under cwd), output captured, as subprocess.run would."""
+    """`python ARGV` (ARGV[0]: a script under cwd, or `-m` and a module), output captured, as subprocess.run
+    would. A module runs in a new interpreter (runpy here takes scripts)."""
     command = [sys.executable, *argv]
-    if not FORK or any(a.startswith(SPAWNED) for a in argv):
+    if not FORK or argv[0] == "-m" or any(a.startswith(SPAWNED) for a in argv):
         return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     with tempfile.TemporaryDirectory(prefix="forked-") as tmp:
         out, err = f"{tmp}/stdout", f"{tmp}/stderr"

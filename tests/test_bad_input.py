@@ -5,7 +5,6 @@ changes nothing in an existing store."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import sys
 from pathlib import Path
 
@@ -232,10 +231,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(inputs, tmp_path, monk
             if index % E2E_EVERY:
                 return
     env = clean_env() | {"PYTHONPATH": str(ROOT)}
-    if command.startswith("-m"):
-        p = subprocess.run([sys.executable, *command.split(), *argv], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=600, env=env)
-    else:  # (a script: in a process forked from one that imported the libraries, tests/forked.py)
-        p = forked.run([str(ROOT / command), *argv], tmp_path, env, timeout=600)
+    program = command.split() if command.startswith("-m") else [str(ROOT / command)]
+    p = forked.run([*program, *argv], tmp_path, env, timeout=600)  # (a script forked: tests/forked.py)
     assert p.returncode == 2, p.stderr[-3000:]
     assert_one_line_and_nothing_created(p.stderr, p.stdout, needle, tmp_path, store, before)

@@ -79,11 +79,7 @@ def test_planted_secrets_appear_nowhere(services, tmp_path):
 
     def run(args, env_extra=(), command=("sweep.py",)):
         env = clean_env() | {"MLFLOW_TRACKING_TOKEN": bearer} | dict(env_extra)
-        if command[0].endswith(".py"):  # a script: forked from a process that imported the libraries (tests/forked.py)
-            p = forked.run([*command, *args], ROOT, env, timeout=900)
-        else:
-            p = subprocess.run([sys.executable, *command, *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                               timeout=900)
+        p = forked.run([*command, *args], ROOT, env, timeout=900)
         outputs.append(p.stdout + p.stderr)
         return p
 
