@@ -174,19 +174,21 @@ def pg_port(root: Path) -> int:
 
 
 def stop_mlflow(root: Path) -> None:
-    """Stop the tracking server (SIGTERM to its process group, SIGKILL after 10 s)."""
+    """Stop the tracking server (SIGTERM to its process group, SIGKILL after 10 s; a group that ends
+    just before the SIGKILL is stopped all the same)."""
     pidfile = root / "mlflow.pid"
     if not pidfile.exists():
         return
     pid = int(pidfile.read_text())
-    if alive(pid):
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(100):
-            if group_gone(pid):
-                break
-            time.sleep(0.1)
-        else:
-            os.killpg(pid, signal.SIGKILL)
+    with suppress(ProcessLookupError):  # the group may end between a look and a signal
+        if alive(pid):
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(100):
+                if group_gone(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                os.killpg(pid, signal.SIGKILL)
     pidfile.unlink()
 
 
