@@ -63,9 +63,9 @@ from sweep.config import compose_config  # noqa: E402
 from sweep.runtime.machine import describe as describe_machine  # noqa: E402
 from sweep.tracking.records import STUDY_METHOD  # noqa: E402
 
-FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 3, "eval_limit": 100, "grid_steps": 60,
+FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 1, "eval_limit": 100, "grid_steps": 60,
         "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
-        "panel_examples": 872, "team_trials": 8, "team_steps": 4, "team_servers": True, "memory_steps": 4,
+        "panel_examples": 200, "team_trials": 8, "team_steps": 4, "team_servers": True, "memory_steps": 4,
         "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8,
         "kl_batch_size": 32, "search_dev": (200, 400), "search_startup": 50, "search_grid": [], "roofline_rows": 1024}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
@@ -665,9 +665,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="the tiny model and few steps (a smoke test)")
     ap.add_argument("--only", nargs="+", help="run these benchmarks only (names as in results.json)")
     ap.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json and results.md")
-    ap.add_argument("--panel-examples", type=int, help="examples per pass of the baseline panel (default: 872, "
-                                                       "quick: 16); lm-eval's own HFLM takes about an hour for 872")
-    ap.add_argument("--repeats", type=int, help="repeats of each timing (default: 3, quick: 1)")
+    ap.add_argument("--panel-examples", type=int, help="examples per pass of the baseline panel (default: 200, "
+                                                       "quick: 16); lm-eval's own HFLM takes about an hour for all 872")
+    ap.add_argument("--repeats", type=int, help="repeats of each timing, their median reported (default: 1)")
     a = ap.parse_args(argv)
     params = dict(QUICK if a.quick else FULL)
     if a.repeats:
