@@ -18,7 +18,8 @@ bench/results.md (or --out).
    training features  tokens/s with and without the answer-only LM head, and bf16 autocast
 5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner on the same
                       space (its grid sampler by default: every configuration is started, the
-                      pruner stops the weak ones early)
+                      pruner stops the weak ones early); each arm is judged by the one test score of
+                      the configuration its development scores choose
 6. peer comparison    tokens/s of our training vs TRL's SFTTrainer on the same LoRA SFT
 8. memory             one multirun of 10 jobs (5 methods x SST-2 and RTE): each job's peak RSS and
                       tokens/s, and the RSS each job starts from, with every job in the sweep's process
@@ -361,22 +362,9 @@ class Bench:
                       f"hydra.sweeper.storage={self.work}/optuna.journal", "hydra.sweeper.study_name=bench",
                       f"eval.every_steps={max(1, steps // 4)}", f"eval.slice_size={min(64, limit)}",
                       "tracking.experiment=bench-optuna"), self.log)
-        client, out = mlflow.MlflowClient(), {}
-        for name in ("bench-grid", "bench-optuna"):
-            runs = self.runs(name)
-            runs = runs[runs["tags.method"] != STUDY_METHOD]
-            spent = 0
-            for run_id in runs["run_id"]:
-                history = client.get_metric_history(run_id, "train/loss")
-                spent += max((h.step for h in history), default=0)
-            acc = runs["metrics.sst2/acc"].dropna()
-            out[name.split("-")[1]] = {"runs": len(runs), "train_steps": spent, "best_acc": float(acc.max())}
-        grid, opt = out["grid"], out["optuna"]
-        out |= {"optuna_sampler": self.p["optuna_sampler"], "compute_ratio": opt["train_steps"] / grid["train_steps"],
-                "best_gap_points": 100 * (grid["best_acc"] - opt["best_acc"]),
-                "target": "within 1 point of the grid's best for at most half the compute",
-                "met": opt["train_steps"] <= grid["train_steps"] / 2 and grid["best_acc"] - opt["best_acc"] <= 0.01}
-        return out
+        return sweep_efficiency_figures({arm: self.runs(f"bench-{arm}") for arm in ("grid", "optuna")},
+                                        self.p["optuna_sampler"])
+
 
     # 6 -------------------------------------------------------------------------------------------
     def trl(self) -> dict:
@@ -617,6 +605,26 @@ class Bench:
         return out | {"note": "wall time of `python sweep.py -m` with the Optuna sweeper (random sampler, the tiny "
                               "model, start-up included); embedded = journal file + SQLite, server = PostgreSQL study "
                               "+ `mlflow server` over PostgreSQL, both on this machine"}
+
+
+def sweep_efficiency_figures(runs_by_arm: dict, sampler: str) -> dict:
+    """Each arm's compute (training steps run, pruned trials' included) and the configuration it
+    chooses as a user would, on its development score, with that choice's one test score."""
+    client, out = mlflow.MlflowClient(), {}
+    for arm, runs in runs_by_arm.items():
+        runs = runs[runs["tags.method"] != STUDY_METHOD]
+        spent = sum(max((h.step for h in client.get_metric_history(run_id, "train/loss")), default=0)
+                    for run_id in runs["run_id"])
+        finished = runs.dropna(subset=["metrics.dev/sst2/acc"])
+        chosen = finished.loc[finished["metrics.dev/sst2/acc"].idxmax()]
+        out[arm] = {"runs": len(runs), "train_steps": spent, "chosen_dev_acc": float(chosen["metrics.dev/sst2/acc"]),
+                    "chosen_test_acc": float(chosen["metrics.sst2/acc"])}
+    grid, opt = out["grid"], out["optuna"]
+    gap = round(100 * (grid["chosen_test_acc"] - opt["chosen_test_acc"]), 9)  # (0.80 - 0.79 is 1.0000000000000009)
+    return out | {"optuna_sampler": sampler, "compute_ratio": opt["train_steps"] / grid["train_steps"],
+                  "test_gap_points": gap, "target": "the configuration chosen on development scores within 1 test "
+                                                    "point of the grid's choice for at most half the compute",
+                  "met": opt["train_steps"] <= grid["train_steps"] / 2 and gap <= 1}
 
 
 KL_REPLY_TOKENS = 128  # the instruction tasks' max_gen_toks: a reply is at most this long
