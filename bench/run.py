@@ -1,4 +1,4 @@
-"""The benchmark suite: `make bench` (SmolLM2-135M, about 3 h 20 min on 2 CPU cores) or
+"""The benchmark suite: `make bench` (SmolLM2-135M, about 1 h 50 min on 2 CPU cores) or
 `python bench/run.py --quick` (the tiny model, ~2 min; what the test runs).
 
 These machines are noisy, so every figure is a ratio of two things measured side by side in this
@@ -652,6 +652,10 @@ def whole_sequence_logprobs(model, lm, contexts: list[str], replies: list[str], 
 
 def markdown(results: dict) -> str:
     lines = [f"# Benchmarks ({results['machine']}, {results['mode']})", ""]
+    if "whole_run_seconds" in results:
+        lines += [f"One whole run: {results['whole_run_seconds'] / 60:.0f} min"
+                  + (f"; measured again since: {', '.join(results['measured_again'])}" if results.get("measured_again")
+                     else "") + ".", ""]
     for name, figures in results["benchmarks"].items():
         lines += [f"## {name}", "", "| figure | value |", "|---|---|"]
         for key, value in _flat(figures):
@@ -695,6 +699,10 @@ def main(argv=None) -> int:
         kept = json.loads(previous.read_text())
         if kept.get("mode") == results["mode"]:
             results["benchmarks"] = kept["benchmarks"]
+            if "whole_run_seconds" in kept:  # (the whole run's rows, but for those measured again since)
+                results |= {"whole_run_seconds": kept["whole_run_seconds"],
+                            "measured_again": sorted({*kept.get("measured_again", []), *a.only})}
+    began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         bench = Bench(params, Path(work))
         for name in a.only or names:
@@ -704,6 +712,10 @@ def main(argv=None) -> int:
             print(f"[bench] {name}: {json.dumps(results['benchmarks'][name])}", flush=True)
             (out / "results.json").write_text(json.dumps(results, indent=1))
             (out / "results.md").write_text(markdown(results))
+    if not a.only:
+        results["whole_run_seconds"] = time.perf_counter() - began
+        (out / "results.json").write_text(json.dumps(results, indent=1))
+        (out / "results.md").write_text(markdown(results))
     print(f"[bench] wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 

@@ -16,6 +16,7 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     b = results["benchmarks"]
+    assert results["whole_run_seconds"] >= sum(row["bench_seconds"] for row in b.values())
     assert set(b) == {"harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
                       "training_features", "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl",
                       "generation", "roofline"}
