@@ -654,7 +654,8 @@ def markdown(results: dict) -> str:
     lines = [f"# Benchmarks ({results['machine']}, {results['mode']})", ""]
     if "whole_run_seconds" in results:
         lines += [f"One whole run: {results['whole_run_seconds'] / 60:.0f} min"
-                  + (f"; measured again since: {', '.join(results['measured_again'])}" if results.get("measured_again")
+                  + (f"; measured again since: {', '.join(sorted(results['measured_again']))}"
+                     if results.get("measured_again")
                      else "") + ".", ""]
     for name, figures in results["benchmarks"].items():
         lines += [f"## {name}", "", "| figure | value |", "|---|---|"]
@@ -672,10 +673,26 @@ def _flat(d: dict, prefix=""):
             yield f"{prefix}{k}", v
 
 
+BENCHMARKS = ("harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
+              "training_features", "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl",
+              "generation", "roofline")
+
+
+def carried_over(previous: dict, results: dict, only: list[str]) -> dict:
+    """A partial run's results: the previous run's rows and settings, with the rows it measures again
+    named (and their settings kept apart), so that a file never passes off a mix as one run."""
+    if previous.get("mode") != results["mode"]:
+        return results
+    this_run = {"machine": results["machine"], "params": results["params"]}
+    again = {**previous.get("measured_again", {}), **{name: this_run for name in only}}
+    return previous | {"benchmarks": dict(previous["benchmarks"]), "measured_again": again}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="the tiny model and few steps (a smoke test)")
-    ap.add_argument("--only", nargs="+", help="run these benchmarks only (names as in results.json)")
+    ap.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
+                    help=f"run these benchmarks only, keeping the other rows of --out's results.json: {', '.join(BENCHMARKS)}")
     ap.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json and results.md")
     ap.add_argument("--panel-examples", type=int, help="examples per pass of the baseline panel (default: 200, "
                                                        "quick: 16); lm-eval's own HFLM takes about an hour for all 872")
@@ -688,24 +705,14 @@ def main(argv=None) -> int:
         params["panel_examples"] = a.panel_examples
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = ["harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
-             "training_features",
-             "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl", "generation",
-             "roofline"]
     results = {"machine": describe_machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
                "params": params, "benchmarks": {}}
-    previous = out / "results.json"
-    if a.only and previous.is_file():  # a partial run updates the figures it measured, keeps the rest
-        kept = json.loads(previous.read_text())
-        if kept.get("mode") == results["mode"]:
-            results["benchmarks"] = kept["benchmarks"]
-            if "whole_run_seconds" in kept:  # (the whole run's rows, but for those measured again since)
-                results |= {"whole_run_seconds": kept["whole_run_seconds"],
-                            "measured_again": sorted({*kept.get("measured_again", []), *a.only})}
+    if a.only and (out / "results.json").is_file():
+        results = carried_over(json.loads((out / "results.json").read_text()), results, a.only)
     began = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-") as work:
         bench = Bench(params, Path(work))
-        for name in a.only or names:
+        for name in a.only or BENCHMARKS:
             start = time.perf_counter()
             print(f"[bench] {name} ...", flush=True)
             results["benchmarks"][name] = getattr(bench, name)() | {"bench_seconds": time.perf_counter() - start}

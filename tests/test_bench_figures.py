@@ -1,4 +1,4 @@
-"""The benchmark's figures computed from recorded runs, on a store built for the case (no training)."""
+"""The benchmark's figures and results file, from runs and files built for the case (no training)."""
 
 import importlib.util
 
@@ -43,3 +43,32 @@ def test_each_arm_is_judged_by_the_configuration_its_development_scores_choose(t
     assert figures["optuna"] == {"runs": 2, "train_steps": 75, "chosen_dev_acc": 0.805, "chosen_test_acc": 0.79}
     assert figures["test_gap_points"] == 1.0 and figures["met"]
     assert figures["compute_ratio"] == pytest.approx(75 / 180)
+
+
+def test_a_partial_run_keeps_the_whole_runs_rows_and_settings_and_names_what_it_measured_again():
+    """`--only` after a whole run: the rows it does not measure, the whole run's time and settings stay
+    as they were; the rows it measures are listed with the settings and machine they were measured
+    with (a file of mixed runs says so), across several partial runs. Another mode's file is not
+    mixed in at all."""
+    carried_over = bench_module().carried_over
+    whole = {"machine": "A", "mode": "full (smollm2_135m)", "params": {"repeats": 1}, "whole_run_seconds": 6570.0,
+             "benchmarks": {"trl": {"ratio": 1.46}, "roofline": {"fraction": 0.47}}}
+    first = carried_over(whole, {"machine": "B", "mode": whole["mode"], "params": {"repeats": 3},
+                                 "benchmarks": {}}, ["trl"])
+    assert first["params"] == {"repeats": 1} and first["machine"] == "A" and first["whole_run_seconds"] == 6570.0
+    assert first["benchmarks"] == whole["benchmarks"] and first["benchmarks"] is not whole["benchmarks"]
+    assert first["measured_again"] == {"trl": {"machine": "B", "params": {"repeats": 3}}}
+    second = carried_over(first, {"machine": "C", "mode": whole["mode"], "params": {"repeats": 2},
+                                  "benchmarks": {}}, ["roofline"])
+    assert second["measured_again"] == {"trl": {"machine": "B", "params": {"repeats": 3}},
+                                        "roofline": {"machine": "C", "params": {"repeats": 2}}}
+    quick = {"machine": "B", "mode": "quick (tiny model)", "params": {}, "benchmarks": {}}
+    assert carried_over(whole, quick, ["trl"]) is quick
+
+
+def test_an_unknown_benchmark_name_is_refused_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        bench_module().main(["--only", "harness_overhaed", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'harness_overhaed'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
