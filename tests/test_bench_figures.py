@@ -17,12 +17,17 @@ def bench_module():
 
 
 def record(experiment: str, steps: int, dev: float | None, test: float | None, method: str = "lora") -> None:
-    mlflow.set_experiment(experiment)
-    with mlflow.start_run(tags={"method": method}):
-        for step in (1, steps):
-            mlflow.log_metric("train/loss", 1.0, step=step)
-        if dev is not None:
-            mlflow.log_metrics({"dev/sst2/acc": dev, "sst2/acc": test})
+    """A finished run (by the client's API: no active experiment or run is left behind for other tests)."""
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run_id = client.create_run(experiment_id, tags={"method": method}).info.run_id
+    for step in (1, steps):
+        client.log_metric(run_id, "train/loss", 1.0, step=step)
+    if dev is not None:
+        client.log_metric(run_id, "dev/sst2/acc", dev)
+        client.log_metric(run_id, "sst2/acc", test)
+    client.set_terminated(run_id)
 
 
 def test_each_arm_is_judged_by_the_configuration_its_development_scores_choose(tmp_path):
