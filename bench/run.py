@@ -365,7 +365,6 @@ class Bench:
         return sweep_efficiency_figures({arm: self.runs(f"bench-{arm}") for arm in ("grid", "optuna")},
                                         self.p["optuna_sampler"])
 
-
     # 6 -------------------------------------------------------------------------------------------
     def trl(self) -> dict:
         import datasets
@@ -673,6 +672,12 @@ def _flat(d: dict, prefix=""):
             yield f"{prefix}{k}", v
 
 
+def write(results: dict, out: Path) -> None:
+    """results.json and results.md, after every row (a run stopped midway keeps the rows it measured)."""
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown(results))
+
+
 BENCHMARKS = ("harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
               "training_features", "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl",
               "generation", "roofline")
@@ -717,12 +722,9 @@ def main(argv=None) -> int:
             print(f"[bench] {name} ...", flush=True)
             results["benchmarks"][name] = getattr(bench, name)() | {"bench_seconds": time.perf_counter() - start}
             print(f"[bench] {name}: {json.dumps(results['benchmarks'][name])}", flush=True)
-            (out / "results.json").write_text(json.dumps(results, indent=1))
-            (out / "results.md").write_text(markdown(results))
+            write(results, out)
     if not a.only:
-        results["whole_run_seconds"] = time.perf_counter() - began
-        (out / "results.json").write_text(json.dumps(results, indent=1))
-        (out / "results.md").write_text(markdown(results))
+        write(results | {"whole_run_seconds": time.perf_counter() - began}, out)
     print(f"[bench] wrote {out / 'results.json'} and {out / 'results.md'}")
     return 0
 
