@@ -99,8 +99,8 @@ def test_a_retry_queued_after_the_budget_was_met_stands_down_and_a_users_queued_
     assert len(settled_trials(study)) == 2  # the budget of 2 is met
     [retry] = [t.number for t in study.trials if t.user_attrs.get("retry_of") == dead.number]
     assert stand_down_queued_retries(study) == [retry]
-    trials = study.get_trials()
-    assert trials[retry].state == TrialState.FAIL and trials[retry].user_attrs["surplus"]
+    after = study.get_trials()
+    assert after[retry].state == TrialState.FAIL and after[retry].user_attrs["surplus"]
     assert [t.number for t in settled_trials(study)] == [done.number, raced.number]  # still met, not exceeded
     assert [t.system_attrs["fixed_params"] for t in study.get_trials(states=(TrialState.WAITING,))] == [
         {"lora.r": 4, "train.lr": 1e-3}]

@@ -15,6 +15,7 @@ from sweep.study.storage import requeue
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+SURPLUS = "surplus"  # user attribute of a trial failed because the budget was met without it
 
 
 def recover_local_dead_trials(study: optuna.Study) -> None:
@@ -48,7 +49,7 @@ def settled_trials(study: optuna.Study) -> list:
     all_trials = study.get_trials(deepcopy=False)
     again = retried(all_trials)
     return [t for t in all_trials if t.state in FINISHED or (
-        t.state == TrialState.FAIL and t.number not in again and not t.user_attrs.get("surplus"))]
+        t.state == TrialState.FAIL and t.number not in again and not t.user_attrs.get(SURPLUS))]
 
 
 def stand_down_queued_retries(study: optuna.Study) -> list[int]:
@@ -63,7 +64,7 @@ def stand_down_queued_retries(study: optuna.Study) -> list[int]:
         if "retry_of" not in t.user_attrs:
             continue
         # (through the storage: study.tell refuses a waiting trial)
-        study._storage.set_trial_user_attr(t._trial_id, "surplus", True)
+        study._storage.set_trial_user_attr(t._trial_id, SURPLUS, True)
         if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
             stood_down.append(t.number)
     if stood_down:

@@ -287,7 +287,7 @@ class OptunaSweeper(Sweeper):
                    if t.number < trial.number]
         if len(earlier) < self.n_trials:
             return False
-        trial.set_user_attr("surplus", True)
+        trial.set_user_attr(budget.SURPLUS, True)
         study.tell(trial, state=TrialState.FAIL)
         return True
 
