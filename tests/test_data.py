@@ -91,7 +91,8 @@ def test_long_prompts_are_cut_from_the_left_and_eos_appended(tiny):
 
 
 def test_data_files_are_the_projects(tasks):
-    assert data_files(tasks["sst2"]) == [ROOT / "data/sst2/train.jsonl", ROOT / "data/sst2/validation.jsonl"]
+    assert data_files(tasks["sst2"]) == [ROOT / "data/sst2/train.jsonl", ROOT / "data/sst2/dev.jsonl",
+                                         ROOT / "data/sst2/validation.jsonl"]
 
 
 def _task_dir(tmp_path, lines: list[str] | None):
@@ -100,6 +101,7 @@ def _task_dir(tmp_path, lines: list[str] | None):
     (tmp_path / "data").mkdir()
     yaml = (ROOT / "tasks/sst2.yaml").read_text().replace("task: sst2", "task: sst2_copy")
     yaml = yaml.replace("sst2/validation.jsonl", "bad.jsonl").replace("sst2/train.jsonl", "bad.jsonl")
+    yaml = yaml.replace("sst2/dev.jsonl", "bad.jsonl")
     (tmp_path / "tasks/sst2_copy.yaml").write_text(yaml)
     (tmp_path / "tasks/local_data.py").write_text((ROOT / "tasks/local_data.py").read_text())
     if lines is not None:

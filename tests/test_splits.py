@@ -20,22 +20,29 @@ def test_the_slice_is_the_same_whatever_the_seed_or_the_template():
     assert len(default["sst2"]) == 50 and splits.dev_slices(loaded("method=zero_shot"), 0) == {"sst2": []}
 
 
-def test_the_slice_is_never_trained_on():
+def test_a_task_with_its_own_dev_split_takes_the_slice_from_it_and_trains_on_all_of_train():
     task = loaded("data=rte")["rte"]
     dev = splits.dev_indices(task, 40)
-    texts = {splits.text_of(task, task.dataset["train"][i]) for i in dev}
-    pairs = training_pairs(task, "train", None, seed=0, exclude=set(dev))
-    assert len(pairs) == len(task.dataset["train"]) - 40
-    assert not any(any(t in context for t in texts) for context, _ in pairs)
-    assert len(training_pairs(task, "train", None, seed=0)) == len(task.dataset["train"])  # (dev_size=0: all)
+    assert dev == list(range(40)) and splits.held_from_training(task, dev) == set()
+    scored = splits.dev_task(task, dev).eval_docs
+    assert [d["idx"] for d in scored] == [task.dataset["dev"][i]["idx"] for i in range(40)]
+    with pytest.raises(splits.ConfigError, match="data.dev_size=401 is larger than task rte's dev split"):
+        splits.dev_indices(task, 401)
 
 
-def test_the_preference_stages_never_train_on_the_slice(tiny):
+def test_a_carved_slice_takes_whole_groups_and_none_of_them_trains(tiny):
+    """hh_rlhf has no dev split: its slice is carved from train, and every pair that opens with the
+    same Human turn as a development pair (its `group_by`) is held from training too."""
     task = loaded("data=hh_rlhf", "method=lora", "stage=reward")["hh_rlhf"]
     dev = splits.dev_indices(task, 32)
-    prompts = {task.dataset["train"][i]["prompt"] for i in dev}
-    docs = preference_docs(task, "train", None, 0, tiny[1], None, "reward", exclude=set(dev))
-    assert len(docs) == len(task.dataset["train"]) - 32 and not prompts & {d["prompt"] for d in docs}
+    train = task.dataset["train"]
+    groups = {splits.group_of(task, train[i]) for i in dev}
+    held = splits.held_from_training(task, dev)
+    assert set(dev) <= held and len(held) > len(dev)  # (this seed's slice shares a Human turn with other pairs)
+    docs = preference_docs(task, "train", None, 0, tiny[1], None, "reward", exclude=held)
+    assert len(docs) == len(train) - len(held) and not groups & {splits.group_of(task, d) for d in docs}
+    reported = {splits.group_of(task, d) for d in task.eval_docs}
+    assert not groups & reported
 
 
 def test_a_task_without_a_train_split_has_no_slice_and_a_too_large_slice_is_refused():
@@ -66,11 +73,11 @@ def test_a_trained_pool_holds_exactly_the_examples_an_adapter_of_that_size_and_s
     cfg = compose("model=tiny", "data=rte", "method=few_shot", "eval.fewshot_pool=trained",
                   "data.max_train_samples=16", "seed=3")
     pool = splits.demonstration_pool(task, dev, demonstration_source(cfg))
-    trained = training_pairs(task, "train", 16, seed=3, exclude=set(dev))
+    trained = training_pairs(task, "train", 16, seed=3, exclude=splits.held_from_training(task, dev))
     assert [splits.text_of(task, d) for d in pool] == [context for context, _ in trained]
-    assert len(pool) == 16 and not {splits.text_of(task, task.dataset["train"][i]) for i in dev} & \
+    assert len(pool) == 16 and not {splits.text_of(task, task.dataset["dev"][i]) for i in dev} & \
         {splits.text_of(task, d) for d in pool}
     other_seed = splits.demonstration_pool(task, dev, splits.Pool(16, 4))
     assert [d["idx"] for d in other_seed] != [d["idx"] for d in pool]
     whole = splits.demonstration_pool(task, dev, demonstration_source(compose("model=tiny", "data=rte")))
-    assert len(whole) == len(task.dataset["train"]) - 40
+    assert len(whole) == len(task.dataset["train"])

@@ -2,12 +2,14 @@
 
 - **test**: the split a task reports on (its validation split here; the first `eval.limit`
   examples). Scored once per run, after every choice is made, and never read by one.
-- **development**: `data.dev_size` examples of the train split, a seeded sample without any
-  example whose prompt text occurs in the test split. Every choice is made on it: the strongest
+- **development**: the first `data.dev_size` examples of the task's `dev` split (SST-2, RTE: full
+  sentences, or premises, that no test or training example shares; scripts/build_splits.py), or
+  else a seeded sample of whole groups (`group_of`) of the train split that no test example shares.
+  Every choice is made on it: the strongest
   baseline's variant and demonstrations, an Optuna trial's value, its pruning, the best
   configuration of a sweep. Runs record its scores as `dev/<task>/<metric>`.
 - **train**: the rest of the train split: what adapters fit, and the pool demonstrations are
-  drawn from (a development example is never trained on, nor put in a prompt).
+  drawn from (a development example, or one of its group, is never trained on, nor put in a prompt).
 
 The slice does not move with `seed`: every run of a task, whatever its seed or method, chooses on
 the same examples, so the arms' development scores compare like for like.
@@ -53,11 +55,35 @@ def has_train_split(task) -> bool:
     return bool(split) and split not in (task.config.validation_split, task.config.test_split)
 
 
+def has_dev_split(task) -> bool:
+    """Whether the task ships its development examples as a split of their own (`dev`: SST-2 and
+    RTE, built by source in scripts/build_splits.py) rather than carved from its train split."""
+    return DEV_SPLIT in task.dataset and task.config.training_split != DEV_SPLIT
+
+
+def group_of(task, doc) -> str:
+    """The source an example comes from: the task metadata's `group_by` template (hh_rlhf: the
+    dialogue's first Human turn), else its prompt text. A carved development slice takes whole groups."""
+    template = (task.config.metadata or {}).get("group_by")
+    if template:
+        from lm_eval.utils import apply_template
+
+        return apply_template(template, doc)
+    return text_of(task, doc)
+
+
 def dev_indices(task, size: int, seed: int = DEV_SLICE_SEED) -> list[int]:
-    """`size` seeded indices into the task's train split whose prompt text does not occur in the
-    test split (SST-2's train split repeats some of its validation sentences); [] for size 0."""
+    """The development slice: the first `size` rows of the task's own `dev` split where it has one;
+    else `size` seeded indices into its train split, from groups (`group_of`) that no test example
+    shares; [] for size 0."""
     if not size:
         return []
+    if has_dev_split(task):
+        available = len(task.dataset[DEV_SPLIT])
+        if size > available:
+            raise ConfigError(f"data.dev_size={size} is larger than task {task.config.task}'s dev split "
+                              f"({available} examples); lower it")
+        return list(range(size))
     if not has_train_split(task):
         raise ConfigError(f"data.dev_size={size}: task {task.config.task} has no train split apart from the split it "
                           f"reports on, so there is nowhere to carve a development slice from; set data.dev_size=0 "
@@ -66,17 +92,27 @@ def dev_indices(task, size: int, seed: int = DEV_SLICE_SEED) -> list[int]:
     if size > len(train):  # (no need to read every example to know)
         raise ConfigError(f"data.dev_size={size} is larger than task {task.config.task}'s train split can give "
                           f"(it has {len(train)} examples); lower it")
-    reported = {text_of(task, d) for d in task.eval_docs}
+    reported = {group_of(task, d) for d in task.eval_docs}
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
     picked = []
     for i in order:
-        if text_of(task, train[i]) not in reported:
+        if group_of(task, train[i]) not in reported:
             picked.append(i)
             if len(picked) == size:
                 return sorted(picked)
     raise ConfigError(f"data.dev_size={size} is larger than task {task.config.task}'s train split can give "
                       f"({len(picked)} examples not in the test split); lower it")
+
+
+def held_from_training(task, dev: list[int]) -> set[int]:
+    """Indices of the train split never trained on nor shown as a demonstration: a carved development
+    slice and every example of its groups (none when the task has its own dev split)."""
+    if not dev or has_dev_split(task):
+        return set()
+    train = task.dataset[task.config.training_split]
+    groups = {group_of(task, train[i]) for i in dev}
+    return {i for i, doc in enumerate(train) if group_of(task, doc) in groups}
 
 
 def dev_slices(tasks: dict, size: int) -> dict[str, list[int]]:
@@ -92,15 +128,15 @@ def dev_slices(tasks: dict, size: int) -> dict[str, list[int]]:
 
 
 def dev_task(task, indices: list[int]):
-    """A shallow copy of `task` that scores the development slice (or any rows of the train split
-    given by `indices`, in that order) as its reported split."""
+    """A shallow copy of `task` that scores the development slice (or any rows of the split it comes
+    from, its dev split or else its train split, given by `indices`, in that order) as its reported split."""
     import datasets
 
     dev = copy.copy(task)
     dev._config = copy.copy(task.config)
     dev._config.validation_split, dev._config.test_split = DEV_SPLIT, None
-    train = task.dataset[task.config.training_split]
-    dev.dataset = datasets.DatasetDict({**task.dataset, DEV_SPLIT: train.select(indices)})
+    source = task.dataset[DEV_SPLIT if has_dev_split(task) else task.config.training_split]
+    dev.dataset = datasets.DatasetDict({**task.dataset, DEV_SPLIT: source.select(indices)})
     return dev
 
 
@@ -137,7 +173,7 @@ def demonstration_pool(task, dev: list[int], pool: Pool = WHOLE_SPLIT) -> list[d
     docs = list(task.fewshot_docs())
     if (task.config.fewshot_split or task.config.training_split) != task.config.training_split:
         return docs
+    held = held_from_training(task, dev)
     if pool.size:
-        return [docs[i] for i in training_order(len(docs), pool.size, pool.seed, set(dev))]
-    held = set(dev)
+        return [docs[i] for i in training_order(len(docs), pool.size, pool.seed, held)]
     return [d for i, d in enumerate(docs) if i not in held] if held else docs

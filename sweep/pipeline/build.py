@@ -118,8 +118,8 @@ def build(cfg: DictConfig, project: ProjectTasks | None = None, generated: Path 
     dev_tasks = {name: splits.dev_task(task, slices[name]) for name, task in eval_tasks.items() if slices.get(name)}
     pools = {name: splits.demonstration_pool(task, slices.get(name, []), demonstration_source(cfg))
              for name, task in eval_tasks.items()} if cfg.method.num_fewshot else {}
-    trained_apart = set(slices.get(cfg.data.task, [])) if uses_training_split(tasks.get(cfg.data.task), cfg.data) \
-        else set()  # (the development slice is never trained on)
+    trained_apart = splits.held_from_training(tasks[cfg.data.task], slices.get(cfg.data.task, [])) \
+        if uses_training_split(tasks.get(cfg.data.task), cfg.data) else set()  # (nor its groups)
     check_inputs(cfg, tasks)
     stage = STAGES[cfg.stage.name]
     model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization,
@@ -162,8 +162,8 @@ def uses_training_split(task, data_cfg: DictConfig) -> bool:
 
 def dev_pairs_of(task, indices: list[int], stage: str) -> list[dict]:
     """The preference pairs of a development slice (stage=reward scores its accuracy on them)."""
-    train = task.dataset[task.config.training_split]
-    return checked_pairs(task, [train[i] for i in indices], stage) if indices else []
+    rows = task.dataset[splits.DEV_SPLIT if splits.has_dev_split(task) else task.config.training_split]
+    return checked_pairs(task, [rows[i] for i in indices], stage) if indices else []
 
 
 def check_inputs(cfg: DictConfig, tasks: dict) -> None:
