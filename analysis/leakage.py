@@ -1,19 +1,22 @@
-"""The report's leakage audit: how many test examples overlap what either arm could have learned from
-(each run's `leakage.json`, sweep/scoring/leakage.py), and the verdict of the sweep's chosen adapter
-against the strongest baseline on every test example and on the clean ones alone (the same examples
-for both arms: paired per example, Holm-corrected in the same family as the headline verdicts)."""
+"""The report's leakage audit, per arm: how many test examples overlap what the chosen adapter saw
+(its training rows) and what the chosen baseline saw (its demonstrations), from each run's
+`leakage.json` (sweep/scoring/leakage.py); the clean subset (flagged by neither) with its size and
+label balance; and the primary verdict on every test example and on the clean ones alone (paired per
+example, at the primary claim's level)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import replace
 
 import mlflow
 import pandas as pd
 
 from analysis import verdict
 from analysis.runs import cell
-from analysis.stats import examples_available, samples
-from analysis.summary import best_by_dev, group_key, main_metrics, margin_of, references
+from analysis.stats import examples_available, logged_samples, samples
+from analysis.summary import confirmations, group_key, references
 from sweep.tracking.records import LEAKAGE
 from sweep.tracking.untrusted import printable
 
@@ -31,56 +34,77 @@ def flagged(run_id: str, task: str) -> list[dict]:
             and not isinstance(f.get("doc_id"), bool)] if isinstance(rows, list) else []
 
 
+def labels(run_id: str, task: str) -> dict:
+    """{doc_id: gold label} of a run's logged test examples (lm-eval's `target`)."""
+    return {x["doc_id"]: x.get("target") for x in logged_samples(run_id).get(task, [])
+            if isinstance(x, dict) and isinstance(x.get("doc_id"), int)}
+
+
+def balance(gold: dict, ids) -> str:
+    """'212 / 188' (the count per label among `ids`, by label)."""
+    counts = Counter(str(gold.get(i)) for i in ids)
+    return " / ".join(f"{counts[k]}" for k in sorted(counts)) if counts else "-"
+
+
 def clean_verdicts(done: pd.DataFrame, comparisons: list[verdict.Comparison]):
-    """Per task metric: (the chosen adapter, its flagged examples, the verdict on all test examples,
-    the verdict on the clean ones), or nothing where no adapter or strongest baseline was scored."""
+    """Per task metric: (the chosen adapter, the chosen baseline, the flags of each, the primary
+    verdict on all test examples, the one on the examples neither arm's audit flagged)."""
     out = []
-    for m in main_metrics(done):
-        task, name = m.split("/", 1)
-        chosen = best_by_dev(done, m)
-        strongest = references(done, m).get(group_key(chosen), None) if chosen is not None else None
-        if strongest is None or strongest.strongest is None:
+    for c in comparisons:
+        if c.role != verdict.PRIMARY:
             continue
-        base = strongest.strongest
-        mine = next((c for c in comparisons if c.run_id == chosen["run_id"] and c.metric == m), None)
-        if mine is None:
+        task, name = c.metric.split("/", 1)
+        chosen = done[done["run_id"] == c.run_id].iloc[0]
+        base = references(done, c.metric).get(group_key(chosen))
+        if base is None or base.strongest is None:
             continue
-        flags = flagged(chosen["run_id"], task)
-        dirty = {f["doc_id"] for f in flags}
-        adapter, baseline = samples(chosen["run_id"], task, name), samples(base["run_id"], task, name)
-        clean = verdict.compare(chosen["run_id"], mine.run, m, mine.baseline,
-                                {i: s for i, s in adapter.items() if i not in dirty},
+        base = base.strongest
+        adapter, baseline = samples(c.run_id, task, name), samples(base["run_id"], task, name)
+        adapter_flags = [f for f in flagged(c.run_id, task) if f["doc_id"] in adapter]
+        baseline_flags = [f for f in flagged(base["run_id"], task) if f["doc_id"] in baseline]
+        dirty = {f["doc_id"] for f in adapter_flags + baseline_flags}
+        seeds = [adapter] + [samples(r["run_id"], task, name) for r in confirmations(done, c.run_id)]
+        clean = verdict.compare(c.run_id, c.run, c.metric, c.baseline,
+                                [{i: s for i, s in seed.items() if i not in dirty} for seed in seeds],
                                 {i: s for i, s in baseline.items() if i not in dirty},
-                                margin_of(chosen), examples_available(base["run_id"], task))
-        if clean is not None:  # (Holm-corrected in the headline family, in place of the all-examples one)
-            family = verdict.corrected([clean if c is mine else c for c in comparisons])
-            clean = family[comparisons.index(mine)]
-        out.append((chosen, m, [f for f in flags if f["doc_id"] in adapter], mine, clean))
+                                c.margin, examples_available(base["run_id"], task))
+        if clean is not None:
+            clean = replace(clean, role=c.role, family=c.family)
+        gold = labels(c.run_id, task)
+        out.append((chosen, base, c.metric, adapter_flags, baseline_flags,
+                    [i for i in adapter if i not in dirty], gold, c, clean))
     return out
 
 
 def leakage_view(done: pd.DataFrame, comparisons: list[verdict.Comparison]) -> list[tuple[str, pd.DataFrame, str]]:
-    """The report's tables: the audit with both verdicts per task, and the first flagged examples."""
+    """The report's tables: the audit of each arm with both verdicts per task, and the first flagged examples."""
     rows, examples = [], []
-    for chosen, m, flags, everything, clean in clean_verdicts(done, comparisons):
+    for chosen, base, m, adapter_flags, baseline_flags, clean_ids, gold, everything, clean in \
+            clean_verdicts(done, comparisons):
         same = clean is not None and clean.verdict == everything.verdict
         rows.append({"task metric": m, "chosen adapter": cell(chosen, "tags.mlflow.runName"),
-                     "flagged": f"{len(flags)} of {everything.n}",
+                     "flagged (adapter's training rows)": f"{len(adapter_flags)} of {everything.n}",
+                     "chosen baseline": cell(base, "tags.mlflow.runName"),
+                     "flagged (baseline's demonstrations)": f"{len(baseline_flags)} of {everything.n}",
+                     "clean (neither)": f"{len(clean_ids)}; labels {balance(gold, clean_ids)}",
+                     "flagged labels": balance(gold, set(gold) - set(clean_ids)),
                      "verdict (all)": everything.sentence(),
                      "verdict (clean only)": clean.sentence() if clean is not None else "no clean example scored",
                      "verdict changes": "no" if same else "YES"})
-        examples += [{"task": m.split("/")[0], "doc_id": f["doc_id"], "kind": printable(f.get("kind", "")),
-                      "score": f.get("score"), "test example": printable(f.get("test", ""))[:200],
-                      "training text it overlaps": printable(f.get("training", ""))[:200]} for f in flags[:SHOWN]]
+        for arm, flags in (("adapter", adapter_flags), ("baseline", baseline_flags)):
+            examples += [{"task": m.split("/")[0], "arm": arm, "doc_id": f["doc_id"],
+                          "kind": printable(f.get("kind", "")), "score": f.get("score"),
+                          "test example": printable(f.get("test", ""))[:200],
+                          "text it overlaps": printable(f.get("training", ""))[:200]} for f in flags[:SHOWN]]
     if not rows:
         return []
-    note = ("Test examples that share a 13-gram of words with what either arm could have learned from (the task's "
-            "training and few-shot splits, the trained task, generated tasks; a shorter example when it equals a "
-            "training text) or are near-duplicates of it (ROUGE-L F1 >= 0.8), as in GPT-3's and lm-eval's "
-            "decontamination. The chosen adapter (by development score) against the strongest baseline on every "
-            "scored test example, and on the clean ones alone (paired, Holm-corrected with the headline verdicts).")
+    note = ("Each arm audited on what it saw: the chosen adapter on its training rows, the chosen baseline on the "
+            "demonstrations it was prompted with. A test example is flagged when, as normalised words, it lies inside "
+            "a seen text, holds one of 5+ words, shares a 13-gram with one (GPT-3's and lm-eval's decontamination), or "
+            "is a near-duplicate (ROUGE-L F1 >= 0.8). The primary verdict on every scored test example, and on those "
+            "neither arm's audit flagged (paired, at the primary claim's level). Labels: count per label, by label.")
     tables = [("Leakage audit", pd.DataFrame(rows), note)]
     if examples:
-        tables.append(("Flagged test examples (the first of each task)", pd.DataFrame(examples),
-                       "Each with the training text it overlaps (n-gram: words shared in a row; rouge_l: F1)."))
+        tables.append(("Flagged test examples (the first of each arm)", pd.DataFrame(examples),
+                       "Each with the seen text it overlaps (containment/contains/n-gram: words; rouge_l: F1)."))
     return tables

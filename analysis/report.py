@@ -25,13 +25,15 @@ from analysis.instruction_data import instruction_data_view
 from analysis.leakage import leakage_view
 from analysis.pipeline import pipeline_view
 from analysis.render import Code, Report, write
-from analysis.runs import BASELINES, STRONGEST, cell, feasible, search_runs, tag, template
+from analysis.runs import BASELINES, STRONGEST, cell, search_runs, tag, template
 from analysis.runs import value as number
 from analysis.stats import compare_runs
 from analysis.summary import (
     DEGENERATE_SHARE,
     References,
     band_lines,
+    best_by_dev,
+    by_development_score,
     fmt,
     group_key,
     main_metrics,
@@ -40,6 +42,7 @@ from analysis.summary import (
     sweep_verdicts,
     verdict_lines,
 )
+from analysis.verdict import percent
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring.results import is_task_metric
@@ -108,7 +111,7 @@ def headline(done: pd.DataFrame, metric: str, comparisons: list = ()) -> pd.Data
     refs = references(done, metric)
     verdicts = {c.run_id: c for c in comparisons if c.metric == metric}
     rows = []
-    for _, r in done.iterrows():
+    for _, r in by_development_score(done).iterrows():
         value = number(r, f"metrics.{metric}")
         if value is None:
             continue
@@ -120,7 +123,9 @@ def headline(done: pd.DataFrame, metric: str, comparisons: list = ()) -> pd.Data
         ref = refs.get(group_key(r), References())
         row["vs strongest"], row["CI (strongest)"], row["p (strongest)"] = compare(r, ref.strongest, task, name)
         c = verdicts.get(r["run_id"])
-        row["p (Holm)"], row["verdict"] = (f"{c.p_holm:.2g}", short_verdict(c)) if c else ("-", "-")
+        low, high = c.interval if c else (None, None)
+        row["verdict interval"] = f"[{low:+.3f}, {high:+.3f}] at {percent(c.level)}" if c else "-"
+        row["verdict"] = short_verdict(c)
         zero = ref.zero_shot.get(template(r)) if method not in BASELINES else None
         row["vs zero-shot"], row["CI (zero-shot)"], row["p (zero-shot)"] = compare(r, zero, task, name)
         share = number(r, f"metrics.{task}/top_prediction_share")
@@ -200,17 +205,6 @@ def not_finished(runs: pd.DataFrame) -> tuple[dict[str, int], pd.DataFrame]:
     return counts, table
 
 
-def best_run(done: pd.DataFrame, metric: str) -> tuple[pd.Series, bool] | None:
-    """(the trained run with the best development score, True); without development scores (data.dev_size=0),
-    (the best by test score, False): peeking, and said so."""
-    trained = done[~done["tags.method"].isin((*BASELINES, STUDY_METHOD))]
-    trained = trained.loc[[feasible(r) for _, r in trained.iterrows()]]
-    for column, honest in ((f"metrics.{DEV_PREFIX}{metric}", True), (f"metrics.{metric}", False)):
-        if column in trained and not trained[column].isna().all():
-            return trained.loc[trained[column].idxmax()], honest
-    return None
-
-
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run, task and metric (the CSV)."""
     rows = []
@@ -262,7 +256,9 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
                "and eval.limit, chosen on a development slice of the train split (method=strongest_baseline), and "
                "(b) the zero-shot baseline with the run's own prompt template; the difference is paired per "
                "example (McNemar's exact test for 0/1 scores, a paired permutation test otherwise), with a 95% "
-               "paired-bootstrap interval. A baseline giving one answer to more than "
+               "paired-bootstrap interval. The verdict column is analysis/verdict.py's: one primary claim per "
+               "task (the adapter chosen on development data), its decision exactly where its interval lies. "
+               "Rows: the chosen adapter first, then by development score. A baseline giving one answer to more than "
                f"{DEGENERATE_SHARE:.0%} of the examples is flagged degenerate.", *band_lines(done)])
     for metric in metrics:
         rep.tables.append((f"{metric}: every run against the baselines", headline(done, metric, comparisons), ""))
@@ -293,17 +289,16 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
     if not unfinished.empty:
         rep.tables.append(("Runs that did not finish", unfinished,
                            "Failed, killed and pruned runs are counted here and left out of the tables above."))
-    found = best_run(done, metrics[0])
-    if found is not None:
-        best, honest = found
+    best = best_by_dev(done, metrics[0])
+    if best is not None:
         command = "-"
         try:
             command = mlflow.artifacts.load_text(f"runs:/{best['run_id']}/command.txt").strip()
         except Exception:  # noqa: BLE001  (an older run without the artifact)
             pass
         how = (f"chosen by its development score ({DEV_PREFIX}{metrics[0]} = "
-               f"{fmt(number(best, f'metrics.{DEV_PREFIX}{metrics[0]}'))})" if honest else
-               "the best test score (no development scores recorded, data.dev_size=0: this choice peeks)")
+               f"{fmt(number(best, f'metrics.{DEV_PREFIX}{metrics[0]}'))}); without development scores "
+               f"(data.dev_size=0) no run is chosen")
         rep.best = [f"{cell(best, 'tags.mlflow.runName')} ({best['run_id']}), {how}: test {metrics[0]} = "
                     f"{fmt(number(best, f'metrics.{metrics[0]}'), number(best, f'metrics.{metrics[0]}_stderr'))}",
                     "Reproduce it (same config, seed and data; compares every metric):",

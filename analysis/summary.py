@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass, field
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 from analysis import verdict
@@ -125,7 +126,20 @@ def diff(row, ref: pd.Series | None, metric: str) -> str:
     return "-" if a is None or b is None or row["run_id"] == ref["run_id"] else f"{a - b:+.3f}"
 
 
+def by_development_score(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs with the sweep's choice first, then by development score (the first task's headline
+    metric), best first, runs without one last: nothing is ordered by a test score."""
+    metrics = main_metrics(runs)
+    if not metrics or runs.empty:
+        return runs
+    chosen = best_by_dev(runs, metrics[0])
+    key = runs.apply(lambda r: (r["run_id"] != (chosen["run_id"] if chosen is not None else None),
+                                -(value(r, f"metrics.{DEV_PREFIX}{metrics[0]}") or -math.inf)), axis=1)
+    return runs.loc[sorted(runs.index, key=key.__getitem__)].reset_index(drop=True)
+
+
 def comparison_table(runs: pd.DataFrame, comparisons: list[verdict.Comparison] = ()) -> pd.DataFrame:
+    runs = by_development_score(runs)
     metrics, rows = main_metrics(runs), []
     refs = {m: references(runs, m) for m in metrics}
     dev = {m for m in metrics if f"metrics.{DEV_PREFIX}{m}" in runs}
@@ -183,12 +197,24 @@ def band_lines(runs: pd.DataFrame) -> list[str]:
 def short_verdict(c: verdict.Comparison | None) -> str:
     if c is None:
         return "-"
-    return f"inconclusive (+{c.more_examples:,})" if c.more_examples else c.verdict
+    return f"{c.verdict} ({c.role})" if c.role == verdict.PRIMARY else c.verdict
+
+
+CONFIRMS = "confirms"  # tag of a run that retrains the sweep's chosen configuration with another seed (confirm.py)
 
 
 def is_adapter(row) -> bool:
-    """A finished run that trained something (not a baseline, not an Optuna study's parent run)."""
-    return row.get("status") == "FINISHED" and row.get("tags.method") not in (*BASELINES, STUDY_METHOD)
+    """A finished run that trained something (not a baseline, not an Optuna study's parent run, not a
+    seed retraining the chosen configuration: those join its primary verdict)."""
+    return row.get("status") == "FINISHED" and row.get("tags.method") not in (*BASELINES, STUDY_METHOD) \
+        and not isinstance(row.get(f"tags.{CONFIRMS}"), str)
+
+
+def confirmations(runs: pd.DataFrame, run_id: str) -> list[pd.Series]:
+    """The finished runs that retrained `run_id`'s configuration with other seeds."""
+    if f"tags.{CONFIRMS}" not in runs:
+        return []
+    return [r for _, r in runs.iterrows() if r.get(f"tags.{CONFIRMS}") == run_id and r.get("status") == "FINISHED"]
 
 
 def margin_of(row) -> float:
@@ -196,21 +222,27 @@ def margin_of(row) -> float:
 
 
 def sweep_verdicts(runs: pd.DataFrame) -> list[verdict.Comparison]:
-    """Every finished adapter against the strongest baseline of its model and eval.limit, on each
-    task's headline metric, Holm-corrected as one family (analysis/verdict.py)."""
-    family = []
+    """Per task's headline metric: the primary comparison (the adapter the development scores choose,
+    with its confirming seeds, against the strongest baseline), one per task and corrected across
+    tasks; then every other adapter, secondary, corrected among themselves (analysis/verdict.py)."""
+    primary, secondary = [], []
     for m in main_metrics(runs):
         task, name = m.split("/", 1)
         refs = references(runs, m)
+        chosen = best_by_dev(runs, m)
         for _, r in runs.iterrows():
             strongest = refs.get(group_key(r), References()).strongest
             if not is_adapter(r) or strongest is None or value(r, f"metrics.{m}") is None:
                 continue
+            is_chosen = chosen is not None and r["run_id"] == chosen["run_id"]
+            seeds = [r, *confirmations(runs, r["run_id"])] if is_chosen else [r]
             c = verdict.compare(r["run_id"], r.get("tags.mlflow.runName"), m, strongest.get("tags.mlflow.runName"),
-                                samples(r["run_id"], task, name), samples(strongest["run_id"], task, name),
-                                margin_of(r), examples_available(strongest["run_id"], task))
-            family += [c] if c is not None else []
-    return verdict.corrected(family)
+                                [samples(s["run_id"], task, name) for s in seeds],
+                                samples(strongest["run_id"], task, name), margin_of(r),
+                                examples_available(strongest["run_id"], task))
+            if c is not None:
+                (primary if is_chosen else secondary).append(c)
+    return verdict.corrected(primary, verdict.PRIMARY) + verdict.corrected(secondary, verdict.SECONDARY)
 
 
 def best_by_dev(runs: pd.DataFrame, metric: str) -> pd.Series | None:
@@ -250,33 +282,43 @@ def panel_test_scores(run_id: str, metric: str) -> dict[str, float]:
             and isinstance(r.get("test_mean"), (int, float))}
 
 
-def verdict_lines(runs: pd.DataFrame, comparisons: list[verdict.Comparison]) -> list[str]:
-    """Per task: each adapter's verdict, the configuration the development scores choose and its
-    test score, and (labelled as peeking) the best baseline variant on the test examples."""
+def verdict_lines(runs: pd.DataFrame, comparisons: list[verdict.Comparison], peek: bool = False) -> list[str]:
+    """Per task: the primary claim (the configuration the development scores chose, against the
+    baseline they chose) with its interval, detectable effect and seeds; then the secondary adapters.
+    `peek`: also the best baseline variant measured on the test examples, when the search's oracle
+    scored them (labelled as peeking)."""
     lines = []
     for m in main_metrics(runs):
-        family = [c for c in comparisons if c.metric == m]
-        if family:
-            lines.append(f"Verdict on {m} (test examples, each adapter vs the strongest baseline; p-values "
-                         f"Holm-corrected over the {family[0].family} comparisons; margin ±{family[0].margin:g}):")
-            lines += [f"  {c.run}: {c.sentence()}" for c in family]
+        primary = [c for c in comparisons if c.metric == m and c.role == verdict.PRIMARY]
+        secondary = [c for c in comparisons if c.metric == m and c.role == verdict.SECONDARY]
         best = best_by_dev(runs, m)
-        chosen = next((c for c in family if best is not None and c.run_id == best["run_id"]), None)
-        if chosen is not None:
-            lines.append(f"  Chosen by development score: {chosen.run} ({DEV_PREFIX}{m} "
-                         f"{value(best, f'metrics.{DEV_PREFIX}{m}'):.3f}), test {value(best, f'metrics.{m}'):.3f}: "
-                         f"{chosen.verdict}")
-        lines += peeking_line(runs, m)
+        for c in primary:
+            lines.append(f"Primary claim on {m}: the adapter chosen on development data ({c.run}, {DEV_PREFIX}{m} "
+                         f"{value(best, f'metrics.{DEV_PREFIX}{m}'):.3f}) vs the baseline chosen there "
+                         f"(level {verdict.percent(c.level)} over {c.family} task{'s' if c.family > 1 else ''}):")
+            lines.append(f"  {c.sentence()}")
+            spread = f" ± {np.std(c.seed_means, ddof=1):.3f}" if c.seeds > 1 else ""
+            lines.append(f"  test {m}: {np.mean(c.seed_means):.3f}{spread} (mean ± sd over {c.seeds} training "
+                         f"seed{'s' if c.seeds > 1 else ''}); {c.claim()}")
+        if secondary:
+            lines.append(f"Secondary, the other adapters (each at level {verdict.percent(secondary[0].level)}, "
+                         f"Bonferroni over {secondary[0].family}; sorted by development score):")
+            dev = {r["run_id"]: value(r, f"metrics.{DEV_PREFIX}{m}") or -math.inf for _, r in runs.iterrows()}
+            ordered = sorted(secondary, key=lambda c: -dev.get(c.run_id, -math.inf))
+            lines += [f"  {c.run}: {c.sentence()}" for c in ordered]
+        if peek:
+            lines += peeking_line(runs, m)
     return lines
 
 
 def peeking_line(runs: pd.DataFrame, metric: str) -> list[str]:
-    """How far the honestly chosen baseline is from the best variant on the test examples (an oracle)."""
+    """How far the honestly chosen baseline is from the best variant on the test examples (an oracle),
+    when the strongest baseline's search scored its variants there (method.search.oracle)."""
     groups = references(runs, metric)
     strongest = next(iter(groups.values())).strongest if groups else None
-    measured = measured_on_test(runs, metric)
-    if not measured or strongest is None:
+    if strongest is None or not panel_test_scores(strongest["run_id"], metric):
         return []
+    measured = measured_on_test(runs, metric)
     name, best = max(measured.items(), key=lambda kv: kv[1])
     honest = value(strongest, f"metrics.{metric}")
     return [f"  Peeking (not a result): the best of the {len(measured)} baseline variants measured on the test "
@@ -294,9 +336,10 @@ def record_verdicts(comparisons: list[verdict.Comparison]) -> None:
             client.log_metric(c.run_id, key, number)
 
 
-def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None, record: bool = False) -> str:
+def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None, record: bool = False,
+                 peek: bool = False) -> str:
     """The comparison table of one sweep (None: the experiment's latest); `record`: the verdicts
-    also into the adapter runs (the end of a sweep does)."""
+    also into the adapter runs (the end of a sweep does); `peek`: the oracle's line (see verdict_lines)."""
     mlflow.set_tracking_uri(tracking_uri)
     sweep_id = sweep_id or latest_sweep_id(experiment)
     runs = sweep_runs(experiment, sweep_id)
@@ -306,7 +349,7 @@ def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None, recor
     if record:
         record_verdicts(comparisons)
     table = comparison_table(runs, comparisons).to_string(index=False)
-    bands = "\n".join(band_lines(runs) + verdict_lines(runs, comparisons))
+    bands = "\n".join(band_lines(runs) + verdict_lines(runs, comparisons, peek))
     page = runs_page(tracking_uri, runs.iloc[0]["experiment_id"])
     text = (f"\nSweep {sweep_id} — experiment {experiment!r} ({redact(tracking_uri)})\n{table}\n{bands}\n"
             f"Runs in the MLflow UI{'' if is_server(tracking_uri) else ' (make ui)'}: {page}\n")
@@ -322,9 +365,12 @@ def main(argv=None) -> None:
     p.add_argument("--sweep-id", help="default: the experiment's latest sweep")
     p.add_argument("--tracking-uri", default=default_tracking_uri(),
                    help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    p.add_argument("--record", action="store_true", help="also record the verdicts as the adapter runs' tags")
+    p.add_argument("--peek", action="store_true",
+                   help="also show the best baseline variant on the test examples (if the search's oracle scored them)")
     a = p.parse_args(argv)
     try:
-        print(summary_text(a.tracking_uri, a.experiment, a.sweep_id))
+        print(summary_text(a.tracking_uri, a.experiment, a.sweep_id, a.record, a.peek))
     except (LookupError, Unquotable) as e:
         print(f"error: {printable(redact(str(e)))}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -1,22 +1,26 @@
 """The verdict: did fine-tuning pay off against the strongest prompting baseline, and how sure are we?
 
-Each adapter is compared with the strongest baseline on the test examples, paired per example
-(analysis/stats.py: McNemar's exact test for 0/1 scores, a paired permutation test otherwise; a
-95% paired-bootstrap interval). Comparing several adapters with one baseline is a family of tests
-in which the best of N wins by luck more often as N grows, so every p-value is Holm-corrected
-across all adapters and tasks compared. A real difference can still be too small to matter: the
-practical margin `eval.margin` m (0.01) is the smallest difference worth acting on. The verdict,
-the first that holds (each test Holm-corrected, at 5%):
+One claim per task, stated before the test examples are scored: *the configuration the development
+scores choose beats the baseline the development scores choose*. That is the **primary** comparison;
+the only multiplicity is across the tasks of the sweep (Bonferroni: level alpha / tasks). Every other
+adapter is **secondary**, shown below it and corrected among themselves the same way.
 
-- "equivalent within ±m": two one-sided t-tests (TOST) on the paired differences reject |d| >= m
-  (their sd at least sqrt(3/n): no disagreement among a few examples is no proof of none);
-- "better": the paired test rejects d = 0 and d > 0;
-- "not better": a one-sided t-test rejects d >= m (significantly worse included);
-- "inconclusive": then about how many more test examples would decide it, at the observed
-  difference and spread with 80% power (normal approximation, at the Bonferroni level: the
-  strictest Holm can ask).
+The interval and the decision are one procedure at one level: a paired percentile bootstrap of the
+mean difference (adapter - baseline) on the test examples, at 1 - alpha/family, and
 
-scipy has no Holm correction; `holm` is the 1979 step-down procedure, a few lines.
+- "better" exactly when the interval lies above 0, "worse" when it lies below 0;
+- "equivalent within ±m" when it lies inside (-m, +m), m = `eval.margin`;
+- "inconclusive" otherwise.
+
+When the chosen configuration was retrained with fresh seeds (`confirm.py`), the bootstrap resamples
+seeds and examples together (a seed x example paired bootstrap, as analysis/crossover.py does): the
+claim is then about the configuration, not about one trained adapter, and the verdict says which.
+
+Each verdict also states the smallest difference its test size detects with 80% power at the level
+used (from the bootstrap's standard error: what the design can resolve, not a promise about more
+data), and how many test examples equivalence within the margin would need. With fewer than
+SMALL_SAMPLE test examples the percentile interval's coverage falls below nominal (for 0/1 scores
+it misses more often than it says: tests/test_verdict.py shows it), and the verdict says so.
 """
 
 from __future__ import annotations
@@ -27,139 +31,143 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import stats as sps
 
-from analysis.stats import paired_compare
 from sweep.tracking.records import VERDICT_PREFIX, VERDICT_TAG_PREFIX
 
 ALPHA = 0.05
 POWER = 0.8
+RESAMPLES = 10_000
+SMALL_SAMPLE = 100  # fewer test examples: the percentile bootstrap under-covers (said in the verdict)
 DEFAULT_MARGIN = 0.01  # eval.margin's default, for runs recorded before it existed
+PRIMARY, SECONDARY = "primary", "secondary"
 
 
-def holm(p_values: list[float]) -> list[float]:
-    """Holm-adjusted p-values (step-down; each at most 1, monotone in the raw order)."""
-    n = len(p_values)
-    adjusted, running = [1.0] * n, 0.0
-    for rank, i in enumerate(sorted(range(n), key=p_values.__getitem__)):
-        running = max(running, min(1.0, (n - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
+def percent(level: float) -> str:
+    """0.95 -> '95%', 0.975 -> '97.5%'."""
+    return f"{level:.1%}".replace(".0%", "%")
 
 
-def spread(diffs: np.ndarray) -> float:
-    """The sd of the per-example differences, at least sqrt(3/n): n examples without a disagreement
-    bound the share of disagreements below 3/n (the rule of three), not at 0, so agreeing on a few
-    examples is not taken for certainty."""
-    n = len(diffs)
-    return max(float(np.std(diffs, ddof=1)) if n > 1 else 0.0, math.sqrt(3 / n))
-
-
-def one_sided_p(diffs: np.ndarray, bound: float, alternative: str) -> float:
-    """p-value of a one-sample t-test that the mean of `diffs` is above ("greater") or below ("less")
-    `bound` (scipy's `ttest_1samp`, with the sd floored by `spread`)."""
-    n = len(diffs)
-    t = (float(np.mean(diffs)) - bound) / (spread(diffs) / math.sqrt(n))
-    dist = sps.t(df=max(n - 1, 1))
-    return float(dist.sf(t) if alternative == "greater" else dist.cdf(t))
-
-
-def tost_p(diffs: np.ndarray, margin: float) -> float:
-    """Two one-sided tests: the p-value of equivalence, |mean difference| < margin."""
-    return max(one_sided_p(diffs, -margin, "greater"), one_sided_p(diffs, margin, "less"))
-
-
-def examples_needed(diff: float, sd: float, margin: float, alpha: float, power: float = POWER) -> int | None:
-    """Test examples at which the observed difference and spread would be decided with `power`:
-    shown better than 0 (two-sided, when diff > 0) or shown below the margin (one-sided, when
-    diff < margin), whichever takes fewer; None when neither applies."""
-    z = sps.norm.ppf
-    candidates = []
-    if diff > 0:
-        candidates.append(((z(1 - alpha / 2) + z(power)) * sd / diff) ** 2)
-    if diff < margin:
-        candidates.append(((z(1 - alpha) + z(power)) * sd / (margin - diff)) ** 2)
-    return math.ceil(min(candidates)) if candidates else None
+def bootstrap(adapter: np.ndarray, baseline: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """Bootstrap distribution of mean(adapter - baseline): `adapter` is seeds x examples, `baseline`
+    one score per example; seeds and examples resampled together (one seed: examples only)."""
+    diffs = np.atleast_2d(np.asarray(adapter, dtype=float)) - np.asarray(baseline, dtype=float)[None, :]
+    k, n = diffs.shape
+    rng = np.random.default_rng(seed)
+    out = np.empty(resamples)
+    for start in range(0, resamples, 1000):  # (chunks: 1,000 x n weights at a time)
+        b = min(1000, resamples - start)
+        seeds = rng.multinomial(k, [1 / k] * k, size=b) / k if k > 1 else np.ones((b, 1))
+        examples = rng.multinomial(n, [1 / n] * n, size=b) / n
+        out[start:start + b] = ((seeds @ diffs) * examples).sum(axis=1)
+    return out
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """One adapter against the strongest baseline on one task's test examples."""
+    """One adapter (or configuration, over seeds) against the chosen baseline on one task's test examples."""
     run_id: str
     run: str
     metric: str           # <task>/<metric>
-    baseline: str         # the strongest baseline's run name
+    baseline: str         # the chosen baseline's run name
     margin: float
-    n: int
-    diff: float           # adapter - baseline
-    ci_low: float
-    ci_high: float
-    sd: float             # of the per-example differences (`spread`)
-    p: float              # paired test (McNemar / permutation), raw
-    p_equivalent: float   # TOST, raw
-    p_below: float        # one-sided t-test of diff < margin, raw
-    available: int | None = None  # test examples the task has (more can be scored up to this)
-    p_holm: float = math.nan
-    p_equivalent_holm: float = math.nan
-    p_below_holm: float = math.nan
+    n: int                # test examples both scored
+    seeds: int            # training seeds pooled (1: a claim about this adapter)
+    diff: float           # mean over seeds and examples of adapter - baseline
+    se: float             # the bootstrap's standard error of `diff`
+    distribution: tuple = ()  # the bootstrap's draws (kept for the interval at any level)
+    seed_means: tuple = ()    # the adapter's score per seed
+    available: int | None = None  # test examples the task has
+    role: str = PRIMARY
     family: int = 1
 
     @property
+    def level(self) -> float:
+        """The interval's confidence: 1 - alpha / family (Bonferroni within its role)."""
+        return 1 - ALPHA / self.family
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        tail = (1 - self.level) / 2
+        low, high = np.quantile(self.distribution, [tail, 1 - tail]) if len(self.distribution) else (self.diff,) * 2
+        return float(low), float(high)
+
+    @property
     def verdict(self) -> str:
-        if self.p_equivalent_holm < ALPHA:
-            return "equivalent"
-        if self.p_holm < ALPHA and self.diff > 0:
+        low, high = self.interval
+        if low > 0:
             return "better"
-        if self.p_below_holm < ALPHA or (self.p_holm < ALPHA and self.diff < 0):
-            return "not better"
+        if high < 0:
+            return "worse"
+        if -self.margin < low and high < self.margin:
+            return "equivalent"
         return "inconclusive"
 
     @property
-    def more_examples(self) -> int | None:
-        """About how many more test examples would decide an inconclusive comparison."""
-        if self.verdict != "inconclusive":
+    def detectable(self) -> float:
+        """The smallest true difference this test size finds (interval above 0) with 80% power."""
+        return (sps.norm.ppf(1 - (1 - self.level) / 2) + sps.norm.ppf(POWER)) * self.se
+
+    @property
+    def equivalence_needs(self) -> int | None:
+        """Test examples at which a true difference of 0 shows as equivalent within the margin with
+        80% power (None for a zero margin)."""
+        if self.margin <= 0 or not self.n:
             return None
-        needed = examples_needed(self.diff, self.sd, self.margin, ALPHA / self.family)
-        return None if needed is None else max(needed - self.n, 1)
+        z = sps.norm.ppf(1 - (1 - self.level) / 2) + sps.norm.ppf(POWER)
+        return math.ceil(self.n * (z * self.se / self.margin) ** 2)
+
+    def claim(self) -> str:
+        return (f"a claim about the configuration ({self.seeds} training seeds)" if self.seeds > 1
+                else "a claim about this adapter (one training seed)")
 
     def sentence(self) -> str:
-        """e.g. 'better: +0.060 [+0.031, +0.089] vs strongest_baseline=zero_shot-cal-plain, p (Holm) 0.0004'."""
+        """e.g. 'better: +0.080 [+0.041, +0.118] (95% paired bootstrap, 400 test examples) vs
+        strongest_baseline=zero_shot-cal-plain; detects ±0.047 at 80% power'."""
+        low, high = self.interval
         verdict = {"equivalent": f"equivalent within ±{self.margin:g}"}.get(self.verdict, self.verdict)
-        line = (f"{verdict}: {self.diff:+.3f} [{self.ci_low:+.3f}, {self.ci_high:+.3f}] vs {self.baseline}, "
-                f"p (Holm, {self.family} compared) {self.p_holm:.2g}")
-        if self.more_examples is not None:
-            left = f"; the task has {self.available - self.n:,} more" if self.available else ""
-            line += f"; about {self.more_examples:,} more test examples would decide it{left}"
+        over = f"{self.n} test examples" + (f" x {self.seeds} seeds" if self.seeds > 1 else "")
+        line = (f"{verdict}: {self.diff:+.3f} [{low:+.3f}, {high:+.3f}] ({percent(self.level)} paired bootstrap, "
+                f"{over}) vs {self.baseline}; detects ±{self.detectable:.3f} at {POWER:.0%} power")
+        needs = self.equivalence_needs
+        if self.verdict != "equivalent" and needs and needs > self.n:
+            have = f"; the task has {self.available:,}" if self.available else ""
+            line += f"; equivalence within ±{self.margin:g} would need about {needs:,} test examples{have}"
+        if self.n < SMALL_SAMPLE:
+            line += f"; under {SMALL_SAMPLE} examples the interval covers less than its nominal {percent(self.level)}"
         return line
 
 
-def compare(run_id: str, run: str, metric: str, baseline: str, adapter_scores: dict, baseline_scores: dict,
-            margin: float, available: int | None = None) -> Comparison | None:
-    """The raw comparison of per-example scores ({example id: score}); None when none are shared."""
-    pair = paired_compare(adapter_scores, baseline_scores)
-    if pair is None:
+def compare(run_id: str, run: str, metric: str, baseline: str, adapter_scores: dict | list[dict],
+            baseline_scores: dict, margin: float, available: int | None = None,
+            resamples: int = RESAMPLES) -> Comparison | None:
+    """The comparison of per-example scores ({example id: score}; a list of them, one per training
+    seed, for a configuration) on the examples every one of them scored; None when there are none."""
+    per_seed = adapter_scores if isinstance(adapter_scores, list) else [adapter_scores]
+    ids = set(baseline_scores).intersection(*per_seed)
+    if not ids or not per_seed:
         return None
-    ids = sorted(set(adapter_scores) & set(baseline_scores), key=str)
-    diffs = np.array([float(adapter_scores[i]) - float(baseline_scores[i]) for i in ids])
-    sd = spread(diffs)
-    return Comparison(run_id, run, metric, baseline, margin, pair.n, pair.diff, pair.ci_low, pair.ci_high, sd,
-                      pair.p_value, tost_p(diffs, margin), one_sided_p(diffs, margin, "less"), available)
+    ids = sorted(ids, key=str)
+    adapter = np.array([[float(s[i]) for i in ids] for s in per_seed])
+    base = np.array([float(baseline_scores[i]) for i in ids])
+    draws = bootstrap(adapter, base, resamples)
+    return Comparison(run_id, run, metric, baseline, margin, len(ids), len(per_seed),
+                      float(np.mean(adapter - base)), float(np.std(draws, ddof=1)), tuple(draws),
+                      tuple(float(m) for m in adapter.mean(axis=1)), available)
 
 
-def corrected(family: list[Comparison]) -> list[Comparison]:
-    """The family's comparisons with Holm-adjusted p-values (all adapters and tasks compared)."""
-    if not family:
-        return []
-    adjusted = [holm([getattr(c, key) for c in family]) for key in ("p", "p_equivalent", "p_below")]
-    return [replace(c, p_holm=a, p_equivalent_holm=b, p_below_holm=d, family=len(family))
-            for c, a, b, d in zip(family, *adjusted)]
+def corrected(family: list[Comparison], role: str = PRIMARY) -> list[Comparison]:
+    """The comparisons of one role with its family size (the interval's level: 1 - alpha/size)."""
+    return [replace(c, role=role, family=len(family)) for c in family]
 
 
 def metrics_of(c: Comparison) -> dict[str, float]:
     """What an adapter run records of its verdict (MLflow metrics verdict/<task>/<metric>/...)."""
     base = f"{VERDICT_PREFIX}{c.metric}/"
-    out = {base + "diff": c.diff, base + "ci_low": c.ci_low, base + "ci_high": c.ci_high, base + "p_holm": c.p_holm}
-    return out | ({base + "more_examples": float(c.more_examples)} if c.more_examples is not None else {})
+    low, high = c.interval
+    return {base + "diff": c.diff, base + "ci_low": low, base + "ci_high": high, base + "level": c.level,
+            base + "detectable": c.detectable, base + "seeds": float(c.seeds)}
 
 
 def tags_of(c: Comparison) -> dict[str, str]:
-    """The verdict as tags: `verdict.<task>/<metric>` (one word) and its sentence."""
-    return {f"{VERDICT_TAG_PREFIX}{c.metric}": c.verdict, f"{VERDICT_TAG_PREFIX}{c.metric}.detail": c.sentence()}
+    """The verdict as tags: `verdict.<task>/<metric>` (one word), its sentence, and its role."""
+    prefix = f"{VERDICT_TAG_PREFIX}{c.metric}"
+    return {prefix: c.verdict, f"{prefix}.detail": c.sentence(), f"{prefix}.role": c.role}

@@ -174,9 +174,10 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
         key = (reference_replies.cache_key(baseline_settings(cfg), cfg.method.quantization, cfg.eval.batch_size,
                                            job.project.manager, files, job.lineage.policy)
                if has_reference else None)
-        if cfg.eval.enabled and STAGES[cfg.stage.name].is_policy:
-            metrics |= record_leakage(cfg, job.project.tasks, job.generated)
-        metrics |= score_and_record(cfg, built, name, key)
+        scored, scores = score_and_record(cfg, built, name, key)
+        metrics |= scored
+        if cfg.eval.enabled and STAGES[cfg.stage.name].is_policy:  # (against what this run saw, demonstrations too)
+            metrics |= record_leakage(cfg, built, job.project.tasks, job.slices, job.generated, scores)
         if not cfg.method.trains:
             baseline_cache.record_scores()  # what a later reuse of this baseline reads
         if unstored is not None:

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.data.examples import data_files, split_file
+from sweep.data import splits
+from sweep.data.examples import read_generated
 from sweep.data.splits import DEV_PREFIX
 from sweep.pipeline.build import demonstration_source, load_project_tasks, prompting_of
 from sweep.pipeline.naming import pool_suffix
@@ -159,23 +160,41 @@ def score_lm(cfg: DictConfig, built, reference_key: str | None):
     return dev | test | scores.query_cost(), scores
 
 
-def training_files(task) -> list[Path]:
-    """A task's data files but its test split's (what the leakage audit's training side reads)."""
-    scored = split_file(task, task.config.test_split or task.config.validation_split)
-    return [f for f in data_files(task) if f != scored]
-
-
-def record_leakage(cfg: DictConfig, tasks: dict, generated: Path | None) -> dict[str, float]:
-    """The leakage audit of each scored task (sweep/scoring/leakage.py): `leakage.json` (each flagged
-    test example this run scores, by doc_id, with the training text it overlaps) and metrics
-    `leakage/<task>/flagged` of `leakage/<task>/scored`."""
-    trained = tasks.get(cfg.data.task) if cfg.method.trains else None
-    found, metrics = {}, {}
+def seen_material(cfg: DictConfig, built, tasks: dict, slices: dict, generated: Path | None,
+                  scores) -> dict[str, list[str]]:
+    """{scored task: the texts this run could have learned from}: an adapter's training rows (the
+    seeded subset it trained on, with the generated tasks mixed in; a preference stage's train split
+    bar its development groups), and the demonstrations it was prompted with (every draw; with
+    lm-eval's per-example sampling, the whole pool it samples from)."""
+    texts: list[str] = []
+    if cfg.method.trains:
+        task = tasks[cfg.data.task]
+        held = splits.held_from_training(task, slices.get(cfg.data.task, []))
+        docs = task.dataset[cfg.data.train_split]
+        if STAGES[cfg.stage.name].data == "examples" and not generated:
+            order = splits.training_order(len(docs), cfg.data.max_train_samples, cfg.seed, held)
+        else:
+            order = [i for i in range(len(docs)) if i not in held]
+        texts += [leakage.doc_text(docs[i]) for i in order]
+        texts += [leakage.doc_text(d) for d in (read_generated(generated) if generated else [])]
+    out = {}
     for name in cfg.eval.tasks:
+        shown = [leakage.doc_text(d) for draw in (scores.demonstrations if scores else []) for d in draw.get(name, [])]
+        if scores and not scores.demonstrations and prompting_of(cfg).num_fewshot and built.pools.get(name):
+            shown = [leakage.doc_text(d) for d in built.pools[name]]
+        out[name] = texts + shown
+    return out
+
+
+def record_leakage(cfg: DictConfig, built, tasks: dict, slices: dict, generated: Path | None,
+                   scores) -> dict[str, float]:
+    """The leakage audit of each scored task against what this run saw (sweep/scoring/leakage.py):
+    `leakage.json` (each flagged test example it scored, by doc_id, with the text it overlaps) and
+    metrics `leakage/<task>/flagged` of `leakage/<task>/scored`."""
+    found, metrics = {}, {}
+    for name, material in seen_material(cfg, built, tasks, slices, generated, scores).items():
         task = tasks[name]
-        sources = [*training_files(task), *(training_files(trained) if trained is not None else []),
-                   *filter(None, [generated])]
-        flags = leakage.audit_task(task, trained, generated, sources, Path(cfg.paths.cache) / "leakage")
+        flags = leakage.audit_task(task, material, Path(cfg.paths.cache) / "leakage")
         scored = min(len(task.eval_docs), cfg.eval.limit or len(task.eval_docs))
         found[name] = [asdict(f) for f in flags if f.doc_id < scored]
         metrics |= {f"{LEAKAGE_PREFIX}{name}/flagged": float(len(found[name])),
@@ -185,8 +204,9 @@ def record_leakage(cfg: DictConfig, tasks: dict, generated: Path | None) -> dict
     return metrics
 
 
-def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | None = None) -> dict[str, float]:
-    """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory.
+def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | None = None) -> tuple[dict, object]:
+    """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory;
+    return them and lm-eval's scores (None when nothing was scored by lm-eval).
     `reference_key`: of the reference policy's replies, for a judged run (sweep/rlhf/reference_replies.py)."""
     scored, scores = {}, None
     with memory.phase_peak() as peaks:  # (scoring's own peak: eval.batch_size bounds it, not gradient checkpointing)
@@ -204,4 +224,4 @@ def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | Non
     records.log_metrics(scored)
     shown = {k: f"{v:.4g}" for k, v in scored.items() if is_task_metric(k)} or {"scoring": "off (eval.enabled=false)"}
     log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in shown.items()))
-    return scored
+    return scored, scores

@@ -85,6 +85,7 @@ class Scores:
     queries: int = 0          # examples scored, over every task and draw
     prompt_tokens: int = 0    # their prompts' tokens, demonstrations included
     seconds: float = 0.0      # the pass's wall time (calibration's extra passes included)
+    demonstrations: list = field(default_factory=list)  # per draw {task: docs} prompted with ([]: none, or per example)
 
     def query_cost(self) -> dict[str, float]:
         """What a query of this pass costs: prompt tokens and measured seconds per 1,000 queries."""
@@ -154,7 +155,7 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
     combined = combine_draws(draws, log_samples)
     by_draw = [flatten_metrics(d["results"]["results"]) for d in draws] if len(draws) > 1 else []
     return Scores(flatten_metrics(combined["results"]), combined, by_draw, queries, tokens,
-                  time.perf_counter() - start)
+                  time.perf_counter() - start, [d["demonstrations"] for d in draws if d["demonstrations"]])
 
 
 def prompt_sizes(lm, tasks: dict) -> tuple[int, int]:

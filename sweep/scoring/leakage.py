@@ -1,17 +1,19 @@
-"""The leakage audit: test examples that overlap what either arm could have learned from.
+"""The leakage audit: test examples that overlap what this run could have learned from.
 
-A test example is flagged when it shares an n-gram of normalised words with a training document, as
-in GPT-3's and lm-eval's decontamination: its 13-grams, or the whole example when it is shorter (from
-MIN_NGRAM words; a shorter one only when it equals a training document); and, up to ROUGE_WORDS
-words, as a near-duplicate when its ROUGE-L F1 with a training document is at least ROUGE_L,
-computed for the documents that share most of its uncommon words (an inverted index: all pairs of
-SST-2's 67k training phrases and its test sentences would take hours).
+A test example is flagged when, compared as normalised words (lower-cased, punctuation dropped):
+- it lies inside a text the run saw, or is equal to one (`containment`: any length);
+- a text the run saw, of at least CONTAINED_WORDS words, lies inside it (`contains`: SST-2's
+  phrases are pieces of its sentences, so a test sentence holding a training phrase is flagged);
+- it shares a 13-gram with one, as in GPT-3's and lm-eval's decontamination (`ngram`);
+- or, up to ROUGE_WORDS words, it is a near-duplicate of one: ROUGE-L F1 at least ROUGE_L, computed for
+  the texts that share most of its uncommon words (an inverted index: all pairs would take hours).
 
-What either arm could have learned from is one set for both, so that their clean subsets are the
-same examples: the trained task's training split, each scored task's training and few-shot splits
-(the demonstrations' pool), and generated tasks mixed into training. lm-eval's decontamination
-needs an n-gram index of the pretraining corpus built by hand and is never applied to fine-tuning
-data; this is that check on the data a sweep controls, a few seconds per task (cached by content).
+What a run could have learned from is its own (`seen_material` in sweep/pipeline/score.py): an
+adapter's training rows (the seeded subset it trained on, and generated tasks mixed in), a baseline's
+demonstrations (every draw it prompted with), nothing for a zero-shot prompt. Each arm is audited on
+what it saw, both ways. lm-eval's decontamination needs an n-gram index of the pretraining corpus
+built by hand and is never applied to fine-tuning data; this is that check on the data a sweep
+controls, a few seconds per task (cached by content).
 """
 
 from __future__ import annotations
@@ -24,10 +26,10 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sweep.data.examples import read_generated
-from sweep.runtime.files import sha256
+from sweep.data.grouping import PhraseIndex
 
 NGRAM = 13         # GPT-3 / lm-eval decontamination
+CONTAINED_WORDS = 5  # a seen text at least this long inside a test example flags it
 MIN_NGRAM = 8      # a test example shorter than this is flagged only when it equals a training document
 ROUGE_L = 0.8      # near-duplicate: ROUGE-L F1 at least this
 COMMON = 0.01      # words in more than this share of training documents do not pick candidates
@@ -50,8 +52,8 @@ def doc_text(doc: dict) -> str:
 @dataclass(frozen=True)
 class Flag:
     doc_id: int      # the test example (lm-eval's doc_id: its index among the task's test documents)
-    kind: str        # "ngram" or "rouge_l"
-    score: float     # words of the shared n-gram, or the ROUGE-L F1
+    kind: str        # "containment" (inside a seen text), "contains" (holds one), "ngram" or "rouge_l"
+    score: float     # words of the text inside the other, of the shared n-gram, or the ROUGE-L F1
     test: str
     training: str
 
@@ -74,6 +76,7 @@ def rouge_l(test: tuple, training: tuple) -> float:
 def audit(test_docs: list[str], training_docs: list[str]) -> list[Flag]:
     """Every test document (by index) that overlaps a training document, with its closest one."""
     train = [words(t) for t in training_docs]
+    contained = PhraseIndex(train)
     whole = {w: i for i, w in enumerate(train) if w}
     prefixes = collections.defaultdict(set)  # every MIN_NGRAM-gram of the training documents -> documents
     for i, w in enumerate(train):
@@ -89,6 +92,16 @@ def audit(test_docs: list[str], training_docs: list[str]) -> list[Flag]:
     flags = []
     for doc_id, text in enumerate(test_docs):
         w = words(text)
+        holding = contained.containing(w) if w else set()
+        if holding:
+            flags.append(Flag(doc_id, "containment", float(len(w)), text, training_docs[min(holding)]))
+            continue
+        inner = [i for i in contained.inside_of(w) if len(train[i]) >= CONTAINED_WORDS] if len(w) <= ROUGE_WORDS \
+            else []
+        if inner:
+            longest = max(inner, key=lambda i: (len(train[i]), -i))
+            flags.append(Flag(doc_id, "contains", float(len(train[longest])), text, training_docs[longest]))
+            continue
         hit = ngram_hit(w, whole, prefixes, joined)
         if hit is not None:
             flags.append(Flag(doc_id, "ngram", float(min(NGRAM, len(w))), text, training_docs[hit]))
@@ -128,29 +141,18 @@ def nearest(w: tuple, train: list[tuple], index: dict, rare: set) -> tuple[int, 
     return best
 
 
-def training_material(task, trained=None, generated: list[dict] = ()) -> list[str]:
-    """What either arm could have learned from for `task` (see the module docstring): its training and
-    few-shot splits, the trained task's training split, the generated tasks."""
-    docs = list(task.training_docs()) if task.has_training_docs() else []
-    if task.config.fewshot_split and task.config.fewshot_split != task.config.training_split:
-        docs += list(task.fewshot_docs())
-    if trained is not None and trained is not task and trained.has_training_docs():
-        docs += list(trained.training_docs())
-    return list(dict.fromkeys([*map(doc_text, docs), *map(doc_text, generated)]))
-
-
-def audit_task(task, trained, generated: Path | None, training_sources: list[Path], cache: Path) -> list[Flag]:
-    """`audit` of the task's test documents (lm-eval's order: their doc_ids) against its training
-    material, kept under `cache` by the test texts, the sha256 of the files the training material comes
-    from (`training_sources`) and the settings (a test file whose labels alone changed hits the cache);
-    `generated`: the generated tasks' file, read only when the audit is not cached."""
+def audit_task(task, material: list[str], cache: Path) -> list[Flag]:
+    """`audit` of the task's test documents (lm-eval's order: their doc_ids) against `material`, the
+    texts the run saw; kept under `cache` by the test texts, the material and the settings."""
     test = [doc_text(d) for d in task.eval_docs]
-    key = hashlib.sha256(json.dumps([task.config.task, test, sorted(sha256(f) for f in training_sources), NGRAM,
-                                     MIN_NGRAM, ROUGE_L, COMMON, CANDIDATES, ROUGE_WORDS]).encode()).hexdigest()[:24]
-    path = Path(cache) / f"{key}.json"
+    if not material:
+        return []
+    settings = [NGRAM, MIN_NGRAM, CONTAINED_WORDS, ROUGE_L, COMMON, CANDIDATES, ROUGE_WORDS]
+    key = hashlib.sha256(json.dumps([task.config.task, test, sorted(set(material)), settings]).encode())
+    path = Path(cache) / f"{key.hexdigest()[:24]}.json"
     if path.is_file():
         return [Flag(**f) for f in json.loads(path.read_text())]
-    flags = audit(test, training_material(task, trained, read_generated(generated) if generated else []))
+    flags = audit(test, list(dict.fromkeys(material)))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps([asdict(f) for f in flags]))
