@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install browser run report reproduce quantization bench bench-gpu test test-fast ui dashboard services services-stop upload promote check-store clean-cache
+.PHONY: help install browser run confirm report reproduce quantization bench bench-gpu test test-fast ui dashboard services services-stop upload promote check-store clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,10 +33,16 @@ browser: ## install chromium + chromedriver (Debian packages) if missing
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium chromium-driver \
 	  || echo "warning: could not install chromium; the browser test is skipped (it fails under CI=true)"; }
 
-run: $(STAMP) ## the quickstart: baselines (the strongest too) + LoRA r=2,8,16 on SST-2 with SmolLM2-135M, then the report (~40 min, CPU)
+# The chosen configuration is retrained with CONFIRM_SEEDS fresh seeds (about 8 min each on 2 cores).
+CONFIRM_SEEDS ?= 2
+run: $(STAMP) ## the quickstart: baselines (the strongest too) + LoRA r=2,8,16 on SST-2, the chosen one over 3 seeds, the report (~60 min, CPU)
 	$(PY) sweep.py -m experiment=quickstart method=zero_shot,few_shot,strongest_baseline tracking.sweep_id=$(SWEEP_ID)
 	$(PY) sweep.py -m experiment=quickstart lora.r=2,8,16 tracking.sweep_id=$(SWEEP_ID)
+	$(PY) confirm.py --experiment quickstart --sweep-id $(SWEEP_ID) --seeds $(CONFIRM_SEEDS)
 	$(PY) -m analysis.report --experiment quickstart --sweep-id $(SWEEP_ID)
+
+confirm: $(STAMP) ## retrain a sweep's chosen configuration with fresh seeds: make confirm EXPERIMENT=name [SWEEP=id] [CONFIRM_SEEDS=2]
+	$(PY) confirm.py --experiment $(EXPERIMENT) $(if $(SWEEP),--sweep-id $(SWEEP)) --seeds $(CONFIRM_SEEDS)
 
 EXPERIMENT ?= quickstart
 report: $(STAMP) ## HTML/markdown/CSV report of an experiment: make report EXPERIMENT=name [SWEEP=id]

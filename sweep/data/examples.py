@@ -16,7 +16,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sweep.config import RUN_ID, ConfigError
-from sweep.data.splits import training_order
+from sweep.data.splits import DEV_SPLIT, training_order
 
 IGNORE_INDEX = -100  # label value that the loss skips (prompt tokens, padding)
 GENERATED_FIELDS = ("instruction", "input", "output")  # what a generated task must have (Self-Instruct's format)
@@ -44,6 +44,10 @@ def check_split(task, split: str) -> None:
     """ConfigError unless `split` is one of the task's splits and holds examples."""
     if split not in task.dataset:
         raise ConfigError(f"data.train_split={split!r}: task {task.config.task} has splits {', '.join(task.dataset)}")
+    held = {task.config.validation_split: "test", task.config.test_split: "test", DEV_SPLIT: "development"}
+    if split in held and split != task.config.training_split:
+        raise ConfigError(f"data.train_split={split}: that is task {task.config.task}'s {held[split]} split, which "
+                          f"nothing may train on; train on {task.config.training_split}")
     if len(task.dataset[split]) == 0:
         raise ConfigError(f"data.train_split={split!r} of task {task.config.task} is empty")
 

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.trial import TrialState
 
 from sweep.config import ConfigError
+from sweep.data.splits import DEV_PREFIX
 
 INFEASIBLE_TAG = "optuna.infeasible"  # on the run of a trial that broke a constraint: which, and by how much
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w./-]*)\s*(<=|>=)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
@@ -54,6 +55,9 @@ def parse_constraints(items) -> list[Constraint]:
         if not m:
             raise ConfigError(f"hydra.sweeper.constraints: {str(item)!r} is not `<metric> <= <number>` or "
                               "`<metric> >= <number>`, e.g. peak_rss_mb <= 4000")
+        if "/" in m[1] and not m[1].startswith(DEV_PREFIX):
+            raise ConfigError(f"hydra.sweeper.constraints: {m[1]} is a test score, and no test score steers a choice; "
+                              f"constrain the development score instead, e.g. '{DEV_PREFIX}{m[1]} {m[2]} {m[3]}'")
         out.append(Constraint(m[1], m[2], float(m[3])))
     return out
 
