@@ -6,9 +6,10 @@ SST-2 (GLUE's train file is every phrase of SST's training parse trees): the tes
 (`validation.jsonl`), the development role (`dev.jsonl`) and a held-apart sample (written outside
 the repository, never bundled, never read by a choice) are *full sentences*, phrases inside no other
 phrase (sweep/data/grouping.py); every phrase equal to or inside one of them is removed from
-`train.jsonl`, and so from every demonstration pool. RTE: examples grouped by premise, whole groups
-to one side. Deterministic (a fixed seed, rows in GLUE order); the counts and hashes go in
-data/README.md, and tests/test_splits.py fails if the bundled files break the rules.
+`train.jsonl`, and so from every demonstration pool. RTE: examples grouped by premise, premises that
+share a 13-gram joined (the leakage audit's rule), whole groups to one side. Deterministic (a fixed
+seed, rows in GLUE order); the counts and hashes go in data/README.md, and
+tests/test_bundled_splits.py fails if the bundled files break the rules.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from sweep.data.grouping import PhraseIndex, full_sentences, words  # noqa: E402
+from sweep.scoring.leakage import NGRAM, doc_text  # noqa: E402
 
 SEED = 20261207
 SST2_SIZES = {"validation": 1000, "dev": 600, "held_apart": 872}  # (872: the size of GLUE's own dev set)
@@ -66,16 +68,37 @@ def split_sst2(rows: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
+def rte_groups(rows: list[dict]) -> list[list[dict]]:
+    """RTE's examples grouped by source: one premise (normalised) with its hypotheses, and premises
+    whose texts share a 13-gram of words (the same news story edited: the leakage audit's n-gram
+    rule), joined into one group."""
+    parent = list(range(len(rows)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple, int] = {}
+    for i, r in enumerate(rows):
+        w = words(doc_text(r))  # (the text the audit reads)
+        keys = [("premise", words(r["sentence1"]))] + [("gram", w[k:k + NGRAM]) for k in range(len(w) - NGRAM + 1)]
+        for key in keys:
+            j = first.setdefault(key, i)
+            parent[find(i)] = find(j)
+    groups: dict[int, list[dict]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(find(i), []).append(r)
+    return list(groups.values())
+
+
 def split_rte(rows: list[dict]) -> dict[str, list[dict]]:
-    """{role: rows}: whole premise groups, in a seeded order, filling validation then dev exactly."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(words(r["sentence1"]), []).append(r)
-    order = list(groups)
-    random.Random(SEED).shuffle(order)
+    """{role: rows}: whole source groups (`rte_groups`), in a seeded order, filling validation then dev exactly."""
+    groups = rte_groups(rows)
+    random.Random(SEED).shuffle(groups)
     out = {role: [] for role in (*RTE_SIZES, "train")}
-    for key in order:
-        group = groups[key]
+    for group in groups:
         role = next((role for role, size in RTE_SIZES.items() if len(out[role]) + len(group) <= size), "train")
         out[role] += group
     return {role: sorted(rs, key=lambda r: r["idx"]) for role, rs in out.items()}

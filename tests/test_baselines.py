@@ -167,11 +167,8 @@ def test_the_development_slice_never_overlaps_the_reported_split_or_the_demonstr
     assert len(dev_docs) == 300 and not reported & {dev.doc_to_text(d) for d in dev_docs}
     assert list(task.eval_docs) != dev_docs and len(task.eval_docs) == 1000  # the original task is untouched
     pool = splits.demonstration_pool(task, idx)
-    assert len(pool) == len(task.dataset["train"]) - 300
+    assert len(pool) == len(task.dataset["train"])  # (SST-2's development sentences are a split of their own)
     assert not {d["idx"] for d in pool} & {d["idx"] for d in dev_docs}
-    # SST-2's train split repeats some validation sentences: a plain sample would pick them
-    train = task.dataset["train"]
-    assert any(task.doc_to_text(d) in reported for d in train.select(range(20000)))
 
 
 def test_variants_are_distinct_simplest_first_and_name_their_equivalent_run():

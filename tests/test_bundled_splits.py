@@ -8,6 +8,7 @@ import re
 import pytest
 
 from sweep.data.grouping import PhraseIndex, full_sentences, inside, related, spans, words
+from sweep.scoring.leakage import audit, doc_text
 from tests.conftest import ROOT
 
 DATA = ROOT / "data"
@@ -46,10 +47,14 @@ def test_sst2_test_and_development_examples_are_distinct_full_sentences_of_each_
     assert len(sst2["validation"]) == 1000 and len(sst2["dev"]) == 600 and len(sst2["train"]) > 40000
 
 
-def test_rte_premises_sit_on_one_side_only():
-    premises = {role: {words(r["sentence1"]) for r in rows(f"rte/{role}.jsonl")} for role in ("train", "dev", "validation")}
+def test_rte_premises_sit_on_one_side_only_and_the_audit_finds_no_overlap():
+    split = {role: rows(f"rte/{role}.jsonl") for role in ("train", "dev", "validation")}
+    premises = {role: {words(r["sentence1"]) for r in split[role]} for role in split}
     assert not premises["train"] & premises["validation"] and not premises["train"] & premises["dev"]
     assert not premises["dev"] & premises["validation"]
+    train = [doc_text(r) for r in split["train"]]
+    for role in ("dev", "validation"):
+        assert audit([doc_text(r) for r in split[role]], train) == [], role
 
 
 def test_hh_rlhf_dialogues_and_self_instruct_tasks_sit_on_one_side_only():

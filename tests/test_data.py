@@ -64,12 +64,15 @@ def test_training_pairs_are_a_seeded_subset(tasks):
     a = training_pairs(tasks["sst2"], "train", 50, seed=1)
     assert a == training_pairs(tasks["sst2"], "train", 50, seed=1)
     assert a != training_pairs(tasks["sst2"], "train", 50, seed=2)
-    assert len(a) == 50 and len(training_pairs(tasks["rte"], "train", None, seed=0)) == 2240
+    assert len(a) == 50 and len(training_pairs(tasks["rte"], "train", None, seed=0)) == 1840
 
 
 def test_unknown_train_split(tasks):
-    with pytest.raises(ConfigError, match="data.train_split='dev'.*has splits train, validation"):
-        training_pairs(tasks["sst2"], "dev", None, 0)
+    with pytest.raises(ConfigError, match="data.train_split='nosuch'.*has splits train, dev, validation"):
+        training_pairs(tasks["sst2"], "nosuch", None, 0)
+    for split, role in (("validation", "test"), ("dev", "development")):
+        with pytest.raises(ConfigError, match=f"data.train_split={split}: that is task sst2's {role} split"):
+            training_pairs(tasks["sst2"], split, None, 0)
 
 
 def test_prompt_tokens_are_masked_and_answer_tokens_kept(tiny, tasks):

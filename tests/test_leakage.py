@@ -42,3 +42,47 @@ def test_rouge_l_is_the_f1_of_the_longest_common_subsequence():
     a, b = words("the cat sat on the mat"), words("the cat lay on a mat")
     assert rouge_l(a, b) == 2 * 4 / (6 + 6)  # the, cat, on, mat
     assert rouge_l(a, words("dogs bark")) == 0.0
+
+
+def _planted(tmp_path):
+    """A data folder whose SST-2 train split holds the first test sentence (a planted leak) among
+    clean phrases."""
+    import json
+
+    from tests.conftest import ROOT
+
+    folder = tmp_path / "data" / "sst2"
+    folder.mkdir(parents=True)
+    test = [json.loads(line) for line in (ROOT / "data/sst2/validation.jsonl").read_text().splitlines()[:6]]
+    train = [json.loads(line) for line in (ROOT / "data/sst2/train.jsonl").read_text().splitlines()[:20]]
+    train[7] = dict(test[0], idx=-1)
+    for name, rows in (("train", train), ("dev", train[:4]), ("validation", test)):
+        (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return tmp_path / "data", test
+
+
+def test_a_planted_leak_is_found_in_what_the_adapter_trained_on_and_in_a_baselines_demonstrations(tmp_path):
+    """Each arm is audited on what it saw (sweep/pipeline/score.py: seen_material): the adapter's training
+    rows, the baseline's demonstrations; a zero-shot prompt saw nothing."""
+    from types import SimpleNamespace
+
+    from sweep.pipeline.build import load_project_tasks
+    from sweep.pipeline.score import seen_material
+    from sweep.scoring.leakage import audit_task
+    from tests.conftest import compose
+
+    data, test = _planted(tmp_path)
+    common = ("model=tiny", f"paths.data={data}", "data.dev_size=2", "data.max_train_samples=null", "eval.limit=6")
+    cache = tmp_path / "cache"
+    adapter = compose(*common)
+    tasks = load_project_tasks(adapter)[1]
+    slices = {"sst2": [0, 1]}
+    material = seen_material(adapter, None, tasks, slices, None, None)["sst2"]
+    flags = audit_task(tasks["sst2"], material, cache)
+    assert [(f.doc_id, f.kind) for f in flags] == [(0, "containment")] and flags[0].test.startswith(test[0]["sentence"])
+    shown = SimpleNamespace(demonstrations=[{"sst2": [tasks["sst2"].dataset["train"][7]]}])
+    few_shot = compose(*common, "method=few_shot", "eval.num_fewshot=1")
+    material = seen_material(few_shot, None, tasks, slices, None, shown)["sst2"]
+    assert [f.doc_id for f in audit_task(tasks["sst2"], material, cache)] == [0]
+    zero_shot = compose(*common, "method=zero_shot")
+    assert seen_material(zero_shot, None, tasks, slices, None, SimpleNamespace(demonstrations=[]))["sst2"] == []

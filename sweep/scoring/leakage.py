@@ -22,11 +22,10 @@ import collections
 import hashlib
 import json
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from sweep.data.grouping import PhraseIndex
+from sweep.data.grouping import PhraseIndex, words  # (one normalisation builds the splits and audits them)
 
 NGRAM = 13         # GPT-3 / lm-eval decontamination
 CONTAINED_WORDS = 5  # a seen text at least this long inside a test example flags it
@@ -36,12 +35,6 @@ COMMON = 0.01      # words in more than this share of training documents do not 
 CANDIDATES = 20    # training documents (most shared uncommon words) compared with a test example by ROUGE-L
 ROUGE_WORDS = 64   # longer test examples are checked by n-grams alone (a near-copy of one shares a 13-gram;
                    # ROUGE-L's quadratic cost on HH-RLHF's 300-word dialogues would take minutes)
-WORD = re.compile(r"[a-z0-9]+")
-
-
-def words(text: str) -> tuple[str, ...]:
-    """Lower-case words without punctuation (as lm-eval's decontamination normalises)."""
-    return tuple(WORD.findall(text.lower()))
 
 
 def doc_text(doc: dict) -> str:
