@@ -6,8 +6,15 @@
 
 `make services` / `make services-stop` run these; the test suite starts its own pair through a
 session fixture. Both bind 127.0.0.1 only. PostgreSQL's `initdb` refuses to run as root, so as
-root the cluster is created and run as the `postgres` user. The database password is generated
-once and kept in `<root>/env` (mode 600), the file to `source`; it is never printed.
+root the cluster is created and run as the `postgres` user.
+
+Only the owner of the services folder reaches the databases: every connection, through the socket
+or over TCP, needs a password (scram-sha-256; no `trust`), the socket lives in a folder only the
+cluster's user may enter (0700) and is itself 0700, and the passwords (the superuser's, the role's)
+are generated here, written to files created private (0600, never readable by others even for an
+instant), handed to psql through its environment and to the server through psql's standard input,
+never on a command line (`ps` shows command lines to everyone). The role's password is kept in
+`<root>/env` (0600), the file to `source`; it is never printed.
 
 Why a script of our own: PostgreSQL and `mlflow server` are the ecosystem's servers, run as
 their docs say; what is ours is only the few steps that tie them together (a role, two
@@ -59,12 +66,25 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     return done
 
 
-def password_of(root: Path) -> str:
-    """The role's password, generated on first start and kept beside the cluster."""
-    path = root / "password"
+def write_private(path: Path, text: str, owner: str | None = None) -> None:
+    """Write `text` to a file that is 0600 from its creation (O_EXCL: never an older file of another
+    mode), owned by `owner` when given (as root)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with suppress(FileNotFoundError):
+        tmp.unlink()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    if owner and os.geteuid() == 0:
+        shutil.chown(tmp, owner, owner)
+    tmp.replace(path)
+
+
+def password_of(root: Path, name: str = "password", owner: str | None = None) -> str:
+    """A password generated on first start and kept beside the cluster, in a private file."""
+    path = root / name
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(24))
-        path.chmod(0o600)
+        write_private(path, secrets.token_urlsafe(24), owner)
     return path.read_text().strip()
 
 
@@ -73,36 +93,44 @@ def storage_url(root: Path, pg_port: int, database: str) -> str:
 
 
 def start_postgres(root: Path, port: int) -> None:
-    data, sock = root / "pg" / "data", root / "pg"
-    if os.geteuid() == 0:  # the postgres user must reach the folder and own the cluster
-        sock.mkdir(parents=True, exist_ok=True)
-        for p in [*reversed(sock.resolve().parents), sock.resolve()]:
+    cluster, data, sock = root / "pg", root / "pg" / "data", root / "pg" / "run"
+    owner = "postgres" if os.geteuid() == 0 else None
+    cluster.mkdir(parents=True, exist_ok=True)
+    if owner:  # the postgres user must reach the folder and own the cluster
+        for p in [*reversed(cluster.resolve().parents), cluster.resolve()]:
             if not os.stat(p).st_mode & 0o001:
                 raise ServiceError(f"{p} is not searchable by the postgres user; chmod o+x it or pass --root elsewhere")
-        shutil.chown(sock, "postgres", "postgres")
+        shutil.chown(cluster, owner, owner)
+    sock.mkdir(mode=0o700, exist_ok=True)  # (only the cluster's user enters it: the socket is reached by no one else)
+    sock.chmod(0o700)
+    if owner:
+        shutil.chown(sock, owner, owner)
+    hba = data / "pg_hba.conf"
+    if (data / "PG_VERSION").exists() and (not (cluster / "superuser-password").exists()
+                                           or " trust" in run(as_postgres(["cat", str(hba)])).stdout):
+        raise ServiceError(f"{data} is a cluster made before connections needed a password (anyone on this machine "
+                           f"could use it): stop it (make services-stop), remove {cluster} and start again")
+    superuser = password_of(cluster, "superuser-password", owner)
     if not (data / "PG_VERSION").exists():
-        pwfile = sock / "superuser-password"
-        pwfile.write_text(secrets.token_urlsafe(24))
-        if os.geteuid() == 0:
-            shutil.chown(pwfile, "postgres", "postgres")
-        pwfile.chmod(0o600)
-        run(as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--pwfile", str(pwfile),
-                         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8"]))
-        pwfile.unlink()
+        run(as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-U", "postgres", "--pwfile",
+                         str(cluster / "superuser-password"), "--auth-local=scram-sha-256",
+                         "--auth-host=scram-sha-256", "-E", "UTF8"]))
     status = subprocess.run(as_postgres([str(PG_BIN / "pg_ctl"), "status", "-D", str(data)]), capture_output=True)
     if status.returncode != 0:  # not running yet
-        opts = f"-c listen_addresses={HOST} -p {port} -k {sock} -c max_connections=200"
+        opts = (f"-c listen_addresses={HOST} -p {port} -k {sock} -c unix_socket_permissions=0700 "
+                "-c max_connections=200")
         run(as_postgres([str(PG_BIN / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(data),
-                         "-l", str(sock / "postgres.log"), "-o", opts]))
-    psql = as_postgres([str(PG_BIN / "psql"), "-h", str(sock), "-p", str(port), "-U", "postgres", "-v",
+                         "-l", str(cluster / "postgres.log"), "-o", opts]))
+    as_superuser = {"env": os.environ | {"PGPASSWORD": superuser}}  # (psql reads it; no command line shows it)
+    psql = as_postgres([str(PG_BIN / "psql"), "-h", str(sock), "-p", str(port), "-U", "postgres", "-w", "-v",
                         "ON_ERROR_STOP=1", "-tA"])
-    exists = run([*psql, "-c", f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'"]).stdout.strip()
+    exists = run([*psql, "-c", f"SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}'"], **as_superuser).stdout.strip()
     password = password_of(root).replace("'", "''")
     verb = "ALTER" if exists else "CREATE"
-    run([*psql, "-c", f"{verb} ROLE {ROLE} LOGIN PASSWORD '{password}'"])
+    run(psql, input=f"{verb} ROLE {ROLE} LOGIN PASSWORD '{password}';\n", **as_superuser)  # (standard input)
     for db in DATABASES:
-        if not run([*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{db}'"]).stdout.strip():
-            run([*psql, "-c", f"CREATE DATABASE {db} OWNER {ROLE}"])
+        if not run([*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{db}'"], **as_superuser).stdout.strip():
+            run([*psql, "-c", f"CREATE DATABASE {db} OWNER {ROLE}"], **as_superuser)
 
 
 def start_mlflow(root: Path, pg_port: int, port: int, timeout: float = 180) -> None:
@@ -210,9 +238,8 @@ def mlflow_port(root: Path) -> int:
 
 def write_env(root: Path, pg_port: int, mlflow_port: int) -> Path:
     env = root / "env"
-    env.write_text(f"export MLFLOW_TRACKING_URI=http://{HOST}:{mlflow_port}\n"
-                   f"export OPTUNA_STORAGE='{storage_url(root, pg_port, 'optuna')}'\n")
-    env.chmod(0o600)
+    write_private(env, f"export MLFLOW_TRACKING_URI=http://{HOST}:{mlflow_port}\n"
+                       f"export OPTUNA_STORAGE='{storage_url(root, pg_port, 'optuna')}'\n")
     return env
 
 

@@ -1,10 +1,14 @@
-"""scripts/services.py's own steps, without the servers: stopping a process group that ends at an
-awkward moment."""
+"""scripts/services.py: stopping a process group that ends at an awkward moment; who can reach the
+databases (only the owner), and where the passwords go (never a command line, never a readable file)."""
 from __future__ import annotations
 
+import os
 import signal
+import stat
 import subprocess
 import sys
+
+import pytest
 
 from scripts import services
 
@@ -25,3 +29,61 @@ def test_a_server_whose_group_ends_just_before_the_sigkill_is_stopped_without_an
     services.stop_mlflow(tmp_path)
     assert server.returncode == -signal.SIGTERM
     assert not (tmp_path / "mlflow.pid").exists()
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(os.geteuid() != 0, reason="acts as another local user (runuser -u nobody): needs root, as CI has")
+def test_only_the_owner_reaches_the_databases_and_no_password_is_on_a_command_line_or_readable(monkeypatch):
+    """`make services`: another local account (nobody) is refused through the socket and over TCP, as
+    the superuser and as the role; every password reaches psql and the server by environment or
+    standard input, never argv (which `ps` shows to everyone); the files that hold them are private."""
+    seen = []
+    real = subprocess.run
+
+    def recorded(cmd, *args, **kwargs):
+        seen.append(list(map(str, cmd)))
+        return real(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(services.subprocess, "run", recorded)
+    with services.throwaway_root() as root:
+        port = services.pg_port(root)
+        psql = [str(services.PG_BIN / "psql"), "-w", "-p", str(port), "-d", "optuna", "-c", "SELECT 1"]
+        for host in (str(root / "pg" / "run"), services.HOST):
+            for user in ("postgres", services.ROLE):
+                p = real(["runuser", "-u", "nobody", "--", *psql, "-h", host, "-U", user],
+                         capture_output=True, text=True)
+                assert p.returncode != 0, (host, user, p.stdout)
+                assert "Permission denied" in p.stderr or "password" in p.stderr, p.stderr
+        # The owner gets in, with the password the env file holds.
+        url = services.read_env(root)["OPTUNA_STORAGE"]
+        password = services.password_of(root)
+        assert password in url and services.password_of(root / "pg", "superuser-password")
+        ok = real([*psql, "-h", services.HOST, "-U", services.ROLE], capture_output=True, text=True,
+                  env=os.environ | {"PGPASSWORD": password})
+        assert ok.returncode == 0 and ok.stdout.split()[2] == "1", ok.stderr
+        secrets = [password, services.password_of(root / "pg", "superuser-password")]
+        assert seen and not any(secret in arg for cmd in seen for arg in cmd for secret in secrets)
+        for path in (root / "env", root / "password", root / "pg" / "superuser-password"):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert stat.S_IMODE((root / "pg" / "run").stat().st_mode) == 0o700
+
+
+def test_a_private_file_is_never_readable_by_others_even_while_it_is_written(tmp_path, monkeypatch):
+    """write_private creates the file 0600 (os.open's mode, under any umask), then writes into it."""
+    from scripts import services
+
+    modes = []
+    real_fdopen = os.fdopen
+
+    def watching(fd, *args, **kwargs):
+        modes.append(stat.S_IMODE(os.fstat(fd).st_mode))
+        return real_fdopen(fd, *args, **kwargs)
+
+    monkeypatch.setattr(services.os, "fdopen", watching)
+    old = os.umask(0)
+    try:
+        services.write_private(tmp_path / "secret", "s3cret")
+    finally:
+        os.umask(old)
+    assert modes == [0o600] and (tmp_path / "secret").read_text() == "s3cret"
+    assert stat.S_IMODE((tmp_path / "secret").stat().st_mode) == 0o600
