@@ -59,3 +59,22 @@ def test_the_server_reports_each_childs_pid_and_exit_status(tmp_path):
     finally:
         server.close()
     assert server.process.returncode == 0
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("fork", ["true", "false"])
+def test_a_module_in_the_folder_a_multirun_starts_from_never_runs(tmp_path, tracking, fork):
+    """Jobs import from the checkout and the environment only, wherever the sweep starts: a planted
+    `sacrebleu.py` (lm-eval imports sacrebleu) never runs, and a plain folder named `torch` breaks
+    nothing, in the fork server and in a job's own interpreter (hydra.launcher.fork=false)."""
+    from tests import forked
+    from tests.conftest import ROOT, TINY, clean_env
+
+    marker = tmp_path / "planted-module-ran"
+    (tmp_path / "sacrebleu.py").write_text(f"open({str(marker)!r}, 'w').close()\nraise ImportError('planted')\n")
+    (tmp_path / "torch").mkdir()
+    tiny = [a for a in TINY if not a.startswith("hydra/launcher")]
+    p = forked.run([str(ROOT / "sweep.py"), "-m", *tiny, *tracking, "lora.r=1,2", f"hydra.launcher.fork={fork}"],
+                   tmp_path, clean_env(), 900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert not marker.exists() and "lora-r2-a16-qkvo" in p.stdout

@@ -75,6 +75,13 @@ class ForkedJob:
         return self.returncode
 
 
+def module_command(module: str) -> list[str]:
+    """`python -P -m module`: a job's interpreter imports from the checkout (on PYTHONPATH) and the
+    environment only. Without -P, `-m` puts the folder the sweep was started from first on sys.path,
+    so a `torch/` folder or a planted `sacrebleu.py` there would be imported by every job."""
+    return [sys.executable, "-P", "-m", module]
+
+
 class ForkServer:
     """The launcher's end: starts the server, asks it for jobs, stops it."""
 
@@ -82,7 +89,7 @@ class ForkServer:
         commands_read, self._commands = os.pipe()
         self._replies, replies_write = os.pipe()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "sweep.study.fork_server", str(commands_read), str(replies_write)],
+            [*module_command("sweep.study.fork_server"), str(commands_read), str(replies_write)],
             env=env, pass_fds=(commands_read, replies_write))
         os.close(commands_read)
         os.close(replies_write)

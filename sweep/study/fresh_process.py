@@ -40,7 +40,7 @@ from omegaconf import DictConfig, open_dict
 
 from sweep.config import PROJECT_ROOT
 from sweep.runtime import processes
-from sweep.study.fork_server import ForkServer, can_fork
+from sweep.study.fork_server import ForkServer, can_fork, module_command
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class FreshProcessLauncher(BasicLauncher):
             payload.write_bytes(cloudpickle.dumps(
                 (self.hydra_context, config, self.task_function, Singleton.get_state(), sys.argv[0])))
             job = self._forked(payload, result) or subprocess.Popen(
-                [sys.executable, "-m", "sweep.study.job_process", str(payload), str(result)], env=job_env())
+                [*module_command("sweep.study.job_process"), str(payload), str(result)], env=job_env())
             try:
                 code = job.wait()
             except KeyboardInterrupt as e:  # Ctrl-C reached the job too; a SIGTERM to the sweep alone did not
@@ -112,8 +112,10 @@ class FreshProcessLauncher(BasicLauncher):
 
 
 def job_env() -> dict[str, str]:
-    """A job process's environment: the project importable wherever the sweep was started."""
-    return os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")]))}
+    """A job process's environment: the project importable wherever the sweep was started, and
+    nothing from that folder (an empty PYTHONPATH entry means the current folder: dropped)."""
+    entries = [str(PROJECT_ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return os.environ | {"PYTHONPATH": os.pathsep.join(e for e in entries if e and e != ".")}
 
 
 def died(config: DictConfig, code: int) -> JobReturn:
