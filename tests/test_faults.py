@@ -238,7 +238,7 @@ def test_a_tracking_outage_past_mlflows_retries_loses_no_point_of_the_curve(team
     assert proc.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-3000:]
     assert "the tracking server is unreachable" in (tmp_path / "job.log").read_text()
     run = mlflow.get_run(run_id)
-    assert run.info.status == "FINISHED" and "sst2/acc" in run.data.metrics and "adapter_sha256" in run.data.tags
+    assert run.info.status == "FINISHED" and "sst2/acc" in run.data.metrics and "adapter_manifest_sha256" in run.data.tags
     curve = mlflow.MlflowClient().get_metric_history(run_id, "train/loss")
     assert sorted(h.step for h in curve) == list(range(1, steps + 1))
 

@@ -365,6 +365,8 @@ def test_check_store_is_clean_after_a_sweep_and_names_each_fault_forced_into_it(
     first, second = kids.iloc[0], kids.iloc[1]
     weights = Path(first["artifact_uri"].removeprefix("file://")) / "adapter" / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"tampered")
+    config = Path(second["artifact_uri"].removeprefix("file://")) / "adapter" / "adapter_config.json"
+    config.write_text(config.read_text().replace('"use_rslora": false', '"use_rslora": true'))  # (config alone)
     client = mlflow.MlflowClient(tracking_uri=uri)
     copy = client.create_run(second["experiment_id"], tags={"optuna.study_name": "study", "mlflow.parentRunId":
                              parents.iloc[0]["run_id"], "optuna.trial_number": second["tags.optuna.trial_number"]})
@@ -373,7 +375,8 @@ def test_check_store_is_clean_after_a_sweep_and_names_each_fault_forced_into_it(
     found = check_store()
     lines = found.stdout.strip().splitlines()
     assert found.returncode == 1, found.stderr[-2000:]
-    assert f"run {first['run_id']}: adapter/adapter_model.safetensors is missing or does not hash" in found.stdout
+    for run in (first, second):
+        assert f"run {run['run_id']}: adapter/ does not match its adapter_manifest_sha256" in found.stdout
     assert f"study 'study' trial {second['tags.optuna.trial_number']}: COMPLETE with 2 FINISHED runs" in found.stdout
     assert sum(f"mlflow.parentRunId='{parents.iloc[0]['run_id']}' names no run" in line for line in lines) == 3
 
@@ -425,7 +428,7 @@ def test_a_full_artifact_store_fails_the_trial_keeps_the_adapter_and_make_upload
     assert p.returncode == 0, p.stderr[-2000:]
     assert not kept.exists()
     stored = mlflow.get_run(run["run_id"])
-    assert stored.info.status == "FINISHED" and "adapter_sha256" in stored.data.tags and "error" not in stored.data.tags
+    assert stored.info.status == "FINISHED" and "adapter_manifest_sha256" in stored.data.tags and "error" not in stored.data.tags
     failed, counted = study_of(tmp_path).trials
     assert failed.state == TrialState.FAIL and counted.state == TrialState.COMPLETE
     assert counted.params == failed.params and counted.user_attrs["retry_of"] == 0

@@ -385,9 +385,24 @@ def test_a_run_without_adapter_or_with_a_changed_one_is_refused(pipeline):
     cfg = stage_cfg("dpo", f"init.run_id={sft}", *tracking, f"paths.cache={tmp}/cache")
     with pytest.raises(ConfigError, match="trained on another base model"):
         resolve(cfg, "s", "HuggingFaceTB/SmolLM2-360M", multirun=False)
-    stored = next((tmp / "artifacts").rglob(f"{sft}/artifacts/adapter/adapter_model.safetensors"))
-    stored.write_bytes(stored.read_bytes()[:-8] + b"\0" * 8)  # the store changed after the run
-    with pytest.raises(ConfigError, match="does not match the sha256 its run recorded"):
+    import json
+    import shutil
+
+    folder = next((tmp / "artifacts").rglob(f"{sft}/artifacts/adapter/adapter_model.safetensors")).parent
+    resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)  # (as stored: it loads)
+    shutil.rmtree(tmp / "cache" / "adapters" / sft)  # (a verified local copy is what was scored: used as it is)
+    kept = tmp / "kept-adapter"
+    shutil.copytree(folder, kept)
+    # The store changed after the run: the config alone (what peft reads as the scale), or the weights.
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps(config | {"lora_alpha": config["lora_alpha"] * 100}))
+    with pytest.raises(ConfigError, match="the adapter folder does not match the manifest sha256 its run recorded"):
+        resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+    shutil.rmtree(folder)
+    shutil.copytree(kept, folder)
+    weights = folder / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ConfigError, match="does not match the manifest sha256 its run recorded"):
         resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
 
 

@@ -31,7 +31,7 @@ from sweep.config import RUN_ID, ConfigError
 from sweep.rlhf.stages import FIRST_STAGE, JUDGE_HEAD, JUDGE_STAGE, POLICY_HEAD, POLICY_STAGES, STAGES
 from sweep.runtime.files import sha256
 from sweep.tracking import reuse
-from sweep.tracking.records import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_SHA_TAG, ADAPTER_WEIGHTS
+from sweep.tracking.records import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_SHA_TAG, ADAPTER_WEIGHTS, OLD_ADAPTER_SHA_TAG
 
 log = logging.getLogger(__name__)
 
@@ -148,17 +148,18 @@ def fetch(key: str, run_id: str, head: str, uri: str, base_model: str, cache: Pa
         raise ConfigError(f"{key}={run_id} was trained on another base model than this job's ({base_model}); "
                           f"choose the model it was trained on (its run's `model` param)")
     expected = tags.get(ADAPTER_SHA_TAG)
+    if expected is None and tags.get(OLD_ADAPTER_SHA_TAG):
+        raise ConfigError(f"{key}={run_id}: its adapter was recorded with only its weights hashed (its config could "
+                          f"have been changed since): train that stage again")
     if expected is None:
         raise ConfigError(f"{key}={run_id}: the run has no adapter (a baseline, a full fine-tune, or "
                           f"tracking.log_adapter=false); start from a run that trained with method=lora")
     folder = cache / run_id
-    if reuse.verified_copy(store, run_id, f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", expected, folder) is None:
+    if reuse.verified_folder(store, run_id, ADAPTER_DIR, expected, folder) is None or not all(
+            (folder / name).is_file() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)):
         shutil.rmtree(folder, ignore_errors=True)
-        raise ConfigError(f"{key}={run_id}: the adapter does not match the sha256 its run recorded; the store "
-                          "was changed after the run: train that stage again")
-    if not (folder / ADAPTER_CONFIG).is_file():  # (parsed as JSON and checked below: only the weights are hashed)
-        Path(store.download_artifacts(run_id, f"{ADAPTER_DIR}/{ADAPTER_CONFIG}", str(folder))).replace(
-            folder / ADAPTER_CONFIG)
+        raise ConfigError(f"{key}={run_id}: the adapter folder does not match the manifest sha256 its run recorded; "
+                          "the store was changed after the run: train that stage again")
     check_adapter_config(key, run_id, folder / ADAPTER_CONFIG, head)
     log.info("%s: %s run %s (adapter %s...)", key, stage, run_id, expected[:12])
     parent = tags.get(PARENT_TAG)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -36,12 +37,18 @@ from sweep.runtime import processes
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring.baseline_cache import SCORES, SCORES_HASH_TAG
 from sweep.tracking import reuse
-from sweep.tracking.records import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_SHA_TAG, ADAPTER_WEIGHTS, RESULTS_HASH_TAG
+from sweep.tracking.records import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_SHA_TAG,
+    ADAPTER_WEIGHTS,
+    OLD_ADAPTER_SHA_TAG,
+    RESULTS_HASH_TAG,
+)
 from sweep.tracking.untrusted import printable
 
 # The files a run declares by a hash tag: tag -> artifact path.
-DECLARED = {RESULTS_HASH_TAG: "lm_eval_results.json", SCORES_HASH_TAG: SCORES,
-            ADAPTER_SHA_TAG: f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}", REFERENCE_SHA_TAG: REPLIES,
+DECLARED = {RESULTS_HASH_TAG: "lm_eval_results.json", SCORES_HASH_TAG: SCORES, REFERENCE_SHA_TAG: REPLIES,
             GENERATED_SHA_TAG: f"{ARTIFACT_DIR}/{TASKS_FILE}"}
 LINKS = (PARENT_TAG, JUDGE_TAG, "mlflow.parentRunId")
 log = logging.getLogger(__name__)
@@ -66,8 +73,8 @@ def check_runs(store: mlflow.MlflowClient, runs: list) -> list[Violation]:
                 for tag, artifact in DECLARED.items():
                     if tag in tags and reuse.verified_copy(store, rid, artifact, tags[tag], Path(tmp) / str(i)) is None:
                         found.append(Violation(f"run {rid}", f"{artifact} is missing or does not hash to its {tag}"))
-                if ADAPTER_SHA_TAG in tags and not _has(store, rid, f"{ADAPTER_DIR}/{ADAPTER_CONFIG}"):
-                    found.append(Violation(f"run {rid}", f"{ADAPTER_DIR}/{ADAPTER_CONFIG} is missing"))
+                    shutil.rmtree(Path(tmp) / str(i), ignore_errors=True)  # (each download gone once hashed)
+                found += adapter_violations(store, run, Path(tmp) / str(i))
             for link in LINKS:
                 target = tags.get(link)
                 if target is not None and target not in ids and not _exists(store, target):
@@ -78,12 +85,25 @@ def check_runs(store: mlflow.MlflowClient, runs: list) -> list[Violation]:
     return found
 
 
-def _has(store: mlflow.MlflowClient, run_id: str, path: str) -> bool:
-    folder, _, name = path.rpartition("/")
-    try:
-        return any(a.path == path for a in store.list_artifacts(run_id, folder or None)) if name else False
-    except mlflow.exceptions.MlflowException:
-        return False
+def adapter_violations(store: mlflow.MlflowClient, run, tmp: Path) -> list[Violation]:
+    """A finished run's adapter, checked whole (its manifest, config and weights) against its tag; a
+    run that trained an adapter (its method and `tracking.log_adapter`) and records none is a
+    violation too, as is one whose config was never hashed (recorded before manifests)."""
+    rid, tags, params = run.info.run_id, run.data.tags, run.data.params
+    if ADAPTER_SHA_TAG in tags:
+        ok = reuse.verified_folder(store, rid, ADAPTER_DIR, tags[ADAPTER_SHA_TAG], tmp) is not None and all(
+            (tmp / name).is_file() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+        shutil.rmtree(tmp, ignore_errors=True)
+        return [] if ok else [Violation(f"run {rid}", f"{ADAPTER_DIR}/ does not match its {ADAPTER_SHA_TAG} "
+                                                      "(a file missing, added to the manifest, or changed)")]
+    if OLD_ADAPTER_SHA_TAG in tags:
+        return [Violation(f"run {rid}", f"its adapter was recorded with only its weights hashed "
+                                        f"({OLD_ADAPTER_SHA_TAG}): {ADAPTER_CONFIG} cannot be checked")]
+    peft, trains = params.get("method.peft"), params.get("method.trains") == "True"
+    if trains and peft not in (None, "None", "null", "") and params.get("tracking.log_adapter", "True") == "True":
+        return [Violation(f"run {rid}", f"trained an adapter (method.peft={printable(peft)}) and "
+                                        "records none")]
+    return []
 
 
 def _exists(store: mlflow.MlflowClient, run_id: str) -> bool:

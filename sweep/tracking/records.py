@@ -29,7 +29,9 @@ ADAPTER_DIR = "adapter"
 JUDGED_REPLIES = "judged_replies.json"  # each reply, the reference's, their rewards (MLflow table)
 DEV_JUDGED_REPLIES = "dev_" + JUDGED_REPLIES  # the same on the development prompts
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-ADAPTER_SHA_TAG = "adapter_sha256"  # of the logged adapter's weights: checked by a stage that starts from it
+ADAPTER_SHA_TAG = "adapter_manifest_sha256"  # of the adapter folder's MANIFEST.json: every file of it, config
+                                             # included; checked wherever the adapter is loaded, and by check-store
+OLD_ADAPTER_SHA_TAG = "adapter_sha256"  # (runs from before: the weights alone hashed, the config outside it)
 TRAINED_ADAPTER = "default"  # peft's name of the adapter a job trains (TRL may add a frozen copy, "ref")
 log = logging.getLogger(__name__)
 
@@ -209,7 +211,7 @@ def pending_folder(pending_root: Path, run_id: str) -> Path:
 
 def log_adapter(model, pending_root: Path) -> None:
     """The trained adapter as safetensors (peft's default format; never pickle), with the sha256 of
-    its weights as a tag: a later stage that starts from this run checks its download against it.
+    its folder's manifest as a tag: whatever loads it later checks the whole folder against it.
     Saved to `pending_root` first: if the upload fails (a full or unwritable artifact store, a
     server that refuses), the adapter stays there and AdapterNotStored names the command that
     uploads it; once stored, the local copy is removed."""
@@ -226,8 +228,11 @@ def log_adapter(model, pending_root: Path) -> None:
 
 
 def upload_adapter(folder: Path, run_id: str) -> None:
-    """Upload an adapter folder to the run and tag its weights' sha256."""
-    digest = sha256(folder / ADAPTER_WEIGHTS)
+    """Upload an adapter folder to the run with its manifest, and tag the manifest's sha256 (one hash
+    of the folder whole: its config as much as its weights)."""
+    from sweep.tracking.reuse import write_manifest
+
+    digest = write_manifest(folder)
     client = mlflow.MlflowClient()
 
     def write():

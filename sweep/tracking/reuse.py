@@ -10,7 +10,9 @@ run id is checked before it is used, and a file is trusted only after its hash m
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -72,6 +74,41 @@ def verified_copy(store: mlflow.MlflowClient, run_id: str, artifact: str, expect
         path.unlink()
         return None
     return path
+
+
+MANIFEST = "MANIFEST.json"  # an artifact folder's files and their sha256: what a folder hash covers
+_MANIFEST_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+
+
+def write_manifest(folder: Path) -> str:
+    """Write `folder`/MANIFEST.json ({file: sha256} of every other file in it) and return its sha256:
+    one hash that covers the folder whole (an adapter's config as much as its weights)."""
+    files = sorted(p.name for p in folder.iterdir() if p.is_file() and p.name != MANIFEST)
+    (folder / MANIFEST).write_text(json.dumps({name: sha256(folder / name) for name in files}, sort_keys=True))
+    return sha256(folder / MANIFEST)
+
+
+def verified_folder(store: mlflow.MlflowClient, run_id: str, artifact_dir: str, expected: str | None,
+                    folder: Path) -> Path | None:
+    """The run's artifact folder as `folder`, every file of its manifest downloaded and checked against
+    it, the manifest against `expected`; None (and nothing left) when any file is missing, does not
+    hash as listed, or the manifest is malformed (store text: names are checked, never used as paths)."""
+    manifest = verified_copy(store, run_id, f"{artifact_dir}/{MANIFEST}", expected, folder)
+    try:
+        listed = json.loads(manifest.read_text()) if manifest else None
+    except (ValueError, UnicodeDecodeError):
+        listed = None
+    ok = isinstance(listed, dict) and bool(listed) and all(
+        isinstance(k, str) and _MANIFEST_NAME.fullmatch(k) and k not in (".", "..", MANIFEST) and isinstance(v, str)
+        for k, v in listed.items())
+    if ok and all(verified_copy(store, run_id, f"{artifact_dir}/{name}", digest, folder) for name, digest in
+                  listed.items()):
+        extra = [p for p in folder.iterdir() if p.name not in listed and p.name != MANIFEST]
+        for p in extra:  # (a file left from an older download is not part of what was hashed)
+            p.unlink() if p.is_file() else shutil.rmtree(p)
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 @contextmanager
