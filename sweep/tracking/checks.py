@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import urllib.error
 import urllib.request
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 from omegaconf import DictConfig
@@ -37,12 +38,27 @@ def validate_tracking(tracking: DictConfig) -> None:
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 3600:
         raise ConfigError(f"tracking.system_metrics_interval={interval!r} is invalid: give seconds between samples "
                           "of the machine, e.g. tracking.system_metrics_interval=10")
+    check_sqlite_uri(tracking.uri)
     outage = tracking.outage_seconds
     if isinstance(outage, bool) or not isinstance(outage, (int, float)) or not outage > 0:
         raise ConfigError(f"tracking.outage_seconds={outage!r} is invalid: give the seconds a job waits for a tracking "
                           "server that does not answer, e.g. tracking.outage_seconds=900")
 
 
+
+
+def check_sqlite_uri(uri) -> None:
+    """A SQLite URI must name a database file: `sqlite:///` alone (what `sqlite:///$UNSET` becomes)
+    gives each of MLflow's threads its own empty in-memory database, and the job hangs; a folder
+    fails after minutes. (A file in a folder that does not exist yet: the store creates the folder.)"""
+    if not (isinstance(uri, str) and uri.startswith("sqlite:")):
+        return
+    path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+    fix = "give a database file, e.g. tracking.uri=sqlite:///$PWD/mlflow.db"
+    if not path or path == ":memory:" or path.endswith("/"):
+        raise ConfigError(f"tracking.uri={uri!r} names no database file (an unset variable in sqlite:///$VAR?); {fix}")
+    if Path(path).is_dir():
+        raise ConfigError(f"tracking.uri={uri!r} names a folder, not a database file; {fix}")
 
 
 def probe_server(uri: str) -> None:
