@@ -434,3 +434,12 @@ def test_a_full_artifact_store_fails_the_trial_keeps_the_adapter_and_make_upload
     assert counted.params == failed.params and counted.user_attrs["retry_of"] == 0
     assert counted.value == stored.data.metrics["dev/sst2/acc"] and stored.data.tags["optuna.trial_number"] == "1"
     assert check_store(uri, f"{tmp_path}/optuna.journal") == []  # the adapter hashes to its tag; one run per trial
+    # An upload never overwrites the adapter of a run that did not fail for want of it (this one, now FINISHED).
+    kept.mkdir(parents=True)
+    (kept / "adapter_model.safetensors").write_bytes(b"another adapter")
+    again = subprocess.run([sys.executable, "-m", "sweep.pipeline.upload", run["run_id"], "--tracking-uri", uri,
+                            "--pending", str(pending)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                           env=clean_env())
+    assert again.returncode == 2 and "did not fail for want of its adapter" in again.stderr, again.stderr[-2000:]
+    assert mlflow.get_run(run["run_id"]).data.tags["adapter_manifest_sha256"] == \
+        stored.data.tags["adapter_manifest_sha256"]

@@ -43,17 +43,19 @@ def upload(run_id: str, tracking_uri: str, pending_root: Path, storage: str | No
     run = run_by_id(store, run_id, "RUN", tracking_uri)  # (refused in one line when the store has no such run)
     error = run.data.tags.get("error", "")
     waited = run.info.status == "FAILED" and error.startswith(AdapterNotStored.__name__)  # (failed for this only)
+    if not waited:
+        raise ConfigError(f"run {run_id} is {run.info.status.lower()} and did not fail for want of its adapter: only "
+                          f"such a run is completed by an upload (its stored adapter and hash stay as they are)")
     trial = waiting_trial(run, storage) if waited and "optuna.study_name" in run.data.tags else None
     mlflow.set_tracking_uri(tracking_uri)
     upload_adapter(folder, run_id)
     store.set_tag(run_id, "adapter_uploaded_later", "true")
-    if waited:
-        if trial is not None:
-            store.set_tag(run_id, "optuna.trial_number", str(count_trial(*trial, run_id)))
-            store.set_tag(run_id, "optuna.state", "COMPLETE")
-        store.set_tag(run_id, "adapter_upload_error", error)
-        store.delete_tag(run_id, "error")
-        store.set_terminated(run_id, "FINISHED")
+    if trial is not None:
+        store.set_tag(run_id, "optuna.trial_number", str(count_trial(*trial, run_id)))
+        store.set_tag(run_id, "optuna.state", "COMPLETE")
+    store.set_tag(run_id, "adapter_upload_error", error)
+    store.delete_tag(run_id, "error")
+    store.set_terminated(run_id, "FINISHED")
     shutil.rmtree(folder.parent)
     return folder
 
