@@ -371,6 +371,9 @@ def test_check_store_is_clean_after_a_sweep_and_names_each_fault_forced_into_it(
     copy = client.create_run(second["experiment_id"], tags={"optuna.study_name": "study", "mlflow.parentRunId":
                              parents.iloc[0]["run_id"], "optuna.trial_number": second["tags.optuna.trial_number"]})
     client.set_terminated(copy.info.run_id, "FINISHED")
+    strays = [client.create_run(second["experiment_id"], tags=tags).info.run_id for tags in (
+        {"optuna.study_name": "nosuch", "optuna.trial_number": "0"},
+        {"optuna.study_name": "study", "optuna.trial_number": "abc"})]
     client.delete_run(parents.iloc[0]["run_id"])
     found = check_store()
     lines = found.stdout.strip().splitlines()
@@ -379,6 +382,8 @@ def test_check_store_is_clean_after_a_sweep_and_names_each_fault_forced_into_it(
         assert f"run {run['run_id']}: adapter/ does not match its adapter_manifest_sha256" in found.stdout
     assert f"study 'study' trial {second['tags.optuna.trial_number']}: COMPLETE with 2 FINISHED runs" in found.stdout
     assert sum(f"mlflow.parentRunId='{parents.iloc[0]['run_id']}' names no run" in line for line in lines) == 3
+    assert f"run {strays[0]}: tagged with study 'nosuch', which the storage does not hold" in found.stdout
+    assert f"run {strays[1]}: tagged with trial 'abc' of study 'study', which has no such trial" in found.stdout
 
 
 def _can_mount_tmpfs(tmp: Path) -> bool:

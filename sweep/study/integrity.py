@@ -44,6 +44,7 @@ from sweep.tracking.records import (
     ADAPTER_WEIGHTS,
     OLD_ADAPTER_SHA_TAG,
     RESULTS_HASH_TAG,
+    STUDY_METHOD,
 )
 from sweep.tracking.untrusted import printable
 
@@ -124,10 +125,14 @@ def check_studies(storage_url: str, runs: list) -> list[Violation]:
 
     storage = make_storage(storage_url)
     found = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+    summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+    numbers = {}
+    for summary in summaries:
         name = summary.study_name
         mine = [r for r in runs if r.data.tags.get("optuna.study_name") == name]
-        for t in optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False):
+        trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        numbers[name] = {str(t.number) for t in trials}
+        for t in trials:
             of_trial = [r for r in mine if r.data.tags.get("optuna.trial_number") == str(t.number)]
             finished = [r for r in of_trial if r.info.status == "FINISHED"]
             where = f"study {name!r} trial {t.number}"
@@ -139,6 +144,16 @@ def check_studies(storage_url: str, runs: list) -> list[Violation]:
                 for r in of_trial:
                     if r.info.status == "RUNNING":
                         found.append(Violation(f"run {r.info.run_id}", f"RUNNING, but {where} is {t.state.name}"))
+    for r in runs:  # (a run names a study or trial the storage does not hold: store text, shown, never used)
+        name, number = r.data.tags.get("optuna.study_name"), r.data.tags.get("optuna.trial_number")
+        if name is None or r.data.tags.get("method") == STUDY_METHOD:
+            continue
+        if name not in numbers:
+            found.append(Violation(f"run {r.info.run_id}", f"tagged with study {name[:100]!r}, which the storage "
+                                                           "does not hold"))
+        elif number is not None and number not in numbers[name]:
+            found.append(Violation(f"run {r.info.run_id}", f"tagged with trial {number[:20]!r} of study "
+                                                           f"{name[:100]!r}, which has no such trial"))
     return found
 
 
