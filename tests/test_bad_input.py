@@ -147,6 +147,10 @@ CASES = [
     ("sweep.py", [*OPTUNA, "hydra.sweeper.constraints=['sst2/acc >= 0.5']"],
      "sst2/acc is a test score, and no test score steers a choice; constrain the development score instead"),
     ("confirm.py", ["--experiment", "quickstart", "--seeds", "0"], "--seeds 0: give 1 to 100 fresh seeds"),
+    # (MLflow's registry reserves latest and v<N>: refused before a version is registered)
+    ("sweep.py", ["tracking.register_alias=v1"], "tracking.register_alias='v1' is invalid"),
+    ("-m sweep.pipeline.promote", ["0123456789abcdef0123456789abcdef", "--alias", "latest", "--tracking-uri", "{store}"],
+     "--alias 'latest' is invalid"),
     # (a SQLite URI must name a database file in a folder that exists: `sqlite:///` alone hung past 400 s)
     ("sweep.py", ["tracking.uri=sqlite:///"], "tracking.uri='sqlite:///' names no database file"),
     ("sweep.py", ["tracking.uri=sqlite:///{cwd}"], "names a folder, not a database file"),

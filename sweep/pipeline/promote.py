@@ -108,14 +108,15 @@ def adapted_model(run_id: str, base: str, uri: str):
 def promote(run_id: str, alias: str = CHAMPION, uri: str | None = None):
     """Register the run's adapter, with a reference to its base, as a new version of `<experiment>-<task>`
     and point `alias` at it; returns the ModelVersion."""
+    if not REGISTRY_ALIAS.fullmatch(alias):  # (before anything: a refused alias left a version registered)
+        raise ConfigError(f"--alias {alias!r} is invalid: a letter, then letters, digits, _ or - (MLflow reserves "
+                          "latest and v<number>), e.g. champion")
     uri = uri or default_tracking_uri()
     mlflow.set_tracking_uri(uri)
     client = reuse.client(uri)
     run = reuse.run_by_id(client, run_id, "RUN", uri)
     if run.info.status != "FINISHED":
         raise ConfigError(f"RUN={run_id} is {run.info.status}: only a finished run is registered")
-    if not REGISTRY_ALIAS.fullmatch(alias):
-        raise ConfigError(f"--alias {alias!r} is invalid: a letter, then letters, digits, _ or - (e.g. champion)")
     experiment = client.get_experiment(run.info.experiment_id).name
     name = registered_name(experiment, run.data.tags.get("tasks", ""))
     model, base_path, tokenizer = adapted_model(run_id, run.data.tags.get("base_model", ""), uri)

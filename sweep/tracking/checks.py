@@ -14,7 +14,8 @@ from omegaconf import DictConfig
 from sweep.config import ConfigError
 from sweep.runtime.secrets import redact
 
-REGISTRY_ALIAS = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,63}")  # an alias in MLflow's model registry
+REGISTRY_ALIAS = re.compile(r"(?!(?i:latest$|v\d+$))[A-Za-z][A-Za-z0-9_-]{0,63}")  # an alias MLflow's registry takes
+                                                                                  # (it reserves latest and v<N>)
 PROBE_SECONDS = 5  # a tracking server that does not answer in this time is taken for down
 
 
@@ -32,8 +33,8 @@ def validate_tracking(tracking: DictConfig) -> None:
             raise ConfigError(f"tracking.{key}={tracking[key]!r} is invalid: must be true or false")
     alias = tracking.register_alias
     if not (isinstance(alias, str) and REGISTRY_ALIAS.fullmatch(alias)):
-        raise ConfigError(f"tracking.register_alias={alias!r} is invalid: a letter, then letters, digits, _ or -, "
-                          "e.g. tracking.register_alias=champion")
+        raise ConfigError(f"tracking.register_alias={alias!r} is invalid: a letter, then letters, digits, _ or - "
+                          "(MLflow reserves latest and v<number>), e.g. tracking.register_alias=champion")
     interval = tracking.system_metrics_interval
     if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0 < interval <= 3600:
         raise ConfigError(f"tracking.system_metrics_interval={interval!r} is invalid: give seconds between samples "
