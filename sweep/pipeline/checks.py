@@ -8,11 +8,14 @@ second, not a model load.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import ConfigError, is_int, require
 from sweep.data.checks import validate_data
 from sweep.rlhf.stages import STAGES, validate_stage
+from sweep.runtime.files import check_writable
 from sweep.scoring.baselines import validate_baseline_search
 from sweep.scoring.checks import validate_eval
 from sweep.tracking.checks import validate_tracking
@@ -33,7 +36,9 @@ def validate(cfg: DictConfig) -> None:
     except Exception as e:  # a bad interpolation, e.g. ${mul:...} on a string
         raise ConfigError(f"the config does not resolve: {e}") from None
 
-    require(is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "must be an integer >= 0")
+    require(is_int(cfg.seed) and 0 <= cfg.seed < 2**32, "seed", cfg.seed,
+            "must be an integer >= 0 and below 2^32 (what numpy and torch take)")
+    validate_paths(cfg.paths)
     step = cfg.debug.fail_at_step
     require(step is None or (is_int(step) and step > 0), "debug.fail_at_step", step,
             "must be a training step (an integer > 0) or null")
@@ -51,16 +56,28 @@ def validate(cfg: DictConfig) -> None:
         require(not cfg.eval.every_steps or cfg.data.dev_size, "eval.every_steps", cfg.eval.every_steps,
                 "scores the development slice during training, and data.dev_size=0 carves none: "
                 "set data.dev_size (e.g. 200) or eval.every_steps=null")
+    validate_lora(cfg.lora)  # (a bad value is refused even where the method does not read it)
     if m.peft == "lora":
-        validate_lora(cfg.lora)
         require(m.quantization is None or cfg.lora.init not in ("pissa", "olora"), "lora.init", cfg.lora.init,
                 "pissa and olora rewrite the base weights, which a 4-bit base model cannot hold; "
                 "use method=lora, or lora.init=default|gaussian")
     if m.peft in PROMPT_LEARNING:
         validate_prompt(cfg.prompt)
     validate_eval(cfg.eval, m.trains)
+    tasks = list(cfg.eval.tasks) if OmegaConf.is_list(cfg.eval.tasks) else []
+    require(len(set(map(str, tasks))) == len(tasks), "eval.tasks", tasks, "names a task twice: name each once")
     if m.name == "strongest_baseline":
         validate_baseline_search(m.search)
         require(cfg.data.dev_size > 0, "data.dev_size", cfg.data.dev_size,
                 "method=strongest_baseline chooses on the development slice: set data.dev_size > 0, e.g. 200")
     validate_stage(cfg.stage, m, cfg.lora, cfg.init.run_id, cfg.train)
+
+
+def validate_paths(paths: DictConfig) -> None:
+    """Folders a job writes must be creatable there; the task folder must hold task YAMLs (a wrong
+    one would let lm-eval fall back to its own built-in task of the same name, another data source)."""
+    for key in ("cache", "pending", "generated"):
+        check_writable(f"paths.{key}", paths[key])
+    tasks = Path(str(paths.tasks))
+    require(tasks.is_dir() and any(tasks.glob("*.yaml")), "paths.tasks", str(paths.tasks),
+            "must be a folder of lm-eval task YAMLs (the project's: tasks/)")

@@ -16,6 +16,7 @@ from sweep.config import PROJECT_ROOT, ConfigError, close_matches
 from sweep.pipeline.checks import validate
 from sweep.runtime.secrets import redact
 from sweep.tracking.checks import probe_server
+from sweep.tracking.untrusted import printable
 
 CONF = PROJECT_ROOT / "conf"
 ADDABLE = ("tracking.tags.",)  # keys a user may add with +: the run's own tags
@@ -117,9 +118,12 @@ def check_hydra_overrides(args: list[str], compose, config_name: str) -> None:
         if a in groups:
             continue
         try:
-            compose(config_name=config_name, overrides=[*groups, a], return_hydra_config=True)
+            composed = compose(config_name=config_name, overrides=[*groups, a], return_hydra_config=True)
         except Exception as e:  # noqa: BLE001  (a value Hydra's schema refuses)
             raise ConfigError(f"{a}: {first_line(e)}") from None
+        fork = OmegaConf.select(composed, "hydra.launcher.fork", default=None)
+        if a.startswith("hydra.launcher.fork=") and not isinstance(fork, bool):
+            raise ConfigError(f"{a} is invalid: must be true or false")
 
 
 def first_line(e: Exception) -> str:
@@ -194,5 +198,5 @@ def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=va
                 cfg = compose(config_name=config_name, overrides=jobs[0])
                 probe_server(str(OmegaConf.select(cfg, "tracking.uri", default="")))
     except ConfigError as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
+        print(f"error: {printable(redact(str(e)))}", file=sys.stderr)  # (control characters shown, not obeyed)
         sys.exit(2)

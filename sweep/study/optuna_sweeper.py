@@ -153,9 +153,9 @@ class OptunaSweeper(Sweeper):
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"hydra.sweeper.{key}={getattr(self, key)!r} is invalid: choose one of "
                                   f"{', '.join(allowed)}")
-        if len(self.directions) != len(self.objectives):
-            raise ConfigError(f"hydra.sweeper.directions={self.directions} must name one direction per objective "
-                              f"({self.objectives})")
+        if not self.objectives or len(self.directions) != len(self.objectives):
+            raise ConfigError(f"hydra.sweeper.objective={self.objectives}, directions={self.directions}: name at least "
+                              "one objective and one direction each, e.g. hydra.sweeper.objective=sst2/acc")
         for d in self.directions:
             if d not in ("maximize", "minimize"):
                 raise ConfigError(f"hydra.sweeper.direction={d!r} is invalid: choose maximize or minimize")

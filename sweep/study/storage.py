@@ -23,6 +23,7 @@ from pathlib import Path
 import optuna
 
 from sweep.config import ConfigError
+from sweep.runtime.files import check_writable
 from sweep.runtime.secrets import redact
 
 # The study storage URL travels to workers and jobs through this variable, never on a command
@@ -145,6 +146,7 @@ def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
             raise ConfigError(f"hydra.sweeper.storage={redact(url)!r} cannot be opened ({redact(reason)}); start the "
                               f"database (`make services`) or fix the URL, or leave it unset for the local "
                               f"journal file") from None
+    check_writable("hydra.sweeper.storage", Path(url).parent)
     Path(url).parent.mkdir(parents=True, exist_ok=True)
     backend = optuna.storages.journal.JournalFileBackend(url)
     return optuna.storages.JournalStorage(backend)

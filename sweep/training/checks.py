@@ -49,8 +49,8 @@ def validate_train(t: DictConfig) -> None:
     for key in ("batch_size", "grad_accum"):
         require(is_int(t[key]) and t[key] > 0, f"train.{key}", t[key], "must be a positive integer")
     require(is_number(t.lr) and t.lr > 0, "train.lr", t.lr, "must be a positive number, e.g. train.lr=1e-4")
-    require(is_int(t.max_seq_length) and t.max_seq_length > 1, "train.max_seq_length", t.max_seq_length,
-            "must be an integer > 1")
+    require(is_int(t.max_seq_length) and 1 < t.max_seq_length <= MAX_SEQ_LENGTH, "train.max_seq_length",
+            t.max_seq_length, f"must be an integer from 2 to {MAX_SEQ_LENGTH:,} (the model's context bounds it)")
     require(t.sampling in SAMPLING, "train.sampling", t.sampling, f"choose one of {', '.join(SAMPLING)}")
     require(is_int(t.logging_steps) and t.logging_steps > 0, "train.logging_steps", t.logging_steps,
             "must be a positive integer")
@@ -64,8 +64,13 @@ def validate_train(t: DictConfig) -> None:
         require(isinstance(t[key], bool), f"train.{key}", t[key], "must be true or false")
 
 
+MAX_RANK = 65536         # no linear layer is wider: a larger rank is a typo
+MAX_SEQ_LENGTH = 131072  # longer than any context a bundled or supported model takes
+
+
 def validate_lora(lora: DictConfig) -> None:
-    require(is_int(lora.r) and lora.r > 0, "lora.r", lora.r, "must be a positive integer, e.g. lora.r=8")
+    require(is_int(lora.r) and 0 < lora.r <= MAX_RANK, "lora.r", lora.r,
+            f"must be a positive integer up to {MAX_RANK:,}, e.g. lora.r=8")
     require(is_number(lora.alpha) and lora.alpha > 0, "lora.alpha", lora.alpha,
             "must be a positive number, e.g. lora.alpha=16")
     require(is_number(lora.dropout) and 0 <= lora.dropout < 1, "lora.dropout", lora.dropout, "must be in [0, 1)")
