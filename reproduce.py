@@ -14,7 +14,7 @@ import mlflow
 
 import sweep  # noqa: F401  (resolvers)
 from sweep.config import ConfigError, default_tracking_uri
-from sweep.pipeline.reproduce import find_trial_run, reproduce
+from sweep.pipeline.reproduce import check_allowed, find_trial_run, reproduce
 from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking.store import require_store
 
@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     if bool(a.run_id) == bool(a.from_optuna):
         p.error("give a RUN_ID or --from-optuna STUDY[:TRIAL] (one of them)")
     try:
+        check_allowed(a.allow)
         require_store(a.tracking_uri)
         mlflow.set_tracking_uri(a.tracking_uri)
         run_id = a.run_id

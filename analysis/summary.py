@@ -297,9 +297,9 @@ def verdict_lines(runs: pd.DataFrame, comparisons: list[verdict.Comparison], pee
                          f"{value(best, f'metrics.{DEV_PREFIX}{m}'):.3f}) vs the baseline chosen there "
                          f"(level {verdict.percent(c.level)} over {c.family} task{'s' if c.family > 1 else ''}):")
             lines.append(f"  {c.sentence()}")
-            spread = f" ± {np.std(c.seed_means, ddof=1):.3f}" if c.seeds > 1 else ""
-            lines.append(f"  test {m}: {np.mean(c.seed_means):.3f}{spread} (mean ± sd over {c.seeds} training "
-                         f"seed{'s' if c.seeds > 1 else ''}); {c.claim()}")
+            score = (f"{np.mean(c.seed_means):.3f} ± {np.std(c.seed_means, ddof=1):.3f} (mean ± sd over {c.seeds} "
+                     "training seeds)" if c.seeds > 1 else f"{c.seed_means[0]:.3f}")
+            lines.append(f"  test {m}: {score}; {c.claim()}")
         if secondary:
             lines.append(f"Secondary, the other adapters (each at level {verdict.percent(secondary[0].level)}, "
                          f"Bonferroni over {secondary[0].family}; sorted by development score):")

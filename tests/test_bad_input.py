@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 OPTUNA = ["-m", "hydra/sweeper=optuna"]
 # (command, arguments, what the one line must contain; a literal brace doubled). {store}: an existing
 # tracking store's URI, {bad_data}: a data folder with a malformed line, {bad_tasks}: a folder with a
-# broken task YAML, {a_file}: a file.
+# broken task YAML, {a_file}: a file, {data_label7} ... {data_utf16}: data folders with one bad train file.
 CASES = [
     ("sweep.py", ["lora.rr=4"], "lora.rr: no such config key (did you mean: lora.r"),
     ("sweep.py", ["method=lorra"], "method=lorra: no such option in conf/method/"),
@@ -165,6 +165,14 @@ CASES = [
     ("sweep.py", [*OPTUNA, "hydra.sweeper.objective=[]"], "name at least one objective and one direction each"),
     ("sweep.py", [*OPTUNA, "hydra.sweeper.storage=/proc/x.journal"],
      "hydra.sweeper.storage='/proc' is invalid: nothing can be written in /proc"),
+    # (a data file with a label the task does not have, a text that is not text, bytes that are not UTF-8)
+    ("sweep.py", ["paths.data={data_label7}"], "train.jsonl:1: label 7 is not one of the task's labels (0, 1)"),
+    ("sweep.py", ["paths.data={data_banana}"], 'train.jsonl:1: label "banana" is not one of the task\'s labels'),
+    ("sweep.py", ["paths.data={data_listed}"], "train.jsonl:1: field 'sentence' must be text, got list"),
+    ("sweep.py", ["paths.data={data_binary}"], "train.jsonl: not UTF-8 text"),
+    ("sweep.py", ["paths.data={data_utf16}"], "train.jsonl: not UTF-8 text (a binary file, or another encoding"),
+    ("reproduce.py", ["0123456789abcdef0123456789abcdef", "--allow", "nosuch.key", "--tracking-uri", "{store}"],
+     "--allow nosuch.key"),
     # (MLflow's registry reserves latest and v<N>: refused before a version is registered)
     ("sweep.py", ["tracking.register_alias=v1"], "tracking.register_alias='v1' is invalid"),
     ("-m sweep.pipeline.promote", ["0123456789abcdef0123456789abcdef", "--alias", "latest", "--tracking-uri", "{store}"],
@@ -212,8 +220,20 @@ def inputs(tmp_path_factory):
     bad_tasks.mkdir()
     (bad_tasks / "broken.yaml").write_text("task: broken\ndoc_to_text: [unclosed\n")
     (root / "a_file").write_text("a file where a store's folder would be")
+    good = '{"sentence": "ok", "label": 1}\n'
+    bad_rows = {"data_label7": '{"sentence": "ok", "label": 7}\n', "data_banana": '{"sentence": "ok", "label": "banana"}\n',
+                "data_listed": '{"sentence": ["a", "list"], "label": 1}\n',
+                "data_binary": b"\x7fELF\x02\x01\x01\x00\x00\xff\xfe", "data_utf16": good.encode("utf-16")}
+    folders = {}
+    for key, train in bad_rows.items():
+        folder = root / key / "sst2"
+        folder.mkdir(parents=True)
+        (folder / "train.jsonl").write_bytes(train if isinstance(train, bytes) else train.encode())
+        for split in ("dev", "validation"):
+            (folder / f"{split}.jsonl").write_text(good)
+        folders[key] = str(folder.parent)
     return {"store": f"sqlite:///{store}/mlflow.db", "bad_data": str(bad_data), "bad_tasks": str(bad_tasks),
-            "a_file": str(root / "a_file")}, store
+            "a_file": str(root / "a_file"), **folders}, store
 
 
 def test_there_are_at_least_a_hundred_cases():

@@ -103,7 +103,8 @@ def test_a_sweep_has_one_primary_claim_per_task_and_the_other_adapters_are_secon
     assert [(c.run_id, c.role, c.family) for c in found if c not in primary] == [("lora-r2", "secondary", 1)]
     lines = summary.verdict_lines(runs, found)
     assert lines[0].startswith("Primary claim on sst2/acc: the adapter chosen on development data (lora-r8")
-    assert "mean ± sd over 2 training seeds" in lines[2] and "Secondary" in lines[3]
+    assert "± 0.007 (mean ± sd over 2 training seeds); a claim about the configuration" in lines[2]
+    assert "Secondary" in lines[3]
     table = summary.comparison_table(runs, found)
     assert list(table["run"])[:2] == ["lora-r8", "lora-r8-seed1"]  # (chosen first, then by development score)
 

@@ -179,6 +179,19 @@ def group_choices(stored: dict) -> list[str]:
     return overrides
 
 
+def check_allowed(keys) -> None:
+    """Each `--allow KEY` must be a key of today's config (a typo would let nothing through, silently)."""
+    from sweep.config import close_matches
+
+    if not keys:
+        return
+    config = OmegaConf.to_container(compose_config([]), resolve=False)
+    today = leaves(config, config)
+    for key in keys:
+        if key not in today and not any(k.startswith(f"{key}.") for k in today):
+            raise ConfigError(f"--allow {printable(key)}: no such config key{close_matches(key, list(today))}")
+
+
 def recorded_config(run_id: str, allow=(), log=print) -> tuple[DictConfig, str]:
     """Today's config with the run's hyperparameters (TAKEN) laid over it; and the data folder the
     run read. Paths, tracking and the trial come from this checkout. Any other stored value that
