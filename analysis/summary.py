@@ -127,13 +127,15 @@ def diff(row, ref: pd.Series | None, metric: str) -> str:
 
 
 def by_development_score(runs: pd.DataFrame) -> pd.DataFrame:
-    """The runs with the sweep's choice first, then by development score (the first task's headline
-    metric), best first, runs without one last: nothing is ordered by a test score."""
+    """The runs with the sweep's choice first (then its confirming seeds), then by development score
+    (the first task's headline metric), best first, runs without one last: nothing is ordered by a
+    test score."""
     metrics = main_metrics(runs)
     if not metrics or runs.empty:
         return runs
     chosen = best_by_dev(runs, metrics[0])
-    key = runs.apply(lambda r: (r["run_id"] != (chosen["run_id"] if chosen is not None else None),
+    chosen_id = chosen["run_id"] if chosen is not None else None
+    key = runs.apply(lambda r: (0 if r["run_id"] == chosen_id else 1 if r.get(f"tags.{CONFIRMS}") == chosen_id else 2,
                                 -(value(r, f"metrics.{DEV_PREFIX}{metrics[0]}") or -math.inf)), axis=1)
     return runs.loc[sorted(runs.index, key=key.__getitem__)].reset_index(drop=True)
 
@@ -166,7 +168,8 @@ def comparison_table(runs: pd.DataFrame, comparisons: list[verdict.Comparison] =
             zero_shot = ref.zero_shot.get(template(r))
             row[f"vs zero-shot{suffix}"] = diff(r, zero_shot, m) if method not in BASELINES else "-"
             if comparisons:
-                row[f"verdict{suffix}"] = short_verdict(verdicts.get((r["run_id"], m)))
+                seed = isinstance(r.get(f"tags.{CONFIRMS}"), str)  # (a confirming seed: part of the primary claim)
+                row[f"verdict{suffix}"] = "(its seed)" if seed else short_verdict(verdicts.get((r["run_id"], m)))
             notes.append(degenerate(r, m))
         trainable = value(r, "metrics.trainable_params")
         row["trainable params"] = f"{int(trainable):,}" if trainable is not None else "-"

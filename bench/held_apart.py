@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,14 +47,23 @@ OUT = ROOT / "bench" / "held_apart.json"
 
 
 def score(overrides: list[str], uri: str, experiment: str, name: str, held: Path) -> str:
-    """Run `python sweep.py` on the held-apart sentences; the new run's id."""
-    command = [sys.executable, str(ROOT / "sweep.py"), *overrides, f"paths.data={held}", "eval.limit=null",
-               "data.dev_size=0", f"tracking.uri={uri}", f"tracking.experiment={experiment}",
-               f"tracking.run_name={name}", f"tracking.sweep_id={experiment}-{name}"]
-    subprocess.run(command, check=True, cwd=ROOT)
-    runs = mlflow.search_runs(experiment_names=[experiment], filter_string=f"tags.sweep_id = '{experiment}-{name}'",
-                              order_by=["start_time DESC"])
-    return runs.iloc[0]["run_id"]
+    """Run `python sweep.py` on the held-apart sentences (unless a finished run of this name is there
+    from an earlier call); the run's id."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", name)  # (a run name is a Hydra override value here)
+    sweep_id = f"{experiment}-{name}"
+
+    def finished():
+        if mlflow.get_experiment_by_name(experiment) is None:
+            return None
+        runs = mlflow.search_runs(experiment_names=[experiment], order_by=["start_time DESC"],
+                                  filter_string=f"tags.sweep_id = '{sweep_id}' and attributes.status = 'FINISHED'")
+        return None if runs.empty else runs.iloc[0]["run_id"]
+
+    if finished() is None:
+        subprocess.run([sys.executable, str(ROOT / "sweep.py"), *overrides, f"paths.data={held}", "eval.limit=null",
+                        "data.dev_size=0", f"tracking.uri={uri}", f"tracking.experiment={experiment}",
+                        f"tracking.run_name={name}", f"tracking.sweep_id={sweep_id}"], check=True, cwd=ROOT)
+    return finished()
 
 
 def main(argv=None) -> int:
