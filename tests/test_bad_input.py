@@ -173,6 +173,14 @@ CASES = [
     ("sweep.py", ["paths.data={data_utf16}"], "train.jsonl: not UTF-8 text (a binary file, or another encoding"),
     ("reproduce.py", ["0123456789abcdef0123456789abcdef", "--allow", "nosuch.key", "--tracking-uri", "{store}"],
      "--allow nosuch.key"),
+    ("sweep.py", ["tracking.sweep_id=a/b"], "tracking.sweep_id='a/b' is invalid"),
+    ("sweep.py", ["seed=-1"], "seed=-1 is invalid: must be an integer >= 0 and below 2^32"),
+    ("sweep.py", ["seed=4294967296"], "seed=4294967296 is invalid: must be an integer >= 0 and below 2^32"),
+    ("sweep.py", ["train.max_seq_length=1"], "train.max_seq_length=1 is invalid: must be an integer from 2 to"),
+    ("sweep.py", ["lora.r=65537"], "lora.r=65537 is invalid: must be a positive integer up to 65,536"),
+    ("sweep.py", ["eval.tasks=[sst2,rte,sst2]"], "names a task twice: name each once"),
+    ("sweep.py", ["tracking.artifact_location={a_file}/x"], "is not a folder; give a folder this user can write"),
+    ("sweep.py", ["tracking.register_alias=latest"], "tracking.register_alias='latest' is invalid"),
     # (MLflow's registry reserves latest and v<N>: refused before a version is registered)
     ("sweep.py", ["tracking.register_alias=v1"], "tracking.register_alias='v1' is invalid"),
     ("-m sweep.pipeline.promote", ["0123456789abcdef0123456789abcdef", "--alias", "latest", "--tracking-uri", "{store}"],
@@ -236,8 +244,8 @@ def inputs(tmp_path_factory):
             "a_file": str(root / "a_file"), **folders}, store
 
 
-def test_there_are_at_least_a_hundred_cases():
-    assert len(CASES) >= 100
+def test_there_are_at_least_a_hundred_and_fifty_cases():
+    assert len(CASES) >= 150
 
 
 # Cases that `python sweep.py`'s first step (its command-line check) refuses are checked by calling
