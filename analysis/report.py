@@ -119,7 +119,7 @@ def headline(done: pd.DataFrame, metric: str, comparisons: list = ()) -> pd.Data
         row = {"run": cell(r, "tags.mlflow.runName"), "method": method,
                "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
                f"{DEV_PREFIX}{metric}": fmt(number(r, f"metrics.{DEV_PREFIX}{metric}")),
-               metric: fmt(value, number(r, f"metrics.{metric}_stderr")), "_value": value}
+               metric: fmt(value, number(r, f"metrics.{metric}_stderr"))}
         ref = refs.get(group_key(r), References())
         row["vs strongest"], row["CI (strongest)"], row["p (strongest)"] = compare(r, ref.strongest, task, name)
         c = verdicts.get(r["run_id"])
@@ -138,11 +138,7 @@ def headline(done: pd.DataFrame, metric: str, comparisons: list = ()) -> pd.Data
         peak = number(r, "metrics.peak_rss_mb")
         row["peak memory MB"] = f"{peak:,.0f}" if peak is not None else "-"
         rows.append(row)
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    table["_baseline"] = ~table["method"].isin(BASELINES)
-    return table.sort_values(["_baseline", "_value"], ascending=[True, False]).drop(columns=["_baseline", "_value"])
+    return pd.DataFrame(rows)  # (in by_development_score's order: the chosen run first; never by a test score)
 
 
 def baseline_panel(done: pd.DataFrame) -> pd.DataFrame | None:

@@ -61,7 +61,7 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     runs = runs_of(store[1])
     done = runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY_METHOD)]
     md = (out / "report.md").read_text()
-    # Every finished run is a row, with its template, its development and its test accuracy; baselines first.
+    # Every finished run is a row, with its template, its development and its test accuracy, the chosen run first.
     for _, r in done.iterrows():
         acc = f"{r['metrics.sst2/acc']:.3f} ± {r['metrics.sst2/acc_stderr']:.3f}"
         template = r["tags.baseline.template"] if r["tags.method"] == "strongest_baseline" else r["params.eval.template"]
@@ -98,6 +98,9 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     assert md.split("\n\n")[1].startswith(f"Primary claim on sst2/acc: the adapter chosen on development data "
                                            f"({best_run['tags.mlflow.runName']}")
     assert "a claim about this adapter (one training seed)" in md and "| verdict interval | verdict |" in md
+    table = md[md.index("## sst2/acc: every run against the baselines"):]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in table.splitlines()[4:] if line.startswith("| ")]
+    assert rows[0] == best_run["tags.mlflow.runName"]  # (the chosen run first, then by development score)
     assert f"Bonferroni over {len(trained) - 1}; sorted by development score" in md
     assert f"`python reproduce.py {best_run['run_id']}`" in md
     # The leakage audit: the chosen adapter's flagged test examples and its verdict on the clean ones too.
