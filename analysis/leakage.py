@@ -41,9 +41,9 @@ def labels(run_id: str, task: str) -> dict:
 
 
 def balance(gold: dict, ids) -> str:
-    """'212 / 188' (the count per label among `ids`, by label)."""
-    counts = Counter(str(gold.get(i)) for i in ids)
-    return " / ".join(f"{counts[k]}" for k in sorted(counts)) if counts else "-"
+    """'label 0: 173, label 1: 225' (the count per gold label among `ids`)."""
+    counts = Counter(printable(str(gold.get(i)))[:20] for i in ids)
+    return ", ".join(f"label {k}: {counts[k]}" for k in sorted(counts)) if counts else "-"
 
 
 def clean_verdicts(done: pd.DataFrame, comparisons: list[verdict.Comparison]):
@@ -86,7 +86,7 @@ def leakage_view(done: pd.DataFrame, comparisons: list[verdict.Comparison]) -> l
                      "flagged (adapter's training rows)": f"{len(adapter_flags)} of {everything.n}",
                      "chosen baseline": cell(base, "tags.mlflow.runName"),
                      "flagged (baseline's demonstrations)": f"{len(baseline_flags)} of {everything.n}",
-                     "clean (neither)": f"{len(clean_ids)}; labels {balance(gold, clean_ids)}",
+                     "clean (neither)": f"{len(clean_ids)} ({balance(gold, clean_ids)})",
                      "flagged labels": balance(gold, set(gold) - set(clean_ids)),
                      "verdict (all)": everything.sentence(),
                      "verdict (clean only)": clean.sentence() if clean is not None else "no clean example scored",
@@ -102,7 +102,7 @@ def leakage_view(done: pd.DataFrame, comparisons: list[verdict.Comparison]) -> l
             "demonstrations it was prompted with. A test example is flagged when, as normalised words, it lies inside "
             "a seen text, holds one of 5+ words, shares a 13-gram with one (GPT-3's and lm-eval's decontamination), or "
             "is a near-duplicate (ROUGE-L F1 >= 0.8). The primary verdict on every scored test example, and on those "
-            "neither arm's audit flagged (paired, at the primary claim's level). Labels: count per label, by label.")
+            "neither arm's audit flagged (paired, at the primary claim's level), with the gold labels of each subset.")
     tables = [("Leakage audit", pd.DataFrame(rows), note)]
     if examples:
         tables.append(("Flagged test examples (the first of each arm)", pd.DataFrame(examples),

@@ -108,6 +108,8 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     flags = json.loads(mlflow.artifacts.load_text(f"runs:/{best_run['run_id']}/leakage.json"))["sst2"]
     scored = int(best_run["metrics.leakage/sst2/scored"])
     assert f"| {sum(f['doc_id'] < scored for f in flags)} of {scored} |" in audit and "## Leakage audit" in md
+    clean = scored - sum(f["doc_id"] < scored for f in flags)
+    assert f"| {clean} (label " in audit  # (the clean subset's size and its gold labels)
     # Which settings mattered: each swept setting of the adapters, with its interval beyond its shadow.
     assert "## sst2/acc: which settings mattered (development scores)" in md
     assert all(f"| {key} | " in md for key in ("lora.r", "lora.alpha", "lora.target_modules"))
