@@ -15,7 +15,6 @@ import re
 from collections.abc import Iterable
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z0-9]+)?")
-MIN_AUDIT_WORDS = 1  # containment is flagged whatever the length (short texts both ways)
 
 
 def words(text: str) -> tuple[str, ...]:
