@@ -108,8 +108,11 @@ def test_quantization_without_bitsandbytes_names_the_package_and_fix(monkeypatch
     validate(compose("method=lora"))  # nothing else needs it
 
 
-def test_lora_checks_skipped_for_methods_without_lora():
-    validate(compose("method=zero_shot", "lora.r=0"))
+def test_a_bad_lora_value_is_refused_whatever_the_method():
+    """A bad value is a typo wherever it sits (issue 39: `method=zero_shot lora.r=0` was accepted)."""
+    with pytest.raises(ConfigError, match="lora.r=0 is invalid"):
+        validate(compose("method=zero_shot", "lora.r=0"))
+    validate(compose("method=zero_shot"))
 
 
 def test_unknown_group_option_is_rejected_by_hydra_with_choices():

@@ -214,7 +214,8 @@ def test_a_sweep_chooses_on_development_scores_whatever_its_test_examples_hold(t
     for name, flip in (("right", False), ("reversed", True)):
         data = tmp_path / name / "data" / "sst2"
         data.mkdir(parents=True)
-        (data / "train.jsonl").symlink_to(ROOT / "data" / "sst2" / "train.jsonl")
+        for split in ("train", "dev"):
+            (data / f"{split}.jsonl").symlink_to(ROOT / "data" / "sst2" / f"{split}.jsonl")
         with (ROOT / "data" / "sst2" / "validation.jsonl").open() as f:
             rows = [json.loads(line) for line in f]
         (data / "validation.jsonl").write_text("".join(
