@@ -10,6 +10,7 @@ task and metric).
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from functools import partial
 from pathlib import Path
@@ -47,7 +48,7 @@ from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring.results import is_task_metric
 from sweep.tracking.records import BASELINE_PANEL, STUDY_METHOD
-from sweep.tracking.untrusted import stored_list
+from sweep.tracking.untrusted import printable, stored_list
 
 # The LoRA paper's Table 5 columns, in its order.
 WEIGHT_TYPES = [("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "k_proj"), ("q_proj", "v_proj"),
@@ -305,6 +306,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
 
 def main(argv: list[str] | None = None) -> int:
     from sweep.config import PROJECT_ROOT, ConfigError, default_tracking_uri
+    from sweep.runtime.files import check_writable
     from sweep.tracking.store import require_store
 
     guard_output()
@@ -315,14 +317,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tracking-uri", default=default_tracking_uri(),
                    help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
     a = p.parse_args(argv)
+    # (the default folder is named after the experiment: a name is not a path)
+    out = Path(a.out) if a.out else PROJECT_ROOT / "reports" / re.sub(r"[^A-Za-z0-9._-]|^\.+", "_", a.experiment)
     try:
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {out}: a file, not a folder; give a folder for the report's files")
+        check_writable("--out", out)
         require_store(a.tracking_uri)
         mlflow.set_tracking_uri(a.tracking_uri)
         rep, csv = build_report(a.experiment, a.sweep_id)
     except (ReportError, ConfigError) as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
+        print(f"error: {printable(redact(str(e)))}", file=sys.stderr)
         return 2
-    out = Path(a.out or PROJECT_ROOT / "reports" / a.experiment)
     files = write(rep, csv, out)
     print(f"[report] {len(rep.tables)} tables, {len(rep.figures)} figures: {', '.join(map(str, files))}")
     return 0

@@ -181,6 +181,10 @@ CASES = [
     ("sweep.py", ["eval.tasks=[sst2,rte,sst2]"], "names a task twice: name each once"),
     ("sweep.py", ["tracking.artifact_location={a_file}/x"], "is not a folder; give a folder this user can write"),
     ("sweep.py", ["tracking.register_alias=latest"], "tracking.register_alias='latest' is invalid"),
+    ("-m analysis.report", ["--experiment", "quickstart", "--out", "{a_file}", "--tracking-uri", "{store}"],
+     "a file, not a folder; give a folder for the report's files"),
+    ("-m analysis.report", ["--experiment", "quickstart", "--out", "/proc/report", "--tracking-uri", "{store}"],
+     "--out='/proc/report' is invalid: nothing can be written in /proc"),
     # (MLflow's registry reserves latest and v<N>: refused before a version is registered)
     ("sweep.py", ["tracking.register_alias=v1"], "tracking.register_alias='v1' is invalid"),
     ("-m sweep.pipeline.promote", ["0123456789abcdef0123456789abcdef", "--alias", "latest", "--tracking-uri", "{store}"],
