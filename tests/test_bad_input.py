@@ -185,6 +185,7 @@ CASES = [
      "a file, not a folder; give a folder for the report's files"),
     ("-m analysis.report", ["--experiment", "quickstart", "--out", "/proc/report", "--tracking-uri", "{store}"],
      "--out='/proc/report' is invalid: nothing can be written in /proc"),
+    ("sweep.py", ["eval.tasks=[arc_easy]"], "arc_easy is lm-eval's built-in task, whose data come from the Hugging"),
     # (MLflow's registry reserves latest and v<N>: refused before a version is registered)
     ("sweep.py", ["tracking.register_alias=v1"], "tracking.register_alias='v1' is invalid"),
     ("-m sweep.pipeline.promote", ["0123456789abcdef0123456789abcdef", "--alias", "latest", "--tracking-uri", "{store}"],

@@ -4,6 +4,7 @@ loaded and checked before any compute, with the decoding of generation tasks."""
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -46,6 +47,13 @@ def task_manager(paths: DictConfig, include_paths: list[str], task_names: list[s
             f"the project's tasks are: {', '.join(sorted(_yaml_task_names(paths.tasks)))} "
             f"(add folders of your own task YAMLs with eval.include_paths)"
         )
+    builtin = [t for t in task_names if t not in TaskManager(include_path=folders, include_defaults=False,
+                                                             metadata=meta).all_tasks]
+    offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true")]
+    if builtin and offline:  # (its data would come from the Hub: refused now, not after minutes of retries)
+        raise ConfigError(f"eval.tasks: {builtin[0]} is lm-eval's built-in task, whose data come from the Hugging "
+                          f"Face Hub, and this process is offline ({offline[0]}=1); give a task YAML over local files "
+                          f"(eval.include_paths, as tasks/ does) or unset {offline[0]} where the Hub is reachable")
     return tm
 
 
