@@ -44,6 +44,7 @@ from analysis.summary import (
     verdict_lines,
 )
 from analysis.verdict import percent
+from sweep.config import RUN_ID
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring.results import is_task_metric
@@ -117,7 +118,7 @@ def headline(done: pd.DataFrame, metric: str, comparisons: list = ()) -> pd.Data
         if value is None:
             continue
         method = cell(r, "tags.method")
-        row = {"run": cell(r, "tags.mlflow.runName"), "method": method,
+        row = {"run": shown(cell(r, "tags.mlflow.runName")), "method": shown(method),
                "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
                f"{DEV_PREFIX}{metric}": fmt(number(r, f"metrics.{DEV_PREFIX}{metric}")),
                metric: fmt(value, number(r, f"metrics.{metric}_stderr"))}
@@ -202,6 +203,11 @@ def not_finished(runs: pd.DataFrame) -> tuple[dict[str, int], pd.DataFrame]:
     return counts, table
 
 
+def shown(value):
+    """Store text as it may be shown (control characters made visible); anything else as it is."""
+    return printable(value) if isinstance(value, str) else value
+
+
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run, task and metric (the CSV)."""
     rows = []
@@ -216,8 +222,10 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
             if value is None or not is_task_metric(name) or task in ("check", "verdict"):
                 continue
             rows.append({
-                "run_id": r["run_id"], "run": cell(r, "tags.mlflow.runName"), "status": r["status"],
-                "method": cell(r, "tags.method"), "model": cell(r, "tags.model"), "sweep_id": cell(r, "tags.sweep_id"),
+                # (store text: control characters shown, not obeyed, by whatever reads the CSV)
+                "run_id": r["run_id"], "run": shown(cell(r, "tags.mlflow.runName")), "status": r["status"],
+                "method": shown(cell(r, "tags.method")), "model": shown(cell(r, "tags.model")),
+                "sweep_id": shown(cell(r, "tags.sweep_id")),
                 "split": split, "task": task, "metric": metric, "value": value, "stderr": number(r, f"{col}_stderr"),
                 "lora_r": cell(r, "params.lora.r"), "lora_alpha": cell(r, "params.lora.alpha"),
                 "target_modules": cell(r, "params.lora.target_modules"),
@@ -296,10 +304,13 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
         how = (f"chosen by its development score ({DEV_PREFIX}{metrics[0]} = "
                f"{fmt(number(best, f'metrics.{DEV_PREFIX}{metrics[0]}'))}); without development scores "
                f"(data.dev_size=0) no run is chosen")
-        rep.best = [f"{cell(best, 'tags.mlflow.runName')} ({best['run_id']}), {how}: test {metrics[0]} = "
+        # (a run id is store text: only one that is an id becomes a command to copy)
+        reproduce = Code(f"python reproduce.py {best['run_id']}") if RUN_ID.fullmatch(str(best["run_id"])) else \
+            "(its id is not an MLflow run id: the store was changed)"
+        rep.best = [f"{shown(cell(best, 'tags.mlflow.runName'))} ({shown(best['run_id'])}), {how}: test {metrics[0]} = "
                     f"{fmt(number(best, f'metrics.{metrics[0]}'), number(best, f'metrics.{metrics[0]}_stderr'))}",
                     "Reproduce it (same config, seed and data; compares every metric):",
-                    Code(f"python reproduce.py {best['run_id']}"), "It was run as:", Code(command)]
+                    reproduce, "It was run as:", Code(shown(command))]
     rep.figures = figures(runs, done, metrics) | analysis_figures | instruction_figures | pipeline_figures
     return rep, tidy(runs)
 

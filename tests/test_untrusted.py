@@ -61,3 +61,16 @@ def test_a_quote_in_a_store_value_cannot_end_an_mlflow_filter(tmp_path):
 def test_terminal_escapes_in_store_text_are_shown_not_obeyed():
     assert printable("run\x1b]0;pwned\x07\x1b[2J\rname\x9b") == "run\ufffd]0;pwned\ufffd\ufffd[2J\ufffdname\ufffd"
     assert printable("lora-r8 ± 0.01 ✓") == "lora-r8 ± 0.01 ✓"
+
+
+def test_store_text_reaches_the_reports_csv_shown_not_obeyed():
+    """A run name, model or sweep id holding terminal escapes goes into runs.csv with them made visible."""
+    import pandas as pd
+
+    from analysis.report import tidy
+
+    runs = pd.DataFrame([{"run_id": "0" * 32, "status": "FINISHED", "tags.method": "lora", "tags.model": "m\x1b[31m",
+                          "tags.mlflow.runName": "evil\x1b]0;pwned\x07name", "tags.sweep_id": "s\r",
+                          "metrics.sst2/acc": 0.5}])
+    csv = tidy(runs).to_csv(index=False)
+    assert not any(c in csv for c in "\x1b\x07\r") and "evil\ufffd]0;pwned\ufffdname" in csv
