@@ -118,7 +118,7 @@ def headline(done: pd.DataFrame, metric: str, comparisons: list = ()) -> pd.Data
         if value is None:
             continue
         method = cell(r, "tags.method")
-        row = {"run": shown(cell(r, "tags.mlflow.runName")), "method": shown(method),
+        row = {"run": visible(cell(r, "tags.mlflow.runName")), "method": visible(method),
                "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
                f"{DEV_PREFIX}{metric}": fmt(number(r, f"metrics.{DEV_PREFIX}{metric}")),
                metric: fmt(value, number(r, f"metrics.{metric}_stderr"))}
@@ -203,7 +203,7 @@ def not_finished(runs: pd.DataFrame) -> tuple[dict[str, int], pd.DataFrame]:
     return counts, table
 
 
-def shown(value):
+def visible(value):
     """Store text as it may be shown (control characters made visible); anything else as it is."""
     return printable(value) if isinstance(value, str) else value
 
@@ -223,9 +223,9 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
                 continue
             rows.append({
                 # (store text: control characters shown, not obeyed, by whatever reads the CSV)
-                "run_id": r["run_id"], "run": shown(cell(r, "tags.mlflow.runName")), "status": r["status"],
-                "method": shown(cell(r, "tags.method")), "model": shown(cell(r, "tags.model")),
-                "sweep_id": shown(cell(r, "tags.sweep_id")),
+                "run_id": r["run_id"], "run": visible(cell(r, "tags.mlflow.runName")), "status": r["status"],
+                "method": visible(cell(r, "tags.method")), "model": visible(cell(r, "tags.model")),
+                "sweep_id": visible(cell(r, "tags.sweep_id")),
                 "split": split, "task": task, "metric": metric, "value": value, "stderr": number(r, f"{col}_stderr"),
                 "lora_r": cell(r, "params.lora.r"), "lora_alpha": cell(r, "params.lora.alpha"),
                 "target_modules": cell(r, "params.lora.target_modules"),
@@ -307,10 +307,11 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
         # (a run id is store text: only one that is an id becomes a command to copy)
         reproduce = Code(f"python reproduce.py {best['run_id']}") if RUN_ID.fullmatch(str(best["run_id"])) else \
             "(its id is not an MLflow run id: the store was changed)"
-        rep.best = [f"{shown(cell(best, 'tags.mlflow.runName'))} ({shown(best['run_id'])}), {how}: test {metrics[0]} = "
+        name = visible(cell(best, "tags.mlflow.runName"))
+        rep.best = [f"{name} ({visible(best['run_id'])}), {how}: test {metrics[0]} = "
                     f"{fmt(number(best, f'metrics.{metrics[0]}'), number(best, f'metrics.{metrics[0]}_stderr'))}",
                     "Reproduce it (same config, seed and data; compares every metric):",
-                    reproduce, "It was run as:", Code(shown(command))]
+                    reproduce, "It was run as:", Code(visible(command))]
     rep.figures = figures(runs, done, metrics) | analysis_figures | instruction_figures | pipeline_figures
     return rep, tidy(runs)
 
