@@ -155,9 +155,7 @@ def fetch(key: str, run_id: str, head: str, uri: str, base_model: str, cache: Pa
         raise ConfigError(f"{key}={run_id}: the run has no adapter (a baseline, a full fine-tune, or "
                           f"tracking.log_adapter=false); start from a run that trained with method=lora")
     folder = cache / run_id
-    if reuse.verified_folder(store, run_id, ADAPTER_DIR, expected, folder) is None or not all(
-            (folder / name).is_file() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS)):
-        shutil.rmtree(folder, ignore_errors=True)
+    if not verified_adapter(store, run_id, expected, folder):
         raise ConfigError(f"{key}={run_id}: the adapter folder does not match the manifest sha256 its run recorded; "
                           "the store was changed after the run: train that stage again")
     check_adapter_config(key, run_id, folder / ADAPTER_CONFIG, head)
@@ -166,6 +164,17 @@ def fetch(key: str, run_id: str, head: str, uri: str, base_model: str, cache: Pa
     if parent is not None and not RUN_ID.fullmatch(parent):
         raise ConfigError(f"{key}={run_id}: its {PARENT_TAG} tag is not a run id; the store was changed")
     return Ancestor(run_id, stage, folder, parent)
+
+
+def verified_adapter(store, run_id: str, expected: str | None, folder: Path) -> bool:
+    """Whether the run's adapter folder, fetched into `folder`, matches its manifest and the manifest
+    `expected` (its ADAPTER_SHA_TAG), with a config and weights among its files; nothing is left in
+    `folder` when it does not."""
+    ok = reuse.verified_folder(store, run_id, ADAPTER_DIR, expected, folder) is not None and all(
+        (folder / name).is_file() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
+    if not ok:
+        shutil.rmtree(folder, ignore_errors=True)
+    return ok
 
 
 # Fields of a LoRA config that change the model's architecture beyond the adapter (duplicating layers):

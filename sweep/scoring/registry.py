@@ -35,6 +35,7 @@ def task_manager(paths: DictConfig, include_paths: list[str], task_names: list[s
     tm = TaskManager(include_path=folders, include_defaults=False, metadata=meta)
     if all(t in tm.all_tasks for t in task_names):
         return tm
+    builtin = [t for t in task_names if t not in tm.all_tasks]  # (not in the project's folders: lm-eval's own?)
     # Our sst2/rte YAMLs shadow lm-eval's GLUE ones on purpose: quiet its notice about that.
     logging.getLogger("lm_eval.tasks._index").setLevel(logging.ERROR)
     tm = TaskManager(include_path=folders, include_defaults=True, metadata=meta)
@@ -47,8 +48,6 @@ def task_manager(paths: DictConfig, include_paths: list[str], task_names: list[s
             f"the project's tasks are: {', '.join(sorted(_yaml_task_names(paths.tasks)))} "
             f"(add folders of your own task YAMLs with eval.include_paths)"
         )
-    builtin = [t for t in task_names if t not in TaskManager(include_path=folders, include_defaults=False,
-                                                             metadata=meta).all_tasks]
     offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "").lower() in ("1", "true")]
     if builtin and offline:  # (its data would come from the Hub: refused now, not after minutes of retries)
         raise ConfigError(f"eval.tasks: {builtin[0]} is lm-eval's built-in task, whose data come from the Hugging "

@@ -30,7 +30,7 @@ import mlflow
 from sweep.config import RUN_ID, ConfigError
 from sweep.data.examples import ARTIFACT_DIR, TASKS_FILE
 from sweep.data.examples import SHA_TAG as GENERATED_SHA_TAG
-from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG
+from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG, verified_adapter
 from sweep.rlhf.reference_replies import HASH_TAG as REFERENCE_SHA_TAG
 from sweep.rlhf.reference_replies import REPLIES
 from sweep.runtime import processes
@@ -41,7 +41,6 @@ from sweep.tracking.records import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
     ADAPTER_SHA_TAG,
-    ADAPTER_WEIGHTS,
     OLD_ADAPTER_SHA_TAG,
     RESULTS_HASH_TAG,
     STUDY_METHOD,
@@ -92,9 +91,8 @@ def adapter_violations(store: mlflow.MlflowClient, run, tmp: Path) -> list[Viola
     violation too, as is one whose config was never hashed (recorded before manifests)."""
     rid, tags, params = run.info.run_id, run.data.tags, run.data.params
     if ADAPTER_SHA_TAG in tags:
-        ok = reuse.verified_folder(store, rid, ADAPTER_DIR, tags[ADAPTER_SHA_TAG], tmp) is not None and all(
-            (tmp / name).is_file() for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS))
-        shutil.rmtree(tmp, ignore_errors=True)
+        ok = verified_adapter(store, rid, tags[ADAPTER_SHA_TAG], tmp)
+        shutil.rmtree(tmp, ignore_errors=True)  # (each download gone once hashed)
         return [] if ok else [Violation(f"run {rid}", f"{ADAPTER_DIR}/ does not match its {ADAPTER_SHA_TAG} "
                                                       "(a file missing, added to the manifest, or changed)")]
     if OLD_ADAPTER_SHA_TAG in tags:
