@@ -14,6 +14,7 @@ from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.untrusted import stored_list
 
 MAX_CURVES = 20  # runs drawn in a figure of curves
+MAX_TRIAL_DIGITS = 9  # a trial number beyond a billion is not one a study wrote
 
 
 def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[str, bytes]:
@@ -83,6 +84,7 @@ def study_figures(runs: pd.DataFrame) -> dict[str, bytes]:
         objectives = stored_list(cell(parent, "params.objectives", "[]"))
         directions = stored_list(cell(parent, "params.directions", "[]"))
         kids = runs[(runs.get("tags.mlflow.parentRunId") == parent["run_id"]) & (runs["status"] == "FINISHED")]
+        kids = kids[kids["tags.optuna.trial_number"].map(is_trial_number)]  # (store text: a number, or left out)
         if kids.empty or not objectives:
             continue
         trial = kids["tags.optuna.trial_number"].astype(int)
@@ -99,6 +101,11 @@ def study_figures(runs: pd.DataFrame) -> dict[str, bytes]:
                                                for q in pts)]
             figs[f"Optuna study {study}: Pareto front"] = plots.pareto_front(pts, front, objectives)
     return figs
+
+
+def is_trial_number(value) -> bool:
+    """Whether a stored trial-number tag is one Optuna could have written (a small decimal)."""
+    return isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= MAX_TRIAL_DIGITS
 
 
 def target_set(row) -> str:

@@ -2,12 +2,26 @@
 
 from __future__ import annotations
 
+import functools
 import io
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+# Labels carry store text (run names, studies, variants): drawn as written, never parsed as mathtext
+# ("$\\frac{" in a run name stopped the whole report).
+STYLE = {"text.parse_math": False}
+
+
+def drawn(plot):
+    """`plot` drawn under STYLE (matplotlib reads it as each text is made)."""
+    @functools.wraps(plot)
+    def inside_style(*args, **kwargs):
+        with plt.rc_context(STYLE):
+            return plot(*args, **kwargs)
+    return inside_style
 
 BASELINE_STYLES = {"strongest_baseline": "-", "zero_shot": ":"}  # drawn as lines; every variant forms the band
 
@@ -31,6 +45,7 @@ def _baselines(ax, baselines: dict[str, float]) -> None:
             ax.axhline(value, color="black" if style == "-" else "gray", linestyle=style or "--", label=name)
 
 
+@drawn
 def metric_vs(points: dict[str, list[tuple[float, float]]], baselines: dict[str, float], x_label: str,
               metric: str, log_x: bool = False, lines: bool = True) -> bytes:
     """`metric` against x, one series per key of `points` ({label: [(x, y), ...]}), baselines as a
@@ -49,6 +64,7 @@ def metric_vs(points: dict[str, list[tuple[float, float]]], baselines: dict[str,
     return _png(fig)
 
 
+@drawn
 def loss_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for label, steps in sorted(curves.items()):
@@ -60,6 +76,7 @@ def loss_curves(curves: dict[str, list[tuple[int, float]]]) -> bytes:
     return _png(fig)
 
 
+@drawn
 def optimization_history(values: list[tuple[int, float]], objective: str, maximize: bool) -> bytes:
     """Each finished trial's objective, and the best so far."""
     values = sorted(values)
@@ -77,6 +94,7 @@ def optimization_history(values: list[tuple[int, float]], objective: str, maximi
     return _png(fig)
 
 
+@drawn
 def pareto_front(points: list[tuple[float, float]], front: list[tuple[float, float]], names: list[str]) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.plot([p[0] for p in points], [p[1] for p in points], "o", color="C0", alpha=0.5, label="trial")
@@ -89,6 +107,7 @@ def pareto_front(points: list[tuple[float, float]], front: list[tuple[float, flo
     return _png(fig)
 
 
+@drawn
 def utilisation(panels: dict[str, dict[str, list[tuple[float, float]]]]) -> bytes:
     """One panel per machine quantity ({y label: {run: [(seconds since start, value), ...]}}), one
     line per run: was a trial busy, idle, or waiting for its input?"""
@@ -103,6 +122,7 @@ def utilisation(panels: dict[str, dict[str, list[tuple[float, float]]]]) -> byte
     return _png(fig)
 
 
+@drawn
 def crossover(sizes: list[int], adapter, baseline, n_star: float, interval: tuple[float, float], metric: str) -> bytes:
     """Both arms' curves (rows mean, low, high) against labelled examples (log), n* and its interval."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -123,6 +143,7 @@ def crossover(sizes: list[int], adapter, baseline, n_star: float, interval: tupl
     return _png(fig)
 
 
+@drawn
 def cost_fronts(panels: dict[str, list[tuple[float, float, str, bool]]], metric: str) -> bytes:
     """One panel per query volume ({title: [(total FLOPs, score, method, on the front), ...]}): every
     run, the front of those no other run beats on both cost and score."""
@@ -142,6 +163,7 @@ def cost_fronts(panels: dict[str, list[tuple[float, float, str, bool]]], metric:
     return _png(fig)
 
 
+@drawn
 def importance(rows: list[tuple[str, float, float, float]], score: str, level: float) -> bytes:
     """A forest plot of each setting's and pair's share of the variance beyond its shadow's (rows: name,
     estimate, interval low, high): an interval clear of zero is an effect the runs tell from noise."""

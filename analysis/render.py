@@ -10,12 +10,15 @@ a spreadsheet would take for a formula with an apostrophe (OWASP's advice on CSV
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+
+MAX_SLUG = 80  # characters of a figure's file name (file systems stop at 255 bytes)
 
 
 class Code(str):
@@ -69,7 +72,12 @@ def md_table(df: pd.DataFrame) -> str:
 
 
 def slug(title: str) -> str:
-    return "".join(c if c.isalnum() else "_" for c in title).strip("_").lower()
+    """A file name for a figure: the title's letters and digits, at most MAX_SLUG of them (a title
+    may carry a study's name from the store), and a short hash of the whole title when cut."""
+    text = "".join(c if c.isascii() and c.isalnum() else "_" for c in title).strip("_").lower()
+    if len(text) <= MAX_SLUG:
+        return text
+    return f"{text[:MAX_SLUG - 9]}_{hashlib.sha256(title.encode()).hexdigest()[:8]}"
 
 
 def to_markdown(rep: Report) -> str:

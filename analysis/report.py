@@ -24,6 +24,7 @@ from analysis.figures import figures
 from analysis.importance import importance_view
 from analysis.instruction_data import instruction_data_view
 from analysis.leakage import leakage_view
+from analysis.panel import stored_panel
 from analysis.pipeline import pipeline_view
 from analysis.render import Code, Report, write
 from analysis.runs import BASELINES, STRONGEST, cell, search_runs, tag, template
@@ -48,7 +49,7 @@ from sweep.config import RUN_ID
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring.results import is_task_metric
-from sweep.tracking.records import BASELINE_PANEL, STUDY_METHOD
+from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.untrusted import printable, stored_list
 
 # The LoRA paper's Table 5 columns, in its order.
@@ -148,19 +149,18 @@ def baseline_panel(done: pd.DataFrame) -> pd.DataFrame | None:
     chosen = done[done["tags.method"] == STRONGEST]
     if chosen.empty:
         return None
-    try:
-        panel = mlflow.artifacts.load_dict(f"runs:/{chosen.iloc[-1]['run_id']}/{BASELINE_PANEL}")["variants"]
-    except Exception:  # noqa: BLE001  (a run without the artifact: no panel, no crash)
+    panel = stored_panel(chosen.iloc[-1]["run_id"])
+    if not panel:  # (a run without the artifact, or none readable: no panel, no crash)
         return None
     rows = [{"variant": p["variant"], "task": p["task"],
-             f"dev {p['metric']}": fmt(p["dev_mean"], p.get("dev_draw_sd")).replace("±", "± sd"),
-             "dev examples": p.get("dev_n", "-"),
-             "race": f"dropped after {p['pruned_at']}" if p.get("pruned_at") else "finished",
-             f"test {p['metric']} (oracle, peeking)": fmt(p.get("test_mean")),
-             "top answer share": "-" if p.get("top_prediction_share") is None
+             f"dev {p['metric']}": fmt(p["dev_mean"], p["dev_draw_sd"]).replace("±", "± sd"),
+             "dev examples": "-" if p["dev_n"] is None else f"{p['dev_n']:.0f}",
+             "race": f"dropped after {p['pruned_at']:.0f}" if p["pruned_at"] else "finished",
+             f"test {p['metric']} (oracle, peeking)": fmt(p["test_mean"]),
+             "top answer share": "-" if p["top_prediction_share"] is None
              else f"{p['top_prediction_share']:.0%}" + (" degenerate" if p["top_prediction_share"] > DEGENERATE_SHARE
                                                          else ""),
-             "chosen": "yes" if p.get("chosen") else ""} for p in panel]
+             "chosen": "yes" if p["chosen"] else ""} for p in panel]
     return pd.DataFrame(rows)
 
 

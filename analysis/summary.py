@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import verdict
+from analysis.panel import panel_test_scores
 from analysis.runs import (
     BASELINES,
     STRONGEST,
@@ -33,7 +34,7 @@ from analysis.stats import examples_available, samples
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking.checks import is_server
-from sweep.tracking.records import BASELINE_PANEL, STUDY_METHOD
+from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.store import runs_page
 from sweep.tracking.untrusted import Unquotable, printable
 
@@ -269,20 +270,6 @@ def measured_on_test(runs: pd.DataFrame, metric: str) -> dict[str, float]:
             measured.pop(refs.strongest.get("tags.mlflow.runName"), None)
         measured |= panel
     return measured
-
-
-def panel_test_scores(run_id: str, metric: str) -> dict[str, float]:
-    """{variant: test score} from a strongest baseline's panel, when its oracle ran (the store is
-    shared: anything but a name and a number is ignored)."""
-    try:
-        panel = mlflow.artifacts.load_dict(f"runs:/{run_id}/{BASELINE_PANEL}")
-    except Exception:  # noqa: BLE001  (an older run without it)
-        return {}
-    task, name = metric.split("/", 1)
-    rows = panel.get("variants", []) if isinstance(panel, dict) else []
-    return {r["variant"]: float(r["test_mean"]) for r in rows if isinstance(r, dict) and r.get("task") == task
-            and r.get("metric") == name and isinstance(r.get("variant"), str)
-            and isinstance(r.get("test_mean"), (int, float))}
 
 
 def verdict_lines(runs: pd.DataFrame, comparisons: list[verdict.Comparison], peek: bool = False) -> list[str]:

@@ -314,6 +314,54 @@ def test_reproduce_bad_input_is_one_line(tmp_path, one_run):
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: Run with id=0123456789abcdef not found"
 
 
+@pytest.mark.parametrize("case", ["trial number", "study name", "mathtext", "panel"])
+def test_crafted_store_values_give_a_report_not_a_traceback(store, tmp_path, case):
+    """Store values no run writes, each once on a copy of the store: a trial number `abc` (and one of
+    400 digits), a 300-character study name (a figure's file name), run names that break matplotlib's
+    mathtext, a baseline panel of the wrong shape. The report is written; the crafted part is left
+    out or drawn as text (before: ValueError, OverflowError, OSError, ParseSyntaxException, TypeError)."""
+    tmp, tracking = store
+    shutil.copy(tmp / "mlflow.db", tmp_path / "mlflow.db")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    runs = runs_of([f"x={uri}"])
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    trials = runs[runs["tags.optuna.trial_number"].notna()] if "tags.optuna.trial_number" in runs else runs.iloc[0:0]
+    parent = runs[runs["tags.method"] == STUDY_METHOD]
+    assert len(trials) == 2 and len(parent) == 1
+    panel, before = None, None
+    if case == "trial number":
+        client.set_tag(trials.iloc[0]["run_id"], "optuna.trial_number", "abc")
+        client.set_tag(trials.iloc[1]["run_id"], "optuna.trial_number", "9" * 400)
+    elif case == "study name":
+        for run_id in [*trials["run_id"], *parent["run_id"]]:
+            client.set_tag(run_id, "optuna.study_name", "s" * 300)
+    elif case == "mathtext":
+        client.set_tag(trials.iloc[0]["run_id"], "mlflow.runName", r"$\frac{1")
+        client.set_tag(trials.iloc[1]["run_id"], "mlflow.runName", "a$^^$b")
+    else:
+        strongest = runs[runs["tags.method"] == "strongest_baseline"].iloc[0]
+        panel = Path(strongest["artifact_uri"].removeprefix("file://")) / "baseline_panel.json"
+        before = panel.read_text()
+        panel.write_text(json.dumps({"variants": ["x", {"variant": 1}, {"variant": "v", "task": "sst2", "metric": "acc",
+                                                                      "dev_mean": "high", "chosen": "yes"}]}))
+    try:
+        rc = report.main(["--experiment", "sft-sweep", "--tracking-uri", uri, "--out", str(tmp_path / "report")])
+    finally:
+        if panel is not None:
+            panel.write_text(before)
+    assert rc == 0
+    md = (tmp_path / "report" / "report.md").read_text()
+    if case == "study name":
+        assert all(len(p.name) <= 84 for p in (tmp_path / "report").glob("*.png"))
+        assert "optimization history" in md
+    if case == "mathtext":  # (the loss curves are labelled with the run names)
+        assert "![training loss](training_loss.png)" in md
+    if case == "panel":  # (no row has its fields' types: no panel table)
+        assert "Baseline variants on the development slice" not in md
+    if case == "trial number":  # (the trials with a number left out, the study has no history left to draw)
+        assert "optimization history" not in md
+
+
 EVIL = ('<script>alert(1)</script><img src=x onerror=alert(1)><iframe src="https://evil.example"></iframe>'
         '[click](javascript:alert(1)) ![t](https://evil.example/p.png) *x* | y')
 
