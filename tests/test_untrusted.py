@@ -4,7 +4,9 @@ they cost memory, change a model, end a filter's string or reach a terminal."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
+from types import SimpleNamespace
 
 import mlflow
 import pytest
@@ -32,7 +34,11 @@ def test_a_yaml_alias_bomb_or_deep_nesting_in_a_stored_config_is_refused_at_once
 
 
 @pytest.mark.parametrize("extra, needle", [({"layer_replication": [[0, 2], [1, 2]]}, "'layer_replication'"),
-                                           ({"exec_hook": "os.system"}, "'exec_hook'")])
+                                           ({"exec_hook": "os.system"}, "'exec_hook'"),
+                                           ({"megatron_core": "os"}, "'megatron_core'"),
+                                           ({"megatron_config": {"tensor_model_parallel_size": 2}}, "'megatron_config'"),
+                                           ({"init_lora_weights": "loftq"}, "'init_lora_weights'"),
+                                           ({"init_lora_weights": 1}, "'init_lora_weights'")])
 def test_an_adapter_config_with_a_reshaping_or_unknown_field_is_refused(tmp_path, extra, needle):
     from peft import LoraConfig
 
@@ -74,3 +80,38 @@ def test_store_text_reaches_the_reports_csv_shown_not_obeyed():
                           "metrics.sst2/acc": 0.5}])
     csv = tidy(runs).to_csv(index=False)
     assert not any(c in csv for c in "\x1b\x07\r") and "evil\ufffd]0;pwned\ufffdname" in csv
+
+
+def test_a_pickle_stored_under_the_safetensors_name_is_refused_before_loading_and_by_check_store(tmp_path,
+                                                                                                monkeypatch):
+    """An adapter whose weights file is a pickle (whole in its manifest, the store's tags edited to
+    match) is refused in one line before peft opens it, and check-store names it (before: safetensors
+    raised mid-load, a traceback)."""
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
+
+    from sweep.rlhf.lineage import check_adapter
+    from sweep.study import integrity
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    config = LoraConfig(task_type="CAUSAL_LM", r=2, target_modules=["q_proj"]).to_dict()
+    (folder / "adapter_config.json").write_text(json.dumps(config | {"peft_type": "LORA", "task_type": "CAUSAL_LM"},
+                                                           default=str))
+    save_file({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")
+    check_adapter("init.run_id", "0" * 32, folder, "CAUSAL_LM")  # what the trainer writes passes
+    torch.save({"w": torch.zeros(2)}, folder / "adapter_model.safetensors")
+    with pytest.raises(ConfigError, match="adapter_model.safetensors is not a safetensors file; refused"):
+        check_adapter("init.run_id", "0" * 32, folder, "CAUSAL_LM")
+
+    def fetched(store, run_id, expected, into):  # (the manifest matches: the store's tag was edited too)
+        shutil.copytree(folder, into)
+        return True
+
+    monkeypatch.setattr(integrity, "verified_adapter", fetched)
+    run = SimpleNamespace(info=SimpleNamespace(run_id="1" * 32),
+                          data=SimpleNamespace(tags={integrity.ADAPTER_SHA_TAG: "0" * 64}, params={}))
+    [found] = integrity.adapter_violations(None, run, tmp_path / "download")
+    assert found.run_or_trial == f"run {'1' * 32}" and "is not a safetensors file" in found.problem
+    assert not (tmp_path / "download").exists()

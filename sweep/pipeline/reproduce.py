@@ -33,7 +33,7 @@ from sweep.runtime.secrets import redact
 from sweep.tracking import system_metrics
 from sweep.tracking.lifecycle import git_state
 from sweep.tracking.records import STUDY_METHOD, VERDICT_PREFIX
-from sweep.tracking.untrusted import printable
+from sweep.tracking.untrusted import equals, printable
 
 VOLATILE = ("_seconds", "_per_second", "rss_", "peak_gpu_mb")  # timings and memory: not compared
 
@@ -49,7 +49,7 @@ def find_trial_run(study: str, trial: int | None) -> str:
     if not study or "'" in study or "\\" in study:
         raise ConfigError(f"--from-optuna {study!r}: not a study name (no quotes or backslashes); "
                           f"`optuna studies --storage URL` lists them")
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.`optuna.study_name` = '{study}'")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=equals("tags.`optuna.study_name`", study))
     if runs.empty:
         raise ConfigError(f"--from-optuna {study}: no MLflow runs of an Optuna study named {study!r} "
                           f"at {redact(mlflow.get_tracking_uri())}")

@@ -32,6 +32,7 @@ from sweep.rlhf.stages import FIRST_STAGE, JUDGE_HEAD, JUDGE_STAGE, POLICY_HEAD,
 from sweep.runtime.files import sha256
 from sweep.tracking import reuse
 from sweep.tracking.records import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_SHA_TAG, ADAPTER_WEIGHTS, OLD_ADAPTER_SHA_TAG
+from sweep.training.checks import LORA_INITS
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def fetch(key: str, run_id: str, head: str, uri: str, base_model: str, cache: Pa
     if not verified_adapter(store, run_id, expected, folder):
         raise ConfigError(f"{key}={run_id}: the adapter folder does not match the manifest sha256 its run recorded; "
                           "the store was changed after the run: train that stage again")
-    check_adapter_config(key, run_id, folder / ADAPTER_CONFIG, head)
+    check_adapter(key, run_id, folder, head)
     log.info("%s: %s run %s (adapter %s...)", key, stage, run_id, expected[:12])
     parent = tags.get(PARENT_TAG)
     if parent is not None and not RUN_ID.fullmatch(parent):
@@ -177,14 +178,34 @@ def verified_adapter(store, run_id: str, expected: str | None, folder: Path) -> 
     return ok
 
 
-# Fields of a LoRA config that change the model's architecture beyond the adapter (duplicating layers):
-# never written by a stage of this project, so a stored adapter that sets them was not written by one.
-RESHAPING = ("layer_replication",)
+# Fields of a LoRA config that change the model beyond the adapter (duplicating layers, rewriting the
+# base weights as the adapter is loaded: LoftQ, EVA, CorDA, LoRA-GA...) or name a module for peft to
+# import (megatron_core), with the values a stage of this project writes (lora.init's choices among
+# them): a stored adapter with any other value was not written by one. {field: allowed values}.
+PEFT_DEFAULTS = {"layer_replication": (None,), "megatron_config": (None,), "megatron_core": ("megatron.core", None),
+                 "init_lora_weights": tuple(LORA_INITS.values()), "loftq_config": ({}, None), "eva_config": (None,),
+                 "corda_config": (None,), "lora_ga_config": (None,)}
 
 
-def check_adapter_config(key: str, run_id: str, path: Path, task_type: str) -> None:
-    """The adapter must be a LoRA adapter of the expected kind, with only the fields peft's
-    LoraConfig has and none that reshapes the model (a store is untrusted)."""
+def check_adapter(key: str, run_id: str, folder: Path, task_type: str | None) -> None:
+    """The adapter in `folder` must be a LoRA adapter of the expected kind, with only the fields
+    peft's LoraConfig has, none that reshapes the model or names a module, and weights in the
+    safetensors format (a store is untrusted: a pickle under that name would be refused by
+    safetensors mid-load, with a traceback)."""
+    check_adapter_config(key, run_id, folder / ADAPTER_CONFIG, task_type)
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as weights:
+            weights.keys()
+    except Exception:  # noqa: BLE001  (safetensors raises its own error type, or OSError)
+        raise ConfigError(f"{key}={run_id}: its {ADAPTER_WEIGHTS} is not a safetensors file; refused "
+                          "(train that stage again)") from None
+
+
+def check_adapter_config(key: str, run_id: str, path: Path, task_type: str | None) -> None:
+    """The adapter config must be a LoRA adapter's of the expected kind (any, for None), with only the fields peft's
+    LoraConfig has and their defaults where a value would reshape the model (PEFT_DEFAULTS)."""
     import dataclasses
 
     from peft import LoraConfig
@@ -193,11 +214,13 @@ def check_adapter_config(key: str, run_id: str, path: Path, task_type: str) -> N
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise ConfigError(f"{key}={run_id}: its adapter_config.json is not JSON; train that stage again") from None
-    if not isinstance(config, dict) or config.get("peft_type") != "LORA" or config.get("task_type") != task_type:
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA" or (
+            task_type is not None and config.get("task_type") != task_type):
         raise ConfigError(f"{key}={run_id}: its adapter is not a {task_type} LoRA adapter; "
                           f"{key} needs a run of the stage named above")
     unknown = sorted(set(config) - {f.name for f in dataclasses.fields(LoraConfig)})
-    reshaping = [k for k in RESHAPING if config.get(k) is not None]
+    reshaping = [k for k, allowed in PEFT_DEFAULTS.items() if k in config and not any(
+        config[k] == a and type(config[k]) is type(a) for a in allowed)]
     if unknown or reshaping:
         raise ConfigError(f"{key}={run_id}: its adapter_config.json sets {', '.join(map(repr, unknown + reshaping))}, "
                           f"which no stage of this project writes; refused (train that stage again)")

@@ -30,7 +30,7 @@ import mlflow
 from sweep.config import RUN_ID, ConfigError
 from sweep.data.examples import ARTIFACT_DIR, TASKS_FILE
 from sweep.data.examples import SHA_TAG as GENERATED_SHA_TAG
-from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG, verified_adapter
+from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG, check_adapter, verified_adapter
 from sweep.rlhf.reference_replies import HASH_TAG as REFERENCE_SHA_TAG
 from sweep.rlhf.reference_replies import REPLIES
 from sweep.runtime import processes
@@ -91,10 +91,16 @@ def adapter_violations(store: mlflow.MlflowClient, run, tmp: Path) -> list[Viola
     violation too, as is one whose config was never hashed (recorded before manifests)."""
     rid, tags, params = run.info.run_id, run.data.tags, run.data.params
     if ADAPTER_SHA_TAG in tags:
-        ok = verified_adapter(store, rid, tags[ADAPTER_SHA_TAG], tmp)
-        shutil.rmtree(tmp, ignore_errors=True)  # (each download gone once hashed)
-        return [] if ok else [Violation(f"run {rid}", f"{ADAPTER_DIR}/ does not match its {ADAPTER_SHA_TAG} "
-                                                      "(a file missing, added to the manifest, or changed)")]
+        try:
+            if not verified_adapter(store, rid, tags[ADAPTER_SHA_TAG], tmp):
+                return [Violation(f"run {rid}", f"{ADAPTER_DIR}/ does not match its {ADAPTER_SHA_TAG} "
+                                                "(a file missing, added to the manifest, or changed)")]
+            check_adapter("adapter of run", rid, tmp, None)  # (what loading it would refuse)
+        except ConfigError as e:
+            return [Violation(f"run {rid}", str(e).split(": ", 1)[-1])]
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)  # (each download gone once hashed)
+        return []
     if OLD_ADAPTER_SHA_TAG in tags:
         return [Violation(f"run {rid}", f"its adapter was recorded with only its weights hashed "
                                         f"({OLD_ADAPTER_SHA_TAG}): {ADAPTER_CONFIG} cannot be checked")]
