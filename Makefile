@@ -90,7 +90,7 @@ promote: $(STAMP) ## register a finished run's adapter in MLflow's model registr
 upload: $(STAMP) ## upload an adapter whose upload failed (kept under pending_uploads/): make upload RUN=<run id> [STORAGE=<url>]
 	$(PY) -m sweep.pipeline.upload '$(RUN)' $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)') $(if $(STORAGE),--storage '$(STORAGE)')
 
-check-store: $(STAMP) ## is the store whole? files vs their hashes, links, owners; trials vs runs with STORAGE=<url>
+check-store: $(STAMP) ## is the store whole? files vs their hashes, links, owners; trials vs runs of $$OPTUNA_STORAGE (or STORAGE=<url>)
 	$(PY) -m sweep.study.integrity $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)') $(if $(STORAGE),--storage '$(STORAGE)')
 
 clean-cache: ## delete converted models (rebuilt on the next run)

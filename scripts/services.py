@@ -16,6 +16,13 @@ instant), handed to psql through its environment and to the server through psql'
 never on a command line (`ps` shows command lines to everyone). The role's password is kept in
 `<root>/env` (0600), the file to `source`; it is never printed.
 
+The tracking server is MLflow's own basic-auth app (`mlflow server --app-name basic-auth`): every
+request but /health needs the user and password that `<root>/env` exports as
+MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (MLflow's client reads them); anonymous users get
+no permission. Its settings file (`<root>/basic_auth.ini`, 0600, its user store in the `mlflow_auth`
+database) and the admin password and the CSRF key reach the server through files and its
+environment, never its command line.
+
 Why a script of our own: PostgreSQL and `mlflow server` are the ecosystem's servers, run as
 their docs say; what is ours is only the few steps that tie them together (a role, two
 databases, the URIs), which no package does for a project folder.
@@ -45,7 +52,8 @@ PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 ROLE = "sftsweep"
-DATABASES = ("mlflow", "optuna")
+DATABASES = ("mlflow", "optuna", "mlflow_auth")
+MLFLOW_USER = ROLE  # the basic-auth admin the clients log in as
 log = logging.getLogger("services")
 
 
@@ -138,9 +146,17 @@ def start_mlflow(root: Path, pg_port: int, port: int, timeout: float = 180) -> N
     if pidfile.exists() and alive(int(pidfile.read_text())):
         return
     mlflow = Path(sys.executable).parent / "mlflow"
-    env = os.environ | {"MLFLOW_BACKEND_STORE_URI": storage_url(root, pg_port, "mlflow")}  # not on the command line
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [str(mlflow), "server", "--host", HOST, "--port", str(port), "--workers", "2",
+    auth = root / "basic_auth.ini"
+    write_private(auth, "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
+                        f"database_uri = {storage_url(root, pg_port, 'mlflow_auth')}\n"
+                        f"admin_username = {MLFLOW_USER}\n")
+    env = os.environ | {"MLFLOW_BACKEND_STORE_URI": storage_url(root, pg_port, "mlflow"),  # (none on the command line)
+                        "MLFLOW_AUTH_CONFIG_PATH": str(auth.resolve()),
+                        "MLFLOW_AUTH_ADMIN_PASSWORD": password_of(root, "mlflow-password"),
+                        "MLFLOW_FLASK_SERVER_SECRET_KEY": password_of(root, "mlflow-secret-key")}
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        env.pop(name, None)
+    cmd = [str(mlflow), "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(port), "--workers", "2",
            "--artifacts-destination", str((root / "mlartifacts").resolve())]
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -239,6 +255,8 @@ def mlflow_port(root: Path) -> int:
 def write_env(root: Path, pg_port: int, mlflow_port: int) -> Path:
     env = root / "env"
     write_private(env, f"export MLFLOW_TRACKING_URI=http://{HOST}:{mlflow_port}\n"
+                       f"export MLFLOW_TRACKING_USERNAME={MLFLOW_USER}\n"
+                       f"export MLFLOW_TRACKING_PASSWORD='{password_of(root, 'mlflow-password')}'\n"
                        f"export OPTUNA_STORAGE='{storage_url(root, pg_port, 'optuna')}'\n")
     return env
 
@@ -250,8 +268,9 @@ def start(root: Path, pg_port: int, mlflow_port: int) -> None:
     env = write_env(root, pg_port, mlflow_port)
     log.info("PostgreSQL on %s:%d (databases %s), MLflow server on http://%s:%d",
              HOST, pg_port, ", ".join(DATABASES), HOST, mlflow_port)
-    log.info("to use them: source %s   (MLFLOW_TRACKING_URI=http://%s:%d, OPTUNA_STORAGE=postgresql+psycopg://"
-             "%s:***@%s:%d/optuna)", env, HOST, mlflow_port, ROLE, HOST, pg_port)
+    log.info("to use them: source %s   (MLFLOW_TRACKING_URI=http://%s:%d, MLFLOW_TRACKING_USERNAME=%s, "
+             "MLFLOW_TRACKING_PASSWORD=***, OPTUNA_STORAGE=postgresql+psycopg://%s:***@%s:%d/optuna)",
+             env, HOST, mlflow_port, MLFLOW_USER, ROLE, HOST, pg_port)
 
 
 def stop(root: Path) -> None:

@@ -140,11 +140,26 @@ def children(tracking):
 def services():
     """The team's servers, started as `make services` starts them (scripts/services.py): a
     PostgreSQL cluster and an `mlflow server` over it, on free ports. Yields the environment a
-    worker gets from `source <root>/env` (MLFLOW_TRACKING_URI, OPTUNA_STORAGE)."""
+    worker gets from `source <root>/env` (MLFLOW_TRACKING_URI, its user and password, OPTUNA_STORAGE),
+    signed in to its tracking server for the session."""
     from scripts.services import throwaway
 
-    with throwaway() as env:
+    with throwaway() as env, signed_in(env):
         yield env
+
+
+@contextmanager
+def signed_in(env: dict):
+    """This process and its children log in to the tracking server of `env` (MLflow's client reads
+    MLFLOW_TRACKING_USERNAME/PASSWORD from the environment); the previous login comes back after."""
+    names = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    before = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: env[name] for name in names})
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 from scripts import services as servers
 from sweep.study.storage import fail_stale, make_storage
 from sweep.tracking.records import STUDY_METHOD
-from tests.conftest import ROOT, TINY, clean_env
+from tests.conftest import ROOT, TINY, clean_env, signed_in
 from tests.test_team import CAN_SET_HOSTNAME, start_worker, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -34,7 +34,7 @@ HEARTBEAT, GRACE = 1, 8  # seconds: a worker silent for GRACE is taken for dead
 def team():
     """The team's servers of this file's own (their restarts must not reach other tests):
     (folder, environment)."""
-    with servers.throwaway_root("sft-sweep-faults-") as root:
+    with servers.throwaway_root("sft-sweep-faults-") as root, signed_in(servers.read_env(root)):
         yield root, servers.read_env(root)
 
 
@@ -85,9 +85,8 @@ def assert_whole(study: optuna.Study, experiment: str, n_trials: int):
 
 def store_is_whole(env: dict) -> None:
     """`make check-store` against the team's servers finds nothing wrong."""
-    p = subprocess.run([sys.executable, "-m", "sweep.study.integrity", "--tracking-uri", env["MLFLOW_TRACKING_URI"],
-                        "--storage", env["OPTUNA_STORAGE"]], cwd=ROOT, capture_output=True, text=True, env=clean_env(),
-                       timeout=600)
+    p = subprocess.run([sys.executable, "-m", "sweep.study.integrity"], cwd=ROOT, capture_output=True, text=True,
+                       env=clean_env() | env, timeout=600)  # (as `source <root>/env`: no password on a command line)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
 
 

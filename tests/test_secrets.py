@@ -69,11 +69,12 @@ def test_planted_secrets_appear_nowhere(services, tmp_path):
     failing model location; then every output is searched for them."""
     pg = urlsplit(services["OPTUNA_STORAGE"])
     db_password, mlflow_host = pg.password, urlsplit(services["MLFLOW_TRACKING_URI"]).netloc
-    user_pw, token, bearer, tag_token, model_token = (f"{kind}{uuid.uuid4().hex[:10]}" for kind in
-                                                      ("userpw", "tok", "bearer", "tagtok", "modeltok"))
+    token, bearer, tag_token, model_token = (f"{kind}{uuid.uuid4().hex[:10]}" for kind in
+                                             ("tok", "bearer", "tagtok", "modeltok"))
+    user, user_pw = services["MLFLOW_TRACKING_USERNAME"], services["MLFLOW_TRACKING_PASSWORD"]  # (the server's login)
     secrets = [db_password, user_pw, token, bearer, tag_token, model_token]
     experiment, study = f"secrets-{uuid.uuid4().hex[:6]}", f"secrets-{uuid.uuid4().hex[:6]}"
-    tracking_cli = f"http://alice:{user_pw}@{mlflow_host}"
+    tracking_cli = f"http://{user}:{user_pw}@{mlflow_host}"
     storage_cli = f"postgresql+psycopg://{pg.username}@{pg.hostname}:{pg.port}{pg.path}?password={db_password}"
     outputs = []
 
@@ -89,11 +90,13 @@ def test_planted_secrets_appear_nowhere(services, tmp_path):
              f"tracking.experiment={experiment}", f"tracking.tags={{source:'https://{tag_token}@git.example/r'}}",
              f"hydra.sweep.dir={tmp_path}/study"])
     assert p.returncode == 0, p.stderr[-3000:]
-    # A failing run with a token-only tracking URI from the environment, and a failing model location.
-    env = {"MLFLOW_TRACKING_URI": f"http://{token}@{mlflow_host}", "OPTUNA_STORAGE": services["OPTUNA_STORAGE"]}
+    # A failing run with the login in the tracking URI from the environment; a failing model location
+    # with a token-only tracking URI (which the server refuses: the refusal must not show it either).
+    env = {"MLFLOW_TRACKING_URI": tracking_cli, "OPTUNA_STORAGE": services["OPTUNA_STORAGE"]}
     p = run([*TINY, f"tracking.experiment={experiment}", "debug.fail_at_step=1", f"hydra.run.dir={tmp_path}/failed"],
             env)
     assert p.returncode != 0
+    env = {"MLFLOW_TRACKING_URI": f"http://{token}@{mlflow_host}", "OPTUNA_STORAGE": services["OPTUNA_STORAGE"]}
     p = run([*TINY, f"tracking.experiment={experiment}", f"model.name_or_path='https://{model_token}@hub.example/m'",
              f"hydra.run.dir={tmp_path}/badmodel"], env)
     assert p.returncode != 0

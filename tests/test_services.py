@@ -1,12 +1,16 @@
 """scripts/services.py: stopping a process group that ends at an awkward moment; who can reach the
-databases (only the owner), and where the passwords go (never a command line, never a readable file)."""
+databases and the tracking server (only the owner), and where the passwords go (never a command line, never a readable file)."""
 from __future__ import annotations
 
+import base64
 import os
 import signal
 import stat
 import subprocess
 import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +37,7 @@ def test_a_server_whose_group_ends_just_before_the_sigkill_is_stopped_without_an
 
 @pytest.mark.e2e
 @pytest.mark.skipif(os.geteuid() != 0, reason="acts as another local user (runuser -u nobody): needs root, as CI has")
-def test_only_the_owner_reaches_the_databases_and_no_password_is_on_a_command_line_or_readable(monkeypatch):
+def test_only_the_owner_reaches_the_servers_and_no_password_is_on_a_command_line_or_readable(monkeypatch):
     """`make services`: another local account (nobody) is refused through the socket and over TCP, as
     the superuser and as the role; every password reaches psql and the server by environment or
     standard input, never argv (which `ps` shows to everyone); the files that hold them are private."""
@@ -61,9 +65,26 @@ def test_only_the_owner_reaches_the_databases_and_no_password_is_on_a_command_li
         ok = real([*psql, "-h", services.HOST, "-U", services.ROLE], capture_output=True, text=True,
                   env=os.environ | {"PGPASSWORD": password})
         assert ok.returncode == 0 and ok.stdout.split()[2] == "1", ok.stderr
-        secrets = [password, services.password_of(root / "pg", "superuser-password")]
-        assert seen and not any(secret in arg for cmd in seen for arg in cmd for secret in secrets)
-        for path in (root / "env", root / "password", root / "pg" / "superuser-password"):
+        # The tracking server answers only its user: anonymous requests (from any local account) get
+        # 401 on the API, the artifacts and the UI's data; /health stays open for probes.
+        env = services.read_env(root)
+        base = env["MLFLOW_TRACKING_URI"]
+        for path in ("/api/2.0/mlflow/experiments/search?max_results=1", "/api/2.0/mlflow-artifacts/artifacts",
+                     "/ajax-api/2.0/mlflow/experiments/search?max_results=1", "/get-artifact?path=x&run_uuid=0"):
+            with pytest.raises(urllib.error.HTTPError, match="401"):
+                urllib.request.urlopen(base + path, timeout=10)
+        login = base64.b64encode(f"{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}".encode())
+        signed = urllib.request.Request(base + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                        headers={"Authorization": f"Basic {login.decode()}"})
+        assert urllib.request.urlopen(signed, timeout=10).status == 200
+        assert urllib.request.urlopen(base + "/health", timeout=10).status == 200
+        server = int((root / "mlflow.pid").read_text())
+        shown = Path(f"/proc/{server}/cmdline").read_bytes().decode()  # what `ps` shows everyone
+        secrets = [password, services.password_of(root / "pg", "superuser-password"),
+                   services.password_of(root, "mlflow-password"), services.password_of(root, "mlflow-secret-key")]
+        assert seen and not any(secret in arg for cmd in [*seen, [shown]] for arg in cmd for secret in secrets)
+        for path in (root / "env", root / "password", root / "pg" / "superuser-password", root / "mlflow-password",
+                     root / "mlflow-secret-key", root / "basic_auth.ini"):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
         assert stat.S_IMODE((root / "pg" / "run").stat().st_mode) == 0o700
 

@@ -3,6 +3,7 @@ server (started as `make services` starts them); one worker dies mid-trial."""
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import signal
@@ -115,7 +116,11 @@ def ui_lands_on_the_runs_with_their_datasets(tmp_path, log: str, runs, study_nam
 
     [url] = [line.split(": ", 1)[1].strip() for line in log.splitlines() if line.startswith("Runs in the MLflow UI")]
     body = (By.TAG_NAME, "body")
+    login = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ['MLFLOW_TRACKING_PASSWORD']}"
     with headless_chromium(tmp_path / "chrome-profile", 1600, 1000) as driver:
+        driver.execute_cdp_cmd("Network.enable", {})  # (the server's basic auth, as a browser's login prompt sends it)
+        driver.execute_cdp_cmd("Network.setExtraHTTPHeaders",
+                               {"headers": {"Authorization": "Basic " + base64.b64encode(login.encode()).decode()}})
         driver.get(url)
         WebDriverWait(driver, 60).until(ec.text_to_be_present_in_element(body, f"study:{study_name}"))
         parent = driver.find_element(By.XPATH, f"//span[text()='study:{study_name}']/ancestor::div[contains(@class,'ag-cell')][1]")
