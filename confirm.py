@@ -25,7 +25,8 @@ from analysis.summary import CONFIRMS, best_by_dev, confirmations, main_metrics,
 from sweep.config import ConfigError, default_tracking_uri
 from sweep.pipeline.checks import validate
 from sweep.pipeline.reproduce import recorded_config
-from sweep.runtime.secrets import guard_output, redact
+from sweep.runtime.retry import first_line
+from sweep.runtime.secrets import guard_output
 from sweep.tracking.store import require_store
 from sweep.tracking.untrusted import Unquotable, printable
 
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
         mlflow.set_tracking_uri(a.tracking_uri)
         return confirm(a.experiment, a.sweep_id or latest_sweep_id(a.experiment), a.seeds)
     except (ConfigError, LookupError, Unquotable, mlflow.exceptions.MlflowException) as e:
-        print(f"error: {printable(redact(str(e).splitlines()[0]))}", file=sys.stderr)
+        print(f"error: {printable(first_line(e))}", file=sys.stderr)
         return 2
 
 

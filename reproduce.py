@@ -15,8 +15,10 @@ import mlflow
 import sweep  # noqa: F401  (resolvers)
 from sweep.config import ConfigError, default_tracking_uri
 from sweep.pipeline.reproduce import check_allowed, find_trial_run, reproduce
-from sweep.runtime.secrets import guard_output, redact
+from sweep.runtime.retry import first_line
+from sweep.runtime.secrets import guard_output
 from sweep.tracking.store import require_store
+from sweep.tracking.untrusted import printable
 
 
 def main(argv=None) -> int:
@@ -46,7 +48,7 @@ def main(argv=None) -> int:
             run_id = find_trial_run(study, int(trial) if trial else None)
         return reproduce(run_id, a.strict, a.rtol, a.allow)
     except (ConfigError, mlflow.exceptions.MlflowException) as e:
-        print(f"error: {redact(str(e).splitlines()[0])}", file=sys.stderr)
+        print(f"error: {printable(first_line(e))}", file=sys.stderr)
         return 2
 
 

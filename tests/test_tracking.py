@@ -5,7 +5,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from sweep.config import default_tracking_uri
-from sweep.tracking import records, store
+from sweep.tracking import store
 from tests.conftest import compose
 
 
@@ -36,25 +36,6 @@ def test_experiments_are_tagged_as_model_training(tmp_path):
     client.delete_experiment_tag(exp_id, "mlflow.experimentKind")  # an experiment made before the tag existed
     assert store.open_experiment(cfg) == exp_id
     assert client.get_experiment(exp_id).tags["mlflow.experimentKind"] == "custom_model_development"
-
-
-def test_log_input_retries_the_race_on_a_new_dataset(monkeypatch):
-    calls = []
-
-    def flaky(dataset, context):
-        calls.append(context)
-        if len(calls) == 1:  # what the server answers the second of two runs inserting one dataset
-            raise mlflow.exceptions.MlflowException('duplicate key value violates unique constraint "dataset_pk"')
-
-    monkeypatch.setattr(mlflow, "log_input", flaky)
-    monkeypatch.setattr(records.time, "sleep", lambda s: None)
-    records.log_input(object(), "training")
-    assert calls == ["training", "training"]
-    calls.clear()
-    monkeypatch.setattr(mlflow, "log_input", lambda d, context: (_ for _ in ()).throw(
-        mlflow.exceptions.MlflowException("down")))
-    with pytest.raises(mlflow.exceptions.MlflowException):
-        records.log_input(object(), "training")
 
 
 def test_system_metrics_of_a_run_shorter_than_one_sampling_interval_are_kept(tmp_path):

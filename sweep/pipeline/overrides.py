@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import PROJECT_ROOT, ConfigError, close_matches
 from sweep.pipeline.checks import validate
+from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import redact
 from sweep.tracking.checks import probe_server
 from sweep.tracking.untrusted import printable
@@ -65,7 +66,7 @@ def check_overrides(args: list[str], defaults: DictConfig, entry: str = "sweep.p
     try:
         parsed = OverridesParser.create().parse_overrides(list(args))
     except OverrideParseException as e:
-        raise ConfigError(f"{e.override}: not an override Hydra can parse ({str(e).splitlines()[0]}); quote a value "
+        raise ConfigError(f"{e.override}: not an override Hydra can parse ({first_line(e)}); quote a value "
                           f"with special characters, e.g. key='a=b?c'") from None
     for o in parsed:
         if o.is_delete():
@@ -106,7 +107,7 @@ def check_hydra_overrides(args: list[str], compose, config_name: str) -> None:
         cfg = compose(config_name=config_name, overrides=groups, return_hydra_config=True)
     except Exception as e:  # noqa: BLE001  (an unknown hydra/<group> option)
         bad = next((a for a in groups if a.startswith("hydra/")), groups[0] if groups else "")
-        raise ConfigError(f"{bad}: {first_line(e)}") from None
+        raise ConfigError(f"{bad}: {first_line(e.__cause__ or e)}") from None
     known = {f"hydra.{k}" for k in _keys(cfg.hydra)}
     for a in hydra_args:
         key = a.split("=", 1)[0]
@@ -120,16 +121,10 @@ def check_hydra_overrides(args: list[str], compose, config_name: str) -> None:
         try:
             composed = compose(config_name=config_name, overrides=[*groups, a], return_hydra_config=True)
         except Exception as e:  # noqa: BLE001  (a value Hydra's schema refuses)
-            raise ConfigError(f"{a}: {first_line(e)}") from None
+            raise ConfigError(f"{a}: {first_line(e.__cause__ or e)}") from None
         fork = OmegaConf.select(composed, "hydra.launcher.fork", default=None)
         if a.startswith("hydra.launcher.fork=") and not isinstance(fork, bool):
             raise ConfigError(f"{a} is invalid: must be true or false")
-
-
-def first_line(e: Exception) -> str:
-    """The first line of an error (Hydra's run 7-11 lines), without Hydra's 'Error merging' wrapper."""
-    cause = e.__cause__ or e
-    return str(cause).strip().splitlines()[0][:300] if str(cause).strip() else type(cause).__name__
 
 
 def composed_defaults(compose, config_name: str, overrides: list[str]) -> DictConfig:

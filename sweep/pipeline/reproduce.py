@@ -29,6 +29,7 @@ from sweep.config import PROJECT_ROOT, RUN_ID, ConfigError, compose_config
 from sweep.pipeline.checks import validate
 from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG
 from sweep.runtime.files import sha256
+from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import redact
 from sweep.tracking import system_metrics
 from sweep.tracking.lifecycle import git_state
@@ -148,7 +149,7 @@ def stored_config(text: str) -> dict:
         check_yaml_shape(text)
         stored = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"the run's config.yaml is not valid YAML ({str(e).splitlines()[0]}); refused") from None
+        raise ConfigError(f"the run's config.yaml is not valid YAML ({first_line(e)}); refused") from None
     if not isinstance(stored, dict):
         raise ConfigError("the run's config.yaml is not a mapping of config keys; refused")
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import mlflow
 
 from sweep.config import RUN_ID, ConfigError, compose_config, default_tracking_uri
+from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import guard_output, redact
 from sweep.study.storage import JOURNAL, STORAGE_ENV, storage_url
 from sweep.tracking.records import ADAPTER_WEIGHTS, AdapterNotStored, pending_folder, upload_adapter
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {redact(str(e))}", file=sys.stderr)
         return 2
     except (OSError, mlflow.exceptions.MlflowException) as e:
-        print(f"error: the upload failed again ({redact(str(e).splitlines()[0][:200])}); the adapter stays in "
+        print(f"error: the upload failed again ({first_line(e)}); the adapter stays in "
               f"{pending_folder(pending, a.run_id)}", file=sys.stderr)
         return 1
     log.info("uploaded the adapter of run %s from %s", a.run_id, folder)

@@ -10,6 +10,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sweep.config import DEFAULT_TEMPLATE, ConfigError, close_matches
+from sweep.runtime.retry import first_line
 
 
 def variant_name(task: str, template: str) -> str:
@@ -82,7 +83,7 @@ def broken_task_file(path: Path) -> None:
         try:
             yaml.load(path.read_text(), Loader=Loader)
         except yaml.YAMLError as e:
-            raise ConfigError(f"eval.tasks: the task file {path} is not valid YAML ({str(e).splitlines()[0]}); "
+            raise ConfigError(f"eval.tasks: the task file {path} is not valid YAML ({first_line(e)}); "
                               f"fix it or remove it from eval.include_paths") from None
 
 

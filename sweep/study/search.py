@@ -30,6 +30,7 @@ from optuna.distributions import (
 )
 
 from sweep.config import ConfigError
+from sweep.runtime.retry import first_line
 
 PRUNERS = ("none", "median", "hyperband")
 # Optuna flags the GP and NSGA samplers and the matplotlib plots as experimental: they are what we use.
@@ -143,7 +144,7 @@ def _sampler(name: str, seed: int | None, space: SearchSpace, options: dict) -> 
             return AskTellGridSampler(grid_of(space), seed=seed, **options)
         return SAMPLER_CLASSES[name](seed=seed, **options)
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"hydra.sweeper.sampler_options for sampler={name}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"hydra.sweeper.sampler_options for sampler={name}: {first_line(e)}") from None
 
 
 def trial_seed(seed: int, number: int) -> int:

@@ -24,6 +24,7 @@ import optuna
 
 from sweep.config import ConfigError
 from sweep.runtime.files import check_writable
+from sweep.runtime.retry import first_line, retry
 from sweep.runtime.secrets import redact
 
 # The study storage URL travels to workers and jobs through this variable, never on a command
@@ -50,26 +51,23 @@ def is_connection_error(e: BaseException) -> bool:
 
 
 def _retried(method):
+    """A storage call that waits up to `retry_seconds` for its database (runtime/retry.py), keeping
+    the outage's start and end for `recently_unreachable`."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        deadline, delay = time.monotonic() + self.retry_seconds, 0.5
-        while True:
+        def attempt():
             try:
-                result = method(self, *args, **kwargs)
+                return method(self, *args, **kwargs)
             except Exception as e:
-                if not is_connection_error(e) or time.monotonic() + delay > deadline:
-                    raise
-                if self.outage_started is None:
+                if is_connection_error(e) and self.outage_started is None:
                     self.outage_started = time.monotonic()
-                    log.warning("the study database is unreachable (%s); retrying for up to %.0f s",
-                                redact(str(e.__cause__ or e).splitlines()[0][:200]), self.retry_seconds)
-                time.sleep(delay)
-                delay = min(2 * delay, 15.0)
-                continue
-            if self.outage_started is not None:
-                log.warning("the study database answers again after %.0f s", time.monotonic() - self.outage_started)
-                self.outage_started, self.reconnected_at = None, time.monotonic()
-            return result
+                raise
+
+        result = retry(attempt, transient=is_connection_error, seconds=self.retry_seconds, who="the study database",
+                       what=f"calling {method.__name__}", first=0.5, most=15.0)
+        if self.outage_started is not None:
+            self.outage_started, self.reconnected_at = None, time.monotonic()
+        return result
     return call
 
 
@@ -142,7 +140,7 @@ def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180
                 return ResilientRDBStorage(url, engine_kwargs=engine_kwargs(url), heartbeat_interval=heartbeat_interval,
                                            grace_period=grace_period, heartbeat_stale_trial_callback=requeue)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-            reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            reason = first_line(e)
             raise ConfigError(f"hydra.sweeper.storage={redact(url)!r} cannot be opened ({redact(reason)}); start the "
                               f"database (`make services`) or fix the URL, or leave it unset for the local "
                               f"journal file") from None

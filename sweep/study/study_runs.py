@@ -20,6 +20,7 @@ import optuna
 from mlflow.exceptions import MlflowException
 
 from sweep.data.splits import test_metric
+from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import redact
 from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.untrusted import equals
@@ -73,7 +74,7 @@ def close_dead_runs(client: mlflow.MlflowClient, experiment: str, study_name: st
                 client.set_terminated(run.info.run_id, "KILLED")
             except MlflowException as e:
                 log.info("run %s of dead trial %d: closed by another worker (%s)", run.info.run_id, n,
-                         redact(str(e)).splitlines()[0])
+                         first_line(e))
 
 
 def close_superseded_run(client: mlflow.MlflowClient, run_id: str, retry: int | None) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import subprocess
-import time
 import traceback
 from contextlib import contextmanager
 
@@ -17,7 +16,9 @@ from sweep.config import PROJECT_ROOT
 from sweep.runtime import processes
 from sweep.runtime.distributed import world_size
 from sweep.runtime.interrupts import atomic_write, interrupted, signals_received
+from sweep.runtime.retry import first_line, retry
 from sweep.runtime.secrets import redact
+from sweep.tracking import outage
 from sweep.tracking.outage import OUTAGE_SECONDS, sending_curves
 from sweep.tracking.records import redacted
 from sweep.tracking.system_metrics import system_metrics
@@ -48,25 +49,25 @@ def _close(run, status: str, tags: dict[str, str], traceback_text: str | None = 
 
 
 def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | None) -> None:
+    """Tags, traceback and status, waiting up to CLOSE_SECONDS for a store that cannot be reached; a
+    write the store refuses would be refused again, so it is not retried."""
     run_id = run.info.run_id
-    deadline, delay = time.monotonic() + CLOSE_SECONDS, 0.5
+
+    def write() -> None:
+        client = mlflow.MlflowClient()
+        for k, v in redacted(tags).items():
+            client.set_tag(run_id, k, v)
+        if traceback_text:
+            client.log_text(run_id, redact(traceback_text), "traceback.txt")
+        client.set_terminated(run_id, status)
+
     try:
-        while True:
-            try:
-                client = mlflow.MlflowClient()
-                for k, v in redacted(tags).items():
-                    client.set_tag(run_id, k, v)
-                if traceback_text:
-                    client.log_text(run_id, redact(traceback_text), "traceback.txt")
-                client.set_terminated(run_id, status)
-                return
-            except Exception as e:
-                if time.monotonic() + delay > deadline:
-                    log.error("run %s could not be recorded %s (%s); it stays RUNNING until a later run closes it "
-                              "KILLED", run_id, status, redact(str(e)).splitlines()[0][:200] if str(e) else type(e))
-                    raise
-                time.sleep(delay)
-                delay = min(2 * delay, 8.0)
+        retry(write, transient=outage.unreachable, seconds=CLOSE_SECONDS, who=outage.TRACKING,
+              what=f"closing run {run_id} {status}", first=0.5, most=8.0)
+    except Exception as e:
+        log.error("run %s could not be recorded %s (%s); it stays RUNNING until a later run closes it KILLED",
+                  run_id, status, first_line(e))
+        raise
     finally:
         # MLflow's exit hook ends a run still on its stack with its default status, FINISHED: even a
         # failed one whose status could not be written. end_run takes the run off the stack first.

@@ -17,14 +17,16 @@ trained and unrecorded; its async logging sends from a thread but drops a batch 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
 from contextlib import contextmanager
 
-from sweep.runtime.secrets import redact
+from sweep.runtime.retry import first_line, retry
 
 log = logging.getLogger(__name__)
+TRACKING = "the tracking server"  # who the retry's warnings name
 OUTAGE_SECONDS = 900.0  # how long a job trains on and waits for a tracking server that does not answer
 BATCH = 1000            # metrics per request (MLflow's log_batch limit)
 MAX_DELAY = 10.0        # seconds between two attempts, at most (a connection attempt is cheap)
@@ -51,10 +53,6 @@ def unreachable(e: BaseException) -> bool:
     return False
 
 
-def first_line(e: BaseException) -> str:
-    return redact(str(e)).splitlines()[0][:300] if str(e) else type(e).__name__
-
-
 def gave_up(seconds: float, what: str, e: BaseException) -> TrackingUnavailable:
     return TrackingUnavailable(f"the tracking server has not answered for {seconds:.0f} s while {what} "
                                f"({first_line(e)}); start it again (or raise tracking.outage_seconds), then rerun")
@@ -64,25 +62,12 @@ def patiently(write, what: str, seconds: float | None = None):
     """`write()`, tried again with backoff while the store cannot be reached, for up to `seconds` (the
     active run's allowance by default); then TrackingUnavailable. Other errors are raised at once."""
     seconds = allowance() if seconds is None else seconds
-    deadline, delay, since = time.monotonic() + seconds, 1.0, None
-    while True:
-        try:
-            result = write()
-        except Exception as e:
-            if not unreachable(e):
-                raise
-            if time.monotonic() + delay > deadline:
-                raise gave_up(seconds, what, e) from None
-            if since is None:
-                since = time.monotonic()
-                log.warning("the tracking server is unreachable while %s (%s); trying again for up to %.0f s",
-                            what, first_line(e), seconds)
-            time.sleep(delay)
-            delay = min(2 * delay, MAX_DELAY)
-            continue
-        if since is not None:
-            log.warning("the tracking server answers again after %.0f s", time.monotonic() - since)
-        return result
+    return retry(write, transient=unreachable, seconds=seconds, who=TRACKING, what=what, most=MAX_DELAY,
+                 give_up=lambda e: gave_up(seconds, what, e))
+
+
+class Abandoned(Exception):
+    """The job stopped waiting for the curve's sender (close() ran out of time)."""
 
 
 class CurveSender:
@@ -110,7 +95,7 @@ class CurveSender:
     def _send(self) -> None:
         import mlflow
 
-        client, delay, since = mlflow.MlflowClient(), 1.0, None
+        client = mlflow.MlflowClient()
         while True:
             with self.cond:
                 while not self.backlog and not self.stopping:
@@ -118,32 +103,28 @@ class CurveSender:
                 if not self.backlog:
                     return
                 batch = list(self.backlog)[:BATCH]
-            if self.abandoned:
-                return
             try:
-                client.log_batch(self.run_id, metrics=batch)
+                retry(functools.partial(self._send_batch, client, batch), transient=unreachable, seconds=self.seconds,
+                      who=TRACKING, what="sending the training curve (its points are kept; training goes on)",
+                      most=MAX_DELAY, sleep=self._pause,
+                      give_up=lambda e: gave_up(self.seconds, "sending the training curve", e))
+            except Abandoned:
+                return
             except Exception as e:  # noqa: BLE001  (kept for the job's thread)
-                if not unreachable(e):
-                    self.error = e
-                    return
-                since = since or time.monotonic()
-                if delay == 1.0:
-                    log.warning("the tracking server is unreachable (%s): the curve's points are kept and sent when "
-                                "it answers (training goes on for up to %.0f s)", first_line(e), self.seconds)
-                if time.monotonic() - since > self.seconds:
-                    self.error = gave_up(self.seconds, "sending the training curve", e)
-                    return
-                with self.cond:
-                    self.cond.wait(delay)  # (woken early only to stop)
-                delay = min(2 * delay, MAX_DELAY)
-                continue
-            if since is not None:
-                log.warning("the tracking server answers again after %.0f s: %d kept points sent",
-                            time.monotonic() - since, len(self.backlog))
+                self.error = e
+                return
             with self.cond:
                 for _ in batch:
                     self.backlog.popleft()
-            delay, since = 1.0, None
+
+    def _send_batch(self, client, batch: list) -> None:
+        if self.abandoned:
+            raise Abandoned
+        client.log_batch(self.run_id, metrics=batch)
+
+    def _pause(self, seconds: float) -> None:
+        with self.cond:
+            self.cond.wait(seconds)  # (woken early only to stop)
 
     def close(self, seconds: float) -> bool:
         """Wait up to `seconds` for the backlog to be sent, then stop; whether all of it was."""

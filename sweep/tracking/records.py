@@ -11,7 +11,6 @@ import logging
 import shlex
 import shutil
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from omegaconf import OmegaConf
 
 from sweep.runtime.files import sha256
 from sweep.runtime.interrupts import atomic_write
+from sweep.runtime.retry import first_line, retry
 from sweep.runtime.secrets import redact
 from sweep.tracking import outage
 
@@ -109,17 +109,13 @@ def redacted(tags: dict) -> dict[str, str]:
     return {k: redact(str(v)) for k, v in tags.items()}
 
 
-def log_input(dataset, context: str, attempts: int = 3) -> None:
-    """mlflow.log_input, retried: two runs logging the same new dataset at once race to insert it,
-    and the tracking server answers the loser with a unique-constraint error (`dataset_pk`); on
-    the next attempt the dataset exists and only the run's link to it is written."""
-    for attempt in range(attempts):
-        try:
-            return mlflow.log_input(dataset, context=context)
-        except mlflow.exceptions.MlflowException:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5 * (attempt + 1))
+def log_input(dataset, context: str, seconds: float = 3.0) -> None:
+    """mlflow.log_input, tried again for up to `seconds`: two runs logging the same new dataset at
+    once race to insert it, and the tracking server answers the loser with a unique-constraint error
+    (`dataset_pk`); on the next attempt the dataset exists and only the run's link to it is written."""
+    retry(lambda: mlflow.log_input(dataset, context=context), seconds=seconds, first=0.5, who="the tracking server",
+          trouble="refused a write", what=f"linking the {context} dataset (another run may insert it at once)",
+          transient=lambda e: isinstance(e, mlflow.exceptions.MlflowException), level=logging.DEBUG)
 
 
 def log_inputs(config: dict, files: list[Path], datasets: list[tuple[str, Path, str]] = ()) -> None:
@@ -221,7 +217,7 @@ def log_adapter(model, pending_root: Path) -> None:
     try:
         upload_adapter(folder, run_id)
     except (OSError, mlflow.exceptions.MlflowException) as e:
-        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e).splitlines()[0][:200]
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
         raise AdapterNotStored(f"{reason} while uploading the adapter; it is kept in {folder}: free space (or fix the "
                                f"store) and run `make upload RUN={run_id}`") from None
     shutil.rmtree(folder.parent, ignore_errors=True)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from sweep.config import PROJECT_ROOT, ConfigError
 from sweep.runtime import processes
+from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import redact
 from sweep.tracking.checks import is_server, probe_server
 
@@ -119,7 +120,7 @@ def open_experiment(tracking: DictConfig) -> str:
     except Exception as e:
         raise ConfigError(
             f"tracking.uri={redact(tracking.uri)!r} cannot be opened ({type(e).__name__}: "
-            f"{redact(str(e).splitlines()[0][:200])}); "
+            f"{first_line(e)}); "
             "use e.g. tracking.uri=sqlite:///$PWD/mlflow.db or an http(s):// tracking server"
         ) from None
 

@@ -14,6 +14,8 @@ from collections.abc import Iterator
 
 from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
+from sweep.runtime.retry import first_line
+
 log = logging.getLogger(__name__)
 PREFIX = "system/"  # MLflow's name for these curves
 
@@ -32,7 +34,7 @@ class RunSystemMetrics(SystemMetricsMonitor):
             self.publish_metrics(self.aggregate_metrics())
             self.mlflow_logger.flush()
         except Exception as e:  # noqa: BLE001  (system metrics never fail a job)
-            log.warning("system metrics of run %s not recorded: %s", self._run_id, str(e).splitlines()[0][:200])
+            log.warning("system metrics of run %s not recorded: %s", self._run_id, first_line(e))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,139 @@
+"""One retry helper (sweep/runtime/retry.py) serves every recovery loop: for each, a transient
+failure is tried again through it (its warnings are the helper's, said once) and a permanent one is
+raised at once, after one attempt."""
+
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import mlflow
+import pytest
+import requests
+import sqlalchemy.exc
+
+from sweep.runtime import retry as retry_module
+from sweep.runtime.retry import first_line, retry
+from sweep.study import storage
+from sweep.tracking import lifecycle, outage, records
+
+DOWN = requests.exceptions.ConnectionError("connection refused by http://u:s3cret@host:5000")
+
+
+@pytest.fixture
+def pauses(monkeypatch):
+    """The helper's pauses, recorded instead of slept."""
+    slept = []
+    monkeypatch.setattr(retry_module.time, "sleep", slept.append)
+    return slept
+
+
+def failing(times: int, error: BaseException, result="done"):
+    """A call that raises `error` its first `times` calls, then returns `result`; `.calls` counts."""
+    def call(*args, **kwargs):
+        call.calls += 1
+        if call.calls <= times:
+            raise error
+        return result
+    call.calls = 0
+    return call
+
+
+def helper_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == retry_module.__name__]
+
+
+def test_the_helper_backs_off_says_so_twice_and_gives_up_with_the_callers_error(pauses, caplog):
+    caplog.set_level(logging.WARNING)
+    call = failing(3, DOWN)
+    assert retry(call, transient=outage.unreachable, seconds=60, who="the server", what="writing") == "done"
+    assert call.calls == 4 and pauses == [1.0, 2.0, 4.0]
+    said = helper_lines(caplog)
+    assert len(said) == 2 and "the server is unreachable while writing" in said[0] and "s3cret" not in said[0]
+    assert said[1].startswith("the server answers again after")
+    with pytest.raises(TimeoutError, match="gave up"):
+        retry(failing(99, DOWN), transient=outage.unreachable, seconds=5, who="w", what="x",
+              give_up=lambda e: TimeoutError("gave up"))
+    permanent = failing(1, ValueError("refused"))
+    with pytest.raises(ValueError):
+        retry(permanent, transient=outage.unreachable, seconds=60, who="w", what="x")
+    assert permanent.calls == 1
+    assert first_line(ValueError("")) == "ValueError" and first_line(ValueError("a\nb")) == "a"
+
+
+def test_a_jobs_write_waits_for_the_tracking_server_through_the_helper(pauses, caplog):
+    caplog.set_level(logging.WARNING)
+    write = failing(2, DOWN)
+    assert outage.patiently(write, "logging scores", seconds=60) == "done" and write.calls == 3
+    assert len(helper_lines(caplog)) == 2
+    with pytest.raises(outage.TrackingUnavailable, match="has not answered for 3 s while logging scores"):
+        outage.patiently(failing(99, DOWN), "logging scores", seconds=3)
+    refused = failing(1, mlflow.exceptions.MlflowException("INVALID_PARAMETER_VALUE"))
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        outage.patiently(refused, "logging scores", seconds=60)
+    assert refused.calls == 1
+
+
+def test_the_curve_keeps_its_points_through_an_outage_and_stops_at_a_refusal(monkeypatch, caplog):
+    caplog.set_level(logging.WARNING)
+    sent = []
+    log_batch = failing(2, DOWN)
+
+    class Client:
+        def log_batch(self, run_id, metrics):
+            log_batch()
+            sent.extend(m.value for m in metrics)
+
+    monkeypatch.setattr(mlflow, "MlflowClient", Client)
+    monkeypatch.setattr(outage.CurveSender, "_pause", lambda self, seconds: None)
+    sender = outage.CurveSender("0" * 32, seconds=60)
+    sender.log({"train/loss": 1.5}, step=1)
+    assert sender.close(30) and sent == [1.5] and log_batch.calls == 3
+    assert any("while sending the training curve" in line for line in helper_lines(caplog))
+    log_batch = failing(99, mlflow.exceptions.MlflowException("RESOURCE_DOES_NOT_EXIST"))
+    sender = outage.CurveSender("1" * 32, seconds=60)
+    sender.log({"train/loss": 2.0}, step=1)
+    assert not sender.close(30) and isinstance(sender.error, mlflow.exceptions.MlflowException)
+    assert log_batch.calls == 1
+
+
+def test_closing_a_run_waits_for_the_server_but_not_for_a_refused_write(monkeypatch, pauses, caplog):
+    caplog.set_level(logging.WARNING)
+    set_terminated = failing(2, DOWN)
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda: SimpleNamespace(
+        set_tag=lambda *a: None, log_text=lambda *a: None, set_terminated=lambda run_id, status: set_terminated()))
+    run = SimpleNamespace(info=SimpleNamespace(run_id="0" * 32))
+    lifecycle._close_now(run, "FAILED", {"error": "x"}, None)
+    assert set_terminated.calls == 3 and pauses == [0.5, 1.0]
+    set_terminated = failing(99, mlflow.exceptions.MlflowException("RESOURCE_DOES_NOT_EXIST"))
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        lifecycle._close_now(run, "FAILED", {}, None)
+    assert set_terminated.calls == 1
+    assert any("could not be recorded FAILED" in r.getMessage() for r in caplog.records)
+
+
+def test_a_storage_call_waits_for_the_database_and_remembers_the_outage(pauses, caplog):
+    caplog.set_level(logging.WARNING)
+    lost = sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+    method = failing(2, lost)
+    call = storage._retried(lambda self: method())
+    self = SimpleNamespace(retry_seconds=60, outage_started=None, reconnected_at=None)
+    assert call(self) == "done" and method.calls == 3 and pauses == [0.5, 1.0]
+    assert self.outage_started is None and self.reconnected_at is not None  # (recently_unreachable reads it)
+    assert "the study database is unreachable while calling" in helper_lines(caplog)[0]
+    method = failing(1, sqlalchemy.exc.IntegrityError("INSERT", {}, Exception("unique")))
+    self = SimpleNamespace(retry_seconds=60, outage_started=None, reconnected_at=None)
+    with pytest.raises(sqlalchemy.exc.IntegrityError):
+        call(self)
+    assert method.calls == 1 and self.outage_started is None
+
+
+def test_linking_a_dataset_tries_again_when_another_run_inserts_it_at_once(monkeypatch, pauses):
+    log_input = failing(1, mlflow.exceptions.MlflowException('duplicate key value violates unique constraint "dataset_pk"'))
+    monkeypatch.setattr(mlflow, "log_input", lambda dataset, context: log_input())
+    records.log_input(object(), "training")
+    assert log_input.calls == 2 and pauses == [0.5]
+    log_input = failing(99, mlflow.exceptions.MlflowException("down"))
+    with pytest.raises(mlflow.exceptions.MlflowException):
+        records.log_input(object(), "training")
+    assert log_input.calls == 4 and pauses[1:] == [0.5, 1.0, 2.0]  # (the pauses that fit in its 3 s, unslept)
