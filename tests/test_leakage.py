@@ -1,6 +1,6 @@
 """The leakage audit on constructed cases (sweep/scoring/leakage.py)."""
 
-from sweep.scoring.leakage import audit, lcs, rouge_l, words
+from sweep.scoring.leakage import audit, lcs, rouge_l_words, words
 
 TRAINING = [
     "the film is a sprawling and ambitious portrait of a family that falls apart over three long summers by the sea",
@@ -40,8 +40,8 @@ def test_a_training_phrase_inside_a_test_sentence_is_flagged_both_ways():
 def test_rouge_l_is_the_f1_of_the_longest_common_subsequence():
     assert lcs(tuple("abcbdab"), tuple("bdcaba")) == 4
     a, b = words("the cat sat on the mat"), words("the cat lay on a mat")
-    assert rouge_l(a, b) == 2 * 4 / (6 + 6)  # the, cat, on, mat
-    assert rouge_l(a, words("dogs bark")) == 0.0
+    assert rouge_l_words(a, b) == 2 * 4 / (6 + 6)  # the, cat, on, mat
+    assert rouge_l_words(a, words("dogs bark")) == 0.0
 
 
 def _planted(tmp_path):

@@ -99,7 +99,7 @@ def job_datasets(cfg: DictConfig, tasks: dict) -> list[tuple[str, Path, str]]:
 
 def resolve_lineage(cfg: DictConfig, sweep_id: str, base_model: str, multirun: bool) -> Lineage:
     """The runs the job's stage starts from and is judged by, checked and their adapters fetched."""
-    where = lineages.Search(cfg.tracking.uri, cfg.tracking.experiment, sweep_id, multirun)
+    where = lineages.LineageScope(cfg.tracking.uri, cfg.tracking.experiment, sweep_id, multirun)
     return lineages.resolve(cfg.stage, cfg.init.run_id, cfg.eval.judge_run_id, where, base_model,
                             Path(cfg.paths.cache) / "adapters")
 

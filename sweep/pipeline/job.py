@@ -171,7 +171,7 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
             unstored = store_adapter(cfg, built.model)
         # (a judged adapter: with the adapter disabled, the model is the reference whose replies it is compared with)
         has_reference = job.lineage.judge is not None and cfg.method.peft and cfg.eval.enabled
-        key = (reference_replies.cache_key(baseline_settings(cfg), cfg.method.quantization, cfg.eval.batch_size,
+        key = (reference_replies.replies_key(baseline_settings(cfg), cfg.method.quantization, cfg.eval.batch_size,
                                            job.project.manager, files, job.lineage.policy)
                if has_reference else None)
         scored, scores = score_and_record(cfg, built, name, key)

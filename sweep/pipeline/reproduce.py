@@ -224,7 +224,7 @@ def recorded_config(run_id: str, allow=(), log=print) -> tuple[DictConfig, str]:
     return cfg, str((stored.get("paths") or {}).get("data", ""))
 
 
-def check_inputs(run, cfg: DictConfig, old_data: str) -> list[Check]:
+def compare_inputs(run, cfg: DictConfig, old_data: str) -> list[Check]:
     """The code version, and every data file the re-run will read against the hash the run
     recorded for it (a file the run recorded no hash for is a warning: the record is incomplete)."""
     from sweep.pipeline.build import load_project_tasks, task_files
@@ -311,7 +311,7 @@ def reproduce(run_id: str, strict: bool, rtol: float | None, allow=(), log=print
         raise ConfigError(f"run {run_id} is {run.info.status}: only a finished run has metrics to compare")
     cfg, old_data = recorded_config(run_id, allow, log)
     validate(cfg)  # stored values are checked as command-line values are, before anything runs
-    checks = check_inputs(run, cfg, old_data)
+    checks = compare_inputs(run, cfg, old_data)
     for c in checks:
         log(("  ok    " if c.ok else "  WARN  ") + c.message)
     if strict and not all(c.ok for c in checks):

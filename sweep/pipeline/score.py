@@ -85,7 +85,7 @@ def eval_tasks(cfg: DictConfig, template: str):
     return tm, {name: tasks[name] for name in cfg.eval.tasks}
 
 
-class References:
+class ReferenceReplies:
     """The reference policy's replies a judged run compares its own with, on the development and the
     test prompts: generated, or reused from an earlier run with the same key
     (sweep/rlhf/reference_replies.py); recorded once, when both passes are judged."""
@@ -123,7 +123,7 @@ class References:
 
 
 def score_pass(cfg: DictConfig, built, tasks: dict, prompting: Prompting, limit: int | None, demonstrations: list,
-               references: References, prefix: str) -> tuple[dict[str, float], object]:
+               references: ReferenceReplies, prefix: str) -> tuple[dict[str, float], object]:
     """(metrics named with `prefix`, lm-eval's scores) of one pass over `tasks`, judged when the run
     has a judge."""
     scores = score(built.lm, built.task_manager, tasks, prompting, limit,
@@ -150,7 +150,7 @@ def score_lm(cfg: DictConfig, built, reference_key: str | None):
         return choice.dev_metrics | choice.scores.metrics | choice.scores.query_cost(), choice.scores
     prompting = prompting_of(cfg)
     demonstrations = draw_demonstrations(built.eval_tasks, prompting, built.pools)  # the same for both passes
-    references = References(cfg, built, reference_key)
+    references = ReferenceReplies(cfg, built, reference_key)
     dev = {}
     if built.dev_tasks:
         dev, _ = score_pass(cfg, built, built.dev_tasks, prompting, None, demonstrations, references, DEV_PREFIX)

@@ -104,8 +104,8 @@ def train_ppo(run: StageRun) -> TrainResult:
     def log_step(metrics: dict, step: int) -> None:
         records.log_curve({f"train/{k}": v for k, v in metrics.items()}, step=step)
 
-    return ppo.train(run.model, run.tokenizer, [r["prompt"] for r in run.rows], run.judge, run.stage, run.train,
-                     run.seed, log_step, run.fail_at_step)
+    return ppo.train_policy_and_value(run.model, run.tokenizer, [r["prompt"] for r in run.rows], run.judge,
+                                      run.stage, run.train, run.seed, log_step, run.fail_at_step)
 
 
 def trained_tokens(trainer) -> int:

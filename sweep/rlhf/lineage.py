@@ -73,7 +73,7 @@ class Lineage:
 
 
 @dataclass(frozen=True)
-class Search:
+class LineageScope:
     """Where a stage's earlier runs are looked for: the store, this job's experiment and sweep."""
     uri: str
     experiment: str
@@ -81,7 +81,7 @@ class Search:
     multirun: bool  # a single run names its runs by id; only a multirun finds them in its sweep
 
 
-def resolve(stage: DictConfig, init_run_id: str | None, judge_run_id: str | None, where: Search, base_model: str,
+def resolve(stage: DictConfig, init_run_id: str | None, judge_run_id: str | None, where: LineageScope, base_model: str,
             cache: Path) -> Lineage:
     """The runs this job starts from and is judged by; ConfigError (one line, no compute) when a run is
     missing, unfinished, of the wrong stage, on another base model, or has no adapter. Adapters are
@@ -104,7 +104,7 @@ def resolve(stage: DictConfig, init_run_id: str | None, judge_run_id: str | None
     return Lineage(tuple(reversed(policy)), judge)
 
 
-def in_sweep(where: Search, this_stage: str, stage: str, key: str, required: bool = True) -> str | None:
+def in_sweep(where: LineageScope, this_stage: str, stage: str, key: str, required: bool = True) -> str | None:
     """The newest finished run of `stage` in this sweep (same experiment, same sweep_id tag); when
     there is none, a ConfigError if `required`, else None."""
     needs = f"stage={this_stage} starts from a stage={stage} run" if key == "init.run_id" else \

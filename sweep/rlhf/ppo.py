@@ -93,8 +93,9 @@ def forward(model, seq, attention, prompt_len: int, temperature: float, value_he
     return logp, values
 
 
-def train(model, tokenizer, prompts: list[str], judge, stage: DictConfig, train_cfg: DictConfig, seed: int,
-          log_step: Callable[[dict, int], None], fail_at_step: int | None = None) -> TrainResult:
+def train_policy_and_value(model, tokenizer, prompts: list[str], judge, stage: DictConfig, train_cfg: DictConfig,
+                           seed: int, log_step: Callable[[dict, int], None],
+                           fail_at_step: int | None = None) -> TrainResult:
     """`train_cfg.max_steps` PPO steps, each on `train_cfg.batch_size` prompts; `log_step(metrics, step)`."""
     from sweep.training.sft import InjectedFailure
 

@@ -35,7 +35,7 @@ KEY_TAG, HASH_TAG, FROM_TAG = "reference_key", "reference_sha256", "reference_re
 Replies = dict[str, dict[int, str]]  # task -> doc_id -> the reference's reply
 
 
-def cache_key(scoring: baseline_cache.Settings, quantization: DictConfig | None, batch_size: int, task_manager,
+def replies_key(scoring: baseline_cache.Settings, quantization: DictConfig | None, batch_size: int, task_manager,
               files: list[Path], policy: tuple[Ancestor, ...]) -> str:
     """`scoring`: what the scores of the base model would depend on; `quantization` (method.quantization)
     and `batch_size` (eval.batch_size: a batch's padding, and sampling, follow it) change the replies."""

@@ -176,7 +176,7 @@ def set_samplers(tasks: dict, prompting: Prompting, pools: dict, seed: int,
         return {}
     for name, task in tasks.items():
         if prompting.per_example:
-            task.sampler = fewshot.make_sampler(prompting.sampler, pools[name], task.doc_to_target, seed)
+            task.sampler = fewshot.demonstration_sampler(prompting.sampler, pools[name], task.doc_to_target, seed)
         else:
             task.sampler = fewshot.FixedDraw(fixed[name])
     return {} if prompting.per_example else {name: fixed[name] for name in tasks}

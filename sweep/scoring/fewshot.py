@@ -68,7 +68,7 @@ class FixedDraw(ContextSampler):
         return self
 
 
-def make_sampler(kind: str, pool: list[dict], label_of, seed: int) -> ContextSampler:
+def demonstration_sampler(kind: str, pool: list[dict], label_of, seed: int) -> ContextSampler:
     """A sampler of `kind` over `pool` (label_of: doc -> label, used by `balanced`)."""
     if kind == "balanced":
         return BalancedSampler(pool, label_of=label_of, rnd=seed)
@@ -82,4 +82,4 @@ def draw_seed(seed: int, draw: int) -> int:
 
 def draw(kind: str, pool: list[dict], k: int, label_of, seed: int) -> list[dict]:
     """One draw of k demonstrations from `pool`."""
-    return list(make_sampler(kind, pool, label_of, seed).sample(k))
+    return list(demonstration_sampler(kind, pool, label_of, seed).sample(k))

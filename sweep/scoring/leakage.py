@@ -61,7 +61,9 @@ def lcs(a: tuple, b: tuple) -> int:
     return row[-1]
 
 
-def rouge_l(test: tuple, training: tuple) -> float:
+def rouge_l_words(test: tuple, training: tuple) -> float:
+    """ROUGE-L F1 of two word sequences, on the normalised words the split was built with (the
+    rouge-score package of Self-Instruct's filter, sweep/self_instruct/filters.py, tokenises its own way)."""
     common = lcs(test, training)
     return 0.0 if common == 0 else 2 * common / (len(test) + len(training))
 
@@ -128,7 +130,7 @@ def nearest(w: tuple, train: list[tuple], index: dict, rare: set) -> tuple[int, 
     for i, n in shared.most_common(CANDIDATES):
         if n < len(mine) / 2:
             break
-        score = rouge_l(w, train[i])
+        score = rouge_l_words(w, train[i])
         if best is None or score > best[1]:
             best = (i, score)
     return best

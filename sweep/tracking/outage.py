@@ -148,7 +148,7 @@ def allowance() -> float:
     return sender.seconds if sender else OUTAGE_SECONDS
 
 
-def log_curve(metrics: dict[str, float], step: int) -> bool:
+def hand_to_sender(metrics: dict[str, float], step: int) -> bool:
     """Hand step metrics to the active run's sender; False when the run has none (log them directly)."""
     import mlflow
 

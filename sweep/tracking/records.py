@@ -96,7 +96,7 @@ def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
 def log_curve(metrics: dict[str, float], step: int) -> None:
     """Step metrics logged while the job computes on (training curves): sent by the run's own thread,
     so the job never waits for the tracking server (outage.CurveSender)."""
-    if not outage.log_curve(metrics, step):
+    if not outage.hand_to_sender(metrics, step):
         log_metrics(metrics, step)
 
 

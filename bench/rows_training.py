@@ -1,0 +1,222 @@
+"""Benchmark rows of training: harness overhead, model start-up, padding, training features, the peer
+(TRL), the roofline."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import mlflow
+import torch
+
+from bench.common import ROOT, BenchBase, compose_config, median, run, sweep_cmd
+
+
+class TrainingRows(BenchBase):
+    # 1 -------------------------------------------------------------------------------------------
+    def harness_overhead(self) -> dict:
+        from sweep.pipeline.build import build
+        from sweep.training.models import load_model_and_tokenizer
+        from sweep.training.sft import use_bf16
+
+        steps = self.p["steps"]
+        same = ["train.sampling=sequential", "train.answer_only_logits=false", f"train.max_steps={steps}",
+                "train.logging_steps=5", "eval.enabled=false", "tracking.log_adapter=false", "lora.dropout=0"]
+        cfg = self.cfg(*same)
+        built = build(cfg)
+        n = steps * cfg.train.batch_size
+        examples = [dict(built.train_dataset[i % len(built.train_dataset)]) for i in range(n)]  # epochs, in order
+        (self.work / "examples.json").write_text(json.dumps(examples))
+        base, _ = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)  # the weights the harness loads
+        base.save_pretrained(self.work / "bare-model")
+        spec = {"model": str(self.work / "bare-model"), "tokenizer": built.tokenizer.name_or_path, "seed": cfg.seed,
+                "r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": 0.0,
+                "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "examples": str(self.work / "examples.json"),
+                "lr": cfg.train.lr, "batch_size": cfg.train.batch_size, "steps": steps,
+                "warmup_steps": math.ceil(cfg.train.warmup_ratio * steps), "bf16": use_bf16(cfg.train.bf16)}
+        (self.work / "bare.json").write_text(json.dumps(spec))
+        del built, base
+
+        harness_steps, harness_startup, bare_steps, bare_startup = [], [], [], []
+        for _ in range(self.p["repeats"]):
+            wall = run(sweep_cmd(*self.common, *same, *self.track, "tracking.experiment=bench-overhead"), self.log)
+            r = self.runs("bench-overhead").iloc[-1]
+            history = mlflow.MlflowClient().get_metric_history(r["run_id"], "train/step_seconds")
+            harness_steps.append(median([h.value for h in history if h.step > 1]))  # 5-step windows after step 1
+            harness_startup.append(wall - r["metrics.train_seconds"])
+            out = subprocess.run([sys.executable, str(ROOT / "bench" / "bare_lora.py"), str(self.work / "bare.json")],
+                                 cwd=ROOT, capture_output=True, text=True, check=True)
+            bare = json.loads(out.stdout.strip().splitlines()[-1])
+            bare_steps.append(statistics.mean(bare["step_seconds"][1:]))
+            bare_startup.append(bare["startup_seconds"])
+        ratio = median(harness_steps) / median(bare_steps)
+        return {"harness_step_seconds": median(harness_steps), "bare_step_seconds": median(bare_steps),
+                "ratio": ratio, "target": "<= 1.05", "met": ratio <= 1.05,
+                "harness_startup_seconds": median(harness_startup), "bare_startup_seconds": median(bare_startup),
+                "note": "seconds per step after the first (harness: median of its logged 5-step windows, MLflow "
+                        "writes included; bare: mean), same examples in the same order, full logits, bf16 autocast "
+                        "as the harness decides; start-up = process wall time minus training"}
+
+    # 2 -------------------------------------------------------------------------------------------
+    def model_startup(self) -> dict:
+        from transformers import AutoModelForCausalLM
+
+        from sweep.training.models import prepare_gguf_model
+
+        gguf = compose_config(["model=smollm2_135m"]).model.gguf
+        cache = self.work / "cache"
+        start = time.perf_counter()
+        folder = prepare_gguf_model(gguf, cache)
+        convert = time.perf_counter() - start
+        loads = []
+        for _ in range(self.p["repeats"]):
+            start = time.perf_counter()
+            AutoModelForCausalLM.from_pretrained(folder)
+            loads.append(time.perf_counter() - start)
+        return {"gguf_conversion_seconds": convert, "cached_load_seconds": median(loads),
+                "ratio": median(loads) / convert, "target": "cached load a few seconds",
+                "met": median(loads) < 5}
+
+    # 4 -------------------------------------------------------------------------------------------
+    def padding(self) -> dict:
+        from transformers import DataCollatorForSeq2Seq, Trainer
+
+        from sweep.pipeline.build import build
+        from sweep.training.sft import train, training_arguments
+
+        out = {}
+        for sampling in ("random", "group_by_length"):
+            cfg = self.cfg(f"train.sampling={sampling}", f"train.max_steps={self.p['steps']}")
+            built = build(cfg)
+            with tempfile.TemporaryDirectory() as folder:
+                trainer = Trainer(model=built.model, args=training_arguments(cfg.train, cfg.seed, folder),
+                                  train_dataset=built.train_dataset,
+                                  data_collator=DataCollatorForSeq2Seq(built.tokenizer, padding=True))
+                pads = total = 0
+                for i, batch in enumerate(trainer.get_train_dataloader()):
+                    pads += int((batch["attention_mask"] == 0).sum())
+                    total += batch["attention_mask"].numel()
+                    if i + 1 == self.p["steps"]:
+                        break
+                rates = [train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed,
+                               folder).tokens_per_second for _ in range(self.p["repeats"])]
+            out[sampling] = {"pad_fraction": pads / total, "tokens_per_second": median(rates)}
+        out["tokens_per_second_ratio"] = out["group_by_length"]["tokens_per_second"] / out["random"]["tokens_per_second"]
+        return out
+
+    # 4b ------------------------------------------------------------------------------------------
+    def training_features(self) -> dict:
+        """Tokens/s with and without the answer-only LM head, and with and without bf16 autocast."""
+        from sweep.training.sft import bf16_is_fast
+
+        variants = {"default (answer-only head, bf16 auto)": [],
+                    "full logits": ["train.answer_only_logits=false"],
+                    "fp32 (no autocast)": ["train.bf16=false"]}
+        out = {}
+        for label, overrides in variants.items():
+            out[label] = {"tokens_per_second": self.training_rate(self.cfg(f"train.max_steps={self.p['steps']}",
+                                                                           *overrides))}
+        default = out["default (answer-only head, bf16 auto)"]["tokens_per_second"]
+        out["answer_only_speedup"] = default / out["full logits"]["tokens_per_second"]
+        out["bf16_speedup"] = default / out["fp32 (no autocast)"]["tokens_per_second"]
+        out["bf16_is_fast_here"] = bf16_is_fast()
+        return out
+
+    # 6 -------------------------------------------------------------------------------------------
+    def trl(self) -> dict:
+        import datasets
+        from peft import LoraConfig
+        from trl import SFTConfig, SFTTrainer
+
+        from sweep.data.examples import training_pairs
+        from sweep.pipeline.build import load_project_tasks
+        from sweep.training.models import load_model_and_tokenizer
+        from sweep.training.sft import use_bf16
+
+        cfg = self.cfg(f"train.max_steps={self.p['steps']}", "lora.dropout=0")
+        ours = self.training_rate(cfg)
+        _, tasks = load_project_tasks(cfg)
+        pairs = training_pairs(tasks["sst2"], cfg.data.train_split, cfg.data.max_train_samples, cfg.seed)
+        data = datasets.Dataset.from_list([{"prompt": c, "completion": a} for c, a in pairs])
+        # TRL 1.x's SFTConfig turns gradient checkpointing on and samples batches at random by default;
+        # a user who wants speed turns the first off and groups batches by length, as the harness does.
+        settings = {"defaults": {},
+                    "tuned": {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}}
+        theirs = {label: [] for label in settings}
+        for label, extra in settings.items():
+            for _ in range(self.p["repeats"]):
+                model, tok = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
+                with tempfile.TemporaryDirectory() as folder:
+                    args = SFTConfig(output_dir=folder, max_steps=cfg.train.max_steps, per_device_train_batch_size=8,
+                                     learning_rate=cfg.train.lr, bf16=use_bf16(cfg.train.bf16), seed=cfg.seed,
+                                     report_to="none", save_strategy="no", logging_steps=1000,
+                                     include_num_input_tokens_seen="non_padding",
+                                     use_cpu=not torch.cuda.is_available(), max_length=cfg.train.max_seq_length,
+                                     dataloader_num_workers=0, **extra)
+                    lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                      lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+                    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tok,
+                                         peft_config=lora)
+                    start = time.perf_counter()
+                    trainer.train()
+                    theirs[label].append(trainer.state.num_input_tokens_seen / (time.perf_counter() - start))
+        import trl
+
+        rates = {label: median(r) for label, r in theirs.items()}
+        ratio = ours / rates["tuned"]
+        return {"ours_tokens_per_second": ours, "trl_tokens_per_second": rates["defaults"],
+                "trl_tuned_tokens_per_second": rates["tuned"], "ratio_to_defaults": ours / rates["defaults"],
+                "ratio": ratio, "target": ">= 1.3 against tuned TRL", "met": ratio >= 1.3,
+                "trl_version": trl.__version__, "trl_tuned": settings["tuned"],
+                "note": "same model, LoRA (r, alpha, qkvo), examples, steps, batch 8, seed, bf16 setting; "
+                        "TRL trains on prompt-completion pairs with its completion-only loss; defaults: SFTConfig's "
+                        "own (gradient checkpointing on, random batches); tuned: both switched as the harness runs"}
+
+    # 12 ------------------------------------------------------------------------------------------
+    def roofline(self) -> dict:
+        """How close to the machine's limit: its own matmul throughput (GEMMs of the model's shapes,
+        best of a few runs, fp32 and bf16) beside the harness's training FLOP/s (6 x parameters x
+        trained tokens/s, as the MFU metric counts) and a scoring pass's (2 x parameters x tokens/s
+        of a no-grad forward pass over batches as lm-eval runs them)."""
+        from sweep.pipeline.build import build
+        from sweep.training.sft import use_bf16
+
+        cfg = self.cfg(f"train.max_steps={self.p['steps']}")
+        built = build(cfg)
+        shape, params = built.model.config, sum(p.numel() for p in built.model.parameters())
+        rows = self.p["roofline_rows"]
+        peak = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            best = 0.0
+            for m, k, n in ((rows, shape.hidden_size, shape.intermediate_size),
+                            (rows, shape.hidden_size, shape.hidden_size)):
+                a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+                for _ in range(3):  # (warm-up)
+                    a @ b
+                for _ in range(5):
+                    start = time.perf_counter()
+                    for _ in range(10):
+                        a @ b
+                    best = max(best, 2 * m * k * n * 10 / (time.perf_counter() - start))
+            peak[str(dtype).removeprefix("torch.")] = best
+        training = self.training_rate(cfg)  # trained tokens/s (LoRA, bf16 autocast where it is fast)
+        train_dtype = "bfloat16" if use_bf16(cfg.train.bf16) else "float32"
+        ids = torch.randint(0, shape.vocab_size, (cfg.eval.batch_size, 128))
+        with torch.no_grad():
+            built.model(ids[:2])
+            start = time.perf_counter()
+            for _ in range(self.p["repeats"]):
+                built.model(ids)
+            scoring = ids.numel() * self.p["repeats"] / (time.perf_counter() - start)
+        return {"peak_matmul_flops": peak, "parameters": params,
+                "training": {"tokens_per_second": training, "flops": 6 * params * training, "dtype": train_dtype,
+                             "fraction_of_peak": 6 * params * training / peak[train_dtype]},
+                "scoring": {"tokens_per_second": scoring, "flops": 2 * params * scoring, "dtype": "float32",
+                            "fraction_of_peak": 2 * params * scoring / peak["float32"]},
+                "note": "the peak is this machine's own GEMM throughput at the model's shapes, not a datasheet's; "
+                        "LoRA computes no gradients of frozen weights, so 6 x parameters overstates its work (4x)"}
