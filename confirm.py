@@ -21,7 +21,7 @@ from omegaconf import open_dict
 
 import sweep  # noqa: F401  (resolvers)
 from analysis.runs import latest_sweep_id, sweep_runs
-from analysis.summary import CONFIRMS, best_by_dev, confirmations, main_metrics, summary_text
+from analysis.summary import best_by_dev, confirmations, main_metrics, summary_text
 from sweep.config import ConfigError, default_tracking_uri
 from sweep.pipeline.checks import validate
 from sweep.pipeline.reproduce import recorded_config
@@ -29,6 +29,7 @@ from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import guard_output
 from sweep.tracking.store import require_store
 from sweep.tracking.untrusted import Unquotable, printable
+from sweep.vocabulary import CONFIRMS, RUN_NAME, tag_column
 
 log = logging.getLogger("confirm")
 
@@ -54,9 +55,9 @@ def confirm(experiment: str, sweep_id: str, seeds: int) -> int:
             cfg.tracking.uri = mlflow.get_tracking_uri()
             cfg.tracking.experiment = experiment
             cfg.tracking.sweep_id = sweep_id
-            cfg.tracking.run_name = f"{chosen.get('tags.mlflow.runName')}-seed{seed}"
+            cfg.tracking.run_name = f"{chosen.get(tag_column(RUN_NAME))}-seed{seed}"
             cfg.tracking.tags = {CONFIRMS: run_id}
-        log.info("confirming %s (%s) with seed %d", printable(str(chosen.get("tags.mlflow.runName"))), run_id, seed)
+        log.info("confirming %s (%s) with seed %d", printable(str(chosen.get(tag_column(RUN_NAME)))), run_id, seed)
         outcome = run_job(cfg)
         failed += outcome.status != "FINISHED"
     print(summary_text(mlflow.get_tracking_uri(), experiment, sweep_id, record=True), flush=True)

@@ -22,9 +22,9 @@ import pandas as pd
 from analysis import plots
 from analysis.runs import BASELINES, cell, value
 from analysis.summary import References, group_key, references
-from sweep.runtime.machine import MACHINE_TAG
 from sweep.scoring.results import QUERY_SECONDS, QUERY_TOKENS, TRAIN_FLOPS
 from sweep.tracking.untrusted import printable
+from sweep.vocabulary import MACHINE, METHOD, RUN_NAME, tag_column
 
 VOLUMES = (1_000, 1_000_000)  # query volumes the fronts are drawn at
 TIMING_NOISE = 0.10  # measured seconds per query closer than this share of the baseline's are no saving
@@ -69,7 +69,7 @@ def cost_of(row, metric: str) -> Cost | None:
     if score is None or tokens is None or not params:
         return None
     per_1k = value(row, f"metrics.{QUERY_SECONDS}")
-    return Cost(str(cell(row, "tags.mlflow.runName", row["run_id"])), str(cell(row, "tags.method", "-")), score,
+    return Cost(str(cell(row, tag_column(RUN_NAME), row["run_id"])), str(cell(row, tag_column(METHOD), "-")), score,
                 value(row, f"metrics.{TRAIN_FLOPS}") or 0.0, value(row, "metrics.train_seconds") or 0.0,
                 tokens, 2 * params * tokens, per_1k / 1000 if per_1k is not None else None)
 
@@ -92,7 +92,7 @@ def cost_view(done: pd.DataFrame, metric: str) -> tuple[list, dict[str, bytes]]:
         strongest = refs.get(group_key(r), References()).strongest
         base = cost_of(strongest, metric) if strongest is not None and c.method not in BASELINES else None
         costs.append(c)
-        machines.add(printable(str(cell(r, f"tags.{MACHINE_TAG}", "-"))))  # (store text)
+        machines.add(printable(str(cell(r, f"tags.{MACHINE}", "-"))))  # (store text)
         rows.append({"run": c.run, "method": c.method, f"test {metric}": f"{c.score:.3f}",
                      "training FLOPs": f"{c.train_flops:.3g}", "training s": f"{c.train_seconds:.0f}",
                      "prompt tokens per query": f"{c.query_tokens:.0f}",

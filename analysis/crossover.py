@@ -26,6 +26,7 @@ from analysis.leakage import flagged
 from analysis.runs import STRONGEST, cell, value
 from analysis.stats import samples
 from analysis.summary import POOL, SIZE, is_adapter
+from sweep.vocabulary import METHOD, tag_column
 
 RESAMPLES = 2000
 LEVEL = 0.95
@@ -156,7 +157,7 @@ def crossover_view(done: pd.DataFrame, metric: str) -> tuple[list, dict[str, byt
     if adapters[SIZE].nunique() < MIN_SIZES:
         return [], {}
     task, name = metric.split("/", 1)
-    baselines = done[done["tags.method"] == STRONGEST]
+    baselines = done[done[tag_column(METHOD)] == STRONGEST]
     adapter, baseline = arm_scores(adapters, task, name, True), arm_scores(baselines, task, name, False)
     c = estimate(adapter, baseline)
     if c is None:

@@ -10,8 +10,8 @@ import pandas as pd
 from analysis import plots
 from analysis.runs import BASELINES, cell, value
 from analysis.summary import baseline_values
-from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.untrusted import stored_list
+from sweep.vocabulary import METHOD, PARENT_RUN, RUN_NAME, STUDY_METHOD, STUDY_NAME, TRIAL_NUMBER, tag_column
 
 MAX_CURVES = 20  # runs drawn in a figure of curves
 MAX_TRIAL_DIGITS = 9  # a trial number beyond a billion is not one a study wrote
@@ -30,26 +30,26 @@ def figures(runs: pd.DataFrame, done: pd.DataFrame, metrics: list[str]) -> dict[
             for _, r in lora.iterrows():
                 y, x = value(r, f"metrics.{metric}"), value(r, key)
                 if y is not None and x is not None:
-                    points.setdefault(f"{cell(r, 'tags.method')} {target_set(r)}", []).append((x, y))
+                    points.setdefault(f"{cell(r, tag_column(METHOD))} {target_set(r)}", []).append((x, y))
             figs[f"{metric} vs {label}"] = plots.metric_vs(points, base, label, metric)
-        trained = done[~done["tags.method"].isin(BASELINES)]
+        trained = done[~done[tag_column(METHOD)].isin(BASELINES)]
         points = {}
         for _, r in trained.iterrows():
             y, x = value(r, f"metrics.{metric}"), value(r, "metrics.trainable_params")
             if y is not None and x:
-                points.setdefault(cell(r, "tags.method"), []).append((x, y))
+                points.setdefault(cell(r, tag_column(METHOD)), []).append((x, y))
         if points:
             figs[f"{metric} vs trainable parameters"] = plots.metric_vs(
                 points, base, "trainable parameters (log)", metric, log_x=True, lines=False)
     curves = {}
     client = mlflow.MlflowClient()
-    for _, r in done[~done["tags.method"].isin(BASELINES)].head(MAX_CURVES).iterrows():
+    for _, r in done[~done[tag_column(METHOD)].isin(BASELINES)].head(MAX_CURVES).iterrows():
         history = client.get_metric_history(r["run_id"], "train/loss")
         if history:
-            curves[cell(r, "tags.mlflow.runName")] = [(h.step, h.value) for h in history]
+            curves[cell(r, tag_column(RUN_NAME))] = [(h.step, h.value) for h in history]
     if curves:
         figs["training loss"] = plots.loss_curves(curves)
-    figs |= utilisation_figure(done[~done["tags.method"].isin(BASELINES)].head(MAX_CURVES), client)
+    figs |= utilisation_figure(done[~done[tag_column(METHOD)].isin(BASELINES)].head(MAX_CURVES), client)
     figs |= study_figures(runs)
     return figs
 
@@ -70,7 +70,7 @@ def utilisation_figure(trained: pd.DataFrame, client) -> dict[str, bytes]:
             history = client.get_metric_history(r["run_id"], key) if f"metrics.{key}" in r.index else []
             if history:
                 start = min(h.timestamp for h in history)
-                panels.setdefault(label, {})[cell(r, "tags.mlflow.runName")] = sorted(
+                panels.setdefault(label, {})[cell(r, tag_column(RUN_NAME))] = sorted(
                     ((h.timestamp - start) / 1000, h.value) for h in history)
     return {"system utilisation": plots.utilisation(panels)} if panels else {}
 
@@ -79,15 +79,15 @@ def study_figures(runs: pd.DataFrame) -> dict[str, bytes]:
     """Optimization history of each Optuna study in the runs, and its Pareto front when the study
     has two objectives (rebuilt from the MLflow child runs, so no Optuna storage is needed)."""
     figs = {}
-    for _, parent in runs[runs["tags.method"] == STUDY_METHOD].iterrows():
-        study = cell(parent, "tags.optuna.study_name", parent["run_id"][:8])
+    for _, parent in runs[runs[tag_column(METHOD)] == STUDY_METHOD].iterrows():
+        study = cell(parent, tag_column(STUDY_NAME), parent["run_id"][:8])
         objectives = stored_list(cell(parent, "params.objectives", "[]"))
         directions = stored_list(cell(parent, "params.directions", "[]"))
-        kids = runs[(runs.get("tags.mlflow.parentRunId") == parent["run_id"]) & (runs["status"] == "FINISHED")]
-        kids = kids[kids["tags.optuna.trial_number"].map(is_trial_number)]  # (store text: a number, or left out)
+        kids = runs[(runs.get(tag_column(PARENT_RUN)) == parent["run_id"]) & (runs["status"] == "FINISHED")]
+        kids = kids[kids[tag_column(TRIAL_NUMBER)].map(is_trial_number)]  # (store text: a number, or left out)
         if kids.empty or not objectives:
             continue
-        trial = kids["tags.optuna.trial_number"].astype(int)
+        trial = kids[tag_column(TRIAL_NUMBER)].astype(int)
         values = [kids[f"metrics.{o}"] if f"metrics.{o}" in kids else None for o in objectives]
         if any(v is None for v in values):
             continue

@@ -18,6 +18,7 @@ from analysis import plots
 from analysis.runs import BASELINES, template, value
 from analysis.stats import compare_runs
 from analysis.summary import baseline_values, fmt, group_key, references
+from sweep.vocabulary import METHOD, RUN_NAME, tag_column
 
 WIN_RATE, REPLY_TOKENS = "win_rate", "reply_tokens"  # what sweep/rlhf/judging.py logs per task
 TIE = 0.5  # the win rate of the base model's replies against themselves
@@ -28,7 +29,7 @@ def data_source(row) -> str | None:
     """Where a run's training instructions came from (data.mix: the generated share); None for
     runs that do not train on instruction data."""
     mix = value(row, "params.data.mix")
-    if mix is None or row.get("tags.method") in BASELINES:
+    if mix is None or row.get(tag_column(METHOD)) in BASELINES:
         return None
     return {0.0: "hand-written", 1.0: "generated"}.get(mix, f"mix {mix:g} generated")
 
@@ -94,13 +95,13 @@ def instruction_data_table(done: pd.DataFrame) -> pd.DataFrame | None:
     rows = []
     base = next((b for task in by_task if (b := base_run(refs[task], runs[0][2])) is not None), None)
     if base is not None:
-        row = {"source": BASE, "training instructions": 0, "run": base.get("tags.mlflow.runName"),
+        row = {"source": BASE, "training instructions": 0, "run": base.get(tag_column(RUN_NAME)),
                "eval.limit": limit(base)}
         for task, metrics in by_task.items():
             row |= cells(base, base, task, metrics)
         rows.append(row)
     for src, n, r in runs:
-        row = {"source": src, "training instructions": n, "run": r.get("tags.mlflow.runName"),
+        row = {"source": src, "training instructions": n, "run": r.get(tag_column(RUN_NAME)),
                "eval.limit": limit(r)}
         for task, metrics in by_task.items():
             row |= cells(r, base_run(refs[task], r), task, metrics)

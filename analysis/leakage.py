@@ -17,8 +17,8 @@ from analysis import verdict
 from analysis.runs import cell
 from analysis.stats import examples_available, logged_samples, samples
 from analysis.summary import confirmations, group_key, references
-from sweep.tracking.records import LEAKAGE
 from sweep.tracking.untrusted import printable
+from sweep.vocabulary import LEAKAGE, RUN_NAME, tag_column
 
 SHOWN = 5                 # flagged examples shown per task
 
@@ -82,9 +82,9 @@ def leakage_view(done: pd.DataFrame, comparisons: list[verdict.Comparison]) -> l
     for chosen, base, m, adapter_flags, baseline_flags, clean_ids, gold, everything, clean in \
             clean_verdicts(done, comparisons):
         same = clean is not None and clean.verdict == everything.verdict
-        rows.append({"task metric": m, "chosen adapter": cell(chosen, "tags.mlflow.runName"),
+        rows.append({"task metric": m, "chosen adapter": cell(chosen, tag_column(RUN_NAME)),
                      "flagged (adapter's training rows)": f"{len(adapter_flags)} of {everything.n}",
-                     "chosen baseline": cell(base, "tags.mlflow.runName"),
+                     "chosen baseline": cell(base, tag_column(RUN_NAME)),
                      "flagged (baseline's demonstrations)": f"{len(baseline_flags)} of {everything.n}",
                      "clean (neither)": f"{len(clean_ids)} ({balance(gold, clean_ids)})",
                      "flagged labels": balance(gold, set(gold) - set(clean_ids)),

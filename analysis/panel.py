@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import mlflow
 
-from sweep.tracking.records import BASELINE_PANEL
+from sweep.vocabulary import BASELINE_PANEL
 
 
 def panel_test_scores(run_id: str, metric: str) -> dict[str, float]:

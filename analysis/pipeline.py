@@ -19,6 +19,7 @@ import mlflow  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.plots import _png  # noqa: E402
+from sweep.vocabulary import JUDGE_TAG, PARENT_TAG, RUN_NAME, STAGE, TASKS, tag_column
 
 STAGE_ORDER = ("sft", "reward", "dpo", "grpo", "rloo", "ppo")
 SETTINGS = {"dpo": ("beta", "loss_type"), "grpo": ("beta", "epsilon", "num_generations"),
@@ -47,23 +48,23 @@ def _num(row, metric: str, digits: int = 3) -> str:
 def stage_runs(done: pd.DataFrame) -> pd.DataFrame:
     """The finished runs of a pipeline (tag `stage`), in pipeline order; empty when the runs hold no
     stage but SFT."""
-    if "tags.stage" not in done or not (done["tags.stage"].fillna("sft") != "sft").any():
+    if tag_column(STAGE) not in done or not (done[tag_column(STAGE)].fillna("sft") != "sft").any():
         return done.iloc[0:0]
     order = {s: i for i, s in enumerate(STAGE_ORDER)}
-    runs = done.assign(_order=done["tags.stage"].fillna("sft").map(order).fillna(len(order)))
+    runs = done.assign(_order=done[tag_column(STAGE)].fillna("sft").map(order).fillna(len(order)))
     return runs.sort_values(["_order", "start_time"]).drop(columns="_order")
 
 
 def lineage_table(runs: pd.DataFrame) -> pd.DataFrame:
     """Stage, run, what it started from and was judged by, its settings, time and throughput."""
-    names = dict(zip(runs["run_id"], runs["tags.mlflow.runName"]))
+    names = dict(zip(runs["run_id"], runs[tag_column(RUN_NAME)]))
     rows = []
     for _, r in runs.iterrows():
-        stage = _value(r, "tags.stage") or "sft"
-        parent, judge = _value(r, "tags.parent_run_id"), _value(r, "tags.judge_run_id")
+        stage = _value(r, tag_column(STAGE)) or "sft"
+        parent, judge = _value(r, tag_column(PARENT_TAG)), _value(r, tag_column(JUDGE_TAG))
         settings = ", ".join(f"{k}={r.get(f'params.stage.{k}')}" for k in SETTINGS.get(stage, ()))
         rows.append({
-            "stage": stage, "run": _value(r, "tags.mlflow.runName"), "run id": r["run_id"][:8],
+            "stage": stage, "run": _value(r, tag_column(RUN_NAME)), "run id": r["run_id"][:8],
             "starts from": f"{names.get(parent, '?')} ({parent[:8]})" if parent else "base model",
             "judged by": f"{names.get(judge, '?')} ({judge[:8]})" if judge else "-",
             "settings": settings or "-", "train s": _num(r, "train_seconds", 0),
@@ -78,13 +79,13 @@ def scores_table(runs: pd.DataFrame, task: str) -> pd.DataFrame:
     (95% bootstrap interval over prompts), KL to it and reply length."""
     rows = []
     for _, r in runs.iterrows():
-        stage = _value(r, "tags.stage") or "sft"
+        stage = _value(r, tag_column(STAGE)) or "sft"
         if stage == "reward":
-            rows.append({"stage": stage, "run": _value(r, "tags.mlflow.runName"),
+            rows.append({"stage": stage, "run": _value(r, tag_column(RUN_NAME)),
                          "pairwise accuracy [95% CI]": _ci(r, f"{task}/pairwise_accuracy"),
                          "margin [95% CI]": _ci(r, f"{task}/margin")})
         else:
-            rows.append({"stage": stage, "run": _value(r, "tags.mlflow.runName"),
+            rows.append({"stage": stage, "run": _value(r, tag_column(RUN_NAME)),
                          "reward": _num(r, f"{task}/reward"), "reference reward": _num(r, f"{task}/reward_reference"),
                          "win rate vs reference [95% CI]": _ci(r, f"{task}/win_rate"),
                          "KL to reference": _num(r, f"{task}/kl_to_reference"),
@@ -109,7 +110,7 @@ def judged(runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     for _, r in runs.iterrows():
         table = logged_table(r["run_id"], "judged_replies.json")
         if not table.empty and {"reward", "reply_tokens"} <= set(table.columns):
-            out[f"{_value(r, 'tags.stage') or 'sft'}: {_value(r, 'tags.mlflow.runName')}"] = table
+            out[f"{_value(r, tag_column(STAGE)) or 'sft'}: {_value(r, tag_column(RUN_NAME))}"] = table
     return out
 
 
@@ -155,14 +156,14 @@ def reward_model_figure(runs: pd.DataFrame) -> dict[str, bytes]:
     from sweep.rlhf.preference import PairScores, distribution_figure
 
     figs = {}
-    for _, r in runs[runs["tags.stage"] == "reward"].iterrows():
+    for _, r in runs[runs[tag_column(STAGE)] == "reward"].iterrows():
         table = logged_table(r["run_id"], "reward_scores.json")
         if table.empty:
             continue
         scores = PairScores(*(pd.to_numeric(table[c], errors="coerce").dropna().tolist()
                               for c in ("reward_chosen", "reward_rejected")))
         figs[f"Reward model {r['run_id'][:8]}: rewards of chosen and rejected replies"] = _png(
-            distribution_figure(scores, f"reward model {_value(r, 'tags.mlflow.runName')}"))
+            distribution_figure(scores, f"reward model {_value(r, tag_column(RUN_NAME))}"))
     return figs
 
 
@@ -171,7 +172,7 @@ def pipeline_view(done: pd.DataFrame) -> tuple[list[tuple[str, pd.DataFrame, str
     runs = stage_runs(done)
     if runs.empty:
         return [], {}
-    task = next((t for t in runs["tags.tasks"].dropna().iloc[0].split(",")), "hh_rlhf")
+    task = next((t for t in runs[tag_column(TASKS)].dropna().iloc[0].split(",")), "hh_rlhf")
     tables = [
         ("RLHF pipeline: stages and lineage", lineage_table(runs),
          "Each stage's run, the run it started from (init.run_id: its adapter is loaded, trained on and kept "

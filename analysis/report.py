@@ -49,8 +49,18 @@ from sweep.config import RUN_ID
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring.results import is_task_metric
-from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.untrusted import printable, stored_list
+from sweep.vocabulary import (
+    BASELINE_TEMPLATE,
+    ERROR,
+    METHOD,
+    MODEL,
+    RUN_NAME,
+    STUDY_METHOD,
+    SWEEP_ID,
+    TRIAL_STATE,
+    tag_column,
+)
 
 # The LoRA paper's Table 5 columns, in its order.
 WEIGHT_TYPES = [("q_proj",), ("k_proj",), ("v_proj",), ("o_proj",), ("q_proj", "k_proj"), ("q_proj", "v_proj"),
@@ -72,16 +82,16 @@ def load_runs(experiment: str, sweep_id: str | None) -> pd.DataFrame:
     if runs.empty:
         raise ReportError(f"experiment {experiment!r} has no runs yet")
     if sweep_id is not None:
-        in_sweep = runs["tags.sweep_id"] == sweep_id
+        in_sweep = runs[tag_column(SWEEP_ID)] == sweep_id
         if not in_sweep.any():
-            ids = ", ".join(runs["tags.sweep_id"].dropna().unique()[-5:])
+            ids = ", ".join(runs[tag_column(SWEEP_ID)].dropna().unique()[-5:])
             raise ReportError(f"experiment {experiment!r} has no runs with sweep id {sweep_id!r}; recent ones: {ids}")
-        runs = runs[in_sweep | runs["tags.method"].isin(BASELINES)]
+        runs = runs[in_sweep | runs[tag_column(METHOD)].isin(BASELINES)]
     return runs.reset_index(drop=True)
 
 
 def scored(runs: pd.DataFrame) -> pd.DataFrame:
-    return runs[(runs["status"] == "FINISHED") & (runs["tags.method"] != STUDY_METHOD)]
+    return runs[(runs["status"] == "FINISHED") & (runs[tag_column(METHOD)] != STUDY_METHOD)]
 
 
 def ranks(row) -> str:
@@ -102,7 +112,7 @@ def compare(row, ref, task: str, name: str) -> tuple[str, str, str]:
     pair = compare_runs(row["run_id"], ref["run_id"], task, name)
     if pair is None:
         return "-", "-", "-"
-    return (f"{pair.diff:+.3f} ({cell(ref, 'tags.mlflow.runName')})", f"[{pair.ci_low:+.3f}, {pair.ci_high:+.3f}]",
+    return (f"{pair.diff:+.3f} ({cell(ref, tag_column(RUN_NAME))})", f"[{pair.ci_low:+.3f}, {pair.ci_high:+.3f}]",
             f"{pair.p_value:.2g} ({pair.test}, n={pair.n})")
 
 
@@ -118,9 +128,9 @@ def headline(done: pd.DataFrame, metric: str, comparisons: list = ()) -> pd.Data
         value = number(r, f"metrics.{metric}")
         if value is None:
             continue
-        method = cell(r, "tags.method")
-        row = {"run": visible(cell(r, "tags.mlflow.runName")), "method": visible(method),
-               "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
+        method = cell(r, tag_column(METHOD))
+        row = {"run": visible(cell(r, tag_column(RUN_NAME))), "method": visible(method),
+               "template": template(r) if method != STRONGEST else tag(r, BASELINE_TEMPLATE),
                f"{DEV_PREFIX}{metric}": fmt(number(r, f"metrics.{DEV_PREFIX}{metric}")),
                metric: fmt(value, number(r, f"metrics.{metric}_stderr"))}
         ref = refs.get(group_key(r), References())
@@ -146,7 +156,7 @@ def headline(done: pd.DataFrame, metric: str, comparisons: list = ()) -> pd.Data
 
 def baseline_panel(done: pd.DataFrame) -> pd.DataFrame | None:
     """The development-slice panel of the latest strongest-baseline run: every variant tried."""
-    chosen = done[done["tags.method"] == STRONGEST]
+    chosen = done[done[tag_column(METHOD)] == STRONGEST]
     if chosen.empty:
         return None
     panel = stored_panel(chosen.iloc[-1]["run_id"])
@@ -190,15 +200,15 @@ def budget_table(done: pd.DataFrame, metrics: list[str]) -> pd.DataFrame | None:
 
 def not_finished(runs: pd.DataFrame) -> tuple[dict[str, int], pd.DataFrame]:
     """Counts by outcome (PRUNED told apart from KILLED) and the runs that did not finish."""
-    runs = runs[runs["tags.method"] != STUDY_METHOD]
+    runs = runs[runs[tag_column(METHOD)] != STUDY_METHOD]
     outcome = runs["status"].copy()
-    if "tags.optuna.state" in runs:
-        outcome[runs["tags.optuna.state"] == "PRUNED"] = "PRUNED"
+    if tag_column(TRIAL_STATE) in runs:
+        outcome[runs[tag_column(TRIAL_STATE)] == "PRUNED"] = "PRUNED"
     counts = outcome.value_counts().to_dict()
     bad = runs[outcome != "FINISHED"]
     table = pd.DataFrame({
-        "run": bad["tags.mlflow.runName"], "outcome": outcome[bad.index], "run id": bad["run_id"],
-        "error": bad["tags.error"] if "tags.error" in bad else "-",
+        "run": bad[tag_column(RUN_NAME)], "outcome": outcome[bad.index], "run id": bad["run_id"],
+        ERROR: bad[tag_column(ERROR)] if tag_column(ERROR) in bad else "-",
     }).fillna("-")
     return counts, table
 
@@ -211,7 +221,7 @@ def visible(value):
 def tidy(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run, task and metric (the CSV)."""
     rows = []
-    for _, r in runs[runs["tags.method"] != STUDY_METHOD].iterrows():
+    for _, r in runs[runs[tag_column(METHOD)] != STUDY_METHOD].iterrows():
         for col in runs.columns:
             if not col.startswith("metrics.") or "/" not in col or col.endswith("_stderr"):
                 continue
@@ -223,9 +233,9 @@ def tidy(runs: pd.DataFrame) -> pd.DataFrame:
                 continue
             rows.append({
                 # (store text: control characters shown, not obeyed, by whatever reads the CSV)
-                "run_id": r["run_id"], "run": visible(cell(r, "tags.mlflow.runName")), "status": r["status"],
-                "method": visible(cell(r, "tags.method")), "model": visible(cell(r, "tags.model")),
-                "sweep_id": visible(cell(r, "tags.sweep_id")),
+                "run_id": r["run_id"], "run": visible(cell(r, tag_column(RUN_NAME))), "status": r["status"],
+                "method": visible(cell(r, tag_column(METHOD))), "model": visible(cell(r, tag_column(MODEL))),
+                "sweep_id": visible(cell(r, tag_column(SWEEP_ID))),
                 "split": split, "task": task, "metric": metric, "value": value, "stderr": number(r, f"{col}_stderr"),
                 "lora_r": cell(r, "params.lora.r"), "lora_alpha": cell(r, "params.lora.alpha"),
                 "target_modules": cell(r, "params.lora.target_modules"),
@@ -251,7 +261,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
     counts, unfinished = not_finished(runs)
     scope = f"sweep {sweep_id}" if sweep_id else "all sweeps"
     comparisons = sweep_verdicts(done)
-    shown = len(runs[runs["tags.method"] != STUDY_METHOD])
+    shown = len(runs[runs[tag_column(METHOD)] != STUDY_METHOD])
     rep = Report(
         title=f"Experiment {experiment}: {scope}",
         intro=[*verdict_lines(done, comparisons),
@@ -307,7 +317,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
         # (a run id is store text: only one that is an id becomes a command to copy)
         reproduce = Code(f"python reproduce.py {best['run_id']}") if RUN_ID.fullmatch(str(best["run_id"])) else \
             "(its id is not an MLflow run id: the store was changed)"
-        name = visible(cell(best, "tags.mlflow.runName"))
+        name = visible(cell(best, tag_column(RUN_NAME)))
         rep.best = [f"{name} ({visible(best['run_id'])}), {how}: test {metrics[0]} = "
                     f"{fmt(number(best, f'metrics.{metrics[0]}'), number(best, f'metrics.{metrics[0]}_stderr'))}",
                     "Reproduce it (same config, seed and data; compares every metric):",

@@ -10,9 +10,8 @@ import mlflow
 import pandas as pd
 
 from sweep.runtime.secrets import redact
-from sweep.study.controls import INFEASIBLE_TAG
-from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.untrusted import Unquotable, equals
+from sweep.vocabulary import INFEASIBLE_TAG, METHOD, MODEL, STUDY_METHOD, SWEEP_ID, TASKS, tag_column
 
 BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
 STRONGEST = "strongest_baseline"
@@ -44,15 +43,15 @@ def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
     """The sweep's runs, plus the latest finished baselines of the same model, tasks and eval limit
     that the sweep itself did not score (e.g. `make run` scores them in a first sweep): the
     strongest baseline, the zero-shot baseline of each template the sweep used, a few-shot one."""
-    runs = search_runs(experiment, equals("tags.sweep_id", sweep_id))
+    runs = search_runs(experiment, equals(tag_column(SWEEP_ID), sweep_id))
     if not runs.empty:
-        runs = runs[runs["tags.method"] != STUDY_METHOD].reset_index(drop=True)  # the Optuna parent run
-    if runs.empty or runs["tags.method"].isin(BASELINES).all():
+        runs = runs[runs[tag_column(METHOD)] != STUDY_METHOD].reset_index(drop=True)  # the Optuna parent run
+    if runs.empty or runs[tag_column(METHOD)].isin(BASELINES).all():
         return runs
     ref = runs.iloc[0]
     try:
-        match = " and ".join(["attributes.status = 'FINISHED'", equals("tags.model", ref["tags.model"]),
-                              equals("tags.tasks", ref["tags.tasks"]),
+        match = " and ".join(["attributes.status = 'FINISHED'", equals(tag_column(MODEL), ref[tag_column(MODEL)]),
+                              equals(tag_column(TASKS), ref[tag_column(TASKS)]),
                               equals("params.`eval.limit`", ref["params.eval.limit"])])
     except Unquotable:  # (a store value no filter can name: no baseline can match it)
         return runs
@@ -60,7 +59,7 @@ def sweep_runs(experiment: str, sweep_id: str) -> pd.DataFrame:
     wanted += [("zero_shot", t) for t in dict.fromkeys(template(r) for _, r in runs.iterrows())]
     extra = []
     for method, tmpl in wanted:
-        have = runs["tags.method"] == method
+        have = runs[tag_column(METHOD)] == method
         if tmpl is not None:
             have &= runs.apply(template, axis=1) == tmpl
         if not have.any():
@@ -95,7 +94,7 @@ def latest_sweep_id(experiment: str) -> str:
     runs = search_runs(experiment)
     if runs.empty:
         raise LookupError(f"experiment {experiment!r} has no runs yet")
-    return runs.iloc[-1]["tags.sweep_id"]
+    return runs.iloc[-1][tag_column(SWEEP_ID)]
 
 
 def cell(row, col, default=None):

@@ -34,9 +34,19 @@ from analysis.stats import examples_available, samples
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking.checks import is_server
-from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.store import runs_page
 from sweep.tracking.untrusted import Unquotable, printable
+from sweep.vocabulary import (
+    BASELINE_TEMPLATE,
+    CONFIRMS,
+    METHOD,
+    MODEL,
+    RUN_NAME,
+    STAGE,
+    STUDY_METHOD,
+    TASKS,
+    tag_column,
+)
 
 DEGENERATE_SHARE = 0.9  # a baseline giving one answer to more examples than this is degenerate
 
@@ -55,15 +65,15 @@ class References:
 def references(runs: pd.DataFrame, metric: str) -> dict[tuple, References]:
     """(model, eval.limit) -> the baselines of finished runs scored on `metric` (later runs win)."""
     out: dict[tuple, References] = {}
-    for _, r in runs[runs["tags.method"].isin(BASELINES) & (runs["status"] == "FINISHED")].iterrows():
+    for _, r in runs[runs[tag_column(METHOD)].isin(BASELINES) & (runs["status"] == "FINISHED")].iterrows():
         v = value(r, f"metrics.{metric}")
         if v is None:
             continue
         refs = out.setdefault(group_key(r), References())
-        refs.variants[r.get("tags.mlflow.runName")] = v
-        if r["tags.method"] == STRONGEST:
+        refs.variants[r.get(tag_column(RUN_NAME))] = v
+        if r[tag_column(METHOD)] == STRONGEST:
             refs.strongest = r
-        elif r["tags.method"] == "zero_shot":
+        elif r[tag_column(METHOD)] == "zero_shot":
             refs.zero_shot[template(r)] = r
     return out
 
@@ -81,7 +91,7 @@ def group_key(row) -> tuple:
     """Runs compared with each other: one model, one eval.limit, and with eval.fewshot_pool=trained one
     labelled pool (the data.max_train_samples examples of one seed: a crossover's sizes apart)."""
     pool = (row.get(SIZE), row.get("params.seed")) if row.get(POOL) == "trained" else None
-    return row.get("tags.model"), row.get("params.eval.limit"), pool
+    return row.get(tag_column(MODEL)), row.get("params.eval.limit"), pool
 
 
 def degenerate(row, metric: str) -> str:
@@ -92,7 +102,7 @@ def degenerate(row, metric: str) -> str:
 
 def shots(row) -> str:
     """k: the chosen one for a strongest baseline."""
-    if row.get("tags.method") == STRONGEST:
+    if row.get(tag_column(METHOD)) == STRONGEST:
         return tag(row, "baseline.num_fewshot")
     return row.get("params.method.num_fewshot")
 
@@ -103,7 +113,7 @@ HEADLINE = ("acc", "win_rate", "pairwise_accuracy", "rougeL")  # a task's headli
 def main_metrics(runs: pd.DataFrame) -> list[str]:
     """One headline metric per scored task: the first of HEADLINE it has (accuracy; a policy's win rate
     against its reference; a reward model's pairwise accuracy), else its first metric."""
-    tasks = {t for tags in runs["tags.tasks"].dropna() for t in tags.split(",")}
+    tasks = {t for tags in runs[tag_column(TASKS)].dropna() for t in tags.split(",")}
     by_task: dict[str, list[str]] = {}
     for col in runs.columns:
         if col.startswith("metrics.") and "/" in col and not col.endswith(("_stderr", "_ci_low", "_ci_high")):
@@ -147,14 +157,15 @@ def comparison_table(runs: pd.DataFrame, comparisons: list[verdict.Comparison] =
     refs = {m: references(runs, m) for m in metrics}
     dev = {m for m in metrics if f"metrics.{DEV_PREFIX}{m}" in runs}
     verdicts = {(c.run_id, c.metric): c for c in comparisons}
-    staged = "tags.stage" in runs and (runs["tags.stage"].fillna("sft") != "sft").any()  # (an RLHF pipeline's runs)
+    stage = tag_column(STAGE)
+    staged = stage in runs and (runs[stage].fillna("sft") != "sft").any()  # (an RLHF pipeline's runs)
     for _, r in runs.iterrows():
-        method = r.get("tags.method")
+        method = r.get(tag_column(METHOD))
         row = {
-            "run": r.get("tags.mlflow.runName"),
-            **({"stage": r.get("tags.stage") or "sft"} if staged else {}),
+            "run": r.get(tag_column(RUN_NAME)),
+            **({"stage": r.get(tag_column(STAGE)) or "sft"} if staged else {}),
             "method": method,
-            "template": template(r) if method != STRONGEST else tag(r, "baseline.template"),
+            "template": template(r) if method != STRONGEST else tag(r, BASELINE_TEMPLATE),
             "r": r.get("params.lora.r") if r.get("params.method.peft") == "lora" else "-",
             "k": shots(r),
         }
@@ -190,7 +201,7 @@ def band_lines(runs: pd.DataFrame) -> list[str]:
             lo, hi = refs.band()
             line = f"{m}: {len(refs.variants)} baseline variant(s) span {lo:.3f} to {hi:.3f}"
             if refs.strongest is not None:
-                line += (f"; the strongest, chosen on a development slice, is {refs.strongest['tags.mlflow.runName']} "
+                line += (f"; the strongest, chosen on a development slice, is {refs.strongest[tag_column(RUN_NAME)]} "
                          f"({value(refs.strongest, f'metrics.{m}'):.3f})")
             else:
                 line += "; no strongest baseline yet (python sweep.py method=strongest_baseline)"
@@ -204,13 +215,12 @@ def short_verdict(c: verdict.Comparison | None) -> str:
     return f"{c.verdict} ({c.role})" if c.role == verdict.PRIMARY else c.verdict
 
 
-CONFIRMS = "confirms"  # tag of a run that retrains the sweep's chosen configuration with another seed (confirm.py)
 
 
 def is_adapter(row) -> bool:
     """A finished run that trained something (not a baseline, not an Optuna study's parent run, not a
     seed retraining the chosen configuration: those join its primary verdict)."""
-    return row.get("status") == "FINISHED" and row.get("tags.method") not in (*BASELINES, STUDY_METHOD) \
+    return row.get("status") == "FINISHED" and row.get(tag_column(METHOD)) not in (*BASELINES, STUDY_METHOD) \
         and not isinstance(row.get(f"tags.{CONFIRMS}"), str)
 
 
@@ -240,7 +250,7 @@ def sweep_verdicts(runs: pd.DataFrame) -> list[verdict.Comparison]:
                 continue
             is_chosen = chosen is not None and r["run_id"] == chosen["run_id"]
             seeds = [r, *confirmations(runs, r["run_id"])] if is_chosen else [r]
-            c = verdict.compare(r["run_id"], r.get("tags.mlflow.runName"), m, strongest.get("tags.mlflow.runName"),
+            c = verdict.compare(r["run_id"], r.get(tag_column(RUN_NAME)), m, strongest.get(tag_column(RUN_NAME)),
                                 [samples(s["run_id"], task, name) for s in seeds],
                                 samples(strongest["run_id"], task, name), margin_of(r),
                                 examples_available(strongest["run_id"], task))
@@ -267,7 +277,7 @@ def measured_on_test(runs: pd.DataFrame, metric: str) -> dict[str, float]:
         measured |= refs.variants
         panel = panel_test_scores(refs.strongest["run_id"], metric) if refs.strongest is not None else {}
         if panel:  # (the strongest run is one of its panel's variants, under its own name there)
-            measured.pop(refs.strongest.get("tags.mlflow.runName"), None)
+            measured.pop(refs.strongest.get(tag_column(RUN_NAME)), None)
         measured |= panel
     return measured
 

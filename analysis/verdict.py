@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import stats as sps
 
-from sweep.tracking.records import VERDICT_PREFIX, VERDICT_TAG_PREFIX
+from sweep.vocabulary import VERDICT_PREFIX, VERDICT_TAG_PREFIX
 
 ALPHA = 0.05
 POWER = 0.8

@@ -20,7 +20,6 @@ import mlflow  # noqa: E402
 
 import sweep  # noqa: E402,F401
 from sweep.config import compose_config  # noqa: E402
-from sweep.tracking.records import STUDY_METHOD  # noqa: E402,F401  (for the rows)
 
 FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 1, "eval_limit": 100, "grid_steps": 60,
         "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,

@@ -10,7 +10,8 @@ import time
 
 import mlflow
 
-from bench.common import IN_PROCESS, ROOT, STUDY_METHOD, BenchBase, run, sweep_cmd
+from bench.common import IN_PROCESS, ROOT, BenchBase, run, sweep_cmd
+from sweep.vocabulary import METHOD, STUDY_METHOD, tag_column
 
 
 class SweepRows(BenchBase):
@@ -123,7 +124,7 @@ def sweep_efficiency_figures(runs_by_arm: dict, sampler: str) -> dict:
     chooses as a user would, on its development score, with that choice's one test score."""
     client, out = mlflow.MlflowClient(), {}
     for arm, runs in runs_by_arm.items():
-        runs = runs[runs["tags.method"] != STUDY_METHOD]
+        runs = runs[runs[tag_column(METHOD)] != STUDY_METHOD]
         spent = sum(max((h.step for h in client.get_metric_history(run_id, "train/loss")), default=0)
                     for run_id in runs["run_id"])
         finished = runs.dropna(subset=["metrics.dev/sst2/acc"])

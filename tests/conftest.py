@@ -15,7 +15,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import sweep  # noqa: E402,F401  (registers resolvers)
-from sweep.tracking.records import STUDY_METHOD  # noqa: E402
+from sweep.vocabulary import STUDY_METHOD
 
 ROOT = Path(__file__).resolve().parent.parent
 # Small and fast: the tiny model, a few examples (8 development ones), a few steps; a multirun's jobs in

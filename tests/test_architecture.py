@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bottom to top (docs/architecture.md): a module may import its own layer and the ones before it.
-LAYERS = ["config", "runtime", "tracking", "data", "training", "scoring", "rlhf", "self_instruct", "study", "pipeline"]
+LAYERS = ["config", "vocabulary", "runtime", "tracking", "data", "training", "scoring", "rlhf", "self_instruct", "study", "pipeline"]
 
 
 def modules() -> dict[str, Path]:
@@ -146,3 +146,72 @@ def test_no_public_name_means_two_things_in_sweep():
     """A reader who meets `Search` or `first_line` knows which one it is (`main`: each entry point's)."""
     twice = {name: where for name, where in public_names("sweep").items() if len(where) > 1 and name != "main"}
     assert not twice, twice
+
+
+def store_names() -> set[str]:
+    """The tag and trial-attribute names of the vocabulary (sweep/vocabulary.py)."""
+    from sweep import vocabulary
+
+    return {v for k, v in vars(vocabulary).items() if k.isupper() and isinstance(v, str) and "." not in v[-5:]}
+
+
+def literal_store_names(path: Path, names: set[str]) -> list[str]:
+    """Where `path` writes a tag or trial-attribute name as a literal: `"tags.<name>"` (a search_runs
+    column or a filter), `tags["<name>"]`, `tags.get("<name>")`, `"<name>" in tags`,
+    `set_tag(run, "<name>", ...)`, `tags={"<name>": ...}`, `x.tags = {...}`, a dotted name as any
+    dict's key, `user_attrs[...]`/`.get(...)`/`in` and `set_user_attr("<name>", ...)`."""
+    found = []
+
+    def text(node) -> str | None:
+        return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+
+    def owner(node) -> str:
+        return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
+
+    for node in ast.walk(ast.parse(path.read_text())):
+        hits = []
+        if (t := text(node)) is not None and t.startswith("tags."):
+            hits.append(t[5:].strip("`").split(" ")[0])
+        elif isinstance(node, ast.Subscript) and ("tags" in owner(node.value) or "attrs" in owner(node.value)):
+            hits.append(text(node.slice))
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            f, args = node.func, node.args
+            if f.attr in ("get", "pop") and ("tags" in owner(f.value) or "attrs" in owner(f.value)) and args:
+                hits.append(text(args[0]))
+            elif f.attr in ("set_tag", "delete_tag") and len(args) >= 2:
+                hits.append(text(args[1]))
+            elif f.attr in ("set_tag", "set_user_attr", "set_system_attr") and args:
+                hits.append(text(args[0]))
+        elif isinstance(node, ast.keyword) and node.arg in ("tags", "user_attrs") and isinstance(node.value, ast.Dict):
+            hits += [text(k) for k in node.value.keys]
+        elif isinstance(node, ast.Assign) and any("tags" in owner(t) for t in node.targets) and isinstance(
+                node.value, ast.Dict):
+            hits += [text(k) for k in node.value.keys]
+        elif isinstance(node, ast.Compare) and isinstance(node.ops[0], (ast.In, ast.NotIn)) and (
+                "tags" in owner(node.comparators[0]) or "attrs" in owner(node.comparators[0])):
+            hits.append(text(node.left))
+        elif isinstance(node, ast.Dict):  # (a dotted name is a tag whatever the dict: optuna.*, mlflow.*)
+            hits += [t for k in node.keys if (t := text(k)) and "." in t]
+        found += [f"{path.relative_to(ROOT)}:{node.lineno}: {h!r}" for h in hits if h in names]
+    return found
+
+
+def test_tag_and_trial_attribute_names_are_written_only_in_the_vocabulary():
+    names = store_names()
+    assert {"method", "optuna.trial_number", "retry_of", "mlflow.runName", "confirms"} <= names
+    files = [p for m, p in modules().items() if m.split(".")[0] in ("sweep", "analysis") and m != "sweep.vocabulary"]
+    files += [ROOT / f for f in ("sweep.py", "reproduce.py", "confirm.py", "generate_instructions.py")]
+    literal = [hit for path in files for hit in literal_store_names(path, names)]
+    assert not literal, "\n".join(literal)
+
+
+def test_the_vocabulary_check_finds_a_literal_tag(tmp_path):
+    planted = tmp_path / "planted.py"
+    planted.write_text("def f(run, client, df, trial):\n    client.set_tag(run, 'sweep_id', 'x')\n"
+                       "    return df['tags.method'], run.data.tags.get('optuna.trial_number'), trial.user_attrs['retry_of'], "
+                       "'retry_of' in trial.user_attrs, {'optuna.state': 'FAIL'}\n")
+    planted = planted.rename(ROOT / "tests" / f"_planted_{tmp_path.name}.py")
+    try:
+        assert len(literal_store_names(planted, store_names())) == 6
+    finally:
+        planted.unlink()

@@ -5,7 +5,7 @@ import importlib.util
 import mlflow
 import pytest
 
-from sweep.tracking.records import STUDY_METHOD
+from sweep.vocabulary import STUDY_METHOD
 from tests.conftest import ROOT
 
 

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 from scripts import services as servers
 from sweep.study.storage import fail_stale, make_storage
-from sweep.tracking.records import STUDY_METHOD
+from sweep.vocabulary import STUDY_METHOD
 from tests.conftest import ROOT, TINY, clean_env, signed_in
 from tests.test_team import CAN_SET_HOSTNAME, start_worker, wait_for
 

@@ -17,9 +17,7 @@ from hydra import initialize_config_dir
 
 from sweep.config import ConfigError
 from sweep.data.examples import (
-    ARTIFACT_DIR,
     IGNORE_INDEX,
-    SHA_TAG,
     TASKS_FILE,
     build_train_dataset,
     mixed_docs,
@@ -31,6 +29,7 @@ from sweep.scoring.evaluate import make_lm
 from sweep.self_instruct.rounds import generate_round
 from sweep.self_instruct.sampling import Completion, ModelSampler, classify
 from sweep.self_instruct.state import ROUNDS_FILE, RUN_FILE, State, load_seed_tasks
+from sweep.vocabulary import GENERATED_DIR, GENERATED_SHA_TAG
 from tests import forked
 from tests.conftest import ROOT, compose
 
@@ -258,9 +257,9 @@ def test_generate_with_smollm2_then_train_on_the_generated_tasks(tmp_path, track
     assert run.data.metrics["pool_size"] == run.data.metrics["total/accepted"] == len(tasks)
     assert run.data.metrics["candidates"] >= len(tasks) and 0 < run.data.metrics["acceptance_rate"] <= 1
     assert run.data.metrics["total/instructions_per_minute"] > 0
-    assert run.data.params["generation.temperature"] == "0.7" and run.data.tags[SHA_TAG] == sha256(out / TASKS_FILE)
-    artifacts = {a.path for a in client.list_artifacts(run_id, ARTIFACT_DIR)}
-    assert artifacts == {f"{ARTIFACT_DIR}/{f}" for f in (TASKS_FILE, ROUNDS_FILE, "data_card.md", "similarity.png")}
+    assert run.data.params["generation.temperature"] == "0.7" and run.data.tags[GENERATED_SHA_TAG] == sha256(out / TASKS_FILE)
+    artifacts = {a.path for a in client.list_artifacts(run_id, GENERATED_DIR)}
+    assert artifacts == {f"{GENERATED_DIR}/{f}" for f in (TASKS_FILE, ROUNDS_FILE, "data_card.md", "similarity.png")}
     [generated] = [d for d in run.inputs.dataset_inputs if d.dataset.name == "self_instruct_generated"]
     assert generated.dataset.digest and json.loads(generated.dataset.profile)["num_rows"] == len(tasks)
 
@@ -269,12 +268,12 @@ def test_generate_with_smollm2_then_train_on_the_generated_tasks(tmp_path, track
     [sft] = runs_of(tracking, "sft-sweep").to_dict("records")
     assert sft["status"] == "FINISHED" and sft["params.data.generated"] == run_id
     used = json.loads(Path(client.download_artifacts(sft["run_id"], "data_sha256.json", str(tmp_path))).read_text())
-    assert run.data.tags[SHA_TAG] in used.values()
+    assert run.data.tags[GENERATED_SHA_TAG] in used.values()
     replies = client.load_table(sft["experiment_id"], "sample_replies.json", run_ids=[sft["run_id"]])
     assert len(replies) == 2 and set(replies["task"]) == {"self_instruct"}
     assert {"instruction", "input", "reference", "reply", "rougeL"} <= set(replies.columns)
 
-    stored = next((tmp_path / "artifacts").rglob(f"{run_id}/artifacts/{ARTIFACT_DIR}/{TASKS_FILE}"))
+    stored = next((tmp_path / "artifacts").rglob(f"{run_id}/artifacts/{GENERATED_DIR}/{TASKS_FILE}"))
     stored.write_text(stored.read_text().replace(tasks[0]["output"], "I was changed", 1))
     data = compose("data=self_instruct_generated", f"data.generated={run_id}").data
     with pytest.raises(ConfigError, match="does not match the sha256 it recorded"):

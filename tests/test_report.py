@@ -11,7 +11,7 @@ import pytest
 
 from analysis import report
 from analysis.stats import mcnemar_exact, paired_compare
-from sweep.tracking.records import STUDY_METHOD
+from sweep.vocabulary import STUDY_METHOD
 from tests import forked
 from tests.conftest import (
     ROOT,

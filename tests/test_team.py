@@ -19,7 +19,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.study.storage import make_storage
-from sweep.tracking.records import STUDY_METHOD
+from sweep.vocabulary import STUDY_METHOD
 from tests.conftest import ROOT, TINY, clean_env, headless_chromium
 
 pytestmark = pytest.mark.e2e

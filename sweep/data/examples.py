@@ -17,12 +17,13 @@ from omegaconf import DictConfig
 
 from sweep.config import RUN_ID, ConfigError
 from sweep.data.splits import DEV_SPLIT, training_order
+from sweep.vocabulary import GENERATED_DIR, GENERATED_SHA_TAG, GENERATED_TASKS
 
 IGNORE_INDEX = -100  # label value that the loss skips (prompt tokens, padding)
 GENERATED_FIELDS = ("instruction", "input", "output")  # what a generated task must have (Self-Instruct's format)
 GENERATED_DATASET = "self_instruct_generated"  # its name as an MLflow dataset
-# A generate_instructions.py run holds its tasks as ARTIFACT_DIR/TASKS_FILE, with their sha256 in tag SHA_TAG.
-ARTIFACT_DIR, TASKS_FILE, SHA_TAG = "generated", "tasks.jsonl", "generated_sha256"
+# A generate_instructions.py run holds its tasks as GENERATED_DIR/TASKS_FILE, their sha256 in tag GENERATED_SHA_TAG.
+TASKS_FILE = GENERATED_TASKS  # (the generator's own folder names its file the same)
 
 
 def render_pair(task, doc: dict, chat_template=None) -> tuple[str, str]:
@@ -172,11 +173,11 @@ def _fetch_generated(run_id: str, tracking_uri: str, folder: Path) -> Path:
 
     store = reuse.client(tracking_uri)
     run = reuse.run_by_id(store, run_id, "data.generated", tracking_uri)
-    expected = run.data.tags.get(SHA_TAG)
+    expected = run.data.tags.get(GENERATED_SHA_TAG)
     if expected is None or run.info.status != "FINISHED":
         raise ConfigError(f"data.generated={run_id}: run {run.info.status.lower()} without a generated dataset "
-                          f"(tag {SHA_TAG}); finish it by rerunning its generate_instructions.py command")
-    path = reuse.verified_copy(store, run_id, f"{ARTIFACT_DIR}/{TASKS_FILE}", expected, folder)
+                          f"(tag {GENERATED_SHA_TAG}); finish it by rerunning its generate_instructions.py command")
+    path = reuse.verified_copy(store, run_id, f"{GENERATED_DIR}/{TASKS_FILE}", expected, folder)
     if path is None:
         raise ConfigError(f"data.generated={run_id}: the run's {TASKS_FILE} does not match the sha256 it recorded; "
                           f"the store was changed after the run: generate again")

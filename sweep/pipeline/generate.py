@@ -22,17 +22,13 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import ConfigError, is_int, require
-from sweep.data.examples import (
-    ARTIFACT_DIR,
-    GENERATED_DATASET,
-    SHA_TAG,
-    TASKS_FILE,
-)
+from sweep.data.examples import GENERATED_DATASET, TASKS_FILE
 from sweep.data.examples import GENERATED_FIELDS as FIELDS
 from sweep.self_instruct.card import data_card, round_metrics, similarity_plot, totals
 from sweep.self_instruct.rounds import generate_round
 from sweep.self_instruct.sampling import ModelSampler
 from sweep.self_instruct.state import ROUNDS_FILE, State, check_folder, load_seed_tasks, settings_of, write_synced
+from sweep.vocabulary import ERROR, GENERATED_DIR, GENERATED_SHA_TAG
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +78,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                                [("self_instruct/seed", seeds, "seed")])
         else:
             log.info("continuing run %s from round %d", resumed, len(state.rounds) + 1)
-            if "error" in run.data.tags:  # (left by whoever closed it when its process died)
-                mlflow.MlflowClient().delete_tag(resumed, "error")
+            if ERROR in run.data.tags:  # (left by whoever closed it when its process died)
+                mlflow.MlflowClient().delete_tag(resumed, ERROR)
         generate_rounds(g, cfg.seed, sampler, seed_tasks, state,
                         on_round=lambda record: records.log_metrics(round_metrics(record), step=record["round"]))
         metrics = totals(state.rounds)
@@ -122,8 +118,8 @@ def record_dataset(cfg: DictConfig, state: State, seed_count: int) -> None:
     def write():
         records.log_input(dataset, "generated")
         for name in (TASKS_FILE, ROUNDS_FILE, "data_card.md", "similarity.png"):
-            mlflow.log_artifact(str(state.folder / name), ARTIFACT_DIR)
-        mlflow.set_tag(SHA_TAG, digest)
+            mlflow.log_artifact(str(state.folder / name), GENERATED_DIR)
+        mlflow.set_tag(GENERATED_SHA_TAG, digest)
     records.stored("logging the generated tasks", write)
 
 

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.exceptions import TrialPruned
 from transformers import set_seed
 
+from sweep import vocabulary
 from sweep.config import ConfigError
 from sweep.data import splits
 from sweep.pipeline.build import (
@@ -49,6 +50,7 @@ from sweep.tracking.outage import TrackingUnavailable
 from sweep.training.methods import check_target_modules, count_parameters
 from sweep.training.models import base_model_identity, memory_footprint_mb
 from sweep.training.sft import model_flops_utilization, train, training_flops
+from sweep.vocabulary import BASE_MODEL_PATH
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +144,7 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
     start_memory = {"rss_at_start_mb": rss_at_start} if rss_at_start is not None else {}
     described = {"method": cfg.method.name, "stage": cfg.stage.name, "model": cfg.model.name,
                  "tasks": ",".join(cfg.eval.tasks), "seed": str(cfg.seed),
-                 machine.MACHINE_TAG: machine.describe()}  # (what its costs were measured on)
+                 vocabulary.MACHINE: machine.describe()}  # (what its costs were measured on)
     tags = lifecycle.start_tags(described, sweep, cfg.tracking.get("tags"), trial.tags() if trial else {}) | {
         "base_model": job.base_model} | job.lineage.tags()
     files = task_files(job.project.tasks)
@@ -150,14 +152,14 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
         key = baseline_cache.cache_key(baseline_settings(cfg), job.project.manager, files, job.lineage.judge)
         found = baseline_cache.find_source(key) if cfg.eval.cache else None
         if found is not None:
-            return reuse_baseline(cfg, job, experiment_id, name, tags | {baseline_cache.KEY_TAG: key}, *found,
+            return reuse_baseline(cfg, job, experiment_id, name, tags | {vocabulary.BASELINE_KEY_TAG: key}, *found,
                                   start_memory)
-        tags |= {baseline_cache.KEY_TAG: key, "cached": "false"}
+        tags |= {vocabulary.BASELINE_KEY_TAG: key, "cached": "false"}
     built = build(cfg, job.project, job.generated, job.lineage, job.slices)
     trainable, total = count_parameters(built.model)
 
     # The folder the base model loaded from: what an adapter's adapter_config.json names.
-    tags["base_model_path"] = str(getattr(built.model, "name_or_path", "") or "")
+    tags[BASE_MODEL_PATH] = str(getattr(built.model, "name_or_path", "") or "")
     with lifecycle.mlflow_run(experiment_id, name, tags, system_metrics_interval=store.system_metrics_interval(
             cfg.tracking), outage_seconds=cfg.tracking.outage_seconds) as run:
         # Each step's results are logged as soon as they exist: a later failure keeps them.

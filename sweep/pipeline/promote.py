@@ -34,9 +34,9 @@ from sweep.pipeline.reproduce import recorded_config
 from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking import reuse
 from sweep.tracking.checks import REGISTRY_ALIAS
-from sweep.tracking.records import VERDICT_TAG_PREFIX
 from sweep.tracking.reuse import KEY_FORMAT
 from sweep.tracking.untrusted import printable
+from sweep.vocabulary import BASE_MODEL, TASKS, VERDICT_TAG_PREFIX
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"  # the alias a promoted version gets unless told otherwise
@@ -118,8 +118,8 @@ def promote(run_id: str, alias: str = CHAMPION, uri: str | None = None):
     if run.info.status != "FINISHED":
         raise ConfigError(f"RUN={run_id} is {run.info.status}: only a finished run is registered")
     experiment = client.get_experiment(run.info.experiment_id).name
-    name = registered_name(experiment, run.data.tags.get("tasks", ""))
-    model, base_path, tokenizer = adapted_model(run_id, run.data.tags.get("base_model", ""), uri)
+    name = registered_name(experiment, run.data.tags.get(TASKS, ""))
+    model, base_path, tokenizer = adapted_model(run_id, run.data.tags.get(BASE_MODEL, ""), uri)
     import peft
     import torch
     import transformers

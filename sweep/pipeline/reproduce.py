@@ -27,14 +27,27 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sweep.config import PROJECT_ROOT, RUN_ID, ConfigError, compose_config
 from sweep.pipeline.checks import validate
-from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG
 from sweep.runtime.files import sha256
 from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import redact
 from sweep.tracking import system_metrics
 from sweep.tracking.lifecycle import git_state
-from sweep.tracking.records import STUDY_METHOD, VERDICT_PREFIX
 from sweep.tracking.untrusted import equals, printable
+from sweep.vocabulary import (
+    GIT_COMMIT,
+    JUDGE_TAG,
+    METHOD,
+    PARENT_TAG,
+    REPRODUCE_MATCH,
+    REPRODUCES,
+    RUN_NAME,
+    STUDY_METHOD,
+    STUDY_NAME,
+    TRIAL_NUMBER,
+    VERDICT_PREFIX,
+    tag_column,
+    tag_field,
+)
 
 VOLATILE = ("_seconds", "_per_second", "rss_", "peak_gpu_mb")  # timings and memory: not compared
 
@@ -50,16 +63,16 @@ def find_trial_run(study: str, trial: int | None) -> str:
     if not study or "'" in study or "\\" in study:
         raise ConfigError(f"--from-optuna {study!r}: not a study name (no quotes or backslashes); "
                           f"`optuna studies --storage URL` lists them")
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=equals("tags.`optuna.study_name`", study))
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=equals(tag_field(STUDY_NAME), study))
     if runs.empty:
         raise ConfigError(f"--from-optuna {study}: no MLflow runs of an Optuna study named {study!r} "
                           f"at {redact(mlflow.get_tracking_uri())}")
-    parent = runs[runs["tags.method"] == STUDY_METHOD]
-    kids = runs[(runs["tags.method"] != STUDY_METHOD) & (runs["status"] == "FINISHED")]
+    parent = runs[runs[tag_column(METHOD)] == STUDY_METHOD]
+    kids = runs[(runs[tag_column(METHOD)] != STUDY_METHOD) & (runs["status"] == "FINISHED")]
     if trial is not None:
-        match = kids[kids["tags.optuna.trial_number"] == str(trial)]
+        match = kids[kids[tag_column(TRIAL_NUMBER)] == str(trial)]
         if match.empty:
-            done = ", ".join(sorted(map(printable, kids["tags.optuna.trial_number"].dropna()),
+            done = ", ".join(sorted(map(printable, kids[tag_column(TRIAL_NUMBER)].dropna()),
                                     key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n)))
             raise ConfigError(f"--from-optuna {study}:{trial}: no finished trial {trial}; finished: {done or 'none'}")
         return match.iloc[0]["run_id"]
@@ -231,7 +244,7 @@ def compare_inputs(run, cfg: DictConfig, old_data: str) -> list[Check]:
 
     checks = []
     commit, dirty = git_state()
-    recorded = run.data.tags.get("git_commit", "unknown")
+    recorded = run.data.tags.get(GIT_COMMIT, "unknown")
     if recorded != commit:
         checks.append(Check(False, f"code: the run was at commit {recorded[:12]}, this checkout is at {commit[:12]}; "
                                    f"`git checkout {recorded[:12]}` to run the same code"))
@@ -328,9 +341,9 @@ def reproduce(run_id: str, strict: bool, rtol: float | None, allow=(), log=print
         cfg.tracking.uri = mlflow.get_tracking_uri()
         cfg.tracking.experiment = experiment
         cfg.tracking.sweep_id = f"reproduce-{run_id[:8]}"
-        cfg.tracking.run_name = run.data.tags.get("mlflow.runName")
-        cfg.tracking.tags = {"reproduces": run_id}
-    log(f"re-running {run.data.tags.get('mlflow.runName')} ({run_id}) with seed {cfg.seed}")
+        cfg.tracking.run_name = run.data.tags.get(RUN_NAME)
+        cfg.tracking.tags = {REPRODUCES: run_id}
+    log(f"re-running {run.data.tags.get(RUN_NAME)} ({run_id}) with seed {cfg.seed}")
     import torch  # (the job's libraries, only once nothing is refused: a refusal comes in seconds)
 
     from sweep.pipeline.job import run_job
@@ -344,7 +357,7 @@ def reproduce(run_id: str, strict: bool, rtol: float | None, allow=(), log=print
     rows = compare(metric_values(run_id), metric_values(outcome.run_id), rtol)
     log(format_comparison(rows))
     same = not any(v in ("DIFFERENT", "MISSING") for *_, v in rows)
-    client.set_tag(outcome.run_id, "reproduce_match", str(same).lower())
+    client.set_tag(outcome.run_id, REPRODUCE_MATCH, str(same).lower())
     client.log_dict(outcome.run_id, {"reproduces": run_id, "rtol": rtol, "checks": [c.__dict__ for c in checks],
                                      "metrics": [dict(zip(("metric", "original", "reproduced", "verdict"), r))
                                                  for r in rows]}, "reproduce_comparison.json")

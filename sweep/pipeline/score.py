@@ -17,6 +17,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sweep import vocabulary
 from sweep.data import splits
 from sweep.data.examples import read_generated
 from sweep.data.splits import DEV_PREFIX
@@ -30,10 +31,10 @@ from sweep.scoring.evaluate import Prompting, draw_demonstrations, score
 from sweep.scoring.results import LEAKAGE_PREFIX, is_task_metric, prefixed
 from sweep.study import trials
 from sweep.tracking import records
+from sweep.vocabulary import REWARD_SCORES
 
 log = logging.getLogger(__name__)
 
-REWARD_SCORES = "reward_scores.json"     # stage=reward: each held-out pair's rewards (MLflow table)
 REWARD_FIGURE = "reward_distribution.png"
 
 
@@ -134,7 +135,7 @@ def score_pass(cfg: DictConfig, built, tasks: dict, prompting: Prompting, limit:
                                        references.replies(tasks, scores, prefix, demonstrations),
                                        cfg.eval.batch_size, cfg.seed)
         metrics = metrics | judged
-        records.log_table(table, records.DEV_JUDGED_REPLIES if prefix else records.JUDGED_REPLIES)
+        records.log_table(table, vocabulary.DEV_JUDGED_REPLIES if prefix else vocabulary.JUDGED_REPLIES)
     return prefixed(metrics, prefix), scores
 
 
@@ -199,7 +200,7 @@ def record_leakage(cfg: DictConfig, built, tasks: dict, slices: dict, generated:
         found[name] = [asdict(f) for f in flags if f.doc_id < scored]
         metrics |= {f"{LEAKAGE_PREFIX}{name}/flagged": float(len(found[name])),
                     f"{LEAKAGE_PREFIX}{name}/scored": float(scored)}
-    records.log_json(found, records.LEAKAGE)
+    records.log_json(found, vocabulary.LEAKAGE)
     records.log_metrics(metrics)
     return metrics
 

@@ -26,8 +26,18 @@ from sweep.config import RUN_ID, ConfigError, compose_config, default_tracking_u
 from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import guard_output, redact
 from sweep.study.storage import JOURNAL, STORAGE_ENV, storage_url
-from sweep.tracking.records import ADAPTER_WEIGHTS, AdapterNotStored, pending_folder, upload_adapter
+from sweep.tracking.records import AdapterNotStored, pending_folder, upload_adapter
 from sweep.tracking.reuse import client, run_by_id
+from sweep.vocabulary import (
+    ADAPTER_UPLOAD_ERROR,
+    ADAPTER_UPLOADED_LATER,
+    ADAPTER_WEIGHTS,
+    ERROR,
+    RETRY_OF,
+    STUDY_NAME,
+    TRIAL_NUMBER,
+    TRIAL_STATE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -42,20 +52,20 @@ def upload(run_id: str, tracking_uri: str, pending_root: Path, storage: str | No
         raise ConfigError(f"no adapter waits for run {run_id} in {folder}: nothing to upload")
     store = client(tracking_uri)
     run = run_by_id(store, run_id, "RUN", tracking_uri)  # (refused in one line when the store has no such run)
-    error = run.data.tags.get("error", "")
+    error = run.data.tags.get(ERROR, "")
     waited = run.info.status == "FAILED" and error.startswith(AdapterNotStored.__name__)  # (failed for this only)
     if not waited:
         raise ConfigError(f"run {run_id} is {run.info.status.lower()} and did not fail for want of its adapter: only "
                           f"such a run is completed by an upload (its stored adapter and hash stay as they are)")
-    trial = waiting_trial(run, storage) if waited and "optuna.study_name" in run.data.tags else None
+    trial = waiting_trial(run, storage) if waited and STUDY_NAME in run.data.tags else None
     mlflow.set_tracking_uri(tracking_uri)
     upload_adapter(folder, run_id)
-    store.set_tag(run_id, "adapter_uploaded_later", "true")
+    store.set_tag(run_id, ADAPTER_UPLOADED_LATER, "true")
     if trial is not None:
-        store.set_tag(run_id, "optuna.trial_number", str(count_trial(*trial, run_id)))
-        store.set_tag(run_id, "optuna.state", "COMPLETE")
-    store.set_tag(run_id, "adapter_upload_error", error)
-    store.delete_tag(run_id, "error")
+        store.set_tag(run_id, TRIAL_NUMBER, str(count_trial(*trial, run_id)))
+        store.set_tag(run_id, TRIAL_STATE, "COMPLETE")
+    store.set_tag(run_id, ADAPTER_UPLOAD_ERROR, error)
+    store.delete_tag(run_id, ERROR)
     store.set_terminated(run_id, "FINISHED")
     shutil.rmtree(folder.parent)
     return folder
@@ -70,7 +80,7 @@ def waiting_trial(run, storage: str | None):
     from sweep.study.storage import make_storage
 
     tags, run_id = run.data.tags, run.info.run_id
-    name, number = tags["optuna.study_name"], tags.get("optuna.trial_number", "")
+    name, number = tags[STUDY_NAME], tags.get(TRIAL_NUMBER, "")
     if not storage:
         raise ConfigError(f"run {run_id} is trial {number} of study {name!r}: give the study's storage "
                           "(STORAGE=<url>, or $OPTUNA_STORAGE) so that the trial is counted")
@@ -81,8 +91,8 @@ def waiting_trial(run, storage: str | None):
                           "give the storage it ran in (STORAGE=<url>)") from None
     trials = study.get_trials(deepcopy=False)
     failed = trials[int(number)] if number.isdigit() and int(number) < len(trials) else None
-    retried = failed is not None and any(t.user_attrs.get("retry_of") == failed.number and
-                                         t.user_attrs.get("adapter_uploaded_later") != run_id for t in trials)
+    retried = failed is not None and any(t.user_attrs.get(RETRY_OF) == failed.number and
+                                         t.user_attrs.get(ADAPTER_UPLOADED_LATER) != run_id for t in trials)
     if failed is None or failed.state != TrialState.FAIL or retried:
         raise ConfigError(f"run {run_id}: its trial {number!r} of study {name!r} is not a failed trial waiting "
                           "for its adapter; the store or the study was changed")
@@ -98,11 +108,11 @@ def count_trial(study, failed, values: list[float], run_id: str) -> int:
 
     def copy():
         return next((t.number for t in study.get_trials(deepcopy=False)
-                     if t.user_attrs.get("adapter_uploaded_later") == run_id), None)
+                     if t.user_attrs.get(ADAPTER_UPLOADED_LATER) == run_id), None)
     if copy() is None:
         study.add_trial(optuna.trial.create_trial(
             params=failed.params, distributions=failed.distributions, values=values,
-            user_attrs={**failed.user_attrs, "retry_of": failed.number, "adapter_uploaded_later": run_id}))
+            user_attrs={**failed.user_attrs, RETRY_OF: failed.number, ADAPTER_UPLOADED_LATER: run_id}))
         log.info("trial %d of study %r counted as trial %d, COMPLETE now that its adapter is stored",
                  failed.number, study.study_name, copy())
     return copy()

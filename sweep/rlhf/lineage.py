@@ -31,14 +31,24 @@ from sweep.config import RUN_ID, ConfigError
 from sweep.rlhf.stages import FIRST_STAGE, JUDGE_HEAD, JUDGE_STAGE, POLICY_HEAD, POLICY_STAGES, STAGES
 from sweep.runtime.files import sha256
 from sweep.tracking import reuse
-from sweep.tracking.records import ADAPTER_CONFIG, ADAPTER_DIR, ADAPTER_SHA_TAG, ADAPTER_WEIGHTS, OLD_ADAPTER_SHA_TAG
+from sweep.tracking.untrusted import equals
 from sweep.training.checks import LORA_INITS
+from sweep.vocabulary import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_SHA_TAG,
+    ADAPTER_WEIGHTS,
+    BASE_MODEL,
+    JUDGE_TAG,
+    OLD_ADAPTER_SHA_TAG,
+    PARENT_TAG,
+    STAGE,
+    SWEEP_ID,
+    tag_field,
+)
 
 log = logging.getLogger(__name__)
 
-STAGE_TAG = "stage"
-PARENT_TAG = "parent_run_id"      # the run whose adapter this run started from
-JUDGE_TAG = "judge_run_id"        # the reward model that trained (RL) or scored this run
 SWEEP_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.:")
 
 
@@ -120,7 +130,7 @@ def in_sweep(where: LineageScope, this_stage: str, stage: str, key: str, require
     experiment = store.get_experiment_by_name(where.experiment)
     runs = [] if experiment is None else store.search_runs(
         [experiment.experiment_id],
-        filter_string=(f"tags.sweep_id = '{where.sweep_id}' and tags.{STAGE_TAG} = '{stage}' "
+        filter_string=(f"{equals(tag_field(SWEEP_ID), where.sweep_id)} and {equals(tag_field(STAGE), stage)} "
                        "and attributes.status = 'FINISHED'"),
         order_by=["attributes.start_time DESC"], max_results=1)
     if not runs and not required:
@@ -137,7 +147,7 @@ def fetch(key: str, run_id: str, head: str, uri: str, base_model: str, cache: Pa
     store = reuse.client(uri)
     run = reuse.run_by_id(store, run_id, key, uri)
     tags = run.data.tags
-    stage = tags.get(STAGE_TAG, FIRST_STAGE)  # (runs from before the pipeline existed are SFT runs)
+    stage = tags.get(STAGE, FIRST_STAGE)  # (runs from before the pipeline existed are SFT runs)
     if stage not in STAGES or STAGES[stage].head != head:
         wanted = "a policy (stage " + ", ".join(POLICY_STAGES) + ")" if head == POLICY_HEAD else \
             f"a stage={JUDGE_STAGE} run"
@@ -145,7 +155,7 @@ def fetch(key: str, run_id: str, head: str, uri: str, base_model: str, cache: Pa
                           f"{key} needs {wanted}")
     if run.info.status != "FINISHED":
         raise ConfigError(f"{key}={run_id}: the run is {run.info.status.lower()}, not finished; use a finished run")
-    if tags.get("base_model") != base_model:
+    if tags.get(BASE_MODEL) != base_model:
         raise ConfigError(f"{key}={run_id} was trained on another base model than this job's ({base_model}); "
                           f"choose the model it was trained on (its run's `model` param)")
     expected = tags.get(ADAPTER_SHA_TAG)

@@ -26,11 +26,10 @@ from sweep.rlhf.lineage import Ancestor
 from sweep.runtime.files import module_digest
 from sweep.scoring import baseline_cache
 from sweep.tracking import records, reuse
+from sweep.vocabulary import REFERENCE_FROM_TAG, REFERENCE_KEY_TAG, REFERENCE_REPLIES, REFERENCE_SHA_TAG
 
 log = logging.getLogger(__name__)
 
-REPLIES = "reference_replies.json"
-KEY_TAG, HASH_TAG, FROM_TAG = "reference_key", "reference_sha256", "reference_replies_from"
 
 Replies = dict[str, dict[int, str]]  # task -> doc_id -> the reference's reply
 
@@ -53,8 +52,8 @@ def find(key: str, needed: dict[str, set[int]]) -> tuple[str, Replies] | None:
     """(run id, replies) of the latest finished run that generated the replies of this key, whose
     file still hashes to what it recorded and holds a reply to each `needed` task's docs; None when
     there is none."""
-    for run in reuse.finished_runs(KEY_TAG, key):
-        if FROM_TAG in run.data.tags:
+    for run in reuse.finished_runs(REFERENCE_KEY_TAG, key):
+        if REFERENCE_FROM_TAG in run.data.tags:
             continue  # (a run that reused them: its source is the one to check)
         replies = _read(run)
         if replies is not None and all(ids <= set(replies.get(task, ())) for task, ids in needed.items()):
@@ -65,7 +64,7 @@ def find(key: str, needed: dict[str, set[int]]) -> tuple[str, Replies] | None:
 
 
 def _read(run) -> Replies | None:
-    with reuse.verified_download(run, REPLIES, HASH_TAG) as path:
+    with reuse.verified_download(run, REFERENCE_REPLIES, REFERENCE_SHA_TAG) as path:
         if path is None:
             return None
         try:
@@ -83,10 +82,10 @@ def _read(run) -> Replies | None:
 def record(replies: Replies, key: str, source: str | None) -> None:
     """Into the active run: the replies and their key, or (reused) the run they came from."""
     if source is not None:
-        records.set_tags({KEY_TAG: key, FROM_TAG: source})
+        records.set_tags({REFERENCE_KEY_TAG: key, REFERENCE_FROM_TAG: source})
         return
     text = json.dumps({task: {str(i): r for i, r in sorted(rs.items())} for task, rs in replies.items()}, indent=1)
     def write():
-        mlflow.log_text(text, REPLIES)
-        mlflow.set_tags({KEY_TAG: key, HASH_TAG: hashlib.sha256(text.encode()).hexdigest()})
+        mlflow.log_text(text, REFERENCE_REPLIES)
+        mlflow.set_tags({REFERENCE_KEY_TAG: key, REFERENCE_SHA_TAG: hashlib.sha256(text.encode()).hexdigest()})
     records.stored("logging the reference replies", write)

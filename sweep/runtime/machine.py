@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-MACHINE_TAG = "machine"
-
 
 def describe() -> str:
     """The GPU's name, else `<cores> cores of <CPU model>`, with torch's version."""

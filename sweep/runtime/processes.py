@@ -18,6 +18,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from sweep.vocabulary import HOST, PID, PID_NAMESPACE, PID_START
+
 STOP_SECONDS = 60.0  # how long an interrupted process waits for those it started to close their runs
 log = logging.getLogger(__name__)
 
@@ -75,11 +77,11 @@ def owner_gone(tags: dict[str, str]) -> bool:
     """Whether the process these tags name (owner_tags of another run) is gone. Only the processes
     of this host and PID namespace can be checked (a run without the namespace tag cannot be); a
     tag that is not a pid (a store is untrusted) counts as alive."""
-    pid = tags.get("pid", "")
-    if tags.get("host") != host() or tags.get("pid_namespace") != namespace() or not pid.isdigit():
+    pid = tags.get(PID, "")
+    if tags.get(HOST) != host() or tags.get(PID_NAMESPACE) != namespace() or not pid.isdigit():
         return False
     now = start_time(int(pid))
-    return now is None or (bool(tags.get("pid_start")) and bool(now) and now != tags["pid_start"])
+    return now is None or (bool(tags.get(PID_START)) and bool(now) and now != tags[PID_START])
 
 
 def stop(workers: list[subprocess.Popen], sig: int, timeout: float = STOP_SECONDS) -> None:

@@ -29,19 +29,30 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig
 
+from sweep import vocabulary
 from sweep.runtime.files import module_digest, sha256
 from sweep.scoring.evaluate import Prompting
 from sweep.scoring.results import QUERY_SECONDS, QUERY_TOKENS
 from sweep.tracking import records, reuse
+from sweep.tracking.untrusted import equals
+from sweep.vocabulary import (
+    BASELINE_KEY_TAG,
+    BASELINE_PANEL,
+    BASELINE_VARIANT,
+    CACHED,
+    DEV_JUDGED_REPLIES,
+    JUDGED_REPLIES,
+    RESULTS,
+    SCORES,
+    SCORES_HASH_TAG,
+    tag_field,
+)
 
 log = logging.getLogger(__name__)
 
-RESULTS = "lm_eval_results.json"
-SCORES, SCORES_HASH_TAG = "baseline_scores.json", "scores_sha256"  # what reuse reads, and its hash
 SUMMARY_METRICS = ("trainable_params", "total_params", "model_memory_mb", QUERY_TOKENS, QUERY_SECONDS)  # reused beside
 # the <task>/<metric> ones (a query's cost is the source's: the same prompts, measured once)
-KEY_TAG = "baseline_key"  # a freshly scored baseline's cache key (tag `cached=false`)
-REUSED_ARTIFACTS = (RESULTS, SCORES, records.BASELINE_PANEL, records.JUDGED_REPLIES, records.DEV_JUDGED_REPLIES)
+REUSED_ARTIFACTS = (RESULTS, SCORES, BASELINE_PANEL, JUDGED_REPLIES, DEV_JUDGED_REPLIES)
 # The harness's own scoring code: a change to any of these scores differently, so it is in the key.
 SCORING_CODE = tuple(f"sweep.{m}" for m in (
     "scoring.evaluate", "scoring.registry", "scoring.results", "scoring.fewshot", "scoring.calibration",
@@ -153,8 +164,8 @@ def read_scores(path: Path) -> dict | None:
 def find_source(key: str):
     """(run, scores): the latest finished, freshly scored run with this key, in any experiment of
     the store, whose results and scores files still hash to what the run recorded; None if none."""
-    for run in reuse.finished_runs(KEY_TAG, key, conditions="tags.cached = 'false'"):
-        with reuse.verified_download(run, RESULTS, records.RESULTS_HASH_TAG) as results, \
+    for run in reuse.finished_runs(BASELINE_KEY_TAG, key, conditions=equals(tag_field(CACHED), "false")):
+        with reuse.verified_download(run, RESULTS, vocabulary.RESULTS_HASH_TAG) as results, \
                 reuse.verified_download(run, SCORES, SCORES_HASH_TAG) as scores:
             found = read_scores(scores) if results is not None and scores is not None else None
             if found is not None:
@@ -179,7 +190,7 @@ def log_reused(source, scores: dict) -> dict[str, float]:
             records.stored(f"logging {name}", lambda path=path: mlflow.log_artifact(path))
     experiment = source.info.experiment_id
     chosen = {k: v for k, v in source.data.tags.items() if k.startswith("baseline.") or
-              (k == "mlflow.runName" and "baseline.variant" in source.data.tags)}
+              (k == "mlflow.runName" and BASELINE_VARIANT in source.data.tags)}
     records.set_tags(chosen | {
         "cached": "true", "cached_from": run_id,
         "mlflow.note.content": f"Scores reused from run [{run_id}]"

@@ -22,7 +22,6 @@ from optuna.trial import TrialState
 from sweep.config import ConfigError
 from sweep.data.splits import DEV_PREFIX
 
-INFEASIBLE_TAG = "optuna.infeasible"  # on the run of a trial that broke a constraint: which, and by how much
 _CONSTRAINT = re.compile(r"^\s*([A-Za-z_][\w./-]*)\s*(<=|>=)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 
 

@@ -28,28 +28,38 @@ from pathlib import Path
 import mlflow
 
 from sweep.config import RUN_ID, ConfigError
-from sweep.data.examples import ARTIFACT_DIR, TASKS_FILE
-from sweep.data.examples import SHA_TAG as GENERATED_SHA_TAG
-from sweep.rlhf.lineage import JUDGE_TAG, PARENT_TAG, check_adapter, verified_adapter
-from sweep.rlhf.reference_replies import HASH_TAG as REFERENCE_SHA_TAG
-from sweep.rlhf.reference_replies import REPLIES
+from sweep.rlhf.lineage import check_adapter, verified_adapter
 from sweep.runtime import processes
 from sweep.runtime.secrets import guard_output, redact
-from sweep.scoring.baseline_cache import SCORES, SCORES_HASH_TAG
 from sweep.tracking import reuse
-from sweep.tracking.records import (
+from sweep.tracking.untrusted import printable
+from sweep.vocabulary import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
     ADAPTER_SHA_TAG,
+    GENERATED_DIR,
+    GENERATED_SHA_TAG,
+    GENERATED_TASKS,
+    HOST,
+    JUDGE_TAG,
+    METHOD,
     OLD_ADAPTER_SHA_TAG,
+    PARENT_TAG,
+    PID,
+    REFERENCE_REPLIES,
+    REFERENCE_SHA_TAG,
+    RESULTS,
     RESULTS_HASH_TAG,
+    SCORES,
+    SCORES_HASH_TAG,
     STUDY_METHOD,
+    STUDY_NAME,
+    TRIAL_NUMBER,
 )
-from sweep.tracking.untrusted import printable
 
 # The files a run declares by a hash tag: tag -> artifact path.
-DECLARED = {RESULTS_HASH_TAG: "lm_eval_results.json", SCORES_HASH_TAG: SCORES, REFERENCE_SHA_TAG: REPLIES,
-            GENERATED_SHA_TAG: f"{ARTIFACT_DIR}/{TASKS_FILE}"}
+DECLARED = {RESULTS_HASH_TAG: RESULTS, SCORES_HASH_TAG: SCORES, REFERENCE_SHA_TAG: REFERENCE_REPLIES,
+            GENERATED_SHA_TAG: f"{GENERATED_DIR}/{GENERATED_TASKS}"}
 LINKS = (PARENT_TAG, JUDGE_TAG, "mlflow.parentRunId")
 log = logging.getLogger(__name__)
 
@@ -80,8 +90,8 @@ def check_runs(store: mlflow.MlflowClient, runs: list) -> list[Violation]:
                 if target is not None and target not in ids and not _exists(store, target):
                     found.append(Violation(f"run {rid}", f"{link}={target!r} names no run in this store"))
             if run.info.status == "RUNNING" and processes.owner_gone(tags):
-                found.append(Violation(f"run {rid}", f"RUNNING, but its process (host {tags.get('host')}, pid "
-                                                     f"{tags.get('pid')}) is gone"))
+                found.append(Violation(f"run {rid}", f"RUNNING, but its process (host {tags.get(HOST)}, pid "
+                                                     f"{tags.get(PID)}) is gone"))
     return found
 
 
@@ -133,11 +143,11 @@ def check_studies(storage_url: str, runs: list) -> list[Violation]:
     numbers = {}
     for summary in summaries:
         name = summary.study_name
-        mine = [r for r in runs if r.data.tags.get("optuna.study_name") == name]
+        mine = [r for r in runs if r.data.tags.get(STUDY_NAME) == name]
         trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
         numbers[name] = {str(t.number) for t in trials}
         for t in trials:
-            of_trial = [r for r in mine if r.data.tags.get("optuna.trial_number") == str(t.number)]
+            of_trial = [r for r in mine if r.data.tags.get(TRIAL_NUMBER) == str(t.number)]
             finished = [r for r in of_trial if r.info.status == "FINISHED"]
             where = f"study {name!r} trial {t.number}"
             if t.state == TrialState.COMPLETE and len(finished) != 1:
@@ -149,8 +159,8 @@ def check_studies(storage_url: str, runs: list) -> list[Violation]:
                     if r.info.status == "RUNNING":
                         found.append(Violation(f"run {r.info.run_id}", f"RUNNING, but {where} is {t.state.name}"))
     for r in runs:  # (a run names a study or trial the storage does not hold: store text, shown, never used)
-        name, number = r.data.tags.get("optuna.study_name"), r.data.tags.get("optuna.trial_number")
-        if name is None or r.data.tags.get("method") == STUDY_METHOD:
+        name, number = r.data.tags.get(STUDY_NAME), r.data.tags.get(TRIAL_NUMBER)
+        if name is None or r.data.tags.get(METHOD) == STUDY_METHOD:
             continue
         if name not in numbers:
             found.append(Violation(f"run {r.info.run_id}", f"tagged with study {name[:100]!r}, which the storage "

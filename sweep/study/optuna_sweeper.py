@@ -26,27 +26,32 @@ import optuna
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig
 from optuna.trial import TrialState
 
 from sweep.config import ConfigError
-from sweep.data.splits import selection_metric, test_metric
 from sweep.runtime import processes
 from sweep.runtime.interrupts import Terminated, install_signal_handlers
 from sweep.runtime.secrets import redact
-from sweep.study import budget, controls, study_runs, trials
-from sweep.study.budget import count, failures, last_settled, recover_local_dead_trials, retried, settled_trials
+from sweep.study import controls, study_runs, trials
+from sweep.study.budget import (
+    SURPLUS,
+    count,
+    failures,
+    last_settled,
+    recover_local_dead_trials,
+    retried,
+    settled_trials,
+    stand_down_queued_retries,
+)
 from sweep.study.search import (
-    PRUNERS,
-    SAMPLERS,
-    SINGLE_OBJECTIVE,
     SearchSpace,
     grid_size,
     make_pruner,
     make_sampler,
     parse_search_space,
-    prunes,
 )
+from sweep.study.settings import SweeperSettings
 from sweep.study.storage import (
     JOURNAL,
     STORAGE_ENV,
@@ -58,6 +63,7 @@ from sweep.study.storage import (
     unopened_journal,
 )
 from sweep.tracking.store import open_experiment
+from sweep.vocabulary import INFEASIBLE_TAG, RETRY_OF
 
 POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
 log = logging.getLogger(__name__)
@@ -74,24 +80,8 @@ class SweepFailedError(RuntimeError):
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, n_trials: int = 12, sampler: str = "tpe", seed: int | None = 0,
-                 direction: str = "maximize", directions=None, objective="sst2/acc",
-                 pruner: str = "none", storage: str | None = None, study_name: str | None = None,
-                 n_jobs: int = 1, max_failures: int = 3, heartbeat_interval: int = 60, grace_period: int = 180,
-                 params=None, sampler_options=None, enqueue=None, constraints=None, stop_after=None) -> None:
-        self.n_trials, self.sampler, self.seed, self.pruner = n_trials, sampler, seed, pruner
-        self.sampler_options = OmegaConf.to_container(sampler_options) if isinstance(sampler_options, DictConfig) \
-            else sampler_options
-        self.enqueue, self.constraints_setting, self.stop_after = enqueue, constraints, stop_after
-        objectives = list(objective) if isinstance(objective, (list, ListConfig)) else [objective]
-        dirs = list(directions) if directions else [direction] * len(objectives)
-        self.objectives, self.directions = [str(o) for o in objectives], [str(d) for d in dirs]
-        # What a trial's value is: a task's objective read on the development slice, never on test.
-        self.selection = [selection_metric(o) for o in self.objectives]
-        self.storage_url, self.study_name = storage, study_name
-        self.n_jobs, self.max_failures = n_jobs, max_failures
-        self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
-        self.params = OmegaConf.to_container(params, resolve=True) if isinstance(params, DictConfig) else (params or {})
+    def __init__(self, **options) -> None:
+        self.settings = SweeperSettings(**options)  # (checked against the job's config as the sweep starts)
         self.worker = worker_id()
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -116,14 +106,15 @@ class OptunaSweeper(Sweeper):
             sys.exit(1)
 
     def _sweep(self, arguments: list[str]) -> None:
-        self._check()
-        space = parse_search_space([*(f"{k}={v}" for k, v in self.params.items()), *arguments])
+        self.settings.check(self.config)
+        space = parse_search_space([*(f"{k}={v}" for k, v in self.settings.params.items()), *arguments])
         space.fixed = [o for o in space.fixed if not o.startswith(("hydra.", "hydra/"))]
-        if self.sampler == "grid" and grid_size(space) < self.n_trials:
-            log.info("the grid has %d points: n_trials %d -> %d", grid_size(space), self.n_trials, grid_size(space))
-            self.n_trials = grid_size(space)
-        make_sampler(self.sampler, self.seed, space, self.sampler_options)  # (bad options: before any study exists)
-        first = controls.enqueued(self.enqueue, space.distributions, self._load_study)
+        if self.settings.sampler == "grid" and grid_size(space) < self.settings.n_trials:
+            log.info("the grid has %d points: n_trials %d -> %d", grid_size(space), self.settings.n_trials,
+                     grid_size(space))
+            self.settings.n_trials = grid_size(space)
+        self._sampler(space)  # (bad options: before any study exists)
+        first = controls.enqueued(self.settings.enqueue, space.distributions, self._load_study)
         study, created = self._study(space)
         for params in first if created else ():  # (a resumed study has them already)
             study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
@@ -131,7 +122,7 @@ class OptunaSweeper(Sweeper):
         experiment_id = open_experiment(self.config.tracking)  # (first: a new SQLite store is created under its lock)
         self.client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
         parent = study_runs.parent_run(study, created, self.client, experiment_id, self._parent_params(space),
-                                       unfinished=len(settled_trials(study)) < self.n_trials)
+                                       unfinished=len(settled_trials(study)) < self.settings.n_trials)
         self._recover(study)
         install_signal_handlers()  # SIGTERM, like Ctrl-C, reaches the loop below as an exception
         workers = self._spawn_workers()
@@ -148,64 +139,18 @@ class OptunaSweeper(Sweeper):
                 w.wait()
         self._finish(study, space, parent)
 
-    def _check(self) -> None:
-        for key, allowed in (("sampler", SAMPLERS), ("pruner", PRUNERS)):
-            if getattr(self, key) not in allowed:
-                raise ConfigError(f"hydra.sweeper.{key}={getattr(self, key)!r} is invalid: choose one of "
-                                  f"{', '.join(allowed)}")
-        if not self.objectives or len(self.directions) != len(self.objectives):
-            raise ConfigError(f"hydra.sweeper.objective={self.objectives}, directions={self.directions}: name at least "
-                              "one objective and one direction each, e.g. hydra.sweeper.objective=sst2/acc")
-        for d in self.directions:
-            if d not in ("maximize", "minimize"):
-                raise ConfigError(f"hydra.sweeper.direction={d!r} is invalid: choose maximize or minimize")
-        tasks = list(self.config.eval.tasks)
-        for o in self.objectives:
-            if "/" in o and test_metric(o).split("/")[0] not in tasks:
-                raise ConfigError(f"hydra.sweeper.objective={o!r}: not a metric of the eval tasks "
-                                  f"({', '.join(tasks)}); "
-                                  f"name one as <task>/<metric>, e.g. {tasks[0]}/acc")
-            if "/" in o and not self.config.data.dev_size:
-                raise ConfigError(f"hydra.sweeper.objective={o!r} is read on the development slice, and "
-                                  "data.dev_size=0 "
-                                  f"carves none: set data.dev_size (e.g. 200)")
-        if len(self.objectives) > 1 and prunes(self.pruner):
-            raise ConfigError("hydra.sweeper.pruner: Optuna cannot prune multi-objective studies; use pruner=none")
-        if prunes(self.pruner) and not self.config.eval.every_steps:
-            raise ConfigError(f"hydra.sweeper.pruner={self.pruner} needs intermediate scores: set eval.every_steps "
-                              "(e.g. eval.every_steps=10)")
-        for key in ("n_trials", "n_jobs", "max_failures", "heartbeat_interval", "grace_period"):
-            value = getattr(self, key)
-            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-                raise ConfigError(f"hydra.sweeper.{key}={value!r} is invalid: must be a positive integer")
-        self.constraints = controls.parse_constraints(self.constraints_setting)
-        stop = self.stop_after
-        if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 1):
-            raise ConfigError(f"hydra.sweeper.stop_after={stop!r} is invalid: give a number of completed trials "
-                              "without improvement (e.g. 5), or null")
-        if len(self.objectives) > 1:
-            for key, value in (("stop_after", stop), ("sampler", self.sampler if self.sampler in SINGLE_OBJECTIVE
-                                                                 else None)):
-                if value is not None:
-                    raise ConfigError(f"hydra.sweeper.{key}={value} needs a single objective (this study has "
-                                      f"{len(self.objectives)})")
-        if self.enqueue and self.sampler == "grid":
-            raise ConfigError("hydra.sweeper.enqueue has no use with sampler=grid (every point of the grid runs); "
-                              "use another sampler or drop enqueue")
-        if self.grace_period <= self.heartbeat_interval:
-            raise ConfigError(f"hydra.sweeper.grace_period={self.grace_period} must exceed heartbeat_interval="
-                              f"{self.heartbeat_interval} (a live worker would be taken for dead)")
+    def _sampler(self, space: SearchSpace) -> optuna.samplers.BaseSampler:
+        return make_sampler(self.settings.sampler, self.settings.seed, space, self.settings.sampler_options)
 
     def _study(self, space: SearchSpace) -> tuple[optuna.Study, bool]:
         """The study, and whether this worker created it (then it also creates the parent run)."""
         url = self._storage()
-        name = self.study_name or self.default_study_name(space)
+        name = self.settings.study_name or self.default_study_name(space)
         self.study_name_resolved, self.storage_resolved = name, url
         os.environ[STORAGE_ENV] = url  # for the jobs and the workers this process starts
-        kw = dict(study_name=name, storage=make_storage(url, self.heartbeat_interval, self.grace_period),
-                  directions=self.directions,
-                  sampler=make_sampler(self.sampler, self.seed, space, self.sampler_options),
-                  pruner=make_pruner(self.pruner))
+        kw = dict(study_name=name, directions=self.settings.directions, sampler=self._sampler(space),
+                  storage=make_storage(url, self.settings.heartbeat_interval, self.settings.grace_period),
+                  pruner=make_pruner(self.settings.pruner))
         try:
             return optuna.create_study(**kw, load_if_exists=False), True
         except optuna.exceptions.DuplicatedStudyError:
@@ -213,7 +158,7 @@ class OptunaSweeper(Sweeper):
 
     def _storage(self) -> str:
         """hydra.sweeper.storage, else $OPTUNA_STORAGE, else the project's journal file."""
-        return storage_url(self.storage_url, str(Path(self.config.paths.root) / JOURNAL))
+        return storage_url(self.settings.storage_url, str(Path(self.config.paths.root) / JOURNAL))
 
     def _load_study(self, name: str) -> optuna.Study:
         """An earlier study in this sweep's storage, read-only (enqueue's `{study: NAME, best: N}`)."""
@@ -221,8 +166,8 @@ class OptunaSweeper(Sweeper):
         if unopened_journal(url):
             raise ConfigError(f"hydra.sweeper.enqueue: no study {name!r}: there is no journal {redact(url)} yet")
         try:
-            return optuna.load_study(study_name=name, storage=make_storage(url, self.heartbeat_interval,
-                                                                           self.grace_period))
+            return optuna.load_study(study_name=name, storage=make_storage(url, self.settings.heartbeat_interval,
+                                                                           self.settings.grace_period))
         except KeyError:
             raise ConfigError(f"hydra.sweeper.enqueue: no study {name!r} in {redact(url)}") from None
 
@@ -230,49 +175,50 @@ class OptunaSweeper(Sweeper):
         """The experiment plus a hash of what defines the search: rerunning the same command
         resumes the same study; changing the space or objective starts a new one."""
         key = json.dumps([sorted(space.fixed), sorted((k, repr(d)) for k, d in space.distributions.items()),
-                          self.selection, self.directions, self.sampler], sort_keys=True)
+                          self.settings.selection, self.settings.directions, self.settings.sampler], sort_keys=True)
         return f"{self.config.tracking.experiment}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
 
     def _parent_params(self, space: SearchSpace) -> dict:
-        params = {"sampler": self.sampler, "pruner": self.pruner, "n_trials": self.n_trials,
-                  "objectives": json.dumps(self.selection), "directions": json.dumps(self.directions),
+        params = {"sampler": self.settings.sampler, "pruner": self.settings.pruner, "n_trials": self.settings.n_trials,
+                  "objectives": json.dumps(self.settings.selection), "directions": json.dumps(self.settings.directions),
                   "storage": self.storage_resolved, "fixed_overrides": json.dumps(space.fixed),
-                  "sampler_options": json.dumps(self.sampler_options or {}), "stop_after": self.stop_after,
-                  "constraints": json.dumps([c.text for c in self.constraints])}
+                  "sampler_options": json.dumps(self.settings.sampler_options or {}),
+                  "stop_after": self.settings.stop_after,
+                  "constraints": json.dumps([c.text for c in self.settings.constraints])}
         return params | {f"space.{k}": repr(d) for k, d in space.distributions.items()}
 
     def _spawn_workers(self) -> list[subprocess.Popen]:
         """With the in-process launcher, n_jobs - 1 more processes running this same command on the
         same study (the storage URL reaches them in the environment, not on their command line)."""
-        if self.n_jobs <= 1 or not self.in_process:
+        if self.settings.n_jobs <= 1 or not self.in_process:
             return []
         argv = [a for a in sys.argv if not a.startswith(("hydra.sweeper.storage=", "hydra.sweeper.n_jobs="))]
         cmd = [sys.executable, *argv, "hydra.sweeper.n_jobs=1", f"hydra.sweeper.study_name={self.study_name_resolved}"]
-        log.info("starting %d more worker process(es)", self.n_jobs - 1)
-        return [subprocess.Popen(cmd) for _ in range(self.n_jobs - 1)]
+        log.info("starting %d more worker process(es)", self.settings.n_jobs - 1)
+        return [subprocess.Popen(cmd) for _ in range(self.settings.n_jobs - 1)]
 
     def _run_trials(self, study: optuna.Study, space: SearchSpace, parent: str) -> None:
-        batch_size = 1 if self.in_process else self.n_jobs
+        batch_size = 1 if self.in_process else self.settings.n_jobs
         while True:
             done, running = len(settled_trials(study)), count(study, TrialState.RUNNING)
-            if done >= self.n_trials:
+            if done >= self.settings.n_trials:
                 return
-            if self.stop_after and controls.plateaued(study, self.stop_after):
+            if self.settings.stop_after and controls.plateaued(study, self.settings.stop_after):
                 log.info("no better value in the last %d completed trials (hydra.sweeper.stop_after): the study "
-                         "stops after %d of %d trials", self.stop_after, done, self.n_trials)
+                         "stops after %d of %d trials", self.settings.stop_after, done, self.settings.n_trials)
                 return
             failed = failures(study, since=self.first_trial)
-            if failed >= self.max_failures:
+            if failed >= self.settings.max_failures:
                 raise SweepFailedError(
-                    f"{failed} trials failed (hydra.sweeper.max_failures={self.max_failures}); the sweep "
+                    f"{failed} trials failed (hydra.sweeper.max_failures={self.settings.max_failures}); the sweep "
                     f"stops. See the FAILED runs' traceback.txt in MLflow, fix the cause, and rerun the same "
                     f"command to resume study {study.study_name!r}")
-            if done + running >= self.n_trials:
+            if done + running >= self.settings.n_trials:
                 time.sleep(POLL_SECONDS)  # the last trials are running in other workers (or their worker died)
                 self._recover(study)
                 continue
             batch = []
-            for _ in range(min(batch_size, self.n_trials - done - running)):
+            for _ in range(min(batch_size, self.settings.n_trials - done - running)):
                 trial = study.ask(space.distributions)
                 trial.set_user_attr("worker", self.worker)
                 if self._is_surplus(study, trial):
@@ -285,15 +231,16 @@ class OptunaSweeper(Sweeper):
         """Two workers may ask at once for the last trial: the later one stands down."""
         earlier = [t for t in [*settled_trials(study), *study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
                    if t.number < trial.number]
-        if len(earlier) < self.n_trials:
+        if len(earlier) < self.settings.n_trials:
             return False
-        trial.set_user_attr(budget.SURPLUS, True)
+        trial.set_user_attr(SURPLUS, True)
         study.tell(trial, state=TrialState.FAIL)
         return True
 
     def _job_overrides(self, study: optuna.Study, trial: optuna.Trial, space: SearchSpace, parent: str) -> list[str]:
         return [*space.overrides(trial.params), f"tracking.sweep_id={study.study_name}",
-                *trials.overrides(study.study_name, trial.number, parent, self.selection, self.pruner)]
+                *trials.overrides(study.study_name, trial.number, parent, self.settings.selection,
+                                  self.settings.pruner)]
 
     def _run_batch(self, study: optuna.Study, batch: list, space: SearchSpace, parent: str) -> None:
         """Hand the trials to the launcher at once (it runs them in parallel if it can), beating for
@@ -325,13 +272,13 @@ class OptunaSweeper(Sweeper):
             self._settle(study, trial, TrialState.FAIL)
             return
         if outcome.status == "FINISHED":
-            missing = [o for o in self.selection if o not in outcome.metrics]
+            missing = [o for o in self.settings.selection if o not in outcome.metrics]
             if missing:  # every trial would miss it: stop here rather than fail them all
                 self._settle(study, trial, TrialState.FAIL)
                 raise ConfigError(f"hydra.sweeper.objective: trial {trial.number}'s run has no metric {missing[0]!r} "
                                   f"(objectives are read on the development slice); it has "
                                   f"{', '.join(sorted(m for m in outcome.metrics if '/' in m))}")
-            values = [outcome.metrics[o] for o in self.selection]  # development scores only
+            values = [outcome.metrics[o] for o in self.settings.selection]  # development scores only
             self._constrain(study, trial, outcome)
             self._settle(study, trial, TrialState.COMPLETE, values, outcome.run_id)
         else:
@@ -344,14 +291,14 @@ class OptunaSweeper(Sweeper):
         """The trial's constraint values (Optuna's samplers and best_trial rank infeasible trials
         last); a run that broke one is tagged with which, so reports pass it over too."""
         try:
-            broken = controls.violations(self.constraints, outcome.metrics, trial.number)
+            broken = controls.violations(self.settings.constraints, outcome.metrics, trial.number)
         except ConfigError:
             self._settle(study, trial, TrialState.FAIL)
             raise
         for text, violation in broken.items():
             trial.set_constraint(text, violation)
         if any(v > 0 for v in broken.values()):
-            self.client.set_tag(outcome.run_id, controls.INFEASIBLE_TAG,
+            self.client.set_tag(outcome.run_id, INFEASIBLE_TAG,
                                 "; ".join(f"{text} (off by {v:g})" for text, v in broken.items() if v > 0))
 
     def _settle(self, study: optuna.Study, trial: optuna.Trial, state: TrialState, values=None,
@@ -365,7 +312,7 @@ class OptunaSweeper(Sweeper):
         if now.state == state or run_id is None:
             return
         retry = next((t.number for t in study.get_trials(deepcopy=False)
-                      if t.user_attrs.get("retry_of") == trial.number), None)
+                      if t.user_attrs.get(RETRY_OF) == trial.number), None)
         log.warning("trial %d finished after another worker had failed it as stale and queued it again (trial %s): "
                     "its result is not counted", trial.number, retry)
         study_runs.close_superseded_run(self.client, run_id, retry)
@@ -384,17 +331,18 @@ class OptunaSweeper(Sweeper):
     def _finish(self, study: optuna.Study, space: SearchSpace, parent: str) -> None:
         """Every worker logs the outcome; the one that settled the last trial closes the parent run
         (or, when the study was already complete, whoever finds the parent still open)."""
-        budget.stand_down_queued_retries(study)
+        stand_down_queued_retries(study)
         states = {s.name.lower(): count(study, s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         log.info("study %r: %s", study.study_name, ", ".join(f"{n} {k}" for k, n in states.items()))
-        best = study_runs.summary(study, self.selection, space.overrides, self.client, self.config.tracking.experiment)
+        best = study_runs.summary(study, self.settings.selection, space.overrides, self.client,
+                                  self.config.tracking.experiment)
         last = last_settled(study)
         if last is None:
             return
         settled_by_me = last.user_attrs.get("worker") == self.worker
         left_open = last.number < self.first_trial and self.client.get_run(parent).info.status != "FINISHED"
         if settled_by_me or left_open:
-            study_runs.close_parent(self.client, parent, study, self.selection, best)
+            study_runs.close_parent(self.client, parent, study, self.settings.selection, best)
         if not states["complete"]:
             raise SweepFailedError(f"no trial of study {study.study_name!r} completed ({states['fail']} failed, "
                                    f"{states['pruned']} pruned): see the FAILED runs' traceback.txt in MLflow")

@@ -22,17 +22,27 @@ from mlflow.exceptions import MlflowException
 from sweep.data.splits import test_metric
 from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import redact
-from sweep.tracking.records import STUDY_METHOD
 from sweep.tracking.untrusted import equals
+from sweep.vocabulary import (
+    ERROR,
+    METHOD,
+    PARENT_ATTR,
+    STUDY_METHOD,
+    STUDY_NAME,
+    SUPERSEDED_BY,
+    SWEEP_ID,
+    TRIAL_NUMBER,
+    TRIAL_STATE,
+    tag_field,
+)
 
-PARENT_ATTR = "mlflow_parent_run_id"  # the study user attribute that names its parent run
 PARENT_WAIT_SECONDS = 60  # how long a worker waits for the study's creator to record the parent
 log = logging.getLogger(__name__)
 
 
 def create_parent(client: mlflow.MlflowClient, experiment_id: str, study_name: str, params: dict) -> str:
     run = client.create_run(experiment_id, run_name=f"study:{study_name}",
-                            tags={"optuna.study_name": study_name, "sweep_id": study_name, "method": STUDY_METHOD})
+                            tags={STUDY_NAME: study_name, SWEEP_ID: study_name, METHOD: STUDY_METHOD})
     for k, v in params.items():
         client.log_param(run.info.run_id, k, redact(str(v))[:6000])
     return run.info.run_id
@@ -65,11 +75,11 @@ def close_dead_runs(client: mlflow.MlflowClient, experiment: str, study_name: st
     other just set: a unique-key violation on a database) leaves the run to the other."""
     exp = client.get_experiment_by_name(experiment)
     for n in numbers if exp else []:
-        for run in client.search_runs([exp.experiment_id], f"{equals('tags.`optuna.study_name`', study_name)} and "
-                                      f"tags.`optuna.trial_number` = '{n}' and attributes.status = 'RUNNING'"):
+        for run in client.search_runs([exp.experiment_id], f"{equals(tag_field(STUDY_NAME), study_name)} and "
+                                      f"{equals(tag_field(TRIAL_NUMBER), n)} and attributes.status = 'RUNNING'"):
             try:
-                client.set_tag(run.info.run_id, "optuna.state", "FAIL")
-                client.set_tag(run.info.run_id, "error", "its worker stopped (died or lost its host); the trial "
+                client.set_tag(run.info.run_id, TRIAL_STATE, "FAIL")
+                client.set_tag(run.info.run_id, ERROR, "its worker stopped (died or lost its host); the trial "
                                                          "was queued again")
                 client.set_terminated(run.info.run_id, "KILLED")
             except MlflowException as e:
@@ -80,9 +90,9 @@ def close_dead_runs(client: mlflow.MlflowClient, experiment: str, study_name: st
 def close_superseded_run(client: mlflow.MlflowClient, run_id: str, retry: int | None) -> None:
     """A trial's run that finished after its trial had been failed and queued again: KILLED, and
     tagged with the trial that ran its configuration again (whose run is the one that counts)."""
-    client.set_tag(run_id, "optuna.state", "FAIL")
-    client.set_tag(run_id, "superseded_by_trial", str(retry))
-    client.set_tag(run_id, "error", "finished after its worker had been taken for dead; the trial was queued again "
+    client.set_tag(run_id, TRIAL_STATE, "FAIL")
+    client.set_tag(run_id, SUPERSEDED_BY, str(retry))
+    client.set_tag(run_id, ERROR, "finished after its worker had been taken for dead; the trial was queued again "
                                     f"as trial {retry}, whose run counts")
     client.set_terminated(run_id, "KILLED")
 
@@ -120,7 +130,7 @@ def test_scores(client: mlflow.MlflowClient, experiment: str, study_name: str, n
     exp = client.get_experiment_by_name(experiment)
     runs = [] if exp is None else client.search_runs(
         [exp.experiment_id],
-        f"{equals('tags.`optuna.study_name`', study_name)} and tags.`optuna.trial_number` = '{number}' and "
+        f"{equals(tag_field(STUDY_NAME), study_name)} and {equals(tag_field(TRIAL_NUMBER), number)} and "
         "attributes.status = 'FINISHED'", max_results=1)
     metrics = runs[0].data.metrics if runs else {}
     tested = [test_metric(o) for o in objectives if o != test_metric(o)]

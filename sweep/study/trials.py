@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 from sweep.config import ConfigError
 from sweep.study.search import make_pruner, prunes
 from sweep.study.storage import STORAGE_ENV, make_storage
+from sweep.vocabulary import PARENT_RUN, STUDY_NAME, TRIAL_NUMBER
 
 
 @dataclass
@@ -34,8 +35,8 @@ class TrialContext:
 
     def tags(self) -> dict[str, str]:
         """The MLflow tags that make the job's run a child of the study's parent run."""
-        return {"optuna.study_name": self.study_name, "optuna.trial_number": str(self.trial.number),
-                **({"mlflow.parentRunId": self.parent_run_id} if self.parent_run_id else {})}
+        return {STUDY_NAME: self.study_name, TRIAL_NUMBER: str(self.trial.number),
+                **({PARENT_RUN: self.parent_run_id} if self.parent_run_id else {})}
 
 
 def overrides(study_name: str, number: int, parent_run_id: str | None, objectives: list[str], pruner: str) -> list[str]:

@@ -22,6 +22,7 @@ from sweep.tracking import outage
 from sweep.tracking.outage import OUTAGE_SECONDS, sending_curves
 from sweep.tracking.records import redacted
 from sweep.tracking.system_metrics import system_metrics
+from sweep.vocabulary import TRIAL_NUMBER, TRIAL_STATE
 
 log = logging.getLogger(__name__)
 CLOSE_SECONDS = 60.0  # how long ending a run waits for a store that does not answer
@@ -91,14 +92,14 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_i
         else:
             run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags),
                                    log_system_metrics=False)
-    in_trial = "optuna.trial_number" in tags
-    trial_failed = {"optuna.state": "FAIL"} if in_trial else {}
+    in_trial = TRIAL_NUMBER in tags
+    trial_failed = {TRIAL_STATE: "FAIL"} if in_trial else {}
     signals_before = signals_received()
     try:
         with system_metrics(run.info.run_id, system_metrics_interval), sending_curves(run.info.run_id, outage_seconds):
             yield run
     except TrialPruned:
-        _close(run, "KILLED", {"optuna.state": "PRUNED"})
+        _close(run, "KILLED", {TRIAL_STATE: "PRUNED"})
         raise
     except BaseException as e:
         if interrupted(e, signals_before):
@@ -107,7 +108,7 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_i
         _close(run, "FAILED", {"error": f"{type(e).__name__}: {e}"[:5000]} | trial_failed, traceback.format_exc())
         raise
     else:
-        _close(run, "FINISHED", {"optuna.state": "COMPLETE"} if in_trial else {})
+        _close(run, "FINISHED", {TRIAL_STATE: "COMPLETE"} if in_trial else {})
 
 
 def start_tags(described: dict[str, str], sweep_id: str, user_tags: dict, trial_tags: dict[str, str]) -> dict[str, str]:

@@ -22,25 +22,22 @@ from sweep.runtime.interrupts import atomic_write
 from sweep.runtime.retry import first_line, retry
 from sweep.runtime.secrets import redact
 from sweep.tracking import outage
+from sweep.vocabulary import (
+    ADAPTER_DIR,
+    ADAPTER_SHA_TAG,
+    BASELINE_CALIBRATE,
+    BASELINE_NUM_FEWSHOT,
+    BASELINE_PANEL,
+    BASELINE_REPRODUCE,
+    BASELINE_SAMPLER,
+    BASELINE_TEMPLATE,
+    BASELINE_VARIANT,
+    RESULTS_HASH_TAG,
+    RUN_NAME,
+)
 
-STUDY_METHOD = "optuna-study"  # the `method` tag of an Optuna study's MLflow parent run
-RESULTS_HASH_TAG = "results_sha256"  # sha256 of lm_eval_results.json, checked before the baseline cache reuses it
-ADAPTER_DIR = "adapter"
-JUDGED_REPLIES = "judged_replies.json"  # each reply, the reference's, their rewards (MLflow table)
-DEV_JUDGED_REPLIES = "dev_" + JUDGED_REPLIES  # the same on the development prompts
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-ADAPTER_SHA_TAG = "adapter_manifest_sha256"  # of the adapter folder's MANIFEST.json: every file of it, config
-                                             # included; checked wherever the adapter is loaded, and by check-store
-OLD_ADAPTER_SHA_TAG = "adapter_sha256"  # (runs from before: the weights alone hashed, the config outside it)
 TRAINED_ADAPTER = "default"  # peft's name of the adapter a job trains (TRL may add a frozen copy, "ref")
 log = logging.getLogger(__name__)
-
-
-BASELINE_PANEL = "baseline_panel.json"
-LEAKAGE = "leakage.json"  # the leakage audit's flagged test examples, per task (sweep/scoring/leakage.py)
-VERDICT_PREFIX = "verdict/"  # an adapter's verdict against the strongest baseline, recorded after its sweep
-VERDICT_TAG_PREFIX = "verdict."  # the same verdict as tags: verdict.<task>/<metric> and its .detail sentence
-                             # (analysis/verdict.py): verdict/<task>/<metric>/diff, ...
 
 
 def stored(what: str, write):
@@ -57,11 +54,11 @@ def log_baseline_choice(best, panel: list[dict], demonstrations: list, dev_size:
     and in the run name), the whole panel (`baseline_panel.json`: every variant's development
     score, where the race dropped it, its test score when the oracle ran) and the demonstrations
     the choice was made and reported with."""
-    tags = {"baseline.variant": best.label(), "baseline.template": best.template,
-            "baseline.num_fewshot": str(best.num_fewshot), "baseline.fewshot_sampler": best.fewshot_sampler,
-            "baseline.calibrate": str(best.calibrate).lower(),
-            "mlflow.runName": f"strongest_baseline={best.label()}{name_suffix}",
-            "baseline.reproduce": " ".join([*best.overrides(), f"data.dev_size={dev_size}"])}  # (the pool of draws)
+    tags = {BASELINE_VARIANT: best.label(), BASELINE_TEMPLATE: best.template,
+            BASELINE_NUM_FEWSHOT: str(best.num_fewshot), BASELINE_SAMPLER: best.fewshot_sampler,
+            BASELINE_CALIBRATE: str(best.calibrate).lower(),
+            RUN_NAME: f"strongest_baseline={best.label()}{name_suffix}",
+            BASELINE_REPRODUCE: " ".join([*best.overrides(), f"data.dev_size={dev_size}"])}  # (the pool of draws)
     def write():
         mlflow.set_tags(tags)
         mlflow.log_dict({"chosen": best.label(), "variants": panel, "demonstrations": demonstrations}, BASELINE_PANEL)

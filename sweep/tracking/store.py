@@ -15,6 +15,7 @@ from sweep.runtime import processes
 from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import redact
 from sweep.tracking.checks import is_server, probe_server
+from sweep.vocabulary import ERROR
 
 log = logging.getLogger(__name__)
 EMPTY_STORE_DIR = PROJECT_ROOT / ".cache" / "mlflow"  # an empty store per MLflow version, copied for new ones
@@ -132,7 +133,7 @@ def close_orphaned_runs(experiment_id: str) -> list[str]:
     closed = []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         if processes.owner_gone(run.data.tags):
-            client.set_tag(run.info.run_id, "error", "its process (host {host}, pid {pid}) is gone; closed by a later "
+            client.set_tag(run.info.run_id, ERROR, "its process (host {host}, pid {pid}) is gone; closed by a later "
                            "run".format(**run.data.tags))
             client.set_terminated(run.info.run_id, "KILLED")
             log.warning("run %s was left RUNNING by a process that is gone: closed as KILLED", run.info.run_id)
