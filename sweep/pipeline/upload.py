@@ -33,10 +33,12 @@ from sweep.vocabulary import (
     ADAPTER_UPLOADED_LATER,
     ADAPTER_WEIGHTS,
     ERROR,
-    RETRY_OF,
     STUDY_NAME,
     TRIAL_NUMBER,
     TRIAL_STATE,
+    UPLOADED_LATER_ATTR,
+    retried_trial,
+    retry_attrs,
 )
 
 log = logging.getLogger(__name__)
@@ -91,8 +93,8 @@ def waiting_trial(run, storage: str | None):
                           "give the storage it ran in (STORAGE=<url>)") from None
     trials = study.get_trials(deepcopy=False)
     failed = trials[int(number)] if number.isdigit() and int(number) < len(trials) else None
-    retried = failed is not None and any(t.user_attrs.get(RETRY_OF) == failed.number and
-                                         t.user_attrs.get(ADAPTER_UPLOADED_LATER) != run_id for t in trials)
+    retried = failed is not None and any(retried_trial(t) == failed.number and
+                                         t.user_attrs.get(UPLOADED_LATER_ATTR) != run_id for t in trials)
     if failed is None or failed.state != TrialState.FAIL or retried:
         raise ConfigError(f"run {run_id}: its trial {number!r} of study {name!r} is not a failed trial waiting "
                           "for its adapter; the store or the study was changed")
@@ -112,7 +114,7 @@ def count_trial(study, failed, values: list[float], run_id: str) -> int:
     if copy() is None:
         study.add_trial(optuna.trial.create_trial(
             params=failed.params, distributions=failed.distributions, values=values,
-            user_attrs={**failed.user_attrs, RETRY_OF: failed.number, ADAPTER_UPLOADED_LATER: run_id}))
+            user_attrs={**failed.user_attrs, **retry_attrs(failed.number), UPLOADED_LATER_ATTR: run_id}))
         log.info("trial %d of study %r counted as trial %d, COMPLETE now that its adapter is stored",
                  failed.number, study.study_name, copy())
     return copy()

@@ -11,7 +11,7 @@ from optuna.trial import TrialState
 
 from sweep.runtime import processes
 from sweep.study.storage import requeue
-from sweep.vocabulary import RETRY_OF
+from sweep.vocabulary import retried_trial
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def count(study: optuna.Study, *states: TrialState) -> int:
 
 
 def retried(trials_: list) -> set[int]:
-    return {t.user_attrs[RETRY_OF] for t in trials_ if RETRY_OF in t.user_attrs}
+    return {n for t in trials_ if (n := retried_trial(t)) is not None}
 
 
 def settled_trials(study: optuna.Study) -> list:
@@ -62,7 +62,7 @@ def stand_down_queued_retries(study: optuna.Study) -> list[int]:
     numbers."""
     stood_down = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-        if RETRY_OF not in t.user_attrs:
+        if retried_trial(t) is None:
             continue
         # (through the storage: study.tell refuses a waiting trial)
         study._storage.set_trial_user_attr(t._trial_id, SURPLUS, True)

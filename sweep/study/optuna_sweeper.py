@@ -63,7 +63,7 @@ from sweep.study.storage import (
     unopened_journal,
 )
 from sweep.tracking.store import open_experiment
-from sweep.vocabulary import INFEASIBLE_TAG, RETRY_OF
+from sweep.vocabulary import INFEASIBLE_TAG, retried_trial
 
 POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
 log = logging.getLogger(__name__)
@@ -312,7 +312,7 @@ class OptunaSweeper(Sweeper):
         if now.state == state or run_id is None:
             return
         retry = next((t.number for t in study.get_trials(deepcopy=False)
-                      if t.user_attrs.get(RETRY_OF) == trial.number), None)
+                      if retried_trial(t) == trial.number), None)
         log.warning("trial %d finished after another worker had failed it as stale and queued it again (trial %s): "
                     "its result is not counted", trial.number, retry)
         study_runs.close_superseded_run(self.client, run_id, retry)

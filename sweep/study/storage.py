@@ -26,7 +26,7 @@ from sweep.config import ConfigError
 from sweep.runtime.files import check_writable
 from sweep.runtime.retry import first_line, retry
 from sweep.runtime.secrets import redact
-from sweep.vocabulary import RETRY_OF
+from sweep.vocabulary import retry_attrs
 
 # The study storage URL travels to workers and jobs through this variable, never on a command
 # line (`ps` would show its password); it is also where a user's shell names a shared study.
@@ -112,7 +112,7 @@ for _name in ("create_new_study", "delete_study", "set_study_user_attr", "set_st
 def requeue(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
     """Queue the parameters of a trial whose worker died, so that another worker runs them again
     (`retry_of` marks the copy; the failed original then does not count towards n_trials)."""
-    study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number}, skip_if_exists=False)
+    study.enqueue_trial(trial.params, user_attrs=retry_attrs(trial.number), skip_if_exists=False)
 
 
 def engine_kwargs(url: str) -> dict:
