@@ -13,6 +13,7 @@ from __future__ import annotations
 # MLflow's own tags that the project reads (mlflow.utils.mlflow_tags names them the same).
 RUN_NAME = "mlflow.runName"
 PARENT_RUN = "mlflow.parentRunId"
+NOTE = "mlflow.note.content"  # the run's description in the UI
 
 # What a run is.
 METHOD = "method"            # the method group's name; STUDY_METHOD on a study's parent run
@@ -23,6 +24,7 @@ STAGE = "stage"              # sft | reward | dpo | grpo | rloo | ppo
 SWEEP_ID = "sweep_id"        # shared by the jobs of one multirun (and a study's trials)
 BASE_MODEL, BASE_MODEL_PATH = "base_model", "base_model_path"
 MACHINE = "machine"          # its GPU, or cores and CPU model, and torch's version
+WORLD_SIZE = "world_size"    # training processes (DDP/FSDP/DeepSpeed)
 GIT_COMMIT, GIT_DIRTY = "git_commit", "git_dirty"
 ERROR = "error"              # a failed run's first line
 STUDY_METHOD = "optuna-study"  # the METHOD of an Optuna study's MLflow parent run
@@ -58,6 +60,7 @@ BASELINE_VARIANT, BASELINE_TEMPLATE = "baseline.variant", "baseline.template"
 BASELINE_NUM_FEWSHOT = "baseline.num_fewshot"
 BASELINE_SAMPLER, BASELINE_CALIBRATE = "baseline.fewshot_sampler", "baseline.calibrate"
 BASELINE_REPRODUCE = "baseline.reproduce"
+BASELINE_TAG_PREFIX = "baseline."
 
 # What other commands add to a run.
 REPRODUCES, REPRODUCE_MATCH = "reproduces", "reproduce_match"  # reproduce.py's new run

@@ -158,42 +158,47 @@ def store_names() -> set[str]:
 def literal_store_names(path: Path, names: set[str]) -> list[str]:
     """Where `path` writes a tag or trial-attribute name as a literal: `"tags.<name>"` (a search_runs
     column or a filter), `tags["<name>"]`, `tags.get("<name>")`, `"<name>" in tags`,
-    `set_tag(run, "<name>", ...)`, `tags={"<name>": ...}`, `x.tags = {...}`, a dotted name as any
-    dict's key, `user_attrs[...]`/`.get(...)`/`in` and `set_user_attr("<name>", ...)`."""
-    found = []
-
+    `set_tag(run, "<name>", ...)`, `tags={"<name>": ...}`, a dict assigned to (or merged into) a name
+    holding "tags" or handed to set_tags/start_tags/create_run/start_run, a dotted name as any dict's
+    key, `user_attrs[...]`/`.get(...)`/`in` and `set_user_attr("<name>", ...)`."""
     def text(node) -> str | None:
         return node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
 
     def owner(node) -> str:
         return node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else ""
 
+    def keys(tree) -> list:
+        return [k for d in ast.walk(tree) if isinstance(d, ast.Dict) for k in d.keys if k is not None]
+
+    found = []
     for node in ast.walk(ast.parse(path.read_text())):
-        hits = []
-        if (t := text(node)) is not None and t.startswith("tags."):
-            hits.append(t[5:].strip("`").split(" ")[0])
+        hits = []  # constant nodes
+        if text(node) is not None and text(node).startswith("tags."):
+            found += [(node.lineno, text(node)[5:].strip("`").split(" ")[0])]
         elif isinstance(node, ast.Subscript) and ("tags" in owner(node.value) or "attrs" in owner(node.value)):
-            hits.append(text(node.slice))
+            hits.append(node.slice)
         elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
             f, args = node.func, node.args
             if f.attr in ("get", "pop") and ("tags" in owner(f.value) or "attrs" in owner(f.value)) and args:
-                hits.append(text(args[0]))
+                hits.append(args[0])
             elif f.attr in ("set_tag", "delete_tag") and len(args) >= 2:
-                hits.append(text(args[1]))
+                hits.append(args[1])
             elif f.attr in ("set_tag", "set_user_attr", "set_system_attr") and args:
-                hits.append(text(args[0]))
-        elif isinstance(node, ast.keyword) and node.arg in ("tags", "user_attrs") and isinstance(node.value, ast.Dict):
-            hits += [text(k) for k in node.value.keys]
-        elif isinstance(node, ast.Assign) and any("tags" in owner(t) for t in node.targets) and isinstance(
-                node.value, ast.Dict):
-            hits += [text(k) for k in node.value.keys]
+                hits.append(args[0])
+        if isinstance(node, ast.Call) and owner(node.func) in ("set_tags", "start_tags", "create_run", "start_run"):
+            hits += [k for a in node.args for k in keys(a)]
+        elif isinstance(node, ast.keyword) and node.arg in ("tags", "user_attrs"):
+            hits += keys(node.value)
+        elif isinstance(node, (ast.Assign, ast.AugAssign)) and any(
+                "tags" in owner(t) for t in getattr(node, "targets", [getattr(node, "target", None)])):
+            hits += keys(node.value)
         elif isinstance(node, ast.Compare) and isinstance(node.ops[0], (ast.In, ast.NotIn)) and (
                 "tags" in owner(node.comparators[0]) or "attrs" in owner(node.comparators[0])):
-            hits.append(text(node.left))
+            hits.append(node.left)
         elif isinstance(node, ast.Dict):  # (a dotted name is a tag whatever the dict: optuna.*, mlflow.*)
-            hits += [t for k in node.keys if (t := text(k)) and "." in t]
-        found += [f"{path.relative_to(ROOT)}:{node.lineno}: {h!r}" for h in hits if h in names]
-    return found
+            hits += [k for k in node.keys if k is not None and "." in (text(k) or "")]
+        found += [(h.lineno, text(h)) for h in hits if text(h) is not None]
+    return sorted({f"{path.relative_to(ROOT)}:{line}: {value!r}" for line, value in found if value in names})
 
 
 def test_tag_and_trial_attribute_names_are_written_only_in_the_vocabulary():
@@ -206,12 +211,16 @@ def test_tag_and_trial_attribute_names_are_written_only_in_the_vocabulary():
 
 
 def test_the_vocabulary_check_finds_a_literal_tag(tmp_path):
-    planted = tmp_path / "planted.py"
-    planted.write_text("def f(run, client, df, trial):\n    client.set_tag(run, 'sweep_id', 'x')\n"
-                       "    return df['tags.method'], run.data.tags.get('optuna.trial_number'), trial.user_attrs['retry_of'], "
-                       "'retry_of' in trial.user_attrs, {'optuna.state': 'FAIL'}\n")
-    planted = planted.rename(ROOT / "tests" / f"_planted_{tmp_path.name}.py")
+    planted = ROOT / "tests" / f"_planted_{tmp_path.name}.py"
+    planted.write_text("def f(run, client, df, trial, run_tags):\n"
+                       "    client.set_tag(run, 'sweep_id', 'x')\n"
+                       "    a, b = df['tags.method'], run.data.tags.get('optuna.trial_number')\n"
+                       "    c = trial.user_attrs['retry_of']\n"
+                       "    d = 'retry_of' in trial.user_attrs\n"
+                       "    run_tags |= {'seed': '0'}\n"
+                       "    return {'optuna.state': 'FAIL'}, a, b, c, d\n")
     try:
-        assert len(literal_store_names(planted, store_names())) == 6
+        assert [hit.split(": ")[1] for hit in literal_store_names(planted, store_names())] == [
+            "'sweep_id'", "'method'", "'optuna.trial_number'", "'retry_of'", "'retry_of'", "'seed'", "'optuna.state'"]
     finally:
         planted.unlink()

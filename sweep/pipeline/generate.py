@@ -28,7 +28,7 @@ from sweep.self_instruct.card import data_card, round_metrics, similarity_plot, 
 from sweep.self_instruct.rounds import generate_round
 from sweep.self_instruct.sampling import ModelSampler
 from sweep.self_instruct.state import ROUNDS_FILE, State, check_folder, load_seed_tasks, settings_of, write_synced
-from sweep.vocabulary import ERROR, GENERATED_DIR, GENERATED_SHA_TAG
+from sweep.vocabulary import ERROR, GENERATED_DIR, GENERATED_SHA_TAG, METHOD, MODEL, SEED
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed)
     g = cfg.generation
     sampler = ModelSampler(model, tokenizer, g.temperature, g.top_p, g.batch_size)
-    tags = {"model": cfg.model.name, "seed": str(cfg.seed), "method": "self_instruct_generation",
+    tags = {MODEL: cfg.model.name, SEED: str(cfg.seed), METHOD: "self_instruct_generation",
             "generation_dir": str(state.folder)} | processes.owner_tags()
     resumed = state.run_id if state.run_id and _exists(state.run_id) else None
     with lifecycle.mlflow_run(experiment_id, f"self-instruct-{cfg.model.name}-seed{cfg.seed}", tags,

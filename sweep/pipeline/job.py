@@ -50,7 +50,7 @@ from sweep.tracking.outage import TrackingUnavailable
 from sweep.training.methods import check_target_modules, count_parameters
 from sweep.training.models import base_model_identity, memory_footprint_mb
 from sweep.training.sft import model_flops_utilization, train, training_flops
-from sweep.vocabulary import BASE_MODEL_PATH
+from sweep.vocabulary import BASE_MODEL, BASE_MODEL_PATH, CACHED, METHOD, MODEL, SEED, STAGE, TASKS
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +142,11 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
     trial = trials.attach(cfg)
     name = run_name(cfg)
     start_memory = {"rss_at_start_mb": rss_at_start} if rss_at_start is not None else {}
-    described = {"method": cfg.method.name, "stage": cfg.stage.name, "model": cfg.model.name,
-                 "tasks": ",".join(cfg.eval.tasks), "seed": str(cfg.seed),
-                 vocabulary.MACHINE: machine.describe()}  # (what its costs were measured on)
-    tags = lifecycle.start_tags(described, sweep, cfg.tracking.get("tags"), trial.tags() if trial else {}) | {
-        "base_model": job.base_model} | job.lineage.tags()
+    run_tags = {METHOD: cfg.method.name, STAGE: cfg.stage.name, MODEL: cfg.model.name,
+                TASKS: ",".join(cfg.eval.tasks), SEED: str(cfg.seed),
+                vocabulary.MACHINE: machine.describe()}  # (what its costs were measured on)
+    tags = lifecycle.start_tags(run_tags, sweep, cfg.tracking.get("tags"), trial.tags() if trial else {}) | {
+        BASE_MODEL: job.base_model} | job.lineage.tags()
     files = task_files(job.project.tasks)
     if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed, lm-eval (and judge)
         key = baseline_cache.cache_key(baseline_settings(cfg), job.project.manager, files, job.lineage.judge)
@@ -154,7 +154,7 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
         if found is not None:
             return reuse_baseline(cfg, job, experiment_id, name, tags | {vocabulary.BASELINE_KEY_TAG: key}, *found,
                                   start_memory)
-        tags |= {vocabulary.BASELINE_KEY_TAG: key, "cached": "false"}
+        tags |= {vocabulary.BASELINE_KEY_TAG: key, CACHED: "false"}
     built = build(cfg, job.project, job.generated, job.lineage, job.slices)
     trainable, total = count_parameters(built.model)
 

@@ -36,7 +36,7 @@ from sweep.tracking import reuse
 from sweep.tracking.checks import REGISTRY_ALIAS
 from sweep.tracking.reuse import KEY_FORMAT
 from sweep.tracking.untrusted import printable
-from sweep.vocabulary import BASE_MODEL, TASKS, VERDICT_TAG_PREFIX
+from sweep.vocabulary import BASE_MODEL, BASE_MODEL_PATH, TASKS, VERDICT_TAG_PREFIX
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"  # the alias a promoted version gets unless told otherwise
@@ -132,7 +132,7 @@ def promote(run_id: str, alias: str = CHAMPION, uri: str | None = None):
                                        task="text-generation", pip_requirements=requirements,
                                        base_model_path=base_path if Path(base_path).is_dir() else None)
         client.log_artifacts(run_id, f"{tmp}/model", MODEL_DIR)
-    tags = version_tags(run) | {"base_model_path": base_path, "base_model_sha256": weights_digest(base_path)}
+    tags = version_tags(run) | {BASE_MODEL_PATH: base_path, "base_model_sha256": weights_digest(base_path)}
     version = mlflow.register_model(f"runs:/{run_id}/{MODEL_DIR}", name, tags=tags)
     client.update_model_version(name, version.version, description=verdict_line(run))
     client.set_registered_model_alias(name, alias, version.version)

@@ -69,8 +69,7 @@ def _exists(pid: int) -> bool:
 
 def owner_tags() -> dict[str, str]:
     """Tags naming this process as the owner of a run."""
-    return {"host": host(), "pid_namespace": namespace(), "pid": str(os.getpid()),
-            "pid_start": start_time(os.getpid()) or ""}
+    return {HOST: host(), PID_NAMESPACE: namespace(), PID: str(os.getpid()), PID_START: start_time(os.getpid()) or ""}
 
 
 def owner_gone(tags: dict[str, str]) -> bool:

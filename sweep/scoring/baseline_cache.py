@@ -16,6 +16,7 @@ elsewhere, and deleting the source run ends the reuse. `eval.cache=false` always
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
@@ -29,7 +30,6 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig
 
-from sweep import vocabulary
 from sweep.runtime.files import module_digest, sha256
 from sweep.scoring.evaluate import Prompting
 from sweep.scoring.results import QUERY_SECONDS, QUERY_TOKENS
@@ -38,11 +38,16 @@ from sweep.tracking.untrusted import equals
 from sweep.vocabulary import (
     BASELINE_KEY_TAG,
     BASELINE_PANEL,
+    BASELINE_TAG_PREFIX,
     BASELINE_VARIANT,
     CACHED,
+    CACHED_FROM,
     DEV_JUDGED_REPLIES,
     JUDGED_REPLIES,
+    NOTE,
     RESULTS,
+    RESULTS_HASH_TAG,
+    RUN_NAME,
     SCORES,
     SCORES_HASH_TAG,
     tag_field,
@@ -165,7 +170,7 @@ def find_source(key: str):
     """(run, scores): the latest finished, freshly scored run with this key, in any experiment of
     the store, whose results and scores files still hash to what the run recorded; None if none."""
     for run in reuse.finished_runs(BASELINE_KEY_TAG, key, conditions=equals(tag_field(CACHED), "false")):
-        with reuse.verified_download(run, RESULTS, vocabulary.RESULTS_HASH_TAG) as results, \
+        with reuse.verified_download(run, RESULTS, RESULTS_HASH_TAG) as results, \
                 reuse.verified_download(run, SCORES, SCORES_HASH_TAG) as scores:
             found = read_scores(scores) if results is not None and scores is not None else None
             if found is not None:
@@ -177,23 +182,41 @@ def find_source(key: str):
 
 def log_reused(source, scores: dict) -> dict[str, float]:
     """Log the verified scores (each draw's too), and the source run's predictions, development
-    panel and chosen variant, into the active run; return the scores."""
+    panel and chosen variant, into the active run; return the scores. The files with a hash tag
+    (results, scores) are copied only as they hash to it (tracking/reuse.py), and fail the reuse
+    otherwise; the panel and the judged replies have none: they decide nothing, and every reader
+    takes them as store text (analysis/panel.py keeps a panel row only as far as its fields' types)."""
     metrics = scores["metrics"]
     records.log_metrics({k: v for k, v in metrics.items() if not k.startswith("draw/")})
     for key, points in scores["draws"].items():
         for step, value in points:
             records.log_metrics({key: value}, step=step)
     client, run_id = mlflow.MlflowClient(), source.info.run_id
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in [a.path for a in client.list_artifacts(run_id) if a.path in REUSED_ARTIFACTS]:
-            path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name, dst_path=tmp)
-            records.stored(f"logging {name}", lambda path=path: mlflow.log_artifact(path))
+    for name in [a.path for a in client.list_artifacts(run_id) if a.path in REUSED_ARTIFACTS]:
+        with copied(source, name) as path:
+            records.stored(f"logging {name}", lambda path=path: mlflow.log_artifact(str(path)))
     experiment = source.info.experiment_id
-    chosen = {k: v for k, v in source.data.tags.items() if k.startswith("baseline.") or
-              (k == "mlflow.runName" and BASELINE_VARIANT in source.data.tags)}
+    chosen = {k: v for k, v in source.data.tags.items() if k.startswith(BASELINE_TAG_PREFIX) or
+              (k == RUN_NAME and BASELINE_VARIANT in source.data.tags)}
     records.set_tags(chosen | {
-        "cached": "true", "cached_from": run_id,
-        "mlflow.note.content": f"Scores reused from run [{run_id}]"
-                               f"(#/experiments/{experiment}/runs/{run_id}) (baseline cache).",
+        CACHED: "true", CACHED_FROM: run_id,
+        NOTE: f"Scores reused from run [{run_id}](#/experiments/{experiment}/runs/{run_id}) (baseline cache).",
     })
     return metrics
+
+
+HASHED = {RESULTS: RESULTS_HASH_TAG, SCORES: SCORES_HASH_TAG}  # the reused files a hash tag covers
+
+
+@contextlib.contextmanager
+def copied(source, name: str):
+    """The source run's artifact `name` in a temporary folder: verified against its hash tag where it
+    has one (a changed file ends the reuse: ValueError), as it is otherwise."""
+    if name in HASHED:
+        with reuse.verified_download(source, name, HASHED[name]) as path:
+            if path is None:
+                raise ValueError(f"{name} of run {source.info.run_id} no longer hashes to its {HASHED[name]}")
+            yield path
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        yield Path(mlflow.artifacts.download_artifacts(run_id=source.info.run_id, artifact_path=name, dst_path=tmp))

@@ -22,7 +22,7 @@ from sweep.tracking import outage
 from sweep.tracking.outage import OUTAGE_SECONDS, sending_curves
 from sweep.tracking.records import redacted
 from sweep.tracking.system_metrics import system_metrics
-from sweep.vocabulary import TRIAL_NUMBER, TRIAL_STATE
+from sweep.vocabulary import GIT_COMMIT, GIT_DIRTY, SWEEP_ID, TRIAL_NUMBER, TRIAL_STATE, WORLD_SIZE
 
 log = logging.getLogger(__name__)
 CLOSE_SECONDS = 60.0  # how long ending a run waits for a store that does not answer
@@ -117,9 +117,9 @@ def start_tags(described: dict[str, str], sweep_id: str, user_tags: dict, trial_
     commit, dirty = git_state()
     extra = {str(k): str(v) for k, v in (user_tags or {}).items()}
     return extra | trial_tags | described | {
-        "sweep_id": sweep_id,
-        "world_size": str(world_size()),  # training processes (DDP/FSDP/DeepSpeed); 1 without a launcher
-        "git_commit": commit,
-        "git_dirty": str(dirty).lower(),
+        SWEEP_ID: sweep_id,
+        WORLD_SIZE: str(world_size()),  # training processes (DDP/FSDP/DeepSpeed); 1 without a launcher
+        GIT_COMMIT: commit,
+        GIT_DIRTY: str(dirty).lower(),
         "mlflow.source.git.commit": commit,
     } | processes.owner_tags()
