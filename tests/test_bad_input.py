@@ -254,9 +254,10 @@ def test_there_are_at_least_a_hundred_and_fifty_cases():
 
 
 # Cases that `python sweep.py`'s first step (its command-line check) refuses are checked by calling
-# that step here; every E2E_EVERY-th of them, and every case refused later (by the job, the sweeper,
-# another command), also as the real command in a new process.
-E2E_EVERY = 6
+# that step here; every E2E_EVERY-th of them (a sample spread over the table: the step's exit path is
+# one), and every case refused later (by the job, the sweeper, another command), also as the real
+# command in a new process.
+E2E_EVERY = 12
 
 
 def refused_by_the_command_line_check(argv: list[str], monkeypatch, capsys) -> str | None:
