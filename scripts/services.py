@@ -19,9 +19,9 @@ never on a command line (`ps` shows command lines to everyone). The role's passw
 The tracking server is MLflow's own basic-auth app (`mlflow server --app-name basic-auth`): every
 request but /health needs the user and password that `<root>/env` exports as
 MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (MLflow's client reads them); anonymous users get
-no permission. Its settings file (`<root>/basic_auth.ini`, 0600, its user store in the `mlflow_auth`
-database) and the admin password and the CSRF key reach the server through files and its
-environment, never its command line.
+no permission. Its settings file (`<root>/basic_auth.ini`, 0600; its user store `<root>/basic_auth.db`,
+a SQLite file, so that the cluster being away gives retried server errors, not 401s) and the admin
+password and the CSRF key reach the server through files and its environment, never its command line.
 
 Why a script of our own: PostgreSQL and `mlflow server` are the ecosystem's servers, run as
 their docs say; what is ours is only the few steps that tie them together (a role, two
@@ -52,7 +52,7 @@ PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 ROLE = "sftsweep"
-DATABASES = ("mlflow", "optuna", "mlflow_auth")
+DATABASES = ("mlflow", "optuna")
 MLFLOW_USER = ROLE  # the basic-auth admin the clients log in as
 log = logging.getLogger("services")
 
@@ -147,9 +147,16 @@ def start_mlflow(root: Path, pg_port: int, port: int, timeout: float = 180) -> N
         return
     mlflow = Path(sys.executable).parent / "mlflow"
     auth = root / "basic_auth.ini"
+    # The user store is a SQLite file of the owner's, not the PostgreSQL cluster: a request that
+    # finds the cluster away must get the server error MLflow's client retries, never a 401 (the
+    # auth app answers 401 when it cannot read its users). Checked passwords are cached for a
+    # minute (MLflow's PBKDF2 check per request is costly), the staleness only of a changed password.
+    users = root / "basic_auth.db"
+    if not users.exists():
+        write_private(users, "")  # (an empty file is an empty SQLite database; it keeps its 0600 mode)
     write_private(auth, "[mlflow]\ndefault_permission = NO_PERMISSIONS\n"
-                        f"database_uri = {storage_url(root, pg_port, 'mlflow_auth')}\n"
-                        f"admin_username = {MLFLOW_USER}\n")
+                        f"database_uri = sqlite:///{users.resolve()}\n"
+                        f"admin_username = {MLFLOW_USER}\nauth_cache_ttl_seconds = 60\n")
     env = os.environ | {"MLFLOW_BACKEND_STORE_URI": storage_url(root, pg_port, "mlflow"),  # (none on the command line)
                         "MLFLOW_AUTH_CONFIG_PATH": str(auth.resolve()),
                         "MLFLOW_AUTH_ADMIN_PASSWORD": password_of(root, "mlflow-password"),
@@ -159,7 +166,8 @@ def start_mlflow(root: Path, pg_port: int, port: int, timeout: float = 180) -> N
     cmd = [str(mlflow), "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(port), "--workers", "2",
            "--artifacts-destination", str((root / "mlartifacts").resolve())]
     with open(logfile, "ab") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                preexec_fn=lambda: os.umask(0o077))  # (its artifacts and database: the owner's)
     pidfile.write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from scripts import services
+from tests.conftest import signed_in
 
 
 def test_a_server_whose_group_ends_just_before_the_sigkill_is_stopped_without_an_error(tmp_path, monkeypatch):
@@ -84,8 +85,17 @@ def test_only_the_owner_reaches_the_servers_and_no_password_is_on_a_command_line
                    services.password_of(root, "mlflow-password"), services.password_of(root, "mlflow-secret-key")]
         assert seen and not any(secret in arg for cmd in [*seen, [shown]] for arg in cmd for secret in secrets)
         for path in (root / "env", root / "password", root / "pg" / "superuser-password", root / "mlflow-password",
-                     root / "mlflow-secret-key", root / "basic_auth.ini"):
+                     root / "mlflow-secret-key", root / "basic_auth.ini", root / "basic_auth.db"):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        with signed_in(env):  # an artifact through the server: what it writes is the owner's only
+            import mlflow
+
+            mlflow.set_tracking_uri(base)
+            with mlflow.start_run(experiment_id=mlflow.create_experiment("owner-only")):
+                mlflow.log_text("adapter", "adapter/adapter_config.json")
+            mlflow.set_tracking_uri("")
+        stored = [p for p in (root / "mlartifacts").rglob("*")]
+        assert stored and all(not stat.S_IMODE(p.stat().st_mode) & 0o077 for p in stored), stored
         assert stat.S_IMODE((root / "pg" / "run").stat().st_mode) == 0o700
 
 
