@@ -4,6 +4,7 @@ they cost memory, change a model, end a filter's string or reach a terminal."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from types import SimpleNamespace
@@ -115,3 +116,28 @@ def test_a_pickle_stored_under_the_safetensors_name_is_refused_before_loading_an
     [found] = integrity.adapter_violations(None, run, tmp_path / "download")
     assert found.run_or_trial == f"run {'1' * 32}" and "is not a safetensors file" in found.problem
     assert not (tmp_path / "download").exists()
+
+
+@pytest.mark.parametrize("edit, needle", [("eval: 3", "eval=3"), ("lora: [1, 2]", "lora=[1, 2]"),
+                                          ("seed: {a: 1}", "seed={'a': 1}")])
+def test_a_stored_config_of_the_wrong_shape_is_refused_in_one_line(monkeypatch, edit, needle):
+    """A stored config with a scalar where a group of keys belongs (or a group where a value does)
+    is refused before anything is built (before: OmegaConf took `eval: 3`, and the job failed on
+    `cfg.eval.tasks` with a traceback)."""
+    from omegaconf import OmegaConf
+
+    from sweep.config import compose_config
+    from sweep.pipeline import reproduce
+
+    text = OmegaConf.to_yaml(compose_config([]), resolve=True)  # (as a run records it)
+    key = edit.split(":")[0]
+    lines = text.splitlines()
+    start = lines.index(f"{key}:") if f"{key}:" in lines else next(i for i, line in enumerate(lines)
+                                                                     if line.startswith(f"{key}:"))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i].startswith(" ")), len(lines))
+    crafted = "\n".join([*lines[:start], edit, *lines[end:]])
+    monkeypatch.setattr(reproduce.mlflow.artifacts, "load_text", lambda uri: crafted)
+    with pytest.raises(ConfigError, match=f"the run's config has {re.escape(needle)}, where today's config"):
+        reproduce.recorded_config("0" * 32)
+    monkeypatch.setattr(reproduce.mlflow.artifacts, "load_text", lambda uri: text)
+    reproduce.recorded_config("0" * 32)  # what a run records is taken

@@ -229,6 +229,9 @@ def recorded_config(run_id: str, allow=(), log=print) -> tuple[DictConfig, str]:
                           f"not from a store; pass --allow KEY for each to use the stored value")
     for key, value in values.items():
         if (under(key, TAKEN) and not under(key, NOT_TAKEN) and not location(key, value)) or key in differing:
+            if isinstance(OmegaConf.select(cfg, key), DictConfig) != isinstance(value, dict):
+                raise ConfigError(f"the run's config has {printable(key)}={printable(repr(value))[:80]}, where today's "
+                                  "config has a group of keys (or the other way round); refused")
             try:
                 OmegaConf.update(cfg, key, value, merge=False)
             except OmegaConfBaseException as e:
