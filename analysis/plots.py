@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from sweep.training.checks import STRONGEST  # noqa: E402
+
 # Labels carry store text (run names, studies, variants): drawn as written, never parsed as mathtext
 # ("$\\frac{" in a run name stopped the whole report).
 STYLE = {"text.parse_math": False}
@@ -23,7 +25,7 @@ def drawn(plot):
             return plot(*args, **kwargs)
     return inside_style
 
-BASELINE_STYLES = {"strongest_baseline": "-", "zero_shot": ":"}  # drawn as lines; every variant forms the band
+BASELINE_STYLES = {STRONGEST: "-", "zero_shot": ":"}  # drawn as lines; every variant forms the band
 
 
 def _png(fig) -> bytes:

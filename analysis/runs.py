@@ -11,10 +11,9 @@ import pandas as pd
 
 from sweep.runtime.secrets import redact
 from sweep.tracking.untrusted import Unquotable, equals
+from sweep.training.checks import BASELINES, STRONGEST  # noqa: F401  (analysis/ reads them here)
 from sweep.vocabulary import INFEASIBLE_TAG, METHOD, MODEL, STUDY_METHOD, SWEEP_ID, TASKS, tag_column
 
-BASELINES = ("zero_shot", "few_shot", "strongest_baseline")
-STRONGEST = "strongest_baseline"
 DEFAULT_TEMPLATE = "default"  # (runs recorded before templates existed used it)
 def search_runs(experiment: str, filter_string: str = "") -> pd.DataFrame:
     """The experiment's runs, oldest first; LookupError (saying what the store holds) when it has

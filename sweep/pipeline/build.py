@@ -37,6 +37,7 @@ from sweep.rlhf.preference import (
 from sweep.rlhf.stages import STAGES
 from sweep.scoring.evaluate import Prompting, make_lm
 from sweep.scoring.registry import check_templates, load_tasks, set_generation, task_manager, uses_chat_template
+from sweep.training.checks import METHODS
 from sweep.training.methods import apply_method
 from sweep.training.models import load_model_and_tokenizer
 
@@ -169,7 +170,7 @@ def dev_pairs_of(task, indices: list[int], stage: str) -> list[dict]:
 def check_inputs(cfg: DictConfig, tasks: dict) -> None:
     """What the loaded tasks can refuse of the config (before a store exists): a few-shot count larger
     than a task's pool, prompting a task cannot take, a training split the task does not have."""
-    if cfg.method.name != "strongest_baseline":  # (whose search checks each variant it tries)
+    if not METHODS[cfg.method.name].searches_prompts:  # (a search checks each variant it tries)
         prompting_of(cfg).check({name: tasks[name] for name in cfg.eval.tasks})
     if cfg.method.trains and STAGES[cfg.stage.name].data == "examples":
         check_split(tasks[cfg.data.task], cfg.data.train_split)

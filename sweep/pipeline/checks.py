@@ -20,6 +20,7 @@ from sweep.scoring.baselines import validate_baseline_search
 from sweep.scoring.checks import validate_eval
 from sweep.tracking.checks import validate_tracking
 from sweep.training.checks import (
+    METHODS,
     PROMPT_LEARNING,
     validate_lora,
     validate_method,
@@ -66,7 +67,7 @@ def validate(cfg: DictConfig) -> None:
     validate_eval(cfg.eval, m.trains)
     tasks = list(cfg.eval.tasks) if OmegaConf.is_list(cfg.eval.tasks) else []
     require(len(set(map(str, tasks))) == len(tasks), "eval.tasks", tasks, "names a task twice: name each once")
-    if m.name == "strongest_baseline":
+    if METHODS[m.name].searches_prompts:
         validate_baseline_search(m.search)
         require(cfg.data.dev_size > 0, "data.dev_size", cfg.data.dev_size,
                 "method=strongest_baseline chooses on the development slice: set data.dev_size > 0, e.g. 200")

@@ -47,6 +47,7 @@ from sweep.study import trials
 from sweep.study.search import prunes
 from sweep.tracking import lifecycle, records, store
 from sweep.tracking.outage import TrackingUnavailable
+from sweep.training.checks import METHODS
 from sweep.training.methods import check_target_modules, count_parameters
 from sweep.training.models import base_model_identity, memory_footprint_mb
 from sweep.training.sft import model_flops_utilization, train, training_flops
@@ -116,7 +117,7 @@ def prepare(cfg: DictConfig, sweep: str) -> Prepared:
     project = load_project_tasks(cfg)  # unknown tasks or templates, bad data files
     generated = generated_data(cfg)   # generated data that cannot be found
     slices = splits.dev_slices(project.tasks, cfg.data.dev_size)  # a development slice a split cannot give
-    if cfg.method.name == "strongest_baseline":
+    if METHODS[cfg.method.name].searches_prompts:
         baselines.check_search(cfg.method.search, project.manager, cfg.eval.tasks)
     check_inputs(cfg, project.tasks)  # (a few-shot count, a training split)
     if cfg.method.trains and stage.data != "examples":  # (preference pairs, or prompts, to train on)

@@ -31,6 +31,7 @@ from sweep.scoring.evaluate import Prompting, draw_demonstrations, score
 from sweep.scoring.results import LEAKAGE_PREFIX, is_task_metric, prefixed
 from sweep.study import trials
 from sweep.tracking import records
+from sweep.training.checks import METHODS
 from sweep.vocabulary import REWARD_SCORES
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ def score_pass(cfg: DictConfig, built, tasks: dict, prompting: Prompting, limit:
 
 def score_lm(cfg: DictConfig, built, reference_key: str | None):
     """(development and test metrics, the test pass's scores) of a policy or a baseline."""
-    if cfg.method.name == "strongest_baseline":
+    if METHODS[cfg.method.name].searches_prompts:
         search = baselines.Search(cfg.method.search, lambda k: prompting_of(cfg, k), cfg.data.dev_size,
                                   cfg.eval.limit, cfg.eval.log_samples, demonstration_source(cfg))
         choice = baselines.strongest(search, built.lm, lambda template: eval_tasks(cfg, template))

@@ -6,6 +6,7 @@ import ast
 import importlib
 import importlib.util
 import inspect
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
@@ -19,7 +20,21 @@ TARGET_MODULE_PRESETS: dict[str, list[str] | None] = {
     "mlp": ["gate_proj", "up_proj", "down_proj"],
     "all-linear": None,  # every linear layer but the output head, whatever the names
 }
-METHODS = ("lora", "qlora", "full", "prompt_tuning", "prefix_tuning", "zero_shot", "few_shot", "strongest_baseline")
+
+
+@dataclass(frozen=True)
+class MethodKind:
+    """What a method does, as every step that dispatches on it asks (like rlhf/stages.py's STAGES)."""
+    trains: bool            # trains weights (an adapter, virtual tokens or the model); else a baseline
+    searches_prompts: bool  # races prompting variants on the development slice and reports its choice
+
+
+METHODS: dict[str, MethodKind] = {
+    **dict.fromkeys(("lora", "qlora", "full", "prompt_tuning", "prefix_tuning"), MethodKind(True, False)),
+    "zero_shot": MethodKind(False, False), "few_shot": MethodKind(False, False),
+    "strongest_baseline": MethodKind(False, True)}
+BASELINES = tuple(name for name, kind in METHODS.items() if not kind.trains)  # the prompting arm
+STRONGEST = next(name for name, kind in METHODS.items() if kind.searches_prompts)  # the arm's chosen variant
 PROMPT_LEARNING = ("prompt_tuning", "prefix_tuning")  # peft types that learn virtual tokens
 PEFT_TYPES = ("lora", *PROMPT_LEARNING)
 # lora.init -> peft's init_lora_weights
