@@ -22,9 +22,10 @@ from omegaconf import open_dict
 import sweep  # noqa: F401  (resolvers)
 from analysis.runs import latest_sweep_id, sweep_runs
 from analysis.summary import best_by_dev, confirmations, main_metrics, summary_text
-from sweep.config import ConfigError, default_tracking_uri
+from sweep.config import ConfigError
 from sweep.pipeline.checks import validate
 from sweep.pipeline.reproduce import recorded_config
+from sweep.runtime.cli import add_tracking_uri, refuse
 from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import guard_output
 from sweep.tracking.store import require_store
@@ -69,22 +70,19 @@ def main(argv=None) -> int:
     p.add_argument("--experiment", required=True)
     p.add_argument("--sweep-id", help="default: the experiment's latest sweep")
     p.add_argument("--seeds", type=int, default=2, help="fresh seeds beside the chosen run's own (default 2)")
-    p.add_argument("--tracking-uri", default=default_tracking_uri(),
-                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    add_tracking_uri(p)
     a = p.parse_args(argv)
     guard_output()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     if not 1 <= a.seeds <= 100:
-        print(f"error: --seeds {a.seeds}: give 1 to 100 fresh seeds", file=sys.stderr)
-        return 2
+        return refuse(f"--seeds {a.seeds}: give 1 to 100 fresh seeds")
     try:
         require_store(a.tracking_uri)
         mlflow.set_tracking_uri(a.tracking_uri)
         return confirm(a.experiment, a.sweep_id or latest_sweep_id(a.experiment), a.seeds)
     except (ConfigError, LookupError, Unquotable, mlflow.exceptions.MlflowException) as e:
-        print(f"error: {printable(first_line(e))}", file=sys.stderr)
-        return 2
+        return refuse(first_line(e))
 
 
 if __name__ == "__main__":

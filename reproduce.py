@@ -13,12 +13,12 @@ import sys
 import mlflow
 
 import sweep  # noqa: F401  (resolvers)
-from sweep.config import ConfigError, default_tracking_uri
+from sweep.config import ConfigError
 from sweep.pipeline.reproduce import check_allowed, find_trial_run, reproduce
+from sweep.runtime.cli import add_tracking_uri, refuse
 from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import guard_output
 from sweep.tracking.store import require_store
-from sweep.tracking.untrusted import printable
 
 
 def main(argv=None) -> int:
@@ -29,8 +29,7 @@ def main(argv=None) -> int:
     p.add_argument("--rtol", type=float, help="relative tolerance (default: 0 on the CPU, 1e-3 on a GPU)")
     p.add_argument("--allow", action="append", default=[], metavar="KEY",
                    help="take this stored key (e.g. model.name_or_path) from the run instead of this checkout")
-    p.add_argument("--tracking-uri", default=default_tracking_uri(),
-                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    add_tracking_uri(p)
     a = p.parse_args(argv)
     guard_output()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # stderr carries the one-line errors
@@ -48,8 +47,7 @@ def main(argv=None) -> int:
             run_id = find_trial_run(study, int(trial) if trial else None)
         return reproduce(run_id, a.strict, a.rtol, a.allow)
     except (ConfigError, mlflow.exceptions.MlflowException) as e:
-        print(f"error: {printable(first_line(e))}", file=sys.stderr)
-        return 2
+        return refuse(first_line(e))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from analysis.summary import (
 from analysis.verdict import percent
 from sweep.config import RUN_ID
 from sweep.data.splits import DEV_PREFIX
+from sweep.runtime.cli import add_tracking_uri, refuse
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring.results import is_task_metric
 from sweep.tracking.untrusted import printable, stored_list
@@ -327,7 +327,7 @@ def build_report(experiment: str, sweep_id: str | None) -> tuple[Report, pd.Data
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweep.config import PROJECT_ROOT, ConfigError, default_tracking_uri
+    from sweep.config import PROJECT_ROOT, ConfigError
     from sweep.runtime.files import check_writable
     from sweep.tracking.store import require_store
 
@@ -336,8 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--experiment", required=True, help="MLflow experiment name (e.g. quickstart)")
     p.add_argument("--sweep-id", help="only this sweep's runs (plus the experiment's baselines)")
     p.add_argument("--out", help="output folder (default: reports/<experiment>)")
-    p.add_argument("--tracking-uri", default=default_tracking_uri(),
-                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    add_tracking_uri(p)
     a = p.parse_args(argv)
     # (the default folder is named after the experiment: a name is not a path)
     out = Path(a.out) if a.out else PROJECT_ROOT / "reports" / re.sub(r"[^A-Za-z0-9._-]|^\.+", "_", a.experiment)
@@ -349,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.set_tracking_uri(a.tracking_uri)
         rep, csv = build_report(a.experiment, a.sweep_id)
     except (ReportError, ConfigError) as e:
-        print(f"error: {printable(redact(str(e)))}", file=sys.stderr)
-        return 2
+        return refuse(e)
     files = write(rep, csv, out)
     print(f"[report] {len(rep.tables)} tables, {len(rep.figures)} figures: {', '.join(map(str, files))}")
     return 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import dataclass, field
 
 import mlflow
@@ -32,6 +31,7 @@ from analysis.runs import (
 )
 from analysis.stats import examples_available, samples
 from sweep.data.splits import DEV_PREFIX
+from sweep.runtime.cli import add_tracking_uri, refuse
 from sweep.runtime.secrets import guard_output, redact
 from sweep.tracking.checks import is_server
 from sweep.tracking.store import runs_page
@@ -357,14 +357,12 @@ def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None, recor
 
 
 def main(argv=None) -> None:
-    from sweep.config import default_tracking_uri
 
     guard_output()
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--experiment", required=True)
     p.add_argument("--sweep-id", help="default: the experiment's latest sweep")
-    p.add_argument("--tracking-uri", default=default_tracking_uri(),
-                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    add_tracking_uri(p)
     p.add_argument("--record", action="store_true", help="also record the verdicts as the adapter runs' tags")
     p.add_argument("--peek", action="store_true",
                    help="also show the best baseline variant on the test examples (if the search's oracle scored them)")
@@ -372,8 +370,7 @@ def main(argv=None) -> None:
     try:
         print(summary_text(a.tracking_uri, a.experiment, a.sweep_id, a.record, a.peek))
     except (LookupError, Unquotable) as e:
-        print(f"error: {printable(redact(str(e)))}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(refuse(e)) from None
 
 
 if __name__ == "__main__":

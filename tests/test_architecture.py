@@ -224,3 +224,13 @@ def test_the_vocabulary_check_finds_a_literal_tag(tmp_path):
             "'sweep_id'", "'method'", "'optuna.trial_number'", "'retry_of'", "'retry_of'", "'seed'", "'optuna.state'"]
     finally:
         planted.unlink()
+
+
+def test_the_one_line_refusal_and_the_store_argument_are_written_once():
+    """Every program refuses through runtime/cli.refuse and takes its store through add_tracking_uri
+    (before: `--tracking-uri` six times, `print("error: ...")` fourteen with four degrees of sanitising)."""
+    files = [p for m, p in modules().items() if m.split(".")[0] in ("sweep", "analysis") and m != "sweep.runtime.cli"]
+    files += [ROOT / f for f in ("sweep.py", "reproduce.py", "confirm.py", "generate_instructions.py")]
+    written = [f"{p.relative_to(ROOT)}: {what}" for p in files for what in ('"error: ', "f\"error: ", '"--tracking-uri"')
+               if what in p.read_text()]
+    assert not written, written

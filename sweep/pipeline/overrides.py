@@ -14,10 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import PROJECT_ROOT, ConfigError, close_matches
 from sweep.pipeline.checks import validate
+from sweep.runtime.cli import refuse
 from sweep.runtime.retry import first_line
-from sweep.runtime.secrets import redact
 from sweep.tracking.checks import probe_server
-from sweep.tracking.untrusted import printable
 
 CONF = PROJECT_ROOT / "conf"
 ADDABLE = ("tracking.tags.",)  # keys a user may add with +: the run's own tags
@@ -193,5 +192,4 @@ def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=va
                 cfg = compose(config_name=config_name, overrides=jobs[0])
                 probe_server(str(OmegaConf.select(cfg, "tracking.uri", default="")))
     except ConfigError as e:
-        print(f"error: {printable(redact(str(e)))}", file=sys.stderr)  # (control characters shown, not obeyed)
-        sys.exit(2)
+        sys.exit(refuse(e))

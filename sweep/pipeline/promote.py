@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import re
-import sys
 import tempfile
 from pathlib import Path
 
@@ -31,7 +30,8 @@ import mlflow
 
 from sweep.config import ConfigError, default_tracking_uri
 from sweep.pipeline.reproduce import recorded_config
-from sweep.runtime.secrets import guard_output, redact
+from sweep.runtime.cli import add_tracking_uri, refuse
+from sweep.runtime.secrets import guard_output
 from sweep.tracking import reuse
 from sweep.tracking.checks import REGISTRY_ALIAS
 from sweep.tracking.reuse import KEY_FORMAT
@@ -147,14 +147,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("run_id")
     p.add_argument("--alias", default=CHAMPION)
-    p.add_argument("--tracking-uri", default=default_tracking_uri(),
-                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    add_tracking_uri(p)
     a = p.parse_args(argv)
     try:
         promote(a.run_id, a.alias, a.tracking_uri)
     except ConfigError as e:
-        print(f"error: {printable(redact(str(e)))}", file=sys.stderr)
-        return 2
+        return refuse(e)
     return 0
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 
 import mlflow
 
-from sweep.config import RUN_ID, ConfigError, compose_config, default_tracking_uri
+from sweep.config import RUN_ID, ConfigError, compose_config
+from sweep.runtime.cli import add_tracking_uri, refuse
 from sweep.runtime.retry import first_line
-from sweep.runtime.secrets import guard_output, redact
+from sweep.runtime.secrets import guard_output
 from sweep.study.storage import JOURNAL, STORAGE_ENV, storage_url
 from sweep.tracking.records import AdapterNotStored, pending_folder, upload_adapter
 from sweep.tracking.reuse import client, run_by_id
@@ -138,8 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="python -m sweep.pipeline.upload", description=__doc__.split("\n\n")[0])
     p.add_argument("run_id")
-    p.add_argument("--tracking-uri", default=default_tracking_uri(),
-                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    add_tracking_uri(p)
     p.add_argument("--pending", help="where the job kept the adapter (its paths.pending; default: this checkout's)")
     p.add_argument("--storage", help=f"a trial's study storage (default: ${STORAGE_ENV}, else the sweeper's journal)")
     a = p.parse_args(argv)
@@ -149,12 +149,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = upload(a.run_id, a.tracking_uri, pending, storage or None)
     except ConfigError as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
-        return 2
+        return refuse(e)
     except (OSError, mlflow.exceptions.MlflowException) as e:
-        print(f"error: the upload failed again ({first_line(e)}); the adapter stays in "
-              f"{pending_folder(pending, a.run_id)}", file=sys.stderr)
-        return 1
+        return refuse(f"the upload failed again ({first_line(e)}); the adapter stays in "
+                      f"{pending_folder(pending, a.run_id)}", code=1)
     log.info("uploaded the adapter of run %s from %s", a.run_id, folder)
     return 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sweep.config import ConfigError
-from sweep.runtime.secrets import redact
+from sweep.runtime.cli import refuse
 
 
 @dataclass
@@ -78,7 +78,7 @@ def use_all_cores() -> None:
 def report_bad_input(e: ConfigError, single_run: bool) -> None:
     """One line on stderr that names the problem and the fix; a single run then leaves nothing
     behind and exits with status 2 (in a multirun the sweep goes on)."""
-    print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
+    refuse(e)
     if single_run:
         discard_output_dir()
         sys.exit(2)

@@ -30,7 +30,8 @@ import mlflow
 from sweep.config import RUN_ID, ConfigError
 from sweep.rlhf.lineage import check_adapter, verified_adapter
 from sweep.runtime import processes
-from sweep.runtime.secrets import guard_output, redact
+from sweep.runtime.cli import add_tracking_uri, refuse
+from sweep.runtime.secrets import guard_output
 from sweep.tracking import reuse
 from sweep.tracking.untrusted import printable
 from sweep.vocabulary import (
@@ -182,22 +183,19 @@ def check_store(tracking_uri: str, storage_url: str | None = None) -> list[Viola
 
 
 def main(argv: list[str] | None = None) -> int:
-    from sweep.config import default_tracking_uri
     from sweep.study.storage import STORAGE_ENV
 
     guard_output()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(prog="python -m sweep.study.integrity", description=__doc__.split("\n\n")[0])
-    p.add_argument("--tracking-uri", default=default_tracking_uri(),
-                   help="default: $MLFLOW_TRACKING_URI, else <project>/mlflow.db")
+    add_tracking_uri(p)
     p.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
                    help=f"the study storage to check against the runs (default: ${STORAGE_ENV}, if set)")
     a = p.parse_args(argv)
     try:
         found = check_store(a.tracking_uri, a.storage)
     except ConfigError as e:
-        print(f"error: {redact(str(e))}", file=sys.stderr)
-        return 2
+        return refuse(e)
     for v in found:
         print(v)  # the command's output (one line per violation), as a report's table is
     return 1 if found else 0

@@ -31,6 +31,7 @@ from optuna.trial import TrialState
 
 from sweep.config import ConfigError
 from sweep.runtime import processes
+from sweep.runtime.cli import refuse
 from sweep.runtime.interrupts import Terminated, install_signal_handlers
 from sweep.runtime.secrets import redact
 from sweep.study import controls, study_runs, trials
@@ -99,11 +100,9 @@ class OptunaSweeper(Sweeper):
         try:
             self._sweep(arguments)
         except ConfigError as e:  # bad sweeper settings, search space or storage: one line, as for jobs
-            print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
-            sys.exit(2)
+            sys.exit(refuse(e))
         except SweepFailedError as e:
-            print(f"error: {redact(str(e))}", file=sys.stderr, flush=True)
-            sys.exit(1)
+            sys.exit(refuse(e, code=1))
 
     def _sweep(self, arguments: list[str]) -> None:
         self.settings.check(self.config)

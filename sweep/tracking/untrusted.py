@@ -5,10 +5,7 @@ escaping (analysis/render.py)."""
 
 from __future__ import annotations
 
-import re
-
-# C0 and C1 control characters (ESC starts terminal sequences; CR and BS overwrite what is shown).
-CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from sweep.runtime.cli import printable  # noqa: F401  (store text's readers import it here too)
 
 
 class Unquotable(ValueError):
@@ -36,9 +33,3 @@ def stored_list(value) -> list[str]:
     except ValueError:
         return []
     return [str(x) for x in items] if isinstance(items, list) and all(isinstance(x, str) for x in items) else []
-
-
-def printable(value) -> str:
-    """`value` as text with control characters (terminal escapes, carriage returns, newlines)
-    shown as U+FFFD."""
-    return CONTROL.sub("\ufffd", str(value))
