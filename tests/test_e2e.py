@@ -146,6 +146,8 @@ def test_every_method_trains_and_is_scored_like_lora(tracking):
 
 
 def test_lora_budget_experiment_sweeps_seven_weight_types_on_two_tasks(tracking):
+    """The experiment as a user runs it: fourteen jobs (seven weight-type sets on two tasks), one step
+    each; slow because each job loads, trains and scores (about 4 s a job)."""
     p = run_sweep("-m", "experiment=lora_budget", *TINY, "train.max_steps=1", *tracking)
     assert p.returncode == 0, p.stderr[-3000:]
     runs = runs_of(tracking, experiment="lora_budget")
@@ -227,6 +229,8 @@ def test_prompt_templates_are_swept_recorded_and_trained_on(tracking):
 
 
 def test_the_strongest_baseline_is_chosen_on_the_development_slice_and_reproducible(tracking):
+    """The race on the development slice, its choice reproduced by the equivalent stand-alone run, a
+    LoRA run compared with it, and a cache hit: four jobs, each scoring every variant it races."""
     from analysis.summary import summary_text
 
     search = ["method.search.template=[default,chat]", "method.search.num_fewshot=[0,2]", "data.dev_size=16",

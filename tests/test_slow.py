@@ -25,6 +25,8 @@ def test_cached_safetensors_model_matches_the_gguf():
 
 
 def test_smollm2_job_end_to_end(tracking):
+    """The real 135M model, trained three steps and scored: slow because it is the model users run
+    (what the tiny model cannot show: the bundled weights loaded and a whole job on 135M parameters)."""
     p = run_sweep("train.max_steps=3", "train.batch_size=4", "data.max_train_samples=24", "eval.limit=16",
                   "lora.r=2", *tracking)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -47,6 +47,8 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def test_three_hosts_one_study_one_dies(services, tmp_path):
+    """Three workers with their own host names on the team's servers, one SIGKILLed mid-trial: slow
+    because its trial is failed only once its heartbeats stop for the grace period, then run again."""
     experiment, study_name = f"team-{uuid.uuid4().hex[:6]}", f"team-{uuid.uuid4().hex[:6]}"
     env = clean_env() | services
     args = ["-m", "hydra/sweeper=optuna", *TINY, "train.max_steps=12", f"hydra.sweeper.n_trials={N_TRIALS}",
