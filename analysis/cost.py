@@ -92,7 +92,7 @@ def cost_view(done: pd.DataFrame, metric: str) -> tuple[list, dict[str, bytes]]:
         strongest = refs.get(group_key(r), References()).strongest
         base = cost_of(strongest, metric) if strongest is not None and c.method not in BASELINES else None
         costs.append(c)
-        machines.add(printable(str(cell(r, f"tags.{MACHINE}", "-"))))  # (store text)
+        machines.add(printable(str(cell(r, tag_column(MACHINE), "-"))))  # (store text)
         rows.append({"run": c.run, "method": c.method, f"test {metric}": f"{c.score:.3f}",
                      "training FLOPs": f"{c.train_flops:.3g}", "training s": f"{c.train_seconds:.0f}",
                      "prompt tokens per query": f"{c.query_tokens:.0f}",

@@ -25,6 +25,7 @@ def drawn(plot):
             return plot(*args, **kwargs)
     return inside_style
 
+
 BASELINE_STYLES = {STRONGEST: "-", "zero_shot": ":"}  # drawn as lines; every variant forms the band
 
 

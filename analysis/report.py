@@ -208,7 +208,7 @@ def not_finished(runs: pd.DataFrame) -> tuple[dict[str, int], pd.DataFrame]:
     bad = runs[outcome != "FINISHED"]
     table = pd.DataFrame({
         "run": bad[tag_column(RUN_NAME)], "outcome": outcome[bad.index], "run id": bad["run_id"],
-        ERROR: bad[tag_column(ERROR)] if tag_column(ERROR) in bad else "-",
+        "error": bad[tag_column(ERROR)] if tag_column(ERROR) in bad else "-",
     }).fillna("-")
     return counts, table
 

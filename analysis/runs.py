@@ -11,7 +11,7 @@ import pandas as pd
 
 from sweep.runtime.secrets import redact
 from sweep.tracking.untrusted import Unquotable, equals
-from sweep.training.checks import BASELINES, STRONGEST  # noqa: F401  (analysis/ reads them here)
+from sweep.training.checks import BASELINES, STRONGEST
 from sweep.vocabulary import INFEASIBLE_TAG, METHOD, MODEL, STUDY_METHOD, SWEEP_ID, TASKS, tag_column
 
 DEFAULT_TEMPLATE = "default"  # (runs recorded before templates existed used it)

@@ -111,7 +111,7 @@ def count_trial(study, failed, values: list[float], run_id: str) -> int:
 
     def copy():
         return next((t.number for t in study.get_trials(deepcopy=False)
-                     if t.user_attrs.get(ADAPTER_UPLOADED_LATER) == run_id), None)
+                     if t.user_attrs.get(UPLOADED_LATER_ATTR) == run_id), None)
     if copy() is None:
         study.add_trial(optuna.trial.create_trial(
             params=failed.params, distributions=failed.distributions, values=values,

@@ -157,7 +157,7 @@ class OptunaSweeper(Sweeper):
 
     def _storage(self) -> str:
         """hydra.sweeper.storage, else $OPTUNA_STORAGE, else the project's journal file."""
-        return storage_url(self.settings.storage_url, str(Path(self.config.paths.root) / JOURNAL))
+        return storage_url(self.settings.storage, str(Path(self.config.paths.root) / JOURNAL))
 
     def _load_study(self, name: str) -> optuna.Study:
         """An earlier study in this sweep's storage, read-only (enqueue's `{study: NAME, best: N}`)."""

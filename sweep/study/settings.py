@@ -49,7 +49,6 @@ class SweeperSettings:
         self.objectives = [str(o) for o in objectives]
         self.directions = [str(d) for d in (self.directions or [self.direction] * len(self.objectives))]
         self.selection = [selection_metric(o) for o in self.objectives]
-        self.storage_url = self.storage
 
     def check(self, config: DictConfig) -> None:
         """Every setting against its allowed values and the job's config (its eval tasks, its
