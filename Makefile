@@ -85,13 +85,13 @@ dashboard: $(STAMP) ## optuna-dashboard on http://127.0.0.1:8080 over STORAGE=<u
 	@$(if $(STORAGE),OPTUNA_STORAGE='$(STORAGE)' )$(PY) scripts/dashboard.py
 
 promote: $(STAMP) ## register a finished run's adapter in MLflow's model registry: make promote RUN=<run id> [ALIAS=champion]
-	$(PY) -m sweep.pipeline.promote '$(RUN)' $(if $(ALIAS),--alias '$(ALIAS)') $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)')
+	$(PY) -m sweep.ops.promote '$(RUN)' $(if $(ALIAS),--alias '$(ALIAS)') $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)')
 
 upload: $(STAMP) ## upload an adapter whose upload failed (kept under pending_uploads/): make upload RUN=<run id> [STORAGE=<url>]
-	$(PY) -m sweep.pipeline.upload '$(RUN)' $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)') $(if $(STORAGE),--storage '$(STORAGE)')
+	$(PY) -m sweep.ops.upload '$(RUN)' $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)') $(if $(STORAGE),--storage '$(STORAGE)')
 
 check-store: $(STAMP) ## is the store whole? files vs their hashes, links, owners; trials vs runs of $$OPTUNA_STORAGE (or STORAGE=<url>)
-	$(PY) -m sweep.study.integrity $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)') $(if $(STORAGE),--storage '$(STORAGE)')
+	$(PY) -m sweep.ops.integrity $(if $(TRACKING_URI),--tracking-uri '$(TRACKING_URI)') $(if $(STORAGE),--storage '$(STORAGE)')
 
 clean-cache: ## delete converted models (rebuilt on the next run)
 	rm -rf .cache

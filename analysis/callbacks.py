@@ -86,6 +86,6 @@ class SummaryCallback(Callback):
             print("tracking.register_best: no finished adapter with a development score; nothing registered",
                   file=sys.stderr)
             return
-        subprocess.run([sys.executable, "-m", "sweep.pipeline.promote", best["run_id"], "--alias",
+        subprocess.run([sys.executable, "-m", "sweep.ops.promote", best["run_id"], "--alias",
                         config.tracking.register_alias], cwd=PROJECT_ROOT, check=False,
                        env=os.environ | {"MLFLOW_TRACKING_URI": config.tracking.uri})  # (a password stays off argv)

@@ -20,7 +20,7 @@ from analysis.stats import compare_runs
 from analysis.summary import baseline_values, fmt, group_key, references
 from sweep.vocabulary import METHOD, RUN_NAME, tag_column
 
-WIN_RATE, REPLY_TOKENS = "win_rate", "reply_tokens"  # what sweep/rlhf/judging.py logs per task
+WIN_RATE, REPLY_TOKENS = "win_rate", "reply_tokens"  # what sweep/stages/judging.py logs per task
 TIE = 0.5  # the win rate of the base model's replies against themselves
 BASE = "base model, zero-shot"
 

@@ -153,7 +153,7 @@ def distributions(tables: dict[str, pd.DataFrame], column: str, label: str) -> b
 def reward_model_figure(runs: pd.DataFrame) -> dict[str, bytes]:
     """The reward model's histogram of chosen and rejected rewards (the plot its run logged, drawn again
     from its table by the same code)."""
-    from sweep.rlhf.preference import PairScores, distribution_figure
+    from sweep.stages.preference import PairScores, distribution_figure
 
     figs = {}
     for _, r in runs[runs[tag_column(STAGE)] == "reward"].iterrows():

@@ -125,8 +125,8 @@ class ScoringRows(BenchBase):
     # 10 ------------------------------------------------------------------------------------------
     def judged_kl(self) -> dict:
         from sweep.pipeline.build import build
-        from sweep.rlhf.judging import sequence_logprobs
         from sweep.runtime import memory
+        from sweep.stages.judging import sequence_logprobs
 
         cfg = self.cfg("experiment=instruction_data", "method=lora", f"eval.limit={self.p['eval_limit']}",
                        f"eval.batch_size={self.p['kl_batch_size']}")
@@ -159,8 +159,8 @@ class ScoringRows(BenchBase):
         instruction of eval.limit per task): lm-eval's HFLM (batches of eval.batch_size, padded to
         their longest prompt) vs the harness's token-budget batches; the replies must be equal."""
         from sweep.pipeline.build import build, load_project_tasks
-        from sweep.rlhf.judging import replies
         from sweep.scoring.evaluate import Prompting, make_lm, score
+        from sweep.stages.judging import replies
 
         cfg = self.cfg("experiment=instruction_data", "method=zero_shot", f"eval.limit={self.p['eval_limit']}")
         built = build(cfg)

@@ -30,7 +30,7 @@ bench/results.md (or --out).
 10. judged KL         the KL pass of judged scoring (log p(reply | prompt) under the policy) on the
                       instruction tasks' prompts in the chat template with their reference replies:
                       every position's logits of right-padded batches in input order (as before) vs
-                      sweep/rlhf/judging.py's length-sorted, left-padded batches with the last positions'
+                      sweep/stages/judging.py's length-sorted, left-padded batches with the last positions'
                       logits only: seconds and extra peak memory of each, and their largest difference
 7. team study         finished trials per hour on the team's servers (PostgreSQL study, MLflow
                       server) with 1 and 2 workers, and the per-trial cost of their round trips

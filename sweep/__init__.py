@@ -1,6 +1,6 @@
 """sft-sweep: run, track and compare supervised fine-tuning experiments on causal LMs.
 
-Data flows one way: config (pipeline/checks.py) -> build (training/, data/) -> train (rlhf/stages.py:
+Data flows one way: config (pipeline/checks.py) -> build (training/, data/) -> train (stages/table.py:
 the stage's trainer) -> evaluate (scoring/) -> record (tracking/); pipeline/job.py strings them together, and
 analysis/ reports. docs/architecture.md maps the sub-packages and the direction of imports.
 """

@@ -1,6 +1,6 @@
 """The project's constants, its config resolvers and Hydra composition, and the vocabulary every
 group's checks share (ConfigError, `require`). Each group's owner checks its own keys
-(sweep/*/checks.py, sweep/rlhf/stages.py); sweep/pipeline/checks.py runs them in order.
+(sweep/*/checks.py, sweep/stages/table.py); sweep/pipeline/checks.py runs them in order.
 
 Every error names the key, the bad value and what would be accepted, so a typo in a sweep
 costs a second, not a model load.

@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # Bottom to top (docs/architecture.md): a module may import its own layer and the ones before it.
-LAYERS = ["config", "vocabulary", "runtime", "tracking", "data", "training", "scoring", "rlhf", "self_instruct", "study", "pipeline"]
+LAYERS = ["config", "vocabulary", "runtime", "tracking", "data", "training", "scoring", "stages", "self_instruct", "launcher", "study", "pipeline", "ops"]
 
 
 def modules() -> dict[str, Path]:
@@ -85,7 +85,7 @@ def config_groups() -> set[str]:
     return set(compose())
 
 
-LIBRARY = [layer for layer in LAYERS if layer not in ("study", "pipeline")]  # below the recipes
+LIBRARY = [layer for layer in LAYERS if layer not in ("study", "pipeline", "ops")]  # below the recipes
 
 
 def whole_config_parameters(path: Path, groups: set[str]) -> list[str]:

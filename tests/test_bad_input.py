@@ -188,7 +188,7 @@ CASES = [
     ("sweep.py", ["eval.tasks=[arc_easy]"], "arc_easy is lm-eval's built-in task, whose data come from the Hugging"),
     # (MLflow's registry reserves latest and v<N>: refused before a version is registered)
     ("sweep.py", ["tracking.register_alias=v1"], "tracking.register_alias='v1' is invalid"),
-    ("-m sweep.pipeline.promote", ["0123456789abcdef0123456789abcdef", "--alias", "latest", "--tracking-uri", "{store}"],
+    ("-m sweep.ops.promote", ["0123456789abcdef0123456789abcdef", "--alias", "latest", "--tracking-uri", "{store}"],
      "--alias 'latest' is invalid"),
     # (a SQLite URI must name a database file in a folder that exists: `sqlite:///` alone hung past 400 s)
     ("sweep.py", ["tracking.uri=sqlite:///"], "tracking.uri='sqlite:///' names no database file"),

@@ -286,7 +286,7 @@ def test_a_grid_registers_its_best_adapter_with_its_alias_and_it_loads_back_with
 
     from analysis.runs import sweep_runs
     from analysis.summary import best_by_dev
-    from sweep.pipeline import promote
+    from sweep.ops import promote
     from sweep.training.models import weights_digest
     from tests.conftest import ROOT
 

@@ -85,7 +85,7 @@ def assert_whole(study: optuna.Study, experiment: str, n_trials: int):
 
 def store_is_whole(env: dict) -> None:
     """`make check-store` against the team's servers finds nothing wrong."""
-    p = subprocess.run([sys.executable, "-m", "sweep.study.integrity"], cwd=ROOT, capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "sweep.ops.integrity"], cwd=ROOT, capture_output=True, text=True,
                        env=clean_env() | env, timeout=600)  # (as `source <root>/env`: no password on a command line)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-2000:]
 

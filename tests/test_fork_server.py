@@ -1,4 +1,4 @@
-"""The fork server (sweep/study/fork_server.py) under the fresh-process launcher: jobs forked from a
+"""The fork server (sweep/launcher/fork_server.py) under the fresh-process launcher: jobs forked from a
 process that imported the libraries once, with the spawn path kept for when forking is unsafe.
 The launcher's guarantees (SIGTERM passed on, a SIGKILLed job failing alone, flat memory, pruning)
 are checked through it by tests/test_memory.py, tests/test_reliability.py and
@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from sweep.study import fork_server
-from sweep.study.fresh_process import FreshProcessLauncher
+from sweep.launcher import fork_server
+from sweep.launcher.fresh_process import FreshProcessLauncher
 
 
 def test_forking_is_unsafe_once_a_thread_runs():

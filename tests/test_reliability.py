@@ -357,7 +357,7 @@ def test_check_store_is_clean_after_a_sweep_and_names_each_fault_forced_into_it(
     uri, journal = tracking[0].split("=", 1)[1], str(tmp_path / "optuna.journal")
 
     def check_store():
-        return subprocess.run([sys.executable, "-m", "sweep.study.integrity", "--tracking-uri", uri, "--storage",
+        return subprocess.run([sys.executable, "-m", "sweep.ops.integrity", "--tracking-uri", uri, "--storage",
                                journal], cwd=ROOT, capture_output=True, text=True, timeout=300, env=clean_env())
     clean = check_store()
     assert clean.returncode == 0 and clean.stdout == "", clean.stdout + clean.stderr[-2000:]
@@ -404,7 +404,7 @@ def test_a_full_artifact_store_fails_the_trial_keeps_the_adapter_and_make_upload
     run's development score, in place of the failed one); the store is whole."""
     if os.geteuid() != 0 or not _can_mount_tmpfs(tmp_path):
         pytest.skip("needs root and mount(8) to fill a filesystem for real")
-    from sweep.study.integrity import check_store
+    from sweep.ops.integrity import check_store
 
     pending, uri = tmp_path / "pending", tracking[0].split("=", 1)[1]
     proc = subprocess.Popen([sys.executable, "sweep.py", *optuna_args(tmp_path, "hydra.sweeper.n_trials=1"), *tracking,
@@ -427,7 +427,7 @@ def test_a_full_artifact_store_fails_the_trial_keeps_the_adapter_and_make_upload
                                  f"{kept}: free space (or fix the store) and run `make upload RUN={run['run_id']}`")
     assert (kept / "adapter_model.safetensors").is_file()
     assert [t.state for t in study_of(tmp_path).trials] == [TrialState.FAIL]
-    p = subprocess.run([sys.executable, "-m", "sweep.pipeline.upload", run["run_id"], "--tracking-uri", uri,
+    p = subprocess.run([sys.executable, "-m", "sweep.ops.upload", run["run_id"], "--tracking-uri", uri,
                         "--pending", str(pending), "--storage", f"{tmp_path}/optuna.journal"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300, env=clean_env())
     assert p.returncode == 0, p.stderr[-2000:]
@@ -442,7 +442,7 @@ def test_a_full_artifact_store_fails_the_trial_keeps_the_adapter_and_make_upload
     # An upload never overwrites the adapter of a run that did not fail for want of it (this one, now FINISHED).
     kept.mkdir(parents=True)
     (kept / "adapter_model.safetensors").write_bytes(b"another adapter")
-    again = subprocess.run([sys.executable, "-m", "sweep.pipeline.upload", run["run_id"], "--tracking-uri", uri,
+    again = subprocess.run([sys.executable, "-m", "sweep.ops.upload", run["run_id"], "--tracking-uri", uri,
                             "--pending", str(pending)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                            env=clean_env())
     assert again.returncode == 2 and "did not fail for want of its adapter" in again.stderr, again.stderr[-2000:]

@@ -13,8 +13,8 @@ import torch
 
 from sweep.config import ConfigError
 from sweep.pipeline.checks import validate
-from sweep.rlhf import ppo
-from sweep.rlhf.preference import PairScores, mean_with_ci
+from sweep.stages import ppo
+from sweep.stages.preference import PairScores, mean_with_ci
 from tests.conftest import ROOT, TINY, compose, run_sweep, runs_of
 
 STAGES = ("sft", "reward", "dpo", "grpo", "rloo", "ppo")
@@ -110,7 +110,7 @@ def test_padded_passes_batch_similar_lengths_under_a_token_budget():
 def test_the_reward_models_scores_batched_equal_one_text_at_a_time():
     """RewardJudge sorts and batches by length (and truncates a long text from the left): each
     text's reward is what it scores alone."""
-    from sweep.rlhf.preference import RewardJudge
+    from sweep.stages.preference import RewardJudge
     from sweep.training.models import load_model_and_tokenizer
 
     cfg = compose("model=tiny")
@@ -134,8 +134,8 @@ def test_the_kls_log_probabilities_batched_equal_one_sequence_at_a_time(tiny, pe
     different lengths it gives what each sequence scored alone gives, for a plain model and adapters."""
     import copy
 
-    from sweep.rlhf.judging import sequence_logprobs
     from sweep.scoring.evaluate import make_lm
+    from sweep.stages.judging import sequence_logprobs
     from sweep.training.methods import apply_method
 
     model, tokenizer = tiny
@@ -160,7 +160,7 @@ def test_the_kls_log_probabilities_batched_equal_one_sequence_at_a_time(tiny, pe
 
 def test_preference_pairs_render_as_the_policy_sees_them(tiny):
     from sweep.pipeline.build import load_project_tasks
-    from sweep.rlhf.preference import pair_rows, preference_docs
+    from sweep.stages.preference import pair_rows, preference_docs
 
     cfg = stage_cfg("dpo")
     task = load_project_tasks(cfg)[1]["hh_rlhf"]
@@ -242,9 +242,9 @@ def test_a_later_stage_is_registered_as_its_adapter_on_its_parents_merged_into_t
     lineage (SFT, then DPO) merged into the base."""
     import mlflow
 
-    from sweep.pipeline import promote
-    from sweep.rlhf.lineage import fetch, merged
-    from sweep.rlhf.stages import POLICY_HEAD
+    from sweep.ops import promote
+    from sweep.stages.lineage import fetch, merged
+    from sweep.stages.table import POLICY_HEAD
     from sweep.training.models import load_model_and_tokenizer, weights_digest
 
     runs, tracking, _ = pipeline

@@ -6,7 +6,7 @@ import pytest
 from sweep.data import splits
 from sweep.data.examples import training_pairs
 from sweep.pipeline.build import load_project_tasks
-from sweep.rlhf.preference import preference_docs
+from sweep.stages.preference import preference_docs
 from tests.conftest import compose
 
 

@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from sweep.config import PROJECT_ROOT, ConfigError
 from sweep.pipeline.checks import validate
 from sweep.pipeline.naming import run_name
-from sweep.rlhf.stages import JUDGE_STAGE, POLICY_STAGES, STAGES, Stage, dpo_losses, validate_stage
+from sweep.stages.table import JUDGE_STAGE, POLICY_STAGES, STAGES, Stage, dpo_losses, validate_stage
 from tests.conftest import compose
 
 

@@ -67,7 +67,7 @@ def test_bad_system_metrics_settings_are_refused(key, value):
 
 
 def test_mlflows_peft_flavour_keeps_the_adapter_only_when_told_the_local_base(tiny, tmp_path):
-    """Why make promote passes `base_model_path` (sweep/pipeline/promote.py): a PEFT model on a local base
+    """Why make promote passes `base_model_path` (sweep/ops/promote.py): a PEFT model on a local base
     saved without it loads back with different outputs (MLflow writes the wrapped weights); with it, the
     version holds the adapter alone and loads back with the same outputs."""
     import copy

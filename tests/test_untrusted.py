@@ -14,7 +14,7 @@ import pytest
 
 from sweep.config import ConfigError
 from sweep.pipeline.reproduce import stored_config
-from sweep.rlhf.lineage import check_adapter_config
+from sweep.stages.lineage import check_adapter_config
 from sweep.tracking.untrusted import Unquotable, equals, printable
 
 # 9 x 9 x 9 x 9 x 9 strings from 300 bytes: about 60,000 nodes once expanded (the probe's 600-byte
@@ -92,8 +92,8 @@ def test_a_pickle_stored_under_the_safetensors_name_is_refused_before_loading_an
     from peft import LoraConfig
     from safetensors.torch import save_file
 
-    from sweep.rlhf.lineage import check_adapter
-    from sweep.study import integrity
+    from sweep.ops import integrity
+    from sweep.stages.lineage import check_adapter
 
     folder = tmp_path / "adapter"
     folder.mkdir()

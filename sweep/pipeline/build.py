@@ -24,9 +24,11 @@ from sweep.data.examples import (
     generated_file,
     read_generated,
 )
-from sweep.rlhf import lineage as lineages
-from sweep.rlhf.lineage import Lineage, merged
-from sweep.rlhf.preference import (
+from sweep.scoring.evaluate import Prompting, make_lm
+from sweep.scoring.registry import check_templates, load_tasks, set_generation, task_manager, uses_chat_template
+from sweep.stages import lineage as lineages
+from sweep.stages.lineage import Lineage, merged
+from sweep.stages.preference import (
     RewardJudge,
     checked_pairs,
     held_out_pairs,
@@ -34,9 +36,7 @@ from sweep.rlhf.preference import (
     pair_rows,
     preference_docs,
 )
-from sweep.rlhf.stages import STAGES
-from sweep.scoring.evaluate import Prompting, make_lm
-from sweep.scoring.registry import check_templates, load_tasks, set_generation, task_manager, uses_chat_template
+from sweep.stages.table import STAGES
 from sweep.training.checks import METHODS
 from sweep.training.methods import apply_method
 from sweep.training.models import load_model_and_tokenizer
@@ -109,7 +109,7 @@ def build(cfg: DictConfig, project: ProjectTasks | None = None, generated: Path 
           lineage: Lineage = Lineage(), slices: dict[str, list[int]] | None = None) -> Built:
     """`project`: the tasks, when the caller has loaded them already; `generated`: the file
     `generated_data` found (looked up here when not given); `lineage`: the runs the stage starts
-    from and is judged by (sweep/rlhf/lineage.py); `slices`: each task's development slice
+    from and is judged by (sweep/stages/lineage.py); `slices`: each task's development slice
     (sweep/data/splits.py; carved here when not given)."""
     tm, tasks = project or load_project_tasks(cfg)
     generated = generated or generated_data(cfg)

@@ -14,10 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from sweep.config import ConfigError, is_int, require
 from sweep.data.checks import validate_data
-from sweep.rlhf.stages import STAGES, validate_stage
 from sweep.runtime.files import check_writable
 from sweep.scoring.baselines import validate_baseline_search
 from sweep.scoring.checks import validate_eval
+from sweep.stages.table import STAGES, validate_stage
 from sweep.tracking.checks import validate_tracking
 from sweep.training.checks import (
     METHODS,

@@ -28,10 +28,6 @@ from sweep.pipeline.build import (
 from sweep.pipeline.checks import validate
 from sweep.pipeline.naming import run_name
 from sweep.pipeline.score import baseline_settings, intermediate_scoring, record_leakage, score_and_record
-from sweep.rlhf import preference, reference_replies
-from sweep.rlhf.alignment import StageRun
-from sweep.rlhf.lineage import Lineage
-from sweep.rlhf.stages import STAGES
 from sweep.runtime import distributed, interrupts, machine, memory
 from sweep.runtime.hydra_job import (
     JobOutcome,
@@ -43,6 +39,10 @@ from sweep.runtime.hydra_job import (
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring import baseline_cache, baselines
 from sweep.scoring.results import TRAIN_FLOPS, is_task_metric
+from sweep.stages import preference, reference_replies
+from sweep.stages.lineage import Lineage
+from sweep.stages.table import STAGES
+from sweep.stages.trainers import StageRun
 from sweep.study import trials
 from sweep.study.search import prunes
 from sweep.tracking import lifecycle, records, store

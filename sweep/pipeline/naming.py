@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from sweep.rlhf.stages import STAGES
 from sweep.scoring.baselines import Variant, template_suffix
+from sweep.stages.table import STAGES
 from sweep.training.checks import PROMPT_LEARNING
 
 

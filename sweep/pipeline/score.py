@@ -23,12 +23,12 @@ from sweep.data.examples import read_generated
 from sweep.data.splits import DEV_PREFIX
 from sweep.pipeline.build import demonstration_source, load_project_tasks, prompting_of
 from sweep.pipeline.naming import pool_suffix
-from sweep.rlhf import judging, preference, reference_replies
-from sweep.rlhf.stages import STAGES
 from sweep.runtime import memory
 from sweep.scoring import baseline_cache, baselines, leakage
 from sweep.scoring.evaluate import Prompting, draw_demonstrations, score
 from sweep.scoring.results import LEAKAGE_PREFIX, is_task_metric, prefixed
+from sweep.stages import judging, preference, reference_replies
+from sweep.stages.table import STAGES
 from sweep.study import trials
 from sweep.tracking import records
 from sweep.training.checks import METHODS
@@ -90,7 +90,7 @@ def eval_tasks(cfg: DictConfig, template: str):
 class ReferenceReplies:
     """The reference policy's replies a judged run compares its own with, on the development and the
     test prompts: generated, or reused from an earlier run with the same key
-    (sweep/rlhf/reference_replies.py); recorded once, when both passes are judged."""
+    (sweep/stages/reference_replies.py); recorded once, when both passes are judged."""
 
     def __init__(self, cfg: DictConfig, built, key: str | None):
         self.cfg, self.built, self.key = cfg, built, key
@@ -209,7 +209,7 @@ def record_leakage(cfg: DictConfig, built, tasks: dict, slices: dict, generated:
 def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | None = None) -> tuple[dict, object]:
     """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory;
     return them and lm-eval's scores (None when nothing was scored by lm-eval).
-    `reference_key`: of the reference policy's replies, for a judged run (sweep/rlhf/reference_replies.py)."""
+    `reference_key`: of the reference policy's replies, for a judged run (sweep/stages/reference_replies.py)."""
     scored, scores = {}, None
     with memory.phase_peak() as peaks:  # (scoring's own peak: eval.batch_size bounds it, not gradient checkpointing)
         start = time.perf_counter()

@@ -63,7 +63,7 @@ SCORING_CODE = tuple(f"sweep.{m}" for m in (
     "scoring.evaluate", "scoring.registry", "scoring.results", "scoring.fewshot", "scoring.calibration",
     "scoring.prefix_cache", "scoring.generation", "scoring.batching", "scoring.baselines", "scoring.race",
     "data.splits", "pipeline.score"))
-JUDGING_CODE = "sweep.rlhf.judging"  # the code that judges generated replies (a judged baseline's key holds it too)
+JUDGING_CODE = "sweep.stages.judging"  # the code that judges generated replies (a judged baseline's key holds it too)
 LIBRARIES = ("lm-eval", "transformers", "torch")  # whose versions score (a new release may change numerics)
 
 

@@ -1,2 +1,2 @@
-"""Sweeps over jobs (conf/hparams_search, conf/hydra): the Optuna sweeper and its search space,
-the hand-off of a trial to its job, the study's MLflow runs and the fresh-process launcher."""
+"""Sweeps over jobs (conf/hparams_search, conf/hydra/sweeper): the Optuna sweeper and its settings,
+the search space, the trial a job runs under, the study's storage and its MLflow parent run."""

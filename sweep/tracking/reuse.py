@@ -2,8 +2,8 @@
 file it logged, and keep it only if it hashes to the sha256 the run recorded beside it.
 
 Four things are reused this way: a baseline's scores (sweep/scoring/baseline_cache.py), a
-reference policy's replies (sweep/rlhf/reference_replies.py), the adapters a stage starts from or
-is judged by (sweep/rlhf/lineage.py) and generated training data (sweep/data/examples.py). The
+reference policy's replies (sweep/stages/reference_replies.py), the adapters a stage starts from or
+is judged by (sweep/stages/lineage.py) and generated training data (sweep/data/examples.py). The
 store may be shared by a team, so what it holds is untrusted: a key searched for is ours (hex), a
 run id is checked before it is used, and a file is trusted only after its hash matches.
 """

@@ -24,7 +24,7 @@ TARGET_MODULE_PRESETS: dict[str, list[str] | None] = {
 
 @dataclass(frozen=True)
 class MethodKind:
-    """What a method does, as every step that dispatches on it asks (like rlhf/stages.py's STAGES)."""
+    """What a method does, as every step that dispatches on it asks (like stages/table.py's STAGES)."""
     trains: bool            # trains weights (an adapter, virtual tokens or the model); else a baseline
     searches_prompts: bool  # races prompting variants on the development slice and reports its choice
 

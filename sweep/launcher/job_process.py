@@ -1,6 +1,6 @@
 """One Hydra job in this process, from the payload a launcher wrote: what a job's own process runs,
-whether it was spawned (`python -m sweep.study.job_process PAYLOAD RETURN`) or forked by the fork
-server (sweep/study/fork_server.py)."""
+whether it was spawned (`python -m sweep.launcher.job_process PAYLOAD RETURN`) or forked by the fork
+server (sweep/launcher/fork_server.py)."""
 
 from __future__ import annotations
 

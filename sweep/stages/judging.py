@@ -18,9 +18,9 @@ import logging
 import torch
 
 from sweep.data.examples import render_pair
-from sweep.rlhf.preference import RewardJudge, mean_with_ci
 from sweep.scoring.batching import length_batches
 from sweep.scoring.evaluate import Prompting, Scores, score
+from sweep.stages.preference import RewardJudge, mean_with_ci
 
 log = logging.getLogger(__name__)
 SHOWN_PROMPT_CHARS = 400  # the end of each prompt in the replies table (dialogues run long)
@@ -46,7 +46,7 @@ def replies(results: dict, task: str) -> dict[int, tuple[dict, str, str]]:
 def sequence_logprobs(model, lm, contexts: list[str], replies_: list[str], batch_size: int) -> list[float]:
     """log p(reply | context) under `model` as it is now (tokenized as lm-eval's generation fed them).
 
-    Batches of similar lengths under a token budget (sweep/rlhf/batching.py: one 1,300-token seed task
+    Batches of similar lengths under a token budget (sweep/scoring/batching.py: one 1,300-token seed task
     no longer pads a whole batch to its length); left-padded, so every reply ends its row and the vocabulary
     projection runs on the last positions only (`logits_to_keep`, counted from the end, which also
     holds when prompt tuning puts virtual tokens first): a batch's logits are rows x the longest reply

@@ -22,9 +22,9 @@ from pathlib import Path
 import mlflow
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.rlhf.lineage import Ancestor
 from sweep.runtime.files import module_digest
 from sweep.scoring import baseline_cache
+from sweep.stages.lineage import Ancestor
 from sweep.tracking import records, reuse
 from sweep.vocabulary import REFERENCE_FROM_TAG, REFERENCE_KEY_TAG, REFERENCE_REPLIES, REFERENCE_SHA_TAG
 

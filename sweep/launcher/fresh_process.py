@@ -11,7 +11,7 @@ recorded as FAILED while the sweep goes on.
 
 A new interpreter pays seconds of imports (torch, transformers, lm-eval) per job, so by default
 (`hydra.launcher.fork=true`) the jobs are forked from a server that imported them once
-(sweep/study/fork_server.py): the same fresh process per job, started in well under a second.
+(sweep/launcher/fork_server.py): the same fresh process per job, started in well under a second.
 `fork=false`, or a server that cannot fork safely, spawns a new interpreter per job.
 """
 
@@ -39,8 +39,8 @@ from hydra.core.utils import (
 from omegaconf import DictConfig, open_dict
 
 from sweep.config import PROJECT_ROOT
+from sweep.launcher.fork_server import ForkServer, can_fork, module_command
 from sweep.runtime import processes
-from sweep.study.fork_server import ForkServer, can_fork, module_command
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class FreshProcessLauncher(BasicLauncher):
             payload.write_bytes(cloudpickle.dumps(
                 (self.hydra_context, config, self.task_function, Singleton.get_state(), sys.argv[0])))
             job = self._forked(payload, result) or subprocess.Popen(
-                [*module_command("sweep.study.job_process"), str(payload), str(result)], env=job_env())
+                [*module_command("sweep.launcher.job_process"), str(payload), str(result)], env=job_env())
             try:
                 code = job.wait()
             except KeyboardInterrupt as e:  # Ctrl-C reached the job too; a SIGTERM to the sweep alone did not

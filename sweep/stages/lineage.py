@@ -28,8 +28,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sweep.config import RUN_ID, ConfigError
-from sweep.rlhf.stages import FIRST_STAGE, JUDGE_HEAD, JUDGE_STAGE, POLICY_HEAD, POLICY_STAGES, STAGES
 from sweep.runtime.files import sha256
+from sweep.stages.table import FIRST_STAGE, JUDGE_HEAD, JUDGE_STAGE, POLICY_HEAD, POLICY_STAGES, STAGES
 from sweep.tracking import reuse
 from sweep.tracking.untrusted import equals
 from sweep.training.checks import LORA_INITS

@@ -1,4 +1,4 @@
-"""`make upload RUN=<run id> [STORAGE=<url>]` (`python -m sweep.pipeline.upload RUN_ID`): upload an
+"""`make upload RUN=<run id> [STORAGE=<url>]` (`python -m sweep.ops.upload RUN_ID`): upload an
 adapter whose upload failed (a full or unwritable artifact store) from where the job kept it on this
 machine, tag its sha256, end the run FINISHED, and remove the local copy. The folder is this
 checkout's `paths.pending`/<run id>, never a path read from the store (a store is untrusted: a path
@@ -137,7 +137,7 @@ def objective_values(run) -> list[float]:
 def main(argv: list[str] | None = None) -> int:
     guard_output()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    p = argparse.ArgumentParser(prog="python -m sweep.pipeline.upload", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sweep.ops.upload", description=__doc__.split("\n\n")[0])
     p.add_argument("run_id")
     add_tracking_uri(p)
     p.add_argument("--pending", help="where the job kept the adapter (its paths.pending; default: this checkout's)")

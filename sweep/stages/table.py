@@ -1,6 +1,6 @@
 """The pipeline's stages (conf/stage), one entry each: the trainer, what it trains on, how its runs
 are named, whether a reward model judges it, and the checks of its own keys. A new stage is one
-entry here, its trainer (sweep/rlhf/alignment.py) and its conf/stage/<name>.yaml; nothing else
+entry here, its trainer (sweep/stages/trainers.py) and its conf/stage/<name>.yaml; nothing else
 dispatches on a stage's name.
 """
 
@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 from sweep.config import ConfigError, is_int, is_number, require, run_id_or_null
 
 if TYPE_CHECKING:  # (the trainers import TRL and torch: checking a config needs neither)
-    from sweep.rlhf.alignment import StageRun
+    from sweep.stages.trainers import StageRun
     from sweep.training.sft import TrainResult
 
 POLICY_HEAD, JUDGE_HEAD = "CAUSAL_LM", "SEQ_CLS"  # peft task types: a policy generates, a reward model classifies
@@ -30,7 +30,7 @@ def no_checks(stage: DictConfig, train: DictConfig) -> None:
 @dataclass(frozen=True)
 class Stage:
     name: str
-    trainer: str               # its function in sweep/rlhf/alignment.py, imported when it trains
+    trainer: str               # its function in sweep/stages/trainers.py, imported when it trains
     data: str                  # what it trains on: "examples" (tokenized), "pairs" (chosen vs rejected), "prompts"
     label: str = ""            # its run names' prefix, formatted with the stage group (e.g. dpo-b0.1-lora-r8-...)
     judged: bool = False       # trains against a reward model (eval.judge_run_id, or the sweep's reward run)
@@ -43,9 +43,9 @@ class Stage:
         return self.head == POLICY_HEAD
 
     def train(self, run: StageRun) -> TrainResult:
-        from sweep.rlhf import alignment
+        from sweep.stages import trainers
 
-        return getattr(alignment, self.trainer)(run)
+        return getattr(trainers, self.trainer)(run)
 
 
 @cache

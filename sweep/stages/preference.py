@@ -22,8 +22,8 @@ from omegaconf import DictConfig
 
 from sweep.config import ConfigError
 from sweep.data.examples import render_pair
-from sweep.rlhf.lineage import merged
 from sweep.scoring.batching import length_batches
+from sweep.stages.lineage import merged
 from sweep.training.models import load_model_and_tokenizer
 
 log = logging.getLogger(__name__)

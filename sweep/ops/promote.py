@@ -3,7 +3,7 @@
 method, the data's sha256, the verdict against the strongest baseline) and the verdict line as
 its description; it loads with `mlflow.transformers.load_model("models:/<name>@champion")`.
 
-    python -m sweep.pipeline.promote RUN_ID [--alias champion] [--tracking-uri URI]   (make promote RUN=...)
+    python -m sweep.ops.promote RUN_ID [--alias champion] [--tracking-uri URI]   (make promote RUN=...)
 
 The version is MLflow's transformers flavour of a PEFT model: the run's adapter (a few MB) and a
 reference to its base model's folder (`local_base_model_path` in its MLmodel; MLflow writes the
@@ -82,8 +82,8 @@ def adapted_model(run_id: str, base: str, uri: str):
     recorded (each on the run's base model, `base`)."""
     from peft import PeftModel
 
-    from sweep.rlhf.lineage import fetch, merged
-    from sweep.rlhf.stages import POLICY_HEAD
+    from sweep.stages.lineage import fetch, merged
+    from sweep.stages.table import POLICY_HEAD
     from sweep.training.models import cached_build, load_model_and_tokenizer, model_source
 
     cfg, _ = recorded_config(run_id, log=log.info)

@@ -5,7 +5,7 @@ A server process is started once per sweep. It imports the libraries a job needs
 transformers, peft, lm-eval, MLflow, Optuna, TRL, the harness) and nothing else: it never builds
 a model, opens a store or starts a thread. For each job the launcher sends it the job's payload;
 it forks a child (copy-on-write: the imported modules are shared, not copied), which runs the job
-exactly as a spawned process would (sweep/study/job_process.py) and exits. The server
+exactly as a spawned process would (sweep/launcher/job_process.py) and exits. The server
 reports the child's pid (so the launcher can pass a SIGTERM or Ctrl-C on to it) and then its exit
 status (a SIGKILL from the out-of-memory killer is the job's failure, not the sweep's).
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 PRELOAD = ("torch", "transformers", "peft", "datasets", "trl", "optuna", "scipy.stats", "git", "sacrebleu",
            "lm_eval", "lm_eval.models.huggingface", "lm_eval.evaluator", "lm_eval.tasks",
            "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.tracing.processor.otel", "alembic",
-           "sweep.pipeline.job", "sweep.study.job_process")
+           "sweep.pipeline.job", "sweep.launcher.job_process")
 SPAWN = "spawn"  # the server's answer when it cannot fork safely: the launcher spawns the job instead
 
 
@@ -89,7 +89,7 @@ class ForkServer:
         commands_read, self._commands = os.pipe()
         self._replies, replies_write = os.pipe()
         self.process = subprocess.Popen(
-            [*module_command("sweep.study.fork_server"), str(commands_read), str(replies_write)],
+            [*module_command("sweep.launcher.fork_server"), str(commands_read), str(replies_write)],
             env=env, pass_fds=(commands_read, replies_write))
         os.close(commands_read)
         os.close(replies_write)
@@ -144,7 +144,7 @@ def unsafe_to_fork() -> str | None:
 
 def run_child(payload: str, result: str) -> int:
     """In the forked child: the job, as a spawned process runs it; its exit status."""
-    from sweep.study import job_process
+    from sweep.launcher import job_process
 
     signal.signal(signal.SIGINT, signal.default_int_handler)  # (the server ignores Ctrl-C; a job must not)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)

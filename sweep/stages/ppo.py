@@ -133,7 +133,7 @@ def train_policy_and_value(model, tokenizer, prompts: list[str], judge, stage: D
         scores = torch.tensor(judge(picked, texts), device=device)
         with torch.no_grad(), torch.autocast(device, torch.bfloat16, enabled=bf16):
             old_logp, old_values = forward(model, seq, attention, prompt_len, stage.temperature, value_head)
-            with model.disable_adapter():  # the parent policy (sweep/rlhf/lineage.py)
+            with model.disable_adapter():  # the parent policy (sweep/stages/lineage.py)
                 ref_logp, _ = forward(model, seq, attention, prompt_len, stage.temperature)
         kl = (old_logp - ref_logp) * mask
         rewards = -stage.kl_coef * kl

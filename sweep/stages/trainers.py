@@ -1,11 +1,11 @@
 """The trainers of the pipeline's stages, one function each, all taking a `StageRun`: SFT
 (transformers' Trainer, sweep/training/sft.py), the reward model (TRL's RewardTrainer), the policy
 trained on preferences (DPOTrainer) or by RL against the reward model (GRPOTrainer, RLOOTrainer; PPO
-proper in sweep/rlhf/ppo.py, since TRL 1.x has no PPOTrainer). sweep/rlhf/stages.py names which
+proper in sweep/stages/ppo.py, since TRL 1.x has no PPOTrainer). sweep/stages/table.py names which
 stage trains with which.
 
 A policy stage trains a fresh LoRA adapter on its parent policy merged into the base model
-(sweep/rlhf/lineage.py). Given a peft model, TRL's DPO, GRPO and RLOO trainers compute the reference
+(sweep/stages/lineage.py). Given a peft model, TRL's DPO, GRPO and RLOO trainers compute the reference
 log-probs through a frozen copy of the adapter as it starts ("ref"); a fresh LoRA adapter starts as
 the identity (B = 0), so the reference is exactly the parent policy, as the pipeline asks, without a
 second model in memory.
@@ -99,7 +99,7 @@ def run_trl(run: StageRun, trainer_class, args, **extra) -> TrainResult:
 
 
 def train_ppo(run: StageRun) -> TrainResult:
-    from sweep.rlhf import ppo
+    from sweep.stages import ppo
 
     def log_step(metrics: dict, step: int) -> None:
         records.log_curve({f"train/{k}": v for k, v in metrics.items()}, step=step)

@@ -1,4 +1,4 @@
-"""`make check-store` (`python -m sweep.study.integrity`): is a tracking store, and the study
+"""`make check-store` (`python -m sweep.ops.integrity`): is a tracking store, and the study
 beside it, whole?
 
 Checks, one line per violation (exit 1 if any, 0 when whole, 2 for bad input):
@@ -28,10 +28,10 @@ from pathlib import Path
 import mlflow
 
 from sweep.config import RUN_ID, ConfigError
-from sweep.rlhf.lineage import check_adapter, verified_adapter
 from sweep.runtime import processes
 from sweep.runtime.cli import add_tracking_uri, refuse
 from sweep.runtime.secrets import guard_output
+from sweep.stages.lineage import check_adapter, verified_adapter
 from sweep.tracking import reuse
 from sweep.tracking.untrusted import printable
 from sweep.vocabulary import (
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 
     guard_output()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    p = argparse.ArgumentParser(prog="python -m sweep.study.integrity", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sweep.ops.integrity", description=__doc__.split("\n\n")[0])
     add_tracking_uri(p)
     p.add_argument("--storage", default=os.environ.get(STORAGE_ENV),
                    help=f"the study storage to check against the runs (default: ${STORAGE_ENV}, if set)")
