@@ -97,7 +97,7 @@ class ScoringRows(BenchBase):
     def strongest_search(self) -> dict:
         """The strongest baseline's search without the race on `search_dev[0]` development examples vs
         with it on `search_dev[1]`: the race must spend no more time on twice the examples."""
-        from sweep.pipeline.build import prompting_of
+        from sweep.pipeline.plan import plan_of
         from sweep.pipeline.score import eval_tasks
         from sweep.scoring.baselines import Search, strongest
         from sweep.scoring.evaluate import make_lm
@@ -111,7 +111,7 @@ class ScoringRows(BenchBase):
             cfg = self.cfg("method=strongest_baseline", *self.p["search_grid"], f"data.dev_size={dev}",
                            f"method.search.p_threshold={p_threshold}",
                            f"method.search.n_startup_steps={self.p['search_startup']}", "method.search.oracle=none")
-            search = Search(cfg.method.search, lambda k, cfg=cfg: prompting_of(cfg, k), dev,
+            search = Search(cfg.method.search, plan_of(cfg).prompting_at, dev,
                             self.p["eval_limit"], False)
             start = time.perf_counter()
             choice = strongest(search, lm, lambda template, cfg=cfg: eval_tasks(cfg, template))

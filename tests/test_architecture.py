@@ -232,3 +232,14 @@ def test_the_one_line_refusal_and_the_store_argument_are_written_once():
     written = [f"{p.relative_to(ROOT)}: {what}" for p in files for what in ('"error: ', "f\"error: ", '"--tracking-uri"')
                if what in p.read_text()]
     assert not written, written
+
+
+def test_the_recipe_derives_its_plan_once():
+    """pipeline/plan.py derives what the config decides (stage, method, prompting, pool, baseline
+    settings, run name) once; the job, its build and its scoring read the plan's fields, so no step
+    can look a stage or a prompting up again and see another answer."""
+    derived = ("STAGES[", "METHODS[", "Prompting.from_config(", "run_name(", "LineageScope(", "Settings(")
+    again = [f"{path.name}:{n}: {line.strip()}" for path in (ROOT / "sweep" / "pipeline").glob("*.py")
+             if path.name not in ("plan.py", "naming.py", "checks.py")
+             for n, line in enumerate(path.read_text().splitlines(), 1) if any(d in line for d in derived)]
+    assert not again, "\n".join(again)

@@ -10,9 +10,9 @@ from lm_eval.models.huggingface import HFLM
 
 from sweep.config import ConfigError
 from sweep.data import splits
-from sweep.pipeline.build import load_project_tasks, prompting_of
+from sweep.pipeline.build import load_project_tasks
 from sweep.pipeline.checks import validate
-from sweep.pipeline.score import baseline_settings
+from sweep.pipeline.plan import plan_of
 from sweep.scoring import baselines, calibration
 from sweep.scoring.evaluate import Prompting, make_lm, score
 from sweep.scoring.fewshot import BalancedSampler, FixedDraw, draw, draw_seed
@@ -232,11 +232,11 @@ def test_the_baseline_cache_key_changes_with_the_scoring_code(monkeypatch):
 
     cfg = compose("model=tiny", "method=few_shot")
     tm, tasks = load_project_tasks(cfg)
-    key = baseline_cache.cache_key(baseline_settings(cfg), tm, task_files(tasks))
-    assert key == baseline_cache.cache_key(baseline_settings(cfg), tm, task_files(tasks))
+    key = baseline_cache.cache_key(plan_of(cfg).baseline, tm, task_files(tasks))
+    assert key == baseline_cache.cache_key(plan_of(cfg).baseline, tm, task_files(tasks))
     real = files.sha256  # (the scoring code is hashed by module, wherever its file now lives)
     monkeypatch.setattr(files, "sha256", lambda p: "edited" if p.name == "prefix_cache.py" else real(p))
-    assert baseline_cache.cache_key(baseline_settings(cfg), tm, task_files(tasks)) != key
+    assert baseline_cache.cache_key(plan_of(cfg).baseline, tm, task_files(tasks)) != key
 
 
 def test_the_baseline_cache_key_changes_with_the_decoding_of_generation_tasks():
@@ -247,7 +247,7 @@ def test_the_baseline_cache_key_changes_with_the_decoding_of_generation_tasks():
     def key(*overrides):
         cfg = compose("model=tiny", "method=zero_shot", "data=self_instruct", *overrides)
         tm, tasks = load_project_tasks(cfg)
-        return baseline_cache.cache_key(baseline_settings(cfg), tm, task_files(tasks))
+        return baseline_cache.cache_key(plan_of(cfg).baseline, tm, task_files(tasks))
 
     greedy = key()
     assert key("eval.generation.do_sample=true") != greedy
@@ -267,7 +267,7 @@ def test_the_baseline_cache_key_is_the_content_not_the_checkout(tmp_path, monkey
     def key(*overrides):
         cfg = compose("model=tiny", "method=few_shot", *overrides)
         tm, tasks = load_project_tasks(cfg)
-        return baseline_cache.cache_key(baseline_settings(cfg), tm, task_files(tasks))
+        return baseline_cache.cache_key(plan_of(cfg).baseline, tm, task_files(tasks))
 
     here = key()
     for folder in ("tasks", "data"):
@@ -298,7 +298,7 @@ def test_the_strongest_baseline_is_reported_with_the_draws_it_was_chosen_with(ti
                   "method.search.n_startup_steps=4", "eval.fewshot_draws=2", "method.search.oracle=none")
     passes, real = [], evaluate.score
     monkeypatch.setattr(evaluate, "score", lambda *a, **kw: passes.append(real(*a, **kw)) or passes[-1])
-    search = baselines.Search(cfg.method.search, lambda k: prompting_of(cfg, k), 12, 6, True)
+    search = baselines.Search(cfg.method.search, plan_of(cfg).prompting_at, 12, 6, True)
     choice = baselines.strongest(search, make_lm(*tiny, batch_size=8), lambda t: eval_tasks(cfg, t))
     *development, test = passes
     assert len(development) == 3 and test is choice.scores  # prefixes of 4, 8 and 12 examples, then the test pass
@@ -325,7 +325,7 @@ def test_the_chosen_pass_is_its_own_oracle(tiny, monkeypatch):
                   "method.search.n_startup_steps=4", "method.search.oracle=finished")
     passes, real = [], evaluate.score
     monkeypatch.setattr(evaluate, "score", lambda *a, **kw: passes.append(real(*a, **kw)) or passes[-1])
-    search = baselines.Search(cfg.method.search, lambda k: prompting_of(cfg, k), 8, 6, True)
+    search = baselines.Search(cfg.method.search, plan_of(cfg).prompting_at, 8, 6, True)
     choice = baselines.strongest(search, make_lm(*tiny, batch_size=8), lambda t: eval_tasks(cfg, t))
     assert passes[-1] is choice.scores and len(passes) == 3  # prefixes of 4 and 8 examples, then test once
     [row] = [r for r in choice.panel if r["chosen"]]

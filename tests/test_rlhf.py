@@ -319,14 +319,15 @@ def test_init_run_id_loads_exactly_the_parents_adapter(pipeline, tiny):
 
     from sweep.pipeline.build import build
     from sweep.pipeline.build import resolve_lineage as resolve
+    from sweep.pipeline.plan import plan_of
 
     runs, tracking, _ = pipeline
     sft, dpo = runs["sft"]["run_id"], runs["dpo"]["run_id"]
     cfg = stage_cfg("ppo", f"init.run_id={dpo}", f"eval.judge_run_id={runs['reward']['run_id']}", *tracking)
-    ancestry = resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+    ancestry = resolve(cfg, plan_of(cfg, "s", multirun=False), "tiny (from_config, seed 0)")
     assert [a.run_id for a in ancestry.policy] == [sft, dpo]  # the lineage, first stage first
     cfg = stage_cfg("dpo", f"init.run_id={sft}", *tracking)
-    ancestry = resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+    ancestry = resolve(cfg, plan_of(cfg, "s", multirun=False), "tiny (from_config, seed 0)")
     assert [a.run_id for a in ancestry.policy] == [sft] and ancestry.judge is None
     built = build(cfg, lineage=ancestry)
     # with its new adapter disabled the model is the base plus exactly the parent's LoRA update
@@ -360,12 +361,13 @@ def test_init_run_id_loads_exactly_the_parents_adapter(pipeline, tiny):
 ])
 def test_a_run_of_the_wrong_stage_is_refused(pipeline, key, parent, message):
     from sweep.pipeline.build import resolve_lineage as resolve
+    from sweep.pipeline.plan import plan_of
 
     runs, tracking, _ = pipeline
     cfg = stage_cfg("grpo", f"init.run_id={runs['sft']['run_id']}", f"eval.judge_run_id={runs['reward']['run_id']}",
                     f"{key}={runs[parent]['run_id']}", *tracking)
     with pytest.raises(ConfigError, match=message):
-        resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+        resolve(cfg, plan_of(cfg, "s", multirun=False), "tiny (from_config, seed 0)")
 
 
 @pytest.mark.e2e
@@ -373,6 +375,7 @@ def test_a_run_without_adapter_or_with_a_changed_one_is_refused(pipeline):
     import mlflow
 
     from sweep.pipeline.build import resolve_lineage as resolve
+    from sweep.pipeline.plan import plan_of
 
     runs, tracking, tmp = pipeline
     client = mlflow.MlflowClient(tracking[0].split("=", 1)[1])
@@ -381,15 +384,15 @@ def test_a_run_without_adapter_or_with_a_changed_one_is_refused(pipeline):
     client.set_terminated(bare.info.run_id)
     cfg = stage_cfg("dpo", f"init.run_id={bare.info.run_id}", *tracking)
     with pytest.raises(ConfigError, match="the run has no adapter"):
-        resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+        resolve(cfg, plan_of(cfg, "s", multirun=False), "tiny (from_config, seed 0)")
     cfg = stage_cfg("dpo", f"init.run_id={sft}", *tracking, f"paths.cache={tmp}/cache")
     with pytest.raises(ConfigError, match="trained on another base model"):
-        resolve(cfg, "s", "HuggingFaceTB/SmolLM2-360M", multirun=False)
+        resolve(cfg, plan_of(cfg, "s", multirun=False), "HuggingFaceTB/SmolLM2-360M")
     import json
     import shutil
 
     folder = next((tmp / "artifacts").rglob(f"{sft}/artifacts/adapter/adapter_model.safetensors")).parent
-    resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)  # (as stored: it loads)
+    resolve(cfg, plan_of(cfg, "s", multirun=False), "tiny (from_config, seed 0)")  # (as stored: it loads)
     shutil.rmtree(tmp / "cache" / "adapters" / sft)  # (a verified local copy is what was scored: used as it is)
     kept = tmp / "kept-adapter"
     shutil.copytree(folder, kept)
@@ -397,13 +400,13 @@ def test_a_run_without_adapter_or_with_a_changed_one_is_refused(pipeline):
     config = json.loads((folder / "adapter_config.json").read_text())
     (folder / "adapter_config.json").write_text(json.dumps(config | {"lora_alpha": config["lora_alpha"] * 100}))
     with pytest.raises(ConfigError, match="the adapter folder does not match the manifest sha256 its run recorded"):
-        resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+        resolve(cfg, plan_of(cfg, "s", multirun=False), "tiny (from_config, seed 0)")
     shutil.rmtree(folder)
     shutil.copytree(kept, folder)
     weights = folder / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-8] + b"\0" * 8)
     with pytest.raises(ConfigError, match="does not match the manifest sha256 its run recorded"):
-        resolve(cfg, "s", "tiny (from_config, seed 0)", multirun=False)
+        resolve(cfg, plan_of(cfg, "s", multirun=False), "tiny (from_config, seed 0)")
 
 
 @pytest.mark.e2e

@@ -66,18 +66,18 @@ def test_a_choice_reads_the_development_score_and_reports_the_test_one():
 def test_a_trained_pool_holds_exactly_the_examples_an_adapter_of_that_size_and_seed_trains_on():
     """eval.fewshot_pool=trained (a crossover's baselines): demonstrations come from the labelled
     examples the adapter sees, no others, never the development slice."""
-    from sweep.pipeline.build import demonstration_source
+    from sweep.pipeline.plan import plan_of
 
     task = loaded("data=rte")["rte"]
     dev = splits.dev_indices(task, 40)
     cfg = compose("model=tiny", "data=rte", "method=few_shot", "eval.fewshot_pool=trained",
                   "data.max_train_samples=16", "seed=3")
-    pool = splits.demonstration_pool(task, dev, demonstration_source(cfg))
+    pool = splits.demonstration_pool(task, dev, plan_of(cfg).pool)
     trained = training_pairs(task, "train", 16, seed=3, exclude=splits.held_from_training(task, dev))
     assert [splits.text_of(task, d) for d in pool] == [context for context, _ in trained]
     assert len(pool) == 16 and not {splits.text_of(task, task.dataset["dev"][i]) for i in dev} & \
         {splits.text_of(task, d) for d in pool}
     other_seed = splits.demonstration_pool(task, dev, splits.Pool(16, 4))
     assert [d["idx"] for d in other_seed] != [d["idx"] for d in pool]
-    whole = splits.demonstration_pool(task, dev, demonstration_source(compose("model=tiny", "data=rte")))
+    whole = splits.demonstration_pool(task, dev, plan_of(compose("model=tiny", "data=rte")).pool)
     assert len(whole) == len(task.dataset["train"])

@@ -24,7 +24,8 @@ from sweep.data.examples import (
     generated_file,
     read_generated,
 )
-from sweep.scoring.evaluate import Prompting, make_lm
+from sweep.pipeline.plan import Plan, plan_of
+from sweep.scoring.evaluate import make_lm
 from sweep.scoring.registry import check_templates, load_tasks, set_generation, task_manager, uses_chat_template
 from sweep.stages import lineage as lineages
 from sweep.stages.lineage import Lineage, merged
@@ -36,8 +37,6 @@ from sweep.stages.preference import (
     pair_rows,
     preference_docs,
 )
-from sweep.stages.table import STAGES
-from sweep.training.checks import METHODS
 from sweep.training.methods import apply_method
 from sweep.training.models import load_model_and_tokenizer
 
@@ -98,31 +97,31 @@ def job_datasets(cfg: DictConfig, tasks: dict) -> list[tuple[str, Path, str]]:
     return dataset_inputs(tasks, list(cfg.eval.tasks), trained)
 
 
-def resolve_lineage(cfg: DictConfig, sweep_id: str, base_model: str, multirun: bool) -> Lineage:
+def resolve_lineage(cfg: DictConfig, plan: Plan, base_model: str) -> Lineage:
     """The runs the job's stage starts from and is judged by, checked and their adapters fetched."""
-    where = lineages.LineageScope(cfg.tracking.uri, cfg.tracking.experiment, sweep_id, multirun)
-    return lineages.resolve(cfg.stage, cfg.init.run_id, cfg.eval.judge_run_id, where, base_model,
+    return lineages.resolve(cfg.stage, cfg.init.run_id, cfg.eval.judge_run_id, plan.lineage, base_model,
                             Path(cfg.paths.cache) / "adapters")
 
 
 def build(cfg: DictConfig, project: ProjectTasks | None = None, generated: Path | None = None,
-          lineage: Lineage = Lineage(), slices: dict[str, list[int]] | None = None) -> Built:
+          lineage: Lineage = Lineage(), slices: dict[str, list[int]] | None = None, plan: Plan | None = None) -> Built:
     """`project`: the tasks, when the caller has loaded them already; `generated`: the file
     `generated_data` found (looked up here when not given); `lineage`: the runs the stage starts
     from and is judged by (sweep/stages/lineage.py); `slices`: each task's development slice
-    (sweep/data/splits.py; carved here when not given)."""
+    (sweep/data/splits.py; carved here when not given); `plan`: the job's (derived here when not given)."""
+    plan = plan or plan_of(cfg)
     tm, tasks = project or load_project_tasks(cfg)
     generated = generated or generated_data(cfg)
     slices = splits.dev_slices(tasks, cfg.data.dev_size) if slices is None else slices
     eval_tasks = {name: tasks[name] for name in cfg.eval.tasks}
     set_generation(eval_tasks, cfg.eval.generation)
     dev_tasks = {name: splits.dev_task(task, slices[name]) for name, task in eval_tasks.items() if slices.get(name)}
-    pools = {name: splits.demonstration_pool(task, slices.get(name, []), demonstration_source(cfg))
+    pools = {name: splits.demonstration_pool(task, slices.get(name, []), plan.pool)
              for name, task in eval_tasks.items()} if cfg.method.num_fewshot else {}
     trained_apart = splits.held_from_training(tasks[cfg.data.task], slices.get(cfg.data.task, [])) \
         if uses_training_split(tasks.get(cfg.data.task), cfg.data) else set()  # (nor its groups)
-    check_inputs(cfg, tasks)
-    stage = STAGES[cfg.stage.name]
+    check_inputs(cfg, plan, tasks)
+    stage = plan.stage
     model, tokenizer = load_model_and_tokenizer(cfg.model, Path(cfg.paths.cache), cfg.seed, cfg.method.quantization,
                                                 reward_head=not stage.is_policy)
     set_seed(cfg.seed)  # an adapter's initial weights are random (LoRA's A, prompt embeddings): same seed, same build
@@ -167,21 +166,10 @@ def dev_pairs_of(task, indices: list[int], stage: str) -> list[dict]:
     return checked_pairs(task, [rows[i] for i in indices], stage) if indices else []
 
 
-def check_inputs(cfg: DictConfig, tasks: dict) -> None:
+def check_inputs(cfg: DictConfig, plan: Plan, tasks: dict) -> None:
     """What the loaded tasks can refuse of the config (before a store exists): a few-shot count larger
     than a task's pool, prompting a task cannot take, a training split the task does not have."""
-    if not METHODS[cfg.method.name].searches_prompts:  # (a search checks each variant it tries)
-        prompting_of(cfg).check({name: tasks[name] for name in cfg.eval.tasks})
-    if cfg.method.trains and STAGES[cfg.stage.name].data == "examples":
+    if not plan.method.searches_prompts:  # (a search checks each variant it tries)
+        plan.prompting.check({name: tasks[name] for name in cfg.eval.tasks})
+    if cfg.method.trains and plan.stage.data == "examples":
         check_split(tasks[cfg.data.task], cfg.data.train_split)
-
-
-def demonstration_source(cfg: DictConfig) -> splits.Pool:
-    """The labelled examples k-shot prompts draw from (eval.fewshot_pool)."""
-    return splits.Pool(cfg.data.max_train_samples, cfg.seed) if cfg.eval.fewshot_pool == "trained" \
-        else splits.WHOLE_SPLIT
-
-
-def prompting_of(cfg: DictConfig, num_fewshot: int | None = None) -> Prompting:
-    """The job's prompting (with `num_fewshot` demonstrations: a searched variant's, else the method's)."""
-    return Prompting.from_config(cfg.eval, cfg.method.num_fewshot if num_fewshot is None else num_fewshot, cfg.seed)

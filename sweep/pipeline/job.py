@@ -26,8 +26,8 @@ from sweep.pipeline.build import (
     task_files,
 )
 from sweep.pipeline.checks import validate
-from sweep.pipeline.naming import run_name
-from sweep.pipeline.score import baseline_settings, intermediate_scoring, record_leakage, score_and_record
+from sweep.pipeline.plan import Plan, plan_of
+from sweep.pipeline.score import intermediate_scoring, record_leakage, score_and_record
 from sweep.runtime import distributed, interrupts, machine, memory
 from sweep.runtime.hydra_job import (
     JobOutcome,
@@ -41,13 +41,11 @@ from sweep.scoring import baseline_cache, baselines
 from sweep.scoring.results import TRAIN_FLOPS, is_task_metric
 from sweep.stages import preference, reference_replies
 from sweep.stages.lineage import Lineage
-from sweep.stages.table import STAGES
 from sweep.stages.trainers import StageRun
 from sweep.study import trials
 from sweep.study.search import prunes
 from sweep.tracking import lifecycle, records, store
 from sweep.tracking.outage import TrackingUnavailable
-from sweep.training.checks import METHODS
 from sweep.training.methods import check_target_modules, count_parameters
 from sweep.training.models import base_model_identity, memory_footprint_mb
 from sweep.training.sft import model_flops_utilization, train, training_flops
@@ -91,6 +89,7 @@ def run_job(cfg: DictConfig) -> JobOutcome:
 class Prepared:
     """What a job found before any compute: everything that can refuse it has run."""
     sweep_id: str
+    plan: Plan                    # what the config decides: stage, method, prompting, pool, run name
     project: ProjectTasks         # the tasks (lm-eval's task manager and Task objects)
     generated: Path | None        # generated training data (data.generated), fetched and checked
     slices: dict[str, list[int]]  # each task's development slice
@@ -98,50 +97,52 @@ class Prepared:
     base_model: str               # the base model's identity (what a later stage must share)
 
 
-def check(cfg: DictConfig) -> None:
-    """The config's checks, and what it asks of the training processes (every process runs them)."""
+def check(cfg: DictConfig, sweep: str) -> Plan:
+    """The config's checks, and what it asks of the training processes (every process runs them);
+    the job's plan, derived from the checked config."""
     validate(cfg)
-    stage = STAGES[cfg.stage.name]
+    plan = plan_of(cfg, sweep, is_multirun())
+    stage = plan.stage
     if distributed.world_size() > 1 and prunes(cfg.trial.pruner):
         raise ConfigError(f"hydra.sweeper.pruner={cfg.trial.pruner} with {distributed.world_size()} training "
                           "processes: a pruned main process would leave the others waiting; use pruner=none")
     if distributed.world_size() > 1 and not stage.multi_process:
         raise ConfigError(f"stage={stage.name} with {distributed.world_size()} training processes: the "
                           "preference and RL stages run in one process (one GPU or the CPU); launch without accelerate")
+    return plan
 
 
-def prepare(cfg: DictConfig, sweep: str) -> Prepared:
+def prepare(cfg: DictConfig, plan: Plan, sweep: str) -> Prepared:
     """Everything a job reads before it starts: each refuses bad input with a ConfigError before a
     store exists or a model loads."""
-    stage = STAGES[cfg.stage.name]
+    stage = plan.stage
     project = load_project_tasks(cfg)  # unknown tasks or templates, bad data files
     generated = generated_data(cfg)   # generated data that cannot be found
     slices = splits.dev_slices(project.tasks, cfg.data.dev_size)  # a development slice a split cannot give
-    if METHODS[cfg.method.name].searches_prompts:
+    if plan.method.searches_prompts:
         baselines.check_search(cfg.method.search, project.manager, cfg.eval.tasks)
-    check_inputs(cfg, project.tasks)  # (a few-shot count, a training split)
+    check_inputs(cfg, plan, project.tasks)  # (a few-shot count, a training split)
     if cfg.method.trains and stage.data != "examples":  # (preference pairs, or prompts, to train on)
         preference.split_docs(project.tasks[cfg.data.task], cfg.data.train_split, stage.name)
     if cfg.method.peft == "lora":  # (target modules the base model does not have)
         check_target_modules(cfg.model, cfg.lora, cfg.paths.cache, cfg.seed)
     identity = base_model_identity(cfg.model, cfg.seed)
-    ancestry = resolve_lineage(cfg, sweep, identity, is_multirun())  # (runs to start from, or judge with)
-    return Prepared(sweep, project, generated, slices, ancestry, identity)
+    ancestry = resolve_lineage(cfg, plan, identity)  # (runs to start from, or judge with)
+    return Prepared(sweep, plan, project, generated, slices, ancestry, identity)
 
 
 def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | None = None) -> JobOutcome:
     """The job (`sweep`: its sweep's id, computed once by run_job)."""
     sweep = sweep or sweep_id(cfg.tracking)
-    check(cfg)
+    plan = check(cfg, sweep)
     if not distributed.is_main():
-        return train_share(cfg, sweep)
-    job = prepare(cfg, sweep)
+        return train_share(cfg, plan, sweep)
+    job = prepare(cfg, plan, sweep)
     experiment_id = store.open_experiment(cfg.tracking)
     store.close_orphaned_runs(experiment_id)
     use_all_cores()
     set_seed(cfg.seed)
     trial = trials.attach(cfg)
-    name = run_name(cfg)
     start_memory = {"rss_at_start_mb": rss_at_start} if rss_at_start is not None else {}
     run_tags = {METHOD: cfg.method.name, STAGE: cfg.stage.name, MODEL: cfg.model.name,
                 TASKS: ",".join(cfg.eval.tasks), SEED: str(cfg.seed),
@@ -150,19 +151,19 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
         BASE_MODEL: job.base_model} | job.lineage.tags()
     files = task_files(job.project.tasks)
     if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed, lm-eval (and judge)
-        key = baseline_cache.cache_key(baseline_settings(cfg), job.project.manager, files, job.lineage.judge)
+        key = baseline_cache.cache_key(plan.baseline, job.project.manager, files, job.lineage.judge)
         found = baseline_cache.find_source(key) if cfg.eval.cache else None
         if found is not None:
-            return reuse_baseline(cfg, job, experiment_id, name, tags | {vocabulary.BASELINE_KEY_TAG: key}, *found,
+            return reuse_baseline(cfg, job, experiment_id, tags | {vocabulary.BASELINE_KEY_TAG: key}, *found,
                                   start_memory)
         tags |= {vocabulary.BASELINE_KEY_TAG: key, CACHED: "false"}
-    built = build(cfg, job.project, job.generated, job.lineage, job.slices)
+    built = build(cfg, job.project, job.generated, job.lineage, job.slices, plan)
     trainable, total = count_parameters(built.model)
 
     # The folder the base model loaded from: what an adapter's adapter_config.json names.
     tags[BASE_MODEL_PATH] = str(getattr(built.model, "name_or_path", "") or "")
-    with lifecycle.mlflow_run(experiment_id, name, tags, system_metrics_interval=store.system_metrics_interval(
-            cfg.tracking), outage_seconds=cfg.tracking.outage_seconds) as run:
+    with lifecycle.mlflow_run(experiment_id, plan.run_name, tags, outage_seconds=cfg.tracking.outage_seconds,
+                              system_metrics_interval=store.system_metrics_interval(cfg.tracking)) as run:
         # Each step's results are logged as soon as they exist: a later failure keeps them.
         records.log_inputs(resolved(cfg), built.files, built.datasets)
         metrics = {"trainable_params": trainable, "total_params": total,
@@ -170,17 +171,17 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
         records.log_metrics(metrics)
         unstored = None
         if cfg.method.trains:
-            metrics |= train_and_record(cfg, built, total, trial)
+            metrics |= train_and_record(cfg, plan, built, total, trial)
             unstored = store_adapter(cfg, built.model)
         # (a judged adapter: with the adapter disabled, the model is the reference whose replies it is compared with)
         has_reference = job.lineage.judge is not None and cfg.method.peft and cfg.eval.enabled
-        key = (reference_replies.replies_key(baseline_settings(cfg), cfg.method.quantization, cfg.eval.batch_size,
+        key = (reference_replies.replies_key(plan.baseline, cfg.method.quantization, cfg.eval.batch_size,
                                            job.project.manager, files, job.lineage.policy)
                if has_reference else None)
-        scored, scores = score_and_record(cfg, built, name, key)
+        scored, scores = score_and_record(cfg, plan, built, key)
         metrics |= scored
-        if cfg.eval.enabled and STAGES[cfg.stage.name].is_policy:  # (against what this run saw, demonstrations too)
-            metrics |= record_leakage(cfg, built, job.project.tasks, job.slices, job.generated, scores)
+        if cfg.eval.enabled and plan.stage.is_policy:  # (against what this run saw, demonstrations too)
+            metrics |= record_leakage(cfg, plan, built, job.project.tasks, job.slices, job.generated, scores)
         if not cfg.method.trains:
             baseline_cache.record_scores()  # what a later reuse of this baseline reads
         if unstored is not None:
@@ -193,8 +194,9 @@ def resolved(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def reuse_baseline(cfg: DictConfig, job: Prepared, experiment_id: str, name: str, tags: dict, source,
+def reuse_baseline(cfg: DictConfig, job: Prepared, experiment_id: str, tags: dict, source,
                    scores: dict, start_memory: dict) -> JobOutcome:
+    name = job.plan.run_name
     with lifecycle.mlflow_run(experiment_id, name, tags, system_metrics_interval=store.system_metrics_interval(
             cfg.tracking), outage_seconds=cfg.tracking.outage_seconds) as run:
         records.log_inputs(resolved(cfg), task_files(job.project.tasks), job_datasets(cfg, job.project.tasks))
@@ -206,13 +208,13 @@ def reuse_baseline(cfg: DictConfig, job: Prepared, experiment_id: str, name: str
         return JobOutcome("FINISHED", job.sweep_id, run.info.run_id, metrics)
 
 
-def train_share(cfg: DictConfig, sweep: str) -> JobOutcome:
+def train_share(cfg: DictConfig, plan: Plan, sweep: str) -> JobOutcome:
     """A process other than the main one of a multi-process job: its share of the training
     (gradients are averaged with the main process's), nothing recorded, scored or saved."""
     use_all_cores()
     set_seed(cfg.seed)
     if cfg.method.trains:
-        built = build(cfg)
+        built = build(cfg, plan=plan)
         with tempfile.TemporaryDirectory(prefix="trainer-") as out:
             train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, out,
                   fail_at_step=cfg.debug.fail_at_step)
@@ -232,12 +234,11 @@ def store_adapter(cfg: DictConfig, model) -> records.AdapterNotStored | None:
     return None
 
 
-def train_and_record(cfg: DictConfig, built, total_params: int, trial) -> dict[str, float]:
-    stage = STAGES[cfg.stage.name]
+def train_and_record(cfg: DictConfig, plan: Plan, built, total_params: int, trial) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="trainer-") as out:
-        result = stage.train(StageRun(
+        result = plan.stage.train(StageRun(
             built.model, built.tokenizer, built.train_dataset, out, cfg.stage, cfg.train, cfg.seed, judge=built.judge,
-            fail_at_step=cfg.debug.fail_at_step, callbacks=intermediate_scoring(cfg, built, trial),
+            fail_at_step=cfg.debug.fail_at_step, callbacks=intermediate_scoring(cfg, plan, built, trial),
             prune_divergence=trial is not None and trial.pruning))
     trained = {"train_seconds": result.seconds, "train_tokens": result.tokens,
                TRAIN_FLOPS: training_flops(total_params, result.tokens, frozen_base=cfg.method.peft is not None),

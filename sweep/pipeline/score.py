@@ -15,23 +15,22 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from sweep import vocabulary
 from sweep.data import splits
 from sweep.data.examples import read_generated
 from sweep.data.splits import DEV_PREFIX
-from sweep.pipeline.build import demonstration_source, load_project_tasks, prompting_of
+from sweep.pipeline.build import load_project_tasks
 from sweep.pipeline.naming import pool_suffix
+from sweep.pipeline.plan import Plan
 from sweep.runtime import memory
-from sweep.scoring import baseline_cache, baselines, leakage
+from sweep.scoring import baselines, leakage
 from sweep.scoring.evaluate import Prompting, draw_demonstrations, score
 from sweep.scoring.results import LEAKAGE_PREFIX, is_task_metric, prefixed
 from sweep.stages import judging, preference, reference_replies
-from sweep.stages.table import STAGES
 from sweep.study import trials
 from sweep.tracking import records
-from sweep.training.checks import METHODS
 from sweep.vocabulary import REWARD_SCORES
 
 log = logging.getLogger(__name__)
@@ -39,12 +38,12 @@ log = logging.getLogger(__name__)
 REWARD_FIGURE = "reward_distribution.png"
 
 
-def intermediate_scoring(cfg: DictConfig, built, trial) -> list:
+def intermediate_scoring(cfg: DictConfig, plan: Plan, built, trial) -> list:
     """With eval.every_steps, score the first eval.slice_size development examples during training
     (curves `slice/dev/<task>/<metric>`, and the trial's intermediate values for pruning)."""
     if not cfg.eval.every_steps:
         return []
-    prompting = prompting_of(cfg)
+    prompting = plan.prompting
 
     def score_slice() -> dict[str, float]:
         return prefixed(score(built.lm, built.task_manager, built.dev_tasks, prompting, cfg.eval.slice_size,
@@ -69,18 +68,6 @@ def score_reward_model(cfg: DictConfig, built) -> dict[str, float]:
     return dev | pairs.metrics(cfg.data.task, cfg.seed)
 
 
-def baseline_settings(cfg: DictConfig) -> baseline_cache.Settings:
-    """What the job's baseline scores depend on, for the baseline cache's key."""
-    search = cfg.method.get("search")
-    return baseline_cache.Settings(
-        model=cfg.model, model_cache=cfg.paths.cache, tasks=list(cfg.eval.tasks),
-        templates=list(search.template) if search is not None else [cfg.eval.template],
-        prompting=prompting_of(cfg), search=OmegaConf.to_container(search) if search is not None else None,
-        limit=cfg.eval.limit, dev_size=cfg.data.dev_size, seed=cfg.seed,
-        pool=demonstration_source(cfg) if cfg.method.num_fewshot or search is not None else None,  # (0-shot: none)
-        generation={k: v for k, v in cfg.eval.generation.items() if v is not None})
-
-
 def eval_tasks(cfg: DictConfig, template: str):
     """(task manager, {eval task: its `template` variant}), freshly loaded."""
     tm, tasks = load_project_tasks(cfg, template)
@@ -92,8 +79,8 @@ class ReferenceReplies:
     test prompts: generated, or reused from an earlier run with the same key
     (sweep/stages/reference_replies.py); recorded once, when both passes are judged."""
 
-    def __init__(self, cfg: DictConfig, built, key: str | None):
-        self.cfg, self.built, self.key = cfg, built, key
+    def __init__(self, cfg: DictConfig, prompting: Prompting, built, key: str | None):
+        self.cfg, self.prompting, self.built, self.key = cfg, prompting, built, key
         self.texts: reference_replies.Replies = {}
         self.sources: set[str | None] = set()
 
@@ -110,7 +97,7 @@ class ReferenceReplies:
             log.info("reference replies reused from run %s (eval.cache=false generates them again)", source)
         else:
             source = None
-            generated = judging.reference_replies(self.built, tasks, prompting_of(self.cfg),
+            generated = judging.reference_replies(self.built, tasks, self.prompting,
                                                   None if prefix else self.cfg.eval.limit, demonstrations)
             texts = {prefix + n: r for n, r in generated.items()}
         self.texts |= texts
@@ -140,19 +127,19 @@ def score_pass(cfg: DictConfig, built, tasks: dict, prompting: Prompting, limit:
     return prefixed(metrics, prefix), scores
 
 
-def score_lm(cfg: DictConfig, built, reference_key: str | None):
+def score_lm(cfg: DictConfig, plan: Plan, built, reference_key: str | None):
     """(development and test metrics, the test pass's scores) of a policy or a baseline."""
-    if METHODS[cfg.method.name].searches_prompts:
-        search = baselines.Search(cfg.method.search, lambda k: prompting_of(cfg, k), cfg.data.dev_size,
-                                  cfg.eval.limit, cfg.eval.log_samples, demonstration_source(cfg))
+    if plan.method.searches_prompts:
+        search = baselines.Search(cfg.method.search, plan.prompting_at, cfg.data.dev_size,
+                                  cfg.eval.limit, cfg.eval.log_samples, plan.pool)
         choice = baselines.strongest(search, built.lm, lambda template: eval_tasks(cfg, template))
         records.log_baseline_choice(choice.best, choice.panel, choice.demonstrations, cfg.data.dev_size,
                                     pool_suffix(cfg))
         records.log_metrics(choice.dev_metrics)
         return choice.dev_metrics | choice.scores.metrics | choice.scores.query_cost(), choice.scores
-    prompting = prompting_of(cfg)
+    prompting = plan.prompting
     demonstrations = draw_demonstrations(built.eval_tasks, prompting, built.pools)  # the same for both passes
-    references = ReferenceReplies(cfg, built, reference_key)
+    references = ReferenceReplies(cfg, prompting, built, reference_key)
     dev = {}
     if built.dev_tasks:
         dev, _ = score_pass(cfg, built, built.dev_tasks, prompting, None, demonstrations, references, DEV_PREFIX)
@@ -162,7 +149,7 @@ def score_lm(cfg: DictConfig, built, reference_key: str | None):
     return dev | test | scores.query_cost(), scores
 
 
-def seen_material(cfg: DictConfig, built, tasks: dict, slices: dict, generated: Path | None,
+def seen_material(cfg: DictConfig, plan: Plan, built, tasks: dict, slices: dict, generated: Path | None,
                   scores) -> dict[str, list[str]]:
     """{scored task: the texts this run could have learned from}: an adapter's training rows (the
     seeded subset it trained on, with the generated tasks mixed in; a preference stage's train split
@@ -173,7 +160,7 @@ def seen_material(cfg: DictConfig, built, tasks: dict, slices: dict, generated: 
         task = tasks[cfg.data.task]
         held = splits.held_from_training(task, slices.get(cfg.data.task, []))
         docs = task.dataset[cfg.data.train_split]
-        if STAGES[cfg.stage.name].data == "examples" and not generated:
+        if plan.stage.data == "examples" and not generated:
             order = splits.training_order(len(docs), cfg.data.max_train_samples, cfg.seed, held)
         else:
             order = [i for i in range(len(docs)) if i not in held]
@@ -182,19 +169,19 @@ def seen_material(cfg: DictConfig, built, tasks: dict, slices: dict, generated: 
     out = {}
     for name in cfg.eval.tasks:
         shown = [leakage.doc_text(d) for draw in (scores.demonstrations if scores else []) for d in draw.get(name, [])]
-        if scores and not scores.demonstrations and prompting_of(cfg).num_fewshot and built.pools.get(name):
+        if scores and not scores.demonstrations and plan.prompting.num_fewshot and built.pools.get(name):
             shown = [leakage.doc_text(d) for d in built.pools[name]]
         out[name] = texts + shown
     return out
 
 
-def record_leakage(cfg: DictConfig, built, tasks: dict, slices: dict, generated: Path | None,
+def record_leakage(cfg: DictConfig, plan: Plan, built, tasks: dict, slices: dict, generated: Path | None,
                    scores) -> dict[str, float]:
     """The leakage audit of each scored task against what this run saw (sweep/scoring/leakage.py):
     `leakage.json` (each flagged test example it scored, by doc_id, with the text it overlaps) and
     metrics `leakage/<task>/flagged` of `leakage/<task>/scored`."""
     found, metrics = {}, {}
-    for name, material in seen_material(cfg, built, tasks, slices, generated, scores).items():
+    for name, material in seen_material(cfg, plan, built, tasks, slices, generated, scores).items():
         task = tasks[name]
         flags = leakage.audit_task(task, material, Path(cfg.paths.cache) / "leakage")
         scored = min(len(task.eval_docs), cfg.eval.limit or len(task.eval_docs))
@@ -206,17 +193,17 @@ def record_leakage(cfg: DictConfig, built, tasks: dict, slices: dict, generated:
     return metrics
 
 
-def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | None = None) -> tuple[dict, object]:
+def score_and_record(cfg: DictConfig, plan: Plan, built, reference_key: str | None = None) -> tuple[dict, object]:
     """Score with lm-eval (unless eval.enabled=false); log the scores, predictions and peak memory;
     return them and lm-eval's scores (None when nothing was scored by lm-eval).
     `reference_key`: of the reference policy's replies, for a judged run (sweep/stages/reference_replies.py)."""
     scored, scores = {}, None
     with memory.phase_peak() as peaks:  # (scoring's own peak: eval.batch_size bounds it, not gradient checkpointing)
         start = time.perf_counter()
-        if cfg.eval.enabled and not STAGES[cfg.stage.name].is_policy:
+        if cfg.eval.enabled and not plan.stage.is_policy:
             scored = score_reward_model(cfg, built)
         elif cfg.eval.enabled:
-            scored, scores = score_lm(cfg, built, reference_key)
+            scored, scores = score_lm(cfg, plan, built, reference_key)
             records.log_eval_results(scores.results)
         if cfg.eval.enabled:
             scored |= {"eval_seconds": time.perf_counter() - start}
@@ -225,5 +212,5 @@ def score_and_record(cfg: DictConfig, built, name: str, reference_key: str | Non
     scored |= peaks.job | ({f"eval_{k}": v for k, v in peaks.phase.items()} if cfg.eval.enabled else {})
     records.log_metrics(scored)
     shown = {k: f"{v:.4g}" for k, v in scored.items() if is_task_metric(k)} or {"scoring": "off (eval.enabled=false)"}
-    log.info("%s: %s", name, ", ".join(f"{k}={v}" for k, v in shown.items()))
+    log.info("%s: %s", plan.run_name, ", ".join(f"{k}={v}" for k, v in shown.items()))
     return scored, scores
