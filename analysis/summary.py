@@ -29,6 +29,7 @@ from analysis.runs import (
     template,
     value,
 )
+from analysis.sequential import DEFAULT_BLOCK
 from analysis.stats import examples_available, samples
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.cli import add_tracking_uri, refuse
@@ -256,7 +257,18 @@ def sweep_verdicts(runs: pd.DataFrame) -> list[verdict.Comparison]:
                                 examples_available(strongest["run_id"], task))
             if c is not None:
                 (primary if is_chosen else secondary).append(c)
-    return verdict.corrected(primary, verdict.PRIMARY) + verdict.corrected(secondary, verdict.SECONDARY)
+    chosen = {r["run_id"]: r for _, r in runs.iterrows()}
+    primary = [sequentially(c, chosen[c.run_id]) for c in verdict.corrected(primary, verdict.PRIMARY)]
+    return primary + verdict.corrected(secondary, verdict.SECONDARY)
+
+
+def sequentially(c: verdict.Comparison, run) -> verdict.Comparison:
+    """The primary comparison read in blocks when its run was configured so (eval.sequential=true,
+    blocks of eval.sequential_block, in the order its seed fixes): set before any test score existed."""
+    if str(run.get("params.eval.sequential")).lower() != "true":
+        return c
+    block, seed = value(run, "params.eval.sequential_block"), value(run, "params.seed")
+    return c.read_sequentially(int(block) if block and block >= 1 else DEFAULT_BLOCK, int(seed or 0))
 
 
 def best_by_dev(runs: pd.DataFrame, metric: str) -> pd.Series | None:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import stats as sps
 
+from analysis.sequential import Sequential, order, sequential
 from sweep.vocabulary import VERDICT_PREFIX, VERDICT_TAG_PREFIX
 
 ALPHA = 0.05
@@ -78,6 +79,14 @@ class Comparison:
     available: int | None = None  # test examples the task has
     role: str = PRIMARY
     family: int = 1
+    diffs: tuple = ()         # adapter (mean over seeds) - baseline per test example, by example id
+    stopped: Sequential | None = None  # the sequential verdict, when it decides (eval.sequential)
+
+    def read_sequentially(self, block: int, seed: int) -> Comparison:
+        """This comparison decided by the sequential verdict (analysis/sequential.py): the examples
+        read in blocks, in the order `seed` fixes, at the same level and margin."""
+        diffs = np.asarray(self.diffs)[order(len(self.diffs), seed)]
+        return replace(self, stopped=sequential(diffs, 1 - self.level, self.margin, block))
 
     @property
     def level(self) -> float:
@@ -92,6 +101,8 @@ class Comparison:
 
     @property
     def verdict(self) -> str:
+        if self.stopped is not None:
+            return self.stopped.verdict
         low, high = self.interval
         if low > 0:
             return "better"
@@ -121,7 +132,11 @@ class Comparison:
 
     def sentence(self) -> str:
         """e.g. 'better: +0.080 [+0.041, +0.118] (95% paired bootstrap, 400 test examples) vs
-        strongest_baseline=zero_shot-cal-plain; detects ±0.047 at 80% power'."""
+        strongest_baseline=zero_shot-cal-plain; detects ±0.047 at 80% power'; a sequential verdict
+        first says where it stopped, then what the fixed-size test over every example says."""
+        if self.stopped is not None:
+            fixed = replace(self, stopped=None)
+            return f"{self.stopped.sentence()}; the fixed-size test over all of them: {fixed.sentence()}"
         low, high = self.interval
         verdict = {"equivalent": f"equivalent within ±{self.margin:g}"}.get(self.verdict, self.verdict)
         over = f"{self.n} test examples" + (f" x {self.seeds} seeds" if self.seeds > 1 else "")
@@ -151,7 +166,8 @@ def compare(run_id: str, run: str, metric: str, baseline: str, adapter_scores: d
     draws = bootstrap(adapter, base, resamples)
     return Comparison(run_id, run, metric, baseline, margin, len(ids), len(per_seed),
                       float(np.mean(adapter - base)), float(np.std(draws, ddof=1)), tuple(draws),
-                      tuple(float(m) for m in adapter.mean(axis=1)), available)
+                      tuple(float(m) for m in adapter.mean(axis=1)), available,
+                      diffs=tuple(adapter.mean(axis=0) - base))
 
 
 def corrected(family: list[Comparison], role: str = PRIMARY) -> list[Comparison]:
@@ -163,8 +179,10 @@ def metrics_of(c: Comparison) -> dict[str, float]:
     """What an adapter run records of its verdict (MLflow metrics verdict/<task>/<metric>/...)."""
     base = f"{VERDICT_PREFIX}{c.metric}/"
     low, high = c.interval
+    stopped = {base + "sequential_examples": float(c.stopped.used), base + "sequential_low": c.stopped.low,
+               base + "sequential_high": c.stopped.high} if c.stopped is not None else {}
     return {base + "diff": c.diff, base + "ci_low": low, base + "ci_high": high, base + "level": c.level,
-            base + "detectable": c.detectable, base + "seeds": float(c.seeds)}
+            base + "detectable": c.detectable, base + "seeds": float(c.seeds)} | stopped
 
 
 def tags_of(c: Comparison) -> dict[str, str]:

@@ -62,6 +62,8 @@ CASES = [
     ("sweep.py", ["data.dev_size=70000"], "data.dev_size=70000 is larger than task sst2's dev split (600 examples)"),
     ("sweep.py", ["data.dev_size=0", "eval.every_steps=5"], "eval.every_steps=5 is invalid: scores the development"),
     ("sweep.py", ["eval.margin=-0.1"], "eval.margin=-0.1 is invalid"),
+    ("sweep.py", ["eval.sequential_block=0"], "eval.sequential_block=0 is invalid: must be a whole number of test examples >= 1"),
+    ("sweep.py", ["eval.sequential=maybe"], "eval.sequential='maybe' is invalid: must be true or false"),
     ("sweep.py", ["lora.r=choice()"], "lora.r=choice(): not an override Hydra can parse"),
     ("sweep.py", ["tracking.uri=nosuch://x"], "tracking.uri='nosuch://x' cannot be opened"),
     ("sweep.py", ["tracking.uri=sqlite:///{a_file}/m.db"], "/a_file/m.db' cannot be opened"),
