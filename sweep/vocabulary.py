@@ -78,6 +78,9 @@ BASELINE_PANEL = "baseline_panel.json"
 LEAKAGE = "leakage.json"     # the leakage audit's flagged test examples, per task (sweep/scoring/leakage.py)
 JUDGED_REPLIES = "judged_replies.json"  # each reply, the reference's, their rewards (MLflow table)
 DEV_JUDGED_REPLIES = "dev_" + JUDGED_REPLIES  # the same on the development prompts
+# eval.fewshot_sampler=retrieved: per task, each scored example's doc_id -> its demonstrations' pool indices
+RETRIEVED_DEMONSTRATIONS = "retrieved_demonstrations.json"
+DEV_RETRIEVED_DEMONSTRATIONS = "dev_" + RETRIEVED_DEMONSTRATIONS  # the same on the development examples
 REFERENCE_REPLIES = "reference_replies.json"
 REWARD_SCORES = "reward_scores.json"  # stage=reward: each held-out pair's rewards (MLflow table)
 GENERATED_DIR, GENERATED_TASKS = "generated", "tasks.jsonl"

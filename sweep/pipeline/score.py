@@ -118,6 +118,9 @@ def score_pass(cfg: DictConfig, built, tasks: dict, prompting: Prompting, limit:
     scores = score(built.lm, built.task_manager, tasks, prompting, limit,
                    cfg.eval.log_samples or built.judge is not None, pools=built.pools, demonstrations=demonstrations)
     metrics = scores.metrics
+    if scores.retrieved:  # (each example's demonstrations: the pass can be audited and reproduced)
+        records.log_json(scores.retrieved, vocabulary.DEV_RETRIEVED_DEMONSTRATIONS if prefix
+                         else vocabulary.RETRIEVED_DEMONSTRATIONS)
     if built.judge is not None:  # the reward model's verdict on the replies, against the reference policy
         judged, table = judging.judged(built, tasks, scores, built.judge,
                                        references.replies(tasks, scores, prefix, demonstrations),

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, ListConfig
 from sweep.config import DEFAULT_TEMPLATE, ConfigError, is_int, is_number, require
 from sweep.data import splits
 from sweep.scoring import race
-from sweep.scoring.checks import FEWSHOT_SAMPLERS
+from sweep.scoring.checks import FEWSHOT_SAMPLERS, RETRIEVED
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class Variant:
     def label(self) -> str:
         """e.g. few_shot-k4-balanced-cal-plain (the run name of the equivalent baseline run)."""
         parts = [self.method] + ([f"k{self.num_fewshot}"] if self.num_fewshot else [])
-        parts += ["balanced"] if self.num_fewshot and self.fewshot_sampler == "balanced" else []
+        parts += [self.fewshot_sampler] if self.num_fewshot and self.fewshot_sampler != "random" else []
         parts += ["cal"] if self.calibrate else []
         return "-".join(parts) + template_suffix(self.template)
 
@@ -107,8 +107,10 @@ class Search:
     def unit_prompting(self, unit: list[Variant]):
         """The prompting of one scoring pass: fixed draws, calibrated when any of its variants is."""
         v = unit[0]
-        prompting = replace(self.prompting_of(v.num_fewshot), per_example=False,
+        retrieved = bool(v.num_fewshot) and v.fewshot_sampler == RETRIEVED  # (per scored example: one draw)
+        prompting = replace(self.prompting_of(v.num_fewshot), per_example=retrieved,
                             calibrate=any(u.calibrate for u in unit))
+        prompting = replace(prompting, draws=1) if retrieved else prompting
         return replace(prompting, sampler=v.fewshot_sampler) if v.num_fewshot else prompting
 
 

@@ -9,7 +9,8 @@ from omegaconf import DictConfig, ListConfig
 
 from sweep.config import DEFAULT_TEMPLATE, is_int, is_number, require, run_id_or_null
 
-FEWSHOT_SAMPLERS = ("random", "balanced")
+RETRIEVED = "retrieved"  # demonstrations chosen per scored example by similarity (sweep/scoring/fewshot.py)
+FEWSHOT_SAMPLERS = ("random", "balanced", RETRIEVED)
 FEWSHOT_POOLS = ("split", "trained")  # eval.fewshot_pool (sweep/data/splits.py: Pool)
 
 

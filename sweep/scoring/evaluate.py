@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from sweep.config import ConfigError
 from sweep.scoring import calibration, fewshot
+from sweep.scoring.checks import RETRIEVED
 from sweep.scoring.registry import check_fewshot_pool, uses_chat_template
 from sweep.scoring.results import (
     QUERY_SECONDS,
@@ -61,9 +62,10 @@ class Prompting:
         """From the eval group, with `num_fewshot` demonstrations (the method's, or a searched variant's)."""
         if not num_fewshot:  # no demonstrations: how they would be drawn does not matter (nor in the cache's key)
             return cls(calibrate=e.calibrate, content_free=tuple(e.content_free), seed=seed)
-        return cls(num_fewshot=num_fewshot, sampler=e.fewshot_sampler, draws=e.fewshot_draws,
-                   per_example=e.fewshot_per_example, calibrate=e.calibrate, content_free=tuple(e.content_free),
-                   fewshot_as_multiturn=e.fewshot_as_multiturn, seed=seed)
+        retrieved = e.fewshot_sampler == RETRIEVED  # (chosen per scored example, deterministically: one draw)
+        return cls(num_fewshot=num_fewshot, sampler=e.fewshot_sampler, draws=1 if retrieved else e.fewshot_draws,
+                   per_example=e.fewshot_per_example or retrieved, calibrate=e.calibrate,
+                   content_free=tuple(e.content_free), fewshot_as_multiturn=e.fewshot_as_multiturn, seed=seed)
 
     def check(self, tasks: dict) -> None:
         """ConfigError when a task cannot be prompted this way (before any compute)."""
@@ -86,6 +88,7 @@ class Scores:
     prompt_tokens: int = 0    # their prompts' tokens, demonstrations included
     seconds: float = 0.0      # the pass's wall time (calibration's extra passes included)
     demonstrations: list = field(default_factory=list)  # per draw {task: docs} prompted with ([]: none, or per example)
+    retrieved: dict = field(default_factory=dict)  # eval.fewshot_sampler=retrieved: {task: {doc_id: pool indices}}
 
     def query_cost(self) -> dict[str, float]:
         """What a query of this pass costs: prompt tokens and measured seconds per 1,000 queries."""
@@ -152,10 +155,18 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
                 p_cf = content_free_bias(lm, task, prompting, chat) if prompting.calibrate else None
                 record_predictions(results, name, p_cf)
         draws.append({"seed": seed, "demonstrations": drawn, "results": results})
+    retrieved = {name: given_per_example(task, limit) for name, task in tasks.items()
+                 if isinstance(getattr(task, "sampler", None), fewshot.RetrievedSampler)}
     combined = combine_draws(draws, log_samples)
     by_draw = [flatten_metrics(d["results"]["results"]) for d in draws] if len(draws) > 1 else []
     return Scores(flatten_metrics(combined["results"]), combined, by_draw, queries, tokens,
-                  time.perf_counter() - start, [d["demonstrations"] for d in draws if d["demonstrations"]])
+                  time.perf_counter() - start, [d["demonstrations"] for d in draws if d["demonstrations"]], retrieved)
+
+
+def given_per_example(task, limit: int | None) -> dict[int, list[int]]:
+    """{doc_id: the pool indices of the demonstrations it was prompted with} of a retrieved pass."""
+    docs = list(task.eval_docs)[:limit] if limit else list(task.eval_docs)
+    return {i: task.sampler.given.get(fewshot.doc_text(d), []) for i, d in enumerate(docs)}
 
 
 def prompt_sizes(lm, tasks: dict) -> tuple[int, int]:
@@ -175,7 +186,9 @@ def set_samplers(tasks: dict, prompting: Prompting, pools: dict, seed: int,
     if not prompting.num_fewshot:
         return {}
     for name, task in tasks.items():
-        if prompting.per_example:
+        if prompting.per_example and prompting.sampler == RETRIEVED:
+            fewshot.retrieving(task, fewshot.RetrievedSampler(pools[name], label_of=task.doc_to_target))
+        elif prompting.per_example:
             task.sampler = fewshot.demonstration_sampler(prompting.sampler, pools[name], task.doc_to_target, seed)
         else:
             task.sampler = fewshot.FixedDraw(fixed[name])

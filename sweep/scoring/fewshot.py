@@ -6,6 +6,13 @@ lm-eval's default sampler gives every scored example its own k random demonstrat
 every example, so a score belongs to one prompt, draws can be compared and averaged, contextual
 calibration has one prompt to estimate its bias under, and the shared prefix can be computed once
 (sweep/scoring/prefix_cache.py). `eval.fewshot_per_example=true` keeps lm-eval's per-example sampling.
+
+`eval.fewshot_sampler=retrieved` is the other strong practice (KATE: Liu et al. 2022, "What Makes
+Good In-Context Examples for GPT-3?"): each scored example gets the pool examples nearest to it.
+lm-eval has no retrieval sampler; ours ranks by TF-IDF cosine (scikit-learn: no download, fitted
+once per pool), takes the labels in equal shares, never an example that shares a source with the
+one scored (sweep/data/grouping.py: a phrase of the same sentence, the same premise), and puts the
+nearest last, next to the question. It reads only the pool's labels, never the scored example's.
 """
 
 from __future__ import annotations
@@ -14,6 +21,10 @@ import random
 from collections import defaultdict
 
 from lm_eval.api.samplers import ContextSampler
+
+from sweep.data.grouping import related, words
+from sweep.scoring.checks import RETRIEVED
+from sweep.scoring.leakage import doc_text
 
 
 class BalancedSampler(ContextSampler):
@@ -68,10 +79,89 @@ class FixedDraw(ContextSampler):
         return self
 
 
+class RetrievedSampler(ContextSampler):
+    """The k pool examples nearest to the scored one (TF-IDF cosine of their text fields), labels in
+    equal shares (the remainder to the nearest), none sharing a source with it, nearest last. What
+    each scored example got is kept in `given` (its text -> the pool indices), for the record."""
+
+    def __init__(self, df=None, *, label_of, rnd=None, **kwargs):
+        super().__init__(df, rnd=rnd, **kwargs)
+        self.label_of = label_of
+        self.given: dict[str, list[int]] = {}
+        self.query = None  # the example being scored (set by `retrieving`)
+        self._index = None
+
+    def index(self):
+        """(vectorizer, the pool's TF-IDF rows, the pool's labels), built once per pool."""
+        if self._index is None:
+            from sklearn.feature_extraction.text import TfidfVectorizer
+
+            docs = list(self.fewshot_docs())
+            vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+            self._index = vectorizer, vectorizer.fit_transform([doc_text(d) for d in docs]), \
+                [self.label_of(d) for d in docs]
+        return self._index
+
+    def sample(self, n, eval_doc=None, df=None, **kwargs):
+        import numpy as np
+
+        eval_doc = eval_doc if eval_doc is not None else self.query
+        if eval_doc is None:
+            raise ValueError("retrieved demonstrations are chosen per scored example; none was given")
+        vectorizer, rows, labels = self.index()
+        similarity = (rows @ vectorizer.transform([doc_text(eval_doc)]).T).toarray().ravel()
+        order = np.argsort(-similarity, kind="stable")
+        kinds = sorted(set(labels), key=str)
+        quota = {label: n // len(kinds) for label in kinds}
+        nearest_first = list(dict.fromkeys(labels[i] for i in order))  # (the remainder to the nearest labels)
+        for label in nearest_first[:n % len(kinds)]:
+            quota[label] += 1
+        docs, chosen = list(self.fewshot_docs()), []
+        for i in order:
+            if quota[labels[i]] and not shares_source(docs[i], eval_doc):
+                chosen.append(int(i))
+                quota[labels[i]] -= 1
+                if len(chosen) == n:
+                    break
+        if len(chosen) < n:
+            raise ValueError(f"retrieval found {len(chosen)} of {n} demonstrations with balanced labels")
+        chosen.reverse()  # nearest last, next to the question
+        self.given[doc_text(eval_doc)] = chosen
+        return [docs[i] for i in chosen]
+
+    def set_rnd(self, rnd):  # deterministic: nothing to seed (lm-eval reseeds samplers before scoring)
+        return self
+
+
+def retrieving(task, sampler: RetrievedSampler) -> None:
+    """Give `task` the retrieval sampler. lm-eval hands the scored example to its sampler only when
+    demonstrations come from the test split itself, so the task's `fewshot_context` tells the
+    sampler which example it is building a prompt for (wrapped once per task object)."""
+    task.sampler = sampler
+    if not getattr(task, "_tells_its_sampler", False):
+        build = task.fewshot_context
+
+        def fewshot_context(doc, *args, **kwargs):
+            if isinstance(task.sampler, RetrievedSampler):
+                task.sampler.query = doc
+            return build(doc, *args, **kwargs)
+
+        task.fewshot_context, task._tells_its_sampler = fewshot_context, True
+
+
+def shares_source(a: dict, b: dict) -> bool:
+    """Whether two documents come from one source: a text field of one equal to, inside or holding
+    the same field of the other (a phrase of the same SST-2 sentence, the same RTE premise)."""
+    return any(isinstance(a[k], str) and isinstance(b.get(k), str) and related(words(a[k]), words(b[k]))
+               for k in a)
+
+
 def demonstration_sampler(kind: str, pool: list[dict], label_of, seed: int) -> ContextSampler:
-    """A sampler of `kind` over `pool` (label_of: doc -> label, used by `balanced`)."""
+    """A sampler of `kind` over `pool` (label_of: doc -> label, used by `balanced` and `retrieved`)."""
     if kind == "balanced":
         return BalancedSampler(pool, label_of=label_of, rnd=seed)
+    if kind == RETRIEVED:
+        return RetrievedSampler(pool, label_of=label_of, rnd=seed)
     return ContextSampler(pool, rnd=seed)
 
 

@@ -1,0 +1,54 @@
+"""Retrieved demonstrations (eval.fewshot_sampler=retrieved): the nearest pool examples to each
+scored one, labels balanced, nearest last, never one of the same source, never reading the scored
+example's label; and what each example got is recorded with the run's scores."""
+
+from sweep.scoring.evaluate import Prompting, make_lm, score
+from sweep.scoring.fewshot import RetrievedSampler, shares_source
+from tests.conftest import compose
+
+POOL = [
+    {"sentence": "a gorgeous , witty , seductive movie .", "label": 1, "idx": 0},
+    {"sentence": "the acting is wooden and the plot is dull .", "label": 0, "idx": 1},
+    {"sentence": "a witty and gorgeous film about love .", "label": 1, "idx": 2},
+    {"sentence": "dull , wooden and far too long .", "label": 0, "idx": 3},
+    {"sentence": "an utterly charming comedy .", "label": 1, "idx": 4},
+    {"sentence": "the plot is dull", "label": 0, "idx": 5},  # a phrase of the query below: its source
+    {"sentence": "a tedious mess .", "label": 0, "idx": 6},
+]
+QUERY = {"sentence": "sadly the plot is dull but the film is witty and gorgeous .", "label": 1, "idx": 99}
+
+
+def label(doc):
+    return doc["label"]
+
+
+def test_the_nearest_examples_in_equal_label_shares_nearest_last_and_none_of_the_same_source():
+    sampler = RetrievedSampler(POOL, label_of=label)
+    demos = sampler.sample(4, eval_doc=QUERY)
+    # nearest first: 5 (its own phrase: left out), 1 (the plot is dull), 2 (witty, gorgeous film), 0, 3
+    assert [d["idx"] for d in demos] == [3, 0, 2, 1]  # two of each label, the nearest last
+    assert all(not shares_source(d, QUERY) for d in demos) and shares_source(POOL[5], QUERY)
+    assert sampler.given[QUERY["sentence"]] == [3, 0, 2, 1]  # (pool indices, recorded per scored example)
+    assert [d["idx"] for d in sampler.sample(3, eval_doc=QUERY)] == [3, 2, 1]  # (the odd one: the nearest's label)
+
+
+def test_retrieval_never_reads_the_scored_examples_label():
+    sampler = RetrievedSampler(POOL, label_of=label)
+    assert sampler.sample(4, eval_doc=QUERY) == sampler.sample(4, eval_doc=QUERY | {"label": 0})
+
+
+def test_a_scoring_pass_with_retrieved_demonstrations_records_each_examples_demonstrations(tiny):
+    from sweep.pipeline.build import load_project_tasks
+
+    cfg = compose("model=tiny", "method=few_shot", "eval.fewshot_sampler=retrieved", "eval.num_fewshot=2")
+    prompting = Prompting.from_config(cfg.eval, 2, 0)
+    assert prompting.per_example and prompting.draws == 1  # (per scored example; deterministic: one draw)
+    tm, tasks = load_project_tasks(cfg)
+    scores = score(make_lm(tiny[0], tiny[1], batch_size=8), tm, tasks, prompting, limit=4, log_samples=True)
+    given = scores.retrieved["sst2"]
+    assert sorted(given) == [0, 1, 2, 3] and all(len(v) == 2 for v in given.values())
+    pool = list(tasks["sst2"].fewshot_docs())
+    for sample in scores.results["samples"]["sst2"]:
+        prompt = sample["arguments"][0][0]
+        for i in given[sample["doc_id"]]:  # the recorded demonstrations are the ones in the prompt
+            assert pool[i]["sentence"].strip() in prompt
