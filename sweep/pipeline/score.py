@@ -139,6 +139,8 @@ def score_lm(cfg: DictConfig, plan: Plan, built, reference_key: str | None):
         records.log_baseline_choice(choice.best, choice.panel, choice.demonstrations, cfg.data.dev_size,
                                     pool_suffix(cfg))
         records.log_metrics(choice.dev_metrics)
+        if choice.scores.retrieved:  # (the chosen variant's test pass, auditable as a few_shot run's)
+            records.log_json(choice.scores.retrieved, vocabulary.RETRIEVED_DEMONSTRATIONS)
         return choice.dev_metrics | choice.scores.metrics | choice.scores.query_cost(), choice.scores
     prompting = plan.prompting
     demonstrations = draw_demonstrations(built.eval_tasks, prompting, built.pools)  # the same for both passes
