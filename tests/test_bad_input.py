@@ -139,6 +139,10 @@ CASES = [
     # (refused before a new store is created)
     ("sweep.py", ["method=few_shot", "eval.num_fewshot=100000", "tracking.uri=sqlite:///{cwd}/mlflow.db"],
      "eval.num_fewshot=100000 is larger than task sst2's"),
+    ("sweep.py", ["method=few_shot", "data=rte", "eval.num_fewshot=16"],
+     "eval.num_fewshot=16 is more demonstrations than the model's context of 1,024 tokens holds on task rte"),
+    ("sweep.py", ["method=strongest_baseline_full", "data=rte"],
+     "method.search.num_fewshot=16 is more demonstrations than the model's context of 1,024 tokens holds on task rte"),
     ("sweep.py", ["data.train_split=nosuch", "tracking.uri=sqlite:///{cwd}/mlflow.db"],
      "data.train_split='nosuch': task sst2 has splits"),
     # (no test number steers anything: training on the test or development split, a constraint on a test score)

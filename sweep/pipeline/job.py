@@ -38,6 +38,7 @@ from sweep.runtime.hydra_job import (
 )
 from sweep.runtime.secrets import guard_output, redact
 from sweep.scoring import baseline_cache, baselines
+from sweep.scoring.registry import check_prompts_fit
 from sweep.scoring.results import TRAIN_FLOPS, is_task_metric
 from sweep.stages import preference, reference_replies
 from sweep.stages.lineage import Lineage
@@ -47,7 +48,7 @@ from sweep.study.search import prunes
 from sweep.tracking import lifecycle, records, store
 from sweep.tracking.outage import TrackingUnavailable
 from sweep.training.methods import check_target_modules, count_parameters
-from sweep.training.models import base_model_identity, memory_footprint_mb
+from sweep.training.models import base_model_identity, memory_footprint_mb, tokenizer_and_context
 from sweep.training.sft import model_flops_utilization, train, training_flops
 from sweep.vocabulary import BASE_MODEL, BASE_MODEL_PATH, CACHED, METHOD, MODEL, SEED, STAGE, TASKS
 
@@ -122,6 +123,12 @@ def prepare(cfg: DictConfig, plan: Plan, sweep: str) -> Prepared:
     if plan.method.searches_prompts:
         baselines.check_search(cfg.method.search, project.manager, cfg.eval.tasks)
     check_inputs(cfg, plan, project.tasks)  # (a few-shot count, a training split)
+    searched = plan.method.searches_prompts
+    most_shots = max(cfg.method.search.num_fewshot) if searched else plan.prompting.num_fewshot
+    if most_shots:  # (k demonstrations that cannot fit the model's context)
+        check_prompts_fit({n: project.tasks[n] for n in cfg.eval.tasks}, most_shots,
+                          *tokenizer_and_context(cfg.model, cfg.paths.cache, cfg.seed),
+                          key="method.search.num_fewshot" if searched else "eval.num_fewshot")
     if cfg.method.trains and stage.data != "examples":  # (preference pairs, or prompts, to train on)
         preference.split_docs(project.tasks[cfg.data.task], cfg.data.train_split, stage.name)
     if cfg.method.peft == "lora":  # (target modules the base model does not have)

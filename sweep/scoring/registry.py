@@ -3,6 +3,7 @@ loaded and checked before any compute, with the decoding of generation tasks."""
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 from pathlib import Path
@@ -11,6 +12,9 @@ from omegaconf import DictConfig
 
 from sweep.config import DEFAULT_TEMPLATE, ConfigError, close_matches
 from sweep.runtime.retry import first_line
+
+log = logging.getLogger(__name__)
+PROMPT_SAMPLE = 200  # examples whose tokens give a demonstration's, and a scored example's, typical length
 
 
 def variant_name(task: str, template: str) -> str:
@@ -128,3 +132,47 @@ def check_fewshot_pool(tasks: dict, k: int) -> None:
                 f"eval.num_fewshot={k} is larger than task {name}'s few-shot pool "
                 f"({pool} examples in split {split!r}); use eval.num_fewshot<={pool}"
             )
+
+
+def demonstration_tokens(task, doc, tokenizer) -> int:
+    return len(tokenizer(f"{task.doc_to_text(doc)} {task.doc_to_target(doc)}")["input_ids"])
+
+
+def text_length(doc: dict) -> int:
+    return sum(len(v) for v in doc.values() if isinstance(v, str))
+
+
+def check_prompts_fit(tasks: dict, k: int, tokenizer, context: int | None, key: str = "eval.num_fewshot") -> None:
+    """ConfigError when k demonstrations and a scored example, each of typical length (the medians
+    of samples), exceed the model's context: such a k cannot be what was meant. When only the
+    longest k demonstrations with the longest example would overflow, a warning: retrieval, or a
+    draw, may pick them, and lm-eval then cuts the prompt from the left."""
+    if not k or not context:
+        return
+    for name, task in tasks.items():
+        split = task.config.fewshot_split or task.config.training_split
+        if not split:
+            continue
+        docs, scored = task.dataset[split], list(task.eval_docs)
+        typical = median(demonstration_tokens(task, d, tokenizer) for d in spread(docs))
+        query = median(len(tokenizer(str(task.doc_to_text(d)))["input_ids"]) for d in spread(scored))
+        if k * typical + query > context:
+            raise ConfigError(f"{key}={k} is more demonstrations than the model's context of {context:,} "
+                              f"tokens holds on task {name} (about {typical} tokens each, and {query} for the example "
+                              f"scored); use {key}<={max(0, (context - query) // typical)}")
+        longest = sum(demonstration_tokens(task, d, tokenizer) for d in heapq.nlargest(k, docs, key=text_length))
+        longest += len(tokenizer(str(task.doc_to_text(max(scored, key=text_length))))["input_ids"]) if scored else 0
+        if longest > context:
+            log.warning("%s=%d on task %s: its %d longest demonstrations and longest example make "
+                        "%d tokens, over the model's context of %d; a prompt that long is cut from the left",
+                        key, k, name, k, longest, context)
+
+
+def spread(docs) -> list:
+    """Up to PROMPT_SAMPLE documents spread evenly over `docs`."""
+    return [docs[i] for i in range(0, len(docs), max(1, len(docs) // PROMPT_SAMPLE))][:PROMPT_SAMPLE]
+
+
+def median(values) -> int:
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2] if ordered else 0

@@ -154,6 +154,18 @@ def model_source(model_cfg: DictConfig, cache_dir: str | Path, seed: int) -> str
     raise ConfigError("model: set one of model.name_or_path, model.gguf or model.from_config")
 
 
+def tokenizer_and_context(model_cfg: DictConfig, cache_dir: str | Path, seed: int) -> tuple[object, int | None]:
+    """(the base model's tokenizer, its context length in tokens: None when its config names none),
+    read without loading weights: what a prompt's length is checked against before compute."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    source = model_source(model_cfg, cache_dir, seed)
+    trust = bool(model_cfg.trust_remote_code)
+    config = AutoConfig.from_pretrained(source, trust_remote_code=trust, local_files_only=True)
+    context = getattr(config, "max_position_embeddings", None)
+    return AutoTokenizer.from_pretrained(source, trust_remote_code=trust), context
+
+
 def weights_digest(source: str) -> str:
     """sha256 over the files of a model folder (weights, config, tokenizer), by name and content;
     a hub id is looked up in the local hub cache (its snapshot is one revision)."""
