@@ -67,6 +67,7 @@ def test_a_planted_leak_is_found_in_what_the_adapter_trained_on_and_in_a_baselin
     from types import SimpleNamespace
 
     from sweep.pipeline.build import load_project_tasks
+    from sweep.pipeline.plan import plan_of
     from sweep.pipeline.score import seen_material
     from sweep.scoring.leakage import audit_task
     from tests.conftest import compose
@@ -77,12 +78,12 @@ def test_a_planted_leak_is_found_in_what_the_adapter_trained_on_and_in_a_baselin
     adapter = compose(*common)
     tasks = load_project_tasks(adapter)[1]
     slices = {"sst2": [0, 1]}
-    material = seen_material(adapter, None, tasks, slices, None, None)["sst2"]
+    material = seen_material(adapter, plan_of(adapter), None, tasks, slices, None, None)["sst2"]
     flags = audit_task(tasks["sst2"], material, cache)
     assert [(f.doc_id, f.kind) for f in flags] == [(0, "containment")] and flags[0].test.startswith(test[0]["sentence"])
     shown = SimpleNamespace(demonstrations=[{"sst2": [tasks["sst2"].dataset["train"][7]]}])
     few_shot = compose(*common, "method=few_shot", "eval.num_fewshot=1")
-    material = seen_material(few_shot, None, tasks, slices, None, shown)["sst2"]
+    material = seen_material(few_shot, plan_of(few_shot), None, tasks, slices, None, shown)["sst2"]
     assert [f.doc_id for f in audit_task(tasks["sst2"], material, cache)] == [0]
     zero_shot = compose(*common, "method=zero_shot")
-    assert seen_material(zero_shot, None, tasks, slices, None, SimpleNamespace(demonstrations=[]))["sst2"] == []
+    assert seen_material(zero_shot, plan_of(zero_shot), None, tasks, slices, None, SimpleNamespace(demonstrations=[]))["sst2"] == []
