@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import uuid
+from urllib.parse import urlsplit
 
 import mlflow
 import optuna
@@ -22,9 +23,9 @@ from optuna.trial import TrialState
 
 from scripts import services as servers
 from sweep.study.storage import fail_stale, make_storage
-from sweep.vocabulary import STUDY_METHOD
+from sweep.vocabulary import STUDY_METHOD, retried_trial
 from tests.conftest import ROOT, TINY, clean_env, signed_in
-from tests.test_team import CAN_SET_HOSTNAME, start_worker, wait_for
+from tests.test_team import CAN_SET_HOSTNAME, start_worker, ui_lands_on_the_runs_with_their_datasets, wait_for
 
 pytestmark = pytest.mark.e2e
 HEARTBEAT, GRACE = 1, 8  # seconds: a worker silent for GRACE is taken for dead
@@ -95,9 +96,13 @@ def test_chaos_three_hosts_survive_a_tracking_outage_a_database_restart_and_a_de
     own, eight trials; mid-sweep the tracking server is stopped for 20 s and started again, one
     worker is SIGKILLed while it trains, and PostgreSQL is stopped for longer than the grace
     period and started again. At the end: exactly eight COMPLETE trials, each with one FINISHED run
-    holding its metrics and a downloadable adapter, no trial taken for dead but the killed
-    worker's, nothing RUNNING, and `make check-store` clean. (Before: the survivors died on their
-    next storage call after the restart, their finished trials untold.)"""
+    holding its metrics and a downloadable adapter served by the tracking server, no trial taken for
+    dead but the killed worker's, that one run again with its parameters, its run KILLED, one
+    FINISHED study parent, three distinct first configurations, no password in a log or on a
+    command line, `make check-store` clean, and the MLflow UI's link landing on the runs with their
+    datasets. (Before: the survivors died on their next storage call after the restart, their
+    finished trials untold.) It is also the team test (three hosts, one study, one dies): one
+    sweep proves both, since every fault of a team's day meets the same workers."""
     root, env = team
     experiment, study_name, n = f"chaos-{uuid.uuid4().hex[:6]}", f"chaos-{uuid.uuid4().hex[:6]}", 8
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
@@ -106,6 +111,7 @@ def test_chaos_three_hosts_survive_a_tracking_outage_a_database_restart_and_a_de
     workers = [start_worker(h, [*args, f"hydra.sweep.dir={tmp_path}/{i}"], clean_env() | env, tmp_path / f"w{i}.log")
                for i, h in enumerate(hosts)]
     study = load_study(env, study_name)
+    command_lines = [open(f"/proc/{w.pid}/cmdline").read() for w in workers]
     wait_for(lambda: training_trial(study, experiment), 240, "a trial to train")
     servers.stop_mlflow(root)
     time.sleep(20)
@@ -120,13 +126,27 @@ def test_chaos_three_hosts_survive_a_tracking_outage_a_database_restart_and_a_de
     trials, kids = assert_whole(study, experiment, n)
     assert [t.number for t in trials if t.state == TrialState.FAIL and not t.user_attrs.get("surplus")] == [
         victim.number]
+    [retry] = [t for t in trials if retried_trial(t) == victim.number]  # the dead worker's trial, run again
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+    assert len({tuple(sorted(t.params.items())) for t in trials[:3]}) == 3  # three asking at once: three configurations
     assert len({t.user_attrs["worker"].split(":")[0] for t in trials}) == len(set(hosts))
-    for run_id in kids[kids["status"] == "FINISHED"]["run_id"]:
+    runs = mlflow.search_runs(experiment_names=[experiment])
+    [parent] = runs[runs["tags.method"] == STUDY_METHOD].to_dict("records")
+    assert parent["status"] == "FINISHED" and set(kids["tags.mlflow.parentRunId"]) == {parent["run_id"]}
+    [killed] = kids[kids["tags.optuna.trial_number"] == str(victim.number)].to_dict("records")
+    assert killed["status"] == "KILLED"
+    done = kids[kids["status"] == "FINISHED"]
+    for run_id in done["run_id"]:
+        assert mlflow.get_run(run_id).info.artifact_uri.startswith("mlflow-artifacts:/")  # served, not a local path
         adapter = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="adapter",
                                                       dst_path=str(tmp_path / run_id))
         assert {"adapter_config.json", "adapter_model.safetensors"} <= set(os.listdir(adapter))
         assert "dev/sst2/acc" in mlflow.get_run(run_id).data.metrics
+    password = urlsplit(env["OPTUNA_STORAGE"]).password
+    assert password not in " ".join((tmp_path / f"w{i}.log").read_text() for i in range(3))
+    assert not any(password in line for line in command_lines)  # nor a command line (`ps`)
     store_is_whole(env)
+    ui_lands_on_the_runs_with_their_datasets(tmp_path, (tmp_path / "w0.log").read_text(), done, study_name)
 
 
 def test_storage_calls_wait_for_the_database_and_nobody_is_taken_for_dead_after_it(team):

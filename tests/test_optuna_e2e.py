@@ -162,20 +162,6 @@ def test_a_killed_sweep_resumes_to_exactly_n_trials(tmp_path, tracking):
     assert not (kids["status"] == "RUNNING").any()
 
 
-def test_two_workers_share_one_study(tmp_path, tracking):
-    p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
-                               "lora.r=choice(1,2,4,8)"), *tracking)
-    assert p.returncode == 0, p.stderr[-3000:]
-    trials = study_of(tmp_path).trials
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 4 and len({t.number for t in complete}) == 4
-    assert len({t.user_attrs["worker"] for t in complete}) == 2  # both processes ran trials
-    kids = children(tracking)[0]
-    finished = kids[kids["tags.optuna.state"] == "COMPLETE"]
-    assert len(finished) == 4 and finished["tags.optuna.trial_number"].nunique() == 4
-    assert children(tracking)[1].shape[0] == 1  # one parent run for the study
-
-
 def test_too_many_failures_stop_the_sweep(tmp_path, tracking):
     p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=5", "hydra.sweeper.max_failures=2",
                                "train.max_steps=4", "train.logging_steps=1", "train.warmup_ratio=0",

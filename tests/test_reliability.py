@@ -269,6 +269,7 @@ def test_three_workers_on_one_study_record_every_trial_once(tmp_path, tracking):
     kids, parents = children(tracking)
     assert len(parents) == 1 and (kids["status"] == "FINISHED").sum() == 6
     assert sorted(kids["tags.optuna.trial_number"].astype(int)) == sorted(t.number for t in complete)
+    assert (kids["tags.optuna.state"] == "COMPLETE").sum() == 6  # each run knows its trial's end
 
 
 @pytest.mark.e2e
