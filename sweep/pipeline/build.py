@@ -26,7 +26,14 @@ from sweep.data.examples import (
 )
 from sweep.pipeline.plan import Plan, plan_of
 from sweep.scoring.evaluate import make_lm
-from sweep.scoring.registry import check_templates, load_tasks, set_generation, task_manager, uses_chat_template
+from sweep.scoring.registry import (
+    check_templates,
+    load_tasks,
+    set_generation,
+    set_instruction,
+    task_manager,
+    uses_chat_template,
+)
 from sweep.stages import lineage as lineages
 from sweep.stages.lineage import Lineage, merged
 from sweep.stages.preference import (
@@ -76,6 +83,8 @@ def load_project_tasks(cfg: DictConfig, template: str | None = None) -> ProjectT
         if type(e).__name__ == "DataFileError":
             raise ConfigError(str(e)) from None
         raise
+    if cfg.eval.instruction:  # (a baseline's instruction in place of its template's)
+        set_instruction({name: tasks[name] for name in cfg.eval.tasks}, cfg.eval.instruction)
     return ProjectTasks(tm, tasks)
 
 

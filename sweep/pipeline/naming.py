@@ -45,6 +45,6 @@ def method_run_name(cfg: DictConfig) -> str:
         return f"{m.name}-n{cfg.prompt.num_virtual_tokens}{init}" + template_suffix(cfg.eval.template)
     if m.name in ("zero_shot", "few_shot"):  # e.g. few_shot-k4-balanced-cal-plain
         e = cfg.eval
-        return Variant(e.template, m.num_fewshot, e.fewshot_sampler, e.calibrate).label() + (
+        return Variant(e.template, m.num_fewshot, e.fewshot_sampler, e.calibrate, e.instruction).label() + (
             "-per_example" if m.num_fewshot and e.fewshot_per_example else "")
     return m.name

@@ -11,6 +11,7 @@ demonstrations it was chosen with, as the equivalent `method=zero_shot|few_shot`
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 from collections.abc import Callable
@@ -22,9 +23,12 @@ from sweep.config import DEFAULT_TEMPLATE, ConfigError, is_int, is_number, requi
 from sweep.data import splits
 from sweep.scoring import race
 from sweep.scoring.checks import FEWSHOT_SAMPLERS, RETRIEVED
+from sweep.scoring.leakage import doc_text
+from sweep.scoring.registry import set_instruction
 
 log = logging.getLogger(__name__)
 
+MOST_INSTRUCTIONS = 16  # method.search.instructions: each one multiplies the race
 ORACLES = ("none", "finished", "all")  # method.search.oracle: which variants are also scored on test (peeking)
 
 
@@ -39,6 +43,7 @@ class Variant:
     num_fewshot: int
     fewshot_sampler: str
     calibrate: bool
+    instruction: str | None = None  # a searched instruction in place of the template's (None: the template's)
 
     @property
     def method(self) -> str:
@@ -49,32 +54,41 @@ class Variant:
         parts = [self.method] + ([f"k{self.num_fewshot}"] if self.num_fewshot else [])
         parts += [self.fewshot_sampler] if self.num_fewshot and self.fewshot_sampler != "random" else []
         parts += ["cal"] if self.calibrate else []
+        parts += [instruction_tag(self.instruction)] if self.instruction else []
         return "-".join(parts) + template_suffix(self.template)
 
     def overrides(self) -> list[str]:
         """The command-line overrides of the equivalent stand-alone baseline run."""
         return [f"method={self.method}", f"eval.template={self.template}", f"eval.num_fewshot={self.num_fewshot}",
-                f"eval.fewshot_sampler={self.fewshot_sampler}", f"eval.calibrate={str(self.calibrate).lower()}"]
+                f"eval.fewshot_sampler={self.fewshot_sampler}", f"eval.calibrate={str(self.calibrate).lower()}",
+                *([f'eval.instruction="{self.instruction}"'] if self.instruction else [])]
 
 
-def variants(search: DictConfig) -> list[Variant]:
-    """The distinct variants of the search, simplest first (ties go to the simpler one); the
-    sampler does not matter at k=0."""
+def instruction_tag(instruction: str) -> str:
+    """A searched instruction in a run or variant name: 'instr' and 6 hex digits of its sha256."""
+    return "instr" + hashlib.sha256(instruction.encode()).hexdigest()[:6]
+
+
+def variants(search: DictConfig, instructions: tuple[str, ...] = ()) -> list[Variant]:
+    """The distinct variants of the search, simplest first (ties go to the simpler one: a searched
+    instruction counts as more complex than the template's own); the sampler does not matter at k=0."""
     out = []
-    for template, k, sampler, cal in itertools.product(search.template, sorted(search.num_fewshot),
-                                                         search.fewshot_sampler, sorted(search.calibrate)):
-        v = Variant(template, k, sampler if k else search.fewshot_sampler[0], cal)
+    for template, k, sampler, cal, instruction in itertools.product(
+            search.template, sorted(search.num_fewshot), search.fewshot_sampler, sorted(search.calibrate),
+            [None, *instructions]):
+        v = Variant(template, k, sampler if k else search.fewshot_sampler[0], cal, instruction)
         if v not in out:
             out.append(v)
-    return sorted(out, key=lambda v: (v.num_fewshot, v.calibrate, v.template != DEFAULT_TEMPLATE))
+    return sorted(out, key=lambda v: (v.num_fewshot, v.calibrate, v.instruction is not None,
+                                      v.template != DEFAULT_TEMPLATE))
 
 
-def units(search: DictConfig) -> list[list[Variant]]:
-    """The variants grouped by scoring pass (template, k, sampler: calibrated or not, one pass gives
-    both), in the order of their simplest variant."""
+def units(search: DictConfig, instructions: tuple[str, ...] = ()) -> list[list[Variant]]:
+    """The variants grouped by scoring pass (template, instruction, k, sampler: calibrated or not,
+    one pass gives both), in the order of their simplest variant."""
     groups: dict[tuple, list[Variant]] = {}
-    for v in variants(search):
-        groups.setdefault((v.template, v.num_fewshot, v.fewshot_sampler), []).append(v)
+    for v in variants(search, instructions):
+        groups.setdefault((v.template, v.instruction, v.num_fewshot, v.fewshot_sampler), []).append(v)
     return list(groups.values())
 
 
@@ -115,15 +129,18 @@ class Search:
 
 
 class Templates:
-    """Each searched template's tasks, loaded once, with the development slices and the pool of
-    demonstrations (the slices are carved once: every template sees the same examples)."""
+    """Each searched template's tasks (with a searched instruction: tasks of their own, whose
+    instruction it is), loaded once, with the development slices and the pool of demonstrations
+    (the slices are carved once: every template sees the same examples)."""
 
     def __init__(self, load_tasks, dev_size: int, pool: splits.Pool = splits.WHOLE_SPLIT):
         self.load_tasks, self.dev_size, self.pool, self.slices, self.loaded = load_tasks, dev_size, pool, None, {}
 
-    def __call__(self, template: str):
-        if template not in self.loaded:
+    def __call__(self, template: str, instruction: str | None = None):
+        if (template, instruction) not in self.loaded:
             tm, tasks = self.load_tasks(template)
+            if instruction:
+                set_instruction(tasks, instruction)
             if self.slices is None:
                 self.slices = splits.dev_slices(tasks, self.dev_size)
                 missing = [n for n in tasks if not self.slices.get(n)]
@@ -132,8 +149,8 @@ class Templates:
                                       f"{missing[0]} has none (data.dev_size={self.dev_size}); set data.dev_size > 0, "
                                       f"or score that task with method=zero_shot|few_shot")
             pools = {n: splits.demonstration_pool(t, self.slices[n], self.pool) for n, t in tasks.items()}
-            self.loaded[template] = tm, tasks, pools
-        return self.loaded[template]
+            self.loaded[(template, instruction)] = tm, tasks, pools
+        return self.loaded[(template, instruction)]
 
 
 def strongest(search: Search, lm, load_tasks) -> Choice:
@@ -148,14 +165,14 @@ def strongest(search: Search, lm, load_tasks) -> Choice:
     def demonstrations(unit: list[Variant]) -> list:
         """A pass's draws, made once: every prefix of the race and the test pass show the same."""
         if tuple(unit) not in draws:
-            _, tasks, pools = templates(unit[0].template)
+            _, tasks, pools = templates(unit[0].template, unit[0].instruction)
             draws[tuple(unit)] = draw_demonstrations(tasks, search.unit_prompting(unit), pools)
         return draws[tuple(unit)]
 
-    ordered = units(search.space)
+    ordered = units(search.space, searched_instructions(search, lm, templates))
 
     def score_prefix(unit, start, stop):
-        tm, tasks, pools = templates(unit[0].template)
+        tm, tasks, pools = templates(unit[0].template, unit[0].instruction)
         chunk = {n: splits.dev_task(t, templates.slices[n][start:stop]) for n, t in tasks.items()}
         scores = score(lm, tm, chunk, search.unit_prompting(unit), None, log_samples=True, pools=pools,
                        demonstrations=demonstrations(unit))
@@ -172,7 +189,7 @@ def strongest(search: Search, lm, load_tasks) -> Choice:
     unit_of = next(u for u in ordered if best in u)
     log.info("strongest baseline on the development slice: %s (%.4f; leader %s)", best.label(), chosen.mean(),
              max((r for r in raced if r.complete), key=race.Raced.mean).variant.label())
-    tm, tasks, pools = templates(best.template)
+    tm, tasks, pools = templates(best.template, best.instruction)
     final = replace(search.unit_prompting(unit_of), calibrate=best.calibrate)
     shown = demonstrations(unit_of)
     scores = score(lm, tm, tasks, final, search.limit, search.log_samples, pools=pools, demonstrations=shown)
@@ -182,6 +199,30 @@ def strongest(search: Search, lm, load_tasks) -> Choice:
     oracle_scores(panel, peeked(ordered, raced, search.space.oracle), search, lm, templates, demonstrations, done)
     dev = dev_metrics(chosen, tasks)
     return Choice(best, panel, scores, dev, shown)
+
+
+def searched_instructions(search: Search, lm, templates: Templates) -> tuple[str, ...]:
+    """method.search.instructions > 0: that many instructions proposed by the model under test from
+    the pool of the (one) eval task's train role (sweep/scoring/instructions.py); none otherwise."""
+    n = search.space.get("instructions") or 0
+    if not n:
+        return ()
+    from sweep.scoring.instructions import propose
+
+    _, tasks, pools = templates(search.space.template[0])
+    [(name, task)] = tasks.items()
+    examples = [(doc_text(d), answer_text(task, d)) for d in pools[name]]
+    found = tuple(propose(lm.model, lm.tokenizer, examples, n, search.prompting_of(0).seed))
+    log.info("strongest baseline: %d of %d instructions proposed from task %s's %d training examples "
+             "(each a variant in the race): %s", len(found), n, name, len(examples), " | ".join(found))
+    return found
+
+
+def answer_text(task, doc) -> str:
+    """A labelled example's answer as text (a multiple-choice task's target is an index into its choices)."""
+    target = task.doc_to_target(doc)
+    choices = task.doc_to_choice(doc) if task.OUTPUT_TYPE == "multiple_choice" else None
+    return str(choices[target]) if choices and isinstance(target, int) else str(target)
 
 
 def per_example(results: dict, tasks: dict, v: Variant, calibrated_pass: bool) -> tuple[list, list]:
@@ -219,7 +260,8 @@ def panel_rows(raced: list[race.Raced], tasks: dict, chosen: race.Raced) -> list
         v = r.variant
         for t, (name, task) in enumerate(tasks.items()):
             part = r.task(t)
-            rows.append({"variant": v.label(), "template": v.template, "num_fewshot": v.num_fewshot,
+            rows.append({"variant": v.label(), "template": v.template, "instruction": v.instruction,
+                         "num_fewshot": v.num_fewshot,
                          "fewshot_sampler": v.fewshot_sampler if v.num_fewshot else "-", "calibrate": v.calibrate,
                          "task": name, "metric": headline(task), "dev_mean": part.mean(), "dev_n": part.n,
                          "dev_draw_sd": part.draw_sd() if len(part.by_draw) > 1 else None,
@@ -244,7 +286,7 @@ def oracle_scores(panel: list[dict], peeked: list[list[Variant]], search: Search
 
     rows = {(row["variant"], row["task"]): row for row in panel}
     for unit in peeked:
-        tm, unit_tasks, pools = templates(unit[0].template)
+        tm, unit_tasks, pools = templates(unit[0].template, unit[0].instruction)
         calibrated = any(v.calibrate for v in unit)
         scores = done.get(tuple(unit)) or score(lm, tm, unit_tasks, search.unit_prompting(unit), search.limit,
                                                  log_samples=False, pools=pools, demonstrations=demonstrations(unit))
@@ -262,6 +304,9 @@ def check_search(search: DictConfig, tm, tasks: list[str]) -> None:
 
     for template in search.template:
         check_templates(tm, list(tasks), template, key="method.search.template")
+    if search.get("instructions") and len(tasks) != 1:
+        raise ConfigError(f"method.search.instructions={search.instructions} searches one task's instruction, and "
+                          f"eval.tasks has {len(tasks)}; score one task, or set method.search.instructions=0")
 
 
 def validate_baseline_search(search: DictConfig) -> None:
@@ -276,6 +321,10 @@ def validate_baseline_search(search: DictConfig) -> None:
     non_empty_list("fewshot_sampler", lambda v: v in FEWSHOT_SAMPLERS,
                    f"must be a non-empty list of {', '.join(FEWSHOT_SAMPLERS)}")
     non_empty_list("calibrate", lambda v: isinstance(v, bool), "must be a non-empty list of true/false")
+    instructions = search.get("instructions", 0)
+    require(is_int(instructions) and 0 <= instructions <= MOST_INSTRUCTIONS, "method.search.instructions",
+            instructions, f"must be an integer in [0, {MOST_INSTRUCTIONS}]: the instructions proposed and raced "
+            "(each multiplies the race; 0: the templates' own)")
     require(is_number(search.p_threshold) and 0 <= search.p_threshold <= 1, "method.search.p_threshold",
             search.p_threshold, "must be a p-value in [0, 1] (0: the race drops nothing)")
     require(is_int(search.n_startup_steps) and search.n_startup_steps > 1, "method.search.n_startup_steps",

@@ -27,6 +27,9 @@ def validate_eval(e: DictConfig, trains: bool) -> None:
     require(is_number(e.margin) and 0 <= e.margin < 1, "eval.margin", e.margin,
             "must be a number in [0, 1), the smallest difference that matters, e.g. eval.margin=0.01")
     require(isinstance(e.sequential, bool), "eval.sequential", e.sequential, "must be true or false")
+    require(e.instruction is None or (isinstance(e.instruction, str) and e.instruction.strip() and not trains),
+            "eval.instruction", e.instruction, "must be null or a non-empty instruction, for a method that does not "
+            "train (an adapter is scored with the prompt it trained on)")
     require(is_int(e.sequential_block) and e.sequential_block >= 1, "eval.sequential_block", e.sequential_block,
             "must be a whole number of test examples >= 1, e.g. eval.sequential_block=50")
     require(e.pairs is None or (is_int(e.pairs) and e.pairs > 0), "eval.pairs", e.pairs,

@@ -103,6 +103,13 @@ def load_tasks(tm, variants: dict[str, str]) -> dict:
     return {name: loaded[variant] for name, variant in variants.items()}
 
 
+def set_instruction(tasks: dict, instruction: str) -> None:
+    """`instruction` in place of each task's own (lm-eval's `description`: before the prompt, or the
+    system turn with a chat template): eval.instruction, or a searched one (sweep/scoring/instructions.py)."""
+    for task in tasks.values():
+        task.config.description = instruction
+
+
 def set_generation(tasks: dict, generation: DictConfig) -> None:
     """eval.generation's settings (those not null; lm-eval's names) into each generation task's
     generation_kwargs."""
