@@ -183,7 +183,7 @@ class OptunaSweeper(Sweeper):
                   "storage": self.storage_resolved, "fixed_overrides": json.dumps(space.fixed),
                   "sampler_options": json.dumps(self.settings.sampler_options or {}),
                   "stop_after": self.settings.stop_after,
-                  "constraints": json.dumps([c.text for c in self.settings.constraints])}
+                  "constraints": json.dumps([c.text for c in self.settings.limits])}
         return params | {f"space.{k}": repr(d) for k, d in space.distributions.items()}
 
     def _spawn_workers(self) -> list[subprocess.Popen]:
@@ -290,7 +290,7 @@ class OptunaSweeper(Sweeper):
         """The trial's constraint values (Optuna's samplers and best_trial rank infeasible trials
         last); a run that broke one is tagged with which, so reports pass it over too."""
         try:
-            broken = controls.violations(self.settings.constraints, outcome.metrics, trial.number)
+            broken = controls.violations(self.settings.limits, outcome.metrics, trial.number)
         except ConfigError:
             self._settle(study, trial, TrialState.FAIL)
             raise

@@ -34,7 +34,7 @@ class SweeperSettings:
     params: dict = field(default_factory=dict)
     sampler_options: dict | None = None
     enqueue: list | None = None
-    constraints: object = None  # the setting; parsed into controls.Constraint by check()
+    constraints: object = None  # the setting as given; check() parses it into `limits`
     stop_after: int | None = None
 
     def __post_init__(self) -> None:
@@ -49,6 +49,7 @@ class SweeperSettings:
         self.objectives = [str(o) for o in objectives]
         self.directions = [str(d) for d in (self.directions or [self.direction] * len(self.objectives))]
         self.selection = [selection_metric(o) for o in self.objectives]
+        self.limits: list[controls.Constraint] = []  # the parsed constraints (check() fills it)
 
     def check(self, config: DictConfig) -> None:
         """Every setting against its allowed values and the job's config (its eval tasks, its
@@ -68,7 +69,7 @@ class SweeperSettings:
             value = getattr(self, key)
             if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
                 raise ConfigError(f"hydra.sweeper.{key}={value!r} is invalid: must be a positive integer")
-        self.constraints = controls.parse_constraints(self.constraints)
+        self.limits = controls.parse_constraints(self.constraints)
         stop = self.stop_after
         if stop is not None and (isinstance(stop, bool) or not isinstance(stop, int) or stop < 1):
             raise ConfigError(f"hydra.sweeper.stop_after={stop!r} is invalid: give a number of completed trials "
