@@ -196,7 +196,7 @@ def test_preference_data_missing_a_field_fails_with_file_and_line(tmp_path, trac
 
 # ---------------------------------------------------------------- the pipeline, end to end
 RLHF_TINY = ["-m", "experiment=rlhf", *TINY, "data.max_train_samples=16", "eval.limit=4", "eval.pairs=4", "eval.batch_size=4",
-             "train.batch_size=4", "data.max_prompt_tokens=128",
+             "train.batch_size=4", "data.max_prompt_tokens=128", "train.max_steps=4", "eval.generation.max_gen_toks=16",
              "data.dev_size=4"]  # (experiment=rlhf chooses nothing, so it carves no slice; here every stage scores one)
 
 
