@@ -52,3 +52,18 @@ def test_a_scoring_pass_with_retrieved_demonstrations_records_each_examples_demo
         prompt = sample["arguments"][0][0]
         for i in given[sample["doc_id"]]:  # the recorded demonstrations are the ones in the prompt
             assert pool[i]["sentence"].strip() in prompt
+
+
+def test_the_models_own_hidden_states_retrieve_too_and_the_pool_is_embedded_once(tiny):
+    from sweep.scoring.fewshot import hidden_states_of
+
+    lm = make_lm(tiny[0], tiny[1], batch_size=8)
+    embed = hidden_states_of(lm)
+    sampler = RetrievedSampler(POOL, label_of=label, embed=embed)
+    demos = sampler.sample(4, eval_doc=QUERY)
+    assert len(demos) == 4 and sorted(label(d) for d in demos) == [0, 0, 1, 1]
+    assert all(not shares_source(d, QUERY) for d in demos)
+    vectors = embed([d["sentence"] for d in POOL[:2]])
+    assert abs(float((vectors ** 2).sum(axis=1)[0]) - 1) < 1e-5  # (unit length: cosine is a dot product)
+    again = RetrievedSampler(POOL, label_of=label, embed=hidden_states_of(lm))
+    assert hidden_states_of(lm) is embed and again.sample(4, eval_doc=QUERY) == demos  # (same model: same vectors)

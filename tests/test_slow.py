@@ -28,7 +28,7 @@ def test_smollm2_job_end_to_end(tracking):
     """The real 135M model, trained three steps and scored: slow because it is the model users run
     (what the tiny model cannot show: the bundled weights loaded and a whole job on 135M parameters)."""
     p = run_sweep("train.max_steps=3", "train.batch_size=4", "data.max_train_samples=24", "eval.limit=16",
-                  "lora.r=2", *tracking)
+                  "data.dev_size=16", "lora.r=2", *tracking)
     assert p.returncode == 0, p.stderr[-3000:]
     [run] = runs_of(tracking).to_dict("records")
     assert run["status"] == "FINISHED" and run["tags.model"] == "smollm2_135m"
@@ -40,6 +40,7 @@ def test_smollm2_rlhf_pipeline_end_to_end(tmp_path, tracking):
     p = run_sweep("-m", "experiment=rlhf", "hydra/launcher=basic", "stage=sft,reward,ppo",
                   "train.max_steps=1", "train.batch_size=2", "data.max_train_samples=4", "data.max_prompt_tokens=96",
                   "eval.limit=2", "eval.pairs=2", "eval.generation.max_gen_toks=8", "train.max_seq_length=160",
+                  "data.dev_size=2",
                   f"hydra.sweep.dir={tmp_path}/multirun", *tracking)
     assert p.returncode == 0, p.stderr[-3000:]
     runs = {r["tags.stage"]: r for r in runs_of(tracking, "rlhf").to_dict("records")}

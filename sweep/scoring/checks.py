@@ -11,6 +11,7 @@ from sweep.config import DEFAULT_TEMPLATE, is_int, is_number, require, run_id_or
 
 RETRIEVED = "retrieved"  # demonstrations chosen per scored example by similarity (sweep/scoring/fewshot.py)
 FEWSHOT_SAMPLERS = ("random", "balanced", RETRIEVED)
+RETRIEVERS = ("tfidf", "hidden")  # eval.retriever: TF-IDF cosine, or the model's own mean-pooled hidden states
 FEWSHOT_POOLS = ("split", "trained")  # eval.fewshot_pool (sweep/data/splits.py: Pool)
 
 
@@ -61,6 +62,7 @@ def validate_prompting(e: DictConfig) -> None:
     """Template, demonstrations and calibration keys of the eval group."""
     require(isinstance(e.template, str) and e.template.strip(), "eval.template", e.template,
             f"must name a template, e.g. eval.template={DEFAULT_TEMPLATE}")
+    require(e.retriever in RETRIEVERS, "eval.retriever", e.retriever, f"choose one of {', '.join(RETRIEVERS)}")
     require(e.fewshot_sampler in FEWSHOT_SAMPLERS, "eval.fewshot_sampler", e.fewshot_sampler,
             f"choose one of {', '.join(FEWSHOT_SAMPLERS)}")
     require(e.fewshot_pool in FEWSHOT_POOLS, "eval.fewshot_pool", e.fewshot_pool,

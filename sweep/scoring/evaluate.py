@@ -56,6 +56,7 @@ class Prompting:
     content_free: tuple[str, ...] = calibration.CONTENT_FREE
     fewshot_as_multiturn: bool = True    # chat templates: demonstrations as earlier turns
     seed: int = 0
+    retriever: str = "tfidf"             # sampler=retrieved: tfidf | hidden (sweep/scoring/fewshot.py)
 
     @classmethod
     def from_config(cls, e: DictConfig, num_fewshot: int, seed: int) -> Prompting:
@@ -65,7 +66,8 @@ class Prompting:
         retrieved = e.fewshot_sampler == RETRIEVED  # (chosen per scored example, deterministically: one draw)
         return cls(num_fewshot=num_fewshot, sampler=e.fewshot_sampler, draws=1 if retrieved else e.fewshot_draws,
                    per_example=e.fewshot_per_example or retrieved, calibrate=e.calibrate,
-                   content_free=tuple(e.content_free), fewshot_as_multiturn=e.fewshot_as_multiturn, seed=seed)
+                   content_free=tuple(e.content_free), fewshot_as_multiturn=e.fewshot_as_multiturn, seed=seed,
+                   retriever=e.retriever)
 
     def check(self, tasks: dict) -> None:
         """ConfigError when a task cannot be prompted this way (before any compute)."""
@@ -141,7 +143,7 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
     draws, queries, tokens = [], 0, 0
     for d in range(prompting.draws):
         seed = fewshot.draw_seed(prompting.seed, d)
-        drawn = set_samplers(tasks, prompting, pools, seed, demonstrations[d] if demonstrations else {})
+        drawn = set_samplers(tasks, prompting, pools, seed, demonstrations[d] if demonstrations else {}, lm)
         results = simple_evaluate(
             model=lm, tasks=list(tasks.values()), task_manager=tm, num_fewshot=prompting.num_fewshot, limit=limit,
             log_samples=needs_samples, bootstrap_iters=1000, random_seed=prompting.seed,
@@ -181,13 +183,14 @@ def _multiple_choice(tasks: dict) -> bool:
 
 
 def set_samplers(tasks: dict, prompting: Prompting, pools: dict, seed: int,
-                 fixed: dict[str, list[dict]]) -> dict[str, list[dict]]:
+                 fixed: dict[str, list[dict]], lm=None) -> dict[str, list[dict]]:
     """Give each task the sampler of this draw (`fixed`: its demonstrations per task); return them."""
     if not prompting.num_fewshot:
         return {}
     for name, task in tasks.items():
         if prompting.per_example and prompting.sampler == RETRIEVED:
-            fewshot.retrieving(task, fewshot.RetrievedSampler(pools[name], label_of=task.doc_to_target))
+            embed = fewshot.hidden_states_of(lm) if prompting.retriever == "hidden" else None
+            fewshot.retrieving(task, fewshot.RetrievedSampler(pools[name], label_of=task.doc_to_target, embed=embed))
         elif prompting.per_example:
             task.sampler = fewshot.demonstration_sampler(prompting.sampler, pools[name], task.doc_to_target, seed)
         else:

@@ -80,26 +80,31 @@ class FixedDraw(ContextSampler):
 
 
 class RetrievedSampler(ContextSampler):
-    """The k pool examples nearest to the scored one (TF-IDF cosine of their text fields), labels in
-    equal shares (the remainder to the nearest), none sharing a source with it, nearest last. What
-    each scored example got is kept in `given` (its text -> the pool indices), for the record."""
+    """The k pool examples nearest to the scored one (TF-IDF cosine of their text fields, or of
+    `embed`'s unit vectors), labels in equal shares (the remainder to the nearest), none sharing a
+    source with it, nearest last. What each scored example got is kept in `given` (its text -> the
+    pool indices), for the record."""
 
-    def __init__(self, df=None, *, label_of, rnd=None, **kwargs):
+    def __init__(self, df=None, *, label_of, rnd=None, embed=None, **kwargs):
         super().__init__(df, rnd=rnd, **kwargs)
-        self.label_of = label_of
+        self.label_of, self.embed = label_of, embed
         self.given: dict[str, list[int]] = {}
         self.query = None  # the example being scored (set by `retrieving`)
         self._index = None
 
     def index(self):
-        """(vectorizer, the pool's TF-IDF rows, the pool's labels), built once per pool."""
+        """(text -> its vector, the pool's vectors as rows, the pool's labels), built once per pool."""
         if self._index is None:
-            from sklearn.feature_extraction.text import TfidfVectorizer
-
             docs = list(self.fewshot_docs())
-            vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-            self._index = vectorizer, vectorizer.fit_transform([doc_text(d) for d in docs]), \
-                [self.label_of(d) for d in docs]
+            texts = [doc_text(d) for d in docs]
+            if self.embed is not None:
+                vectorize, rows = lambda text: self.embed([text]), self.embed(texts)
+            else:
+                from sklearn.feature_extraction.text import TfidfVectorizer
+
+                vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+                rows, vectorize = vectorizer.fit_transform(texts), lambda text: vectorizer.transform([text])
+            self._index = vectorize, rows, [self.label_of(d) for d in docs]
         return self._index
 
     def sample(self, n, eval_doc=None, df=None, **kwargs):
@@ -108,8 +113,9 @@ class RetrievedSampler(ContextSampler):
         eval_doc = eval_doc if eval_doc is not None else self.query
         if eval_doc is None:
             raise ValueError("retrieved demonstrations are chosen per scored example; none was given")
-        vectorizer, rows, labels = self.index()
-        similarity = (rows @ vectorizer.transform([doc_text(eval_doc)]).T).toarray().ravel()
+        vectorize, rows, labels = self.index()
+        similarity = rows @ vectorize(doc_text(eval_doc)).T
+        similarity = np.asarray(similarity.toarray() if hasattr(similarity, "toarray") else similarity).ravel()
         order = np.argsort(-similarity, kind="stable")
         kinds = sorted(set(labels), key=str)
         quota = {label: n // len(kinds) for label in kinds}
@@ -131,6 +137,44 @@ class RetrievedSampler(ContextSampler):
 
     def set_rnd(self, rnd):  # deterministic: nothing to seed (lm-eval reseeds samplers before scoring)
         return self
+
+
+class HiddenStates:
+    """eval.retriever=hidden: texts as the model's last hidden states, mean-pooled over their tokens
+    and scaled to unit length (cosine = dot product); a pool's vectors are computed once per model
+    and pool, and kept for the model's later passes (the race scores many)."""
+
+    BATCH = 64
+
+    def __init__(self, model, tokenizer):
+        self.model, self.tokenizer, self.cache = model, tokenizer, {}
+
+    def __call__(self, texts: list[str]):
+        import hashlib
+
+        import numpy as np
+        import torch
+
+        key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+        if key not in self.cache:
+            out = []
+            for start in range(0, len(texts), self.BATCH):
+                batch = self.tokenizer(texts[start:start + self.BATCH], return_tensors="pt", padding=True,
+                                       truncation=True, max_length=256).to(self.model.device)
+                with torch.no_grad():
+                    hidden = self.model(**batch, output_hidden_states=True).hidden_states[-1].float()
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+            self.cache[key] = np.concatenate(out)
+        return self.cache[key]
+
+
+def hidden_states_of(lm) -> HiddenStates:
+    """The embedder of an lm-eval model (one per model object, so its pool vectors are reused)."""
+    if getattr(lm, "_hidden_states", None) is None:
+        lm._hidden_states = HiddenStates(lm.model, lm.tokenizer)
+    return lm._hidden_states
 
 
 def retrieving(task, sampler: RetrievedSampler) -> None:
