@@ -10,9 +10,10 @@ calibration has one prompt to estimate its bias under, and the shared prefix can
 `eval.fewshot_sampler=retrieved` is the other strong practice (KATE: Liu et al. 2022, "What Makes
 Good In-Context Examples for GPT-3?"): each scored example gets the pool examples nearest to it.
 lm-eval has no retrieval sampler; ours ranks by TF-IDF cosine (scikit-learn: no download, fitted
-once per pool) or by the model's own mean-pooled hidden states (eval.retriever=hidden), takes the labels in equal shares, never an example that shares a source with the
-one scored (sweep/data/grouping.py: a phrase of the same sentence, the same premise), and puts the
-nearest last, next to the question. It reads only the pool's labels, never the scored example's.
+once per pool) or by the model's own mean-pooled hidden states (eval.retriever=hidden), takes the
+labels in equal shares, never an example that shares a source with the one scored
+(sweep/data/grouping.py: a phrase of the same sentence, the same premise), and puts the nearest
+last, next to the question. It reads only the pool's labels, never the scored example's.
 """
 
 from __future__ import annotations
