@@ -68,6 +68,7 @@ CASES = [
      "method.search.instructions=17 is invalid: must be an integer in [0, 16]"),
     ("sweep.py", ["method=strongest_baseline", "method.search.instructions=2", "eval.tasks=[sst2,rte]"],
      "method.search.instructions=2 searches one task's instruction, and eval.tasks has 2"),
+    ("sweep.py", ["eval.retriever=bm25"], "eval.retriever='bm25' is invalid: choose one of tfidf, hidden"),
     ("sweep.py", ["eval.sequential=maybe"], "eval.sequential='maybe' is invalid: must be true or false"),
     ("sweep.py", ["lora.r=choice()"], "lora.r=choice(): not an override Hydra can parse"),
     ("sweep.py", ["tracking.uri=nosuch://x"], "tracking.uri='nosuch://x' cannot be opened"),
