@@ -65,5 +65,6 @@ def test_the_models_own_hidden_states_retrieve_too_and_the_pool_is_embedded_once
     assert all(not shares_source(d, QUERY) for d in demos)
     vectors = embed([d["sentence"] for d in POOL[:2]])
     assert abs(float((vectors ** 2).sum(axis=1)[0]) - 1) < 1e-5  # (unit length: cosine is a dot product)
-    again = RetrievedSampler(POOL, label_of=label, embed=hidden_states_of(lm))
+    again = RetrievedSampler(POOL, label_of=label, embed=hidden_states_of(lm), indexes=sampler.indexes)
     assert hidden_states_of(lm) is embed and again.sample(4, eval_doc=QUERY) == demos  # (same model: same vectors)
+    assert again.index().rows is sampler.index().rows  # (a later pass reads the vectors the first one built)

@@ -190,7 +190,8 @@ def set_samplers(tasks: dict, prompting: Prompting, pools: dict, seed: int,
     for name, task in tasks.items():
         if prompting.per_example and prompting.sampler == RETRIEVED:
             embed = fewshot.hidden_states_of(lm) if prompting.retriever == "hidden" else None
-            fewshot.retrieving(task, fewshot.RetrievedSampler(pools[name], label_of=task.doc_to_target, embed=embed))
+            fewshot.retrieving(task, fewshot.RetrievedSampler(pools[name], label_of=task.doc_to_target, embed=embed,
+                                                              indexes=fewshot.retrieval_indexes(lm)))
         elif prompting.per_example:
             task.sampler = fewshot.demonstration_sampler(prompting.sampler, pools[name], task.doc_to_target, seed)
         else:

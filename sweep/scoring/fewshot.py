@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from lm_eval.api.samplers import ContextSampler
 
@@ -84,28 +86,29 @@ class RetrievedSampler(ContextSampler):
     """The k pool examples nearest to the scored one (TF-IDF cosine of their text fields, or of
     `embed`'s unit vectors), labels in equal shares (the remainder to the nearest), none sharing a
     source with it, nearest last. What each scored example got is kept in `given` (its text -> the
-    pool indices), for the record."""
+    pool indices), for the record. `indexes`: pool vectors already built, by retriever and pool
+    texts (a model's passes share them: `retrieval_indexes`)."""
 
-    def __init__(self, df=None, *, label_of, rnd=None, embed=None, **kwargs):
+    def __init__(self, df=None, *, label_of, rnd=None, embed=None, indexes: dict | None = None, **kwargs):
         super().__init__(df, rnd=rnd, **kwargs)
         self.label_of, self.embed = label_of, embed
+        self.indexes = {} if indexes is None else indexes
         self.given: dict[str, list[int]] = {}
         self.query = None  # the example being scored (set by `retrieving`)
         self._index = None
 
-    def index(self):
-        """(text -> its vector, the pool's vectors as rows, the pool's labels), built once per pool."""
+    def index(self) -> PoolIndex:
+        """The pool as retrieval reads it, built once per sampler (its vectors once per pool)."""
         if self._index is None:
+            import hashlib
+
             docs = list(self.fewshot_docs())
             texts = [doc_text(d) for d in docs]
-            if self.embed is not None:
-                vectorize, rows = lambda text: self.embed([text]), self.embed(texts)
-            else:
-                from sklearn.feature_extraction.text import TfidfVectorizer
-
-                vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
-                rows, vectorize = vectorizer.fit_transform(texts), lambda text: vectorizer.transform([text])
-            self._index = vectorize, rows, [self.label_of(d) for d in docs]
+            key = (self.embed is None, hashlib.sha256("\x00".join(texts).encode()).hexdigest())
+            if key not in self.indexes:
+                self.indexes[key] = pool_vectors(texts, self.embed)
+            labels = [self.label_of(d) for d in docs]
+            self._index = PoolIndex(docs, labels, sorted(set(labels), key=str), *self.indexes[key])
         return self._index
 
     def sample(self, n, eval_doc=None, df=None, **kwargs):
@@ -114,18 +117,18 @@ class RetrievedSampler(ContextSampler):
         eval_doc = eval_doc if eval_doc is not None else self.query
         if eval_doc is None:
             raise ValueError("retrieved demonstrations are chosen per scored example; none was given")
-        vectorize, rows, labels = self.index()
-        similarity = rows @ vectorize(doc_text(eval_doc)).T
+        pool = self.index()
+        similarity = pool.rows @ pool.vectorize(doc_text(eval_doc)).T
         similarity = np.asarray(similarity.toarray() if hasattr(similarity, "toarray") else similarity).ravel()
         order = np.argsort(-similarity, kind="stable")
-        kinds = sorted(set(labels), key=str)
-        quota = {label: n // len(kinds) for label in kinds}
+        labels = pool.labels
+        quota = {label: n // len(pool.kinds) for label in pool.kinds}
         nearest_first = list(dict.fromkeys(labels[i] for i in order))  # (the remainder to the nearest labels)
-        for label in nearest_first[:n % len(kinds)]:
+        for label in nearest_first[:n % len(pool.kinds)]:
             quota[label] += 1
-        docs, chosen = list(self.fewshot_docs()), []
+        chosen = []
         for i in order:
-            if quota[labels[i]] and not shares_source(docs[i], eval_doc):
+            if quota[labels[i]] and not shares_source(pool.docs[i], eval_doc):
                 chosen.append(int(i))
                 quota[labels[i]] -= 1
                 if len(chosen) == n:
@@ -134,45 +137,68 @@ class RetrievedSampler(ContextSampler):
             raise ValueError(f"retrieval found {len(chosen)} of {n} demonstrations with balanced labels")
         chosen.reverse()  # nearest last, next to the question
         self.given[doc_text(eval_doc)] = chosen
-        return [docs[i] for i in chosen]
+        return [pool.docs[i] for i in chosen]
 
     def set_rnd(self, rnd):  # deterministic: nothing to seed (lm-eval reseeds samplers before scoring)
         return self
 
 
+@dataclass(frozen=True)
+class PoolIndex:
+    """A pool as retrieval reads it: its documents, their labels, the distinct labels, their vectors
+    as rows, and the function that gives a scored example's vector."""
+    docs: list
+    labels: list
+    kinds: list
+    rows: object
+    vectorize: Callable
+
+
+def pool_vectors(texts: list[str], embed=None) -> tuple[object, Callable]:
+    """(the texts' vectors as rows, text -> its vector): TF-IDF over word unigrams and bigrams fitted
+    on the texts, or `embed`'s."""
+    if embed is not None:
+        return embed(texts), lambda text: embed([text])
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
+    return vectorizer.fit_transform(texts), lambda text: vectorizer.transform([text])
+
+
+def retrieval_indexes(lm) -> dict:
+    """The pool vectors built for an lm-eval model's passes (the race scores many with one pool)."""
+    if getattr(lm, "_retrieval_indexes", None) is None:
+        lm._retrieval_indexes = {}
+    return lm._retrieval_indexes
+
+
 class HiddenStates:
     """eval.retriever=hidden: texts as the model's last hidden states, mean-pooled over their tokens
-    and scaled to unit length (cosine = dot product); a pool's vectors are computed once per model
-    and pool, and kept for the model's later passes (the race scores many)."""
+    and scaled to unit length (cosine = dot product)."""
 
     BATCH = 64
 
     def __init__(self, model, tokenizer):
-        self.model, self.tokenizer, self.cache = model, tokenizer, {}
+        self.model, self.tokenizer = model, tokenizer
 
     def __call__(self, texts: list[str]):
-        import hashlib
-
         import numpy as np
         import torch
 
-        key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()
-        if key not in self.cache:
-            out = []
-            for start in range(0, len(texts), self.BATCH):
-                batch = self.tokenizer(texts[start:start + self.BATCH], return_tensors="pt", padding=True,
-                                       truncation=True, max_length=256).to(self.model.device)
-                with torch.no_grad():
-                    hidden = self.model(**batch, output_hidden_states=True).hidden_states[-1].float()
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-                out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
-            self.cache[key] = np.concatenate(out)
-        return self.cache[key]
+        out = []
+        for start in range(0, len(texts), self.BATCH):
+            batch = self.tokenizer(texts[start:start + self.BATCH], return_tensors="pt", padding=True,
+                                   truncation=True, max_length=256).to(self.model.device)
+            with torch.no_grad():
+                hidden = self.model(**batch, output_hidden_states=True).hidden_states[-1].float()
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
+        return np.concatenate(out)
 
 
 def hidden_states_of(lm) -> HiddenStates:
-    """The embedder of an lm-eval model (one per model object, so its pool vectors are reused)."""
+    """The embedder of an lm-eval model (one per model object)."""
     if getattr(lm, "_hidden_states", None) is None:
         lm._hidden_states = HiddenStates(lm.model, lm.tokenizer)
     return lm._hidden_states
