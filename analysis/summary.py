@@ -257,8 +257,8 @@ def sweep_verdicts(runs: pd.DataFrame) -> list[verdict.Comparison]:
                                 examples_available(strongest["run_id"], task))
             if c is not None:
                 (primary if is_chosen else secondary).append(c)
-    chosen = {r["run_id"]: r for _, r in runs.iterrows()}
-    primary = [sequentially(c, chosen[c.run_id]) for c in verdict.corrected(primary, verdict.PRIMARY)]
+    by_id = {r["run_id"]: r for _, r in runs.iterrows()}
+    primary = [sequentially(c, by_id[c.run_id]) for c in verdict.corrected(primary, verdict.PRIMARY)]
     return primary + verdict.corrected(secondary, verdict.SECONDARY)
 
 

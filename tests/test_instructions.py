@@ -95,6 +95,9 @@ def test_the_race_scores_each_proposed_instruction_on_development_examples_only(
     choice = baselines.strongest(search, make_lm(*tiny, batch_size=8), lambda t: eval_tasks(cfg, t))
     assert {r["instruction"] for r in choice.panel} == {None, "Say positive or negative for the review.",
                                                           "Name the review's sentiment in one word."}
+    prompts = {s["arguments"][0][0] for p in passes for s in p.results["samples"]["sst2"]}
+    for instruction in ("Say positive or negative for the review.", "Name the review's sentiment in one word."):
+        assert any(instruction in prompt for prompt in prompts)  # (its development passes prompt with it)
     task = eval_tasks(cfg, "plain")[1]["sst2"]
     dev = splits.dev_task(task, splits.dev_indices(task, 8)).eval_docs
     held = {doc_text(d) for d in [*dev, *task.eval_docs]}

@@ -7,11 +7,13 @@ import heapq
 import logging
 import os
 from pathlib import Path
+from statistics import median_high
 
 from omegaconf import DictConfig
 
 from sweep.config import DEFAULT_TEMPLATE, ConfigError, close_matches
 from sweep.runtime.retry import first_line
+from sweep.scoring.leakage import doc_text
 
 log = logging.getLogger(__name__)
 PROMPT_SAMPLE = 200  # examples whose tokens give a demonstration's, and a scored example's, typical length
@@ -146,7 +148,8 @@ def demonstration_tokens(task, doc, tokenizer) -> int:
 
 
 def text_length(doc: dict) -> int:
-    return sum(len(v) for v in doc.values() if isinstance(v, str))
+    """A document's length in characters, as its text fields read (leakage.doc_text)."""
+    return len(doc_text(doc))
 
 
 def check_prompts_fit(tasks: dict, k: int, tokenizer, context: int | None, key: str = "eval.num_fewshot") -> None:
@@ -161,8 +164,8 @@ def check_prompts_fit(tasks: dict, k: int, tokenizer, context: int | None, key: 
         if not split:
             continue
         docs, scored = task.dataset[split], list(task.eval_docs)
-        typical = median(demonstration_tokens(task, d, tokenizer) for d in spread(docs))
-        query = median(len(tokenizer(str(task.doc_to_text(d)))["input_ids"]) for d in spread(scored))
+        typical = median_high(demonstration_tokens(task, d, tokenizer) for d in spread(docs))
+        query = median_high([len(tokenizer(str(task.doc_to_text(d)))["input_ids"]) for d in spread(scored)] or [0])
         if k * typical + query > context:
             raise ConfigError(f"{key}={k} is more demonstrations than the model's context of {context:,} "
                               f"tokens holds on task {name} (about {typical} tokens each, and {query} for the example "
@@ -178,8 +181,3 @@ def check_prompts_fit(tasks: dict, k: int, tokenizer, context: int | None, key: 
 def spread(docs) -> list:
     """Up to PROMPT_SAMPLE documents spread evenly over `docs`."""
     return [docs[i] for i in range(0, len(docs), max(1, len(docs) // PROMPT_SAMPLE))][:PROMPT_SAMPLE]
-
-
-def median(values) -> int:
-    ordered = sorted(values)
-    return ordered[len(ordered) // 2] if ordered else 0
