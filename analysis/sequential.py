@@ -94,10 +94,7 @@ def sequential(diffs: np.ndarray, alpha: float, margin: float, block: int) -> Se
     `block`; stop at the first block where the confidence sequence at 1 - alpha decides."""
     diffs = np.asarray(diffs, dtype=float)
     low, high = bounds(diffs, alpha)
-    ends = list(range(block, len(diffs), block)) + [len(diffs)]
-    for end in ends:
-        verdict = decided(low[end - 1], high[end - 1], margin)
-        if verdict is not None or end == len(diffs):
-            return Sequential(verdict or "inconclusive", end, len(diffs), float(low[end - 1]), float(high[end - 1]),
-                              1 - alpha, block)
-    raise AssertionError("unreachable: the last block always returns")
+    ends = [*range(block, len(diffs), block), len(diffs)]
+    end = next((e for e in ends if decided(low[e - 1], high[e - 1], margin)), len(diffs))  # (else: every example)
+    verdict = decided(low[end - 1], high[end - 1], margin) or "inconclusive"
+    return Sequential(verdict, end, len(diffs), float(low[end - 1]), float(high[end - 1]), 1 - alpha, block)

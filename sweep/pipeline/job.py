@@ -120,10 +120,10 @@ def prepare(cfg: DictConfig, plan: Plan, sweep: str) -> Prepared:
     project = load_project_tasks(cfg)  # unknown tasks or templates, bad data files
     generated = generated_data(cfg)   # generated data that cannot be found
     slices = splits.dev_slices(project.tasks, cfg.data.dev_size)  # a development slice a split cannot give
-    if plan.method.searches_prompts:
+    searched = plan.method.searches_prompts
+    if searched:
         baselines.check_search(cfg.method.search, project.manager, cfg.eval.tasks)
     check_inputs(cfg, plan, project.tasks)  # (a few-shot count, a training split)
-    searched = plan.method.searches_prompts
     most_shots = max(cfg.method.search.num_fewshot) if searched else plan.prompting.num_fewshot
     if most_shots:  # (k demonstrations that cannot fit the model's context)
         check_prompts_fit({n: project.tasks[n] for n in cfg.eval.tasks}, most_shots,
