@@ -18,8 +18,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sweep.launcher import fork_server
+
 ROOT = Path(__file__).resolve().parent.parent
-PRELOAD = ["sweep.pipeline.job", "sweep.study.optuna_sweeper", "analysis.summary", "lm_eval.tasks", "optuna"]
+# What a job imports, as the launcher's fork server preloads it (a module a job imports lazily, such as
+# MLflow's SQL store, costs every forked command its import again), and what a sweep and a report add.
+PRELOAD = [*fork_server.PRELOAD, "sweep.pipeline.overrides", "sweep.scoring.prefix_cache", "sweep.study.optuna_sweeper",
+           "analysis.summary"]
 FORK = os.environ.get("SFT_TESTS_FORK", "1") != "0"
 # Commands that get an interpreter: joblib's loky workers hang when started from a forkserver's child;
 # a sweep's extra workers (n_jobs) start as new interpreters, and a forked first worker, ten seconds

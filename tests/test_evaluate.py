@@ -43,3 +43,36 @@ def test_scoring_in_process_zero_and_few_shot(tiny):
     few = score(lm, tm, load_project_tasks(cfg)[1], Prompting(num_fewshot=2), limit=6, log_samples=True)
     prompt = few.results["samples"]["sst2"][0]["arguments"][0][0]
     assert prompt.count("Answer:") == 3  # two examples and the question
+
+
+def test_task_templates_render_as_lm_eval_renders_them_compiling_each_once(monkeypatch):
+    """Every document of every project task renders to lm-eval's own text (its filters, its
+    StrictUndefined), and a task's template is compiled once, not once per document and field."""
+    import jinja2
+    from lm_eval.utils import env
+
+    from sweep.data import templates
+
+    def lm_evals(template: str, doc: dict) -> str:
+        return env.from_string(template).render(**doc)
+
+    for data in ("sst2", "rte", "hh_rlhf", "self_instruct"):
+        _, tasks = load_project_tasks(compose(f"data={data}", "method=zero_shot"))
+        for task in tasks.values():
+            for field in ("doc_to_text", "doc_to_target", "doc_to_choice"):
+                template = getattr(task.config, field)
+                if isinstance(template, str) and "{{" in template:
+                    for doc in list(task.eval_docs)[:20]:
+                        assert templates.render(template, doc) == lm_evals(template, doc)
+    with pytest.raises(jinja2.UndefinedError):
+        templates.render("{{ nosuch }}", {"sentence": "x"})
+    assert templates.render("{{ s | regex_replace('a+', 'b') }}", {"s": "caat"}) == "cbt"
+
+    compiled = []
+    monkeypatch.setattr(env, "from_string", lambda t, _f=env.from_string: compiled.append(t) or _f(t))
+    templates.compiled.cache_clear()
+    _, tasks = load_project_tasks(compose("method=zero_shot"))
+    [task] = tasks.values()
+    docs = list(task.eval_docs)[:50]
+    texts = [task.doc_to_text(d) for d in docs]
+    assert len(set(texts)) > 1 and len(compiled) <= 1, len(compiled)  # (before: once per document)

@@ -155,18 +155,18 @@ def test_storage_calls_wait_for_the_database_and_nobody_is_taken_for_dead_after_
     returns (everyone's heartbeats are old then), but does once the owner has stayed silent for a
     grace period after."""
     root, env = team
-    name = f"calls-{uuid.uuid4().hex[:6]}"
-    owner = optuna.create_study(study_name=name, storage=make_storage(env["OPTUNA_STORAGE"], HEARTBEAT, GRACE))
-    other = optuna.load_study(study_name=name, storage=make_storage(env["OPTUNA_STORAGE"], HEARTBEAT, GRACE))
+    name, grace = f"calls-{uuid.uuid4().hex[:6]}", 3  # (no sweep here: the shortest grace the restart outlasts)
+    owner = optuna.create_study(study_name=name, storage=make_storage(env["OPTUNA_STORAGE"], HEARTBEAT, grace))
+    other = optuna.load_study(study_name=name, storage=make_storage(env["OPTUNA_STORAGE"], HEARTBEAT, grace))
     told, running = owner.ask(), owner.ask()
     owner._storage.record_heartbeat(running._trial_id)
     servers.stop_postgres(root)
-    restart = threading.Timer(GRACE + 2, servers.start_postgres, (root, servers.pg_port(root)))
+    restart = threading.Timer(grace + 2, servers.start_postgres, (root, servers.pg_port(root)))
     restart.start()
     try:
         started = time.monotonic()
         owner.tell(told, 1.0)  # waits for the database
-        assert time.monotonic() - started > GRACE
+        assert time.monotonic() - started > grace
     finally:
         restart.join()
     assert len(other.get_trials()) == 2  # the other worker's next call finds the database again
@@ -174,7 +174,7 @@ def test_storage_calls_wait_for_the_database_and_nobody_is_taken_for_dead_after_
     assert owner.get_trials()[running.number].state == TrialState.RUNNING
     assert owner.get_trials()[told.number].state == TrialState.COMPLETE
     owner._storage.record_heartbeat(running._trial_id)  # the owner beats again: still alive
-    time.sleep(GRACE + 1)
+    time.sleep(grace + 1)
     fail_stale(other)  # ...and then stays silent for a grace period: dead
     assert owner.get_trials()[running.number].state == TrialState.FAIL
     optuna.delete_study(study_name=name, storage=owner._storage)  # (trials without runs: not a sweep's)
@@ -211,7 +211,7 @@ def test_a_partitioned_worker_comes_back_without_double_counting(team, tmp_path)
     for i, w in enumerate(workers):
         assert w.wait(timeout=600) == 0, (tmp_path / f"w{i}.log").read_text()[-3000:]
     trials, kids = assert_whole(study, experiment, n)
-    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    [retry] = [t for t in trials if retried_trial(t) == victim.number]
     assert retry.params == victim.params and retry.state == TrialState.COMPLETE
     [late] = kids[kids["tags.optuna.trial_number"] == str(victim.number)].to_dict("records")
     assert late["status"] == "KILLED" and late["tags.superseded_by_trial"] == str(retry.number)
@@ -241,47 +241,42 @@ def outage(root, seconds: float) -> None:
 NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # MLflow's own retries end at once: an outage outlasts them
 
 
-def test_a_tracking_outage_past_mlflows_retries_loses_no_point_of_the_curve(team, tmp_path):
-    """The tracking server stops for 15 s mid-training, with MLflow's client set not to retry (so the
-    outage outlasts its retries, as a restart longer than their ~4 min does): the job trains on, its
-    curve's points are kept and sent when the server is back, and the run ends FINISHED with every
-    step of its curve, its scores and its adapter. (Before: the first write in the outage failed the
-    job.)"""
+def test_a_tracking_outage_loses_no_point_of_a_curve_and_one_past_a_jobs_allowance_fails_its_trial_for_a_retry(
+        team, tmp_path):
+    """The tracking server stops for 12 s while two programs train, each with MLflow's client set
+    not to retry (so the outage outlasts its retries, as a restart longer than their ~4 min does).
+    A single job (the default allowance, tracking.outage_seconds=900) trains on, keeps its curve's
+    points and sends them when the server is back: its run ends FINISHED with every step of its
+    curve, its scores and its adapter (before: the first write in the outage failed the job). An
+    Optuna sweep whose allowance is 5 s: its trial fails, and recording the failure fails too until
+    the server is back: its run ends FAILED with its error, never FINISHED by MLflow's exit hook
+    (before: FINISHED or RUNNING, never FAILED); the trial is queued again and run again, and the
+    study ends with exactly n_trials COMPLETE (before: failed for good). One outage meets both, as
+    a team's restart meets every program at once."""
     root, env = team
-    experiment, steps = f"outage-{uuid.uuid4().hex[:6]}", 100
+    job_experiment, steps = f"outage-{uuid.uuid4().hex[:6]}", 100
+    experiment, study_name, n = f"away-{uuid.uuid4().hex[:6]}", f"away-{uuid.uuid4().hex[:6]}", 1
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    proc = start_job([*TINY, f"train.max_steps={steps}", "train.logging_steps=1", f"tracking.experiment={experiment}"],
-                     clean_env() | env | NO_RETRIES, tmp_path / "job.log")
-    run_id = wait_for(lambda: training_run(experiment), 240, "the job to train")
-    outage(root, 15)
-    assert proc.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    job = start_job([*TINY, f"train.max_steps={steps}", "train.logging_steps=1",
+                     f"tracking.experiment={job_experiment}"], clean_env() | env | NO_RETRIES, tmp_path / "job.log")
+    args = [*sweep_args(study_name, experiment, n, steps=60), "train.logging_steps=1", "tracking.outage_seconds=5",
+            f"hydra.sweep.dir={tmp_path}/multirun"]
+    sweep = start_job(args, clean_env() | env | NO_RETRIES, tmp_path / "sweep.log")
+    study = load_study(env, study_name)
+    run_id = wait_for(lambda: training_run(job_experiment), 240, "the job to train")
+    victim = wait_for(lambda: training_trial(study, experiment), 240, "a trial to train")
+    outage(root, 12)
+    assert job.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    assert sweep.wait(timeout=900) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
     assert "the tracking server is unreachable" in (tmp_path / "job.log").read_text()
     run = mlflow.get_run(run_id)
     assert run.info.status == "FINISHED" and "sst2/acc" in run.data.metrics and "adapter_manifest_sha256" in run.data.tags
     curve = mlflow.MlflowClient().get_metric_history(run_id, "train/loss")
     assert sorted(h.step for h in curve) == list(range(1, steps + 1))
-
-
-def test_a_trial_whose_tracking_server_stays_away_fails_and_is_run_again(team, tmp_path):
-    """An Optuna sweep whose tracking server stays away for longer than tracking.outage_seconds (5 s
-    here; 12 s away) while its trial trains, with MLflow's retries off: that trial fails, and recording
-    the failure fails too until the server is back: its run ends FAILED with its error, never FINISHED
-    by MLflow's exit hook (before: FINISHED or RUNNING, never FAILED); the trial is queued again and
-    run again, and the study ends with exactly n_trials COMPLETE (before: failed for good)."""
-    root, env = team
-    experiment, study_name, n = f"away-{uuid.uuid4().hex[:6]}", f"away-{uuid.uuid4().hex[:6]}", 1
-    mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
-    args = [*sweep_args(study_name, experiment, n, steps=60), "train.logging_steps=1", "tracking.outage_seconds=5",
-            f"hydra.sweep.dir={tmp_path}/multirun"]
-    proc = start_job(args, clean_env() | env | NO_RETRIES, tmp_path / "sweep.log")
-    study = load_study(env, study_name)
-    victim = wait_for(lambda: training_trial(study, experiment), 240, "a trial to train")
-    outage(root, 12)
-    assert proc.wait(timeout=900) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
     trials, kids = assert_whole(study, experiment, n)
     [failed] = [t for t in trials if t.state == TrialState.FAIL]
     assert failed.number == victim.number
-    [retry] = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    [retry] = [t for t in trials if retried_trial(t) == victim.number]
     assert retry.params == victim.params and retry.state == TrialState.COMPLETE
     [run] = kids[kids["tags.optuna.trial_number"] == str(victim.number)].to_dict("records")
     assert run["status"] == "FAILED" and run["tags.error"].startswith("TrackingUnavailable: the tracking server has")

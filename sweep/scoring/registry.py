@@ -12,6 +12,7 @@ from statistics import median_high
 from omegaconf import DictConfig
 
 from sweep.config import DEFAULT_TEMPLATE, ConfigError, close_matches
+from sweep.data.templates import use_compiled_templates
 from sweep.runtime.retry import first_line
 from sweep.scoring.leakage import doc_text
 
@@ -37,6 +38,7 @@ def task_manager(paths: DictConfig, include_paths: list[str], task_names: list[s
     """
     from lm_eval.tasks import TaskManager
 
+    use_compiled_templates()  # (lm-eval compiles a template again for every document: sweep/data/templates.py)
     meta = {"data_dir": paths.data}
     folders = [paths.tasks, *include_paths]
     tm = TaskManager(include_path=folders, include_defaults=False, metadata=meta)
