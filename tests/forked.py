@@ -1,12 +1,13 @@
-"""`python sweep.py ARGS` for the tests, each in a new process forked from a server that imported
-the libraries once (the standard library's multiprocessing forkserver with its preload): the same
-command, entry point and exit status as a new interpreter, without its ten seconds of imports (of
-a tiny job's twenty). The suite runs about a hundred such commands. `SFT_TESTS_FORK=0` runs each
-in a new interpreter instead.
+"""`python sweep.py ARGS` (or another script, or `python -m module ARGS`) for the tests, each in a
+new process forked from a server that imported the libraries once (the standard library's
+multiprocessing forkserver with its preload): the same command, entry point and exit status as a
+new interpreter, without its ten seconds of imports (of a tiny job's twenty). The suite runs about
+a hundred such commands. `SFT_TESTS_FORK=0` runs each in a new interpreter instead.
 
 Each child takes the environment it is given, the working folder, sys.argv, and fresh stdout and
-stderr files; it runs sweep.py as `__main__` and ends as the interpreter would (atexit handlers,
-then the exit status: SystemExit's code, 1 after an uncaught exception, which it prints).
+stderr files; it runs the script or module as `__main__` and ends as the interpreter would
+(atexit handlers, then the exit status: SystemExit's code, 1 after an uncaught exception, which it
+prints).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ def _context():
 
 
 def _run(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
-    """The child: sweep.py as `python sweep.py ARGV` would run it."""
+    """The child: `python ARGV` as the interpreter would run it (a script under cwd, or `-m` and a
+    module: sys.path starts with the script's folder, or with cwd, as it would)."""
     import atexit
     import runpy
     import traceback
@@ -53,12 +55,16 @@ def _run(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> 
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
+    module = argv[1] if argv[0] == "-m" else None
     script = str(Path(cwd) / argv[0])
-    sys.argv = list(argv)
-    sys.path[0:0] = [str(Path(script).parent)]
+    sys.argv = argv[1:] if module else list(argv)  # (runpy puts the module's file name first, as -m does)
+    sys.path[0:0] = [cwd if module else str(Path(script).parent)]
     code = 0
     try:
-        runpy.run_path(script, run_name="__main__")
+        if module:
+            runpy.run_module(module, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(script, run_name="__main__")
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if e.code is not None and not isinstance(e.code, int):
@@ -76,9 +82,9 @@ def _run(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
     """`python ARGV` (ARGV[0]: a script under cwd, or `-m` and a module), output captured, as subprocess.run
-    would. A module runs in a new interpreter (runpy here takes scripts)."""
+    would."""
     command = [sys.executable, *argv]
-    if not FORK or argv[0] == "-m" or any(a.startswith(SPAWNED) for a in argv):
+    if not FORK or any(a.startswith(SPAWNED) for a in argv):
         return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     with tempfile.TemporaryDirectory(prefix="forked-") as tmp:
         out, err = f"{tmp}/stdout", f"{tmp}/stderr"

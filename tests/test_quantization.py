@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import labs.quantization as q
-from tests.conftest import ROOT
+from tests import forked
+from tests.conftest import ROOT, clean_env
 
 F = pytest.importorskip("bitsandbytes.functional")
 
@@ -83,15 +84,12 @@ def test_bits_per_param_arithmetic():
 
 @pytest.mark.e2e
 def test_lab_writes_table_plot_and_mlflow_run(tmp_path, tracking):
-    import subprocess
-    import sys
-
     import mlflow
     import pandas as pd
 
     out = tmp_path / "lab"
-    p = subprocess.run([sys.executable, "-m", "labs.quantization", "model=tiny", *tracking, "--layers", "all",
-                        "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    p = forked.run(["-m", "labs.quantization", "model=tiny", *tracking, "--layers", "all", "--out", str(out)], ROOT,
+                   clean_env(), timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     table = pd.read_csv(out / "quantization.csv")
     assert len(table) == len(q.schemes()) and set(table.columns) == {
@@ -108,10 +106,6 @@ def test_lab_writes_table_plot_and_mlflow_run(tmp_path, tracking):
 
 
 def test_lab_rejects_an_unknown_model_option():
-    import subprocess
-    import sys
-
-    r = subprocess.run([sys.executable, "-m", "labs.quantization", "model=tny"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300)
+    r = forked.run(["-m", "labs.quantization", "model=tny"], ROOT, clean_env(), timeout=300)
     assert r.returncode != 0 and "tny" in (r.stdout + r.stderr)
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -15,7 +14,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from sweep.pipeline.checks import validate
 from sweep.study.search import parse_search_space
-from tests.conftest import ROOT
+from tests import forked
+from tests.conftest import ROOT, clean_env
 
 README = ROOT / "README.md"
 
@@ -73,6 +73,6 @@ def test_each_other_program_takes_the_options_the_readme_gives_it(command):
     words = shlex.split(command)
     program = words[1:3] if words[1] == "-m" else words[1:2]
     options = [w.split("=")[0] for w in words[1 + len(program):] if w.startswith("--")]
-    p = subprocess.run([sys.executable, *program, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    p = forked.run([*program, "--help"], ROOT, clean_env(), timeout=120)
     assert p.returncode == 0, (command, p.stderr[-2000:])
     assert all(re.search(re.escape(option) + r"(?![\w-])", p.stdout) for option in options), (command, p.stdout)

@@ -13,6 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from sweep.runtime.secrets import redact
+from tests import forked
 from tests.conftest import (
     ROOT,
     TINY,
@@ -358,8 +359,8 @@ def test_check_store_is_clean_after_a_sweep_and_names_each_fault_forced_into_it(
     uri, journal = tracking[0].split("=", 1)[1], str(tmp_path / "optuna.journal")
 
     def check_store():
-        return subprocess.run([sys.executable, "-m", "sweep.ops.integrity", "--tracking-uri", uri, "--storage",
-                               journal], cwd=ROOT, capture_output=True, text=True, timeout=300, env=clean_env())
+        return forked.run(["-m", "sweep.ops.integrity", "--tracking-uri", uri, "--storage", journal], ROOT, clean_env(),
+                          timeout=300)
     clean = check_store()
     assert clean.returncode == 0 and clean.stdout == "", clean.stdout + clean.stderr[-2000:]
     kids, parents = children(tracking)
@@ -428,9 +429,8 @@ def test_a_full_artifact_store_fails_the_trial_keeps_the_adapter_and_make_upload
                                  f"{kept}: free space (or fix the store) and run `make upload RUN={run['run_id']}`")
     assert (kept / "adapter_model.safetensors").is_file()
     assert [t.state for t in study_of(tmp_path).trials] == [TrialState.FAIL]
-    p = subprocess.run([sys.executable, "-m", "sweep.ops.upload", run["run_id"], "--tracking-uri", uri,
-                        "--pending", str(pending), "--storage", f"{tmp_path}/optuna.journal"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=300, env=clean_env())
+    p = forked.run(["-m", "sweep.ops.upload", run["run_id"], "--tracking-uri", uri, "--pending", str(pending),
+                    "--storage", f"{tmp_path}/optuna.journal"], ROOT, clean_env(), timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert not kept.exists()
     stored = mlflow.get_run(run["run_id"])
@@ -443,9 +443,8 @@ def test_a_full_artifact_store_fails_the_trial_keeps_the_adapter_and_make_upload
     # An upload never overwrites the adapter of a run that did not fail for want of it (this one, now FINISHED).
     kept.mkdir(parents=True)
     (kept / "adapter_model.safetensors").write_bytes(b"another adapter")
-    again = subprocess.run([sys.executable, "-m", "sweep.ops.upload", run["run_id"], "--tracking-uri", uri,
-                            "--pending", str(pending)], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                           env=clean_env())
+    again = forked.run(["-m", "sweep.ops.upload", run["run_id"], "--tracking-uri", uri, "--pending", str(pending)],
+                       ROOT, clean_env(), timeout=300)
     assert again.returncode == 2 and "did not fail for want of its adapter" in again.stderr, again.stderr[-2000:]
     assert mlflow.get_run(run["run_id"]).data.tags["adapter_manifest_sha256"] == \
         stored.data.tags["adapter_manifest_sha256"]
