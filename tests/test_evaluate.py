@@ -33,7 +33,17 @@ def test_flatten_metrics_names():
                     "sst2/exact_match_strict": 0.5}
 
 
-def test_scoring_in_process_zero_and_few_shot(tiny):
+def test_scoring_in_process_zero_and_few_shot(tiny, monkeypatch):
+    """Zero- and few-shot passes in one process; lm-eval's description of the environment in each
+    result, gathered once (before: at every pass, half a second each)."""
+    from lm_eval.loggers import utils as lm_eval_loggers
+
+    from sweep.scoring.environment_once import environment
+
+    gathered = []
+    monkeypatch.setattr(lm_eval_loggers, "add_env_info",
+                        lambda s, _real=lm_eval_loggers.add_env_info: gathered.append(1) or _real(s))
+    environment.cache_clear()
     cfg = compose("model=tiny", "method=zero_shot")
     tm, tasks = load_project_tasks(cfg)
     lm = make_lm(tiny[0], tiny[1], batch_size=8)
@@ -43,6 +53,11 @@ def test_scoring_in_process_zero_and_few_shot(tiny):
     few = score(lm, tm, load_project_tasks(cfg)[1], Prompting(num_fewshot=2), limit=6, log_samples=True)
     prompt = few.results["samples"]["sst2"][0]["arguments"][0][0]
     assert prompt.count("Answer:") == 3  # two examples and the question
+    assert len(gathered) == 1 and zero.results["pretty_env_info"] == few.results["pretty_env_info"]
+    described = {}
+    lm_eval_loggers.add_env_info(described)
+    assert described.keys() <= zero.results.keys() and described["transformers_version"] == \
+        few.results["transformers_version"]
 
 
 def test_task_templates_render_as_lm_eval_renders_them_compiling_each_once(monkeypatch):
@@ -63,10 +78,10 @@ def test_task_templates_render_as_lm_eval_renders_them_compiling_each_once(monke
                 template = getattr(task.config, field)
                 if isinstance(template, str) and "{{" in template:
                     for doc in list(task.eval_docs)[:20]:
-                        assert templates.render(template, doc) == lm_evals(template, doc)
+                        assert templates.render_template(template, doc) == lm_evals(template, doc)
     with pytest.raises(jinja2.UndefinedError):
-        templates.render("{{ nosuch }}", {"sentence": "x"})
-    assert templates.render("{{ s | regex_replace('a+', 'b') }}", {"s": "caat"}) == "cbt"
+        templates.render_template("{{ nosuch }}", {"sentence": "x"})
+    assert templates.render_template("{{ s | regex_replace('a+', 'b') }}", {"s": "caat"}) == "cbt"
 
     compiled = []
     monkeypatch.setattr(env, "from_string", lambda t, _f=env.from_string: compiled.append(t) or _f(t))

@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 
 from sweep.config import ConfigError
-from sweep.data.templates import render
+from sweep.data.templates import render_template
 
 DEV_SPLIT = "dev"      # the name the development slice gets inside a task object
 DEV_PREFIX = "dev/"    # development scores: dev/<task>/<metric>
@@ -67,7 +67,7 @@ def group_of(task, doc) -> str:
     dialogue's first Human turn), else its prompt text. A carved development slice takes whole groups."""
     template = (task.config.metadata or {}).get("group_by")
     if template:
-        return render(template, doc)
+        return render_template(template, doc)
     return text_of(task, doc)
 
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from sweep.config import ConfigError
 from sweep.scoring import calibration, fewshot
 from sweep.scoring.checks import RETRIEVED
+from sweep.scoring.environment_once import gather_environment_once
 from sweep.scoring.registry import check_fewshot_pool, uses_chat_template
 from sweep.scoring.results import (
     QUERY_SECONDS,
@@ -129,6 +130,7 @@ def score(lm, tm, tasks: dict, prompting: Prompting, limit: int | None, log_samp
     from lm_eval import simple_evaluate
 
     start = time.perf_counter()
+    gather_environment_once()  # (lm-eval gathers it at every call: 0.5 s; sweep/scoring/environment_once.py)
     prompting.check(tasks)
     chat = uses_chat_template(tasks)
     needs_samples = log_samples or prompting.draws > 1 or _multiple_choice(tasks)
