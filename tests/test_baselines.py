@@ -180,6 +180,11 @@ def test_variants_are_distinct_simplest_first_and_name_their_equivalent_run():
     assert baselines.Variant("plain", 4, "balanced", True).overrides() == [
         "method=few_shot", "eval.template=plain", "eval.num_fewshot=4", "eval.fewshot_sampler=balanced",
         "eval.calibrate=true"]
+    # The full preset (docs/baselines.md): 3 templates x 2 calibrations x 5 instructions (the template's own and
+    # 4 proposed) x (zero-shot + k in {4, 8, 16} x 3 samplers) = 300 variants.
+    full = compose("method=strongest_baseline_full").method.search
+    proposed = tuple(f"Instruction {i}." for i in range(full.instructions))
+    assert len(baselines.variants(full, proposed)) == 3 * 2 * 5 * (1 + 3 * 3) == 300
 
 
 @pytest.mark.parametrize("overrides,needle", [
