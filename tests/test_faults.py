@@ -248,7 +248,7 @@ def test_a_tracking_outage_loses_no_point_of_a_curve_and_one_past_a_jobs_allowan
     study ends with exactly n_trials COMPLETE (before: failed for good). One outage meets both, as
     a team's restart meets every program at once."""
     root, env = team
-    job_experiment, steps = f"outage-{uuid.uuid4().hex[:6]}", 100
+    job_experiment, steps = f"outage-{uuid.uuid4().hex[:6]}", 300  # (steps enough to train on till the trial trains)
     experiment, study_name, n = f"away-{uuid.uuid4().hex[:6]}", f"away-{uuid.uuid4().hex[:6]}", 1
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     job = start_job([*TINY, f"train.max_steps={steps}", "train.logging_steps=1",
@@ -257,8 +257,10 @@ def test_a_tracking_outage_loses_no_point_of_a_curve_and_one_past_a_jobs_allowan
             f"hydra.sweep.dir={tmp_path}/multirun"]
     sweep = start_job(args, clean_env() | env | NO_RETRIES, tmp_path / "sweep.log")
     study = load_study(env, study_name)
-    run_id = wait_for(lambda: training_run(job_experiment), 240, "the job to train")
     victim = wait_for(lambda: training_trial(study, experiment), 240, "a trial to train")
+    run_id = training_run(job_experiment)
+    sent = len(mlflow.MlflowClient().get_metric_history(run_id, "train/loss")) if run_id else steps
+    assert sent < steps, f"the job has {sent} of {steps} points of its curve: it should still be training"
     outage(root, 12)
     assert job.wait(timeout=600) == 0, (tmp_path / "job.log").read_text()[-3000:]
     assert sweep.wait(timeout=900) == 0, (tmp_path / "sweep.log").read_text()[-3000:]

@@ -6,11 +6,12 @@ sweeping overnight deserve one line that names the key and the closest real ones
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sweep.config import PROJECT_ROOT, ConfigError, close_matches
 from sweep.pipeline.checks import validate
@@ -94,16 +95,16 @@ def check_overrides(args: list[str], defaults: DictConfig, entry: str = "sweep.p
                           f"lists them")
 
 
-def check_hydra_overrides(args: list[str], compose, config_name: str) -> None:
+def check_hydra_overrides(args: list[str], composed) -> None:
     """Hydra's own keys (`hydra.*`) and groups (`hydra/launcher=...`) among `args`: an unknown key
-    named with the closest ones, a bad value or option in one line (Hydra's own message, first line)."""
+    named with the closest ones, a bad value or option in one line (Hydra's own message, first line).
+    `composed`: `Composer.composed`."""
     hydra_args = [a for a in args if a.startswith(("hydra.", "hydra/"))]
     if not hydra_args:
         return
-    groups = [a for a in args if a.startswith("hydra/") or ("=" in a and (CONF / a.split("=", 1)[0]).is_dir()
-                                                             and "," not in a.split("=", 1)[1])]
+    groups = group_choices(args, hydra=True)
     try:
-        cfg = compose(config_name=config_name, overrides=groups, return_hydra_config=True)
+        cfg = composed(groups, hydra=True)
     except Exception as e:  # noqa: BLE001  (an unknown hydra/<group> option)
         bad = next((a for a in groups if a.startswith("hydra/")), groups[0] if groups else "")
         raise ConfigError(f"{bad}: {first_line(e.__cause__ or e)}") from None
@@ -114,28 +115,58 @@ def check_hydra_overrides(args: list[str], compose, config_name: str) -> None:
                                                                                   "hydra.job.env_set.")):
             raise ConfigError(f"{key}: no such Hydra key{close_matches(key, known)}; `python sweep.py --cfg hydra` "
                               "lists them")
-    for a in hydra_args:
-        if a in groups:
-            continue
-        try:
-            composed = compose(config_name=config_name, overrides=[*groups, a], return_hydra_config=True)
-        except Exception as e:  # noqa: BLE001  (a value Hydra's schema refuses)
-            raise ConfigError(f"{a}: {first_line(e.__cause__ or e)}") from None
-        fork = OmegaConf.select(composed, "hydra.launcher.fork", default=None)
-        if a.startswith("hydra.launcher.fork=") and not isinstance(fork, bool):
-            raise ConfigError(f"{a} is invalid: must be true or false")
+    values = [a for a in hydra_args if a not in groups]
+    try:  # all at once; one at a time only to name the one Hydra's schema refuses
+        cfg = composed([*groups, *values], hydra=True)
+    except Exception:  # noqa: BLE001
+        for a in values:
+            try:
+                composed([*groups, a], hydra=True)
+            except Exception as e:  # noqa: BLE001  (a value Hydra's schema refuses)
+                raise ConfigError(f"{a}: {first_line(e.__cause__ or e)}") from None
+        raise
+    fork = [a for a in values if a.startswith("hydra.launcher.fork=")]
+    if fork and not isinstance(OmegaConf.select(cfg, "hydra.launcher.fork", default=None), bool):
+        raise ConfigError(f"{fork[-1]} is invalid: must be true or false")
 
 
-def composed_defaults(compose, config_name: str, overrides: list[str]) -> DictConfig:
+def group_choices(args: list[str], hydra: bool = False) -> list[str]:
+    """The command line's single choices of a config group (`model=tiny`; `hydra/launcher=basic`
+    too when `hydra`); a swept group (`method=lora,full`) is not one."""
+    return [a for a in args if (hydra and a.startswith("hydra/"))
+            or ("=" in a and not a.startswith(("+", "~")) and (CONF / a.split("=", 1)[0]).is_dir()
+                and "," not in a.split("=", 1)[1])]
+
+
+class Composer:
+    """Hydra's compose, once per list of overrides: the checks compose the same choices several
+    times (the defaults, Hydra's keys, the job; a third of a second each on 2 cores). Composed
+    with the Hydra node, which a caller without `hydra` gets removed, as Hydra's compose does."""
+
+    def __init__(self, compose, config_name: str):
+        self._compose, self._config_name, self._done = compose, config_name, {}
+
+    def composed(self, overrides: list[str], hydra: bool = False) -> DictConfig:
+        key = tuple(overrides)
+        if key not in self._done:
+            self._done[key] = self._compose(config_name=self._config_name, overrides=list(key),
+                                            return_hydra_config=True)
+        cfg = copy.deepcopy(self._done[key])  # (a caller may change its copy)
+        if not hydra:
+            with open_dict(cfg):
+                del cfg["hydra"]
+        return cfg
+
+
+def composed_defaults(composed, overrides: list[str]) -> DictConfig:
     """The config with the command line's single group choices applied (an experiment may switch
     groups, e.g. experiment=instruction_data chooses data=self_instruct, whose keys then exist);
-    the plain defaults when those choices do not compose (check_overrides names the bad one)."""
-    choices = [a for a in overrides if "=" in a and not a.startswith(("+", "~"))
-               and (CONF / a.split("=", 1)[0]).is_dir() and "," not in a.split("=", 1)[1]]
+    the plain defaults when those choices do not compose (check_overrides names the bad one).
+    `composed`: `Composer.composed`."""
     try:
-        return compose(config_name=config_name, overrides=choices)
+        return composed(group_choices(overrides))
     except Exception:  # noqa: BLE001  (an unknown option: reported by check_overrides with its fix)
-        return compose(config_name=config_name)
+        return composed([])
 
 
 def swept_jobs(overrides: list[str]) -> list[list[str]]:
@@ -179,17 +210,18 @@ def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=va
                  if not a.startswith("-") and (i == 0 or argv[i - 1] not in FLAGS_WITH_VALUES)]
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            check_overrides(overrides, composed_defaults(compose, config_name, overrides), Path(sys.argv[0]).name)
-            check_hydra_overrides(overrides, compose, config_name)
+            composed = Composer(compose, config_name).composed
+            check_overrides(overrides, composed_defaults(composed, overrides), Path(sys.argv[0]).name)
+            check_hydra_overrides(overrides, composed)
             if not any(a.startswith("-") for a in argv):  # one job, no Hydra flags: check its values before
-                cfg = compose(config_name=config_name, overrides=overrides)  # Hydra makes its output folder
+                cfg = composed(overrides)  # Hydra makes its output folder
                 check(cfg)
                 probe_server(str(OmegaConf.select(cfg, "tracking.uri", default="")))
             elif any(a in ("-m", "--multirun") for a in argv) and len(argv) == len(overrides) + 1:
                 jobs = swept_jobs(overrides)
                 for job in jobs:  # a sweep: every value of every swept key, before a store or study
-                    check(compose(config_name=config_name, overrides=job))
-                cfg = compose(config_name=config_name, overrides=jobs[0])
+                    check(composed(job))
+                cfg = composed(jobs[0])
                 probe_server(str(OmegaConf.select(cfg, "tracking.uri", default="")))
     except ConfigError as e:
         sys.exit(refuse(e))
