@@ -102,7 +102,7 @@ def check_hydra_overrides(args: list[str], composed) -> None:
     hydra_args = [a for a in args if a.startswith(("hydra.", "hydra/"))]
     if not hydra_args:
         return
-    groups = group_choices(args, hydra=True)
+    groups = single_group_choices(args, hydra=True)
     try:
         cfg = composed(groups, hydra=True)
     except Exception as e:  # noqa: BLE001  (an unknown hydra/<group> option)
@@ -130,7 +130,7 @@ def check_hydra_overrides(args: list[str], composed) -> None:
         raise ConfigError(f"{fork[-1]} is invalid: must be true or false")
 
 
-def group_choices(args: list[str], hydra: bool = False) -> list[str]:
+def single_group_choices(args: list[str], hydra: bool = False) -> list[str]:
     """The command line's single choices of a config group (`model=tiny`; `hydra/launcher=basic`
     too when `hydra`); a swept group (`method=lora,full`) is not one."""
     return [a for a in args if (hydra and a.startswith("hydra/"))
@@ -164,7 +164,7 @@ def composed_defaults(composed, overrides: list[str]) -> DictConfig:
     the plain defaults when those choices do not compose (check_overrides names the bad one).
     `composed`: `Composer.composed`."""
     try:
-        return composed(group_choices(overrides))
+        return composed(single_group_choices(overrides))
     except Exception:  # noqa: BLE001  (an unknown option: reported by check_overrides with its fix)
         return composed([])
 
