@@ -30,6 +30,8 @@ def losses(run_id: str) -> list[float]:
 
 
 def test_two_processes_make_one_run_with_the_single_process_loss_curve(tmp_path, tracking):
+    """torchrun with two processes makes one run whose loss curve is the single-process run's (batch 2 x 2 =
+    4): slow because it runs the job three times over in new interpreters (two DDP ranks, then one)."""
     torchrun = [shutil.which("torchrun", path=os.path.dirname(sys.executable)), "--nproc_per_node", "2"]
     two = launch(torchrun, "train.batch_size=2", *tracking, f"hydra.run.dir={tmp_path}/two")
     [ddp] = runs_of(tracking).to_dict("records")  # one run for the job, not one per process
@@ -46,6 +48,8 @@ def test_two_processes_make_one_run_with_the_single_process_loss_curve(tmp_path,
 
 
 def test_accelerate_launch(tmp_path, tracking):
+    """`accelerate launch` with two processes makes one FINISHED run of world size 2: slow because each
+    rank is a new interpreter with the whole stack's imports."""
     accelerate = [os.path.join(os.path.dirname(sys.executable), "accelerate"), "launch", "--num_processes", "2",
                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--multi_gpu"]
     launch(accelerate, "train.batch_size=2", "train.max_steps=2", *tracking, f"hydra.run.dir={tmp_path}/acc")

@@ -129,6 +129,8 @@ def test_a_diverging_trial_is_pruned_early(tmp_path, tracking, launcher):
 
 
 def test_a_killed_sweep_resumes_to_exactly_n_trials(tmp_path, tracking):
+    """A sweep SIGKILLed during its second trial, then run again with the same command: exactly n_trials
+    COMPLETE. Slow because the killed sweep is a new interpreter, and the resumed one runs the rest."""
     args = optuna_args(tmp_path, "hydra.sweeper.n_trials=3", "lora.r=choice(1,2,4,8)", "train.max_steps=6")
     proc = subprocess.Popen([sys.executable, "sweep.py", *args, *tracking], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -71,6 +71,8 @@ def _wait_for_loss(tracking, timeout=240):
 @pytest.mark.e2e
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_kills_the_run_promptly_and_keeps_what_was_recorded(tracking, sig):
+    """SIGTERM or SIGINT to a training job ends it within 30 s, its run KILLED with what it recorded kept:
+    slow because the job is a new interpreter (the signal must reach the real command's process)."""
     proc = subprocess.Popen([sys.executable, "sweep.py", *TINY, *tracking, "train.max_steps=100000",
                              "train.logging_steps=1", "data.max_train_samples=64"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -181,6 +183,8 @@ def test_a_run_owner_is_gone_only_when_its_pid_is_gone_or_reused():
 
 @pytest.mark.e2e
 def test_an_interrupted_optuna_sweep_resumes(tmp_path, tracking):
+    """SIGINT to an Optuna sweep queues its running trial again and says so; the same command then completes
+    the study: slow because the interrupted sweep is a new interpreter, then the resumed one runs two jobs."""
     args = [*optuna_args(tmp_path, "hydra.sweeper.n_trials=2", "lora.r=choice(1,2)",
                          "train.logging_steps=1", "data.max_train_samples=64"), *tracking]
     log = tmp_path / "stderr.log"
@@ -261,6 +265,8 @@ def test_a_sigkilled_spawned_worker_is_recovered_by_the_sweep_that_spawned_it(tm
 
 @pytest.mark.e2e
 def test_three_workers_on_one_study_record_every_trial_once(tmp_path, tracking):
+    """n_jobs=3: three worker processes on one study record six trials, each once, with one FINISHED run each
+    under one parent: slow because the two extra workers start as new interpreters."""
     p = run_sweep(*optuna_args(tmp_path, "hydra.sweeper.n_trials=6", "hydra.sweeper.n_jobs=3",
                                "lora.r=choice(1,2,4,8)", "lora.dropout=interval(0,0.1)"), *tracking)
     assert p.returncode == 0, p.stderr[-3000:]

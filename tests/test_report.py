@@ -56,6 +56,8 @@ def make_report(store, *extra) -> tuple[int, Path]:
 
 
 def test_report_has_the_expected_rows_numbers_and_images(store):
+    """The report of the recorded store: rows, numbers and plots. Slow in its setup: the `store` fixture
+    records every kind of run the report shows (about a dozen jobs), shared by the file's report tests."""
     rc, out = make_report(store)
     assert rc == 0
     runs = runs_of(store[1])

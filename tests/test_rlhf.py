@@ -213,6 +213,9 @@ def pipeline(tmp_path_factory):
 
 @pytest.mark.e2e
 def test_experiment_rlhf_runs_every_stage_each_feeding_the_next(pipeline):
+    """`experiment=rlhf` runs every stage, each later one from this sweep's SFT run and judged by its reward
+    model, every policy scored on test and development prompts. Slow in its setup: the `pipeline` fixture runs
+    the six stages (six jobs, TRL's trainers among them), shared by the file's tests."""
     runs, _, _ = pipeline
     assert set(runs) == set(STAGES) and all(r["status"] == "FINISHED" for r in runs.values())
     sft, reward = runs["sft"]["run_id"], runs["reward"]["run_id"]
@@ -511,6 +514,8 @@ def test_report_shows_the_pipeline(pipeline):
 
 @pytest.mark.e2e
 def test_optuna_sweeps_dpo_for_the_win_rate(pipeline, tmp_path):
+    """hparams_search=dpo_tpe: an Optuna sweep of DPO from the pipeline's SFT run, judged by its reward model,
+    for the win rate: slow because each trial trains DPO (TRL) and generates replies to judge."""
     import optuna
 
     from sweep.study.storage import make_storage
@@ -536,6 +541,8 @@ def test_optuna_sweeps_dpo_for_the_win_rate(pipeline, tmp_path):
 
 @pytest.mark.e2e
 def test_a_dpo_run_reproduces_from_its_lineage(pipeline):
+    """reproduce.py on the pipeline's DPO run trains it again from the same parent and judge and gets the same
+    win rate: slow because reproducing is a whole DPO job."""
     import mlflow
 
     from sweep.pipeline.reproduce import reproduce
