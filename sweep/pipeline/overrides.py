@@ -118,13 +118,13 @@ def check_hydra_overrides(args: list[str], composed) -> None:
     values = [a for a in hydra_args if a not in groups]
     try:  # all at once; one at a time only to name the one Hydra's schema refuses
         cfg = composed([*groups, *values], hydra=True)
-    except Exception:  # noqa: BLE001
+    except Exception as together:  # noqa: BLE001
         for a in values:
             try:
                 composed([*groups, a], hydra=True)
             except Exception as e:  # noqa: BLE001  (a value Hydra's schema refuses)
                 raise ConfigError(f"{a}: {first_line(e.__cause__ or e)}") from None
-        raise
+        raise ConfigError(f"{' '.join(values)}: {first_line(together.__cause__ or together)}") from None
     fork = [a for a in values if a.startswith("hydra.launcher.fork=")]
     if fork and not isinstance(OmegaConf.select(cfg, "hydra.launcher.fork", default=None), bool):
         raise ConfigError(f"{fork[-1]} is invalid: must be true or false")
