@@ -2,6 +2,8 @@
 scored one, labels balanced, nearest last, never one of the same source, never reading the scored
 example's label; and what each example got is recorded with the run's scores."""
 
+import torch
+
 from sweep.scoring.evaluate import Prompting, make_lm, score
 from sweep.scoring.fewshot import RetrievedSampler, shares_source
 from tests.conftest import compose
@@ -68,3 +70,12 @@ def test_the_models_own_hidden_states_retrieve_too_and_the_pool_is_embedded_once
     again = RetrievedSampler(POOL, label_of=label, embed=hidden_states_of(lm), indexes=sampler.indexes)
     assert hidden_states_of(lm) is embed and again.sample(4, eval_doc=QUERY) == demos  # (same model: same vectors)
     assert again.index().rows is sampler.index().rows  # (a later pass reads the vectors the first one built)
+    # Each text's vector is the whole model's last hidden state (as `output_hidden_states` gives it), mean-pooled,
+    # computed for that text alone: running the backbone only, on batches sorted by length, changes nothing.
+    texts = [d["sentence"] for d in POOL] + ["a much longer text than the others, to pad the batch around it"]
+    model, tokenizer = tiny
+    for text, vector in zip(texts, embed(texts)):
+        ids = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            alone = model(**ids, output_hidden_states=True).hidden_states[-1][0].mean(0)
+        assert torch.allclose(torch.nn.functional.normalize(alone, dim=-1), torch.from_numpy(vector), atol=1e-5)

@@ -174,7 +174,9 @@ def retrieval_indexes(lm) -> dict:
 
 class HiddenStates:
     """eval.retriever=hidden: texts as the model's last hidden states, mean-pooled over their tokens
-    and scaled to unit length (cosine = dot product)."""
+    and scaled to unit length (cosine = dot product). The backbone alone runs (the LM head's logits
+    over the whole vocabulary are not needed), on batches of texts of similar length (little
+    padding); each text's vector is what it gets alone."""
 
     BATCH = 64
 
@@ -185,16 +187,19 @@ class HiddenStates:
         import numpy as np
         import torch
 
-        out = []
+        backbone = self.model.get_decoder()
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        vectors = np.zeros((len(texts), self.model.config.get_text_config().hidden_size), dtype=np.float32)
         for start in range(0, len(texts), self.BATCH):
-            batch = self.tokenizer(texts[start:start + self.BATCH], return_tensors="pt", padding=True,
-                                   truncation=True, max_length=256).to(self.model.device)
+            rows = order[start:start + self.BATCH]
+            batch = self.tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
+                                   max_length=256).to(self.model.device)
             with torch.no_grad():
-                hidden = self.model(**batch, output_hidden_states=True).hidden_states[-1].float()
+                hidden = backbone(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy())
-        return np.concatenate(out)
+            vectors[rows] = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
+        return vectors
 
 
 def hidden_states_of(lm) -> HiddenStates:
