@@ -158,6 +158,39 @@ def test_the_kls_log_probabilities_batched_equal_one_sequence_at_a_time(tiny, pe
         assert sequence_logprobs(model, lm, contexts, replies, batch_size) == pytest.approx(alone, rel=1e-4)
 
 
+def test_trls_fused_head_projects_only_labelled_positions_on_the_cpu_for_the_same_log_probs(monkeypatch):
+    """TRL's fused LM head (DPO, GRPO, RLOO) projects every position of a row on the CPU, prompt and
+    padding included; widened (sweep/stages/fused_head.py) it projects only the labelled ones, and each
+    labelled position's log-probability is still the plain logits' log-softmax."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from trl.trainer import utils
+
+    from sweep.stages.fused_head import score_labelled_positions_only
+
+    monkeypatch.setattr(utils, "_use_triton", utils._use_triton)  # (restored after the test)
+    projected, kernel = [], utils._ChunkedLogProbFunction.apply
+    monkeypatch.setattr(utils._ChunkedLogProbFunction, "apply",
+                        lambda hidden, *rest: projected.append(len(hidden)) or kernel(hidden, *rest))
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=1))
+    ids = torch.randint(0, 97, (3, 12))
+    labels = ids.clone()
+    labels[:, :9] = -100  # a prompt of nine tokens, a reply of three
+    plain = torch.log_softmax(model(input_ids=ids).logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
+    utils.add_fused_lm_head(model)
+    mask = labels[:, 1:] != -100
+
+    before = model(input_ids=ids, labels=labels, fused_lm_head=True).log_probs
+    score_labelled_positions_only()
+    score_labelled_positions_only()  # (idempotent)
+    after = model(input_ids=ids, labels=labels, fused_lm_head=True)
+    after.loss.backward()
+    assert projected == [3 * 11, int(mask.sum())] == [33, 9]
+    assert torch.allclose(after.log_probs[mask], plain[mask], atol=1e-5)
+    assert torch.allclose(after.log_probs, before, atol=1e-5) and not after.log_probs[~mask].any()
+
+
 def test_preference_pairs_render_as_the_policy_sees_them(tiny):
     from sweep.pipeline.build import load_project_tasks
     from sweep.stages.preference import pair_rows, preference_docs

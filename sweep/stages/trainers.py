@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import datasets
 from omegaconf import DictConfig
 
+from sweep.stages.fused_head import score_labelled_positions_only
 from sweep.tracking import records
 from sweep.training import sft
 from sweep.training.sft import TrainResult, callbacks_for, run_trainer, training_kwargs
@@ -92,6 +93,7 @@ def train_rloo(run: StageRun) -> TrainResult:
 
 
 def run_trl(run: StageRun, trainer_class, args, **extra) -> TrainResult:
+    score_labelled_positions_only()
     trainer = trainer_class(model=run.model, args=args, train_dataset=datasets.Dataset.from_list(run.rows),
                             processing_class=run.tokenizer,
                             callbacks=callbacks_for(None, run.fail_at_step, False, curves=None), **extra)
