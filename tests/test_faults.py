@@ -29,6 +29,9 @@ from tests.test_team import CAN_SET_HOSTNAME, start_worker, ui_lands_on_the_runs
 
 pytestmark = pytest.mark.e2e
 HEARTBEAT, GRACE = 1, 8  # seconds: a worker silent for GRACE is taken for dead
+# MLflow's client retries end at once (its backoff doubles to half a minute and more): the workers' own
+# waits (sweep/runtime/retry.py, at most 10 s apart) take over, so an outage outlasts MLflow's retries
+NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +106,7 @@ def test_chaos_three_hosts_survive_a_tracking_outage_a_database_restart_and_a_de
     dead but the killed worker's, that one run again with its parameters, its run KILLED, one
     FINISHED study parent, three distinct first configurations, no password in a log or on a
     command line, `make check-store` clean, and the MLflow UI's link landing on the runs with their
-    datasets. (Before: the survivors died on their next storage call after the restart, their
+    datasets. MLflow's client retries are off (NO_RETRIES): the workers' own waits meet every fault. (Before: the survivors died on their next storage call after the restart, their
     finished trials untold.) It is also the team test (three hosts, one study, one dies): one
     sweep proves both, since every fault of a team's day meets the same workers."""
     root, env = team
@@ -111,8 +114,8 @@ def test_chaos_three_hosts_survive_a_tracking_outage_a_database_restart_and_a_de
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     hosts = ["w0", "w1", "w2"] if CAN_SET_HOSTNAME else ["local"] * 3
     args = sweep_args(study_name, experiment, n, steps=30)
-    workers = [start_worker(h, [*args, f"hydra.sweep.dir={tmp_path}/{i}"], clean_env() | env, tmp_path / f"w{i}.log")
-               for i, h in enumerate(hosts)]
+    workers = [start_worker(h, [*args, f"hydra.sweep.dir={tmp_path}/{i}"], clean_env() | env | NO_RETRIES,
+                            tmp_path / f"w{i}.log") for i, h in enumerate(hosts)]
     study = load_study(env, study_name)
     command_lines = [open(f"/proc/{w.pid}/cmdline").read() for w in workers]
     wait_for(lambda: training_trial(study, experiment), 240, "a trial to train")
@@ -230,9 +233,6 @@ def training_run(experiment: str):
     runs = mlflow.search_runs(experiment_names=[experiment])
     if not runs.empty and mlflow.MlflowClient().get_metric_history(runs.iloc[0]["run_id"], "train/loss"):
         return runs.iloc[0]["run_id"]
-
-
-NO_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}  # MLflow's own retries end at once: an outage outlasts them
 
 
 def test_a_tracking_outage_loses_no_point_of_a_curve_and_one_past_a_jobs_allowance_fails_its_trial_for_a_retry(
