@@ -33,6 +33,8 @@ import time
 import traceback
 from pathlib import Path
 
+from sweep.runtime import memory
+
 log = logging.getLogger(__name__)
 
 # What every job imports (module names: the job's own code imports them), loaded once in the server
@@ -176,6 +178,7 @@ def serve(commands_fd: int, replies_fd: int) -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    memory.freeze_long_lived()  # (before fork: the children's collections leave these pages shared)
     commands = os.fdopen(commands_fd, "rb")
     for line in commands:
         request, unsafe = json.loads(line), unsafe_to_fork()

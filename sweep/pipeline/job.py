@@ -61,6 +61,7 @@ def run_job(cfg: DictConfig) -> JobOutcome:
     guard_output()  # (again: a launcher's worker process may not have come through sweep.py)
     interrupts.install_signal_handlers()
     memory.map_large_blocks()
+    memory.freeze_long_lived()  # (the libraries, not this job's objects: collections then skip them)
     rss_at_start = memory.resident_mb()  # what the jobs before this one in the process left behind
     memory.reset_peak()
     signals_before = interrupts.signals_received()

@@ -101,6 +101,18 @@ def map_large_blocks() -> bool:
     return bool(libc and libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
 
 
+def freeze_long_lived() -> None:
+    """Take what is alive now out of the cyclic collector's sight (`gc.freeze`), once per process:
+    called before a job creates anything, when the heap is the imported libraries (about 750k
+    objects here), so every later full collection, ours between jobs and Python's own during one,
+    scans only what jobs create (0.4 s to about 0 per collection on 2 cores). Frozen objects still
+    die by reference counting; only a cycle among them would outlive its use, and modules, classes
+    and functions do not die. Before fork() it also keeps the children's collections off the
+    parent's pages, as Python's gc documentation advises (the fork server calls it there)."""
+    if gc.get_freeze_count() == 0:
+        gc.freeze()
+
+
 def release() -> None:
     """Hand back what a finished job freed: unreachable objects, the GPU allocator's cache and
     glibc's free heap pages."""
