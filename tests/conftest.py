@@ -25,6 +25,16 @@ TINY = ["hydra/launcher=basic", "model=tiny", "data.max_train_samples=32", "trai
         "eval.limit=8", "eval.batch_size=8", "data.dev_size=8"]
 
 
+def pytest_collection_finish(session):
+    """What collection imported (the test modules and the libraries they import) is frozen out of
+    the cyclic collector's sight, as a process's first job freezes its libraries
+    (sweep/runtime/memory.py): the in-process tests' collections then scan only their own objects
+    (seven such files: 103 s to 87 s)."""
+    from sweep.runtime import memory
+
+    memory.freeze_long_lived()
+
+
 def pytest_collection_modifyitems(items):
     """Slow files first, then end-to-end ones, then the unit tests: on two workers (`make test`: a
     file per worker at a time) the short files fill in at the end instead of a long one running alone."""

@@ -46,6 +46,9 @@ def _run(argv: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> 
     import runpy
     import traceback
 
+    from sweep.runtime import memory
+
+    memory.freeze_long_lived()  # (the preloaded libraries: as a job does, so that collections skip them)
     for fd, path in ((1, out), (2, err)):
         target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(target, fd)
