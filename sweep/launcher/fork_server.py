@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 
 from sweep.runtime import memory
+from sweep.tracking import records
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +179,7 @@ def serve(commands_fd: int, replies_fd: int) -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    records.installed_packages()  # (read once here, not in every child)
     memory.freeze_long_lived()  # (before fork: the children's collections leave these pages shared)
     commands = os.fdopen(commands_fd, "rb")
     for line in commands:

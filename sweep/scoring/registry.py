@@ -45,12 +45,12 @@ def task_manager(paths: DictConfig, include_paths: list[str], task_names: list[s
     if all(t in tm.all_tasks for t in task_names):
         return tm
     builtin = [t for t in task_names if t not in tm.all_tasks]  # (not in the project's folders: lm-eval's own?)
+    for folder in folders:  # (a file of that name that does not parse: said now, before lm-eval's index)
+        broken_task_file(Path(folder) / f"{builtin[0]}.yaml")
     # Our sst2/rte YAMLs shadow lm-eval's GLUE ones on purpose: quiet its notice about that.
     logging.getLogger("lm_eval.tasks._index").setLevel(logging.ERROR)
     tm = TaskManager(include_path=folders, include_defaults=True, metadata=meta)
     unknown = [t for t in task_names if t not in tm.all_tasks]
-    for folder in folders if unknown else []:
-        broken_task_file(Path(folder) / f"{unknown[0]}.yaml")
     if unknown:
         raise ConfigError(
             f"eval.tasks: unknown lm-eval task {unknown[0]!r}{close_matches(unknown[0], tm.all_tasks)}; "
