@@ -2,11 +2,14 @@
 scored one, labels balanced, nearest last, never one of the same source, never reading the scored
 example's label; and what each example got is recorded with the run's scores."""
 
+import json
+
 import torch
 
 from sweep.scoring.evaluate import Prompting, make_lm, score
 from sweep.scoring.fewshot import RetrievedSampler, shares_source
-from tests.conftest import compose
+from sweep.scoring.leakage import doc_text
+from tests.conftest import ROOT, compose
 
 POOL = [
     {"sentence": "a gorgeous , witty , seductive movie .", "label": 1, "idx": 0},
@@ -37,6 +40,22 @@ def test_the_nearest_examples_in_equal_label_shares_nearest_last_and_none_of_the
 def test_retrieval_never_reads_the_scored_examples_label():
     sampler = RetrievedSampler(POOL, label_of=label)
     assert sampler.sample(4, eval_doc=QUERY) == sampler.sample(4, eval_doc=QUERY | {"label": 0})
+
+
+def test_rte_rows_are_retrieved_by_their_text_never_by_their_label_written_as_a_word():
+    """RTE's rows carry their label as a word too (`label_text`: "entailment", "not_entailment"). It
+    is not text: before, every pool row "shared a source" with the scored one through it (retrieval
+    found none and the job failed), and the text retrieval compared held the answer."""
+    lines = (ROOT / "data" / "rte" / "train.jsonl").read_text().splitlines()[:60]
+    pool = [json.loads(line) for line in lines]
+    query = json.loads((ROOT / "data" / "rte" / "dev.jsonl").read_text().splitlines()[0])
+    assert doc_text(query) == f"{query['sentence1']} {query['sentence2']}"
+    sampler = RetrievedSampler(pool, label_of=label)
+    demos = sampler.sample(4, eval_doc=query)
+    other = {0: "not_entailment", 1: "entailment"}[query["label"]]
+    assert len(demos) == 4 and sampler.sample(4, eval_doc=query | {"label": 1 - query["label"], "label_text": other}) \
+        == demos and not any(shares_source(d, query) for d in demos)
+    assert shares_source(pool[0] | {"sentence2": "An unrelated claim.", "label_text": "x"}, pool[0])  # (the premise)
 
 
 def test_a_scoring_pass_with_retrieved_demonstrations_records_each_examples_demonstrations(tiny):

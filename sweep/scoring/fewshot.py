@@ -27,7 +27,7 @@ from lm_eval.api.samplers import ContextSampler
 
 from sweep.data.grouping import related, words
 from sweep.scoring.checks import RETRIEVED
-from sweep.scoring.leakage import doc_text
+from sweep.scoring.leakage import doc_text, text_fields
 
 
 class BalancedSampler(ContextSampler):
@@ -228,8 +228,7 @@ def retrieving(task, sampler: RetrievedSampler) -> None:
 def shares_source(a: dict, b: dict) -> bool:
     """Whether two documents come from one source: a text field of one equal to, inside or holding
     the same field of the other (a phrase of the same SST-2 sentence, the same RTE premise)."""
-    return any(isinstance(a[k], str) and isinstance(b.get(k), str) and related(words(a[k]), words(b[k]))
-               for k in a)
+    return any(isinstance(b.get(k), str) and related(words(a[k]), words(b[k])) for k in text_fields(a))
 
 
 def demonstration_sampler(kind: str, pool: list[dict], label_of, seed: int) -> ContextSampler:

@@ -37,9 +37,16 @@ ROUGE_WORDS = 64   # longer test examples are checked by n-grams alone (a near-c
                    # ROUGE-L's quadratic cost on HH-RLHF's 300-word dialogues would take minutes)
 
 
+def text_fields(doc: dict) -> list[str]:
+    """A document's text fields, in order: its string fields bar ids and labels. A field named
+    `label...` is a label even when it is a word (RTE's `label_text`, "entailment"): retrieval,
+    instruction proposals and the leakage audit read the text, never the answer."""
+    return [k for k, v in doc.items() if isinstance(v, str) and not k.startswith("label")]
+
+
 def doc_text(doc: dict) -> str:
-    """A document's text: its string fields, in order (labels and ids are not text)."""
-    return " ".join(v for v in doc.values() if isinstance(v, str))
+    """A document's text: its text fields, joined."""
+    return " ".join(doc[k] for k in text_fields(doc))
 
 
 @dataclass(frozen=True)
