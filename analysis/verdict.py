@@ -81,6 +81,7 @@ class Comparison:
     family: int = 1
     diffs: tuple = ()         # adapter (mean over seeds) - baseline per test example, by example id
     stopped: Sequential | None = None  # the sequential verdict, when it decides (eval.sequential)
+    searched: str = ""        # what the baseline was chosen among (its tag baseline.search), named in the claim
 
     def read_sequentially(self, block: int, seed: int) -> Comparison:
         """This comparison decided by the sequential verdict (analysis/sequential.py): the examples
@@ -141,7 +142,8 @@ class Comparison:
         verdict = {"equivalent": f"equivalent within ±{self.margin:g}"}.get(self.verdict, self.verdict)
         over = f"{self.n} test examples" + (f" x {self.seeds} seeds" if self.seeds > 1 else "")
         line = (f"{verdict}: {self.diff:+.3f} [{low:+.3f}, {high:+.3f}] ({percent(self.level)} paired bootstrap, "
-                f"{over}) vs {self.baseline}; detects ±{self.detectable:.3f} at {POWER:.0%} power")
+                f"{over}) vs {self.baseline}{f', {self.searched}' if self.searched else ''}; "
+                f"detects ±{self.detectable:.3f} at {POWER:.0%} power")
         needs = self.equivalence_needs
         if self.verdict != "equivalent" and needs and needs > self.n:
             have = f"; the task has {self.available:,}" if self.available else ""

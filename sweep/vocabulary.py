@@ -60,6 +60,7 @@ BASELINE_VARIANT, BASELINE_TEMPLATE = "baseline.variant", "baseline.template"
 BASELINE_NUM_FEWSHOT = "baseline.num_fewshot"
 BASELINE_SAMPLER, BASELINE_CALIBRATE = "baseline.fewshot_sampler", "baseline.calibrate"
 BASELINE_REPRODUCE = "baseline.reproduce"
+BASELINE_SEARCH = "baseline.search"            # what the chosen variant was chosen among, as a claim names it
 BASELINE_TAG_PREFIX = "baseline."
 
 # What other commands add to a run.

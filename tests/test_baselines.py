@@ -185,6 +185,14 @@ def test_variants_are_distinct_simplest_first_and_name_their_equivalent_run():
     full = compose("method=strongest_baseline_full").method.search
     proposed = tuple(f"Instruction {i}." for i in range(full.instructions))
     assert len(baselines.variants(full, proposed)) == 3 * 2 * 5 * (1 + 3 * 3) == 300
+    # What a claim against the chosen variant names: the space it was chosen among.
+    assert baselines.described(compose("method=strongest_baseline").method.search) == (
+        "the best on development data of 18 prompting variants (templates default, plain, chat; k 0, 4; "
+        "demonstrations random, balanced; calibration off, on)")
+    assert baselines.described(full, proposed) == (
+        "the best on development data of 300 prompting variants (templates default, plain, chat; k 0, 4, 8, 16; "
+        "demonstrations random, balanced, retrieved; calibration off, on; instructions: the template's own and 4 "
+        "searched)")
 
 
 @pytest.mark.parametrize("overrides,needle", [

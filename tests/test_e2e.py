@@ -257,6 +257,9 @@ def test_the_strongest_baseline_is_chosen_on_the_development_slice_and_reproduci
     lora = run_sweep(*TINY, *tracking, "data.dev_size=16", "tracking.sweep_id=l")
     table = lora.stdout[lora.stdout.index("Sweep l"):]
     assert "vs strongest" in table and f"strongest_baseline={best['variant']}" in table
+    assert run["tags.baseline.search"] == ("the best on development data of 12 prompting variants (templates default, "
+                                           "chat; k 0, 2; demonstrations random, balanced; calibration off, on)")
+    assert f"vs strongest_baseline={best['variant']}, {run['tags.baseline.search']};" in table  # the claim names it
     assert "the strongest, chosen on a development slice, is strongest_baseline=" in table
     assert "Primary claim on sst2/acc: the adapter chosen on development data (lora-r8-a16-qkvo" in table
     assert "Peeking" not in table  # (the oracle's line only with analysis.summary --peek)

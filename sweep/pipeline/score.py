@@ -137,7 +137,7 @@ def score_lm(cfg: DictConfig, plan: Plan, built, reference_key: str | None):
                                   cfg.eval.limit, cfg.eval.log_samples, plan.pool)
         choice = baselines.strongest(search, built.lm, lambda template: eval_tasks(cfg, template))
         records.log_baseline_choice(choice.best, choice.panel, choice.demonstrations, cfg.data.dev_size,
-                                    pool_suffix(cfg))
+                                    pool_suffix(cfg), choice.space)
         records.log_metrics(choice.dev_metrics)
         if choice.scores.retrieved:  # (the chosen variant's test pass, auditable as a few_shot run's)
             records.log_json(choice.scores.retrieved, vocabulary.RETRIEVED_DEMONSTRATIONS)

@@ -83,6 +83,19 @@ def variants(search: DictConfig, instructions: tuple[str, ...] = ()) -> list[Var
                                       v.template != DEFAULT_TEMPLATE))
 
 
+def described(search: DictConfig, instructions: tuple[str, ...] = ()) -> str:
+    """The search space a claim against the chosen variant names, e.g. 'the best on development data of
+    18 prompting variants (templates default, plain, chat; k 0, 4; demonstrations random, balanced;
+    calibration off, on)'."""
+    shots = sorted(search.num_fewshot)
+    parts = [f"templates {', '.join(search.template)}", f"k {', '.join(map(str, shots))}"]
+    parts += [f"demonstrations {', '.join(search.fewshot_sampler)}"] if any(shots) else []
+    parts += ["calibration " + ", ".join("on" if c else "off" for c in sorted(search.calibrate))]
+    parts += [f"instructions: the template's own and {len(instructions)} searched"] if instructions else []
+    return f"the best on development data of {len(variants(search, instructions))} prompting variants " \
+           f"({'; '.join(parts)})"
+
+
 def units(search: DictConfig, instructions: tuple[str, ...] = ()) -> list[list[Variant]]:
     """The variants grouped by scoring pass (template, instruction, k, sampler: calibrated or not,
     one pass gives both), in the order of their simplest variant."""
@@ -104,6 +117,7 @@ class Choice:
     scores: object        # evaluate.Scores of the best variant on the test examples
     dev_metrics: dict[str, float]  # its development scores: dev/<task>/<metric>
     demonstrations: list  # the draws it was chosen with and reported with (per draw: {task: docs})
+    space: str = ""       # what it was chosen among (`described`), for the claim
 
 
 @dataclass(frozen=True)
@@ -169,7 +183,8 @@ def strongest(search: Search, lm, load_tasks) -> Choice:
             draws[tuple(unit)] = draw_demonstrations(tasks, search.unit_prompting(unit), pools)
         return draws[tuple(unit)]
 
-    ordered = units(search.space, searched_instructions(search, lm, templates))
+    instructions = searched_instructions(search, lm, templates)
+    ordered = units(search.space, instructions)
 
     def score_prefix(unit, start, stop):
         tm, tasks, pools = templates(unit[0].template, unit[0].instruction)
@@ -198,7 +213,7 @@ def strongest(search: Search, lm, load_tasks) -> Choice:
     done = {tuple(unit_of): scores} if final == search.unit_prompting(unit_of) else {}
     oracle_scores(panel, peeked(ordered, raced, search.space.oracle), search, lm, templates, demonstrations, done)
     dev = dev_metrics(chosen, tasks)
-    return Choice(best, panel, scores, dev, shown)
+    return Choice(best, panel, scores, dev, shown, described(search.space, instructions))
 
 
 def searched_instructions(search: Search, lm, templates: Templates) -> tuple[str, ...]:

@@ -31,6 +31,7 @@ from sweep.vocabulary import (
     BASELINE_PANEL,
     BASELINE_REPRODUCE,
     BASELINE_SAMPLER,
+    BASELINE_SEARCH,
     BASELINE_TEMPLATE,
     BASELINE_VARIANT,
     RESULTS_HASH_TAG,
@@ -50,16 +51,18 @@ def stored(what: str, write):
     return outage.patiently(attempt, what)
 
 
-def log_baseline_choice(best, panel: list[dict], demonstrations: list, dev_size: int, name_suffix: str = "") -> None:
+def log_baseline_choice(best, panel: list[dict], demonstrations: list, dev_size: int, name_suffix: str = "",
+                        space: str = "") -> None:
     """method=strongest_baseline: the variant chosen on the development slice (tags `baseline.*`,
-    and in the run name), the whole panel (`baseline_panel.json`: every variant's development
-    score, where the race dropped it, its test score when the oracle ran) and the demonstrations
-    the choice was made and reported with."""
+    and in the run name), what it was chosen among (`baseline.search`: a claim names it), the whole
+    panel (`baseline_panel.json`: every variant's development score, where the race dropped it, its
+    test score when the oracle ran) and the demonstrations the choice was made and reported with."""
     tags = {BASELINE_VARIANT: best.label(), BASELINE_TEMPLATE: best.template,
             BASELINE_NUM_FEWSHOT: str(best.num_fewshot), BASELINE_SAMPLER: best.fewshot_sampler,
             BASELINE_CALIBRATE: str(best.calibrate).lower(),
             RUN_NAME: f"strongest_baseline={best.label()}{name_suffix}",
-            BASELINE_REPRODUCE: " ".join([*best.overrides(), f"data.dev_size={dev_size}"])}  # (the pool of draws)
+            BASELINE_REPRODUCE: " ".join([*best.overrides(), f"data.dev_size={dev_size}"]),  # (the pool of draws)
+            **({BASELINE_SEARCH: space} if space else {})}
     def write():
         mlflow.set_tags(tags)
         mlflow.log_dict({"chosen": best.label(), "variants": panel, "demonstrations": demonstrations}, BASELINE_PANEL)
