@@ -98,3 +98,33 @@ def test_the_models_own_hidden_states_retrieve_too_and_the_pool_is_embedded_once
         with torch.no_grad():
             alone = model(**ids, output_hidden_states=True).hidden_states[-1][0].mean(0)
         assert torch.allclose(torch.nn.functional.normalize(alone, dim=-1), torch.from_numpy(vector), atol=1e-5)
+
+
+def test_hidden_state_pool_vectors_are_kept_on_disk_for_the_same_weights_and_embedded_again_for_others(
+        tiny, tmp_path, monkeypatch):
+    """A later job (another embedder, the same folder: paths.cache/retrieval) reads the pool's vectors
+    instead of embedding the pool again (SST-2's: about 45 minutes on 2 cores); weights changed since
+    (an adapter trained, another model) or a torn file are embedded afresh."""
+    from sweep.scoring.fewshot import HiddenStates
+
+    model, tokenizer = tiny
+    texts = [d["sentence"] for d in POOL]
+    first = HiddenStates(model, tokenizer, tmp_path)
+    weights = first.identity()
+    vectors = first.pool(texts, weights)
+    [kept] = tmp_path.glob("*.npy")
+    embedded = []
+    real = HiddenStates.__call__
+    monkeypatch.setattr(HiddenStates, "__call__", lambda self, texts: embedded.append(len(texts)) or real(self, texts))
+    later = HiddenStates(model, tokenizer, tmp_path)
+    assert later.identity() == weights and (later.pool(texts, weights) == vectors).all() and embedded == []
+    with torch.no_grad():
+        model.get_input_embeddings().weight[0, 0] += 1.0  # (weights that changed since)
+    try:
+        changed = later.identity()
+        assert changed != weights and later.pool(texts, changed).shape == vectors.shape and embedded == [len(texts)]
+    finally:
+        with torch.no_grad():
+            model.get_input_embeddings().weight[0, 0] -= 1.0
+    kept.write_bytes(kept.read_bytes()[:40])  # a torn file
+    assert (later.pool(texts, weights) == vectors).all() and embedded == [len(texts)] * 2

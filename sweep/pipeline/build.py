@@ -25,6 +25,7 @@ from sweep.data.examples import (
     read_generated,
 )
 from sweep.pipeline.plan import Plan, plan_of
+from sweep.scoring import fewshot
 from sweep.scoring.evaluate import make_lm
 from sweep.scoring.registry import (
     check_templates,
@@ -137,6 +138,8 @@ def build(cfg: DictConfig, project: ProjectTasks | None = None, generated: Path 
     model = merged(model, lineage.policy)  # the parent policy (its lineage's adapters merged in), else the base
     model = apply_method(model, cfg.method, cfg.lora, cfg.prompt, tokenizer.name_or_path, stage.head)
     lm = make_lm(model, tokenizer, cfg.eval.batch_size) if stage.is_policy else None
+    if lm is not None:
+        fewshot.keep_pool_vectors_in(lm, Path(cfg.paths.cache) / "retrieval")
     judge = judge_from(lineage.judge, cfg.model, cfg.paths.cache, cfg.seed, cfg.train.max_seq_length,
                        cfg.eval.batch_size) if lineage.judge else None
 

@@ -18,10 +18,12 @@ last, next to the question. It reads only the pool's labels, never the scored ex
 
 from __future__ import annotations
 
+import os
 import random
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from lm_eval.api.samplers import ContextSampler
 
@@ -98,15 +100,15 @@ class RetrievedSampler(ContextSampler):
         self._index = None
 
     def index(self) -> PoolIndex:
-        """The pool as retrieval reads it, built once per sampler (its vectors once per pool)."""
+        """The pool as retrieval reads it, built once per sampler (its vectors once per pool and, for
+        hidden states, per model weights: kept on disk between jobs where the embedder has a folder)."""
         if self._index is None:
-            import hashlib
-
             docs = list(self.fewshot_docs())
             texts = [doc_text(d) for d in docs]
-            key = (self.embed is None, hashlib.sha256("\x00".join(texts).encode()).hexdigest())
+            weights = self.embed.identity() if isinstance(self.embed, HiddenStates) else None
+            key = (self.embed is None, weights, texts_digest(texts))
             if key not in self.indexes:
-                self.indexes[key] = pool_vectors(texts, self.embed)
+                self.indexes[key] = pool_vectors(texts, self.embed, weights)
             labels = [self.label_of(d) for d in docs]
             self._index = PoolIndex(docs, labels, sorted(set(labels), key=str), *self.indexes[key])
         return self._index
@@ -154,9 +156,17 @@ class PoolIndex:
     vectorize: Callable
 
 
-def pool_vectors(texts: list[str], embed=None) -> tuple[object, Callable]:
+def texts_digest(texts: list[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
+
+
+def pool_vectors(texts: list[str], embed=None, weights: str | None = None) -> tuple[object, Callable]:
     """(the texts' vectors as rows, text -> its vector): TF-IDF over word unigrams and bigrams fitted
-    on the texts, or `embed`'s."""
+    on the texts, or `embed`'s (a HiddenStates' through its folder, for the model `weights`)."""
+    if isinstance(embed, HiddenStates):
+        return embed.pool(texts, weights or embed.identity()), lambda text: embed([text])
     if embed is not None:
         return embed(texts), lambda text: embed([text])
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -179,9 +189,50 @@ class HiddenStates:
     padding); each text's vector is what it gets alone."""
 
     BATCH = 64
+    MAX_TOKENS = 256  # of a text (a longer one is cut)
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tokenizer = model, tokenizer
+    def __init__(self, model, tokenizer, folder: Path | None = None):
+        self.model, self.tokenizer, self.folder = model, tokenizer, folder
+
+    def identity(self) -> str:
+        """What the vectors depend on, as a digest: the weights as they are now (an adapter trained
+        since changes them), the tokenizer and the cut. About a second for 135M parameters."""
+        import hashlib
+        import json
+
+        import torch
+
+        h = hashlib.blake2b(digest_size=20)
+        for name, tensor in self.model.state_dict().items():
+            flat = tensor.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+            h.update(flat.view(torch.uint8).numpy().data)
+        h.update(json.dumps([self.tokenizer.name_or_path, len(self.tokenizer), self.MAX_TOKENS]).encode())
+        return h.hexdigest()
+
+    def pool(self, texts: list[str], weights: str):
+        """The vectors of a pool's `texts` for the model `weights` (`identity()`), read from `folder`
+        when an earlier job embedded the same texts with the same weights (SST-2's 40,962 phrases take
+        SmolLM2-135M about 45 minutes on 2 cores), else embedded and written there."""
+        import numpy as np
+
+        if self.folder is None:
+            return self(texts)
+        path = self.folder / f"{texts_digest([weights, *texts])[:40]}.npy"
+        if path.is_file():
+            try:
+                vectors = np.load(path, allow_pickle=False)
+                if vectors.shape[0] == len(texts):
+                    return vectors
+            except (OSError, ValueError):
+                pass  # (a torn or foreign file: embedded again below)
+        vectors = self(texts)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        part = path.with_name(f"{path.name}.{os.getpid()}.part")
+        with open(part, "wb") as f:
+            np.save(f, vectors)
+        os.replace(part, path)
+        return vectors
 
     def __call__(self, texts: list[str]):
         import numpy as np
@@ -193,7 +244,7 @@ class HiddenStates:
         for start in range(0, len(texts), self.BATCH):
             rows = order[start:start + self.BATCH]
             batch = self.tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True, truncation=True,
-                                   max_length=256).to(self.model.device)
+                                   max_length=self.MAX_TOKENS).to(self.model.device)
             with torch.no_grad():
                 hidden = backbone(**batch).last_hidden_state.float()
             mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
@@ -202,10 +253,16 @@ class HiddenStates:
         return vectors
 
 
+def keep_pool_vectors_in(lm, folder: Path) -> None:
+    """The hidden-state pool vectors of `lm`'s model are kept in `folder` (paths.cache/retrieval)
+    between jobs."""
+    lm._pool_vector_folder = folder
+
+
 def hidden_states_of(lm) -> HiddenStates:
     """The embedder of an lm-eval model (one per model object)."""
     if getattr(lm, "_hidden_states", None) is None:
-        lm._hidden_states = HiddenStates(lm.model, lm.tokenizer)
+        lm._hidden_states = HiddenStates(lm.model, lm.tokenizer, getattr(lm, "_pool_vector_folder", None))
     return lm._hidden_states
 
 
