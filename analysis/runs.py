@@ -12,7 +12,7 @@ import pandas as pd
 from sweep.runtime.secrets import redact
 from sweep.tracking.untrusted import Unquotable, equals
 from sweep.training.checks import BASELINES, STRONGEST
-from sweep.vocabulary import INFEASIBLE_TAG, METHOD, MODEL, STUDY_METHOD, SWEEP_ID, TASKS, tag_column
+from sweep.vocabulary import BASELINE_SEARCH, INFEASIBLE_TAG, METHOD, MODEL, STUDY_METHOD, SWEEP_ID, TASKS, tag_column
 
 DEFAULT_TEMPLATE = "default"  # (runs recorded before templates existed used it)
 def search_runs(experiment: str, filter_string: str = "") -> pd.DataFrame:
@@ -106,3 +106,13 @@ def feasible(row) -> bool:
     """False for the run of an Optuna trial that broke one of its study's constraints
     (hydra.sweeper.constraints): never a sweep's choice, whatever it scored."""
     return not cell(row, f"tags.{INFEASIBLE_TAG}")
+
+
+SEARCHED_CHARACTERS = 300  # of a baseline's search space in a claim
+
+
+def searched_among(strongest) -> str:
+    """What a strongest baseline was chosen among, as its run recorded it (tag baseline.search; store
+    text: one line, at most SEARCHED_CHARACTERS, printed only)."""
+    text = strongest.get(tag_column(BASELINE_SEARCH))
+    return " ".join(text.split())[:SEARCHED_CHARACTERS] if isinstance(text, str) else ""

@@ -24,6 +24,7 @@ from analysis.runs import (
     STRONGEST,
     feasible,
     latest_sweep_id,
+    searched_among,
     sweep_runs,
     tag,
     template,
@@ -38,7 +39,6 @@ from sweep.tracking.checks import is_server
 from sweep.tracking.store import runs_page
 from sweep.tracking.untrusted import Unquotable, printable
 from sweep.vocabulary import (
-    BASELINE_SEARCH,
     BASELINE_TEMPLATE,
     CONFIRMS,
     METHOD,
@@ -50,7 +50,6 @@ from sweep.vocabulary import (
     tag_column,
 )
 
-SEARCHED_CHARACTERS = 300  # of a baseline's search space in a claim
 DEGENERATE_SHARE = 0.9  # a baseline giving one answer to more examples than this is degenerate
 
 
@@ -263,13 +262,6 @@ def sweep_verdicts(runs: pd.DataFrame) -> list[verdict.Comparison]:
     by_id = {r["run_id"]: r for _, r in runs.iterrows()}
     primary = [sequentially(c, by_id[c.run_id]) for c in verdict.corrected(primary, verdict.PRIMARY)]
     return primary + verdict.corrected(secondary, verdict.SECONDARY)
-
-
-def searched_among(strongest) -> str:
-    """What the strongest baseline was chosen among, as its run recorded it (tag baseline.search; store
-    text: one line, at most SEARCHED_CHARACTERS, printed only)."""
-    text = strongest.get(tag_column(BASELINE_SEARCH))
-    return " ".join(text.split())[:SEARCHED_CHARACTERS] if isinstance(text, str) else ""
 
 
 def sequentially(c: verdict.Comparison, run) -> verdict.Comparison:
