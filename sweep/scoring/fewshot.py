@@ -157,6 +157,7 @@ class PoolIndex:
 
 
 def texts_digest(texts: list[str]) -> str:
+    """A pool's identity by content (sha256 of its texts in order): the key of its vectors."""
     import hashlib
 
     return hashlib.sha256("\x00".join(texts).encode()).hexdigest()
