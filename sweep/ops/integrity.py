@@ -63,6 +63,7 @@ DECLARED = {RESULTS_HASH_TAG: RESULTS, SCORES_HASH_TAG: SCORES, REFERENCE_SHA_TA
             GENERATED_SHA_TAG: f"{GENERATED_DIR}/{GENERATED_TASKS}"}
 LINKS = (PARENT_TAG, JUDGE_TAG, "mlflow.parentRunId")
 log = logging.getLogger(__name__)
+VIOLATIONS = logging.getLogger(f"{__name__}.violations")  # what the command finds (its stdout)
 
 
 @dataclass
@@ -196,8 +197,13 @@ def main(argv: list[str] | None = None) -> int:
         found = check_store(a.tracking_uri, a.storage)
     except ConfigError as e:
         return refuse(e)
+    if not VIOLATIONS.handlers:  # (the command's output, one line per violation: on stdout)
+        report = logging.StreamHandler(sys.stdout)
+        report.setFormatter(logging.Formatter("%(message)s"))
+        VIOLATIONS.addHandler(report)
+        VIOLATIONS.propagate = False
     for v in found:
-        print(v)  # the command's output (one line per violation), as a report's table is
+        VIOLATIONS.error("%s", v)
     return 1 if found else 0
 
 
