@@ -167,7 +167,7 @@ def pool_vectors(texts: list[str], embed=None, weights: str | None = None) -> tu
     """(the texts' vectors as rows, text -> its vector): TF-IDF over word unigrams and bigrams fitted
     on the texts, or `embed`'s (a HiddenStates' through its folder, for the model `weights`)."""
     if isinstance(embed, HiddenStates):
-        return embed.pool(texts, weights or embed.identity()), lambda text: embed([text])
+        return embed.pool(texts, weights), lambda text: embed([text])
     if embed is not None:
         return embed(texts), lambda text: embed([text])
     from sklearn.feature_extraction.text import TfidfVectorizer

@@ -12,10 +12,6 @@ own kernel does the rest; if a TRL release drops the hook, nothing changes.
 
 from __future__ import annotations
 
-import logging
-
-log = logging.getLogger(__name__)
-
 
 def score_labelled_positions_only() -> None:
     """Make TRL's fused LM head compact (labelled positions only) on the CPU, as it is on Triton devices.
