@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install browser run confirm report reproduce quantization bench bench-gpu test test-fast ui dashboard services services-stop upload promote check-store clean-cache
+.PHONY: help install browser run confirm settle report reproduce quantization bench bench-gpu test test-fast ui dashboard services services-stop upload promote check-store clean-cache
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ run: $(STAMP) ## the quickstart: baselines (the strongest too) + LoRA r=2,8,16 o
 
 confirm: $(STAMP) ## retrain a sweep's chosen configuration with fresh seeds: make confirm EXPERIMENT=name [SWEEP=id] [CONFIRM_SEEDS=2]
 	$(PY) confirm.py --experiment $(EXPERIMENT) $(if $(SWEEP),--sweep-id $(SWEEP)) --seeds $(CONFIRM_SEEDS)
+
+settle: $(STAMP) ## score a sequential sweep's deferred test pass until decided: make settle EXPERIMENT=name [SWEEP=id]
+	$(PY) settle.py --experiment $(EXPERIMENT) $(if $(SWEEP),--sweep-id $(SWEEP))
 
 EXPERIMENT ?= quickstart
 report: $(STAMP) ## HTML/markdown/CSV report of an experiment: make report EXPERIMENT=name [SWEEP=id]

@@ -20,9 +20,10 @@ import mlflow
 from omegaconf import open_dict
 
 import sweep  # noqa: F401  (resolvers)
-from analysis.runs import latest_sweep_id, sweep_runs
-from analysis.summary import best_by_dev, confirmations, main_metrics, summary_text
+from analysis.runs import best_by_dev, confirmations, latest_sweep_id, sweep_runs
+from analysis.summary import main_metrics, summary_text
 from sweep.config import ConfigError
+from sweep.data.splits import DEV_PREFIX
 from sweep.pipeline.checks import validate
 from sweep.pipeline.reproduce import recorded_config
 from sweep.runtime.cli import add_tracking_uri, refuse
@@ -37,7 +38,7 @@ log = logging.getLogger("confirm")
 
 def confirm(experiment: str, sweep_id: str, seeds: int) -> int:
     runs = sweep_runs(experiment, sweep_id)
-    metrics = main_metrics(runs) if not runs.empty else []
+    metrics = main_metrics(runs, DEV_PREFIX) if not runs.empty else []  # (the choice's: a deferred test pass has none)
     chosen = best_by_dev(runs, metrics[0]) if metrics else None
     if chosen is None:
         raise ConfigError(f"sweep {sweep_id} of experiment {experiment!r} has no finished adapter with a development "

@@ -74,8 +74,8 @@ class SummaryCallback(Callback):
 
         import mlflow
 
-        from analysis.runs import latest_sweep_id, sweep_runs
-        from analysis.summary import best_by_dev, main_metrics
+        from analysis.runs import best_by_dev, latest_sweep_id, sweep_runs
+        from analysis.summary import main_metrics
         from sweep.config import PROJECT_ROOT
 
         mlflow.set_tracking_uri(config.tracking.uri)

@@ -23,9 +23,9 @@ import pandas as pd
 
 from analysis import plots
 from analysis.leakage import flagged
-from analysis.runs import STRONGEST, cell, value
+from analysis.runs import STRONGEST, cell, is_adapter, value
 from analysis.stats import samples
-from analysis.summary import POOL, SIZE, is_adapter
+from analysis.summary import POOL, SIZE
 from sweep.vocabulary import METHOD, tag_column
 
 RESAMPLES = 2000

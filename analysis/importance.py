@@ -30,8 +30,7 @@ import numpy as np
 import pandas as pd
 
 from analysis import plots
-from analysis.runs import value
-from analysis.summary import is_adapter
+from analysis.runs import is_adapter, value
 from sweep.data.splits import DEV_PREFIX
 
 GROUPS = ("lora.", "train.", "method.", "prompt.", "data.max_train_samples", "seed")  # swept settings

@@ -14,9 +14,9 @@ import mlflow
 import pandas as pd
 
 from analysis import verdict
-from analysis.runs import cell
+from analysis.runs import cell, confirmations
 from analysis.stats import examples_available, logged_samples, samples
-from analysis.summary import confirmations, group_key, references
+from analysis.summary import group_key, references
 from sweep.tracking.untrusted import printable
 from sweep.vocabulary import LEAKAGE, RUN_NAME, tag_column
 

@@ -26,14 +26,13 @@ from analysis.leakage import leakage_view
 from analysis.panel import stored_panel
 from analysis.pipeline import pipeline_view
 from analysis.render import Code, Report, write
-from analysis.runs import BASELINES, STRONGEST, cell, search_runs, tag, template
+from analysis.runs import BASELINES, STRONGEST, best_by_dev, cell, search_runs, tag, template
 from analysis.runs import value as number
 from analysis.stats import compare_runs
 from analysis.summary import (
     DEGENERATE_SHARE,
     References,
     band_lines,
-    best_by_dev,
     by_development_score,
     fmt,
     group_key,

@@ -1,5 +1,6 @@
 """Reading a sweep's runs from the tracking store: which runs a report is about (the sweep's own,
-plus the baselines it is compared with) and their fields, with missing values as None. Store text is
+plus the baselines it is compared with), their fields, with missing values as None, and which of
+them the development scores choose (`best_by_dev`, with its confirming seeds). Store text is
 untrusted: filters quote it through `equals`, never interpolate it."""
 
 from __future__ import annotations
@@ -9,10 +10,21 @@ import math
 import mlflow
 import pandas as pd
 
+from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.secrets import redact
 from sweep.tracking.untrusted import Unquotable, equals
 from sweep.training.checks import BASELINES, STRONGEST
-from sweep.vocabulary import BASELINE_SEARCH, INFEASIBLE_TAG, METHOD, MODEL, STUDY_METHOD, SWEEP_ID, TASKS, tag_column
+from sweep.vocabulary import (
+    BASELINE_SEARCH,
+    CONFIRMS,
+    INFEASIBLE_TAG,
+    METHOD,
+    MODEL,
+    STUDY_METHOD,
+    SWEEP_ID,
+    TASKS,
+    tag_column,
+)
 
 DEFAULT_TEMPLATE = "default"  # (runs recorded before templates existed used it)
 def search_runs(experiment: str, filter_string: str = "") -> pd.DataFrame:
@@ -116,3 +128,27 @@ def searched_among(strongest) -> str:
     text: one line, at most SEARCHED_CHARACTERS, printed only)."""
     text = strongest.get(tag_column(BASELINE_SEARCH))
     return " ".join(text.split())[:SEARCHED_CHARACTERS] if isinstance(text, str) else ""
+
+
+def is_adapter(row) -> bool:
+    """A finished run that trained something (not a baseline, not an Optuna study's parent run, not a
+    seed retraining the chosen configuration: those join its primary verdict)."""
+    return row.get("status") == "FINISHED" and row.get(tag_column(METHOD)) not in (*BASELINES, STUDY_METHOD) \
+        and not isinstance(row.get(f"tags.{CONFIRMS}"), str)
+
+
+def confirmations(runs: pd.DataFrame, run_id: str) -> list[pd.Series]:
+    """The finished runs that retrained `run_id`'s configuration with other seeds."""
+    if f"tags.{CONFIRMS}" not in runs:
+        return []
+    return [r for _, r in runs.iterrows() if r.get(f"tags.{CONFIRMS}") == run_id and r.get("status") == "FINISHED"]
+
+
+def best_by_dev(runs: pd.DataFrame, metric: str) -> pd.Series | None:
+    """The finished adapter with the best development score: the sweep's choice, made without the
+    test examples, among those within the study's constraints; a tie goes to the one with fewer
+    trainable parameters (the simpler one)."""
+    dev = lambda r: value(r, f"metrics.{DEV_PREFIX}{metric}")  # noqa: E731
+    adapters = [r for _, r in runs.iterrows() if is_adapter(r) and feasible(r) and dev(r) is not None]
+    # (max keeps the first of equals: the order the store listed them in only decides a full tie)
+    return max(adapters, key=lambda r: (dev(r), -(value(r, "metrics.trainable_params") or 0)), default=None)

@@ -17,10 +17,16 @@ procedure is a few array operations over a grid of candidate means.
 The decision reads the sequence as the fixed-size verdict reads its interval (analysis/verdict.py):
 "better" once it lies above 0, "worse" once below, "equivalent" once inside (-margin, +margin); at
 the last block, whatever the sequence then says ("inconclusive" when none).
+
+Where the test pass was deferred (the jobs scored development examples only), `read_until_decided`
+scores the test examples block by block as it reads them (settle.py), so the examples after the
+stop are never scored; `sequential` reads differences already scored, in the same order, and stops
+at the same block.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,16 +91,41 @@ def decided(low: float, high: float, margin: float) -> str | None:
 
 
 def order(n: int, seed: int) -> np.ndarray:
-    """The order the test examples are read in: fixed by the seed alone, before any score is seen."""
+    """The order the `n` test examples (ids 0 .. n-1) are read in: fixed by the seed alone, before any
+    score is seen."""
     return np.random.default_rng(seed).permutation(n)
 
 
-def sequential(diffs: np.ndarray, alpha: float, margin: float, block: int) -> Sequential:
+def in_reading_order(ids, values, n: int, seed: int) -> np.ndarray:
+    """`values` (one per example id of `ids`, each in 0 .. n-1) in the order `order(n, seed)` reads them."""
+    rank = np.argsort(order(n, seed))  # (rank[id]: its place in the reading)
+    return np.asarray(values, dtype=float)[np.argsort(rank[np.asarray(ids, dtype=int)], kind="stable")]
+
+
+def sequential(diffs: np.ndarray, alpha: float, margin: float, block: int, available: int | None = None
+               ) -> Sequential:
     """Read `diffs` (adapter - baseline per test example, already in reading order) in blocks of
-    `block`; stop at the first block where the confidence sequence at 1 - alpha decides."""
+    `block`; stop at the first block where the confidence sequence at 1 - alpha decides.
+    `available`: the test examples there are (default: len(diffs); more when a deferred pass stopped)."""
     diffs = np.asarray(diffs, dtype=float)
     low, high = bounds(diffs, alpha)
     ends = [*range(block, len(diffs), block), len(diffs)]
     end = next((e for e in ends if decided(low[e - 1], high[e - 1], margin)), len(diffs))  # (else: every example)
     verdict = decided(low[end - 1], high[end - 1], margin) or "inconclusive"
-    return Sequential(verdict, end, len(diffs), float(low[end - 1]), float(high[end - 1]), 1 - alpha, block)
+    return Sequential(verdict, end, available or len(diffs), float(low[end - 1]), float(high[end - 1]), 1 - alpha,
+                      block)
+
+
+def read_until_decided(score_block: Callable[[list[int]], np.ndarray], n: int, seed: int, alpha: float,
+                       margin: float, block: int) -> Sequential:
+    """Score the `n` test examples block by block, in the order `seed` fixes (`score_block(ids)`:
+    adapter - baseline for each of those examples), until the confidence sequence decides: the
+    examples after that block are never scored."""
+    reading, diffs = order(n, seed), np.empty(0)
+    for start in range(0, n, block):
+        diffs = np.concatenate([diffs, np.asarray(score_block([int(i) for i in reading[start:start + block]]),
+                                                  dtype=float)])
+        low, high = bounds(diffs, alpha)
+        if decided(low[-1], high[-1], margin):
+            break
+    return sequential(diffs, alpha, margin, block, n)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 from dataclasses import dataclass, field, replace
 
 import mlflow
@@ -22,7 +23,9 @@ from analysis.panel import panel_test_scores
 from analysis.runs import (
     BASELINES,
     STRONGEST,
-    feasible,
+    best_by_dev,
+    confirmations,
+    is_adapter,
     latest_sweep_id,
     searched_among,
     sweep_runs,
@@ -41,12 +44,13 @@ from sweep.tracking.untrusted import Unquotable, printable
 from sweep.vocabulary import (
     BASELINE_TEMPLATE,
     CONFIRMS,
+    DEFERRED,
     METHOD,
     MODEL,
     RUN_NAME,
     STAGE,
-    STUDY_METHOD,
     TASKS,
+    TEST_PASS,
     tag_column,
 )
 
@@ -112,14 +116,17 @@ def shots(row) -> str:
 HEADLINE = ("acc", "win_rate", "pairwise_accuracy", "rougeL")  # a task's headline metric: the first it has
 
 
-def main_metrics(runs: pd.DataFrame) -> list[str]:
+def main_metrics(runs: pd.DataFrame, prefix: str = "") -> list[str]:
     """One headline metric per scored task: the first of HEADLINE it has (accuracy; a policy's win rate
-    against its reference; a reward model's pairwise accuracy), else its first metric."""
+    against its reference; a reward model's pairwise accuracy), else its first metric. `prefix`:
+    among the metrics named so (DEV_PREFIX: the tasks scored on development examples, as a sweep
+    whose test pass is deferred has them), named without it."""
     tasks = {t for tags in runs[tag_column(TASKS)].dropna() for t in tags.split(",")}
     by_task: dict[str, list[str]] = {}
     for col in runs.columns:
-        if col.startswith("metrics.") and "/" in col and not col.endswith(("_stderr", "_ci_low", "_ci_high")):
-            task, metric = col[len("metrics."):].split("/", 1)
+        if col.startswith("metrics." + prefix) and col.count("/") > prefix.count("/") and not col.endswith(
+                ("_stderr", "_ci_low", "_ci_high")):
+            task, metric = col[len("metrics." + prefix):].split("/", 1)
             if task in tasks and metric != "n_samples":
                 by_task.setdefault(task, []).append(metric)
     return [f"{t}/{next((h for h in HEADLINE if h in ms), sorted(ms)[0])}" for t, ms in sorted(by_task.items())]
@@ -219,20 +226,6 @@ def short_verdict(c: verdict.Comparison | None) -> str:
 
 
 
-def is_adapter(row) -> bool:
-    """A finished run that trained something (not a baseline, not an Optuna study's parent run, not a
-    seed retraining the chosen configuration: those join its primary verdict)."""
-    return row.get("status") == "FINISHED" and row.get(tag_column(METHOD)) not in (*BASELINES, STUDY_METHOD) \
-        and not isinstance(row.get(f"tags.{CONFIRMS}"), str)
-
-
-def confirmations(runs: pd.DataFrame, run_id: str) -> list[pd.Series]:
-    """The finished runs that retrained `run_id`'s configuration with other seeds."""
-    if f"tags.{CONFIRMS}" not in runs:
-        return []
-    return [r for _, r in runs.iterrows() if r.get(f"tags.{CONFIRMS}") == run_id and r.get("status") == "FINISHED"]
-
-
 def margin_of(row) -> float:
     return value(row, "params.eval.margin") if value(row, "params.eval.margin") is not None else verdict.DEFAULT_MARGIN
 
@@ -266,21 +259,14 @@ def sweep_verdicts(runs: pd.DataFrame) -> list[verdict.Comparison]:
 
 def sequentially(c: verdict.Comparison, run) -> verdict.Comparison:
     """The primary comparison read in blocks when its run was configured so (eval.sequential=true,
-    blocks of eval.sequential_block, in the order its seed fixes): set before any test score existed."""
+    blocks of eval.sequential_block, in the order its seed fixes over the examples a test pass
+    scores: the first eval.limit): set before any test score existed."""
     if str(run.get("params.eval.sequential")).lower() != "true":
         return c
-    block, seed = value(run, "params.eval.sequential_block"), value(run, "params.seed")
-    return c.read_sequentially(int(block) if block and block >= 1 else DEFAULT_BLOCK, int(seed or 0))
-
-
-def best_by_dev(runs: pd.DataFrame, metric: str) -> pd.Series | None:
-    """The finished adapter with the best development score: the sweep's choice, made without the
-    test examples, among those within the study's constraints; a tie goes to the one with fewer
-    trainable parameters (the simpler one)."""
-    dev = lambda r: value(r, f"metrics.{DEV_PREFIX}{metric}")  # noqa: E731
-    adapters = [r for _, r in runs.iterrows() if is_adapter(r) and feasible(r) and dev(r) is not None]
-    # (max keeps the first of equals: the order the store listed them in only decides a full tie)
-    return max(adapters, key=lambda r: (dev(r), -(value(r, "metrics.trainable_params") or 0)), default=None)
+    block, seed, limit = (value(run, f"params.{k}") for k in ("eval.sequential_block", "seed", "eval.limit"))
+    bounds = [n for n in (c.available, limit) if n]
+    pool = min(bounds) if bounds else c.n
+    return c.read_sequentially(int(block) if block and block >= 1 else DEFAULT_BLOCK, int(seed or 0), int(pool))
 
 
 def measured_on_test(runs: pd.DataFrame, metric: str) -> dict[str, float]:
@@ -340,6 +326,17 @@ def peeking_line(runs: pd.DataFrame, metric: str) -> list[str]:
             f"{honest:.3f} there ({best - honest:.3f} below that oracle)"]
 
 
+def deferred_lines(runs: pd.DataFrame, experiment: str, sweep_id: str) -> list[str]:
+    """What to run when the sweep's test pass waits (eval.sequential=true) for settle.py."""
+    column = tag_column(TEST_PASS)
+    waiting = int((runs[column] == DEFERRED).sum()) if column in runs else 0
+    if not waiting:
+        return []
+    return [f"{waiting} run(s) deferred their test pass (eval.sequential=true): python settle.py --experiment "
+            f"{shlex.quote(experiment)} --sweep-id {shlex.quote(sweep_id)} scores the chosen adapter's and baseline's "
+            "test examples block by block until the verdict is decided"]
+
+
 def record_verdicts(comparisons: list[verdict.Comparison]) -> None:
     """Each adapter run's verdicts as its tags (`verdict.<task>/<metric>`) and metrics (verdict/...)."""
     client = mlflow.MlflowClient()
@@ -363,7 +360,8 @@ def summary_text(tracking_uri: str, experiment: str, sweep_id: str | None, recor
     if record:
         record_verdicts(comparisons)
     table = comparison_table(runs, comparisons).to_string(index=False)
-    bands = "\n".join(band_lines(runs) + verdict_lines(runs, comparisons, peek))
+    bands = "\n".join(band_lines(runs) + verdict_lines(runs, comparisons, peek) + deferred_lines(runs, experiment,
+                                                                                               sweep_id))
     page = runs_page(tracking_uri, runs.iloc[0]["experiment_id"])
     text = (f"\nSweep {sweep_id} — experiment {experiment!r} ({redact(tracking_uri)})\n{table}\n{bands}\n"
             f"Runs in the MLflow UI{'' if is_server(tracking_uri) else ' (make ui)'}: {page}\n")

@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from scipy import stats as sps
 
-from analysis.sequential import Sequential, order, sequential
+from analysis.sequential import Sequential, in_reading_order, sequential
 from sweep.vocabulary import VERDICT_PREFIX, VERDICT_TAG_PREFIX
 
 ALPHA = 0.05
@@ -79,15 +79,18 @@ class Comparison:
     available: int | None = None  # test examples the task has
     role: str = PRIMARY
     family: int = 1
-    diffs: tuple = ()         # adapter (mean over seeds) - baseline per test example, by example id
+    diffs: tuple = ()         # adapter (mean over seeds) - baseline per test example, of the examples `ids`
+    ids: tuple = ()           # the test examples' ids (lm-eval's doc_id)
     stopped: Sequential | None = None  # the sequential verdict, when it decides (eval.sequential)
     searched: str = ""        # what the baseline was chosen among (its tag baseline.search), named in the claim
 
-    def read_sequentially(self, block: int, seed: int) -> Comparison:
+    def read_sequentially(self, block: int, seed: int, pool: int) -> Comparison:
         """This comparison decided by the sequential verdict (analysis/sequential.py): the examples
-        read in blocks, in the order `seed` fixes, at the same level and margin."""
-        diffs = np.asarray(self.diffs)[order(len(self.diffs), seed)]
-        return replace(self, stopped=sequential(diffs, 1 - self.level, self.margin, block))
+        read in blocks, in the order `seed` fixes over the `pool` test examples a test pass scores (a
+        pass that settle.py stopped scored the first of them), at the same level and margin."""
+        keep = [i for i, e in enumerate(self.ids) if 0 <= e < pool]  # (a shared store: ids out of range dropped)
+        diffs = in_reading_order([self.ids[i] for i in keep], [self.diffs[i] for i in keep], pool, seed)
+        return replace(self, stopped=sequential(diffs, 1 - self.level, self.margin, block, pool))
 
     @property
     def level(self) -> float:
@@ -137,7 +140,7 @@ class Comparison:
         first says where it stopped, then what the fixed-size test over every example says."""
         if self.stopped is not None:
             fixed = replace(self, stopped=None)
-            return f"{self.stopped.sentence()}; the fixed-size test over all of them: {fixed.sentence()}"
+            return f"{self.stopped.sentence()}; the fixed-size test over all {self.n} scored: {fixed.sentence()}"
         low, high = self.interval
         verdict = {"equivalent": f"equivalent within ±{self.margin:g}"}.get(self.verdict, self.verdict)
         over = f"{self.n} test examples" + (f" x {self.seeds} seeds" if self.seeds > 1 else "")
@@ -169,7 +172,7 @@ def compare(run_id: str, run: str, metric: str, baseline: str, adapter_scores: d
     return Comparison(run_id, run, metric, baseline, margin, len(ids), len(per_seed),
                       float(np.mean(adapter - base)), float(np.std(draws, ddof=1)), tuple(draws),
                       tuple(float(m) for m in adapter.mean(axis=1)), available,
-                      diffs=tuple(adapter.mean(axis=0) - base))
+                      diffs=tuple(adapter.mean(axis=0) - base), ids=tuple(ids))
 
 
 def corrected(family: list[Comparison], role: str = PRIMARY) -> list[Comparison]:

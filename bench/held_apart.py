@@ -28,12 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from analysis import verdict  # noqa: E402
-from analysis.runs import sweep_runs, template  # noqa: E402
+from analysis.runs import best_by_dev, confirmations, sweep_runs, template  # noqa: E402
 from analysis.stats import samples  # noqa: E402
 from analysis.summary import (  # noqa: E402
     References,
-    best_by_dev,
-    confirmations,
     group_key,
     main_metrics,
     margin_of,

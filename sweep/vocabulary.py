@@ -69,6 +69,9 @@ CONFIRMS = "confirms"        # a run that retrains a sweep's chosen configuratio
 ADAPTER_UPLOADED_LATER, ADAPTER_UPLOAD_ERROR = "adapter_uploaded_later", "adapter_upload_error"  # make upload
 VERDICT_TAG_PREFIX = "verdict."  # an adapter's verdict as tags: verdict.<task>/<metric> and its .detail
 VERDICT_PREFIX = "verdict/"      # the same as metrics: verdict/<task>/<metric>/diff, ...
+# eval.sequential=true: a run's test pass waits for the sweep's choice (deferred), then settle.py scores the
+# chosen arms' test examples block by block until the verdict is decided (settled)
+TEST_PASS, DEFERRED, SETTLED = "test_pass", "deferred", "settled"
 
 # Artifact files and folders.
 ADAPTER_DIR = "adapter"

@@ -287,8 +287,7 @@ def test_a_grid_registers_its_best_adapter_with_its_alias_and_it_loads_back_with
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from analysis.runs import sweep_runs
-    from analysis.summary import best_by_dev
+    from analysis.runs import best_by_dev, sweep_runs
     from sweep.ops import promote
     from sweep.training.models import weights_digest
     from tests.conftest import ROOT

@@ -36,7 +36,7 @@ def of(program: str) -> list[str]:
 def test_the_readme_has_the_two_setup_commands_and_every_kind_of_command_is_checked():
     assert {"make run", "make test"} <= set(commands())
     checked = (of("python sweep.py") + of("make ") + of("python -m ") + of("python reproduce.py")
-               + of("python generate_instructions.py") + of("source "))
+               + of("python generate_instructions.py") + of("python settle.py") + of("source "))
     assert sorted(checked) == sorted(commands())
 
 
@@ -68,7 +68,8 @@ def test_each_make_target_exists_and_expands():
         assert p.returncode == 0, (command, p.stderr)
 
 
-@pytest.mark.parametrize("command", of("python -m ") + of("python reproduce.py") + of("python generate_instructions.py"))
+@pytest.mark.parametrize("command", of("python -m ") + of("python reproduce.py") + of("python generate_instructions.py")
+                         + of("python settle.py"))
 def test_each_other_program_takes_the_options_the_readme_gives_it(command):
     words = shlex.split(command)
     program = words[1:3] if words[1] == "-m" else words[1:2]

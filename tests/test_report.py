@@ -90,7 +90,7 @@ def test_report_has_the_expected_rows_numbers_and_images(store):
     assert "1 FAILED" in md and "## Runs that did not finish" in md and "InjectedFailure" in md
     # The LoRA-budget presets appear in Table 5's layout.
     assert "| rank r | 8 | 2/3/3/2 |" in md and "|  | Wq | Wq, Wk, Wv, Wo |" in md
-    from analysis.summary import best_by_dev
+    from analysis.runs import best_by_dev
 
     trained = done[~done["tags.method"].isin(["zero_shot", "few_shot", "strongest_baseline"])].reset_index(drop=True)
     best_run = best_by_dev(done.reset_index(drop=True), "sst2/acc")  # by development score, ties to fewer parameters

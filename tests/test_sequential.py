@@ -5,7 +5,7 @@ examples than the fixed-size test reads (simulated paired 0/1 scores, as accurac
 import numpy as np
 from scipy import stats as sps
 
-from analysis.sequential import bounds, order, sequential
+from analysis.sequential import bounds, order, read_until_decided, sequential
 from analysis.verdict import bootstrap
 
 ALPHA, MARGIN, BLOCK = 0.05, 0.01, 25  # 500 examples: 20 looks
@@ -100,7 +100,7 @@ def test_a_sweep_configured_sequential_decides_its_primary_claim_in_blocks_and_s
     assert primary.stopped.used < 400 and secondary.stopped is None  # (only the stated claim reads in blocks)
     line = "\n".join(summary.verdict_lines(runs, list(found.values())))
     assert f"sequential: better after {primary.stopped.used} of 400 test examples (blocks of 50" in line
-    assert "the fixed-size test over all of them: better" in line
+    assert "the fixed-size test over all 400 scored: better" in line
     assert verdict.metrics_of(primary)["verdict/sst2/acc/sequential_examples"] == primary.stopped.used
     runs["params.eval.sequential"] = "False"
     assert all(c.stopped is None for c in summary.sweep_verdicts(runs))
@@ -110,3 +110,54 @@ def replace_stopped(c):
     from dataclasses import replace
 
     return replace(c, stopped=None)
+
+
+def sweep_of(scores: dict, limit: int = 400):
+    """A sweep's runs as the summary reads them: a strongest baseline and one adapter, configured
+    sequential, with `scores` {run id: {doc_id: score}} their recorded test examples."""
+    import pandas as pd
+
+    return pd.DataFrame([{"run_id": n, "status": "FINISHED", "tags.method": m, "tags.mlflow.runName": n,
+                          "tags.tasks": "sst2", "tags.model": "m", "params.eval.limit": str(limit), "params.seed": "3",
+                          "params.eval.sequential": "True", "params.eval.sequential_block": "40",
+                          "metrics.dev/sst2/acc": dev, "metrics.sst2/acc": float(np.mean(list(scores[n].values()))),
+                          "metrics.trainable_params": 1.0}
+                         for n, m, dev in [("base", "strongest_baseline", 0.6), ("lora", "lora", 0.8)]])
+
+
+def test_a_deferred_test_pass_is_scored_only_until_it_decides_and_the_summary_reads_the_same_stop(monkeypatch):
+    """settle.py's loop: each block is scored only when the reading reaches it (the examples after the
+    stop are never scored, none twice), and the summary, reading what was recorded, stops at the same
+    block with the same sequence and says how many of the 400 it read."""
+    from analysis import summary
+
+    rng = np.random.default_rng(5)
+    base = (rng.random(400) < 0.6).astype(float)
+    adapter = np.maximum(base, rng.random(400) < 0.6)
+    asked = []
+
+    def score_block(ids):
+        asked.extend(ids)
+        return adapter[ids] - base[ids]
+
+    stopped = read_until_decided(score_block, 400, seed=3, alpha=0.05, margin=0.01, block=40)
+    assert stopped.verdict == "better" and stopped.used < 400 and stopped.available == 400
+    assert asked == list(order(400, 3)[:stopped.used])  # (in the seed's order, each once, none after the stop)
+    recorded = {"base": {i: base[i] for i in asked}, "lora": {i: adapter[i] for i in asked}}
+    monkeypatch.setattr(summary, "samples", lambda run_id, task, name: recorded[run_id])
+    monkeypatch.setattr(summary, "examples_available", lambda run_id, task: 872)  # (the task's; eval.limit reads 400)
+    [read] = summary.sweep_verdicts(sweep_of(recorded))
+    assert read.n == stopped.used and (read.stopped.used, read.stopped.available) == (stopped.used, 400)
+    assert (read.stopped.verdict, read.stopped.low, read.stopped.high) == (stopped.verdict, stopped.low, stopped.high)
+    assert f"sequential: better after {stopped.used} of 400 test examples" in read.sentence()
+
+
+def test_a_deferred_test_pass_that_never_decides_scores_every_example_once():
+    asked = []
+
+    def score_block(ids):
+        asked.extend(ids)
+        return np.zeros(len(ids))  # (no difference: the sequence never fits inside a margin this narrow)
+
+    stopped = read_until_decided(score_block, 130, seed=0, alpha=0.05, margin=0.001, block=50)
+    assert (stopped.verdict, stopped.used) == ("inconclusive", 130) and sorted(asked) == list(range(130))

@@ -114,7 +114,7 @@ def test_the_sweeps_choice_reads_development_scores_and_breaks_ties_toward_the_s
     trainable parameters (the simpler), whatever order the store lists them in."""
     import pandas as pd
 
-    from analysis.summary import best_by_dev
+    from analysis.runs import best_by_dev
 
     rows = [("lora-r16", 0.86, 0.99, 1_843_200), ("lora-r8", 0.86, 0.50, 921_600), ("lora-r2", 0.85, 0.99, 230_400),
             ("zero_shot", 0.95, 0.95, 0)]

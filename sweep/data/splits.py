@@ -26,6 +26,7 @@ from sweep.config import ConfigError
 from sweep.data.templates import render_template
 
 DEV_SPLIT = "dev"      # the name the development slice gets inside a task object
+TEST_BLOCK = "test_block"  # the name a block of test examples gets inside a task object (test_block)
 DEV_PREFIX = "dev/"    # development scores: dev/<task>/<metric>
 DEV_SLICE_SEED = 0
 log = logging.getLogger(__name__)
@@ -137,6 +138,20 @@ def dev_task(task, indices: list[int]):
     source = task.dataset[DEV_SPLIT if has_dev_split(task) else task.config.training_split]
     dev.dataset = datasets.DatasetDict({**task.dataset, DEV_SPLIT: source.select(indices)})
     return dev
+
+
+def test_block(task, ids: list[int]):
+    """A shallow copy of `task` that scores its test examples `ids` (positions among the examples its
+    test pass scores, in that order): a test pass read block by block (settle.py). lm-eval numbers
+    the block's examples 0, 1, ...: the i-th is test example ids[i]."""
+    import datasets
+
+    block = copy.copy(task)
+    block._config = copy.copy(task.config)
+    split = task.config.test_split if task.has_test_docs() else task.config.validation_split
+    block._config.validation_split, block._config.test_split = TEST_BLOCK, None
+    block.dataset = datasets.DatasetDict({**task.dataset, TEST_BLOCK: task.dataset[split].select(ids)})
+    return block
 
 
 def dev_tasks(tasks: dict, slices: dict[str, list[int]]) -> dict:

@@ -17,7 +17,7 @@ from sweep.data.checks import validate_data
 from sweep.runtime.files import check_writable
 from sweep.scoring.baselines import validate_baseline_search
 from sweep.scoring.checks import validate_eval
-from sweep.stages.table import STAGES, validate_stage
+from sweep.stages.table import FIRST_STAGE, STAGES, validate_stage
 from sweep.tracking.checks import validate_tracking
 from sweep.training.checks import (
     METHODS,
@@ -72,6 +72,28 @@ def validate(cfg: DictConfig) -> None:
         require(cfg.data.dev_size > 0, "data.dev_size", cfg.data.dev_size,
                 "method=strongest_baseline chooses on the development slice: set data.dev_size > 0, e.g. 200")
     validate_stage(cfg.stage, m, cfg.lora, cfg.init.run_id, cfg.train)
+    if cfg.eval.sequential:
+        validate_deferred(cfg)
+
+
+def validate_deferred(cfg: DictConfig) -> None:
+    """eval.sequential=true defers the test pass to settle.py, which rebuilds the chosen runs from the
+    store (sweep/pipeline/deferred.py): it needs a development score to choose by, and an adapter it
+    can load, of the first stage (a later stage's replies are judged, which settle.py does not do)."""
+    require(cfg.data.dev_size > 0, "data.dev_size", cfg.data.dev_size,
+            "eval.sequential=true scores the test examples of the runs chosen on the development slice: "
+            "set data.dev_size > 0, e.g. 200")
+    require(cfg.stage.name == FIRST_STAGE, "eval.sequential", True,
+            f"stage={cfg.stage.name}: settle.py scores the first stage's runs (stage={FIRST_STAGE}); "
+            "set eval.sequential=false")
+    require(cfg.eval.judge_run_id is None, "eval.judge_run_id", cfg.eval.judge_run_id,
+            "eval.sequential=true: settle.py scores test examples by their labels, it does not judge replies; "
+            "set eval.judge_run_id=null or eval.sequential=false")
+    if cfg.method.trains:
+        require(cfg.method.peft == "lora" and cfg.tracking.log_adapter, "eval.sequential", True,
+                f"method={cfg.method.name}{'' if cfg.tracking.log_adapter else ' with tracking.log_adapter=false'}: "
+                "settle.py scores the test examples with the LoRA adapter the run stores; "
+                "use a LoRA method with tracking.log_adapter=true, or eval.sequential=false")
 
 
 def validate_paths(paths: DictConfig) -> None:

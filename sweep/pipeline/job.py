@@ -158,7 +158,8 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
     tags = lifecycle.start_tags(run_tags, sweep, cfg.tracking.get("tags"), trial.tags() if trial else {}) | {
         BASE_MODEL: job.base_model} | job.lineage.tags()
     files = task_files(job.project.tasks)
-    if not cfg.method.trains:  # a baseline: scored once per model, tasks, prompting, limit, seed, lm-eval (and judge)
+    cached = not cfg.method.trains and not cfg.eval.sequential  # (a deferred test pass has no scores to reuse)
+    if cached:  # a baseline: scored once per model, tasks, prompting, limit, seed, lm-eval (and judge)
         key = baseline_cache.cache_key(plan.baseline, job.project.manager, files, job.lineage.judge)
         found = baseline_cache.find_source(key) if cfg.eval.cache else None
         if found is not None:
@@ -190,7 +191,7 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
         metrics |= scored
         if cfg.eval.enabled and plan.stage.is_policy:  # (against what this run saw, demonstrations too)
             metrics |= record_leakage(cfg, plan, built, job.project.tasks, job.slices, job.generated, scores)
-        if not cfg.method.trains:
+        if cached:
             baseline_cache.record_scores()  # what a later reuse of this baseline reads
         if unstored is not None:
             raise unstored

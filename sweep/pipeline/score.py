@@ -3,7 +3,9 @@ as soon as it exists.
 
 The development pass (`dev/<task>/<metric>`, sweep/data/splits.py) is what every choice reads: an
 Optuna trial's value and its pruning, a sweep's best configuration, the strongest baseline. The
-test pass runs after it, once, and nothing that chooses reads it. Both passes prompt a k-shot
+test pass runs after it, once, and nothing that chooses reads it; with eval.sequential=true it waits
+for the sweep's choice, and settle.py scores the chosen runs' test examples block by block
+(sweep/pipeline/deferred.py). Both passes prompt a k-shot
 baseline with the same draws of demonstrations, and a judged run's development replies are judged
 like its test replies.
 """
@@ -26,7 +28,7 @@ from sweep.pipeline.naming import pool_suffix
 from sweep.pipeline.plan import Plan
 from sweep.runtime import memory
 from sweep.scoring import baselines, leakage
-from sweep.scoring.evaluate import Prompting, draw_demonstrations, score
+from sweep.scoring.evaluate import Prompting, Scores, draw_demonstrations, score
 from sweep.scoring.results import LEAKAGE_PREFIX, is_task_metric, prefixed
 from sweep.stages import judging, preference, reference_replies
 from sweep.study import trials
@@ -131,14 +133,22 @@ def score_pass(cfg: DictConfig, built, tasks: dict, prompting: Prompting, limit:
 
 
 def score_lm(cfg: DictConfig, plan: Plan, built, reference_key: str | None):
-    """(development and test metrics, the test pass's scores) of a policy or a baseline."""
+    """(development and test metrics, the test pass's scores) of a policy or a baseline. With the
+    test pass deferred (eval.sequential=true: settle.py scores the chosen runs' test examples after
+    the sweep), the development metrics and what the test pass will show (its demonstrations)."""
+    deferred = cfg.eval.sequential
+    if deferred:
+        records.set_tags({vocabulary.TEST_PASS: vocabulary.DEFERRED})
     if plan.method.searches_prompts:
         search = baselines.Search(cfg.method.search, plan.prompting_at, cfg.data.dev_size,
                                   cfg.eval.limit, cfg.eval.log_samples, plan.pool)
-        choice = baselines.strongest(search, built.lm, lambda template: eval_tasks(cfg, template))
+        choice = baselines.strongest(search, built.lm, lambda template: eval_tasks(cfg, template),
+                                     score_test=not deferred)
         records.log_baseline_choice(choice.best, choice.panel, choice.demonstrations, cfg.data.dev_size,
                                     pool_suffix(cfg), choice.space)
         records.log_metrics(choice.dev_metrics)
+        if deferred:
+            return choice.dev_metrics, Scores({}, demonstrations=choice.demonstrations)
         if choice.scores.retrieved:  # (the chosen variant's test pass, auditable as a few_shot run's)
             records.log_json(choice.scores.retrieved, vocabulary.RETRIEVED_DEMONSTRATIONS)
         return choice.dev_metrics | choice.scores.metrics | choice.scores.query_cost(), choice.scores
@@ -149,6 +159,8 @@ def score_lm(cfg: DictConfig, plan: Plan, built, reference_key: str | None):
     if built.dev_tasks:
         dev, _ = score_pass(cfg, built, built.dev_tasks, prompting, None, demonstrations, references, DEV_PREFIX)
         records.log_metrics(dev)
+    if deferred:
+        return dev, Scores({}, demonstrations=demonstrations)
     test, scores = score_pass(cfg, built, built.eval_tasks, prompting, cfg.eval.limit, demonstrations, references, "")
     references.record()
     return dev | test | scores.query_cost(), scores
@@ -209,7 +221,8 @@ def score_and_record(cfg: DictConfig, plan: Plan, built, reference_key: str | No
             scored = score_reward_model(cfg, built)
         elif cfg.eval.enabled:
             scored, scores = score_lm(cfg, plan, built, reference_key)
-            records.log_eval_results(scores.results)
+            if scores.results:  # (none when the test pass is deferred: settle.py records it)
+                records.log_eval_results(scores.results)
         if cfg.eval.enabled:
             scored |= {"eval_seconds": time.perf_counter() - start}
     for draw, metrics in enumerate(scores.by_draw if scores else []):

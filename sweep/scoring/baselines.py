@@ -114,7 +114,7 @@ def headline(task) -> str:
 class Choice:
     best: Variant
     panel: list[dict]     # one row per variant and task: dev mean, sd over draws, where the race dropped it
-    scores: object        # evaluate.Scores of the best variant on the test examples
+    scores: object        # evaluate.Scores of the best variant on the test examples (None: deferred)
     dev_metrics: dict[str, float]  # its development scores: dev/<task>/<metric>
     demonstrations: list  # the draws it was chosen with and reported with (per draw: {task: docs})
     space: str = ""       # what it was chosen among (`described`), for the claim
@@ -167,9 +167,16 @@ class Templates:
         return self.loaded[(template, instruction)]
 
 
-def strongest(search: Search, lm, load_tasks) -> Choice:
+def reported_prompting(search: Search, best: Variant):
+    """How the chosen variant is scored on the test examples: its race pass's prompting (the pass of
+    its unit: the same draws of demonstrations), calibrated as the variant is."""
+    return search.unit_prompting([best])
+
+
+def strongest(search: Search, lm, load_tasks, score_test: bool = True) -> Choice:
     """Race the variants on the development slice, choose one accounting for noise (sweep/scoring/race.py),
-    then score it once on the test examples with the very demonstrations it was chosen with.
+    then score it once on the test examples with the very demonstrations it was chosen with (unless
+    `score_test` is false: a deferred test pass, Choice.scores None).
     `load_tasks(template)` -> (task manager, {task name: task}) of the eval tasks."""
     from sweep.scoring.evaluate import draw_demonstrations, score
 
@@ -205,14 +212,16 @@ def strongest(search: Search, lm, load_tasks) -> Choice:
     log.info("strongest baseline on the development slice: %s (%.4f; leader %s)", best.label(), chosen.mean(),
              max((r for r in raced if r.complete), key=race.Raced.mean).variant.label())
     tm, tasks, pools = templates(best.template, best.instruction)
-    final = replace(search.unit_prompting(unit_of), calibrate=best.calibrate)
+    final = reported_prompting(search, best)
     shown = demonstrations(unit_of)
-    scores = score(lm, tm, tasks, final, search.limit, search.log_samples, pools=pools, demonstrations=shown)
     panel = panel_rows(raced, tasks, chosen)
+    dev = dev_metrics(chosen, tasks)
+    if not score_test:
+        return Choice(best, panel, None, dev, shown, described(search.space, instructions))
+    scores = score(lm, tm, tasks, final, search.limit, search.log_samples, pools=pools, demonstrations=shown)
     # A calibrated pass holds the uncalibrated scores too: then the test pass is the chosen pass's oracle.
     done = {tuple(unit_of): scores} if final == search.unit_prompting(unit_of) else {}
     oracle_scores(panel, peeked(ordered, raced, search.space.oracle), search, lm, templates, demonstrations, done)
-    dev = dev_metrics(chosen, tasks)
     return Choice(best, panel, scores, dev, shown, described(search.space, instructions))
 
 
