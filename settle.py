@@ -79,6 +79,8 @@ def settle_task(metric: str, adapter_rows: list, baseline_row, family: int) -> s
                                  cfg.eval.sequential_block)
     for arm in (*adapters, baseline):
         arm.record()
+    for arm in (*adapters, baseline):  # (only once all are recorded: a failure before leaves them all deferred)
+        arm.settled()
     names = printable(", ".join(str(r.get(tag_column(RUN_NAME))) for r in adapter_rows))
     return f"{metric}: {names} vs {baseline.name}: {stopped.sentence()}"
 

@@ -26,8 +26,10 @@ def settle(*args: str):
     return forked.run(["settle.py", *args], ROOT, clean_env(), timeout=600)
 
 
-def test_a_deferred_sweep_is_settled_in_blocks_scoring_each_example_as_the_fixed_pass_does(tracking):
+def test_a_deferred_sweep_is_settled_in_blocks_scoring_each_example_as_the_fixed_pass_does(tracking, monkeypatch):
+    import settle as command
     from analysis.sequential import order
+    from sweep.pipeline.deferred import DeferredRun
 
     uri = tracking[0].split("=", 1)[1]
     said = {}
@@ -47,6 +49,20 @@ def test_a_deferred_sweep_is_settled_in_blocks_scoring_each_example_as_the_fixed
     confirmed = forked.run(["confirm.py", "--experiment", "sft-sweep", "--sweep-id", "seq", "--seeds", "1",
                             "--tracking-uri", uri], ROOT, clean_env(), timeout=600)  # (a second seed, deferred too)
     assert confirmed.returncode == 0, confirmed.stderr[-3000:]
+    # A failure while recording the claim's runs leaves every one of them to settle again.
+    record = DeferredRun.record
+
+    def store_fails_at_the_baseline(arm):
+        if arm.name.startswith("strongest_baseline"):
+            raise OSError("the store went away")
+        return record(arm)
+
+    monkeypatch.setattr(DeferredRun, "record", store_fails_at_the_baseline)
+    mlflow.set_tracking_uri(uri)
+    with pytest.raises(OSError, match="the store went away"):
+        command.settle("sft-sweep", "seq")
+    monkeypatch.setattr(DeferredRun, "record", record)
+    assert (runs_of(tracking).query("`tags.sweep_id` == 'seq'")["tags.test_pass"] == "deferred").all()
     s = settle("--experiment", "sft-sweep", "--sweep-id", "seq", "--tracking-uri", uri)
     assert s.returncode == 0, s.stderr[-3000:]
     settled = runs_of(tracking)

@@ -11,8 +11,9 @@ may set), its adapter fetched and checked as a later stage fetches its parent's
 (sweep/stages/lineage.py) and loaded as it was trained (not merged), scored on any block of its
 test examples as its job's test pass would have scored them (the same template, prompting and draws
 of demonstrations; for a strongest baseline, its chosen variant's), and the examples it scored
-recorded into the run as a test pass records them (`lm_eval_results.json`, `<task>/<metric>`), with
-`test_pass=settled`. A run's status is never touched: it finished when its job did.
+recorded into the run as a test pass records them (`lm_eval_results.json`, `<task>/<metric>`), then
+`test_pass=settled` on every run of the claim. A run's status is never touched: it finished when its
+job did.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ class DeferredRun:
 
     def record(self) -> dict[str, float]:
         """Into the run (its status untouched): the results, the metrics, the demonstrations a
-        retrieved pass gave each example, tag test_pass=settled. Returns the metrics."""
+        retrieved pass gave each example. Returns the metrics. (`settled` marks it done: after every
+        run of the claim is recorded, so that a failure in between leaves all of them to settle again.)"""
         from lm_eval.utils import handle_non_serializable
 
         results = self.results()
@@ -118,9 +120,14 @@ class DeferredRun:
                 client.log_dict(self.run_id, {self.task: self.retrieved}, vocabulary.RETRIEVED_DEMONSTRATIONS)
             client.log_batch(self.run_id, metrics=[mlflow.entities.Metric(k, v, now, 0) for k, v in metrics.items()])
             client.set_tag(self.run_id, vocabulary.RESULTS_HASH_TAG, hashlib.sha256(text.encode()).hexdigest())
-            client.set_tag(self.run_id, vocabulary.TEST_PASS, vocabulary.SETTLED)
         records.stored(f"recording run {self.run_id}'s test examples", write)
         return metrics
+
+    def settled(self) -> None:
+        """Tag test_pass=settled: settle.py refuses it from now on."""
+        client = mlflow.MlflowClient()
+        records.stored(f"marking run {self.run_id} settled",
+                       lambda: client.set_tag(self.run_id, vocabulary.TEST_PASS, vocabulary.SETTLED))
 
 
 def checked(run_id: str) -> tuple[DictConfig, Plan, str, dict]:
