@@ -267,6 +267,22 @@ def test_the_baseline_cache_key_changes_with_the_decoding_of_generation_tasks():
     assert key("eval.generation.max_gen_toks=16") not in (greedy, key("eval.generation.max_gen_toks=32"))
 
 
+def test_a_baseline_with_another_instruction_is_another_baseline_in_the_cache():
+    """eval.instruction replaces the template's instruction on the loaded tasks (the YAML hashed in
+    the key is unchanged): it is in the key, or a searched instruction's run would reuse the
+    template's own scores (it did, on the held-apart sentences, before this key held it)."""
+    from sweep.pipeline.build import task_files
+    from sweep.scoring import baseline_cache
+
+    def key(*overrides):
+        cfg = compose("model=tiny", "method=zero_shot", "eval.template=plain", *overrides)
+        tm, tasks = load_project_tasks(cfg)
+        return baseline_cache.cache_key(plan_of(cfg).baseline, tm, task_files(tasks))
+
+    own = key()
+    assert key('eval.instruction="Say positive or negative."') not in (own, key('eval.instruction="Classify."'))
+
+
 def test_the_baseline_cache_key_is_the_content_not_the_checkout(tmp_path, monkeypatch):
     """Two clones share their baselines; an edited `!function` hook, other model weights or another
     library version do not."""

@@ -50,7 +50,7 @@ def plan_of(cfg: DictConfig, sweep: str | None = None, multirun: bool | None = N
         prompting=prompting, search=OmegaConf.to_container(search) if search is not None else None,
         limit=cfg.eval.limit, dev_size=cfg.data.dev_size, seed=cfg.seed,
         pool=pool if cfg.method.num_fewshot or search is not None else None,  # (0-shot: none)
-        generation={k: v for k, v in cfg.eval.generation.items() if v is not None})
+        generation={k: v for k, v in cfg.eval.generation.items() if v is not None}, instruction=cfg.eval.instruction)
     lineage = LineageScope(cfg.tracking.uri, cfg.tracking.experiment, sweep, multirun)
     return Plan(stage=STAGES[cfg.stage.name], method=METHODS[cfg.method.name], prompting=prompting, pool=pool,
                 run_name=run_name(cfg), lineage=lineage, baseline=baseline, eval_settings=cfg.eval, seed=cfg.seed)

@@ -81,6 +81,7 @@ class Settings:
     seed: int
     generation: dict           # eval.generation's keys that are set (decoding of generation tasks)
     pool: object = None        # splits.Pool: the labelled examples demonstrations come from (eval.fewshot_pool)
+    instruction: str | None = None  # eval.instruction: the task instruction in place of the template's
 
 
 def cache_key(settings: Settings, task_manager, files: list[Path], judge=None) -> str:
@@ -110,6 +111,8 @@ def cache_key(settings: Settings, task_manager, files: list[Path], judge=None) -
         inputs["pool"] = dataclasses.asdict(s.pool)
     if generation:  # (decoding of generation tasks; absent when unset, so keys of the tasks' own settings hold)
         inputs["generation"] = generation
+    if s.instruction is not None:  # (set on the loaded tasks, not in the YAML `tasks` hashes; absent when unset)
+        inputs["instruction"] = s.instruction
     if judge is not None:  # its adapter, by content, and the code that judges
         inputs["judge"] = judge.content()
         inputs["judging_code"] = module_digest(JUDGING_CODE)
