@@ -49,6 +49,11 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
         return compose(config_name="config", overrides=list(overrides))
 
 
+def group_options(group: str) -> list[str]:
+    """The options of a config group: conf/<group>/*.yaml (a `_`-prefixed file is a shared part)."""
+    return sorted(p.stem for p in (PROJECT_ROOT / "conf" / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
 def close_matches(value: str, allowed) -> str:
     """' (did you mean: x?)' when something in `allowed` is close to `value`, else ''."""
     near = difflib.get_close_matches(str(value), [str(a) for a in allowed], n=3, cutoff=0.6)

@@ -6,9 +6,8 @@ import sys
 
 import pytest
 
-from sweep.config import ConfigError
+from sweep.config import ConfigError, group_options
 from sweep.pipeline.checks import validate
-from sweep.pipeline.overrides import group_options
 from tests.conftest import ROOT, compose
 
 GROUPS = ["model", "method", "lora", "prompt", "data", "train", "eval", "tracking"]

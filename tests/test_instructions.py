@@ -1,6 +1,8 @@
 """Searched instructions: proposals from train examples (APE's two prompts), cleaned to something an
 override can carry, raced as variants on the development slice, reproduced by eval.instruction."""
 
+import re
+
 import pytest
 
 from sweep.config import ConfigError
@@ -61,11 +63,14 @@ def test_eval_instruction_replaces_the_templates_instruction_in_every_prompt(tin
 @pytest.mark.parametrize("overrides, message", [
     (["method=lora", "eval.instruction=Be brief."], "eval.instruction='Be brief.' is invalid: must be null or"),
     (["method=strongest_baseline", "method.search.instructions=17"], "method.search.instructions=17 is invalid"),
+    (["method=strongest_baseline", "method.search.proposer=gpt5"],
+     "method.search.proposer='gpt5' is invalid: must be null (the model under test proposes) or a model config: "
+     "smollm2_135m, tiny"),
 ])
 def test_bad_instruction_settings_are_refused(overrides, message):
     from sweep.pipeline.checks import validate
 
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         validate(compose("model=tiny", *overrides))
 
 
@@ -104,3 +109,25 @@ def test_the_race_scores_each_proposed_instruction_on_development_examples_only(
     assert len(seen["examples"]) > 1000 and not held & set(seen["examples"])  # (the proposer never saw a development or test example)
     prompt = choice.scores.results["samples"]["sst2"][0]["arguments"][0][0]
     assert (choice.best.instruction or "Review:") in prompt
+
+
+def test_a_model_the_user_names_proposes_the_instructions_instead_of_the_model_under_test(tiny, monkeypatch):
+    """method.search.proposer=tiny: the named model config is loaded (as a job loads its model) and
+    proposes; the claim's search space says which model did."""
+    from sweep.pipeline.plan import plan_of
+    from sweep.pipeline.score import eval_tasks
+    from sweep.scoring.evaluate import make_lm
+    from sweep.training.models import named_model
+
+    cfg = compose("model=tiny", "method=strongest_baseline", "method.search.template=[plain]",
+                  "method.search.num_fewshot=[0]", "method.search.calibrate=[false]", "method.search.instructions=1",
+                  "method.search.proposer=tiny", "data.dev_size=8", "method.search.n_startup_steps=4")
+    proposer = named_model(cfg.method.search.proposer, cfg.paths.cache, cfg.seed)
+    assert proposer[0].config.num_hidden_layers == 2  # (conf/model/tiny.yaml's model)
+    asked = []
+    monkeypatch.setattr(instructions, "propose", lambda model, *_: asked.append(model) or ["Say the review's mood."])
+    under_test = make_lm(*tiny, batch_size=8)
+    search = baselines.Search(cfg.method.search, plan_of(cfg).prompting_at, 8, 4, True, proposer=lambda: proposer)
+    choice = baselines.strongest(search, under_test, lambda t: eval_tasks(cfg, t))
+    assert asked == [proposer[0]] and asked[0] is not under_test.model
+    assert "instructions: the template's own and 1 searched, proposed by tiny" in choice.space

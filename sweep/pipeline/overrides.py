@@ -13,7 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sweep.config import PROJECT_ROOT, ConfigError, close_matches
+from sweep.config import PROJECT_ROOT, ConfigError, close_matches, group_options
 from sweep.pipeline.checks import validate
 from sweep.runtime.cli import refuse
 from sweep.runtime.retry import first_line
@@ -22,10 +22,6 @@ from sweep.tracking.checks import probe_server
 CONF = PROJECT_ROOT / "conf"
 ADDABLE = ("tracking.tags.",)  # keys a user may add with +: the run's own tags
 FLAGS_WITH_VALUES = ("--cfg", "-c", "--package", "-p", "--experimental-rerun")  # Hydra's: `--cfg job`
-
-
-def group_options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))  # _x: shared parts
 
 
 def _keys(node, prefix: str = "") -> list[str]:

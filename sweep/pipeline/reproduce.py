@@ -25,7 +25,7 @@ import yaml
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from sweep.config import PROJECT_ROOT, RUN_ID, ConfigError, compose_config
+from sweep.config import RUN_ID, ConfigError, compose_config, group_options
 from sweep.pipeline.checks import validate
 from sweep.runtime.files import sha256
 from sweep.runtime.retry import first_line
@@ -185,7 +185,7 @@ def group_choices(stored: dict) -> list[str]:
     overrides = []
     for group in CHOSEN:
         name = (stored.get(group) or {}).get("name") if isinstance(stored.get(group), dict) else None
-        options = sorted(f.stem for f in (PROJECT_ROOT / "conf" / group).glob("*.yaml") if not f.stem.startswith("_"))
+        options = group_options(group)
         if name not in options:
             raise ConfigError(f"the run's {group}.name={name!r} is not an option of conf/{group}/ "
                               f"({', '.join(options)}); refused")

@@ -33,6 +33,7 @@ from sweep.scoring.results import LEAKAGE_PREFIX, is_task_metric, prefixed
 from sweep.stages import judging, preference, reference_replies
 from sweep.study import trials
 from sweep.tracking import records
+from sweep.training.models import named_model
 from sweep.vocabulary import REWARD_SCORES
 
 log = logging.getLogger(__name__)
@@ -140,8 +141,10 @@ def score_lm(cfg: DictConfig, plan: Plan, built, reference_key: str | None):
     if deferred:
         records.set_tags({vocabulary.TEST_PASS: vocabulary.DEFERRED})
     if plan.method.searches_prompts:
+        proposer = cfg.method.search.get("proposer")
         search = baselines.Search(cfg.method.search, plan.prompting_at, cfg.data.dev_size,
-                                  cfg.eval.limit, cfg.eval.log_samples, plan.pool)
+                                  cfg.eval.limit, cfg.eval.log_samples, plan.pool,
+                                  (lambda: named_model(proposer, cfg.paths.cache, cfg.seed)) if proposer else None)
         choice = baselines.strongest(search, built.lm, lambda template: eval_tasks(cfg, template),
                                      score_test=not deferred)
         records.log_baseline_choice(choice.best, choice.panel, choice.demonstrations, cfg.data.dev_size,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 from omegaconf import DictConfig, ListConfig
 
-from sweep.config import DEFAULT_TEMPLATE, ConfigError, is_int, is_number, require
+from sweep.config import DEFAULT_TEMPLATE, ConfigError, group_options, is_int, is_number, require
 from sweep.data import splits
 from sweep.scoring import race
 from sweep.scoring.checks import FEWSHOT_SAMPLERS, RETRIEVED
@@ -91,7 +91,8 @@ def described(search: DictConfig, instructions: tuple[str, ...] = ()) -> str:
     parts = [f"templates {', '.join(search.template)}", f"k {', '.join(map(str, shots))}"]
     parts += [f"demonstrations {', '.join(search.fewshot_sampler)}"] if any(shots) else []
     parts += ["calibration " + ", ".join("on" if c else "off" for c in sorted(search.calibrate))]
-    parts += [f"instructions: the template's own and {len(instructions)} searched"] if instructions else []
+    by = f", proposed by {search.proposer}" if search.get("proposer") else ""
+    parts += [f"instructions: the template's own and {len(instructions)} searched{by}"] if instructions else []
     return f"the best on development data of {len(variants(search, instructions))} prompting variants " \
            f"({'; '.join(parts)})"
 
@@ -131,6 +132,7 @@ class Search:
     limit: int | None
     log_samples: bool
     pool: splits.Pool = splits.WHOLE_SPLIT  # which labelled examples demonstrations come from
+    proposer: Callable[[], tuple] | None = None  # () -> (model, tokenizer) proposing instructions (None: the lm's)
 
     def unit_prompting(self, unit: list[Variant]):
         """The prompting of one scoring pass: fixed draws, calibrated when any of its variants is."""
@@ -226,8 +228,9 @@ def strongest(search: Search, lm, load_tasks, score_test: bool = True) -> Choice
 
 
 def searched_instructions(search: Search, lm, templates: Templates) -> tuple[str, ...]:
-    """method.search.instructions > 0: that many instructions proposed by the model under test from
-    the pool of the (one) eval task's train role (sweep/scoring/instructions.py); none otherwise."""
+    """method.search.instructions > 0: that many instructions proposed from the pool of the (one) eval
+    task's train role (sweep/scoring/instructions.py) by the model under test, or the one
+    method.search.proposer names; none otherwise."""
     n = search.space.get("instructions") or 0
     if not n:
         return ()
@@ -236,7 +239,8 @@ def searched_instructions(search: Search, lm, templates: Templates) -> tuple[str
     _, tasks, pools = templates(search.space.template[0])
     [(name, task)] = tasks.items()
     examples = [(doc_text(d), answer_text(task, d)) for d in pools[name]]
-    found = tuple(propose(lm.model, lm.tokenizer, examples, n, search.prompting_of(0).seed))
+    model, tokenizer = search.proposer() if search.proposer else (lm.model, lm.tokenizer)
+    found = tuple(propose(model, tokenizer, examples, n, search.prompting_of(0).seed))
     log.info("strongest baseline: %d of %d instructions proposed from task %s's %d training examples "
              "(each a variant in the race): %s", len(found), n, name, len(examples), " | ".join(found))
     return found
@@ -354,3 +358,6 @@ def validate_baseline_search(search: DictConfig) -> None:
     require(is_int(search.n_startup_steps) and search.n_startup_steps > 1, "method.search.n_startup_steps",
             search.n_startup_steps, "must be an integer > 1 (development examples before a variant can be dropped)")
     require(search.oracle in ORACLES, "method.search.oracle", search.oracle, f"choose one of {', '.join(ORACLES)}")
+    proposer = search.get("proposer")
+    require(proposer is None or proposer in group_options("model"), "method.search.proposer", proposer,
+            f"must be null (the model under test proposes) or a model config: {', '.join(group_options('model'))}")

@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.config import ConfigError
+from sweep.config import PROJECT_ROOT, ConfigError
 from sweep.runtime.distributed import local_rank
 from sweep.runtime.files import sha256
 
@@ -199,6 +199,12 @@ def quantization_config(quant: DictConfig | None):
     if "bnb_4bit_compute_dtype" in settings:
         settings["bnb_4bit_compute_dtype"] = getattr(torch, settings["bnb_4bit_compute_dtype"])
     return BitsAndBytesConfig(**settings)
+
+
+def named_model(name: str, cache_dir: str | Path, seed: int):
+    """(model, tokenizer) of the model config conf/model/<name>.yaml (a name its group lists), loaded
+    as a job's model is: a model other than the job's own, e.g. the one that proposes instructions."""
+    return load_model_and_tokenizer(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"), cache_dir, seed)
 
 
 def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed: int, quantization=None,
