@@ -22,9 +22,9 @@ import numpy as np
 
 import sweep  # noqa: F401  (resolvers)
 from analysis import verdict
-from analysis.runs import best_by_dev, confirmations, latest_sweep_id, sweep_runs, value
+from analysis.runs import best_by_dev, confirmations, latest_sweep_id, sweep_runs
 from analysis.sequential import read_until_decided
-from analysis.summary import group_key, main_metrics, summary_text
+from analysis.summary import References, group_key, main_metrics, references, summary_text
 from sweep.config import ConfigError
 from sweep.data.splits import DEV_PREFIX
 from sweep.runtime.cli import add_tracking_uri, refuse
@@ -32,36 +32,33 @@ from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import guard_output
 from sweep.tracking.store import require_store
 from sweep.tracking.untrusted import Unquotable, printable
-from sweep.training.checks import STRONGEST
-from sweep.vocabulary import METHOD, RUN_NAME, tag_column
+from sweep.vocabulary import RUN_NAME, tag_column
 
 log = logging.getLogger("settle")
 
 
 def arms(runs, metric: str) -> tuple[list, object]:
     """(the chosen adapter and its confirming seeds, the strongest baseline) of `metric`'s claim, as
-    the summary pairs them: the baseline the latest finished strongest_baseline run of the
-    adapter's model and eval.limit."""
+    the summary pairs them (`references`: the latest finished strongest_baseline run of the
+    adapter's model and eval.limit), by their development scores."""
     chosen = best_by_dev(runs, metric)
     if chosen is None:
         raise ConfigError(f"{metric}: the sweep has no finished adapter with a development score to settle")
-    baselines = [r for _, r in runs.iterrows() if r.get(tag_column(METHOD)) == STRONGEST
-                 and r.get("status") == "FINISHED" and group_key(r) == group_key(chosen)
-                 and value(r, f"metrics.{DEV_PREFIX}{metric}") is not None]
-    if not baselines:
+    baseline = references(runs, DEV_PREFIX + metric).get(group_key(chosen), References()).strongest
+    if baseline is None:
         raise ConfigError(f"{metric}: the sweep has no finished strongest baseline of its adapters' model and "
                           "eval.limit; sweep method=strongest_baseline eval.sequential=true into it first")
-    return [chosen, *confirmations(runs, chosen["run_id"])], baselines[-1]
+    return [chosen, *confirmations(runs, chosen["run_id"])], baseline
 
 
-def settle_task(metric: str, adapter_rows: list, baseline_row, family: int) -> str:
+def settle_task(metric: str, adapter_rows: list, baseline_row, family: int, found: dict) -> str:
     """Score the two arms of `metric`'s claim block by block until decided (at level 1 - alpha over
-    the `family` of claims); record them. Returns the stop's line."""
+    the `family` of claims); record them. `found`: each run's `deferred.checked`. Returns the stop's line."""
     from sweep.pipeline.deferred import deferred_run
 
     task, name = metric.split("/", 1)
-    adapters = [deferred_run(r["run_id"], task, name) for r in adapter_rows]
-    baseline = deferred_run(baseline_row["run_id"], task, name)
+    adapters = [deferred_run(found[r["run_id"]], task, name) for r in adapter_rows]
+    baseline = deferred_run(found[baseline_row["run_id"]], task, name)
     n = {a.available for a in (*adapters, baseline)}
     if len(n) > 1:
         raise ConfigError(f"{metric}: the runs of its claim score different numbers of test examples ({sorted(n)}: "
@@ -94,11 +91,10 @@ def settle(experiment: str, sweep_id: str) -> int:
     from sweep.pipeline.deferred import checked
 
     claims = {metric: arms(runs, metric) for metric in metrics}
-    for adapters, baseline in claims.values():  # (every run of every claim, before any model loads)
-        for row in (*adapters, baseline):
-            checked(row["run_id"])
+    found = {row["run_id"]: checked(row["run_id"])  # (every run of every claim, before any model loads)
+             for adapters, baseline in claims.values() for row in (*adapters, baseline)}
     for metric, (adapters, baseline) in claims.items():
-        log.info("%s", settle_task(metric, adapters, baseline, len(metrics)))
+        log.info("%s", settle_task(metric, adapters, baseline, len(metrics), found))
     print(summary_text(mlflow.get_tracking_uri(), experiment, sweep_id, record=True), flush=True)
     return 0
 

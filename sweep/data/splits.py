@@ -26,7 +26,7 @@ from sweep.config import ConfigError
 from sweep.data.templates import render_template
 
 DEV_SPLIT = "dev"      # the name the development slice gets inside a task object
-TEST_BLOCK = "test_block"  # the name a block of test examples gets inside a task object (test_block)
+TEST_BLOCK = "test_block"  # the name a block of test examples gets inside a task object
 DEV_PREFIX = "dev/"    # development scores: dev/<task>/<metric>
 DEV_SLICE_SEED = 0
 log = logging.getLogger(__name__)
@@ -127,31 +127,30 @@ def dev_slices(tasks: dict, size: int) -> dict[str, list[int]]:
     return out
 
 
+def rows_task(task, split: str, indices: list[int], name: str):
+    """A shallow copy of `task` that scores rows `indices` of its split `split` (in that order) as
+    its reported split, named `name` inside it."""
+    import datasets
+
+    rows = copy.copy(task)
+    rows._config = copy.copy(task.config)
+    rows._config.validation_split, rows._config.test_split = name, None
+    rows.dataset = datasets.DatasetDict({**task.dataset, name: task.dataset[split].select(indices)})
+    return rows
+
+
 def dev_task(task, indices: list[int]):
     """A shallow copy of `task` that scores the development slice (or any rows of the split it comes
     from, its dev split or else its train split, given by `indices`, in that order) as its reported split."""
-    import datasets
-
-    dev = copy.copy(task)
-    dev._config = copy.copy(task.config)
-    dev._config.validation_split, dev._config.test_split = DEV_SPLIT, None
-    source = task.dataset[DEV_SPLIT if has_dev_split(task) else task.config.training_split]
-    dev.dataset = datasets.DatasetDict({**task.dataset, DEV_SPLIT: source.select(indices)})
-    return dev
+    return rows_task(task, DEV_SPLIT if has_dev_split(task) else task.config.training_split, indices, DEV_SPLIT)
 
 
 def test_block(task, ids: list[int]):
     """A shallow copy of `task` that scores its test examples `ids` (positions among the examples its
     test pass scores, in that order): a test pass read block by block (settle.py). lm-eval numbers
     the block's examples 0, 1, ...: the i-th is test example ids[i]."""
-    import datasets
-
-    block = copy.copy(task)
-    block._config = copy.copy(task.config)
     split = task.config.test_split if task.has_test_docs() else task.config.validation_split
-    block._config.validation_split, block._config.test_split = TEST_BLOCK, None
-    block.dataset = datasets.DatasetDict({**task.dataset, TEST_BLOCK: task.dataset[split].select(ids)})
-    return block
+    return rows_task(task, split, ids, TEST_BLOCK)
 
 
 def dev_tasks(tasks: dict, slices: dict[str, list[int]]) -> dict:

@@ -75,8 +75,7 @@ class DeferredRun:
         """The headline score of each test example `ids` (in that order), scored now."""
         start = time.perf_counter()
         block = {self.task: splits.test_block(self.source, ids)}
-        scores = score(self.lm, self.tm, block, self.prompting, None, log_samples=True,
-                       pools={self.task: self.pools[self.task]} if self.pools else None,
+        scores = score(self.lm, self.tm, block, self.prompting, None, log_samples=True, pools=self.pools or None,
                        demonstrations=self.demonstrations)
         self.seconds += time.perf_counter() - start
         found = sorted(scores.results["samples"][self.task], key=lambda s: s["doc_id"])
@@ -130,10 +129,19 @@ class DeferredRun:
                        lambda: client.set_tag(self.run_id, vocabulary.TEST_PASS, vocabulary.SETTLED))
 
 
-def checked(run_id: str) -> tuple[DictConfig, Plan, str, dict]:
-    """(its recorded config, checked, reading this store; its plan; its name; its tags) of a run whose
-    test pass can be settled: finished, deferred, rebuildable. ConfigError (one line) otherwise:
-    nothing loads or is scored."""
+@dataclass(frozen=True)
+class Checked:
+    """A run whose test pass can be settled, as `checked` found it."""
+    run_id: str
+    name: str
+    cfg: DictConfig                         # its recorded config, checked, reading this store
+    plan: Plan
+    variant: baselines.Variant | None       # a strongest baseline's chosen variant
+
+
+def checked(run_id: str) -> Checked:
+    """A run whose test pass can be settled: finished, deferred, rebuildable. ConfigError (one line)
+    otherwise: nothing loads or is scored."""
     run = mlflow.MlflowClient().get_run(run_id)
     tags = run.data.tags
     name = printable(str(tags.get(vocabulary.RUN_NAME, run_id)))
@@ -149,17 +157,15 @@ def checked(run_id: str) -> tuple[DictConfig, Plan, str, dict]:
         cfg.tracking.uri = mlflow.get_tracking_uri()  # (its adapter is in this store, not the checkout's default)
     validate(cfg)
     plan = plan_of(cfg, sweep="", multirun=False)
-    if plan.method.searches_prompts:
-        chosen_variant(cfg, tags.get(vocabulary.BASELINE_VARIANT), name)
-    return cfg, plan, name, tags
+    variant = chosen_variant(cfg, tags.get(vocabulary.BASELINE_VARIANT), name) if plan.method.searches_prompts \
+        else None
+    return Checked(run_id, name, cfg, plan, variant)
 
 
-def deferred_run(run_id: str, task: str, metric: str) -> DeferredRun:
-    """Run `run_id` (finished, its test pass deferred) rebuilt to score its test examples of `task`
-    by `metric`; ConfigError (one line, before a model loads) when it cannot be."""
-    cfg, plan, name, tags = checked(run_id)
-    if plan.method.searches_prompts:
-        variant = chosen_variant(cfg, tags.get(vocabulary.BASELINE_VARIANT), name)
+def deferred_run(run: Checked, task: str, metric: str) -> DeferredRun:
+    """The run `checked` found, rebuilt to score its test examples of `task` by `metric`."""
+    run_id, name, cfg, plan, variant = run.run_id, run.name, run.cfg, run.plan, run.variant
+    if variant is not None:
         search = baselines.Search(cfg.method.search, plan.prompting_at, cfg.data.dev_size, cfg.eval.limit, True,
                                   plan.pool)
         prompting, template = baselines.reported_prompting(search, variant), variant.template
