@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import mlflow
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from scripts import services as servers
@@ -300,7 +301,7 @@ def test_a_live_run_in_another_pid_namespace_is_not_taken_for_dead(tmp_path):
         mlflow.set_tracking_uri(uri)
         run = mlflow.get_run(run_id)
         assert run.data.tags["pid"] == "1"  # the first process of its namespace
-        assert close_orphaned_runs(run.info.experiment_id) == []
+        assert close_orphaned_runs(run.info.experiment_id, OmegaConf.create({"uri": uri, "outage_seconds": 5})) == []
         assert mlflow.get_run(run_id).info.status == "RUNNING"
     finally:
         proc.kill()

@@ -4,6 +4,7 @@ raised at once, after one attempt."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from types import SimpleNamespace
 
@@ -103,13 +104,48 @@ def test_closing_a_run_waits_for_the_server_but_not_for_a_refused_write(monkeypa
     monkeypatch.setattr(mlflow, "MlflowClient", lambda: SimpleNamespace(
         set_tag=lambda *a: None, log_text=lambda *a: None, set_terminated=lambda run_id, status: set_terminated()))
     run = SimpleNamespace(info=SimpleNamespace(run_id="0" * 32))
-    lifecycle._close_now(run, "FAILED", {"error": "x"}, None)
+    lifecycle._close_now(run, "FAILED", {"error": "x"}, None, 60)
     assert set_terminated.calls == 3 and pauses == [0.5, 1.0]
     set_terminated = failing(99, mlflow.exceptions.MlflowException("RESOURCE_DOES_NOT_EXIST"))
     with pytest.raises(mlflow.exceptions.MlflowException):
-        lifecycle._close_now(run, "FAILED", {}, None)
+        lifecycle._close_now(run, "FAILED", {}, None, 60)
     assert set_terminated.calls == 1
     assert any("could not be recorded FAILED" in r.getMessage() for r in caplog.records)
+
+
+def test_opening_the_experiment_and_starting_the_run_wait_for_a_server_then_fail_for_a_retry(monkeypatch, pauses):
+    """What a job does before its run exists waits for a server as its writes do (before: a trial that
+    started in a restart failed for good, `cannot be opened`, and three such ended the sweep), and
+    after the allowance fails with TrackingUnavailable, which the sweep retries, not a ConfigError;
+    a local store's error is still refused at once."""
+    from omegaconf import OmegaConf
+
+    from sweep.config import ConfigError
+    from sweep.tracking import store
+
+    lookup = failing(2, DOWN, result=SimpleNamespace(experiment_id="7", tags=store.EXPERIMENT_KIND))
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda tracking_uri=None: SimpleNamespace(
+        get_experiment_by_name=lambda name: lookup()))
+    monkeypatch.setattr(mlflow, "set_tracking_uri", lambda uri: None)
+    def tracking(**kwargs):
+        return OmegaConf.create({"uri": "http://127.0.0.1:5000", "experiment": "e", "outage_seconds": 60} | kwargs)
+    assert store.open_experiment(tracking()) == "7" and lookup.calls == 3
+    lookup = failing(99, DOWN)
+    with pytest.raises(outage.TrackingUnavailable, match="calling get_experiment_by_name"):
+        store.open_experiment(tracking(outage_seconds=3))
+    lookup = failing(99, sqlalchemy.exc.OperationalError("SELECT", {}, Exception("unable to open database file")))
+    monkeypatch.setattr(store, "init_store", lambda uri: None)
+    with pytest.raises(ConfigError, match="cannot be opened"):
+        store.open_experiment(tracking(uri="sqlite:////nowhere/mlflow.db"))
+    assert lookup.calls == 1
+
+    started = failing(2, DOWN, result=SimpleNamespace(info=SimpleNamespace(run_id="0" * 32)))
+    monkeypatch.setattr(mlflow, "start_run", lambda **kwargs: started())
+    monkeypatch.setattr(lifecycle, "system_metrics", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(lifecycle, "sending_curves", lambda *a: contextlib.nullcontext())
+    monkeypatch.setattr(lifecycle, "_close", lambda *a, **kw: None)
+    with lifecycle.mlflow_run("7", "run", {}, outage_seconds=60) as run:
+        assert run.info.run_id == "0" * 32 and started.calls == 3
 
 
 def test_a_storage_call_waits_for_the_database_and_remembers_the_outage(pauses, caplog):
@@ -137,3 +173,23 @@ def test_linking_a_dataset_tries_again_when_another_run_inserts_it_at_once(monke
     with pytest.raises(mlflow.exceptions.MlflowException):
         records.log_input(object(), "training")
     assert log_input.calls == 4 and pauses[1:] == [0.5, 1.0, 2.0]  # (the pauses that fit in its 3 s, unslept)
+
+
+def test_a_sweep_whose_trial_found_no_tracking_server_waits_for_it_then_stops_in_one_line(monkeypatch, pauses):
+    """After a trial failed for want of the server, the sweep waits for it (through the same patient
+    client) before it runs the next trial; still away: it stops with one line naming how to resume,
+    instead of failing and queueing trial after trial against a server that is gone."""
+    from sweep.study.optuna_sweeper import OptunaSweeper, SweepFailedError
+
+    listed = failing(2, DOWN)
+    monkeypatch.setattr(mlflow, "MlflowClient", lambda tracking_uri=None: SimpleNamespace(
+        search_experiments=lambda max_results: listed()))
+    sweeper = OptunaSweeper.__new__(OptunaSweeper)
+    sweeper.client = outage.PatientClient(60)
+    study = SimpleNamespace(study_name="s")
+    sweeper._wait_for_tracking(study)
+    assert listed.calls == 3 and pauses
+    listed = failing(99, DOWN)
+    sweeper.client = outage.PatientClient(3)
+    with pytest.raises(SweepFailedError, match=r"has not answered for 3 s .* rerun the same command to resume study 's'"):
+        sweeper._wait_for_tracking(study)

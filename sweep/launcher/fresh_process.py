@@ -127,7 +127,7 @@ def died(config: DictConfig, code: int) -> JobReturn:
     how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
     error = f"the job's process {how} before it returned (out of memory? see the system log)"
     log.error(error)
-    store.close_orphaned_runs(store.open_experiment(config.tracking))
+    store.close_orphaned_runs(store.open_experiment(config.tracking), config.tracking)
     ret = JobReturn(overrides=list(config.hydra.overrides.task), cfg=config, hydra_cfg=config,
                     status=JobStatus.COMPLETED)
     ret.return_value = JobOutcome("FAILED", sweep_id(config.tracking, config.hydra.sweep.dir), error=error)

@@ -57,7 +57,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     seed_tasks = load_seed_tasks(cfg.generation.seed_file, cfg.generation.in_context)
     experiment_id = store.open_experiment(cfg.tracking)
     state = State.open(Path(cfg.generation.output_dir), settings_of(cfg.model, cfg.generation, cfg.seed))
-    store.close_orphaned_runs(experiment_id)
+    store.close_orphaned_runs(experiment_id, cfg.tracking)
     interrupts.install_signal_handlers()
     memory.map_large_blocks()
     use_all_cores()

@@ -147,7 +147,7 @@ def execute(cfg: DictConfig, sweep: str | None = None, rss_at_start: float | Non
         return train_share(cfg, plan, sweep)
     job = prepare(cfg, plan, sweep)
     experiment_id = store.open_experiment(cfg.tracking)
-    store.close_orphaned_runs(experiment_id)
+    store.close_orphaned_runs(experiment_id, cfg.tracking)
     use_all_cores()
     set_seed(cfg.seed)
     trial = trials.attach(cfg)

@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import mlflow
 import optuna
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.plugins import Plugins
@@ -63,7 +62,8 @@ from sweep.study.storage import (
     storage_url,
     unopened_journal,
 )
-from sweep.tracking.store import open_experiment
+from sweep.tracking.outage import OUTAGE_SECONDS, TrackingUnavailable
+from sweep.tracking.store import client_for, open_experiment
 from sweep.vocabulary import INFEASIBLE_TAG, retried_trial
 
 POLL_SECONDS = 1.0  # how often a worker with nothing to run looks at the study again
@@ -101,7 +101,7 @@ class OptunaSweeper(Sweeper):
             self._sweep(arguments)
         except ConfigError as e:  # bad sweeper settings, search space or storage: one line, as for jobs
             sys.exit(refuse(e))
-        except SweepFailedError as e:
+        except (SweepFailedError, TrackingUnavailable) as e:  # (its trials are kept: rerunning resumes)
             sys.exit(refuse(e, code=1))
 
     def _sweep(self, arguments: list[str]) -> None:
@@ -119,7 +119,9 @@ class OptunaSweeper(Sweeper):
             study.enqueue_trial(params, user_attrs={"enqueued": True}, skip_if_exists=True)
         self.first_trial = len(study.trials)  # failures of earlier invocations do not count again
         experiment_id = open_experiment(self.config.tracking)  # (first: a new SQLite store is created under its lock)
-        self.client = mlflow.MlflowClient(tracking_uri=self.config.tracking.uri)
+        # (its calls ride out a server's restart as the jobs' do, for as long as a job's default allowance at
+        # least: the sweep holds no compute while it waits; a job's allowance bounds how long it trains blind)
+        self.client = client_for(self.config.tracking, max(self.config.tracking.outage_seconds, OUTAGE_SECONDS))
         parent = study_runs.parent_run(study, created, self.client, experiment_id, self._parent_params(space),
                                        unfinished=len(settled_trials(study)) < self.settings.n_trials)
         self._recover(study)
@@ -128,7 +130,7 @@ class OptunaSweeper(Sweeper):
         try:
             self._run_trials(study, space, parent)
         except (SweepFailedError, ConfigError):
-            self.client.set_terminated(parent, "FAILED")
+            self._close_parent_failed(parent)
             raise
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the workers stop too, each closing its run
             processes.stop(workers, signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
@@ -285,6 +287,24 @@ class OptunaSweeper(Sweeper):
             if outcome.retry:  # the tracking server was away for longer than tracking.outage_seconds
                 requeue(study, study.trials[trial.number])
                 log.warning("trial %d failed for want of the tracking server: queued again", trial.number)
+                self._wait_for_tracking(study)
+
+    def _wait_for_tracking(self, study: optuna.Study) -> None:
+        """After a trial failed for want of the tracking server, the next waits for it here (the sweep's
+        own allowance): past that the sweep stops (the trial stays queued), rather than fail and queue
+        trial after trial against a server that is gone."""
+        try:
+            self.client.search_experiments(max_results=1)
+        except TrackingUnavailable as e:
+            raise SweepFailedError(f"{e}; rerun the same command to resume study {study.study_name!r}") from None
+
+    def _close_parent_failed(self, parent: str) -> None:
+        """The study's parent run FAILED, if the tracking server takes it (a sweep stopped for want of
+        the server leaves it RUNNING: the next command that resumes the study reopens it)."""
+        try:
+            self.client.set_terminated(parent, "FAILED")
+        except TrackingUnavailable as e:
+            log.error("the study's parent run %s stays RUNNING: %s", parent, e)
 
     def _constrain(self, study: optuna.Study, trial: optuna.Trial, outcome) -> None:
         """The trial's constraint values (Optuna's samplers and best_trial rank infeasible trials

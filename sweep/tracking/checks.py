@@ -102,7 +102,7 @@ def probe_server(uri: str) -> None:
     """A tracking server that cannot be reached within PROBE_SECONDS, refused in one line: MLflow's
     client would retry for minutes, printing a warning per try. An answer of any kind passes (a
     proxy may guard /health); only no connection fails. Asked once, as a command starts (a job of a
-    running sweep rides out an outage on the client's retries instead)."""
+    running sweep rides out a later outage for tracking.outage_seconds: tracking/outage.py)."""
     if uri.startswith(("postgresql", "mysql", "mssql")):
         probe_database(uri)
         return

@@ -41,16 +41,17 @@ def git_state() -> tuple[str, bool]:
         return "unknown", True
 
 
-def _close(run, status: str, tags: dict[str, str], traceback_text: str | None = None) -> None:
+def _close(run, status: str, tags: dict[str, str], traceback_text: str | None = None,
+           seconds: float = CLOSE_SECONDS) -> None:
     """End `run` with `status`, even when the interruption left the fluent client mid-call
     (a signal can land inside an MLflow write) or the store is briefly unavailable: a fresh
-    client, retried for up to CLOSE_SECONDS."""
+    client, retried for up to `seconds`."""
     with atomic_write():
-        _close_now(run, status, tags, traceback_text)
+        _close_now(run, status, tags, traceback_text, seconds)
 
 
-def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | None) -> None:
-    """Tags, traceback and status, waiting up to CLOSE_SECONDS for a store that cannot be reached; a
+def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | None, seconds: float) -> None:
+    """Tags, traceback and status, waiting up to `seconds` for a store that cannot be reached; a
     write the store refuses would be refused again, so it is not retried."""
     run_id = run.info.run_id
 
@@ -63,7 +64,7 @@ def _close_now(run, status: str, tags: dict[str, str], traceback_text: str | Non
         client.set_terminated(run_id, status)
 
     try:
-        retry(write, transient=outage.unreachable, seconds=CLOSE_SECONDS, who=outage.TRACKING,
+        retry(write, transient=outage.unreachable, seconds=seconds, who=outage.TRACKING,
               what=f"closing run {run_id} {status}", first=0.5, most=8.0)
     except Exception as e:
         log.error("run %s could not be recorded %s (%s); it stays RUNNING until a later run closes it KILLED",
@@ -86,12 +87,14 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_i
     `system_metrics_interval`: seconds between samples of the machine (system/* curves); None: none.
     `outage_seconds`: how long the job trains on and waits for a tracking server that does not answer
     (outage.py: the curve is sent by a thread of its own and the run ends only once it is all sent)."""
-    with atomic_write():
-        if resume_run_id:
-            run = mlflow.start_run(run_id=resume_run_id, tags=redacted(tags), log_system_metrics=False)
-        else:
-            run = mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags),
-                                   log_system_metrics=False)
+    def start():
+        with atomic_write():
+            if resume_run_id:
+                return mlflow.start_run(run_id=resume_run_id, tags=redacted(tags), log_system_metrics=False)
+            return mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags),
+                                    log_system_metrics=False)
+    run = outage.patiently(start, "starting the run", outage_seconds)
+    closing = max(CLOSE_SECONDS, outage_seconds)  # (a finished or failed run waits as long as its writes did)
     in_trial = TRIAL_NUMBER in tags
     trial_failed = {TRIAL_STATE: "FAIL"} if in_trial else {}
     signals_before = signals_received()
@@ -102,13 +105,14 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_i
         _close(run, "KILLED", {TRIAL_STATE: "PRUNED"})
         raise
     except BaseException as e:
-        if interrupted(e, signals_before):
+        if interrupted(e, signals_before):  # (a user waiting on Ctrl-C: CLOSE_SECONDS at most)
             _close(run, "KILLED", {"error": "interrupted"} | trial_failed)
             raise
-        _close(run, "FAILED", {"error": f"{type(e).__name__}: {e}"[:5000]} | trial_failed, traceback.format_exc())
+        _close(run, "FAILED", {"error": f"{type(e).__name__}: {e}"[:5000]} | trial_failed, traceback.format_exc(),
+               seconds=closing)
         raise
     else:
-        _close(run, "FINISHED", {TRIAL_STATE: "COMPLETE"} if in_trial else {})
+        _close(run, "FINISHED", {TRIAL_STATE: "COMPLETE"} if in_trial else {}, seconds=closing)
 
 
 def start_tags(described: dict[str, str], sweep_id: str, user_tags: dict, trial_tags: dict[str, str]) -> dict[str, str]:

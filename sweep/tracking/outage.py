@@ -66,6 +66,24 @@ def patiently(write, what: str, seconds: float | None = None):
                  give_up=lambda e: gave_up(seconds, what, e))
 
 
+class PatientClient:
+    """An MlflowClient whose every call waits for a tracking server that cannot be reached (`patiently`,
+    up to `seconds`; then TrackingUnavailable): for the bookkeeping around runs (a sweep's parent run,
+    opening the experiment, closing orphans), which must ride out a restart as the runs' writes do."""
+
+    def __init__(self, seconds: float, tracking_uri: str | None = None):
+        import mlflow
+
+        self._client, self._seconds = mlflow.MlflowClient(tracking_uri=tracking_uri), seconds
+
+    def __getattr__(self, name: str):
+        call = getattr(self._client, name)
+        if not callable(call):
+            return call
+        return functools.wraps(call)(lambda *args, **kwargs: patiently(
+            lambda: call(*args, **kwargs), f"calling {name}", self._seconds))
+
+
 class Abandoned(Exception):
     """The job stopped waiting for the curve's sender (close() ran out of time)."""
 

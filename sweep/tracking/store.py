@@ -14,6 +14,7 @@ from sweep.config import PROJECT_ROOT, ConfigError
 from sweep.runtime import processes
 from sweep.runtime.retry import first_line
 from sweep.runtime.secrets import redact
+from sweep.tracking import outage
 from sweep.tracking.checks import is_server, probe_server
 from sweep.vocabulary import ERROR
 
@@ -98,13 +99,22 @@ def runs_page(tracking_uri: str, experiment_id: str) -> str:
     return f"{redact(base).rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def client_for(tracking: DictConfig, seconds: float | None = None):
+    """The client for `tracking.uri`: a server's calls wait for it up to `seconds` (default
+    `tracking.outage_seconds`; every command has reached it once as it started: sweep.py's probe; a
+    restart meanwhile is ridden out, then TrackingUnavailable); a local store's errors are raised at once."""
+    if is_server(tracking.uri):
+        return outage.PatientClient(float(seconds or tracking.outage_seconds), tracking_uri=tracking.uri)
+    return mlflow.MlflowClient(tracking_uri=tracking.uri)
+
+
 def open_experiment(tracking: DictConfig) -> str:
     """Point MLflow at `tracking.uri` and return the id of `tracking.experiment` (created if new,
     and marked a model-training experiment, so the MLflow UI opens on its runs)."""
     mlflow.set_tracking_uri(tracking.uri)
     try:
         init_store(tracking.uri)
-        client = mlflow.MlflowClient()
+        client = client_for(tracking)
         exp = client.get_experiment_by_name(tracking.experiment)
         if exp is None:
             try:
@@ -118,6 +128,8 @@ def open_experiment(tracking: DictConfig) -> str:
             if key not in exp.tags:  # (an experiment made before the tag; a kind someone chose stays)
                 client.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
+    except outage.TrackingUnavailable:  # (a server that answered as the command started: a retry may find it)
+        raise
     except Exception as e:
         raise ConfigError(
             f"tracking.uri={redact(tracking.uri)!r} cannot be opened ({type(e).__name__}: "
@@ -126,10 +138,10 @@ def open_experiment(tracking: DictConfig) -> str:
         ) from None
 
 
-def close_orphaned_runs(experiment_id: str) -> list[str]:
+def close_orphaned_runs(experiment_id: str, tracking: DictConfig) -> list[str]:
     """Close as KILLED the experiment's RUNNING runs whose process, on this host, is gone (a
     SIGKILL or a crash runs no cleanup); every job does this as it starts. Returns their ids."""
-    client = mlflow.MlflowClient()
+    client = client_for(tracking)
     closed = []
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         if processes.owner_gone(run.data.tags):
