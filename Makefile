@@ -60,8 +60,9 @@ reproduce: $(STAMP) ## re-run a recorded run and compare every metric: make repr
 quantization: $(STAMP) ## the quantization lab on the bundled model's weights (reports/quantization)
 	$(PY) -m labs.quantization
 
-bench: $(STAMP) ## the benchmark suite on SmolLM2-135M (about 1 h 50 min on 2 cores): bench/results.{json,md}
-	$(PY) bench/run.py
+PROFILE ?= full
+bench: $(STAMP) ## the benchmark suite on SmolLM2-135M (about 1 h 50 min on 2 cores; PROFILE=session: every row on reduced sizes, at most 30 min): bench/results.{json,md}
+	$(PY) bench/run.py --profile $(PROFILE)
 
 bench-gpu: $(STAMP) ## GPU figures (LoRA, QLoRA: tokens/s, MFU, peak memory), under 10 min; needs a GPU
 	$(PY) bench/gpu.py

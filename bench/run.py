@@ -1,4 +1,5 @@
-"""The benchmark suite: `make bench` (SmolLM2-135M, about 1 h 50 min on 2 CPU cores) or
+"""The benchmark suite: `make bench` (SmolLM2-135M, about 1 h 50 min on 2 CPU cores), `make bench
+PROFILE=session` (every row on reduced sizes, at most 30 min: a session's check after a change) or
 `python bench/run.py --quick` (the tiny model, ~6 min; the test suite runs two of its rows).
 
 These machines are noisy, so every figure is a ratio of two things measured side by side in this
@@ -49,7 +50,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import FULL, QUICK, ROOT  # noqa: E402
+from bench.common import PROFILES, ROOT  # noqa: E402
 from bench.rows_scoring import ScoringRows  # noqa: E402
 from bench.rows_sweeps import SweepRows, sweep_efficiency_figures  # noqa: E402,F401  (tests read the figures)
 from bench.rows_training import TrainingRows  # noqa: E402
@@ -106,7 +107,10 @@ def carried_over(previous: dict, results: dict, only: list[str]) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="the tiny model and few steps (a smoke test)")
+    ap.add_argument("--profile", choices=PROFILES, default="full",
+                    help="full: the README's figures (about 1 h 50 min on 2 cores); session: every row on reduced "
+                         "sizes, SmolLM2 still (at most 30 min); quick: the tiny model (a smoke test)")
+    ap.add_argument("--quick", action="store_const", const="quick", dest="profile", help="--profile quick")
     ap.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
                     help=f"run these benchmarks only, keeping the other rows of --out's results.json: {', '.join(BENCHMARKS)}")
     ap.add_argument("--out", default=str(ROOT / "bench"), help="folder for results.json and results.md")
@@ -114,15 +118,15 @@ def main(argv=None) -> int:
                                                        "quick: 16); lm-eval's own HFLM takes about an hour for all 872")
     ap.add_argument("--repeats", type=int, help="repeats of each timing, their median reported (default: 1)")
     a = ap.parse_args(argv)
-    params = dict(QUICK if a.quick else FULL)
+    params = dict(PROFILES[a.profile])
     if a.repeats:
         params["repeats"] = a.repeats
     if a.panel_examples:
         params["panel_examples"] = a.panel_examples
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    results = {"machine": describe_machine(), "mode": "quick (tiny model)" if a.quick else f"full ({params['model']})",
-               "params": params, "benchmarks": {}}
+    mode = "quick (tiny model)" if a.profile == "quick" else f"{a.profile} ({params['model']})"
+    results = {"machine": describe_machine(), "mode": mode, "params": params, "benchmarks": {}}
     if a.only and (out / "results.json").is_file():
         results = carried_over(json.loads((out / "results.json").read_text()), results, a.only)
     began = time.perf_counter()
@@ -131,7 +135,8 @@ def main(argv=None) -> int:
         for name in a.only or BENCHMARKS:
             start = time.perf_counter()
             print(f"[bench] {name} ...", flush=True)
-            results["benchmarks"][name] = getattr(bench, name)() | {"bench_seconds": time.perf_counter() - start}
+            results["benchmarks"][name] = getattr(bench, name)() | {"bench_seconds": time.perf_counter() - start,
+                                                                     "profile": a.profile}
             print(f"[bench] {name}: {json.dumps(results['benchmarks'][name])}", flush=True)
             write(results, out)
     if not a.only:

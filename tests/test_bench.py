@@ -23,6 +23,7 @@ def test_the_benchmark_runs_and_writes_its_rows_with_their_settings(tmp_path):
     results = json.loads((tmp_path / "results.json").read_text())
     rows = results["benchmarks"]
     assert set(rows) == {"padding", "judged_kl"} and all(row["bench_seconds"] > 0 for row in rows.values())
+    assert all(row["profile"] == "quick" for row in rows.values())  # (a row carried into another run keeps its own)
     assert results["mode"] == "quick (tiny model)" and results["params"]["model"] == "tiny" and results["machine"]
     assert rows["padding"]["group_by_length"]["pad_fraction"] < rows["padding"]["random"]["pad_fraction"]
     assert rows["judged_kl"]["rows"] == 16 + 16 and rows["judged_kl"]["max_abs_difference"] < 1e-2
