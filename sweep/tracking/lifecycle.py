@@ -25,7 +25,8 @@ from sweep.tracking.system_metrics import system_metrics
 from sweep.vocabulary import GIT_COMMIT, GIT_DIRTY, SWEEP_ID, TRIAL_NUMBER, TRIAL_STATE, WORLD_SIZE
 
 log = logging.getLogger(__name__)
-CLOSE_SECONDS = 60.0  # how long ending a run waits for a store that does not answer
+CLOSE_SECONDS = 60.0   # how long ending an interrupted run waits for a store that does not answer (a user waits)
+FAILED_SECONDS = 300.0  # how long ending a failed run waits (a server's restart, 10 s to a minute, and more)
 
 
 def git_state() -> tuple[str, bool]:
@@ -94,7 +95,6 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_i
             return mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags),
                                     log_system_metrics=False)
     run = outage.patiently(start, "starting the run", outage_seconds)
-    closing = max(CLOSE_SECONDS, outage_seconds)  # (a finished or failed run waits as long as its writes did)
     in_trial = TRIAL_NUMBER in tags
     trial_failed = {TRIAL_STATE: "FAIL"} if in_trial else {}
     signals_before = signals_received()
@@ -109,10 +109,11 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_i
             _close(run, "KILLED", {"error": "interrupted"} | trial_failed)
             raise
         _close(run, "FAILED", {"error": f"{type(e).__name__}: {e}"[:5000]} | trial_failed, traceback.format_exc(),
-               seconds=closing)
+               seconds=FAILED_SECONDS)
         raise
-    else:
-        _close(run, "FINISHED", {TRIAL_STATE: "COMPLETE"} if in_trial else {}, seconds=closing)
+    else:  # (a finished run holds its results: it waits as long as its writes did)
+        _close(run, "FINISHED", {TRIAL_STATE: "COMPLETE"} if in_trial else {},
+               seconds=max(FAILED_SECONDS, outage_seconds))
 
 
 def start_tags(described: dict[str, str], sweep_id: str, user_tags: dict, trial_tags: dict[str, str]) -> dict[str, str]:
