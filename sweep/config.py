@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONF_DIR = PROJECT_ROOT / "conf"  # the config groups (conf/<group>/<option>.yaml)
 TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own variable: a team's server, when set
 
 DEFAULT_TEMPLATE = "default"  # eval.template whose task is tasks/<task>.yaml itself (others: <task>_<template>)
@@ -45,13 +46,13 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
     from hydra import compose, initialize_config_dir
 
     register_resolvers()
-    with initialize_config_dir(config_dir=str(PROJECT_ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
 
 def group_options(group: str) -> list[str]:
     """The options of a config group: conf/<group>/*.yaml (a `_`-prefixed file is a shared part)."""
-    return sorted(p.stem for p in (PROJECT_ROOT / "conf" / group).glob("*.yaml") if not p.stem.startswith("_"))
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def close_matches(value: str, allowed) -> str:

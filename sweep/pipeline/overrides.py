@@ -13,13 +13,12 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sweep.config import PROJECT_ROOT, ConfigError, close_matches, group_options
+from sweep.config import CONF_DIR, ConfigError, close_matches, group_options
 from sweep.pipeline.checks import validate
 from sweep.runtime.cli import refuse
 from sweep.runtime.retry import first_line
 from sweep.tracking.checks import probe_server
 
-CONF = PROJECT_ROOT / "conf"
 ADDABLE = ("tracking.tags.",)  # keys a user may add with +: the run's own tags
 FLAGS_WITH_VALUES = ("--cfg", "-c", "--package", "-p", "--experimental-rerun")  # Hydra's: `--cfg job`
 
@@ -39,12 +38,12 @@ def _keys(node, prefix: str = "") -> list[str]:
 def option_keys(group: str, option: str) -> set[str]:
     """The dotted keys a group option sets, with those of the options of the same group it builds
     on (its defaults list, e.g. data/self_instruct_generated.yaml on data/self_instruct.yaml)."""
-    path = CONF / group / f"{option}.yaml"
+    path = CONF_DIR / group / f"{option}.yaml"
     is_global = "@package _global_" in path.read_text()  # experiment/ and hparams_search/ files
     node = OmegaConf.load(path)
     keys = set(_keys(node, "" if is_global else f"{group}."))
     for parent in node.get("defaults", []):
-        if isinstance(parent, str) and parent != "_self_" and (CONF / group / f"{parent}.yaml").is_file():
+        if isinstance(parent, str) and parent != "_self_" and (CONF_DIR / group / f"{parent}.yaml").is_file():
             keys |= option_keys(group, parent)
     return keys
 
@@ -68,12 +67,12 @@ def check_overrides(args: list[str], defaults: DictConfig, entry: str = "sweep.p
         if o.is_delete():
             raise ConfigError(f"{o.input_line}: deleting a key leaves the job without it; set a value instead "
                               f"({o.key_or_group}=...)")
-        if (o.is_add() or o.is_force_add()) and not (CONF / o.key_or_group).is_dir() \
+        if (o.is_add() or o.is_force_add()) and not (CONF_DIR / o.key_or_group).is_dir() \
                 and not o.key_or_group.startswith(ADDABLE):
             raise ConfigError(f"{o.input_line}: nothing reads a new key {o.key_or_group}; set an existing key "
                               f"(`python {entry} --cfg job` lists them), or add tags as +tracking.tags.<name>=...")
     overrides = [o for o in parsed if not o.is_hydra_override() and not o.is_add() and not o.is_force_add()]
-    chosen = {o.key_or_group: o for o in overrides if (CONF / o.key_or_group).is_dir()}
+    chosen = {o.key_or_group: o for o in overrides if (CONF_DIR / o.key_or_group).is_dir()}
     for group, o in chosen.items():
         for option in o.sweep_string_iterator() if o.is_sweep_override() else [o.value()]:
             if str(option) not in group_options(group) and group != "hydra":
@@ -130,7 +129,7 @@ def single_group_choices(args: list[str], hydra: bool = False) -> list[str]:
     """The command line's single choices of a config group (`model=tiny`; `hydra/launcher=basic`
     too when `hydra`); a swept group (`method=lora,full`) is not one."""
     return [a for a in args if (hydra and a.startswith("hydra/"))
-            or ("=" in a and not a.startswith(("+", "~")) and (CONF / a.split("=", 1)[0]).is_dir()
+            or ("=" in a and not a.startswith(("+", "~")) and (CONF_DIR / a.split("=", 1)[0]).is_dir()
                 and "," not in a.split("=", 1)[1])]
 
 
@@ -205,7 +204,7 @@ def exit_on_bad_overrides(argv: list[str], config_name: str = "config", check=va
     overrides = [a for i, a in enumerate(argv)
                  if not a.startswith("-") and (i == 0 or argv[i - 1] not in FLAGS_WITH_VALUES)]
     try:
-        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             composed = Composer(compose, config_name).composed
             check_overrides(overrides, composed_defaults(composed, overrides), Path(sys.argv[0]).name)
             check_hydra_overrides(overrides, composed)

@@ -358,6 +358,6 @@ def validate_baseline_search(search: DictConfig) -> None:
     require(is_int(search.n_startup_steps) and search.n_startup_steps > 1, "method.search.n_startup_steps",
             search.n_startup_steps, "must be an integer > 1 (development examples before a variant can be dropped)")
     require(search.oracle in ORACLES, "method.search.oracle", search.oracle, f"choose one of {', '.join(ORACLES)}")
-    proposer = search.get("proposer")
-    require(proposer is None or proposer in group_options("model"), "method.search.proposer", proposer,
-            f"must be null (the model under test proposes) or a model config: {', '.join(group_options('model'))}")
+    proposer, models = search.get("proposer"), group_options("model")
+    require(proposer is None or proposer in models, "method.search.proposer", proposer,
+            f"must be null (the model under test proposes) or a model config: {', '.join(models)}")

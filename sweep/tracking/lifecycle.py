@@ -20,7 +20,7 @@ from sweep.runtime.retry import first_line, retry
 from sweep.runtime.secrets import redact
 from sweep.tracking import outage
 from sweep.tracking.outage import OUTAGE_SECONDS, sending_curves
-from sweep.tracking.records import redacted
+from sweep.tracking.records import redacted, stored
 from sweep.tracking.system_metrics import system_metrics
 from sweep.vocabulary import GIT_COMMIT, GIT_DIRTY, SWEEP_ID, TRIAL_NUMBER, TRIAL_STATE, WORLD_SIZE
 
@@ -89,12 +89,11 @@ def mlflow_run(experiment_id: str, name: str, tags: dict[str, str], resume_run_i
     `outage_seconds`: how long the job trains on and waits for a tracking server that does not answer
     (outage.py: the curve is sent by a thread of its own and the run ends only once it is all sent)."""
     def start():
-        with atomic_write():
-            if resume_run_id:
-                return mlflow.start_run(run_id=resume_run_id, tags=redacted(tags), log_system_metrics=False)
-            return mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags),
-                                    log_system_metrics=False)
-    run = outage.patiently(start, "starting the run", outage_seconds)
+        if resume_run_id:
+            return mlflow.start_run(run_id=resume_run_id, tags=redacted(tags), log_system_metrics=False)
+        return mlflow.start_run(experiment_id=experiment_id, run_name=name, tags=redacted(tags),
+                                log_system_metrics=False)
+    run = stored("starting the run", start, outage_seconds)
     in_trial = TRIAL_NUMBER in tags
     trial_failed = {TRIAL_STATE: "FAIL"} if in_trial else {}
     signals_before = signals_received()

@@ -42,13 +42,13 @@ TRAINED_ADAPTER = "default"  # peft's name of the adapter a job trains (TRL may 
 log = logging.getLogger(__name__)
 
 
-def stored(what: str, write):
+def stored(what: str, write, seconds: float | None = None):
     """`write()` shielded from a signal landing mid-write, and tried again while the tracking server
-    cannot be reached (for up to tracking.outage_seconds)."""
+    cannot be reached (for up to `seconds`: the active run's tracking.outage_seconds by default)."""
     def attempt():
         with atomic_write():
             return write()
-    return outage.patiently(attempt, what)
+    return outage.patiently(attempt, what, seconds)
 
 
 def log_baseline_choice(best, panel: list[dict], demonstrations: list, dev_size: int, name_suffix: str = "",

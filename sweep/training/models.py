@@ -21,7 +21,7 @@ import torch
 from filelock import FileLock
 from omegaconf import DictConfig, OmegaConf
 
-from sweep.config import PROJECT_ROOT, ConfigError
+from sweep.config import CONF_DIR, ConfigError
 from sweep.runtime.distributed import local_rank
 from sweep.runtime.files import sha256
 
@@ -204,7 +204,7 @@ def quantization_config(quant: DictConfig | None):
 def named_model(name: str, cache_dir: str | Path, seed: int):
     """(model, tokenizer) of the model config conf/model/<name>.yaml (a name its group lists), loaded
     as a job's model is: a model other than the job's own, e.g. the one that proposes instructions."""
-    return load_model_and_tokenizer(OmegaConf.load(PROJECT_ROOT / "conf" / "model" / f"{name}.yaml"), cache_dir, seed)
+    return load_model_and_tokenizer(OmegaConf.load(CONF_DIR / "model" / f"{name}.yaml"), cache_dir, seed)
 
 
 def load_model_and_tokenizer(model_cfg: DictConfig, cache_dir: str | Path, seed: int, quantization=None,
