@@ -69,10 +69,23 @@ def test_a_jobs_write_waits_for_the_tracking_server_through_the_helper(pauses, c
     assert len(helper_lines(caplog)) == 2
     with pytest.raises(outage.TrackingUnavailable, match="has not answered for 3 s while logging scores"):
         outage.patiently(failing(99, DOWN), "logging scores", seconds=3)
-    refused = failing(1, mlflow.exceptions.MlflowException("INVALID_PARAMETER_VALUE"))
+    refused = failing(1, mlflow.exceptions.RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "no"}))
     with pytest.raises(mlflow.exceptions.MlflowException):
         outage.patiently(refused, "logging scores", seconds=60)
     assert refused.calls == 1
+    # a server whose database is away answers 503 TEMPORARILY_UNAVAILABLE, or its auth app an HTML 500 (raised at
+    # once when MLflow's own retries are off): waited for like a server that is down, as MLflow's retries would
+    # (before: the job failed at once, and its run's FAILED close too, leaving the run RUNNING)
+    page = ("API request to endpoint /api/2.0/mlflow/runs/log-batch failed with error code 500 != 200. "
+            "Response body: '<!doctype html><title>500 Internal Server Error</title>'")
+    for answer in (mlflow.exceptions.RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "psycopg"}),
+                   mlflow.exceptions.MlflowException(page)):
+        database_away = failing(2, answer)
+        assert outage.patiently(database_away, "logging scores", seconds=60) == "done" and database_away.calls == 3
+    for refusal in (mlflow.exceptions.RestException({"error_code": "RESOURCE_DOES_NOT_EXIST", "message": "no run"}),
+                    mlflow.exceptions.MlflowException(page.replace("500", "404")),
+                    mlflow.exceptions.MlflowException("a local store's error (INTERNAL_ERROR by default)")):
+        assert not outage.unreachable(refusal)
 
 
 def test_the_curve_keeps_its_points_through_an_outage_and_stops_at_a_refusal(monkeypatch, caplog):

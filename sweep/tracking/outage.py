@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import functools
 import logging
+import re
 import threading
 import time
 from contextlib import contextmanager
@@ -36,10 +37,28 @@ class TrackingUnavailable(RuntimeError):
     """The tracking server did not answer for the job's whole allowance (`tracking.outage_seconds`)."""
 
 
+# The HTTP statuses MLflow's own client retries (mlflow.utils.request_utils): with its retries on they
+# reach us as a RetryError past them; with them off (MLFLOW_HTTP_REQUEST_MAX_RETRIES=0) as the server's
+# answer, e.g. a 503 TEMPORARILY_UNAVAILABLE or an HTML 500 from the auth app while its database is away
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+PAGE_STATUS = re.compile(r"API request to endpoint \S+ failed with error code (\d+) ")  # (MLflow's words, non-JSON)
+
+
+def answered_status(e: BaseException) -> int | None:
+    """The HTTP status of a tracking server's error answer (None when `e` is not one)."""
+    from mlflow.exceptions import MlflowException, RestException
+
+    if isinstance(e, RestException):
+        return e.get_http_status_code()
+    match = PAGE_STATUS.match(str(e)) if isinstance(e, MlflowException) else None
+    return int(match.group(1)) if match else None
+
+
 def unreachable(e: BaseException) -> bool:
     """Whether an error means the tracking store could not be reached (worth waiting for), as
     opposed to a refused write, which would fail again: a connection refused or reset, a timeout,
-    a proxy's 502/503 past MLflow's retries, a database-backed store's lost connection."""
+    a proxy's 502/503 past MLflow's retries, a server answering what MLflow's client retries (its
+    database away: raised at once when those retries are off), a database-backed store's lost connection."""
     import requests
     import sqlalchemy.exc
 
@@ -48,6 +67,8 @@ def unreachable(e: BaseException) -> bool:
         if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                           requests.exceptions.RetryError, sqlalchemy.exc.OperationalError,
                           sqlalchemy.exc.InterfaceError, ConnectionError, TimeoutError)):
+            return True
+        if answered_status(e) in TRANSIENT_STATUSES:
             return True
         e, seen = e.__cause__ or e.__context__, seen + 1
     return False
