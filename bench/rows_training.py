@@ -84,29 +84,39 @@ class TrainingRows(BenchBase):
 
     # 4 -------------------------------------------------------------------------------------------
     def padding(self) -> dict:
-        from transformers import DataCollatorForSeq2Seq, Trainer
+        """Pad fraction and training tokens/s of padded batches, random and length-grouped, beside
+        padding-free ones (train.padding_free: one flattened row, attention kept within each example)."""
+        from transformers import Trainer
 
         from sweep.pipeline.build import build
-        from sweep.training.sft import train, training_arguments
+        from sweep.training.sft import batch_collator, train, training_arguments
 
+        variants = {"random": ("random", False), "group_by_length": ("group_by_length", False),
+                    "padding_free": ("random", True), "padding_free_grouped": ("group_by_length", True)}
         out = {}
-        for sampling in ("random", "group_by_length"):
-            cfg = self.cfg(f"train.sampling={sampling}", f"train.max_steps={self.p['steps']}")
+        for label, (sampling, padding_free) in variants.items():
+            cfg = self.cfg(f"train.sampling={sampling}", f"train.padding_free={str(padding_free).lower()}",
+                           f"train.max_steps={self.p['steps']}")
             built = build(cfg)
             with tempfile.TemporaryDirectory() as folder:
                 trainer = Trainer(model=built.model, args=training_arguments(cfg.train, cfg.seed, folder),
                                   train_dataset=built.train_dataset,
-                                  data_collator=DataCollatorForSeq2Seq(built.tokenizer, padding=True))
+                                  data_collator=batch_collator(built.tokenizer, padding_free=False))
                 pads = total = 0
-                for i, batch in enumerate(trainer.get_train_dataloader()):
+                for i, batch in enumerate(trainer.get_train_dataloader()):  # (the batches as padded)
                     pads += int((batch["attention_mask"] == 0).sum())
                     total += batch["attention_mask"].numel()
                     if i + 1 == self.p["steps"]:
                         break
                 rates = [train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed,
                                folder).tokens_per_second for _ in range(self.p["repeats"])]
-            out[sampling] = {"pad_fraction": pads / total, "tokens_per_second": median(rates)}
-        out["tokens_per_second_ratio"] = out["group_by_length"]["tokens_per_second"] / out["random"]["tokens_per_second"]
+            out[label] = {"pad_fraction": 0.0 if padding_free else pads / total, "tokens_per_second": median(rates)}
+        grouped = out["group_by_length"]["tokens_per_second"]
+        out["tokens_per_second_ratio"] = grouped / out["random"]["tokens_per_second"]
+        out["padding_free_ratio"] = max(out["padding_free"]["tokens_per_second"],
+                                        out["padding_free_grouped"]["tokens_per_second"]) / grouped
+        out["note"] = ("tokens/s of non-padding tokens; padding_free_ratio: the faster padding-free variant over "
+                       "length-grouped padded batches (> 1: padding-free pays)")
         return out
 
     # 4b ------------------------------------------------------------------------------------------

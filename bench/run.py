@@ -15,7 +15,8 @@ bench/results.md (or --out).
    strongest search   the strongest baseline's search (18 variants): every variant on the whole
                       development slice (the protocol before the race: 200 examples, p_threshold=0)
                       vs the race (sweep/scoring/race.py) on twice as many: seconds, and what each chose
-4. padding waste      pad fraction and tokens/s, random vs length-grouped batches
+4. padding waste      pad fraction and tokens/s, random vs length-grouped batches, and padding-free
+                      ones (train.padding_free) of each
    training features  tokens/s with and without the answer-only LM head, and bf16 autocast
 5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner on the same
                       space (its grid sampler by default: every configuration is started, the

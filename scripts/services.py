@@ -160,7 +160,10 @@ def start_mlflow(root: Path, pg_port: int, port: int, timeout: float = 180) -> N
     env = os.environ | {"MLFLOW_BACKEND_STORE_URI": storage_url(root, pg_port, "mlflow"),  # (none on the command line)
                         "MLFLOW_AUTH_CONFIG_PATH": str(auth.resolve()),
                         "MLFLOW_AUTH_ADMIN_PASSWORD": password_of(root, "mlflow-password"),
-                        "MLFLOW_FLASK_SERVER_SECRET_KEY": password_of(root, "mlflow-secret-key")}
+                        "MLFLOW_FLASK_SERVER_SECRET_KEY": password_of(root, "mlflow-secret-key"),
+                        # no job runner: its four huey consumers (GenAI scorers, trace roll-ups: nothing this
+                        # project asks of a server) each take an interpreter's start-up and poll all along
+                        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(name, None)
     cmd = [str(mlflow), "server", "--app-name", "basic-auth", "--host", HOST, "--port", str(port), "--workers", "2",

@@ -141,10 +141,17 @@ def test_prefix_cached_k_shot_scores_equal_lm_evals(tiny, sst2_pool, template):
     assert [a[1] for a in ours] == [b[1] for b in theirs]
 
 
-def test_multi_token_answers_and_a_lora_model_match_lm_eval_too(tiny):
+@pytest.mark.parametrize("selective", [True, False])
+def test_multi_token_answers_and_a_lora_model_match_lm_eval_too(tiny, monkeypatch, selective):
+    """Answers of several tokens at different positions in one batch (logits kept there only), and a
+    model without `logits_to_keep` (every position's logits, as lm-eval)."""
     from peft import LoraConfig, get_peft_model
 
+    from sweep.scoring import prefix_cache
+
     model = get_peft_model(tiny[0], LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights="gaussian"))
+    assert prefix_cache.keeps_logits(model)
+    monkeypatch.setattr(prefix_cache, "keeps_logits", lambda m: selective)
     try:
         cached, stock = make_lm(model, tiny[1], batch_size=3), HFLM(pretrained=model, tokenizer=tiny[1], batch_size=3)
         shared = "A shared instruction that is long enough to be cached. " * 4
@@ -152,6 +159,7 @@ def test_multi_token_answers_and_a_lora_model_match_lm_eval_too(tiny):
                     for q in ("Is it good?", "Is it bad? Tell me") for a in (" yes it is", " no", " maybe so")]
         ours, theirs = cached.loglikelihood(requests, disable_tqdm=True), stock.loglikelihood(requests, disable_tqdm=True)
         assert max(abs(a[0] - b[0]) for a, b in zip(ours, theirs)) < 1e-4
+        assert [a[1] for a in ours] == [b[1] for b in theirs]
     finally:
         model.unload()
 

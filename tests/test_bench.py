@@ -26,5 +26,6 @@ def test_the_benchmark_runs_and_writes_its_rows_with_their_settings(tmp_path):
     assert all(row["profile"] == "quick" for row in rows.values())  # (a row carried into another run keeps its own)
     assert results["mode"] == "quick (tiny model)" and results["params"]["model"] == "tiny" and results["machine"]
     assert rows["padding"]["group_by_length"]["pad_fraction"] < rows["padding"]["random"]["pad_fraction"]
+    assert rows["padding"]["padding_free"]["tokens_per_second"] > 0 and rows["padding"]["padding_free_ratio"] > 0
     assert rows["judged_kl"]["rows"] == 16 + 16 and rows["judged_kl"]["max_abs_difference"] < 1e-2
     assert "## padding" in (tmp_path / "results.md").read_text()

@@ -81,6 +81,9 @@ def test_derived_values_resolve():
     ("method=qlora +method.quantization.bnb_4bit_quant_typ=fp4", "not a BitsAndBytesConfig setting (did you mean: bnb_4bit_quant_type"),
     ("method=prompt_tuning prompt.num_virtual_tokens=0", "prompt.num_virtual_tokens=0"),
     ("method=prompt_tuning prompt.init=vocab", "prompt.init='vocab' is invalid: choose text or random"),
+    ("train.padding_free=yes", "train.padding_free='yes' is invalid: must be true or false"),
+    ("method=prefix_tuning train.padding_free=true", "method=prefix_tuning prepends virtual tokens to each example"),
+    ("stage=dpo train.padding_free=true", "stage=dpo batches with TRL's collator; padding-free batches are stage=sft's"),
     ("method=full train.optim=adam", "train.optim='adam' is invalid"),
     ("method=zero_shot eval.enabled=false", "eval.enabled=False is invalid: must be true or false, and true for a method that does not train"),
 ])

@@ -50,6 +50,51 @@ def test_answer_only_loss_equals_the_full_loss(method):
     assert torch.allclose(full, answer_only, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_a_padding_free_batch_gives_each_example_the_loss_and_gradients_it_has_padded(method):
+    """One flattened row (position ids restarting per example), without a key/value cache as the
+    Trainer trains (TrainingArguments.use_cache=False), keeps attention within each example: the same
+    loss and gradients as the padded batch. With the model's cache on (transformers then skips its
+    search for packed examples), or without the position ids, each example attends to the ones
+    before it: another loss."""
+    from sweep.training.sft import batch_collator
+
+    cfg = compose(*TINY, f"method={method}", "lora.dropout=0")
+    built = build(cfg)
+    batch = list(built.train_dataset.select(range(4)))
+    trainer = AnswerOnlyTrainer.__new__(AnswerOnlyTrainer)  # compute_loss needs no Trainer state
+
+    def loss_and_grads(inputs):
+        built.model.zero_grad()
+        loss = trainer.compute_loss(built.model, inputs)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in built.model.parameters() if p.requires_grad]
+
+    padded = batch_collator(built.tokenizer, padding_free=False)(batch)
+    flat = batch_collator(built.tokenizer, padding_free=True)(batch)
+    assert flat["input_ids"].shape == (1, int(padded["attention_mask"].sum())) and "attention_mask" not in flat
+    built.model.config.use_cache = False  # (as the Trainer sets it)
+    loss, grads = loss_and_grads(dict(padded))
+    flat_loss, flat_grads = loss_and_grads(dict(flat))
+    assert torch.allclose(loss, flat_loss, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, flat_grads, strict=True))
+    crossing = loss_and_grads({k: v for k, v in flat.items() if k != "position_ids"})[0]
+    built.model.config.use_cache = True
+    for leaking in (crossing, loss_and_grads(dict(flat))[0]):  # (the second: the cache on)
+        assert not torch.allclose(loss, leaking, atol=1e-4)
+
+
+def test_padding_free_training_learns_the_same_adapter_from_the_same_tokens(tmp_path):
+    """A whole run: same batches, same tokens counted (all of them, none padding), same adapter
+    (fp32: bf16 rounds the two shapes' sums differently; no dropout: its masks follow the shapes)."""
+    same = ("train.bf16=false", "lora.dropout=0")
+    padded, lora_padded = _train(tmp_path, *same)
+    flat, lora_flat = _train(tmp_path, *same, "train.padding_free=true")
+    assert flat.tokens == padded.tokens > 0
+    assert flat.final_loss == pytest.approx(padded.final_loss, abs=1e-5)
+    assert all(torch.allclose(lora_padded[k], lora_flat[k], atol=1e-6) for k in lora_padded)
+
+
 def test_epochs_count_steps_by_the_examples_and_max_steps_caps_them():
     from omegaconf import OmegaConf
 

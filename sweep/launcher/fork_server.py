@@ -34,6 +34,7 @@ import traceback
 from pathlib import Path
 
 from sweep.runtime import memory
+from sweep.scoring import environment_once
 from sweep.tracking import records
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ def serve(commands_fd: int, replies_fd: int) -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     records.installed_packages()  # (read once here, not in every child)
+    environment_once.environment()  # lm-eval's description of the environment (0.5 s of subprocesses), once too
     memory.freeze_long_lived()  # (before fork: the children's collections leave these pages shared)
     commands = os.fdopen(commands_fd, "rb")
     for line in commands:

@@ -64,6 +64,9 @@ def validate(cfg: DictConfig) -> None:
                 "use method=lora, or lora.init=default|gaussian")
     if m.peft in PROMPT_LEARNING:
         validate_prompt(cfg.prompt)
+        require(not (m.trains and cfg.train.padding_free), "train.padding_free", cfg.train.padding_free,
+                f"method={m.name} prepends virtual tokens to each example, which a flattened batch has only once: "
+                "set train.padding_free=false")
     validate_eval(cfg.eval, m.trains)
     tasks = list(cfg.eval.tasks) if OmegaConf.is_list(cfg.eval.tasks) else []
     require(len(set(map(str, tasks))) == len(tasks), "eval.tasks", tasks, "names a task twice: name each once")

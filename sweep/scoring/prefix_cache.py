@@ -4,10 +4,12 @@ Within one draw every example's prompt starts with the same demonstrations (and,
 template, the same system turn). lm-eval's HFLM runs each request's whole prompt; it has no
 prefix reuse. `PrefixCachedLM` finds the longest token prefix that all requests of one call share,
 computes its key/value cache once, and runs only each request's own tokens on top of a copy of
-that cache, so a k-shot example costs about what a zero-shot one does. The result is the same
-log-likelihood lm-eval computes (tests/test_prefix_cache.py checks it to 1e-4): the requests
-are tokenized by lm-eval itself (this class receives its token lists), and identical inputs
-(one-token answers of one example) are run once, as lm-eval does.
+that cache, so a k-shot example costs about what a zero-shot one does. The LM head and the
+softmax over the vocabulary (SmolLM2: 49,152 tokens, a fifth of the model's weights) run only at
+the positions whose logits score an answer token (`logits_to_keep`), not at every position of the
+suffix as lm-eval does. The result is the same log-likelihood lm-eval computes (tests/test_baselines.py
+checks it to 1e-4): the requests are tokenized by lm-eval itself (this class receives its token
+lists), and identical inputs (one-token answers of one example) are run once, as lm-eval does.
 
 Falls back to lm-eval's own path when the shared prefix is short (nothing to save), when a request
 would be truncated to the model's length, or for prompt-learning adapters, whose virtual tokens
@@ -17,6 +19,7 @@ peft inserts itself.
 from __future__ import annotations
 
 import copy
+import inspect
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +40,21 @@ def shared_prefix_length(token_lists: list[list[int]]) -> int:
             i += 1
         n = i
     return n
+
+
+def answer_positions(request, shared: int) -> range:
+    """The positions of a request's suffix (its tokens after the `shared` cached ones) whose logits
+    predict its continuation's tokens: from its last context token on."""
+    _, context, continuation = request
+    first = len(context) - 1 - shared
+    return range(first, first + len(continuation))
+
+
+def keeps_logits(model) -> bool:
+    """Whether the (base) model computes logits at chosen positions only (`logits_to_keep`, as
+    transformers' causal LMs do; a remote-code model may not)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
 def _is_prompt_learning(model) -> bool:
@@ -70,6 +88,7 @@ class PrefixCachedLM(LengthBatchedLM):
         order = sorted(inputs, key=len, reverse=True)  # longest first, as lm-eval: any OOM comes at once
         batch_size = max(1, min(int(self.batch_size), CACHE_TOKENS_PER_BATCH // shared))
         results: list[tuple[float, bool] | None] = [None] * len(requests)
+        selective = keeps_logits(self.model)
         with tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0,
                   desc="Running loglikelihood requests (shared prefix cached)") as bar:
             for start in range(0, len(order), batch_size):
@@ -80,21 +99,26 @@ class PrefixCachedLM(LengthBatchedLM):
                     ids[row, :len(suffix)] = torch.tensor(suffix, dtype=torch.long)
                 past = copy.deepcopy(cache)
                 past.batch_repeat_interleave(len(batch))
+                # the suffix positions whose logits score an answer token, over the batch's requests
+                keep = sorted({p for suffix in batch for i in inputs[suffix]
+                               for p in answer_positions(requests[i], shared)}) if selective else range(width)
+                only = {"logits_to_keep": torch.tensor(keep, device=self.device)} if selective else {}
                 with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
                                     enabled=self.mixed_precision_dtype is not None):
-                    logits = self.model(ids, cache=past, use_cache=True).logits
-                logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
+                    logits = self.model(ids, cache=past, use_cache=True, **only).logits
+                logprobs = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)  # (rows, len(keep), vocab)
+                column = {p: j for j, p in enumerate(keep)}
                 for row, suffix in enumerate(batch):
                     for i in inputs[suffix]:
-                        results[i] = self._answer(requests[i], logprobs[row], shared)
+                        results[i] = self._answer(requests[i], logprobs[row], shared, column)
                         bar.update(1)
         return results
 
-    def _answer(self, request, logprobs: torch.Tensor, shared: int) -> tuple[float, bool]:
-        """(log-likelihood of the continuation, whether greedy decoding produces it), as lm-eval."""
-        request_str, context, continuation = request
-        first = len(context) - 1 - shared  # suffix position whose logits predict the first answer token
-        rows = logprobs[first:first + len(continuation)]
+    def _answer(self, request, logprobs: torch.Tensor, shared: int, column: dict[int, int]) -> tuple[float, bool]:
+        """(log-likelihood of the continuation, whether greedy decoding produces it), as lm-eval;
+        `logprobs` holds the kept positions, `column` maps a suffix position to its row there."""
+        request_str, _, continuation = request
+        rows = logprobs[[column[p] for p in answer_positions(request, shared)]]
         tokens = torch.tensor(continuation, dtype=torch.long, device=rows.device)
         answer = (float(rows.gather(1, tokens[:, None]).sum()), bool((rows.argmax(-1) == tokens).all()))
         self.cache_hook.add_partial("loglikelihood", request_str, answer)

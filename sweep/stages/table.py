@@ -118,6 +118,9 @@ def validate_stage(s: DictConfig, method: DictConfig, lora: DictConfig, init_run
     run_id_or_null("init.run_id", init_run_id)
     if s.name == FIRST_STAGE:
         return
+    require(not train.padding_free, "train.padding_free", train.padding_free,
+            f"stage={s.name} batches with TRL's collator; padding-free batches are stage={FIRST_STAGE}'s: "
+            "set train.padding_free=false")
     require(method.peft == "lora" and method.quantization is None, "method", method.name,
             f"stage={s.name} trains a LoRA adapter (the pipeline's lineage is adapters on one base model): "
             "use method=lora")

@@ -75,7 +75,7 @@ def validate_train(t: DictConfig) -> None:
             "must be a number >= 0")
     validate_scheduler(t.lr_scheduler)
     require(t.bf16 in (True, False, "auto"), "train.bf16", t.bf16, "choose true, false or auto")
-    for key in ("answer_only_logits", "gradient_checkpointing"):
+    for key in ("answer_only_logits", "gradient_checkpointing", "padding_free"):
         require(isinstance(t[key], bool), f"train.{key}", t[key], "must be true or false")
 
 

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import (
     DataCollatorForSeq2Seq,
+    DataCollatorWithFlattening,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -223,7 +224,7 @@ def training_kwargs(train: DictConfig, seed: int, output_dir: str, examples: int
         seed=seed,
         data_seed=seed,
         use_cpu=not torch.cuda.is_available(),
-        include_num_input_tokens_seen="non_padding",
+        include_num_input_tokens_seen="all" if train.padding_free else "non_padding",  # (no padding to omit)
         disable_tqdm=False,
         dataloader_num_workers=0,
     )
@@ -255,10 +256,22 @@ def callbacks_for(callbacks: list | None, fail_at_step: int | None, prune_diverg
             *([FailAtStep(fail_at_step)] if fail_at_step else [])]
 
 
+def batch_collator(tokenizer, padding_free: bool):
+    """Examples padded to the batch's longest (`DataCollatorForSeq2Seq`), or, padding-free, the batch
+    flattened into one row whose position ids restart at each example (`DataCollatorWithFlattening`,
+    the first label of each example ignored): transformers' attention (sdpa, eager: a block-diagonal
+    causal mask built from the position ids; flash attention: the sequence boundaries) keeps each
+    example to itself, as TRL's padding_free does. (transformers looks for the examples only when the
+    model keeps no key/value cache: the Trainer trains without one, TrainingArguments.use_cache=False.)"""
+    if padding_free:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+
+
 def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_dir: str,
           callbacks: list | None = None, fail_at_step: int | None = None,
           prune_divergence: bool = False) -> TrainResult:
-    collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    collator = batch_collator(tokenizer, train_cfg.padding_free)
     trainer_class = AnswerOnlyTrainer if train_cfg.answer_only_logits else Trainer
     trainer = trainer_class(model=model, args=training_arguments(train_cfg, seed, output_dir, len(dataset)),
                             train_dataset=dataset,
