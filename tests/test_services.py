@@ -84,6 +84,11 @@ def test_only_the_owner_reaches_the_servers_and_no_password_is_on_a_command_line
         secrets = [password, services.password_of(root / "pg", "superuser-password"),
                    services.password_of(root, "mlflow-password"), services.password_of(root, "mlflow-secret-key")]
         assert seen and not any(secret in arg for cmd in [*seen, [shown]] for arg in cmd for secret in secrets)
+        # no job runner (MLflow's huey consumers: four interpreters polling all along, nothing we ask of it)
+        import psutil
+
+        tree = [" ".join(c.cmdline()) for c in psutil.Process(server).children(recursive=True)]
+        assert tree and not [c for c in tree if "huey" in c], tree
         for path in (root / "env", root / "password", root / "pg" / "superuser-password", root / "mlflow-password",
                      root / "mlflow-secret-key", root / "basic_auth.ini", root / "basic_auth.db"):
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
