@@ -18,6 +18,7 @@ class ScoringRows(BenchBase):
         from peft import PeftModel
 
         from sweep.pipeline.build import build, load_project_tasks
+        from sweep.scoring import prefix_cache
         from sweep.scoring.evaluate import Prompting, make_lm, score
         from sweep.training.models import load_model_and_tokenizer
         from sweep.training.sft import train
@@ -50,15 +51,30 @@ class ScoringRows(BenchBase):
                 score(make_lm(model, tok, cfg.eval.batch_size), built.task_manager, built.eval_tasks,
                       Prompting(seed=cfg.seed), limit, False)
 
+        def every_position(scoring):
+            def run():
+                keeps = prefix_cache.keeps_logits
+                prefix_cache.keeps_logits = lambda model: False  # (the scorer's fallback: every position's logits)
+                try:
+                    scoring()
+                finally:
+                    prefix_cache.keeps_logits = keeps
+            return run
+
         reps = range(self.p["repeats"])
         zero = median([timed(in_process(0)) for _ in reps])
         reload = median([timed(reload_then_score) for _ in reps])
         kshot = median([timed(in_process(k)) for _ in reps])
         kshot_stock = median([timed(in_process(k, stock)) for _ in reps])
+        kshot_every_position = median([timed(every_position(in_process(k))) for _ in reps])
         return {"in_process_seconds": zero, "save_reload_seconds": reload, "ratio": reload / zero,
                 "zero_shot_seconds_per_example": zero / limit, f"{k}_shot_seconds_per_example": kshot / limit,
                 "k_shot_vs_zero_shot": kshot / zero, "k_shot_lm_eval_hflm_vs_zero_shot": kshot_stock / zero,
-                "target": "k-shot at most 1.5x zero-shot per example", "examples": limit}
+                "k_shot_every_position_seconds": kshot_every_position,
+                "answer_positions_speedup": kshot_every_position / kshot,
+                "target": "k-shot at most 1.5x zero-shot per example", "examples": limit,
+                "note": "answer_positions_speedup: the prefix-cached k-shot pass with the LM head at every position "
+                        "(as before, and as lm-eval) over the same pass with it at the answer positions only"}
 
     def baseline_panel(self) -> dict:
         """The cost of a full baseline panel, scored with lm-eval's own HFLM and with the prefix cache."""

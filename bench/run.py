@@ -9,7 +9,8 @@ bench/results.md (or --out).
 1. harness overhead   `python sweep.py` (LoRA, no scoring) vs bench/bare_lora.py (plain torch loop)
 2. model start-up     cached safetensors load vs the first GGUF conversion
 3. scoring            in-process lm-eval on the trained model vs saving and reloading the adapter;
-                      zero-shot vs k-shot cost per example (prefix-cached, and lm-eval's own HFLM)
+                      zero-shot vs k-shot cost per example (prefix-cached, and lm-eval's own HFLM);
+                      the k-shot pass with the LM head at every position vs at the answer positions
    baseline panel     3 templates x {0-shot, 4-shot x 3 draws}, calibrated (so both variants), on
                       `panel_examples` SST-2 examples: lm-eval's HFLM vs the prefix-cached scorer
    strongest search   the strongest baseline's search (18 variants): every variant on the whole
