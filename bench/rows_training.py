@@ -99,18 +99,19 @@ class TrainingRows(BenchBase):
                            f"train.max_steps={self.p['steps']}")
             built = build(cfg)
             with tempfile.TemporaryDirectory() as folder:
-                trainer = Trainer(model=built.model, args=training_arguments(cfg.train, cfg.seed, folder),
-                                  train_dataset=built.train_dataset,
-                                  data_collator=batch_collator(built.tokenizer, padding_free=False))
                 pads = total = 0
-                for i, batch in enumerate(trainer.get_train_dataloader()):  # (the batches as padded)
-                    pads += int((batch["attention_mask"] == 0).sum())
-                    total += batch["attention_mask"].numel()
-                    if i + 1 == self.p["steps"]:
-                        break
+                if not padding_free:  # (a flattened batch has none to count)
+                    trainer = Trainer(model=built.model, args=training_arguments(cfg.train, cfg.seed, folder),
+                                      train_dataset=built.train_dataset,
+                                      data_collator=batch_collator(built.tokenizer, padding_free=False))
+                    for i, batch in enumerate(trainer.get_train_dataloader()):
+                        pads += int((batch["attention_mask"] == 0).sum())
+                        total += batch["attention_mask"].numel()
+                        if i + 1 == self.p["steps"]:
+                            break
                 rates = [train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed,
                                folder).tokens_per_second for _ in range(self.p["repeats"])]
-            out[label] = {"pad_fraction": 0.0 if padding_free else pads / total, "tokens_per_second": median(rates)}
+            out[label] = {"pad_fraction": pads / total if total else 0.0, "tokens_per_second": median(rates)}
         grouped = out["group_by_length"]["tokens_per_second"]
         out["tokens_per_second_ratio"] = grouped / out["random"]["tokens_per_second"]
         out["padding_free_ratio"] = max(out["padding_free"]["tokens_per_second"],
