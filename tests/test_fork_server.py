@@ -6,6 +6,7 @@ tests/test_optuna_e2e.py, which run the default launcher."""
 
 import os
 import signal
+import subprocess
 import threading
 import time
 
@@ -30,7 +31,10 @@ def test_forking_is_unsafe_once_a_thread_runs():
 
 def test_a_server_that_cannot_fork_makes_the_launcher_spawn(tmp_path):
     class Refusing:
-        def start(self, payload, result):
+        def alive(self):
+            return True
+
+        def start(self, payload, result, env):
             return None
 
     launcher = FreshProcessLauncher(fork=True)
@@ -39,23 +43,85 @@ def test_a_server_that_cannot_fork_makes_the_launcher_spawn(tmp_path):
     assert FreshProcessLauncher(fork=False)._forked(tmp_path / "p", tmp_path / "r") is None
 
 
+class FakeServer:
+    def __init__(self, alive=True):
+        self.is_alive, self.closed = alive, False
+        self.process = subprocess.CompletedProcess([], returncode=-signal.SIGKILL)
+
+    def alive(self):
+        return self.is_alive
+
+    def start(self, payload, result, env):
+        return "forked"
+
+    def close(self):
+        self.closed = True
+
+
+def test_one_server_serves_the_sweep_a_dead_one_is_replaced_and_a_failed_launch_closes_it(monkeypatch, tmp_path):
+    """The server outlives a launch (an Optuna sweep launches each batch of trials apart): only a
+    server that has exited is replaced, and a launch that raised (a job interrupted mid-way may still
+    owe its reply) closes it, so the next launch starts afresh."""
+    from sweep.launcher import fresh_process
+
+    started = []
+    monkeypatch.setattr(fresh_process, "warm_tracking_imports", lambda: None)
+    monkeypatch.setattr(fresh_process.FreshProcessLauncher, "start_server",
+                        lambda self: (started.append(1), setattr(self, "server", FakeServer())))
+    launcher = FreshProcessLauncher(fork=True)
+    first = launcher.server = FakeServer()
+    assert launcher._forked(tmp_path / "p", tmp_path / "r") == "forked" and launcher.server is first and not started
+    first.is_alive = False
+    assert launcher._forked(tmp_path / "p", tmp_path / "r") == "forked"
+    assert first.closed and len(started) == 1 and launcher.server is not first
+
+    second = launcher.server
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(launcher, "_launch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        launcher.launch([["lora.r=2"]], 0)
+    assert second.closed and launcher.server is None
+
+
+def test_the_launcher_starts_its_server_without_importing_mlflow_first():
+    """The sweep's own process imports the launcher to start the server; MLflow (4 s of imports) is
+    the server's and the jobs' business, loaded in the sweep's process only once a job runs."""
+    import sys
+
+    code = "import sys, sweep.launcher.fresh_process; print(sorted({'mlflow', 'torch'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+@pytest.mark.skipif(not fork_server.can_fork(), reason="fork is Linux-only here")
+def test_a_server_never_asked_for_a_job_is_killed_not_waited_for():
+    """A sweep that ends before its first job (an Optuna study already complete) does not wait for the
+    server's 15 s of imports to finish."""
+    server = fork_server.ForkServer(os.environ | {"PYTHONPATH": os.getcwd()})
+    server.close()
+    assert server.process.returncode == -signal.SIGKILL
+
+
 @pytest.mark.skipif(not fork_server.can_fork(), reason="fork is Linux-only here")
 def test_the_server_reports_each_childs_pid_and_exit_status(tmp_path):
     """Payloads that are not jobs: the child fails alone (status 1), a child SIGKILLed mid-job is
     reported with the signal, and the server lives on for the next job and ends with its pipe."""
     server = fork_server.ForkServer(os.environ | {"PYTHONPATH": os.getcwd()})
     try:
-        broken = server.start(tmp_path / "missing.pkl", tmp_path / "r1")
+        broken = server.start(tmp_path / "missing.pkl", tmp_path / "r1", dict(os.environ))
         assert broken is not None, "the server refused to fork"
         assert broken.pid != server.process.pid and broken.wait(timeout=300) == 1
         fifo = tmp_path / "fifo"
         os.mkfifo(fifo)  # (reading it blocks the child until it is killed)
-        blocked = server.start(fifo, tmp_path / "r2")
+        blocked = server.start(fifo, tmp_path / "r2", dict(os.environ))
         time.sleep(0.5)
         assert blocked.poll() is None
         blocked.kill()
         assert blocked.wait(timeout=60) == -signal.SIGKILL
-        assert server.start(tmp_path / "missing.pkl", tmp_path / "r3").wait(timeout=60) == 1  # still serving
+        assert server.start(tmp_path / "missing.pkl", tmp_path / "r3", dict(os.environ)).wait(timeout=60) == 1  # still serving
     finally:
         server.close()
     assert server.process.returncode == 0

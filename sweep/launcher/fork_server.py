@@ -33,18 +33,21 @@ import time
 import traceback
 from pathlib import Path
 
-from sweep.runtime import memory
-from sweep.scoring import environment_once
-from sweep.tracking import records
-
 log = logging.getLogger(__name__)
 
 # What every job imports (module names: the job's own code imports them), loaded once in the server
-# and shared by every child.
+# and shared by every child. The lazily imported ones were found by listing what a forked job still
+# imported: bitsandbytes alone (which peft loads to wrap any LoRA model, and which pulls in torch's
+# inductor and networkx) cost each job 1.2 s.
 PRELOAD = ("torch", "transformers", "peft", "datasets", "trl", "optuna", "scipy.stats", "git", "sacrebleu",
            "lm_eval", "lm_eval.models.huggingface", "lm_eval.evaluator", "lm_eval.tasks",
            "mlflow", "mlflow.store.tracking.sqlalchemy_store", "mlflow.tracing.processor.otel", "alembic",
-           "sweep.pipeline.job", "sweep.launcher.job_process")
+           "bitsandbytes", "peft.tuners.lora.bnb", "peft.utils.transformers_weight_conversion",
+           "transformers.models.llama.modeling_llama",  # (the default model's architecture)
+           "sqlalchemy.dialects.sqlite", "alembic.command", "mlflow.store.tracking.sqlalchemy_workspace_store",
+           "mlflow.tracing.export", "hydra._internal.core_plugins.basic_launcher",
+           "hydra._internal.core_plugins.basic_sweeper",
+           "sweep.pipeline.job", "sweep.launcher.job_process", "sweep.scoring.prefix_cache", "sweep.scoring.generation")
 SPAWN = "spawn"  # the server's answer when it cannot fork safely: the launcher spawns the job instead
 
 
@@ -98,10 +101,18 @@ class ForkServer:
         os.close(commands_read)
         os.close(replies_write)
         self._buffer = b""
+        self.served = 0  # jobs asked for
 
-    def start(self, payload: Path, result: Path) -> ForkedJob | None:
-        """The forked job running `payload`; None when the server cannot fork (spawn it instead)."""
-        os.write(self._commands, (json.dumps({"payload": str(payload), "result": str(result)}) + "\n").encode())
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def start(self, payload: Path, result: Path, env: dict[str, str]) -> ForkedJob | None:
+        """The forked job running `payload` in environment `env` (the sweep's now: an Optuna sweeper
+        sets its storage's address for the jobs it launches after the server started); None when the
+        server cannot fork (spawn it instead). The command goes through a pipe only the two share."""
+        self.served += 1
+        command = {"payload": str(payload), "result": str(result), "env": env}
+        os.write(self._commands, (json.dumps(command) + "\n").encode())
         reply = self.receive(None)
         if reply.get(SPAWN):
             log.warning("fork server: %s; each job starts a new interpreter instead", reply[SPAWN])
@@ -123,12 +134,15 @@ class ForkServer:
         return json.loads(line)
 
     def close(self, timeout: float = 30.0) -> None:
-        """End the server (it exits when its command pipe closes) and wait for it."""
+        """End the server (it exits when its command pipe closes) and wait for it. One that was
+        never asked for a job has no child to wait for: it is killed, not left to finish importing."""
         for fd in (self._commands, self._replies):
             try:
                 os.close(fd)
             except OSError:
                 pass
+        if not self.served:
+            self.process.kill()
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -146,10 +160,12 @@ def unsafe_to_fork() -> str | None:
     return None
 
 
-def run_child(payload: str, result: str) -> int:
+def run_child(payload: str, result: str, env: dict[str, str]) -> int:
     """In the forked child: the job, as a spawned process runs it; its exit status."""
     from sweep.launcher import job_process
 
+    os.environ.clear()
+    os.environ.update(env)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # (the server ignores Ctrl-C; a job must not)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     random.seed()  # (a new interpreter would not share the server's random state)
@@ -180,6 +196,12 @@ def serve(commands_fd: int, replies_fd: int) -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    # (imported here, not at the top: the launcher imports this module for ForkServer only, and MLflow
+    # there would cost the sweep's own process 4 s of imports before it could start the server)
+    from sweep.runtime import memory
+    from sweep.scoring import environment_once
+    from sweep.tracking import records
+
     records.installed_packages()  # (read once here, not in every child)
     environment_once.environment()  # lm-eval's description of the environment (0.5 s of subprocesses), once too
     memory.freeze_long_lived()  # (before fork: the children's collections leave these pages shared)
@@ -194,7 +216,7 @@ def serve(commands_fd: int, replies_fd: int) -> None:
         if pid == 0:
             commands.close()
             os.close(replies_fd)
-            os._exit(run_child(request["payload"], request["result"]))
+            os._exit(run_child(request["payload"], request["result"], request["env"]))
         started = reply({"pid": pid})
         _, status = os.waitpid(pid, 0)
         if not started or not reply({"pid": pid, "code": os.waitstatus_to_exitcode(status)}):

@@ -17,12 +17,15 @@ A new interpreter pays seconds of imports (torch, transformers, lm-eval) per job
 
 from __future__ import annotations
 
+import atexit
+import importlib
 import logging
 import os
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +46,7 @@ from sweep.launcher.fork_server import ForkServer, can_fork, module_command
 from sweep.runtime import processes
 
 log = logging.getLogger(__name__)
+TRACKING_IMPORTS = ("mlflow", "mlflow.store.tracking.sqlalchemy_store")
 
 
 class FreshProcessLauncher(BasicLauncher):
@@ -50,14 +54,32 @@ class FreshProcessLauncher(BasicLauncher):
         super().__init__()
         self.fork = fork and can_fork()  # (hydra.launcher.fork: fork jobs from a server, else spawn each)
         self.server: ForkServer | None = None
+        self.warming: threading.Thread | None = None
+
+    def setup(self, **kwargs) -> None:
+        """The fork server starts here, as soon as the sweep knows its launcher: its imports (about
+        15 s of a core) run while the sweep composes its jobs, and it serves every launch of the
+        sweep (an Optuna sweep launches each batch of trials apart) until the sweep's process ends."""
+        super().setup(**kwargs)
+        if self.fork and self.server is None:
+            self.start_server()
+            atexit.register(self.close_server)
+
+    def start_server(self) -> None:
+        self.server = ForkServer(job_env())
+        log.info("fork server (pid %d): imports the libraries once for the jobs of this sweep", self.server.process.pid)
+
+    def close_server(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         try:
             return self._launch(job_overrides, initial_job_idx)
-        finally:
-            if self.server is not None:  # (the server ends with the jobs of this launch)
-                self.server.close()
-                self.server = None
+        except BaseException:  # (a job interrupted mid-way may still owe the server's reply: start afresh)
+            self.close_server()
+            raise
 
     def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         from sweep.runtime.interrupts import install_signal_handlers
@@ -88,6 +110,8 @@ class FreshProcessLauncher(BasicLauncher):
                 (self.hydra_context, config, self.task_function, Singleton.get_state(), sys.argv[0])))
             job = self._forked(payload, result) or subprocess.Popen(
                 [*module_command("sweep.launcher.job_process"), str(payload), str(result)], env=job_env())
+            if not self.warming:
+                self.warming = warm_tracking_imports()
             try:
                 code = job.wait()
             except KeyboardInterrupt as e:  # Ctrl-C reached the job too; a SIGTERM to the sweep alone did not
@@ -100,15 +124,32 @@ class FreshProcessLauncher(BasicLauncher):
         return died(config, code)
 
     def _forked(self, payload: Path, result: Path):
-        """The job forked from the server (started with the first job), or None: spawn it."""
+        """The job forked from the sweep's server (a new one if it is gone), or None: spawn it."""
         if not self.fork:
             return None
+        if self.server is not None and not self.server.alive():
+            log.warning("fork server: it exited (status %s); starting another", self.server.process.returncode)
+            self.close_server()
         if self.server is None:
-            self.server = ForkServer(job_env())
-        job = self.server.start(payload, result)
+            self.start_server()
+        job = self.server.start(payload, result, job_env())
         if job is None:
             self.fork = False
         return job
+
+
+def warm_tracking_imports() -> threading.Thread:
+    """The sweep's own process reads the tracking store when its jobs end (the end-of-sweep table, a
+    dead job's run): MLflow and its SQL store (3 s of imports) load in a thread while the first job
+    runs, on a core the waiting sweep leaves free, not after the last one. (Started once the job is,
+    not before: imports hold the GIL, and the sweep's own start-up would wait on them.)"""
+    def imports() -> None:
+        for name in TRACKING_IMPORTS:
+            importlib.import_module(name)
+
+    thread = threading.Thread(target=imports, name="tracking-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def job_env() -> dict[str, str]:
