@@ -10,7 +10,7 @@ import time
 
 import mlflow
 
-from bench.common import IN_PROCESS, ROOT, BenchBase, run, sweep_cmd
+from bench.common import IN_PROCESS, ROOT, BenchBase, median, run, sweep_cmd
 from sweep.vocabulary import METHOD, STUDY_METHOD, tag_column
 
 
@@ -65,6 +65,33 @@ class SweepRows(BenchBase):
             out[launcher]["start_up_seconds_per_job"] = (
                 out[launcher]["wall_seconds"] - out["basic"]["wall_seconds"]) / jobs  # (beyond running in process)
         out["targets"] = "fork server: under 1 s of start-up per job, wall time within 1.05x of in-process, flat RSS"
+        return out
+
+    def start_up(self) -> dict:
+        """A job's start-up beyond the sweep's own process: n-job multiruns of the tiny model's short
+        LoRA jobs (so that the figure is the launcher's, not training's) with every job in the sweep's
+        process (Hydra's basic launcher) and each forked from the server (the default), alternately,
+        `start_up_repeats` times. The server's one-time imports count once per sweep, in its wall time."""
+        out = {}
+        for jobs in self.p["start_up_jobs"]:
+            walls = {"basic": [], "fresh_process": []}
+            for repeat in range(self.p["start_up_repeats"]):
+                for launcher, seconds in walls.items():
+                    name = f"bench-start-up-{jobs}-{launcher}-{repeat}"
+                    seconds.append(run(sweep_cmd(
+                        "-m", f"hydra/launcher={launcher}", "model=tiny", "method=lora",
+                        f"seed={','.join(str(s) for s in range(1, jobs + 1))}", "train.max_steps=2",
+                        "train.batch_size=4", "data.max_train_samples=32", "eval.limit=8", "data.dev_size=8",
+                        "tracking.log_adapter=false", f"tracking.experiment={name}", f"hydra.sweep.dir={self.work}/{name}",
+                        *self.track), self.log))
+            basic, forked = median(walls["basic"]), median(walls["fresh_process"])
+            out[f"{jobs}_jobs"] = {
+                "basic_wall_seconds": basic, "fork_server_wall_seconds": forked,
+                "start_up_seconds_per_job": (forked - basic) / jobs,
+                "wall_ratio": median([f / b for b, f in zip(walls["basic"], walls["fresh_process"])])}
+        out["targets"] = "under 1 s of start-up per job beyond the sweep's own process"
+        out["note"] = ("medians of alternate runs; tiny LoRA jobs of about 2 s each, so the wall ratio is the "
+                       "launcher's worst case (the memory row has SmolLM2's)")
         return out
 
     # 9 -------------------------------------------------------------------------------------------

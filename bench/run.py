@@ -27,6 +27,9 @@ bench/results.md (or --out).
 8. memory             one multirun of 10 jobs (5 methods x SST-2 and RTE): each job's peak RSS and
                       tokens/s, and the RSS each job starts from, with every job in the sweep's process
                       (Hydra's basic launcher) vs each in a fresh one (hydra/launcher=fresh_process)
+   start-up           3- and 10-job multiruns of tiny LoRA jobs, in the sweep's process vs forked from
+                      the server, alternately, three times: each job's start-up beyond the sweep's own
+                      process (the server's one-time imports counted once per sweep) and the wall ratio
 9. RL stage           the RLHF pipeline's RL step (sft -> reward -> grpo, ppo; experiment=rlhf, no
                       scoring): PPO's rollout (generation) tokens/s against its training tokens/s
                       (forward + backward over prompt and reply), and GRPO's training tokens/s
@@ -93,7 +96,7 @@ def write(results: dict, out: Path) -> None:
 
 
 BENCHMARKS = ("harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
-              "training_features", "sweep_efficiency", "trl", "team_study", "memory", "rl_stage", "judged_kl",
+              "training_features", "sweep_efficiency", "trl", "team_study", "memory", "start_up", "rl_stage", "judged_kl",
               "generation", "roofline")
 
 
