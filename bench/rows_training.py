@@ -155,18 +155,22 @@ class TrainingRows(BenchBase):
         pairs = training_pairs(tasks["sst2"], cfg.data.train_split, cfg.data.max_train_samples, cfg.seed)
         data = datasets.Dataset.from_list([{"prompt": c, "completion": a} for c, a in pairs])
         # TRL 1.x's SFTConfig turns gradient checkpointing on and samples batches at random by default;
-        # a user who wants speed turns the first off and groups batches by length, as the harness does.
-        settings = {"defaults": {},
-                    "tuned": {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}}
+        # a user who wants speed turns the first off and groups batches by length, as the harness does,
+        # and tries what TRL's docs recommend for speed: padding-free batches, packing (best-fit
+        # decreasing, padding-free too), Liger's kernels (Triton: a GPU's only, so not here).
+        tuned = {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}
+        settings = {"defaults": {}, "tuned": tuned, "tuned_padding_free": tuned | {"padding_free": True},
+                    "tuned_packing": {"gradient_checkpointing": False, "packing": True}}
         theirs = {label: [] for label in settings}
         for label, extra in settings.items():
+            flat = extra.get("padding_free") or extra.get("packing")  # (no padding; pad-id tokens are text there)
             for _ in range(self.p["repeats"]):
                 model, tok = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
                 with tempfile.TemporaryDirectory() as folder:
                     args = SFTConfig(output_dir=folder, max_steps=cfg.train.max_steps, per_device_train_batch_size=8,
                                      learning_rate=cfg.train.lr, bf16=use_bf16(cfg.train.bf16), seed=cfg.seed,
                                      report_to="none", save_strategy="no", logging_steps=1000,
-                                     include_num_input_tokens_seen="non_padding",
+                                     include_num_input_tokens_seen="all" if flat else "non_padding",
                                      use_cpu=not torch.cuda.is_available(), max_length=cfg.train.max_seq_length,
                                      dataloader_num_workers=0, **extra)
                     lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
@@ -179,11 +183,14 @@ class TrainingRows(BenchBase):
         import trl
 
         rates = {label: median(r) for label, r in theirs.items()}
-        ratio = ours / rates["tuned"]
+        best = max((label for label in settings if label != "defaults"), key=rates.get)
+        ratio = ours / rates[best]
         return {"ours_tokens_per_second": ours, "trl_tokens_per_second": rates["defaults"],
-                "trl_tuned_tokens_per_second": rates["tuned"], "ratio_to_defaults": ours / rates["defaults"],
-                "ratio": ratio, "target": ">= 1.3 against tuned TRL", "met": ratio >= 1.3,
-                "trl_version": trl.__version__, "trl_tuned": settings["tuned"],
+                "trl_tuned_tokens_per_second": rates[best], "trl_tuned_best": best,
+                "trl_variants_tokens_per_second": rates, "ratio_to_defaults": ours / rates["defaults"],
+                "ratio": ratio, "target": ">= 2 against TRL at its fastest here", "met": ratio >= 2,
+                "trl_version": trl.__version__, "trl_tuned": settings[best],
+                "unavailable": "use_liger_kernel: Liger's kernels are Triton kernels, for GPUs only",
                 "note": "same model, LoRA (r, alpha, qkvo), examples, steps, batch 8, seed, bf16 setting; "
                         "TRL trains on prompt-completion pairs with its completion-only loss; defaults: SFTConfig's "
                         "own (gradient checkpointing on, random batches); tuned: both switched as the harness runs"}
