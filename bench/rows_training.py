@@ -120,6 +120,47 @@ class TrainingRows(BenchBase):
                        "length-grouped padded batches (> 1: padding-free pays)")
         return out
 
+    def compiled_step(self) -> dict:
+        """The training step compiled (train.torch_compile: torch.compile, inductor) vs eager, both on
+        batches rounded up to a multiple of 64 tokens (train.pad_to_multiple_of: a bounded set of
+        shapes to compile for), each step timed on the same batches. Compile seconds: the steps that
+        compiled, beyond what those steps took eager; the saving: the median per-step difference over
+        the other steps; break-even: compile seconds / saving, in steps (none if a step saves nothing)."""
+        from transformers import TrainerCallback
+
+        from sweep.pipeline.build import build
+        from sweep.training.sft import train
+
+        class StepTimes(TrainerCallback):
+            def __init__(self):
+                self.seconds = []
+
+            def on_step_begin(self, args, state, control, **kwargs):
+                self.start = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.seconds.append(time.perf_counter() - self.start)
+
+        times = {}
+        for label in ("eager", "compiled"):
+            cfg = self.cfg(f"train.max_steps={self.p['steps']}", "train.pad_to_multiple_of=64",
+                           f"train.torch_compile={str(label == 'compiled').lower()}")
+            built, timer = build(cfg), StepTimes()
+            with tempfile.TemporaryDirectory() as folder:
+                train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, folder, callbacks=[timer])
+            times[label] = timer.seconds
+        eager, compiled = times["eager"], times["compiled"]
+        compiling = [i for i, (e, c) in enumerate(zip(eager, compiled)) if c > 5 * e]  # (seconds against a fraction)
+        compile_seconds = sum(compiled[i] - eager[i] for i in compiling)
+        rest = [i for i in range(len(eager)) if i not in compiling and i > 0]  # (step 0: both warm up)
+        saving = median([eager[i] - compiled[i] for i in rest]) if rest else 0.0
+        return {"eager_step_seconds": median([eager[i] for i in rest]),
+                "compiled_step_seconds": median([compiled[i] for i in rest]),
+                "compilations": len(compiling), "compile_seconds": compile_seconds, "saving_per_step": saving,
+                "break_even_steps": compile_seconds / saving if saving > 0 else None,
+                "steps": self.p["steps"], "default": "off unless a quickstart-sized run (250 steps) breaks even",
+                "note": "LoRA, batch 8, inductor on the CPU; both arms pad to a multiple of 64 tokens"}
+
     # 4b ------------------------------------------------------------------------------------------
     def training_features(self) -> dict:
         """Tokens/s with and without the answer-only LM head, and with and without bf16 autocast."""

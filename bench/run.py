@@ -18,6 +18,8 @@ bench/results.md (or --out).
                       vs the race (sweep/scoring/race.py) on twice as many: seconds, and what each chose
 4. padding waste      pad fraction and tokens/s, random vs length-grouped batches, and padding-free
                       ones (train.padding_free) of each
+   compiled step      seconds a step, torch.compile'd (train.torch_compile) vs eager, both on batches
+                      rounded up to 64 tokens: compile seconds, the saving a step, the break-even in steps
    training features  tokens/s with and without the answer-only LM head, and bf16 autocast
 5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner on the same
                       space (its grid sampler by default: every configuration is started, the
@@ -96,7 +98,7 @@ def write(results: dict, out: Path) -> None:
 
 
 BENCHMARKS = ("harness_overhead", "model_startup", "scoring", "baseline_panel", "strongest_search", "padding",
-              "training_features", "sweep_efficiency", "trl", "team_study", "memory", "start_up", "rl_stage", "judged_kl",
+              "compiled_step", "training_features", "sweep_efficiency", "trl", "team_study", "memory", "start_up", "rl_stage", "judged_kl",
               "generation", "roofline")
 
 

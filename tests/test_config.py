@@ -84,6 +84,10 @@ def test_derived_values_resolve():
     ("train.padding_free=yes", "train.padding_free='yes' is invalid: must be true or false"),
     ("method=prefix_tuning train.padding_free=true", "method=prefix_tuning prepends virtual tokens to each example"),
     ("stage=dpo train.padding_free=true", "stage=dpo batches with TRL's collator; padding-free batches are stage=sft's"),
+    ("train.torch_compile=maybe", "train.torch_compile='maybe' is invalid: must be true or false"),
+    ("train.pad_to_multiple_of=0", "train.pad_to_multiple_of=0 is invalid: must be a positive integer up to train.max_seq_length"),
+    ("train.pad_to_multiple_of=64 train.padding_free=true", "train.padding_free=true has no padding: set one of them"),
+    ("stage=dpo train.pad_to_multiple_of=64", "stage=dpo pads with TRL's collator; rounded-up batches are stage=sft's"),
     ("method=full train.optim=adam", "train.optim='adam' is invalid"),
     ("method=zero_shot eval.enabled=false", "eval.enabled=False is invalid: must be true or false, and true for a method that does not train"),
 ])

@@ -95,6 +95,31 @@ def test_padding_free_training_learns_the_same_adapter_from_the_same_tokens(tmp_
     assert all(torch.allclose(lora_padded[k], lora_flat[k], atol=1e-6) for k in lora_padded)
 
 
+def test_bucketed_batches_take_few_shapes_and_learn_the_same_adapter_from_the_same_tokens(tmp_path):
+    """train.pad_to_multiple_of rounds each batch up (the bound on a compiled step's recompilations:
+    max_seq_length / the multiple shapes); the extra padding is masked and not counted: the same
+    tokens and adapter as batches padded to their longest (fp32, no dropout: see above)."""
+    from sweep.training.sft import batch_collator, training_arguments
+
+    cfg = compose(*TINY)
+    built = build(cfg)
+    examples = list(built.train_dataset)
+    collate = batch_collator(built.tokenizer, padding_free=False, pad_to_multiple_of=16)
+    lengths = {collate(examples[i:i + 4])["input_ids"].shape[1] for i in range(0, len(examples), 4)}
+    longest = max(len(e["input_ids"]) for e in examples)
+    assert all(n % 16 == 0 for n in lengths) and len(lengths) <= -(-longest // 16)
+    assert len({len(e["input_ids"]) for e in examples}) > len(lengths)  # (fewer shapes than lengths)
+    same = ("train.bf16=false", "lora.dropout=0")
+    plain, lora_plain = _train(tmp_path, *same)
+    bucketed, lora_bucketed = _train(tmp_path, *same, "train.pad_to_multiple_of=16")
+    assert bucketed.tokens == plain.tokens > 0
+    assert bucketed.final_loss == pytest.approx(plain.final_loss, abs=1e-5)
+    assert all(torch.allclose(lora_plain[k], lora_bucketed[k], atol=1e-6) for k in lora_plain)
+    for flag in (True, False):  # train.torch_compile reaches the Trainer (compiling takes minutes: bench/ times it)
+        train_cfg = compose(*TINY, f"train.torch_compile={str(flag).lower()}").train
+        assert training_arguments(train_cfg, 0, str(tmp_path)).torch_compile is flag
+
+
 def test_epochs_count_steps_by_the_examples_and_max_steps_caps_them():
     from omegaconf import OmegaConf
 

@@ -121,6 +121,9 @@ def validate_stage(s: DictConfig, method: DictConfig, lora: DictConfig, init_run
     require(not train.padding_free, "train.padding_free", train.padding_free,
             f"stage={s.name} batches with TRL's collator; padding-free batches are stage={FIRST_STAGE}'s: "
             "set train.padding_free=false")
+    require(train.pad_to_multiple_of is None, "train.pad_to_multiple_of", train.pad_to_multiple_of,
+            f"stage={s.name} pads with TRL's collator; rounded-up batches are stage={FIRST_STAGE}'s: "
+            "set train.pad_to_multiple_of=null")
     require(method.peft == "lora" and method.quantization is None, "method", method.name,
             f"stage={s.name} trains a LoRA adapter (the pipeline's lineage is adapters on one base model): "
             "use method=lora")

@@ -75,8 +75,13 @@ def validate_train(t: DictConfig) -> None:
             "must be a number >= 0")
     validate_scheduler(t.lr_scheduler)
     require(t.bf16 in (True, False, "auto"), "train.bf16", t.bf16, "choose true, false or auto")
-    for key in ("answer_only_logits", "gradient_checkpointing", "padding_free"):
+    for key in ("answer_only_logits", "gradient_checkpointing", "padding_free", "torch_compile"):
         require(isinstance(t[key], bool), f"train.{key}", t[key], "must be true or false")
+    bucket = t.pad_to_multiple_of
+    require(bucket is None or (is_int(bucket) and 0 < bucket <= t.max_seq_length), "train.pad_to_multiple_of", bucket,
+            "must be a positive integer up to train.max_seq_length (e.g. 64), or null (each batch to its longest)")
+    require(bucket is None or not t.padding_free, "train.pad_to_multiple_of", bucket,
+            "rounds up padded batches, and train.padding_free=true has no padding: set one of them")
 
 
 MAX_RANK = 65536         # no linear layer is wider: a larger rank is a typo

@@ -215,6 +215,7 @@ def training_kwargs(train: DictConfig, seed: int, output_dir: str, examples: int
         lr_scheduler_type=train.lr_scheduler,
         train_sampling_strategy=train.sampling,
         gradient_checkpointing=train.gradient_checkpointing,
+        torch_compile=train.torch_compile,
         gradient_checkpointing_kwargs={"use_reentrant": False},  # (works with frozen embeddings: LoRA, prompts)
         logging_steps=min(train.logging_steps, steps),
         logging_first_step=True,
@@ -256,8 +257,9 @@ def callbacks_for(callbacks: list | None, fail_at_step: int | None, prune_diverg
             *([FailAtStep(fail_at_step)] if fail_at_step else [])]
 
 
-def batch_collator(tokenizer, padding_free: bool):
-    """Examples padded to the batch's longest (`DataCollatorForSeq2Seq`), or, padding-free, the batch
+def batch_collator(tokenizer, padding_free: bool, pad_to_multiple_of: int | None = None):
+    """Examples padded to the batch's longest (`DataCollatorForSeq2Seq`; rounded up to a multiple of
+    `pad_to_multiple_of`: a bounded set of shapes for a compiled step), or, padding-free, the batch
     flattened into one row whose position ids restart at each example (`DataCollatorWithFlattening`,
     the first label of each example ignored): transformers' attention (sdpa, eager: a block-diagonal
     causal mask built from the position ids; flash attention: the sequence boundaries) keeps each
@@ -265,13 +267,14 @@ def batch_collator(tokenizer, padding_free: bool):
     model keeps no key/value cache: the Trainer trains without one, TrainingArguments.use_cache=False.)"""
     if padding_free:
         return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
-    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX)
+    return DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX,
+                                  pad_to_multiple_of=pad_to_multiple_of)
 
 
 def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_dir: str,
           callbacks: list | None = None, fail_at_step: int | None = None,
           prune_divergence: bool = False) -> TrainResult:
-    collator = batch_collator(tokenizer, train_cfg.padding_free)
+    collator = batch_collator(tokenizer, train_cfg.padding_free, train_cfg.pad_to_multiple_of)
     trainer_class = AnswerOnlyTrainer if train_cfg.answer_only_logits else Trainer
     trainer = trainer_class(model=model, args=training_arguments(train_cfg, seed, output_dir, len(dataset)),
                             train_dataset=dataset,
