@@ -142,3 +142,30 @@ def test_a_dead_run_another_worker_closed_first_does_not_stop_the_sweep(tmp_path
     assert client.get_run(runs[1].info.run_id).info.status == "KILLED"
     assert client.get_run(runs[1].info.run_id).data.tags["optuna.state"] == "FAIL"
     assert client.get_run(taken).info.status == "RUNNING"  # the other worker's to close
+
+
+def test_a_job_waits_for_a_restarting_study_database_where_a_command_refuses_it_at_once(monkeypatch):
+    """A command opening a study whose database does not answer has a bad URL (one line, at once); a
+    trial's job (trials.attach, `wait_seconds`) joins a study its sweeper has just written to, so the
+    same error there is a restart to wait for (the chaos test's jobs met one while PostgreSQL stopped)."""
+    import sqlalchemy.exc
+
+    from sweep.study import storage
+
+    attempts = []
+
+    class Restarting:
+        def __init__(self, url, **kwargs):
+            attempts.append(url)
+            if len(attempts) < 3:
+                raise sqlalchemy.exc.OperationalError("connect", {}, Exception("terminating connection due to "
+                                                                                "administrator command"))
+
+    monkeypatch.setattr(storage, "ResilientRDBStorage", Restarting)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    url = "postgresql+psycopg://sweeper@127.0.0.1:9/optuna"
+    with pytest.raises(ConfigError, match="cannot be opened"):
+        storage.make_storage(url)
+    assert len(attempts) == 1
+    attempts.clear()
+    assert type(storage.make_storage(url, wait_seconds=60)) is Restarting and len(attempts) == 3

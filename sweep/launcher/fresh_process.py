@@ -11,7 +11,8 @@ recorded as FAILED while the sweep goes on.
 
 A new interpreter pays seconds of imports (torch, transformers, lm-eval) per job, so by default
 (`hydra.launcher.fork=true`) the jobs are forked from a server that imported them once
-(sweep/launcher/fork_server.py): the same fresh process per job, started in well under a second.
+(sweep/launcher/fork_server.py, started once per sweep): the same fresh process per job, started in
+well under a second once the server has imported them.
 `fork=false`, or a server that cannot fork safely, spawns a new interpreter per job.
 """
 

@@ -124,22 +124,30 @@ def engine_kwargs(url: str) -> dict:
     return kwargs
 
 
-def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180):
+def make_storage(url: str, heartbeat_interval: int = 60, grace_period: int = 180, wait_seconds: float = 0.0):
     """An RDB URL (postgresql://..., sqlite:///...) or a journal file path (`*.log`/`*.journal`).
 
     The journal file is the local default: Optuna's file backend locks it, so several local
     processes can share one study without SQLite's "database is locked" errors. RDB storages get
     a heartbeat: a trial whose worker stopped beating for `grace_period` seconds is failed by any
-    other worker and its parameters queued again (`fail_stale`).
+    other worker and its parameters queued again (`fail_stale`). A database out of reach is a bad
+    URL to a command that opens it first (one line, at once), and an outage to be waited for, up to
+    `wait_seconds`, to a job joining a trial its sweeper has just made there.
     """
     if "://" in url:
         import sqlalchemy.exc
 
-        try:
+        def connect():
             with warnings.catch_warnings():  # (a filter set at import may have been reset by a library since)
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return ResilientRDBStorage(url, engine_kwargs=engine_kwargs(url), heartbeat_interval=heartbeat_interval,
                                            grace_period=grace_period, heartbeat_stale_trial_callback=requeue)
+
+        try:
+            if not wait_seconds:
+                return connect()
+            return retry(connect, transient=is_connection_error, seconds=wait_seconds, who="the study database",
+                         what="opening the study", first=0.5, most=15.0)
         except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
             reason = first_line(e)
             raise ConfigError(f"hydra.sweeper.storage={redact(url)!r} cannot be opened ({redact(reason)}); start the "

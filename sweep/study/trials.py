@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from sweep.config import ConfigError
 from sweep.study.search import make_pruner, prunes
-from sweep.study.storage import STORAGE_ENV, make_storage
+from sweep.study.storage import RETRY_SECONDS, STORAGE_ENV, make_storage
 from sweep.vocabulary import PARENT_RUN, STUDY_NAME, TRIAL_NUMBER
 
 
@@ -55,8 +55,9 @@ def attach(cfg: DictConfig) -> TrialContext | None:
     if not url:
         raise ConfigError(f"trial.study_name={t.study_name} is set but ${STORAGE_ENV} is not: a trial's job "
                           f"finds its study through ${STORAGE_ENV} (the sweeper sets it for the jobs it launches)")
-    # A RandomSampler: attaching must not sample (a grid sampler would claim a grid point).
-    study = optuna.load_study(study_name=t.study_name, storage=make_storage(url),
+    # A RandomSampler: attaching must not sample (a grid sampler would claim a grid point). The sweeper
+    # made the trial in this database moments ago: one out of reach now is restarting, so wait for it.
+    study = optuna.load_study(study_name=t.study_name, storage=make_storage(url, wait_seconds=RETRY_SECONDS),
                               sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(t.pruner))
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, t.number)
     return TrialContext(optuna.Trial(study, trial_id), t.study_name, list(t.objectives), t.parent_run_id,
