@@ -87,12 +87,18 @@ def test_a_padding_free_batch_gives_each_example_the_loss_and_gradients_it_has_p
 def test_padding_free_training_learns_the_same_adapter_from_the_same_tokens(tmp_path):
     """A whole run: same batches, same tokens counted (all of them, none padding), same adapter
     (fp32: bf16 rounds the two shapes' sums differently; no dropout: its masks follow the shapes)."""
+    assert_learns_the_same_adapter_from_the_same_tokens(tmp_path, "train.padding_free=true")
+
+
+def assert_learns_the_same_adapter_from_the_same_tokens(tmp_path, variant: str) -> None:
+    """Two tiny runs, padded batches and `variant`: the same tokens counted, loss and adapter (fp32,
+    no dropout: see above)."""
     same = ("train.bf16=false", "lora.dropout=0")
-    padded, lora_padded = _train(tmp_path, *same)
-    flat, lora_flat = _train(tmp_path, *same, "train.padding_free=true")
-    assert flat.tokens == padded.tokens > 0
-    assert flat.final_loss == pytest.approx(padded.final_loss, abs=1e-5)
-    assert all(torch.allclose(lora_padded[k], lora_flat[k], atol=1e-6) for k in lora_padded)
+    plain, lora_plain = _train(tmp_path, *same)
+    other, lora_other = _train(tmp_path, *same, variant)
+    assert other.tokens == plain.tokens > 0
+    assert other.final_loss == pytest.approx(plain.final_loss, abs=1e-5)
+    assert all(torch.allclose(lora_plain[k], lora_other[k], atol=1e-6) for k in lora_plain)
 
 
 def test_bucketed_batches_take_few_shapes_and_learn_the_same_adapter_from_the_same_tokens(tmp_path):
@@ -109,12 +115,7 @@ def test_bucketed_batches_take_few_shapes_and_learn_the_same_adapter_from_the_sa
     longest = max(len(e["input_ids"]) for e in examples)
     assert all(n % 16 == 0 for n in lengths) and len(lengths) <= -(-longest // 16)
     assert len({len(e["input_ids"]) for e in examples}) > len(lengths)  # (fewer shapes than lengths)
-    same = ("train.bf16=false", "lora.dropout=0")
-    plain, lora_plain = _train(tmp_path, *same)
-    bucketed, lora_bucketed = _train(tmp_path, *same, "train.pad_to_multiple_of=16")
-    assert bucketed.tokens == plain.tokens > 0
-    assert bucketed.final_loss == pytest.approx(plain.final_loss, abs=1e-5)
-    assert all(torch.allclose(lora_plain[k], lora_bucketed[k], atol=1e-6) for k in lora_plain)
+    assert_learns_the_same_adapter_from_the_same_tokens(tmp_path, "train.pad_to_multiple_of=16")
     for flag in (True, False):  # train.torch_compile reaches the Trainer (compiling takes minutes: bench/ times it)
         train_cfg = compose(*TINY, f"train.torch_compile={str(flag).lower()}").train
         assert training_arguments(train_cfg, 0, str(tmp_path)).torch_compile is flag
