@@ -163,19 +163,26 @@ class TrainingRows(BenchBase):
 
     # 4b ------------------------------------------------------------------------------------------
     def training_features(self) -> dict:
-        """Tokens/s with and without the answer-only LM head, and with and without bf16 autocast."""
+        """Tokens/s of the default step beside the step without each of its features (the answer-only
+        LM head, bf16 autocast, eager attention on the CPU: train.attn_implementation=auto) and
+        without LoRA's dropout (a hyperparameter, not a speed setting: what its random masks cost)."""
         from sweep.training.sft import bf16_is_fast
 
-        variants = {"default (answer-only head, bf16 auto)": [],
+        default = "default (answer-only head, bf16 auto, attention auto)"
+        variants = {default: [],
                     "full logits": ["train.answer_only_logits=false"],
-                    "fp32 (no autocast)": ["train.bf16=false"]}
+                    "fp32 (no autocast)": ["train.bf16=false"],
+                    "fused attention (sdpa)": ["train.attn_implementation=sdpa"],
+                    "no LoRA dropout": ["lora.dropout=0"]}
         out = {}
         for label, overrides in variants.items():
             out[label] = {"tokens_per_second": self.training_rate(self.cfg(f"train.max_steps={self.p['steps']}",
                                                                            *overrides))}
-        default = out["default (answer-only head, bf16 auto)"]["tokens_per_second"]
-        out["answer_only_speedup"] = default / out["full logits"]["tokens_per_second"]
-        out["bf16_speedup"] = default / out["fp32 (no autocast)"]["tokens_per_second"]
+        rate = {label: figures["tokens_per_second"] for label, figures in out.items()}
+        out["answer_only_speedup"] = rate[default] / rate["full logits"]
+        out["bf16_speedup"] = rate[default] / rate["fp32 (no autocast)"]
+        out["attention_auto_speedup"] = rate[default] / rate["fused attention (sdpa)"]
+        out["lora_dropout_cost"] = rate["no LoRA dropout"] / rate[default]
         out["bf16_is_fast_here"] = bf16_is_fast()
         return out
 

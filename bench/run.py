@@ -20,7 +20,8 @@ bench/results.md (or --out).
                       ones (train.padding_free) of each
    compiled step      seconds a step, torch.compile'd (train.torch_compile) vs eager, both on batches
                       rounded up to 64 tokens: compile seconds, the saving a step, the break-even in steps
-   training features  tokens/s with and without the answer-only LM head, and bf16 autocast
+   training features  tokens/s with and without the answer-only LM head, bf16 autocast, eager attention
+                      on the CPU (train.attn_implementation=auto), and LoRA's dropout
 5. sweep efficiency   a 12-configuration grid vs the Optuna sweeper with a median pruner on the same
                       space (its grid sampler by default: every configuration is started, the
                       pruner stops the weak ones early); each arm is judged by the one test score of

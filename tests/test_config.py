@@ -88,6 +88,8 @@ def test_derived_values_resolve():
     ("train.pad_to_multiple_of=0", "train.pad_to_multiple_of=0 is invalid: must be a positive integer up to train.max_seq_length"),
     ("train.pad_to_multiple_of=64 train.padding_free=true", "train.padding_free=true has no padding: set one of them"),
     ("stage=dpo train.pad_to_multiple_of=64", "stage=dpo pads with TRL's collator; rounded-up batches are stage=sft's"),
+    ("train.attn_implementation=flash", "train.attn_implementation='flash' is invalid: choose auto or one of sdpa, eager"),
+    ("stage=dpo train.attn_implementation=eager", "a training step's own is stage=sft's: set train.attn_implementation=auto"),
     ("method=full train.optim=adam", "train.optim='adam' is invalid"),
     ("method=zero_shot eval.enabled=false", "eval.enabled=False is invalid: must be true or false, and true for a method that does not train"),
 ])

@@ -101,6 +101,23 @@ def assert_learns_the_same_adapter_from_the_same_tokens(tmp_path, variant: str) 
     assert all(torch.allclose(lora_plain[k], lora_other[k], atol=1e-6) for k in lora_plain)
 
 
+def test_auto_attention_trains_eagerly_on_the_cpu_and_gives_the_model_its_own_back(tmp_path):
+    """train.attn_implementation=auto: eager attention for the training step on the CPU (the fused
+    kernel's backward pass is slow there), the model's own (sdpa) back for scoring after it; the same
+    loss and adapter as a step on sdpa, to float rounding (fp32, no dropout: see above)."""
+    same = ("train.bf16=false", "lora.dropout=0")
+    cfg = compose(*TINY, "train.max_steps=3", *same)
+    built = build(cfg)
+    assert cfg.train.attn_implementation == "auto" and built.model.config._attn_implementation == "sdpa"
+    auto = train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, str(tmp_path))
+    assert auto.attention == "eager" and built.model.config._attn_implementation == "sdpa"
+    lora_auto = {k: v for k, v in built.model.state_dict().items() if "lora_" in k}
+    fused, lora_fused = _train(tmp_path, *same, "train.attn_implementation=sdpa")
+    assert fused.attention == "sdpa" and fused.tokens == auto.tokens
+    assert fused.final_loss == pytest.approx(auto.final_loss, abs=1e-5)
+    assert all(torch.allclose(lora_auto[k], lora_fused[k], atol=1e-5) for k in lora_auto)
+
+
 def test_bucketed_batches_take_few_shapes_and_learn_the_same_adapter_from_the_same_tokens(tmp_path):
     """train.pad_to_multiple_of rounds each batch up (the bound on a compiled step's recompilations:
     max_seq_length / the multiple shapes); the extra padding is masked and not counted: the same

@@ -260,5 +260,6 @@ def train_and_record(cfg: DictConfig, plan: Plan, built, total_params: int, tria
     trained |= {"mfu": mfu} if mfu is not None else {}
     records.log_metrics(trained)
     records.set_tags({"train_bf16": str(result.bf16).lower(), "train_optim": result.optim,
-                       "torch_threads": str(result.threads)})
+                       "torch_threads": str(result.threads), **({"train_attention": result.attention}
+                                                                if result.attention else {})})
     return trained

@@ -124,6 +124,9 @@ def validate_stage(s: DictConfig, method: DictConfig, lora: DictConfig, init_run
     require(train.pad_to_multiple_of is None, "train.pad_to_multiple_of", train.pad_to_multiple_of,
             f"stage={s.name} pads with TRL's collator; rounded-up batches are stage={FIRST_STAGE}'s: "
             "set train.pad_to_multiple_of=null")
+    require(train.attn_implementation == "auto", "train.attn_implementation", train.attn_implementation,
+            f"stage={s.name} trains with the model's attention (model.attn_implementation); a training step's own "
+            f"is stage={FIRST_STAGE}'s: set train.attn_implementation=auto")
     require(method.peft == "lora" and method.quantization is None, "method", method.name,
             f"stage={s.name} trains a LoRA adapter (the pipeline's lineage is adapters on one base model): "
             "use method=lora")

@@ -75,6 +75,8 @@ def validate_train(t: DictConfig) -> None:
             "must be a number >= 0")
     validate_scheduler(t.lr_scheduler)
     require(t.bf16 in (True, False, "auto"), "train.bf16", t.bf16, "choose true, false or auto")
+    require(t.attn_implementation in ("auto", *ATTENTION_NAMES), "train.attn_implementation", t.attn_implementation,
+            f"choose auto or one of {', '.join(ATTENTION_NAMES)}")
     for key in ("answer_only_logits", "gradient_checkpointing", "padding_free", "torch_compile"):
         require(isinstance(t[key], bool), f"train.{key}", t[key], "must be true or false")
     bucket = t.pad_to_multiple_of
@@ -147,7 +149,8 @@ def validate_quantization(quant: DictConfig, peft) -> None:
 
 
 # transformers' attention implementations (None: its default); a kernel hub name is never fetched here.
-ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention", None)
+ATTENTION_NAMES = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+ATTENTION = (*ATTENTION_NAMES, None)
 
 
 def validate_model(model: DictConfig) -> None:

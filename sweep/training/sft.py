@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import optuna
@@ -145,6 +146,7 @@ class TrainResult:
     optim: str                   # the optimizer that ran
     threads: int                 # torch intra-op threads
     gradient_checkpointing: bool  # whether activations were recomputed in the backward pass
+    attention: str = ""           # the attention implementation the step ran with
     rollout_tokens: int = 0       # RL stages: reply tokens generated (where the trainer times generation)
     rollout_seconds: float = 0.0
 
@@ -247,7 +249,36 @@ def run_trainer(trainer, count_tokens=None) -> TrainResult:
     tokens = count_tokens(trainer) if count_tokens else trainer.state.num_input_tokens_seen
     return TrainResult(seconds, int(tokens),
                        losses[-1] if losses else output.training_loss, bool(args.bf16), str(args.optim.value),
-                       torch.get_num_threads(), bool(getattr(trainer.model, "is_gradient_checkpointing", False)))
+                       torch.get_num_threads(), bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
+                       str(trainer.model.config._attn_implementation))
+
+
+CPU_TRAINING_ATTENTION = "eager"  # torch's fused CPU attention spends ~15% of a SmolLM2 LoRA step in its backward pass
+
+
+def training_attention(setting: str) -> str | None:
+    """The attention implementation SFT's training step runs with (train.attn_implementation), None
+    for the model's own: `auto` trains with eager attention on the CPU, where the fused kernel's
+    backward pass is slow for short rows (docs/performance.md), and with the model's own on a GPU."""
+    if setting != "auto":
+        return setting
+    return None if torch.cuda.is_available() else CPU_TRAINING_ATTENTION
+
+
+@contextmanager
+def attention_while_training(model, setting: str):
+    """The model trains with `training_attention(setting)` and gets its own back afterwards, for
+    scoring (where the fused kernel is as fast or faster: longer rows, no backward pass); transformers
+    switches a loaded model's attention in place, the weights untouched."""
+    wanted, own = training_attention(setting), model.config._attn_implementation
+    if wanted is None or wanted == own:
+        yield
+        return
+    model.set_attn_implementation(wanted)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(own)
 
 
 def callbacks_for(callbacks: list | None, fail_at_step: int | None, prune_divergence: bool,
@@ -279,4 +310,5 @@ def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_di
     trainer = trainer_class(model=model, args=training_arguments(train_cfg, seed, output_dir, len(dataset)),
                             train_dataset=dataset,
                             data_collator=collator, callbacks=callbacks_for(callbacks, fail_at_step, prune_divergence))
-    return run_trainer(trainer)
+    with attention_while_training(model, train_cfg.attn_implementation):
+        return run_trainer(trainer)
