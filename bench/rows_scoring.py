@@ -144,12 +144,12 @@ class ScoringRows(BenchBase):
         from sweep.runtime import memory
         from sweep.stages.judging import sequence_logprobs
 
-        cfg = self.cfg("experiment=instruction_data", "method=lora", f"eval.limit={self.p['eval_limit']}",
+        cfg = self.cfg("experiment=instruction_data", "method=lora", f"eval.limit={self.p['generation_limit']}",
                        f"eval.batch_size={self.p['kl_batch_size']}")
         built = build(cfg)
         contexts, replies = [], []
         for task in built.eval_tasks.values():
-            for doc in list(task.eval_docs)[:self.p["eval_limit"]]:
+            for doc in list(task.eval_docs)[:self.p["generation_limit"]]:
                 chat = [{"role": "user", "content": task.doc_to_text(doc)}]
                 contexts.append(built.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False))
                 reply = built.tokenizer(task.doc_to_target(doc), add_special_tokens=False).input_ids[:KL_REPLY_TOKENS]
@@ -178,9 +178,9 @@ class ScoringRows(BenchBase):
         from sweep.scoring.evaluate import Prompting, make_lm, score
         from sweep.stages.judging import replies
 
-        cfg = self.cfg("experiment=instruction_data", "method=zero_shot", f"eval.limit={self.p['eval_limit']}")
+        cfg = self.cfg("experiment=instruction_data", "method=zero_shot", f"eval.limit={self.p['generation_limit']}")
         built = build(cfg)
-        out, texts = {"examples_per_task": self.p["eval_limit"], "batch_size": cfg.eval.batch_size}, {}
+        out, texts = {"examples_per_task": self.p["generation_limit"], "batch_size": cfg.eval.batch_size}, {}
         for label, batched in (("lm_eval_hflm", False), ("length_batched", True)):
             lm = make_lm(built.model, built.tokenizer, cfg.eval.batch_size, prefix_cache=batched, length_batched=batched)
             seconds = []
@@ -188,7 +188,7 @@ class ScoringRows(BenchBase):
                 tm, tasks = load_project_tasks(cfg)  # (fresh task objects, loaded outside the timing)
                 tasks = {name: tasks[name] for name in built.eval_tasks}
                 start = time.perf_counter()
-                results = score(lm, tm, tasks, Prompting(seed=cfg.seed), self.p["eval_limit"], True).results
+                results = score(lm, tm, tasks, Prompting(seed=cfg.seed), self.p["generation_limit"], True).results
                 seconds.append(time.perf_counter() - start)
             texts[label] = {name: {i: r for i, (_, _, r) in replies(results, name).items()} for name in tasks}
             out[f"{label}_seconds"] = median(seconds)

@@ -189,13 +189,14 @@ class TrainingRows(BenchBase):
     # 6 -------------------------------------------------------------------------------------------
     def trl(self) -> dict:
         import datasets
+        from omegaconf import OmegaConf
         from peft import LoraConfig
         from trl import SFTConfig, SFTTrainer
 
         from sweep.data.examples import training_pairs
         from sweep.pipeline.build import load_project_tasks
         from sweep.training.models import load_model_and_tokenizer
-        from sweep.training.sft import use_bf16
+        from sweep.training.sft import training_attention, use_bf16
 
         cfg = self.cfg(f"train.max_steps={self.p['steps']}", "lora.dropout=0")
         ours = self.training_rate(cfg)
@@ -205,21 +206,28 @@ class TrainingRows(BenchBase):
         # TRL 1.x's SFTConfig turns gradient checkpointing on and samples batches at random by default;
         # a user who wants speed turns the first off and groups batches by length, as the harness does,
         # and tries what TRL's docs recommend for speed: padding-free batches, packing (best-fit
-        # decreasing, padding-free too), Liger's kernels (Triton: a GPU's only, so not here).
+        # decreasing, padding-free too), Liger's kernels (Triton: a GPU's only, so not here); tuned, the
+        # model is loaded with the attention the harness trains with (eager on the CPU).
         tuned = {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}
         settings = {"defaults": {}, "tuned": tuned, "tuned_padding_free": tuned | {"padding_free": True},
                     "tuned_packing": {"gradient_checkpointing": False, "packing": True}}
+        trained_with = training_attention(cfg.train.attn_implementation) or cfg.model.attn_implementation
         theirs = {label: [] for label in settings}
         for label, extra in settings.items():
             flat = extra.get("padding_free") or extra.get("packing")  # (no padding; pad-id tokens are text there)
+            attention = cfg.model.attn_implementation if label == "defaults" else trained_with
             for _ in range(self.p["repeats"]):
-                model, tok = load_model_and_tokenizer(cfg.model, cfg.paths.cache, cfg.seed)
+                model, tok = load_model_and_tokenizer(OmegaConf.merge(cfg.model, {"attn_implementation": attention}),
+                                                      cfg.paths.cache, cfg.seed)
                 with tempfile.TemporaryDirectory() as folder:
                     args = SFTConfig(output_dir=folder, max_steps=cfg.train.max_steps, per_device_train_batch_size=8,
                                      learning_rate=cfg.train.lr, bf16=use_bf16(cfg.train.bf16), seed=cfg.seed,
                                      report_to="none", save_strategy="no", logging_steps=1000,
                                      include_num_input_tokens_seen="all" if flat else "non_padding",
-                                     use_cpu=not torch.cuda.is_available(), max_length=cfg.train.max_seq_length,
+                                     use_cpu=not torch.cuda.is_available(),
+                                     # (TRL enforces max_length on padding-free rows only by packing them; SST-2's
+                                     # examples are far shorter than it anyway)
+                                     max_length=None if extra.get("padding_free") else cfg.train.max_seq_length,
                                      dataloader_num_workers=0, **extra)
                     lora = LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
                                       lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
@@ -241,20 +249,24 @@ class TrainingRows(BenchBase):
                 "unavailable": "use_liger_kernel: Liger's kernels are Triton kernels, for GPUs only",
                 "note": "same model, LoRA (r, alpha, qkvo), examples, steps, batch 8, seed, bf16 setting; "
                         "TRL trains on prompt-completion pairs with its completion-only loss; defaults: SFTConfig's "
-                        "own (gradient checkpointing on, random batches); tuned: both switched as the harness runs"}
+                        "own (gradient checkpointing on, random batches, the model's attention); tuned: as the harness "
+                        "trains (no checkpointing, grouped batches, its training attention: " + trained_with + ")"}
 
     # 12 ------------------------------------------------------------------------------------------
     def roofline(self) -> dict:
         """How close to the machine's limit: its own matmul throughput (GEMMs of the model's shapes,
         best of a few runs, fp32 and bf16) beside the harness's training FLOP/s (6 x parameters x
-        trained tokens/s, as the MFU metric counts) and a scoring pass's (2 x parameters x tokens/s
-        of a no-grad forward pass over batches as lm-eval runs them)."""
+        trained tokens/s, as the MFU metric counts) and a scoring pass's (a no-grad forward pass over
+        a batch as lm-eval's are cut, best of three): with every position's logits (2 x parameters a
+        token), and with the logits of the last position only, as the harness scores an answer (the
+        FLOPs it does: 2 x the parameters below the LM head a token, the head's once a row)."""
         from sweep.pipeline.build import build
         from sweep.training.sft import use_bf16
 
         cfg = self.cfg(f"train.max_steps={self.p['steps']}")
         built = build(cfg)
         shape, params = built.model.config, sum(p.numel() for p in built.model.parameters())
+        head = built.model.get_output_embeddings().weight.numel()
         rows = self.p["roofline_rows"]
         peak = {}
         for dtype in (torch.float32, torch.bfloat16):
@@ -273,16 +285,25 @@ class TrainingRows(BenchBase):
         training = self.training_rate(cfg)  # trained tokens/s (LoRA, bf16 autocast where it is fast)
         train_dtype = "bfloat16" if use_bf16(cfg.train.bf16) else "float32"
         ids = torch.randint(0, shape.vocab_size, (cfg.eval.batch_size, 128))
-        with torch.no_grad():
-            built.model(ids[:2])
-            start = time.perf_counter()
-            for _ in range(self.p["repeats"]):
-                built.model(ids)
-            scoring = ids.numel() * self.p["repeats"] / (time.perf_counter() - start)
+
+        def scoring_rate(**kwargs) -> float:
+            best = 0.0
+            with torch.no_grad():
+                built.model(ids[:2], **kwargs)  # (warm-up)
+                for _ in range(3):
+                    start = time.perf_counter()
+                    built.model(ids, **kwargs)
+                    best = max(best, ids.numel() / (time.perf_counter() - start))
+            return best
+
+        every, last = scoring_rate(), scoring_rate(logits_to_keep=1)
+        last_flops = 2 * (params - head) * last + 2 * head * last / ids.shape[1]
         return {"peak_matmul_flops": peak, "parameters": params,
                 "training": {"tokens_per_second": training, "flops": 6 * params * training, "dtype": train_dtype,
                              "fraction_of_peak": 6 * params * training / peak[train_dtype]},
-                "scoring": {"tokens_per_second": scoring, "flops": 2 * params * scoring, "dtype": "float32",
-                            "fraction_of_peak": 2 * params * scoring / peak["float32"]},
+                "scoring": {"tokens_per_second": every, "flops": 2 * params * every, "dtype": "float32",
+                            "fraction_of_peak": 2 * params * every / peak["float32"]},
+                "scoring_answer_logits": {"tokens_per_second": last, "flops": last_flops, "dtype": "float32",
+                                          "fraction_of_peak": last_flops / peak["float32"]},
                 "note": "the peak is this machine's own GEMM throughput at the model's shapes, not a datasheet's; "
                         "LoRA computes no gradients of frozen weights, so 6 x parameters overstates its work (4x)"}
