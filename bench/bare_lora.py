@@ -1,6 +1,6 @@
 """The reference for the harness-overhead benchmark: LoRA SFT with transformers + peft and a plain
 torch loop, nothing of the harness. Same model folder, tokenized examples, order, batch size,
-optimizer, schedule, seed and autocast as the harness run it is compared with.
+optimizer, schedule, seed, autocast and attention as the harness run it is compared with.
 
     python bench/bare_lora.py SPEC.json      (SPEC written by bench/run.py; prints JSON timings)
 """
@@ -24,7 +24,8 @@ from transformers import (  # noqa: E402
 def main(spec_path: str) -> None:
     spec = json.loads(open(spec_path).read())
     torch.manual_seed(spec["seed"])
-    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(spec["model"], dtype=torch.float32,
+                                                 attn_implementation=spec["attn_implementation"])
     tokenizer = PreTrainedTokenizerFast.from_pretrained(spec["tokenizer"])
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=spec["r"], lora_alpha=spec["alpha"],
                                              lora_dropout=spec["dropout"], target_modules=spec["target_modules"]))

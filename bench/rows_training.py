@@ -22,7 +22,7 @@ class TrainingRows(BenchBase):
     def harness_overhead(self) -> dict:
         from sweep.pipeline.build import build
         from sweep.training.models import load_model_and_tokenizer
-        from sweep.training.sft import use_bf16
+        from sweep.training.sft import training_attention, use_bf16
 
         steps = self.p["steps"]
         same = ["train.sampling=sequential", "train.answer_only_logits=false", f"train.max_steps={steps}",
@@ -38,7 +38,8 @@ class TrainingRows(BenchBase):
                 "r": cfg.lora.r, "alpha": cfg.lora.alpha, "dropout": 0.0,
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "examples": str(self.work / "examples.json"),
                 "lr": cfg.train.lr, "batch_size": cfg.train.batch_size, "steps": steps,
-                "warmup_steps": math.ceil(cfg.train.warmup_ratio * steps), "bf16": use_bf16(cfg.train.bf16)}
+                "warmup_steps": math.ceil(cfg.train.warmup_ratio * steps), "bf16": use_bf16(cfg.train.bf16),
+                "attn_implementation": training_attention(cfg.train.attn_implementation) or cfg.model.attn_implementation}
         (self.work / "bare.json").write_text(json.dumps(spec))
         del built, base
 
@@ -60,7 +61,7 @@ class TrainingRows(BenchBase):
                 "harness_startup_seconds": median(harness_startup), "bare_startup_seconds": median(bare_startup),
                 "note": "seconds per step after the first (harness: median of its logged 5-step windows, MLflow "
                         "writes included; bare: mean), same examples in the same order, full logits, bf16 autocast "
-                        "as the harness decides; start-up = process wall time minus training"}
+                        "and attention as the harness decides; start-up = process wall time minus training"}
 
     # 2 -------------------------------------------------------------------------------------------
     def model_startup(self) -> dict:
