@@ -141,3 +141,19 @@ def test_a_stored_config_of_the_wrong_shape_is_refused_in_one_line(monkeypatch, 
         reproduce.recorded_config("0" * 32)
     monkeypatch.setattr(reproduce.mlflow.artifacts, "load_text", lambda uri: text)
     reproduce.recorded_config("0" * 32)  # what a run records is taken
+
+
+def test_a_run_recorded_before_the_training_attention_setting_reproduces_with_the_models_attention(monkeypatch):
+    """train.attn_implementation=auto (eager attention for training on the CPU) is newer than some
+    recorded runs; those trained with the model's attention (sdpa), and reproduce as they ran."""
+    from omegaconf import OmegaConf
+
+    from sweep.config import compose_config
+    from sweep.pipeline import reproduce
+
+    text = OmegaConf.to_yaml(compose_config([]), resolve=True)
+    older = "\n".join(line for line in text.splitlines() if not line.startswith("  attn_implementation: auto"))
+    assert older != text
+    for recorded, trains_with in ((text, "auto"), (older, "sdpa")):
+        monkeypatch.setattr(reproduce.mlflow.artifacts, "load_text", lambda uri, recorded=recorded: recorded)
+        assert reproduce.recorded_config("0" * 32)[0].train.attn_implementation == trains_with

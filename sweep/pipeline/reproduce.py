@@ -237,7 +237,17 @@ def recorded_config(run_id: str, allow=(), log=print) -> tuple[DictConfig, str]:
             except OmegaConfBaseException as e:
                 raise ConfigError(f"the run's config has {key}, which today's config cannot take "
                                   f"({type(e).__name__}); refused") from None
+    ran_as_before_its_settings(stored, cfg)
     return cfg, str((stored.get("paths") or {}).get("data", ""))
+
+
+def ran_as_before_its_settings(stored: dict, cfg: DictConfig) -> None:
+    """A run recorded before a setting existed ran as the setting's value that keeps its old
+    behaviour, not as today's default: train.attn_implementation (2026-12-08; `auto` now trains with
+    eager attention on the CPU) was the model's own attention, so such a run comes out identical again."""
+    train = stored.get("train")
+    if isinstance(train, dict) and "attn_implementation" not in train:
+        OmegaConf.update(cfg, "train.attn_implementation", cfg.model.attn_implementation or "sdpa")
 
 
 def compare_inputs(run, cfg: DictConfig, old_data: str) -> list[Check]:
