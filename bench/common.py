@@ -26,20 +26,22 @@ FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 1, "eval_limit": 100, "
         "panel_examples": 200, "team_trials": 8, "team_steps": 4, "team_servers": True, "memory_steps": 4,
         "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8,
         "kl_batch_size": 32, "generation_limit": 100, "search_dev": (200, 400), "search_startup": 50, "search_grid": [], "roofline_rows": 1024,
-        "start_up_jobs": (3, 10), "start_up_repeats": 3}
+        "start_up_jobs": (3, 10), "start_up_repeats": 3,
+        "compiled_max_seq_length": None}
 # Every row of FULL on reduced sizes (fewer examples, steps, configurations and jobs), SmolLM2-135M still:
 # a benchmark a session can run again after a change (at most 30 min on 2 cores); the README's figures
-# come from FULL. Its ratios are noisier and some (the grid's regret, the race's saving) need FULL's sizes.
-SESSION = FULL | {"steps": 20, "eval_limit": 24, "generation_limit": 12, "grid_steps": 12, "grid_limit": 32,
+# come from FULL. Its ratios are noisier and some (the grid's regret, the race's saving) need FULL's sizes;
+# its compiled step meets one shape (examples cut to 64 tokens: one compilation of the three a run meets).
+SESSION = FULL | {"steps": 12, "eval_limit": 24, "generation_limit": 8, "grid_steps": 12, "grid_limit": 24,
                   "grid_space": {"lora.r": "2,16", "train.lr": "3e-4,3e-3"}, "optuna_trials": 4, "train_samples": 500,
-                  "panel_examples": 24, "team_trials": 4, "memory_methods": "zero_shot,lora",
-                  "memory_tasks": "sst2", "rl_steps": 2, "search_dev": (32, 64), "search_startup": 16,
-                  "start_up_repeats": 1}
+                  "panel_examples": 16, "team_trials": 3, "memory_methods": "zero_shot,lora",
+                  "memory_tasks": "sst2", "rl_steps": 2, "search_dev": (16, 32), "search_startup": 8,
+                  "start_up_repeats": 1, "compiled_max_seq_length": 64}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "grid_space": {"lora.r": "2,8", "train.lr": "1e-3"}, "optuna_trials": 1, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
          "team_trials": 2, "team_steps": 2, "team_servers": False, "memory_steps": 2,
          "memory_methods": "lora", "memory_tasks": "sst2", "rl_steps": 1,  # (memory: one job per launcher)
-         "start_up_jobs": (2,), "start_up_repeats": 1,
+         "start_up_jobs": (2,), "start_up_repeats": 1, "compiled_max_seq_length": None,
          "kl_batch_size": 8, "generation_limit": 16, "search_dev": (16, 32), "search_startup": 4, "roofline_rows": 1024,
          # (2 of the panel's variants, zero- and few-shot: a smoke test of the search, in seconds)
          "search_grid": ["method.search.template=[default]", "method.search.num_fewshot=[0,2]",

@@ -22,7 +22,7 @@ class TrainingRows(BenchBase):
     def harness_overhead(self) -> dict:
         from sweep.pipeline.build import build
         from sweep.training.models import load_model_and_tokenizer
-        from sweep.training.sft import training_attention, use_bf16
+        from sweep.training.sft import longest_row, training_attention, use_bf16
 
         steps = self.p["steps"]
         same = ["train.sampling=sequential", "train.answer_only_logits=false", f"train.max_steps={steps}",
@@ -39,7 +39,9 @@ class TrainingRows(BenchBase):
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "examples": str(self.work / "examples.json"),
                 "lr": cfg.train.lr, "batch_size": cfg.train.batch_size, "steps": steps,
                 "warmup_steps": math.ceil(cfg.train.warmup_ratio * steps), "bf16": use_bf16(cfg.train.bf16),
-                "attn_implementation": training_attention(cfg.train.attn_implementation) or cfg.model.attn_implementation}
+                "attn_implementation": training_attention(cfg.train.attn_implementation,
+                                                          longest_row(built.train_dataset, cfg.train))
+                or cfg.model.attn_implementation}
         (self.work / "bare.json").write_text(json.dumps(spec))
         del built, base
 
@@ -126,7 +128,9 @@ class TrainingRows(BenchBase):
         batches rounded up to a multiple of 64 tokens (train.pad_to_multiple_of: a bounded set of
         shapes to compile for), each step timed on the same batches. Compile seconds: the steps that
         compiled, beyond what those steps took eager; the saving: the median per-step difference over
-        the other steps; break-even: compile seconds / saving, in steps (none if a step saves nothing)."""
+        the other steps; break-even: compile seconds / saving, in steps (none if a step saves nothing).
+        `compiled_max_seq_length` (the session profile's 64): examples cut to it, so one shape, one
+        compilation (a whole run meets up to max_seq_length / 64 of them)."""
         from transformers import TrainerCallback
 
         from sweep.pipeline.build import build
@@ -144,8 +148,10 @@ class TrainingRows(BenchBase):
 
         times = {}
         for label in ("eager", "compiled"):
+            cut = self.p["compiled_max_seq_length"]
             cfg = self.cfg(f"train.max_steps={self.p['steps']}", "train.pad_to_multiple_of=64",
-                           f"train.torch_compile={str(label == 'compiled').lower()}")
+                           f"train.torch_compile={str(label == 'compiled').lower()}",
+                           *([f"train.max_seq_length={cut}"] if cut else []))
             built, timer = build(cfg), StepTimes()
             with tempfile.TemporaryDirectory() as folder:
                 train(built.model, built.tokenizer, built.train_dataset, cfg.train, cfg.seed, folder, callbacks=[timer])
@@ -159,7 +165,8 @@ class TrainingRows(BenchBase):
                 "compiled_step_seconds": median([compiled[i] for i in rest]),
                 "compilations": len(compiling), "compile_seconds": compile_seconds, "saving_per_step": saving,
                 "break_even_steps": compile_seconds / saving if saving > 0 else None,
-                "steps": self.p["steps"], "default": "off unless a quickstart-sized run (250 steps) breaks even",
+                "steps": self.p["steps"], "max_seq_length": self.p["compiled_max_seq_length"],
+                "default": "off unless a quickstart-sized run (250 steps) breaks even",
                 "note": "LoRA, batch 8, inductor on the CPU; both arms pad to a multiple of 64 tokens"}
 
     # 4b ------------------------------------------------------------------------------------------
@@ -195,9 +202,9 @@ class TrainingRows(BenchBase):
         from trl import SFTConfig, SFTTrainer
 
         from sweep.data.examples import training_pairs
-        from sweep.pipeline.build import load_project_tasks
+        from sweep.pipeline.build import build, load_project_tasks
         from sweep.training.models import load_model_and_tokenizer
-        from sweep.training.sft import training_attention, use_bf16
+        from sweep.training.sft import longest_row, training_attention, use_bf16
 
         cfg = self.cfg(f"train.max_steps={self.p['steps']}", "lora.dropout=0")
         ours = self.training_rate(cfg)
@@ -208,17 +215,22 @@ class TrainingRows(BenchBase):
         # a user who wants speed turns the first off and groups batches by length, as the harness does,
         # and tries what TRL's docs recommend for speed: padding-free batches, packing (best-fit
         # decreasing, padding-free too), Liger's kernels (Triton: a GPU's only, so not here); tuned, the
-        # model is loaded with the attention the harness trains with (eager on the CPU).
+        # model is loaded with the attention the harness would train such rows with (eager on the CPU for
+        # short padded rows; a flattened or packed row is long: the model's own).
         tuned = {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"}
         settings = {"defaults": {}, "tuned": tuned, "tuned_padding_free": tuned | {"padding_free": True},
                     "tuned_packing": {"gradient_checkpointing": False, "packing": True}}
-        trained_with = training_attention(cfg.train.attn_implementation) or cfg.model.attn_implementation
+        longest = longest_row(build(cfg).train_dataset, cfg.train)
+        rows = {"defaults": None, "tuned": longest, "tuned_padding_free": longest * 8,
+                "tuned_packing": cfg.train.max_seq_length}  # (the longest row each variant's batches give attention)
+        attention = {label: cfg.model.attn_implementation if row is None else
+                     training_attention(cfg.train.attn_implementation, row) or cfg.model.attn_implementation
+                     for label, row in rows.items()}
         theirs = {label: [] for label in settings}
         for label, extra in settings.items():
             flat = extra.get("padding_free") or extra.get("packing")  # (no padding; pad-id tokens are text there)
-            attention = cfg.model.attn_implementation if label == "defaults" else trained_with
             for _ in range(self.p["repeats"]):
-                model, tok = load_model_and_tokenizer(OmegaConf.merge(cfg.model, {"attn_implementation": attention}),
+                model, tok = load_model_and_tokenizer(OmegaConf.merge(cfg.model, {"attn_implementation": attention[label]}),
                                                       cfg.paths.cache, cfg.seed)
                 with tempfile.TemporaryDirectory() as folder:
                     args = SFTConfig(output_dir=folder, max_steps=cfg.train.max_steps, per_device_train_batch_size=8,
@@ -251,7 +263,8 @@ class TrainingRows(BenchBase):
                 "note": "same model, LoRA (r, alpha, qkvo), examples, steps, batch 8, seed, bf16 setting; "
                         "TRL trains on prompt-completion pairs with its completion-only loss; defaults: SFTConfig's "
                         "own (gradient checkpointing on, random batches, the model's attention); tuned: as the harness "
-                        "trains (no checkpointing, grouped batches, its training attention: " + trained_with + ")"}
+                        "trains (no checkpointing, grouped batches, the attention it picks for such rows)",
+                "attention": attention}
 
     # 12 ------------------------------------------------------------------------------------------
     def roofline(self) -> dict:

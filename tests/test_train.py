@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sweep.pipeline.build import build
-from sweep.training.sft import AnswerOnlyTrainer, train
+from sweep.training.sft import EAGER_MAX_ROW, AnswerOnlyTrainer, longest_row, train
 from tests.conftest import TINY, compose
 
 
@@ -102,9 +102,10 @@ def assert_learns_the_same_adapter_from_the_same_tokens(tmp_path, variant: str) 
 
 
 def test_auto_attention_trains_eagerly_on_the_cpu_and_gives_the_model_its_own_back(tmp_path):
-    """train.attn_implementation=auto: eager attention for the training step on the CPU (the fused
-    kernel's backward pass is slow there), the model's own (sdpa) back for scoring after it; the same
-    loss and adapter as a step on sdpa, to float rounding (fp32, no dropout: see above)."""
+    """train.attn_implementation=auto: eager attention for the training step on the CPU where rows
+    are short (the fused kernel's backward pass is slow there), the model's own (sdpa) back for
+    scoring after it; the same loss and adapter as a step on sdpa, to float rounding (fp32, no
+    dropout: see above)."""
     same = ("train.bf16=false", "lora.dropout=0")
     cfg = compose(*TINY, "train.max_steps=3", *same)
     built = build(cfg)
@@ -116,6 +117,11 @@ def test_auto_attention_trains_eagerly_on_the_cpu_and_gives_the_model_its_own_ba
     assert fused.attention == "sdpa" and fused.tokens == auto.tokens
     assert fused.final_loss == pytest.approx(auto.final_loss, abs=1e-5)
     assert all(torch.allclose(lora_auto[k], lora_fused[k], atol=1e-5) for k in lora_auto)
+    # Long rows (here a padding-free batch flattened into one) train with the model's own: eager
+    # attention's score matrices grow with the square of the row (a packed 512-token batch took 24 GB).
+    flat = compose(*TINY, "train.padding_free=true", "train.max_steps=1")
+    assert longest_row(build(flat).train_dataset, flat.train) > EAGER_MAX_ROW
+    assert _train(tmp_path, "train.padding_free=true", "train.max_steps=1")[0].attention == "sdpa"
 
 
 def test_bucketed_batches_take_few_shapes_and_learn_the_same_adapter_from_the_same_tokens(tmp_path):

@@ -253,24 +253,35 @@ def run_trainer(trainer, count_tokens=None) -> TrainResult:
                        str(trainer.model.config._attn_implementation))
 
 
-CPU_TRAINING_ATTENTION = "eager"  # torch's fused CPU attention spends ~15% of a SmolLM2 LoRA step in its backward pass
+# Eager attention trains faster than torch's fused CPU kernel on short rows (a SmolLM2 LoRA step: 1.13x
+# at 128 tokens, even at 256) and slower on long ones (0.8x at 512), where its attention matrices also
+# take memory growing with the square of the row (docs/performance.md): `auto` picks it up to here.
+EAGER_MAX_ROW = 128
 
 
-def training_attention(setting: str) -> str | None:
+def training_attention(setting: str, row_tokens: int) -> str | None:
     """The attention implementation SFT's training step runs with (train.attn_implementation), None
-    for the model's own: `auto` trains with eager attention on the CPU, where the fused kernel's
-    backward pass is slow for short rows (docs/performance.md), and with the model's own on a GPU."""
+    for the model's own: `auto` trains with eager attention on the CPU where no row of a batch is
+    longer than EAGER_MAX_ROW tokens (`row_tokens`: the longest example, or a padding-free batch's
+    flattened row), else, and on a GPU, with the model's own."""
     if setting != "auto":
         return setting
-    return None if torch.cuda.is_available() else CPU_TRAINING_ATTENTION
+    return None if torch.cuda.is_available() or row_tokens > EAGER_MAX_ROW else "eager"
+
+
+def longest_row(dataset, train_cfg: DictConfig) -> int:
+    """The longest row a training batch gives the attention: the longest example, or, padding-free,
+    a whole batch of the longest flattened into one row."""
+    longest = max((len(ids) for ids in dataset["input_ids"]), default=0)
+    return longest * train_cfg.batch_size if train_cfg.padding_free else longest
 
 
 @contextmanager
-def attention_while_training(model, setting: str):
-    """The model trains with `training_attention(setting)` and gets its own back afterwards, for
-    scoring (where the fused kernel is as fast or faster: longer rows, no backward pass); transformers
+def attention_while_training(model, wanted: str | None):
+    """The model trains with attention `wanted` (None: its own) and gets its own back afterwards,
+    for scoring (where the fused kernel is as fast or faster: no backward pass); transformers
     switches a loaded model's attention in place, the weights untouched."""
-    wanted, own = training_attention(setting), model.config._attn_implementation
+    own = model.config._attn_implementation
     if wanted is None or wanted == own:
         yield
         return
@@ -310,5 +321,6 @@ def train(model, tokenizer, dataset, train_cfg: DictConfig, seed: int, output_di
     trainer = trainer_class(model=model, args=training_arguments(train_cfg, seed, output_dir, len(dataset)),
                             train_dataset=dataset,
                             data_collator=collator, callbacks=callbacks_for(callbacks, fail_at_step, prune_divergence))
-    with attention_while_training(model, train_cfg.attn_implementation):
+    wanted = training_attention(train_cfg.attn_implementation, longest_row(dataset, train_cfg))
+    with attention_while_training(model, wanted):
         return run_trainer(trainer)
