@@ -36,6 +36,8 @@ SESSION = FULL | {"steps": 12, "eval_limit": 24, "generation_limit": 8, "grid_st
                   "grid_space": {"lora.r": "2,16", "train.lr": "3e-4,3e-3"}, "optuna_trials": 4, "train_samples": 500,
                   "panel_examples": 16, "team_trials": 3, "memory_methods": "zero_shot,lora",
                   "memory_tasks": "sst2", "rl_steps": 2, "search_dev": (16, 32), "search_startup": 8,
+                  # (8 of the panel's 18 variants: the search's cost is per variant more than per example)
+                  "search_grid": ["method.search.template=[default,plain]", "method.search.fewshot_sampler=[random]"],
                   "start_up_repeats": 1, "compiled_max_seq_length": 64}
 QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "grid_space": {"lora.r": "2,8", "train.lr": "1e-3"}, "optuna_trials": 1, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,

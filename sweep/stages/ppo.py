@@ -164,4 +164,5 @@ def train_policy_and_value(model, tokenizer, prompts: list[str], judge, stage: D
             raise InjectedFailure(f"debug.fail_at_step={step}: failing on purpose at step {step}")
     model.eval()
     return TrainResult(time.perf_counter() - start, trained_tokens, loss.item() if loss is not None else None, bf16,
-                       "adamw_torch", torch.get_num_threads(), False, rollout_tokens, rollout_seconds)
+                       "adamw_torch", torch.get_num_threads(), False, rollout_tokens=rollout_tokens,
+                       rollout_seconds=rollout_seconds)

@@ -146,9 +146,9 @@ class TrainResult:
     optim: str                   # the optimizer that ran
     threads: int                 # torch intra-op threads
     gradient_checkpointing: bool  # whether activations were recomputed in the backward pass
-    attention: str = ""           # the attention implementation the step ran with
     rollout_tokens: int = 0       # RL stages: reply tokens generated (where the trainer times generation)
     rollout_seconds: float = 0.0
+    attention: str = ""           # the attention implementation the step ran with
 
     @property
     def tokens_per_second(self) -> float:
@@ -250,7 +250,7 @@ def run_trainer(trainer, count_tokens=None) -> TrainResult:
     return TrainResult(seconds, int(tokens),
                        losses[-1] if losses else output.training_loss, bool(args.bf16), str(args.optim.value),
                        torch.get_num_threads(), bool(getattr(trainer.model, "is_gradient_checkpointing", False)),
-                       str(trainer.model.config._attn_implementation))
+                       attention=str(trainer.model.config._attn_implementation))
 
 
 # Eager attention trains faster than torch's fused CPU kernel on short rows (a SmolLM2 LoRA step: 1.13x
