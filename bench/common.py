@@ -21,7 +21,7 @@ import mlflow  # noqa: E402
 import sweep  # noqa: E402,F401
 from sweep.config import compose_config  # noqa: E402
 
-FULL = {"model": "smollm2_135m", "steps": 30, "repeats": 1, "eval_limit": 100, "grid_steps": 60,
+FULL = {"model": "smollm2_135m", "steps": 30, "overhead_steps": 30, "repeats": 1, "eval_limit": 100, "grid_steps": 60,
         "grid_limit": 200, "grid_space": {"lora.r": "2,8,16", "train.lr": "1e-4,3e-4,1e-3,3e-3"}, "optuna_trials": 12, "optuna_sampler": "grid", "train_samples": 2000,
         "panel_examples": 200, "team_trials": 8, "team_steps": 4, "team_servers": True, "memory_steps": 4,
         "memory_methods": "zero_shot,few_shot,lora,prompt_tuning,full", "memory_tasks": "sst2,rte", "rl_steps": 8,
@@ -39,7 +39,7 @@ SESSION = FULL | {"steps": 12, "eval_limit": 24, "generation_limit": 8, "grid_st
                   # (8 of the panel's 18 variants: the search's cost is per variant more than per example)
                   "search_grid": ["method.search.template=[default,plain]", "method.search.fewshot_sampler=[random]"],
                   "start_up_repeats": 1, "compiled_max_seq_length": 64}
-QUICK = {"model": "tiny", "steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
+QUICK = {"model": "tiny", "steps": 10, "overhead_steps": 10, "repeats": 1, "eval_limit": 16, "grid_steps": 4, "grid_limit": 16,
          "grid_space": {"lora.r": "2,8", "train.lr": "1e-3"}, "optuna_trials": 1, "optuna_sampler": "grid", "train_samples": 64, "panel_examples": 16,
          "team_trials": 2, "team_steps": 2, "team_servers": False, "memory_steps": 2,
          "memory_methods": "lora", "memory_tasks": "sst2", "rl_steps": 1,  # (memory: one job per launcher)
