@@ -9,7 +9,6 @@ import hydra
 from omegaconf import DictConfig
 
 import sweep  # noqa: F401  (registers the config resolvers)
-from sweep.launcher.fork_server import start_early
 from sweep.pipeline.overrides import exit_on_bad_overrides
 from sweep.runtime.secrets import guard_output
 
@@ -26,5 +25,4 @@ def main(cfg: DictConfig):
 if __name__ == "__main__":
     guard_output()  # credentials in URLs never reach the terminal, logs or tracebacks
     exit_on_bad_overrides(sys.argv[1:])  # one clear line for an unknown key or option
-    start_early(sys.argv[1:])  # a multirun's fork server imports the libraries while Hydra sets the sweep up
     main()

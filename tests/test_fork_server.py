@@ -47,7 +47,6 @@ class FakeServer:
     def __init__(self, alive=True):
         self.is_alive, self.closed = alive, False
         self.process = subprocess.CompletedProcess([], returncode=-signal.SIGKILL)
-        self.process.pid = 0
 
     def alive(self):
         return self.is_alive
@@ -85,49 +84,6 @@ def test_one_server_serves_the_sweep_a_dead_one_is_replaced_and_a_failed_launch_
     with pytest.raises(KeyboardInterrupt):
         launcher.launch([["lora.r=2"]], 0)
     assert second.closed and launcher.server is None
-
-
-@pytest.mark.parametrize("argv, forks", [
-    (["-m", "lora.r=2,8"], True),
-    (["--multirun", "hydra/launcher=fresh_process", "hydra.launcher.fork=true"], True),
-    (["lora.r=2"], False),  # (one job, in the sweep's process)
-    (["-m", "hydra/launcher=basic"], False),
-    (["-m", "hydra/launcher=slurm"], False),
-    (["-m", "hydra.launcher.fork=false"], False),
-    (["-m", "hydra.launcher.fork=False"], False),
-    (["-m", "--cfg", "job"], False),
-    (["-m", "--help"], False),
-])
-def test_a_multiruns_server_starts_with_the_sweeps_process_only_where_its_jobs_fork(argv, forks):
-    assert fork_server.runs_on_fork_server(argv) is forks
-
-
-def test_the_launcher_adopts_the_server_the_sweep_started_early_and_one_not_adopted_is_closed_at_exit(monkeypatch):
-    """sweep.py starts a multirun's server before Hydra sets the sweep up (its imports then overlap
-    the sweep's own start-up); the launcher takes that one instead of starting another, once. A
-    server nobody adopts (a config file chose another launcher) is closed by the atexit hook."""
-    import atexit
-
-    from sweep.launcher import fresh_process
-
-    hooks = []
-    monkeypatch.setattr(fork_server, "ForkServer", lambda env: FakeServer())
-    monkeypatch.setattr(fork_server, "early", [])
-    monkeypatch.setattr(atexit, "register", hooks.append)
-    monkeypatch.setattr(atexit, "unregister", hooks.remove)
-    fork_server.start_early(["lora.r=2"])
-    assert fork_server.early == [] and hooks == []
-    fork_server.start_early(["-m", "lora.r=2,8"])
-    (started,) = fork_server.early
-    assert hooks == [started.close]  # (closed at exit unless adopted)
-    launcher = FreshProcessLauncher(fork=True)
-    launcher.start_server()
-    assert launcher.server is started and fork_server.early == [] and hooks == []  # the launcher's to close now
-    monkeypatch.setattr(fresh_process, "ForkServer", lambda env: FakeServer())
-    FreshProcessLauncher(fork=True).start_server()  # (a second launcher, or a replacement: a new server)
-    fork_server.start_early(["-m", "lora.r=2,8"])
-    hooks[0]()
-    assert fork_server.early[0].closed
 
 
 def test_the_launcher_starts_its_server_without_importing_mlflow_first():

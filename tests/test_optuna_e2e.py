@@ -120,9 +120,8 @@ def test_a_diverging_trial_is_pruned_early(tmp_path, tracking, launcher):
     assert by_lr[1e30].state == TrialState.PRUNED and by_lr[1e-3].state == TrialState.COMPLETE
     assert by_lr[1e-3].intermediate_values  # reported by the job to its trial, in whatever process it ran
     assert "Sweep study" in p.stdout and "lora-r8-a16-qkvo" in p.stdout  # the end-of-sweep table
-    if "hydra/launcher=fresh_process" in launcher:  # one fork server for both trials' launches, started by sweep.py
+    if "hydra/launcher=fresh_process" in launcher:  # one fork server for both trials' launches
         assert (p.stdout + p.stderr).count("fork server (pid") == 1, p.stdout[-3000:]
-        assert "started with the sweep's process)" in p.stdout + p.stderr
     kids, [parent] = children(tracking)[0], children(tracking)[1].to_dict("records")
     assert set(kids["tags.mlflow.parentRunId"]) == {parent["run_id"]} and parent["status"] == "FINISHED"
     pruned = kids[kids["tags.optuna.state"] == "PRUNED"].iloc[0]

@@ -19,7 +19,6 @@ hold, or the platform cannot fork, the launcher spawns a new interpreter per job
 
 from __future__ import annotations
 
-import atexit
 import importlib
 import json
 import logging
@@ -33,8 +32,6 @@ import threading
 import time
 import traceback
 from pathlib import Path
-
-from sweep.config import PROJECT_ROOT
 
 log = logging.getLogger(__name__)
 
@@ -83,52 +80,6 @@ class ForkedJob:
             reply = self.server.receive(timeout)
             self.returncode = int(reply["code"])
         return self.returncode
-
-
-HYDRA_INFO = ("--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i", "--resolve", "--shell", "-sc")
-early: list[ForkServer] = []  # (the server start_early started, until the launcher adopts it: see there)
-
-
-def start_early(argv: list[str]) -> None:
-    """Start the sweep's fork server as the sweep's process starts (sweep.py), when `argv` is a
-    multirun on the default launcher: its imports (about 13 s of a core) then run beside the sweep's
-    own start-up (Hydra, every job's config checked, the sweeper: about 2 s) instead of after it.
-    Hydra builds the launcher from the config, so the server cannot be handed to it as an argument:
-    it waits in `early`, in this process, for the launcher's `adopt_early()`; a sweep that never sets
-    that launcher up (a bad override, a launcher chosen in a config file) kills it at exit, unserved."""
-    if can_fork() and runs_on_fork_server(argv):
-        server = ForkServer(job_env())
-        atexit.register(server.close)
-        early.append(server)
-
-
-def adopt_early() -> ForkServer | None:
-    """The server start_early started, now the caller's to close; None if there is none."""
-    if not early:
-        return None
-    server = early.pop()
-    atexit.unregister(server.close)
-    return server
-
-
-def runs_on_fork_server(argv: list[str]) -> bool:
-    """Whether `python sweep.py argv` forks its jobs from the server, as far as its command line says:
-    a multirun, not Hydra's help or config printing, no other launcher and no `hydra.launcher.fork=false`."""
-    if not any(a in ("-m", "--multirun") for a in argv) or any(a.startswith(HYDRA_INFO) for a in argv):
-        return False
-    for arg in argv:
-        key, _, value = arg.lstrip("+~").partition("=")
-        if (key == "hydra/launcher" and value != "fresh_process") or (
-                key == "hydra.launcher.fork" and value.strip().lower() in ("false", "0")):
-            return False
-    return True
-
-
-def job_env() -> dict[str, str]:
-    """A job process's environment: the project importable wherever the sweep was started, and
-    nothing from that folder (an empty PYTHONPATH entry means the current folder: dropped)."""
-    entries = [str(PROJECT_ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
-    return os.environ | {"PYTHONPATH": os.pathsep.join(e for e in entries if e and e != ".")}
 
 
 def module_command(module: str) -> list[str]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -41,7 +42,8 @@ from hydra.core.utils import (
 )
 from omegaconf import DictConfig, open_dict
 
-from sweep.launcher.fork_server import ForkServer, adopt_early, can_fork, job_env, module_command
+from sweep.config import PROJECT_ROOT
+from sweep.launcher.fork_server import ForkServer, can_fork, module_command
 from sweep.runtime import processes
 
 log = logging.getLogger(__name__)
@@ -56,20 +58,17 @@ class FreshProcessLauncher(BasicLauncher):
         self.warming: threading.Thread | None = None
 
     def setup(self, **kwargs) -> None:
-        """The fork server starts here, as soon as the sweep knows its launcher, unless sweep.py
-        started it already (fork_server.start_early): its imports (about 13 s of a core) run while
-        the sweep composes its jobs, and it serves every launch of the sweep (an Optuna sweep
-        launches each batch of trials apart) until the sweep's process ends."""
+        """The fork server starts here, as soon as the sweep knows its launcher: its imports (about
+        15 s of a core) run while the sweep composes its jobs, and it serves every launch of the
+        sweep (an Optuna sweep launches each batch of trials apart) until the sweep's process ends."""
         super().setup(**kwargs)
         if self.fork and self.server is None:
             self.start_server()
             atexit.register(self.close_server)
 
     def start_server(self) -> None:
-        early = adopt_early()
-        self.server = early or ForkServer(job_env())
-        log.info("fork server (pid %d, started %s): imports the libraries once for the jobs of this sweep",
-                 self.server.process.pid, "with the sweep's process" if early else "by the launcher")
+        self.server = ForkServer(job_env())
+        log.info("fork server (pid %d): imports the libraries once for the jobs of this sweep", self.server.process.pid)
 
     def close_server(self) -> None:
         if self.server is not None:
@@ -152,6 +151,13 @@ def warm_tracking_imports() -> threading.Thread:
     thread = threading.Thread(target=imports, name="tracking-imports", daemon=True)
     thread.start()
     return thread
+
+
+def job_env() -> dict[str, str]:
+    """A job process's environment: the project importable wherever the sweep was started, and
+    nothing from that folder (an empty PYTHONPATH entry means the current folder: dropped)."""
+    entries = [str(PROJECT_ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return os.environ | {"PYTHONPATH": os.pathsep.join(e for e in entries if e and e != ".")}
 
 
 def died(config: DictConfig, code: int) -> JobReturn:
