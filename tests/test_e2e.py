@@ -212,6 +212,7 @@ def test_training_without_scoring_logs_step_times(tracking):
     assert "scoring=off (eval.enabled=false)" in p.stdout
     [run] = runs_of(tracking).to_dict("records")
     assert run["status"] == "FINISHED" and "metrics.sst2/acc" not in run and run["tags.torch_threads"] >= "1"
+    assert run["tags.train_attention"] == "eager"  # (train.attn_implementation=auto, the CPU, short rows)
     history = mlflow.MlflowClient().get_metric_history(run["run_id"], "train/step_seconds")
     assert [h.step for h in history] == [1, 2, 4] and all(h.value > 0 for h in history)
 
